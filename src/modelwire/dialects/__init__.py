@@ -1,0 +1,1 @@
+"""Wire dialects: one module per protocol, each used both as a client surface and as an upstream."""
