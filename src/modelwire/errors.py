@@ -49,11 +49,11 @@ class ModelwireError(Exception):
         self.message = message
         if status is not None:
             self.status = status
-        self.code = code
-        self.type = type or self.default_type
-        self.param = param
-        self.request_id = request_id
-        self.retry_after = retry_after
+        self.code: str | None = code
+        self.type: str = type or self.default_type
+        self.param: str | None = param
+        self.request_id: str | None = request_id
+        self.retry_after: float | None = retry_after
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, status={self.status}, code={self.code!r})"

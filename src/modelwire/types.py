@@ -117,7 +117,16 @@ class Refusal:
     text: str
 
 
-Part: TypeAlias = Text | Image | Audio | File | ToolCall | ToolResult | Reasoning | Refusal
+@dataclass(slots=True, kw_only=True)
+class ProviderItem:
+    """An item only the dialect that minted it understands (a Responses compaction item, a
+    built-in tool call), kept verbatim so it can be replayed to that dialect and dropped elsewhere."""
+
+    dialect: Dialect
+    data: dict[str, Any]
+
+
+Part: TypeAlias = Text | Image | Audio | File | ToolCall | ToolResult | Reasoning | Refusal | ProviderItem
 
 
 # -------------------------------------------------------------------------------------- messages

@@ -237,6 +237,35 @@ class ResponseAccumulator:
         elif isinstance(event, StreamError):
             raise event.error
 
+    @property
+    def block_count(self) -> int:
+        return max(self._parts, default=-1) + 1
+
     def result(self) -> Response:
         self.response.content = [self._parts[i] for i in sorted(self._parts)]
         return self.response
+
+
+def events_from_response(resp: Response) -> list[StreamEvent]:
+    """The stream a finished response would have produced (for upstreams that answered whole)."""
+    b = EventBuilder()
+    b.start(resp.id, resp.model, resp.created)
+    for i, part in enumerate(resp.content):
+        b.open(i, _skeleton(part))
+        if isinstance(part, Reasoning):
+            for si, summary in enumerate(part.summary):
+                b.events.append(BlockDelta(index=i, text=summary, summary_index=si))
+        elif _delta_text(part):
+            b.events.append(BlockDelta(index=i, text=_delta_text(part)))
+        b.close(i, part)
+    b.usage(resp.usage)
+    b.finish(resp.stop_reason, resp.usage, resp.stop_sequence)
+    return b.take()
+
+
+def _delta_text(part: Part) -> str:
+    if isinstance(part, Text | Refusal):
+        return part.text
+    if isinstance(part, ToolCall):
+        return part.arguments
+    return ""

@@ -19,7 +19,6 @@ from ..types import (
     Audio,
     BlockDelta,
     BlockStart,
-    BlockStop,
     Dialect,
     File,
     Finish,
@@ -42,7 +41,6 @@ from ..types import (
     ToolName,
     ToolResult,
     Usage,
-    UsageUpdate,
 )
 from . import _check as check
 from ._options import NATIVE, WireOptions
@@ -485,7 +483,7 @@ def _decode_part(p: dict[str, Any], path: str) -> Part:
 
 
 def _decode_assistant(m: dict[str, Any], path: str) -> Message:
-    parts: list[Part] = [p for p in _decode_content(m.get("content"), path + ".content")]
+    parts = _decode_content(m.get("content"), path + ".content")
     if m.get("refusal"):
         parts.append(Refusal(text=check.need(m, "refusal", str, path + ".")))
     for i, call in enumerate(check.get(m, "tool_calls", list, path + ".") or ()):

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -30,6 +30,7 @@ from ..types import (
     Image,
     Message,
     Part,
+    ProviderItem,
     Reasoning,
     Refusal,
     Request,
@@ -46,7 +47,6 @@ from ..types import (
     ToolName,
     ToolResult,
     Usage,
-    UsageUpdate,
 )
 from . import _check as check
 from . import _replay
@@ -207,6 +207,9 @@ def _encode_assistant(msg: Message, opts: WireOptions) -> list[dict[str, Any]]:
             item = _encode_reasoning(part, opts)
             if item is not None:
                 items.append(item)
+        elif isinstance(part, ProviderItem) and part.dialect == DIALECT:
+            flush_text()
+            items.append(part.data)
     flush_text()
     # A reasoning item must be followed by the item it produced; an orphan is rejected.
     while items and items[-1]["type"] == "reasoning":
@@ -319,6 +322,8 @@ def decode_output_item(item: dict[str, Any]) -> list[Part]:
         ]
     if kind == "reasoning":
         return [decode_reasoning(item)]
+    if isinstance(kind, str):
+        return [ProviderItem(dialect=DIALECT, data=item)]
     return []
 
 
@@ -541,10 +546,12 @@ def decode_input(items: list[Any]) -> list[Message]:
             _append(messages, Message(role="assistant", content=[part]))
         elif kind == "function_call_output":
             _append(messages, Message(role="tool", content=[_decode_output(item, path)]))
-        elif kind == "item_reference":
-            check.fail(path + ".type", "item_reference is not supported here; send the item itself")
+        elif isinstance(kind, str):
+            # Built-in tool items, compaction items, item references: only a Responses upstream
+            # can use them, verbatim and in place.
+            _append(messages, Message(role="assistant", content=[ProviderItem(dialect=DIALECT, data=item)]))
         else:
-            check.fail(path + ".type", f"input item type {kind!r} is not supported on this route")
+            check.fail(path + ".type", "expected a string")
     return messages
 
 
@@ -686,6 +693,8 @@ def render_output(parts: list[Part]) -> list[dict[str, Any]]:
             items.append(_call_item(part, "completed"))
         elif isinstance(part, Reasoning):
             items.append(render_reasoning(part))
+        elif isinstance(part, ProviderItem) and part.dialect == DIALECT:
+            items.append(part.data)
     return items
 
 

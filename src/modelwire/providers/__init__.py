@@ -1,0 +1,1 @@
+"""Providers: transport, retries, auth and host quirks on top of the dialects."""

@@ -1,0 +1,163 @@
+"""The HTTP transport: one small interface, one aiohttp implementation.
+
+aiohttp is the upstream client because it measured about ten times faster than httpx under
+concurrency on this hardware (DESIGN.md); httpx and vendor SDKs stay off the hot path. Each event
+loop gets one pooled :class:`aiohttp.ClientSession` with keep-alive, created on first use.
+
+Transport failures are translated here, once, into :mod:`modelwire.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
+
+import aiohttp
+
+from ..errors import ModelwireError, ProtocolError, TimeoutError, UpstreamUnavailableError
+
+
+class Reply(Protocol):
+    """An upstream's answer whose body has not been read yet."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes: ...
+    def chunks(self) -> AsyncIterator[bytes]: ...
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    async def send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None = None,
+        *,
+        read_timeout: float | None = None,
+    ) -> Reply: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _AiohttpReply:
+    __slots__ = ("_resp", "headers", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.headers: Mapping[str, str] = resp.headers
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except BaseException as exc:
+            raise translate(exc) from exc
+        finally:
+            self._resp.release()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.content.iter_any():
+                yield chunk
+        except BaseException as exc:
+            raise translate(exc) from exc
+        finally:
+            self._resp.release()
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+class AiohttpTransport:
+    """Pooled keep-alive connections, one session per event loop."""
+
+    def __init__(self, *, limit: int = 0, keepalive: float = 75.0, connect_timeout: float = 10.0) -> None:
+        self._limit = limit
+        self._keepalive = keepalive
+        self._connect_timeout = connect_timeout
+        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self._limit,
+                keepalive_timeout=self._keepalive,
+                ttl_dns_cache=300,
+                enable_cleanup_closed=True,
+            )
+            session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent",),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
+            )
+            self._sessions[loop] = session
+        return session
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None = None,
+        *,
+        read_timeout: float | None = None,
+    ) -> _AiohttpReply:
+        # ``read_timeout`` bounds the wait for the answer's head and then each read, so a long stream
+        # that keeps producing never times out while a stalled one does.
+        client_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._connect_timeout, sock_read=read_timeout
+        )
+        try:
+            resp = await self.session().request(
+                method, url, headers=headers, data=body, timeout=client_timeout, allow_redirects=False
+            )
+        except BaseException as exc:
+            raise translate(exc) from exc
+        return _AiohttpReply(resp)
+
+    async def aclose(self) -> None:
+        """Close the current event loop's session."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        session = self._sessions.pop(loop, None)
+        if session is not None and not session.closed:
+            await session.close()
+
+
+def translate(exc: BaseException) -> BaseException:
+    """An aiohttp or asyncio failure as a :class:`ModelwireError`; anything else unchanged."""
+    if isinstance(exc, ModelwireError | asyncio.CancelledError):
+        return exc
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return TimeoutError("the upstream did not answer in time")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamUnavailableError(f"cannot connect to the upstream: {exc.os_error or exc}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return UpstreamUnavailableError("the upstream closed the connection")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return ProtocolError("the upstream's answer was cut off")
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return UpstreamUnavailableError(f"upstream connection failed: {type(exc).__name__}")
+    return exc
+
+
+_default: AiohttpTransport | None = None
+
+
+def default_transport() -> AiohttpTransport:
+    global _default
+    if _default is None:
+        _default = AiohttpTransport()
+    return _default

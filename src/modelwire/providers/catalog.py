@@ -1,0 +1,174 @@
+"""The model catalog: what each model can do and what it costs, as data.
+
+Profiles live in ``modelwire/data/models.json``, keyed by model-name prefix and matched by the
+longest prefix, so dated snapshots (``gpt-5.1-2025-11-13``) find their family. Quirks are named
+flags here (``sampling``, ``efforts``, ``apis``), read by :func:`adapt` in one place, never
+inline checks on model names elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from ..types import Request, Usage
+
+EFFORT_ORDER = ("none", "minimal", "low", "medium", "high", "xhigh")
+DEFAULT_CONTEXT_WINDOW = 80_000 / 0.7  # so that the 70% compaction threshold is 80,000 when unknown
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """US dollars per million tokens."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelProfile:
+    """What a model accepts. ``known`` is False for the permissive profile of an unknown model."""
+
+    id: str
+    context_window: int | None = None
+    max_output: int | None = None
+    input_modalities: tuple[str, ...] = ("text",)
+    output_modalities: tuple[str, ...] = ("text",)
+    tools: bool = True
+    structured_output: bool = True
+    reasoning: bool | None = None
+    efforts: tuple[str, ...] | None = None
+    sampling: bool = True
+    apis: tuple[str, ...] = ("responses", "chat")
+    price: Price | None = None
+    embedding_dimensions: int | None = None
+    known: bool = True
+
+    def accepts_effort(self, effort: str) -> bool:
+        return self.efforts is None or effort in self.efforts
+
+
+def _profile(model_id: str, raw: dict[str, Any]) -> ModelProfile:
+    price = raw.get("price")
+    return ModelProfile(
+        id=model_id,
+        context_window=raw.get("context_window"),
+        max_output=raw.get("max_output"),
+        input_modalities=tuple(raw.get("input_modalities") or ("text",)),
+        output_modalities=tuple(raw.get("output_modalities") or ("text",)),
+        tools=bool(raw.get("tools", True)),
+        structured_output=bool(raw.get("structured_output", True)),
+        reasoning=raw.get("reasoning"),
+        efforts=tuple(raw["efforts"]) if raw.get("efforts") is not None else None,
+        sampling=bool(raw.get("sampling", True)),
+        apis=tuple(raw.get("apis") or ("responses", "chat")),
+        price=Price(price["input"], price["output"], price.get("cached_input")) if price else None,
+        embedding_dimensions=raw.get("embedding_dimensions"),
+    )
+
+
+@functools.cache
+def builtin_profiles() -> dict[str, ModelProfile]:
+    text = resources.files("modelwire").joinpath("data/models.json").read_text("utf-8")
+    return {k: _profile(k, v) for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+class Catalog:
+    """Built-in profiles, extended by ``add`` (config) and ``discover`` (an upstream's model list).
+
+    ``context_cap`` is a runtime ceiling on the context a model is allowed to use, separate from
+    its native window (e.g. to keep costs bounded or to match a proxy's limit).
+    """
+
+    def __init__(
+        self, profiles: dict[str, ModelProfile] | None = None, *, context_cap: int | None = None
+    ) -> None:
+        self._profiles = dict(builtin_profiles() if profiles is None else profiles)
+        self._discovered: set[str] = set()
+        self.context_cap = context_cap
+
+    def add(self, profile: ModelProfile) -> None:
+        self._profiles[profile.id] = profile
+        self.profile.cache_clear()
+
+    def discover(self, model_ids: list[str]) -> None:
+        """Remember the models an upstream's ``GET /models`` listed."""
+        self._discovered.update(model_ids)
+
+    def models(self) -> list[str]:
+        """Every model id known: discovered ones, plus catalog entries when nothing was discovered."""
+        return sorted(self._discovered or self._profiles)
+
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - a catalog lives as long as its driver
+    def profile(self, model: str) -> ModelProfile:
+        name = model.rsplit("/", 1)[-1].lower()
+        best = ""
+        for prefix in self._profiles:
+            if name.startswith(prefix) and len(prefix) > len(best):
+                best = prefix
+        if best:
+            return dataclasses.replace(self._profiles[best], id=model)
+        return ModelProfile(id=model, known=False)
+
+    def context_window(self, model: str) -> int | None:
+        window = self.profile(model).context_window
+        if self.context_cap is not None:
+            return min(window, self.context_cap) if window else self.context_cap
+        return window
+
+    def cost(self, model: str, usage: Usage) -> float | None:
+        return cost(self.profile(model), usage)
+
+
+def cost(profile: ModelProfile, usage: Usage) -> float | None:
+    """Dollars for ``usage``: cached input at the cached rate, reasoning inside output."""
+    price = profile.price
+    if price is None:
+        return None
+    cached = min(usage.cached_input_tokens, usage.input_tokens)
+    cached_rate = price.cached_input if price.cached_input is not None else price.input
+    dollars = (
+        (usage.input_tokens - cached) * price.input
+        + cached * cached_rate
+        + usage.output_tokens * price.output
+    )
+    return dollars / 1_000_000
+
+
+def nearest_effort(effort: str, accepted: tuple[str, ...]) -> str | None:
+    """The accepted effort closest to ``effort`` (ties go to the higher level)."""
+    if effort in accepted or not accepted:
+        return effort if effort in accepted else None
+    if effort not in EFFORT_ORDER:
+        return None
+    rank = EFFORT_ORDER.index(effort)
+    ranked = [
+        (abs(EFFORT_ORDER.index(a) - rank), -EFFORT_ORDER.index(a), a) for a in accepted if a in EFFORT_ORDER
+    ]
+    return min(ranked)[2] if ranked else None
+
+
+def adapt(req: Request, profile: ModelProfile) -> list[str]:
+    """Fit ``req`` to what the model accepts, in place; returns the names of dropped settings."""
+    dropped: list[str] = []
+    if not profile.sampling:
+        for name in ("temperature", "top_p"):
+            if getattr(req, name) is not None:
+                setattr(req, name, None)
+                dropped.append(name)
+    if req.reasoning_effort is not None and profile.efforts is not None:
+        effort = nearest_effort(req.reasoning_effort, profile.efforts)
+        if effort is None:
+            dropped.append("reasoning_effort")
+        req.reasoning_effort = effort
+    if profile.reasoning is False and req.reasoning_summary is not None:
+        req.reasoning_summary = None
+        dropped.append("reasoning_summary")
+    if profile.max_output and req.max_output_tokens and req.max_output_tokens > profile.max_output:
+        req.max_output_tokens = profile.max_output
+    return dropped

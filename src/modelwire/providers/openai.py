@@ -1,0 +1,578 @@
+"""The OpenAI driver: the neutral model onto the OpenAI wire, Responses API first.
+
+One :class:`OpenAI` object holds a host (native OpenAI, Azure, Codex or any compatible server),
+a wire API (``responses`` by default, ``chat`` on request), keys, a retry policy and a model
+catalog. ``complete`` and ``stream`` take a neutral :class:`Request` (or its fields as keyword
+arguments) and do everything a serious caller would otherwise hand-write: repair broken tool
+sequences, fit settings to the model, keep reasoning across turns, chain stored responses, retry
+transient failures, continue cut-off answers, and price what it cost.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import base64
+import builtins
+import dataclasses
+import hashlib
+import os
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+
+from .. import __version__
+from ..dialects import openai_chat, openai_responses
+from ..dialects._sse import SSEParser
+from ..dialects._stream import ResponseAccumulator, events_from_response
+from ..errors import (
+    InvalidRequestError,
+    ModelwireError,
+    PreviousResponseNotFound,
+    ProtocolError,
+    TimeoutError,
+    from_response,
+)
+from ..observe import (
+    ChainInvalidated,
+    Continued,
+    Hook,
+    Observer,
+    Repaired,
+    RequestSent,
+    ResponseReceived,
+    RetryScheduled,
+    StreamAborted,
+    StreamEnded,
+    StreamStarted,
+)
+from ..types import (
+    BlockDelta,
+    BlockStart,
+    BlockStop,
+    Finish,
+    Message,
+    Part,
+    Request,
+    Response,
+    Start,
+    StreamError,
+    StreamEvent,
+    Text,
+    Usage,
+    UsageUpdate,
+)
+from ._repair import repair
+from ._retry import RetryPolicy, retry_after, should_retry_header
+from ._transport import Reply, Transport, default_transport
+from .catalog import DEFAULT_CONTEXT_WINDOW, Catalog, ModelProfile, adapt
+from .hosts import Endpoint, Host, HostKind, WireAPI
+
+COMPACTION_SHARE = 0.7
+_FAST_TIERS = {"fast": "priority", "priority": "priority"}
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One logical call: the request as it will be sent and what is needed to redo it."""
+
+    req: Request
+    transcript: list[Message]
+    api: WireAPI
+    profile: ModelProfile
+    chained: bool = False
+
+
+@dataclass(slots=True, kw_only=True)
+class Embeddings:
+    vectors: list[list[float]]
+    model: str
+    usage: Usage
+
+
+class OpenAI:
+    """A driver for one OpenAI host.
+
+    ``host`` is inferred from ``base_url`` when not given (``api.openai.com`` is native OpenAI,
+    ``*.openai.azure.com`` and friends are Azure, anything else is OpenAI-compatible).
+    ``continuations`` bounds how many times a cut-off answer is continued (0 disables it).
+    ``store`` decides Responses statefulness on native hosts: the default (False) replays the
+    transcript with encrypted reasoning; True stores responses and chains by id.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        host: HostKind | None = None,
+        api: WireAPI = "responses",
+        api_version: str | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+        timeout: float = 600.0,
+        deadline: float | None = None,
+        max_retries: int = 5,
+        retry: RetryPolicy | None = None,
+        continuations: int = 5,
+        compaction: bool = True,
+        store: bool | None = None,
+        catalog: Catalog | None = None,
+        transport: Transport | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        on_event: Hook | None = None,
+        debug: bool = False,
+        raw: bool = False,
+    ) -> None:
+        self.host = Host.create(host, base_url or os.environ.get("OPENAI_BASE_URL") or None, api_version)
+        env_key = "AZURE_OPENAI_API_KEY" if self.host.kind == "azure" else "OPENAI_API_KEY"
+        self.api_key = (
+            api_key if api_key is not None else os.environ.get(env_key) or os.environ.get("OPENAI_API_KEY")
+        )
+        self.api: WireAPI = api
+        self.timeout = timeout
+        self.deadline = deadline
+        self.retry = retry or RetryPolicy(max_retries=max_retries)
+        self.continuations = continuations
+        self.compaction = compaction
+        self.store = store
+        self.catalog = catalog or Catalog()
+        self.transport: Transport = transport or default_transport()
+        self.extra_body = dict(extra_body or {})
+        self.observer = Observer(on_event, debug=debug, raw=raw)
+        self._headers = {"Content-Type": "application/json", "User-Agent": f"modelwire/{__version__}"}
+        if organization:
+            self._headers["OpenAI-Organization"] = organization
+        if project:
+            self._headers["OpenAI-Project"] = project
+        self._headers.update(headers or {})
+        self._reported_repairs: OrderedDict[str, None] = OrderedDict()
+
+    # ------------------------------------------------------------------------------- public API
+
+    async def complete(self, request: Request | None = None, /, **settings: Any) -> Response:
+        """One answer, whole. Cut-off answers are continued and merged; usage is summed and priced."""
+        plan = self._plan(_request(request, settings), stream=False)
+        async with _deadline(self.deadline):
+            response = await self._call(plan)
+            continued = 0
+            while self._should_continue(response, continued):
+                continued += 1
+                self.observer.emit(
+                    Continued(count=continued, reason="max_output_tokens", response_id=response.id)
+                )
+                plan = self._continuation(plan, response)
+                response = _merge(response, await self._call(plan))
+        response.usage.cost = self.catalog.cost(response.model or plan.req.model, response.usage)
+        return response
+
+    async def stream(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
+        """The answer as neutral events. A failure after the stream started raises a typed error."""
+        async for event in self.events(request, **settings):
+            if isinstance(event, StreamError):
+                raise event.error
+            yield event
+
+    async def events(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
+        """Like :meth:`stream`, but a failure after the stream started arrives as a
+        :class:`StreamError` event rather than an exception (what a gateway needs to render it)."""
+        plan = self._plan(_request(request, settings), stream=True)
+        self.observer.emit(StreamStarted(model=plan.req.model))
+        total = Usage()
+        offset = continued = 0
+        try:
+            while True:
+                acc = ResponseAccumulator()
+                finish: Finish | None = None
+                async for event in self._stream_call(plan):
+                    if isinstance(event, Finish):
+                        finish = event
+                    elif isinstance(event, StreamError):
+                        self.observer.emit(StreamAborted(error=event.error))
+                        yield event
+                        return
+                    elif not isinstance(event, UsageUpdate):
+                        acc.feed(event)
+                        if not (continued and isinstance(event, Start)):
+                            yield _shift(event, offset)
+                assert finish is not None
+                response = acc.result()
+                response.stop_reason = finish.stop_reason
+                total = total + (finish.usage or Usage())
+                if not self._should_continue(response, continued):
+                    break
+                continued += 1
+                offset += acc.block_count
+                self.observer.emit(
+                    Continued(count=continued, reason="max_output_tokens", response_id=response.id)
+                )
+                plan = self._continuation(plan, response)
+            total.cost = self.catalog.cost(plan.req.model, total)
+            yield UsageUpdate(usage=total)
+            yield Finish(stop_reason=finish.stop_reason, usage=total, stop_sequence=finish.stop_sequence)
+            self.observer.emit(StreamEnded(usage=total))
+        except BaseException as exc:
+            self.observer.emit(StreamAborted(error=exc))
+            raise
+
+    def complete_sync(self, request: Request | None = None, /, **settings: Any) -> Response:
+        """:meth:`complete` for code without an event loop."""
+
+        async def run() -> Response:
+            try:
+                return await self.complete(request, **settings)
+            finally:
+                await self.transport.aclose()
+
+        return asyncio.run(run())
+
+    def stream_sync(self, request: Request | None = None, /, **settings: Any) -> Iterator[StreamEvent]:
+        """:meth:`stream` for code without an event loop."""
+        with asyncio.Runner() as runner:
+            events = cast(AsyncGenerator[StreamEvent, None], self.stream(request, **settings))
+            try:
+                while True:
+                    try:
+                        yield runner.run(events.__anext__())
+                    except StopAsyncIteration:
+                        return
+            finally:
+                runner.run(events.aclose())
+                runner.run(self.transport.aclose())
+
+    async def embed(self, input: str | list[str], *, model: str, dimensions: int | None = None) -> Embeddings:
+        """Embedding vectors for ``input``, fetched as base64 float32 (a quarter of the JSON size)."""
+        body: dict[str, Any] = {"model": model, "input": input, "encoding_format": "base64"}
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        reply = await self._send("embeddings", model, orjson.dumps(body), stream=False)
+        data = await _json(reply)
+        vectors = [_vector(item.get("embedding")) for item in sorted(data.get("data") or [], key=_index)]
+        usage = Usage(input_tokens=(data.get("usage") or {}).get("prompt_tokens") or 0)
+        usage.cost = self.catalog.cost(model, usage)
+        return Embeddings(vectors=vectors, model=data.get("model") or model, usage=usage)
+
+    async def list_models(self) -> list[str]:
+        """The upstream's model ids (``GET /models``); the catalog learns them too."""
+        reply = await self._send("models", "", None, stream=False, method="GET")
+        ids = [m["id"] for m in (await _json(reply)).get("data") or [] if isinstance(m, dict) and "id" in m]
+        self.catalog.discover(ids)
+        return ids
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    async def __aenter__(self) -> OpenAI:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ----------------------------------------------------------------------------------- planning
+
+    def _plan(self, req: Request, *, stream: bool) -> _Plan:
+        req = dataclasses.replace(req, messages=list(req.messages), stream=stream)
+        req.messages, report = repair(req.messages)
+        if report is not None:
+            self._report_repair(report)
+        profile = self.catalog.profile(req.model)
+        api = self._api_for(profile)
+        adapt(req, profile)
+        if req.service_tier in _FAST_TIERS and self.host.native:
+            req.service_tier = _FAST_TIERS[req.service_tier]
+        if self.host.native and api == "responses":
+            self._native_responses(req)
+        plan = _Plan(req=req, transcript=req.messages, api=api, profile=profile)
+        if self.host.native and api == "responses" and req.store and req.previous_response_id is None:
+            _chain(plan)
+        return plan
+
+    def _api_for(self, profile: ModelProfile) -> WireAPI:
+        if self.host.kind == "codex" or self.api not in profile.apis:
+            return "responses" if "responses" in profile.apis else self.api
+        return self.api
+
+    def _native_responses(self, req: Request) -> None:
+        if req.store is None:
+            req.store = self.store if self.store is not None else False
+        if self.host.kind == "codex":
+            req.store = False
+        if req.prompt_cache_key is None:
+            req.prompt_cache_key = prompt_cache_key(req)
+
+    def _report_repair(self, report: Repaired) -> None:
+        fresh = [m for m in report.missing if m[0] not in self._reported_repairs]
+        if not (fresh or report.dropped or report.moved):
+            return
+        for call_id, _ in fresh:
+            self._reported_repairs[call_id] = None
+        while len(self._reported_repairs) > 4096:
+            self._reported_repairs.popitem(last=False)
+        report.missing = fresh
+        self.observer.emit(report)
+
+    def _body(self, plan: _Plan) -> dict[str, Any]:
+        req, wire = plan.req, self.host.wire
+        if plan.api == "chat":
+            body = openai_chat.encode_request(req, wire)
+        else:
+            include = list(req.extra.get("include") or []) if req.dialect == "openai_responses" else []
+            if self.host.native and not req.store and plan.profile.reasoning is not False:
+                include.append("reasoning.encrypted_content")
+            body = openai_responses.encode_request(req, wire, include=sorted(set(include)) or None)
+            if self.host.native and self.compaction and self.host.kind != "codex":
+                window = self.catalog.context_window(req.model) or DEFAULT_CONTEXT_WINDOW
+                threshold = max(1000, int(window * COMPACTION_SHARE))
+                body.setdefault(
+                    "context_management", [{"type": "compaction", "compact_threshold": threshold}]
+                )
+            if self.host.kind == "codex":
+                body.pop("max_output_tokens", None)
+        body.update(self.extra_body)
+        return body
+
+    def _should_continue(self, response: Response, done: int) -> bool:
+        # A cut-off answer holding tool calls is the caller's to act on: continuing would need
+        # their results first.
+        return response.stop_reason == "length" and done < self.continuations and not response.tool_calls
+
+    def _continuation(self, plan: _Plan, response: Response) -> _Plan:
+        """The plan for the call that continues ``response``."""
+        transcript = [
+            *plan.transcript,
+            Message(role="assistant", content=list(response.content), id=response.id),
+        ]
+        req = dataclasses.replace(plan.req, messages=transcript, previous_response_id=None)
+        new = _Plan(req=req, transcript=transcript, api=plan.api, profile=plan.profile)
+        if self.host.native and plan.api == "responses" and req.store:
+            _chain(new)
+        return new
+
+    # -------------------------------------------------------------------------------------- calls
+
+    async def _call(self, plan: _Plan) -> Response:
+        if self.host.kind == "codex":  # the subscription route only streams
+            acc = ResponseAccumulator()
+            async for event in self._stream_call(dataclasses.replace(plan, req=_streaming(plan.req))):
+                if isinstance(event, StreamError):
+                    raise event.error
+                acc.feed(event)
+            return acc.result()
+        try:
+            reply = await self._send(plan.api, plan.req.model, orjson.dumps(self._body(plan)), stream=False)
+        except PreviousResponseNotFound:
+            if not plan.chained:
+                raise
+            return await self._call(self._unchain(plan))
+        started = time.monotonic()
+        data = await _json(reply)
+        decode = openai_chat.decode_response if plan.api == "chat" else openai_responses.decode_response
+        response = decode(data)
+        self.observer.emit(
+            ResponseReceived(
+                status=reply.status,
+                model=response.model,
+                latency=time.monotonic() - started,
+                request_id=reply.headers.get("x-request-id"),
+                usage=response.usage,
+            )
+        )
+        return response
+
+    def _unchain(self, plan: _Plan) -> _Plan:
+        """The stored response we chained from is gone: replay the whole transcript instead."""
+        assert plan.req.previous_response_id is not None
+        self.observer.emit(ChainInvalidated(previous_response_id=plan.req.previous_response_id))
+        req = dataclasses.replace(plan.req, messages=plan.transcript, previous_response_id=None)
+        return _Plan(req=req, transcript=plan.transcript, api=plan.api, profile=plan.profile)
+
+    async def _stream_call(self, plan: _Plan) -> AsyncIterator[StreamEvent]:
+        """Events of one streamed call. Failures before the first event are retried by ``_send``;
+        after it, they arrive as a :class:`StreamError`."""
+        try:
+            reply = await self._send(plan.api, plan.req.model, orjson.dumps(self._body(plan)), stream=True)
+        except PreviousResponseNotFound:
+            if not plan.chained:
+                raise
+            plan = self._unchain(plan)
+            reply = await self._send(plan.api, plan.req.model, orjson.dumps(self._body(plan)), stream=True)
+        if "json" in reply.headers.get("content-type", ""):  # the server ignored stream=true
+            decode = openai_chat.decode_response if plan.api == "chat" else openai_responses.decode_response
+            for event in events_from_response(decode(await _json(reply))):
+                yield event
+            return
+        decoder = openai_chat.StreamDecoder() if plan.api == "chat" else openai_responses.StreamDecoder()
+        async for event in _decode_stream(reply, decoder, self.observer):
+            yield event
+
+    async def _send(
+        self, endpoint: Endpoint, model: str, body: bytes | None, *, stream: bool, method: str = "POST"
+    ) -> Reply:
+        """One request with retries; returns a reply whose status is a success."""
+        url = self.host.url(endpoint, model)
+        headers = {**self._headers, **self.host.auth_headers(self.api_key)}
+        if stream:
+            headers["Accept"] = "text/event-stream"
+        self.observer.payload("request", url, headers, body or b"")
+        attempt = 0
+        while True:
+            self.observer.emit(
+                RequestSent(url=url, model=model, api=endpoint, attempt=attempt, stream=stream)
+            )
+            try:
+                return await self._attempt(method, url, headers, body)
+            except ModelwireError as err:
+                wait = self.retry.delay(attempt, err)
+                if wait is None:
+                    raise
+                self.observer.emit(RetryScheduled(attempt=attempt + 1, delay=wait, error=err))
+                await asyncio.sleep(wait)
+                attempt += 1
+
+    async def _attempt(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> Reply:
+        reply = await self.transport.send(method, url, headers, body, read_timeout=self.timeout)
+        if reply.status < 400:
+            return reply
+        payload = await reply.read()
+        self.observer.payload("error", url, dict(reply.headers), payload)
+        err = from_response(
+            reply.status,
+            payload,
+            request_id=reply.headers.get("x-request-id"),
+            retry_after=retry_after(reply.headers),
+            content_type=reply.headers.get("content-type", ""),
+        )
+        verdict = should_retry_header(reply.headers)
+        if verdict is not None:
+            err.retryable = verdict
+        raise err
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _request(request: Request | None, settings: dict[str, Any]) -> Request:
+    if request is not None:
+        return dataclasses.replace(request, **settings) if settings else request
+    messages = settings.pop("messages", [])
+    if isinstance(messages, str):
+        messages = [Message(role="user", content=[Text(text=messages)])]
+    if "model" not in settings:
+        raise InvalidRequestError("a model is required", param="model")
+    return Request(messages=list(messages), **settings)
+
+
+def _streaming(req: Request) -> Request:
+    return dataclasses.replace(req, stream=True)
+
+
+def _chain(plan: _Plan) -> None:
+    """Send only what follows the last stored response in the transcript, chained by its id."""
+    messages = plan.req.messages
+    lead = 0  # instructions are not inherited through a chain: keep sending them
+    while lead < len(messages) and messages[lead].role in ("system", "developer"):
+        lead += 1
+    for i in range(len(messages) - 1, lead - 1, -1):
+        msg = messages[i]
+        if msg.role == "assistant" and msg.id and msg.id.startswith("resp_"):
+            plan.req.messages = messages[:lead] + messages[i + 1 :]
+            plan.req.previous_response_id = msg.id
+            plan.chained = True
+            return
+
+
+def prompt_cache_key(req: Request) -> str:
+    """A cache key from what stays the same across a conversation: model, instructions, tools."""
+    digest = hashlib.sha256(req.model.encode())
+    for msg in req.messages:
+        if msg.role not in ("system", "developer"):
+            break
+        digest.update(msg.text.encode())
+    for tool in req.tools:
+        digest.update(
+            orjson.dumps([tool.name, tool.description, tool.parameters], option=orjson.OPT_SORT_KEYS)
+        )
+    return "mw-" + digest.hexdigest()[:40]
+
+
+def _merge(first: Response, more: Response) -> Response:
+    """One response from an answer and its continuation: text runs join, usage adds up."""
+    content: list[Part] = list(first.content)
+    for part in more.content:
+        if isinstance(part, Text) and content and isinstance(content[-1], Text):
+            content[-1] = Text(text=content[-1].text + part.text)
+        else:
+            content.append(part)
+    return dataclasses.replace(
+        more, content=content, usage=first.usage + more.usage, created=first.created or more.created
+    )
+
+
+def _shift(event: StreamEvent, offset: int) -> StreamEvent:
+    if offset and isinstance(event, BlockStart | BlockDelta | BlockStop):
+        return dataclasses.replace(event, index=event.index + offset)
+    return event
+
+
+async def _decode_stream(reply: Reply, decoder: Any, observer: Observer) -> AsyncIterator[StreamEvent]:
+    parser = SSEParser()
+    try:
+        async for chunk in reply.chunks():
+            for sse in parser.feed(chunk):
+                observer.payload("stream", "", {}, sse.data)
+                for event in decoder.feed(sse.data):
+                    yield event
+        for sse in parser.flush():
+            for event in decoder.feed(sse.data):
+                yield event
+        for event in decoder.end():
+            yield event
+    except ModelwireError as err:
+        yield StreamError(error=err)
+
+
+async def _json(reply: Reply) -> dict[str, Any]:
+    payload = await reply.read()
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        kind = reply.headers.get("content-type", "unknown content")
+        raise ProtocolError(f"upstream answered {kind} that is not JSON: {payload[:120]!r}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("upstream answered JSON that is not an object")
+    return data
+
+
+def _vector(raw: Any) -> list[float]:
+    if isinstance(raw, str):
+        values = array.array("f")
+        values.frombytes(base64.b64decode(raw))
+        return values.tolist()
+    if isinstance(raw, list):
+        return [float(x) for x in raw]
+    raise ProtocolError("upstream embedding is neither base64 nor a list of numbers")
+
+
+def _index(item: dict[str, Any]) -> int:
+    return int(item.get("index") or 0)
+
+
+class _deadline:
+    """``asyncio.timeout`` that raises modelwire's :class:`TimeoutError`."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self._cm = asyncio.timeout(seconds)
+
+    async def __aenter__(self) -> None:
+        await self._cm.__aenter__()
+
+    async def __aexit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        try:
+            await self._cm.__aexit__(kind, exc, tb)
+        except builtins.TimeoutError as err:
+            raise TimeoutError("the overall deadline passed") from err
