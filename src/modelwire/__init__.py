@@ -1,3 +1,113 @@
-"""modelwire: an OpenAI provider library and an LLM gateway."""
+"""modelwire: an OpenAI provider library and an LLM gateway.
 
-__version__ = "0.1.0"
+The library in one breath::
+
+    import modelwire as mw
+
+    client = mw.OpenAI()                      # OPENAI_API_KEY / OPENAI_BASE_URL
+    reply = await client.complete(model="gpt-5.1", messages=[mw.user("Hello")])
+    print(reply.text, reply.usage.cost)
+"""
+
+from ._version import __version__
+from .errors import (
+    AuthenticationError,
+    ContentFilterError,
+    ContextLengthError,
+    InvalidRequestError,
+    ModelwireError,
+    NotFoundError,
+    PermissionDeniedError,
+    PreviousResponseNotFound,
+    ProtocolError,
+    RateLimitError,
+    TimeoutError,
+    UpstreamUnavailableError,
+)
+from .providers._retry import RetryPolicy
+from .providers.catalog import Catalog, ModelProfile, Price
+from .providers.openai import Embeddings, OpenAI
+from .types import (
+    Audio,
+    BlockDelta,
+    BlockStart,
+    BlockStop,
+    File,
+    Finish,
+    Image,
+    Message,
+    Part,
+    ProviderItem,
+    Reasoning,
+    Refusal,
+    Request,
+    Response,
+    ResponseFormat,
+    Start,
+    StreamError,
+    StreamEvent,
+    Text,
+    Tool,
+    ToolCall,
+    ToolName,
+    ToolResult,
+    Usage,
+    UsageUpdate,
+    assistant,
+    developer,
+    system,
+    tool_result,
+    user,
+)
+
+__all__ = [
+    "Audio",
+    "AuthenticationError",
+    "BlockDelta",
+    "BlockStart",
+    "BlockStop",
+    "Catalog",
+    "ContentFilterError",
+    "ContextLengthError",
+    "Embeddings",
+    "File",
+    "Finish",
+    "Image",
+    "InvalidRequestError",
+    "Message",
+    "ModelProfile",
+    "ModelwireError",
+    "NotFoundError",
+    "OpenAI",
+    "Part",
+    "PermissionDeniedError",
+    "PreviousResponseNotFound",
+    "Price",
+    "ProtocolError",
+    "ProviderItem",
+    "RateLimitError",
+    "Reasoning",
+    "Refusal",
+    "Request",
+    "Response",
+    "ResponseFormat",
+    "RetryPolicy",
+    "Start",
+    "StreamError",
+    "StreamEvent",
+    "Text",
+    "TimeoutError",
+    "Tool",
+    "ToolCall",
+    "ToolName",
+    "ToolResult",
+    "UpstreamUnavailableError",
+    "Usage",
+    "UsageUpdate",
+    "__version__",
+    "assistant",
+    "developer",
+    "system",
+    "tool_result",
+    "user",
+]

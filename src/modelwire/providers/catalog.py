@@ -17,8 +17,17 @@ from typing import Any
 
 from ..types import Request, Usage
 
-EFFORT_ORDER = ("none", "minimal", "low", "medium", "high", "xhigh")
+EFFORT_ORDER = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 DEFAULT_CONTEXT_WINDOW = 80_000 / 0.7  # so that the 70% compaction threshold is 80,000 when unknown
+
+
+@dataclass(frozen=True, slots=True)
+class LongContext:
+    """Above ``threshold`` input tokens the whole request is billed at these multiples."""
+
+    threshold: int
+    input: float
+    output: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +37,8 @@ class Price:
     input: float
     output: float
     cached_input: float | None = None
+    cache_write: float | None = None
+    long_context: LongContext | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +56,7 @@ class ModelProfile:
     efforts: tuple[str, ...] | None = None
     sampling: bool = True
     apis: tuple[str, ...] = ("responses", "chat")
+    chat_tools: str = "yes"  # yes | effort-none | no: whether Chat Completions takes function tools
     price: Price | None = None
     embedding_dimensions: int | None = None
     known: bool = True
@@ -53,21 +65,39 @@ class ModelProfile:
         return self.efforts is None or effort in self.efforts
 
 
+def _flag(raw: dict[str, Any], name: str) -> bool:
+    """A capability flag; unknown (null or absent) means permissive, so nothing is dropped on a guess."""
+    return raw.get(name) is not False
+
+
+def _price(raw: dict[str, Any] | None) -> Price | None:
+    if not raw:
+        return None
+    long = raw.get("long_context")
+    return Price(
+        input=raw["input"],
+        output=raw["output"],
+        cached_input=raw.get("cached_input"),
+        cache_write=raw.get("cache_write"),
+        long_context=LongContext(long["threshold"], long["input"], long["output"]) if long else None,
+    )
+
+
 def _profile(model_id: str, raw: dict[str, Any]) -> ModelProfile:
-    price = raw.get("price")
     return ModelProfile(
         id=model_id,
         context_window=raw.get("context_window"),
         max_output=raw.get("max_output"),
         input_modalities=tuple(raw.get("input_modalities") or ("text",)),
         output_modalities=tuple(raw.get("output_modalities") or ("text",)),
-        tools=bool(raw.get("tools", True)),
-        structured_output=bool(raw.get("structured_output", True)),
+        tools=_flag(raw, "tools"),
+        structured_output=_flag(raw, "structured_output"),
         reasoning=raw.get("reasoning"),
         efforts=tuple(raw["efforts"]) if raw.get("efforts") is not None else None,
-        sampling=bool(raw.get("sampling", True)),
+        sampling=_flag(raw, "sampling"),
         apis=tuple(raw.get("apis") or ("responses", "chat")),
-        price=Price(price["input"], price["output"], price.get("cached_input")) if price else None,
+        chat_tools=raw.get("chat_tools") or "yes",
+        price=_price(raw.get("price")),
         embedding_dimensions=raw.get("embedding_dimensions"),
     )
 
@@ -126,17 +156,21 @@ class Catalog:
 
 
 def cost(profile: ModelProfile, usage: Usage) -> float | None:
-    """Dollars for ``usage``: cached input at the cached rate, reasoning inside output."""
+    """Dollars for ``usage``: cached input at the cached rate, cache writes at the write rate,
+    reasoning inside output, long-context multipliers over the whole request."""
     price = profile.price
     if price is None:
         return None
     cached = min(usage.cached_input_tokens, usage.input_tokens)
+    written = min(usage.cache_write_tokens, usage.input_tokens - cached)
+    fresh = usage.input_tokens - cached - written
     cached_rate = price.cached_input if price.cached_input is not None else price.input
-    dollars = (
-        (usage.input_tokens - cached) * price.input
-        + cached * cached_rate
-        + usage.output_tokens * price.output
-    )
+    write_rate = price.cache_write if price.cache_write is not None else price.input
+    in_mult = out_mult = 1.0
+    if price.long_context and usage.input_tokens > price.long_context.threshold:
+        in_mult, out_mult = price.long_context.input, price.long_context.output
+    dollars = (fresh * price.input + cached * cached_rate + written * write_rate) * in_mult
+    dollars += usage.output_tokens * price.output * out_mult
     return dollars / 1_000_000
 
 

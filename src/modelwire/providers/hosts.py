@@ -24,6 +24,9 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 CODEX_BASE_URL = "https://chatgpt.com/backend-api/codex"
 AZURE_SUFFIXES = (".openai.azure.com", ".services.ai.azure.com", ".cognitiveservices.azure.com")
 DEFAULT_AZURE_API_VERSION = "2024-12-01-preview"
+# Azure serves the Responses API only from this api-version on; older ones answer 400.
+AZURE_RESPONSES_MIN_VERSION = "2025-03-01-preview"
+AZURE_RESPONSES_VERSION = "2025-04-01-preview"
 
 _PATHS: dict[Endpoint, str] = {
     "responses": "/responses",
@@ -84,11 +87,18 @@ class Host:
         path = _PATHS[endpoint] + suffix
         if not self.azure_classic:
             return self.base_url + path
+        version = self.api_version
         if endpoint in ("chat", "embeddings"):
             path = f"/openai/deployments/{model}{path}"
         else:
             path = "/openai" + path
-        return f"{self.base_url}{path}?api-version={self.api_version}"
+            if (
+                endpoint in ("responses", "response")
+                and version
+                and version[:10] < AZURE_RESPONSES_MIN_VERSION[:10]
+            ):
+                version = AZURE_RESPONSES_VERSION
+        return f"{self.base_url}{path}?api-version={version}"
 
     def auth_headers(self, key: str | None) -> dict[str, str]:
         if not key:

@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import orjson
 
-from .. import __version__
+from .._version import __version__
 from ..dialects import openai_chat, openai_responses
 from ..dialects._sse import SSEParser
 from ..dialects._stream import ResponseAccumulator, events_from_response
@@ -70,6 +70,7 @@ from ._repair import repair
 from ._retry import RetryPolicy, retry_after, should_retry_header
 from ._transport import Reply, Transport, default_transport
 from .catalog import DEFAULT_CONTEXT_WINDOW, Catalog, ModelProfile, adapt
+from .codex import CodexCredentials
 from .hosts import Endpoint, Host, HostKind, WireAPI
 
 COMPACTION_SHARE = 0.7
@@ -128,6 +129,7 @@ class OpenAI:
         on_event: Hook | None = None,
         debug: bool = False,
         raw: bool = False,
+        credentials: CodexCredentials | None = None,
     ) -> None:
         self.host = Host.create(host, base_url or os.environ.get("OPENAI_BASE_URL") or None, api_version)
         env_key = "AZURE_OPENAI_API_KEY" if self.host.kind == "azure" else "OPENAI_API_KEY"
@@ -152,6 +154,9 @@ class OpenAI:
             self._headers["OpenAI-Project"] = project
         self._headers.update(headers or {})
         self._reported_repairs: OrderedDict[str, None] = OrderedDict()
+        if credentials is None and self.host.kind == "codex" and not self.api_key:
+            credentials = CodexCredentials(transport=self.transport)
+        self.credentials = credentials
 
     # ------------------------------------------------------------------------------- public API
 
@@ -281,8 +286,8 @@ class OpenAI:
         if report is not None:
             self._report_repair(report)
         profile = self.catalog.profile(req.model)
-        api = self._api_for(profile)
         adapt(req, profile)
+        api = self._api_for(profile, req)
         if req.service_tier in _FAST_TIERS and self.host.native:
             req.service_tier = _FAST_TIERS[req.service_tier]
         if self.host.native and api == "responses":
@@ -292,9 +297,16 @@ class OpenAI:
             _chain(plan)
         return plan
 
-    def _api_for(self, profile: ModelProfile) -> WireAPI:
-        if self.host.kind == "codex" or self.api not in profile.apis:
-            return "responses" if "responses" in profile.apis else self.api
+    def _api_for(self, profile: ModelProfile, req: Request) -> WireAPI:
+        """The configured API, unless the model cannot serve this request on it."""
+        if self.host.kind == "codex":
+            return "responses"
+        if self.api == "chat" and "responses" in profile.apis:
+            tools_refused = profile.chat_tools == "no" or (
+                profile.chat_tools == "effort-none" and req.reasoning_effort not in (None, "none")
+            )
+            if "chat" not in profile.apis or (req.tools and tools_refused):
+                return "responses"
         return self.api
 
     def _native_responses(self, req: Request) -> None:
@@ -332,7 +344,7 @@ class OpenAI:
                     "context_management", [{"type": "compaction", "compact_threshold": threshold}]
                 )
             if self.host.kind == "codex":
-                body.pop("max_output_tokens", None)
+                _fit_codex(body)
         body.update(self.extra_body)
         return body
 
@@ -415,7 +427,8 @@ class OpenAI:
     ) -> Reply:
         """One request with retries; returns a reply whose status is a success."""
         url = self.host.url(endpoint, model)
-        headers = {**self._headers, **self.host.auth_headers(self.api_key)}
+        auth = await self.credentials.headers() if self.credentials else self.host.auth_headers(self.api_key)
+        headers = {**self._headers, **auth}
         if stream:
             headers["Accept"] = "text/event-stream"
         self.observer.payload("request", url, headers, body or b"")
@@ -465,6 +478,16 @@ def _request(request: Request | None, settings: dict[str, Any]) -> Request:
     if "model" not in settings:
         raise InvalidRequestError("a model is required", param="model")
     return Request(messages=list(messages), **settings)
+
+
+def _fit_codex(body: dict[str, Any]) -> None:
+    """The subscription route refuses sampling and output limits, and requires instructions."""
+    for name in ("max_output_tokens", "temperature", "top_p"):
+        body.pop(name, None)
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict) and reasoning.get("effort") == "minimal":
+        reasoning["effort"] = "low"
+    body.setdefault("instructions", "You are a helpful assistant.")
 
 
 def _streaming(req: Request) -> Request:
