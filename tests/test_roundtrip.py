@@ -41,12 +41,22 @@ ids = st.from_regex(r"[a-z0-9]{4,12}", fullmatch=True)
 args = st.dictionaries(
     st.from_regex(r"[a-z]{1,8}", fullmatch=True), st.integers(-(2**53), 2**53) | words, max_size=3
 ).map(lambda d: orjson.dumps(d).decode())
-images = st.one_of(
-    st.builds(
-        Image, url=st.just("https://example.com/cat.png"), detail=st.sampled_from([None, "low", "high"])
-    ),
-    st.builds(Image, data=st.binary(min_size=1, max_size=24), media_type=st.just("image/png")),
-)
+
+
+def images(details: list[str | None]) -> st.SearchStrategy[Image]:
+    return st.one_of(
+        st.builds(Image, url=st.just("https://example.com/cat.png"), detail=st.sampled_from(details)),
+        st.builds(
+            Image,
+            data=st.binary(min_size=1, max_size=24),
+            media_type=st.just("image/png"),
+            detail=st.sampled_from(details),
+        ),
+    )
+
+
+chat_images = images([None, "low", "high"])
+responses_images = images(["auto", "low", "high"])  # Responses always states the detail
 tools = st.builds(
     Tool,
     name=st.from_regex(r"[a-z_]{1,16}", fullmatch=True),
@@ -78,7 +88,7 @@ def chat_conversations(draw: Any) -> list[Message]:
     for _ in range(draw(st.integers(1, 3))):
         content: list[Part] = [Text(text=draw(words))]
         if draw(st.booleans()):
-            content = [Text(text=draw(words)), draw(images)]
+            content = [Text(text=draw(words)), draw(chat_images)]
         messages.append(Message(role="user", content=content))
         calls = [
             ToolCall(id=call_ids(draw), name=draw(ids), arguments=draw(args))
@@ -103,7 +113,7 @@ def responses_conversations(draw: Any) -> list[Message]:
     for _ in range(draw(st.integers(1, 3))):
         content: list[Part] = [Text(text=draw(words))]
         if draw(st.booleans()):
-            content = [Text(text=draw(words)), draw(images)]
+            content = [Text(text=draw(words)), draw(responses_images)]
         messages.append(Message(role="user", content=content))
         reply: list[Part] = []
         if draw(st.booleans()):
@@ -134,7 +144,7 @@ def settings_for(draw: Any, req: Request) -> Request:
     if req.tools:
         req.tool_choice = draw(st.sampled_from(["auto", "none", "required", ToolName(req.tools[0].name)]))
         req.parallel_tool_calls = draw(st.none() | st.booleans())
-    req.max_output_tokens = draw(st.none() | st.integers(1, 100_000))
+    req.max_output_tokens = draw(st.none() | st.integers(16, 100_000))
     req.temperature = draw(st.none() | st.floats(0, 2).map(lambda f: round(f, 2)))
     req.top_p = draw(st.none() | st.floats(0, 1).map(lambda f: round(f, 2)))
     req.reasoning_effort = draw(st.none() | st.sampled_from(["low", "medium", "high"]))
@@ -220,6 +230,7 @@ def responses_responses(draw: Any) -> Response:
                     id="rs_" + draw(ids),
                     summary=draw(st.lists(words, max_size=2)),
                     data=draw(st.none() | words),
+                    text=draw(st.none() | words),
                     dialect="openai_responses",
                 )
             )
@@ -232,6 +243,7 @@ def responses_responses(draw: Any) -> Response:
         stop_reason=stop,
         usage=draw(usages),
         created=1_700_000_000,
+        service_tier="default",
     )
 
 

@@ -255,6 +255,8 @@ def events_from_response(resp: Response) -> list[StreamEvent]:
         if isinstance(part, Reasoning):
             for si, summary in enumerate(part.summary):
                 b.events.append(BlockDelta(index=i, text=summary, summary_index=si))
+            if part.text:
+                b.events.append(BlockDelta(index=i, text=part.text, summary_index=None))
         elif _delta_text(part):
             b.events.append(BlockDelta(index=i, text=_delta_text(part)))
         b.close(i, part)

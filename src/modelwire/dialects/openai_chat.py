@@ -578,7 +578,7 @@ def render_response(resp: Response) -> dict[str, Any]:
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
             for c in calls
         ]
-    reasoning = "\n\n".join(r.summary_text or (r.text or "") for r in resp.reasoning).strip()
+    reasoning = "\n\n".join(r.summary_text or (r.text or "") for r in resp.reasoning)
     if reasoning:
         message["reasoning_content"] = reasoning
     return {
@@ -591,7 +591,6 @@ def render_response(resp: Response) -> dict[str, Any]:
         ],
         "usage": render_usage(resp.usage),
         "service_tier": resp.service_tier,
-        "system_fingerprint": None,
     }
 
 

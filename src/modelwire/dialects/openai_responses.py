@@ -65,6 +65,9 @@ _KNOWN = frozenset(
 )
 
 
+MIN_OUTPUT_TOKENS = 16
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
@@ -89,7 +92,10 @@ def encode_request(
         body["tool_choice"] = encode_tool_choice(req.tool_choice)
     if req.parallel_tool_calls is not None and tools:
         body["parallel_tool_calls"] = req.parallel_tool_calls
-    for name in ("max_output_tokens", "temperature", "top_p"):
+    if req.max_output_tokens is not None:
+        # The Responses API refuses limits under 16; a smaller one would only be a 400.
+        body["max_output_tokens"] = max(MIN_OUTPUT_TOKENS, req.max_output_tokens)
+    for name in ("temperature", "top_p"):
         value = getattr(req, name)
         if value is not None:
             body[name] = value
@@ -670,7 +676,10 @@ def _decode_text(req: Request, text: dict[str, Any]) -> None:
 def render_usage(u: Usage) -> dict[str, Any]:
     return {
         "input_tokens": u.input_tokens,
-        "input_tokens_details": {"cached_tokens": u.cached_input_tokens},
+        "input_tokens_details": {
+            "cached_tokens": u.cached_input_tokens,
+            "cache_write_tokens": u.cache_write_tokens,
+        },
         "output_tokens": u.output_tokens,
         "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
         "total_tokens": u.input_tokens + u.output_tokens,
@@ -725,10 +734,7 @@ def render_reasoning(part: Reasoning) -> dict[str, Any]:
         "type": "reasoning",
         "summary": [{"type": "summary_text", "text": s} for s in part.summary],
     }
-    if part.text and not part.summary and part.dialect not in (None, DIALECT):
-        # Foreign reasoning (Anthropic thinking, Gemini thoughts) is readable text: show it as summary.
-        item["summary"] = [{"type": "summary_text", "text": part.text}]
-    elif part.text:
+    if part.text:
         item["content"] = [{"type": "reasoning_text", "text": part.text}]
     token = _replay.token_for(part, DIALECT)
     if token is not None:
@@ -787,8 +793,6 @@ def response_skeleton(id: str, model: str, req: Request, created: int = 0) -> di
         "tools": [encode_tool(t) for t in req.tools] + list(req.extra.get("tools") or ()),
         "top_p": req.top_p if req.top_p is not None else 1.0,
         "truncation": "disabled",
-        "usage": None,
-        "user": None,
         "metadata": req.metadata or {},
     }
 
@@ -897,7 +901,11 @@ class StreamRenderer:
         if isinstance(part, ToolCall):
             return self._emit("response.function_call_arguments.delta", {**base, "delta": event.text})
         if isinstance(part, Reasoning):
-            si = event.summary_index if event.summary_index is not None else 0
+            si = event.summary_index
+            if si is None:
+                return self._emit(
+                    "response.reasoning_text.delta", {**base, "content_index": 0, "delta": event.text}
+                )
             out = b""
             if si not in self._summaries[event.index]:
                 self._summaries[event.index].add(si)
@@ -958,6 +966,8 @@ class StreamRenderer:
             out += self._emit(
                 "response.reasoning_summary_part.done", {**base, "summary_index": si, "part": entry}
             )
+        if part.text:
+            out += self._emit("response.reasoning_text.done", {**base, "content_index": 0, "text": part.text})
         self._output[oi] = done
         return out + self._emit("response.output_item.done", {"output_index": oi, "item": done})
 

@@ -1,0 +1,1119 @@
+"""A scripted stand-in for the OpenAI (and Azure OpenAI) HTTP API.
+
+Why it exists: modelwire talks to vendors over HTTP, so its tests need an upstream that answers
+exactly like the real one, including its failure modes (rate limits, HTML error pages, broken
+streams). This fake is a real aiohttp server on 127.0.0.1 running in its own thread and event
+loop, so sync tests, async tests and a gateway started as a subprocess can all reach it.
+
+It is written from ``tests/specs/openai-openapi.yml`` and ``tests/specs/PROTOCOLS.md`` only and
+never imports modelwire: if both shared code, a bug could hide on both sides of the wire.
+
+Drift control: every JSON request body is validated against the official schema (and any
+top-level field the schema does not declare is flagged), and so is every JSON payload the fake
+itself sends. Problems are appended to ``FakeUpstream.violations`` instead of being raised, so the
+request is still answered and the test sees what happened; the ``upstream`` fixture asserts the
+list is empty after each test.
+
+Scripting: ``script(*replies)`` queues ``Reply`` objects that the next requests consume in order
+(every request to any endpoint takes one; per-model queues from ``for_model`` come first). A
+content reply (text, tool calls, ...) is rendered in the dialect of the endpoint it lands on,
+streamed or not according to the request's ``stream`` flag; on endpoints that generate nothing
+(models, stored responses) a content reply just means "answer normally".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import math
+import socket
+import struct
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from tests.spec import openai_errors, unknown_fields
+
+DEFAULT_TEXT = "Hello from the fake upstream."
+DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4.1", "o4-mini", "text-embedding-3-small")
+MODEL_CREATED = 1686935002
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+CLOUDFLARE_PAGE = (
+    "<html>\r\n<head><title>{status} Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>{status} Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+
+Json = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Recorded requests and scripted replies
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    """One request as the fake received it (header names lower-cased)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+    raw: bytes
+
+
+@dataclass
+class Reply:
+    """What the fake should answer to one request; build it with the class-method constructors."""
+
+    kind: str
+    content: str | None = None
+    usage: tuple[int, int] = (10, 5)
+    cached: int = 0
+    reasoning_tokens: int = 0
+    chunks: list[str] | None = None
+    chunk_delay: float = 0.0
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)
+    encrypted: str | None = None
+    incomplete_reason: str | None = None
+    after: int = 0
+    status: int = 200
+    message: str = ""
+    code: str | None = None
+    error_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    seconds: float = 0.0
+    then: Reply | None = None
+
+    @classmethod
+    def text(
+        cls,
+        text: str,
+        *,
+        usage: tuple[int, int] = (10, 5),
+        cached: int = 0,
+        reasoning_tokens: int = 0,
+        chunks: list[str] | None = None,
+        chunk_delay: float = 0.0,
+    ) -> Reply:
+        """A plain answer. ``usage`` is (input, output) tokens, ``cached`` and ``reasoning_tokens``
+        being subsets of them; ``chunks`` fixes how the text is streamed (default: word by word)
+        and ``chunk_delay`` pauses between streamed frames. The other content constructors take
+        the same keyword options.
+        """
+        return cls(
+            kind="text",
+            content=text,
+            usage=usage,
+            cached=cached,
+            reasoning_tokens=reasoning_tokens,
+            chunks=chunks,
+            chunk_delay=chunk_delay,
+        )
+
+    @classmethod
+    def tool_calls(cls, calls: list[tuple[str, str]], text: str | None = None, **kw: Any) -> Reply:
+        """Function calls (parallel when several), each ``(name, arguments_json)``."""
+        return cls(kind="tool_calls", calls=list(calls), content=text, **kw)
+
+    @classmethod
+    def reasoning(
+        cls, summary: list[str], text: str = "final answer", encrypted: str = "enc-fake-reasoning", **kw: Any
+    ) -> Reply:
+        """A reasoning item (Responses) or ``reasoning_content`` (Chat), then the answer."""
+        return cls(kind="reasoning", summary=list(summary), content=text, encrypted=encrypted, **kw)
+
+    @classmethod
+    def incomplete(cls, text: str, reason: str = "max_output_tokens", **kw: Any) -> Reply:
+        return cls(kind="incomplete", content=text, incomplete_reason=reason, **kw)
+
+    @classmethod
+    def error(
+        cls,
+        status: int,
+        message: str = "",
+        code: str | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        return cls(
+            kind="error",
+            status=status,
+            message=message or f"Fake upstream error {status}",
+            code=code if code is not None else _default_error_code(status),
+            error_type=type or _default_error_type(status),
+            headers=dict(headers or {}),
+        )
+
+    @classmethod
+    def html(cls, status: int = 502) -> Reply:
+        """A proxy's HTML error page, as Cloudflare serves when the origin is down."""
+        return cls(kind="html", status=status)
+
+    @classmethod
+    def truncated(cls, text: str = DEFAULT_TEXT, after: int = 2, **kw: Any) -> Reply:
+        """Stream ``after`` frames then drop the connection; non-streaming: half a JSON body."""
+        return cls(kind="truncated", content=text, after=after, **kw)
+
+    @classmethod
+    def garbage(cls) -> Reply:
+        return cls(kind="garbage", content=DEFAULT_TEXT)
+
+    @classmethod
+    def stream_error(
+        cls, text: str = DEFAULT_TEXT, after: int = 2, message: str = "server exploded", **kw: Any
+    ) -> Reply:
+        """Stream ``after`` frames then the dialect's in-stream error."""
+        return cls(kind="stream_error", content=text, after=after, message=message, **kw)
+
+    @classmethod
+    def delay(cls, seconds: float, then: Reply | None = None) -> Reply:
+        return cls(kind="delay", seconds=seconds, then=then or Reply.text(DEFAULT_TEXT))
+
+    @classmethod
+    def raw(cls, status: int, body: bytes, headers: dict[str, str] | None = None) -> Reply:
+        return cls(kind="raw", status=status, body=body, headers=dict(headers or {}))
+
+    @classmethod
+    def echo(cls, **kw: Any) -> Reply:
+        """Answer with text equal to the JSON body received (compact, keys sorted)."""
+        return cls(kind="echo", **kw)
+
+
+_HTTP_FAILURES = ("error", "html", "raw")
+_STARTED = web.RequestKey("fake_upstream.started", web.StreamResponse)  # the response being streamed
+
+
+def _default_error_type(status: int) -> str:
+    if status == 429:
+        return "requests"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def _default_error_code(status: int) -> str | None:
+    return {429: "rate_limit_exceeded", 401: "invalid_api_key"}.get(status)
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> Json:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# ---------------------------------------------------------------------------------------------
+# The answer a reply stands for, independent of dialect
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    """Dialect-neutral content of one model turn, built from a Reply and the request."""
+
+    text: str | None
+    calls: list[tuple[str, str]]
+    summary: list[str]
+    encrypted: str | None
+    incomplete: str | None
+    reply: Reply
+
+    @classmethod
+    def of(cls, reply: Reply, request_body: Any) -> Answer:
+        text = reply.content
+        if reply.kind == "echo":
+            text = json.dumps(request_body, sort_keys=True, separators=(",", ":"))
+        elif text is None and not reply.calls:
+            text = DEFAULT_TEXT
+        return cls(text, reply.calls, reply.summary, reply.encrypted, reply.incomplete_reason, reply)
+
+    def pieces(self) -> list[str]:
+        """How the text is streamed: the scripted chunks, or words with their spaces."""
+        if self.text is None:
+            return []
+        if self.reply.chunks is not None:
+            return list(self.reply.chunks)
+        return split_words(self.text)
+
+
+def split_words(text: str) -> list[str]:
+    """Split on spaces keeping them, so that the pieces concatenate back to ``text``."""
+    pieces = [word + " " for word in text.split(" ")]
+    pieces[-1] = pieces[-1][:-1]
+    return [p for p in pieces if p]
+
+
+def split_arguments(arguments: str, parts: int = 3) -> list[str]:
+    """Cut a JSON argument string into a few fragments, as the real API streams them."""
+    size = max(1, math.ceil(len(arguments) / parts))
+    return [arguments[i : i + size] for i in range(0, len(arguments), size)] or [""]
+
+
+@dataclass
+class Frame:
+    """One SSE event: an optional ``event:`` name and a payload (a dict, or a raw string)."""
+
+    data: Json | str
+    event: str | None = None
+    schema: str | None = None  # OpenAI schema the payload must satisfy; None = deliberately broken
+
+    def encode(self) -> bytes:
+        data = self.data if isinstance(self.data, str) else json.dumps(self.data, separators=(",", ":"))
+        head = f"event: {self.event}\n" if self.event else ""
+        return f"{head}data: {data}\n\n".encode()
+
+
+@dataclass
+class Stream:
+    """The frames of a streamed answer and how it ends."""
+
+    frames: list[Frame]
+    terminator: bytes | None
+    error_frame: Callable[[int, str], Frame]
+    garbage: Frame
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat Completions dialect (PROTOCOLS.md section 1)
+# ---------------------------------------------------------------------------------------------
+
+
+class ChatDialect:
+    """Renders an Answer as a ``chat.completion`` object or a chunk stream."""
+
+    def __init__(self, ids: Ids, model: str, body: Json) -> None:
+        self.ids = ids
+        self.model = model
+        self.body = body
+        self.id = ids.make("chatcmpl-fake")
+        self.created = int(time.time())
+        options = body.get("stream_options") or {}
+        self.include_usage = bool(options.get("include_usage"))
+        self.obfuscate = options.get("include_obfuscation", True) is not False
+        self.call_ids: list[str] = []
+
+    def _call_id(self, index: int) -> str:
+        while len(self.call_ids) <= index:
+            self.call_ids.append(self.ids.make("call_fake"))
+        return self.call_ids[index]
+
+    def finish_reason(self, answer: Answer) -> str:
+        if answer.incomplete:
+            return "content_filter" if answer.incomplete == "content_filter" else "length"
+        return "tool_calls" if answer.calls else "stop"
+
+    def usage(self, reply: Reply) -> Json:
+        prompt, completion = reply.usage
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": reply.cached, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": reply.reasoning_tokens,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
+
+    def document(self, answer: Answer) -> Json:
+        message: Json = {"role": "assistant", "content": answer.text, "refusal": None, "annotations": []}
+        if answer.summary:
+            message["reasoning_content"] = "\n\n".join(answer.summary)
+        if answer.calls:
+            message["tool_calls"] = [
+                {"id": self._call_id(i), "type": "function", "function": {"name": name, "arguments": args}}
+                for i, (name, args) in enumerate(answer.calls)
+            ]
+        choice = {
+            "index": 0,
+            "message": message,
+            "logprobs": None,
+            "finish_reason": self.finish_reason(answer),
+        }
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": self.usage(answer.reply),
+            "service_tier": "default",
+            "system_fingerprint": "fp_fake",
+        }
+
+    def chunk(self, delta: Json, finish_reason: str | None = None) -> Frame:
+        payload: Json = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "service_tier": "default",
+            "system_fingerprint": "fp_fake",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+        if self.include_usage:
+            payload["usage"] = None
+        if self.obfuscate:
+            payload["obfuscation"] = "x" * (4 + len(json.dumps(delta)) % 7)
+        return Frame(payload, schema="CreateChatCompletionStreamResponse")
+
+    def stream(self, answer: Answer) -> Stream:
+        first: Json = {"role": "assistant", "content": "" if answer.text is not None else None}
+        frames = [self.chunk(first)]
+        frames += [self.chunk({"reasoning_content": piece}) for piece in self._reasoning_pieces(answer)]
+        frames += [self.chunk({"content": piece}) for piece in answer.pieces()]
+        frames += self._tool_call_frames(answer)
+        frames.append(self.chunk({}, self.finish_reason(answer)))
+        if self.include_usage:
+            frames.append(self._usage_frame(answer.reply))
+        garbage = Frame("this is not json {")
+        return Stream(frames, b"data: [DONE]\n\n", self._error_frame, garbage)
+
+    def _reasoning_pieces(self, answer: Answer) -> list[str]:
+        return [piece for part in answer.summary for piece in split_words(part)]
+
+    def _tool_call_frames(self, answer: Answer) -> list[Frame]:
+        frames = []
+        for index, (name, arguments) in enumerate(answer.calls):
+            head = {"index": index, "id": self._call_id(index), "type": "function"}
+            head["function"] = {"name": name, "arguments": ""}
+            frames.append(self.chunk({"tool_calls": [head]}))
+            for fragment in split_arguments(arguments):
+                part = {"index": index, "function": {"arguments": fragment}}
+                frames.append(self.chunk({"tool_calls": [part]}))
+        return frames
+
+    def _usage_frame(self, reply: Reply) -> Frame:
+        payload = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "service_tier": "default",
+            "system_fingerprint": "fp_fake",
+            "choices": [],
+            "usage": self.usage(reply),
+        }
+        return Frame(payload, schema="CreateChatCompletionStreamResponse")
+
+    def _error_frame(self, _sequence: int, message: str) -> Frame:
+        return Frame(error_body(message, "server_error", "server_error"), schema="ErrorResponse")
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses dialect (PROTOCOLS.md section 2)
+# ---------------------------------------------------------------------------------------------
+
+
+class ResponsesDialect:
+    """Renders an Answer as a ``response`` object or the Responses event stream."""
+
+    def __init__(self, ids: Ids, model: str, body: Json) -> None:
+        self.ids = ids
+        self.model = model
+        self.body = body
+        self.id = ids.make("resp_fake")
+        self.created = int(time.time())
+        self.include_encrypted = "reasoning.encrypted_content" in (body.get("include") or [])
+        options = body.get("stream_options") or {}
+        self.obfuscate = options.get("include_obfuscation", True) is not False
+        self.events: list[Frame] = []
+
+    # -- objects -------------------------------------------------------------------------------
+
+    def usage(self, reply: Reply) -> Json:
+        prompt, completion = reply.usage
+        return {
+            "input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": reply.cached, "cache_write_tokens": 0},
+            "output_tokens": completion,
+            "output_tokens_details": {"reasoning_tokens": reply.reasoning_tokens},
+            "total_tokens": prompt + completion,
+        }
+
+    def response(self, status: str, output: list[Json], answer: Answer | None = None) -> Json:
+        """The ``response`` object; request settings are echoed back as the real API does."""
+        body = self.body
+        done = status in ("completed", "incomplete", "failed")
+        incomplete = answer.incomplete if answer and status == "incomplete" else None
+        response = {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created,
+            "status": status,
+            "completed_at": int(time.time()) if status == "completed" else None,
+            "background": False,
+            "error": None,
+            "incomplete_details": {"reason": incomplete} if incomplete else None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "max_tool_calls": body.get("max_tool_calls"),
+            "model": self.model,
+            "output": output,
+            "parallel_tool_calls": _or(body.get("parallel_tool_calls"), True),
+            "previous_response_id": body.get("previous_response_id"),
+            "reasoning": _or(body.get("reasoning"), {"effort": None, "summary": None}),
+            "service_tier": "default",
+            "store": _or(body.get("store"), True),
+            "temperature": _or(body.get("temperature"), 1.0),
+            "text": _or(body.get("text"), {"format": {"type": "text"}, "verbosity": "medium"}),
+            "tool_choice": _or(body.get("tool_choice"), "auto"),
+            "tools": _or(body.get("tools"), []),
+            "top_p": _or(body.get("top_p"), 1.0),
+            "truncation": _or(body.get("truncation"), "disabled"),
+            "metadata": _or(body.get("metadata"), {}),
+        }
+        if answer and done:  # the spec's ``usage`` is not nullable: absent until the end
+            response["usage"] = self.usage(answer.reply)
+        return response
+
+    def items(self, answer: Answer) -> list[Json]:
+        """Final output items: reasoning, then the message, then function calls."""
+        status = "incomplete" if answer.incomplete else "completed"
+        items = []
+        if answer.summary:
+            items.append(self._reasoning_item(answer, done=True))
+        if answer.text is not None:
+            items.append(self._message_item(answer.text, status))
+        items += [self._call_item(i, name, args, "completed") for i, (name, args) in enumerate(answer.calls)]
+        return items
+
+    def final_status(self, answer: Answer) -> str:
+        return "incomplete" if answer.incomplete else "completed"
+
+    def document(self, answer: Answer) -> Json:
+        return self.response(self.final_status(answer), self.items(answer), answer)
+
+    def failed(self, message: str) -> Json:
+        response = self.response("failed", [])
+        response["error"] = {"code": "server_error", "message": message}
+        return response
+
+    def _item_id(self, prefix: str, index: int) -> str:
+        return f"{prefix}_{self.id.removeprefix('resp_')}_{index}"
+
+    def _message_item(self, text: str, status: str) -> Json:
+        return {
+            "id": self._item_id("msg", 0),
+            "type": "message",
+            "status": status,
+            "role": "assistant",
+            "content": [_output_text(text)],
+        }
+
+    def _call_item(self, index: int, name: str, arguments: str, status: str) -> Json:
+        return {
+            "id": self._item_id("fc", index),
+            "type": "function_call",
+            "status": status,
+            "arguments": arguments,
+            "call_id": f"call_{self.id.removeprefix('resp_')}_{index}",
+            "name": name,
+        }
+
+    def _reasoning_item(self, answer: Answer, done: bool) -> Json:
+        item: Json = {"id": self._item_id("rs", 0), "type": "reasoning", "summary": []}
+        if done:
+            item["summary"] = [{"type": "summary_text", "text": part} for part in answer.summary]
+            if self.include_encrypted:
+                item["encrypted_content"] = answer.encrypted
+        return item
+
+    # -- stream --------------------------------------------------------------------------------
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        payload = {"type": type_, "sequence_number": len(self.events), **fields}
+        self.events.append(Frame(payload, event=type_, schema="ResponseStreamEvent"))
+
+    def stream(self, answer: Answer) -> Stream:
+        self.events = []
+        self.emit("response.created", response=self.response("in_progress", []))
+        self.emit("response.in_progress", response=self.response("in_progress", []))
+        final = self.items(answer)
+        for index, item in enumerate(final):
+            self.emit("response.output_item.added", output_index=index, item=self._opening(item))
+            self._stream_item_body(index, item, answer)
+            self.emit("response.output_item.done", output_index=index, item=item)
+        status = self.final_status(answer)
+        self.emit(f"response.{status}", response=self.response(status, final, answer))
+        garbage = Frame("this is not json {", event="response.output_text.delta")
+        return Stream(self.events, None, self._error_frame, garbage)
+
+    def _opening(self, item: Json) -> Json:
+        """The item as announced by ``output_item.added``: in progress and still empty."""
+        if item["type"] == "message":
+            return {**item, "status": "in_progress", "content": []}
+        if item["type"] == "function_call":
+            return {**item, "status": "in_progress", "arguments": ""}
+        return {"id": item["id"], "type": "reasoning", "summary": []}
+
+    def _stream_item_body(self, index: int, item: Json, answer: Answer) -> None:
+        if item["type"] == "message":
+            self._stream_text(index, item["id"], item["content"][0]["text"], answer)
+        elif item["type"] == "function_call":
+            self._stream_arguments(index, item)
+        else:
+            self._stream_summary(index, item)
+
+    def _stream_text(self, index: int, item_id: str, text: str, answer: Answer) -> None:
+        where = {"item_id": item_id, "output_index": index, "content_index": 0}
+        self.emit("response.content_part.added", **where, part=_output_text(""))
+        for piece in answer.pieces():
+            extra = {"obfuscation": "x" * (3 + len(piece) % 5)} if self.obfuscate else {}
+            self.emit("response.output_text.delta", **where, delta=piece, logprobs=[], **extra)
+        self.emit("response.output_text.done", **where, text=text, logprobs=[])
+        self.emit("response.content_part.done", **where, part=_output_text(text))
+
+    def _stream_arguments(self, index: int, item: Json) -> None:
+        where = {"item_id": item["id"], "output_index": index}
+        for fragment in split_arguments(item["arguments"]):
+            self.emit("response.function_call_arguments.delta", **where, delta=fragment)
+        self.emit(
+            "response.function_call_arguments.done", **where, name=item["name"], arguments=item["arguments"]
+        )
+
+    def _stream_summary(self, index: int, item: Json) -> None:
+        for summary_index, part in enumerate(item["summary"]):
+            where = {"item_id": item["id"], "output_index": index, "summary_index": summary_index}
+            self.emit(
+                "response.reasoning_summary_part.added", **where, part={"type": "summary_text", "text": ""}
+            )
+            for piece in split_words(part["text"]):
+                self.emit("response.reasoning_summary_text.delta", **where, delta=piece)
+            self.emit("response.reasoning_summary_text.done", **where, text=part["text"])
+            self.emit("response.reasoning_summary_part.done", **where, part=dict(part))
+
+    def _error_frame(self, sequence: int, message: str) -> Frame:
+        payload = {"type": "response.failed", "sequence_number": sequence, "response": self.failed(message)}
+        return Frame(payload, event="response.failed", schema="ResponseStreamEvent")
+
+
+def _output_text(text: str) -> Json:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings and models (PROTOCOLS.md sections 3 and 4)
+# ---------------------------------------------------------------------------------------------
+
+
+def embedding_for(text: str, dimensions: int = 8) -> list[float]:
+    """The fake's deterministic unit vector for ``text``, exactly representable as float32."""
+    raw = []
+    for i in range(dimensions):
+        digest = hashlib.sha256(f"{i}:{text}".encode()).digest()
+        raw.append(int.from_bytes(digest[:4], "little") / 2**31 - 1.0)
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    floats = [x / norm for x in raw]
+    return list(struct.unpack(f"<{dimensions}f", struct.pack(f"<{dimensions}f", *floats)))
+
+
+def embedding_inputs(value: Any) -> list[str]:
+    """Each input of an embeddings request as text (token arrays are embedded by their JSON)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        return [json.dumps(value)]
+    if isinstance(value, list):
+        return [v if isinstance(v, str) else json.dumps(v) for v in value]
+    return [json.dumps(value)]
+
+
+def embeddings_document(body: Json, model: str) -> Json:
+    dimensions = body.get("dimensions") or 8
+    as_base64 = body.get("encoding_format") == "base64"
+    data = []
+    for index, text in enumerate(embedding_inputs(body.get("input"))):
+        vector: Any = embedding_for(text, dimensions)
+        if as_base64:
+            vector = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    tokens = sum(max(1, len(text.split())) for text in embedding_inputs(body.get("input")))
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def decoded_embeddings(document: Json) -> Json:
+    """The spec only knows float arrays, so base64 vectors are checked in their decoded form."""
+    data = []
+    for item in document.get("data", []):
+        vector = item.get("embedding")
+        if isinstance(vector, str):
+            raw = base64.b64decode(vector)
+            vector = list(struct.unpack(f"<{len(raw) // 4}f", raw))
+        data.append({**item, "embedding": vector})
+    return {**document, "data": data}
+
+
+def model_object(model_id: str) -> Json:
+    return {"id": model_id, "object": "model", "created": MODEL_CREATED, "owned_by": "openai"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+# ---------------------------------------------------------------------------------------------
+
+
+class Ids:
+    """Counter-based ids (``call_fake0003``): no randomness, yet never reused while the server
+    lives, so a long-lived gateway cannot confuse one test's ``resp_...`` with another's."""
+
+    def __init__(self) -> None:
+        self.counter = 0
+        self.lock = threading.Lock()
+
+    def make(self, prefix: str) -> str:
+        with self.lock:
+            self.counter += 1
+            return f"{prefix}{self.counter:04d}"
+
+
+@dataclass
+class Call:
+    """One request being handled: what arrived, where, and for which model."""
+
+    request: web.Request
+    recorded: Recorded
+    endpoint: str
+    model: str | None = None
+
+    @property
+    def body(self) -> Any:
+        return self.recorded.body
+
+    @property
+    def streaming(self) -> bool:
+        return isinstance(self.body, dict) and self.body.get("stream") is True
+
+
+REQUEST_SCHEMAS = {
+    "chat": "CreateChatCompletionRequest",
+    "responses": "CreateResponse",
+    "embeddings": "CreateEmbeddingRequest",
+}
+
+
+class FakeUpstream:
+    """The fake OpenAI server. ``start()`` it, point a client at ``url``, ``stop()`` it."""
+
+    def __init__(self, models: list[str] | None = None, base: str = "/v1") -> None:
+        self.models = list(models if models is not None else DEFAULT_MODELS)
+        self.base = "/" + base.strip("/")
+        self.requests: list[Recorded] = []
+        self.violations: list[str] = []
+        self.stored: dict[str, Json] = {}
+        self.url = ""
+        self.root = ""
+        self._queue: deque[Reply] = deque()
+        self._model_queues: dict[str, deque[Reply]] = {}
+        self._lock = threading.Lock()
+        self._ids = Ids()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    # -- scripting API -------------------------------------------------------------------------
+
+    def script(self, *replies: Reply) -> None:
+        """Queue replies for the next requests, in order, whatever endpoint they hit."""
+        with self._lock:
+            self._queue.extend(replies)
+
+    def for_model(self, model: str, *replies: Reply) -> None:
+        """Queue replies for requests naming ``model`` (body ``model`` or Azure deployment)."""
+        with self._lock:
+            self._model_queues.setdefault(model, deque()).extend(replies)
+
+    def reset(self) -> None:
+        """Forget everything a test did: queues, recorded requests, violations, stored responses."""
+        with self._lock:
+            self._queue.clear()
+            self._model_queues.clear()
+            self.requests.clear()
+            self.violations.clear()
+            self.stored.clear()
+
+    @property
+    def last(self) -> Recorded:
+        """The most recent request (handy in assertions)."""
+        return self.requests[-1]
+
+    def _next_reply(self, model: str | None) -> Reply:
+        with self._lock:
+            queue = self._model_queues.get(model or "")
+            if queue:
+                return queue.popleft()
+            if self._queue:
+                return self._queue.popleft()
+        return Reply.text(DEFAULT_TEXT)
+
+    def _violation(self, call: Call, message: str) -> None:
+        with self._lock:
+            self.violations.append(f"{call.recorded.method} {call.recorded.path}: {message}")
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> FakeUpstream:
+        """Start the server thread; returns once the port is listening."""
+        started: list[BaseException | None] = []
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready, started), name="fake-upstream", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(30):
+            raise RuntimeError("fake upstream did not start within 30 s")
+        if started and started[0] is not None:
+            raise RuntimeError("fake upstream failed to start") from started[0]
+        return self
+
+    def stop(self) -> None:
+        """Stop the loop, close every socket, and join the thread."""
+        if self._loop is None or self._thread is None:
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        self._loop = None
+        self._thread = None
+
+    def __enter__(self) -> FakeUpstream:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _run(self, ready: threading.Event, started: list[BaseException | None]) -> None:
+        loop = self._loop
+        assert loop is not None
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve())
+            started.append(None)
+        except BaseException as exc:
+            started.append(exc)
+            ready.set()
+            loop.close()
+            return
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            if self._runner is not None:
+                loop.run_until_complete(self._runner.cleanup())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _serve(self) -> None:
+        app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024 * 1024)
+        self._add_routes(app)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+        self.root = f"http://127.0.0.1:{port}"
+        self.url = self.root + self.base
+
+    def _add_routes(self, app: web.Application) -> None:
+        for prefix in (self.base, "/openai/v1"):
+            app.router.add_post(f"{prefix}/chat/completions", self._endpoint("chat"))
+            app.router.add_post(f"{prefix}/responses", self._endpoint("responses"))
+            app.router.add_post(f"{prefix}/embeddings", self._endpoint("embeddings"))
+            app.router.add_get(f"{prefix}/responses/{{id}}", self._endpoint("get_response"))
+            app.router.add_delete(f"{prefix}/responses/{{id}}", self._endpoint("delete_response"))
+            app.router.add_get(f"{prefix}/models", self._endpoint("models"))
+            app.router.add_get(f"{prefix}/models/{{id}}", self._endpoint("model"))
+        deployments = "/openai/deployments/{deployment}"
+        app.router.add_post(f"{deployments}/chat/completions", self._endpoint("chat"))
+        app.router.add_post(f"{deployments}/embeddings", self._endpoint("embeddings"))
+        app.router.add_post("/openai/responses", self._endpoint("responses"))
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]) -> Any:
+        """A bug in the fake itself becomes a violation (and a 500), never a silent hang.
+
+        A client that hangs up mid-stream is normal and not reported. Once a stream has started
+        no 500 can be sent any more, so the connection is dropped instead.
+        """
+        try:
+            return await handler(request)
+        except (web.HTTPException, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            if not isinstance(exc, ConnectionError):
+                with self._lock:
+                    self.violations.append(
+                        f"{request.method} {request.path}: fake crashed\n{traceback.format_exc()}"
+                    )
+            started = request.get(_STARTED)
+            if started is None:
+                return web.json_response(error_body("fake upstream crashed", "server_error"), status=500)
+            if request.transport is not None:
+                request.transport.close()
+            return started
+
+    # -- request handling -----------------------------------------------------------------------
+
+    def _endpoint(self, endpoint: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            call = await self._receive(request, endpoint)
+            if call.recorded.raw and call.body is None:
+                self._violation(call, "request body is not valid JSON")
+                return self._json(
+                    call, error_body("We could not parse the JSON body.", "invalid_request_error"), 400
+                )
+            self._check_request(call)
+            reply = self._next_reply(call.model)
+            return await self._answer(call, reply)
+
+        return handle
+
+    async def _receive(self, request: web.Request, endpoint: str) -> Call:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        recorded = Recorded(
+            method=request.method,
+            path=request.path,
+            query=dict(request.query),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body,
+            raw=raw,
+        )
+        with self._lock:
+            self.requests.append(recorded)
+        deployment = request.match_info.get("deployment")
+        model = deployment or (body.get("model") if isinstance(body, dict) else None)
+        return Call(request, recorded, endpoint, model if isinstance(model, str) else None)
+
+    def _check_request(self, call: Call) -> None:
+        """Record every way the request departs from what the real API accepts."""
+        self._check_auth(call)
+        schema = REQUEST_SCHEMAS.get(call.endpoint)
+        if schema is None:
+            return
+        body = call.body
+        if call.request.match_info.get("deployment") and isinstance(body, dict) and "model" not in body:
+            body = {**body, "model": call.model}  # classic Azure names the model in the path
+        for message in openai_errors(schema, body):
+            self._violation(call, f"request not a valid {schema}: {message}")
+        for name in unknown_fields(schema, body):
+            self._violation(call, f"request field {name!r} is not in {schema}")
+        if (
+            isinstance(body, dict)
+            and body.get("stream_options") is not None
+            and body.get("stream") is not True
+        ):
+            self._violation(call, "stream_options is only allowed when stream is true")
+
+    def _check_auth(self, call: Call) -> None:
+        headers = call.recorded.headers
+        bearer = headers.get("authorization", "").startswith("Bearer ")
+        path = call.recorded.path
+        if path.startswith("/openai/") and not path.startswith("/openai/v1/"):
+            if "api-version" not in call.recorded.query:
+                self._violation(call, "Azure request without the api-version query parameter")
+            if not (bearer or headers.get("api-key")):
+                self._violation(call, "Azure request without an api-key header or bearer token")
+        elif not (bearer or headers.get("api-key")):
+            self._violation(call, "request without Authorization: Bearer")
+
+    async def _answer(self, call: Call, reply: Reply) -> web.StreamResponse:
+        if reply.kind == "delay":
+            await asyncio.sleep(reply.seconds)
+            return await self._answer(call, reply.then or Reply.text(DEFAULT_TEXT))
+        if reply.kind in _HTTP_FAILURES:
+            return self._http_failure(call, reply)
+        handler: Callable[[Call, Reply], Awaitable[web.StreamResponse]]
+        handler = getattr(self, f"_answer_{call.endpoint}")
+        return await handler(call, reply)
+
+    def _http_failure(self, call: Call, reply: Reply) -> web.StreamResponse:
+        if reply.kind == "html":
+            page = CLOUDFLARE_PAGE.format(status=reply.status)
+            headers = {"Content-Type": "text/html; charset=UTF-8", "Server": "cloudflare"}
+            return web.Response(status=reply.status, text=page, headers=headers)
+        if reply.kind == "raw":
+            return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+        body = error_body(reply.message, reply.error_type or "server_error", reply.code)
+        return self._json(call, body, reply.status, reply.headers)
+
+    def _json(
+        self,
+        call: Call,
+        body: Json,
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+        schema: str = "",
+    ) -> web.Response:
+        """Send a JSON body after checking it against ``schema`` (ErrorResponse for errors)."""
+        schema = schema or ("ErrorResponse" if status >= 400 else "")
+        if schema:
+            checked = decoded_embeddings(body) if schema == "CreateEmbeddingResponse" else body
+            for message in openai_errors(schema, checked):
+                self._violation(call, f"fake sent an invalid {schema}: {message}")
+        return web.json_response(body, status=status, headers=headers, dumps=_dumps)
+
+    async def _document(self, call: Call, reply: Reply, body: Json, schema: str) -> web.StreamResponse:
+        """A non-streamed success, or its deliberately broken variants."""
+        if reply.kind == "garbage":
+            return web.Response(status=200, text="<<this is not JSON>>", content_type="application/json")
+        if reply.kind == "truncated":
+            return await self._half_body(call, _dumps(body).encode())
+        return self._json(call, body, schema=schema)
+
+    async def _half_body(self, call: Call, data: bytes) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(data)
+        await self._start(call, response)
+        await response.write(data[: len(data) // 2])
+        self._drop_connection(call)
+        return response
+
+    async def _start(self, call: Call, response: web.StreamResponse) -> None:
+        call.request[_STARTED] = response
+        await response.prepare(call.request)
+
+    def _drop_connection(self, call: Call) -> None:
+        """Close the socket mid-body: the client sees an incomplete chunked read / short body."""
+        transport = call.request.transport
+        if transport is not None:
+            transport.close()
+
+    async def _send_stream(self, call: Call, reply: Reply, stream: Stream) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        await self._start(call, response)
+        frames, ending = stream.frames, stream.terminator
+        if reply.kind in ("truncated", "stream_error", "garbage"):
+            frames = frames[: reply.after if reply.kind != "garbage" else 1]
+        if reply.kind == "stream_error":
+            frames = [*frames, stream.error_frame(len(frames), reply.message)]
+            ending = None
+        if reply.kind == "garbage":
+            frames = [*frames, stream.garbage]
+        for index, frame in enumerate(frames):
+            if index and reply.chunk_delay:
+                await asyncio.sleep(reply.chunk_delay)
+            self._check_frame(call, index, frame)
+            await response.write(frame.encode())
+        if reply.kind == "truncated":
+            self._drop_connection(call)
+            return response
+        if ending:
+            await response.write(ending)
+        await response.write_eof()
+        return response
+
+    def _check_frame(self, call: Call, index: int, frame: Frame) -> None:
+        if frame.schema is None or isinstance(frame.data, str):
+            return
+        for message in openai_errors(frame.schema, frame.data):
+            self._violation(call, f"fake sent an invalid {frame.schema} (event #{index}): {message}")
+        if frame.event is not None and frame.data.get("type") != frame.event:
+            self._violation(
+                call, f"event #{index}: event name {frame.event!r} != type {frame.data.get('type')!r}"
+            )
+
+    # -- endpoints -----------------------------------------------------------------------------
+
+    async def _answer_chat(self, call: Call, reply: Reply) -> web.StreamResponse:
+        body = call.body if isinstance(call.body, dict) else {}
+        dialect = ChatDialect(self._ids, call.model or "unknown", body)
+        answer = Answer.of(reply, call.body)
+        if call.streaming:
+            return await self._send_stream(call, reply, dialect.stream(answer))
+        if reply.kind == "stream_error":
+            return self._json(call, error_body(reply.message, "server_error", "server_error"), 500)
+        return await self._document(call, reply, dialect.document(answer), "CreateChatCompletionResponse")
+
+    async def _answer_responses(self, call: Call, reply: Reply) -> web.StreamResponse:
+        body = call.body if isinstance(call.body, dict) else {}
+        previous = body.get("previous_response_id")
+        if previous and previous not in self.stored:
+            message = f"Previous response with id '{previous}' not found."
+            error = error_body(
+                message, "invalid_request_error", "previous_response_not_found", "previous_response_id"
+            )
+            return self._json(call, error, 404)
+        dialect = ResponsesDialect(self._ids, call.model or "unknown", body)
+        answer = Answer.of(reply, call.body)
+        failed = reply.kind == "stream_error"
+        document = dialect.failed(reply.message) if failed else dialect.document(answer)
+        self._store(body, document)
+        if call.streaming:
+            return await self._send_stream(call, reply, dialect.stream(answer))
+        if failed:  # a model failure on a non-streamed request: 200 with status "failed"
+            return self._json(call, document, schema="Response")
+        return await self._document(call, reply, document, "Response")
+
+    def _store(self, body: Json, response: Json) -> None:
+        if body.get("store") is not False:
+            with self._lock:
+                self.stored[response["id"]] = response
+
+    async def _answer_get_response(self, call: Call, reply: Reply) -> web.StreamResponse:
+        response = self.stored.get(call.request.match_info["id"])
+        if response is None:
+            return self._not_found(call, "Response", call.request.match_info["id"])
+        return await self._document(call, reply, response, "Response")
+
+    async def _answer_delete_response(self, call: Call, reply: Reply) -> web.StreamResponse:
+        response_id = call.request.match_info["id"]
+        with self._lock:
+            found = self.stored.pop(response_id, None)
+        if found is None:
+            return self._not_found(call, "Response", response_id)
+        return await self._document(
+            call, reply, {"id": response_id, "object": "response", "deleted": True}, ""
+        )
+
+    async def _answer_embeddings(self, call: Call, reply: Reply) -> web.StreamResponse:
+        body = call.body if isinstance(call.body, dict) else {}
+        document = embeddings_document(body, call.model or "unknown")
+        return await self._document(call, reply, document, "CreateEmbeddingResponse")
+
+    async def _answer_models(self, call: Call, reply: Reply) -> web.StreamResponse:
+        document = {"object": "list", "data": [model_object(m) for m in self.models]}
+        return await self._document(call, reply, document, "ListModelsResponse")
+
+    async def _answer_model(self, call: Call, reply: Reply) -> web.StreamResponse:
+        model_id = call.request.match_info["id"]
+        if model_id not in self.models:
+            message = f"The model '{model_id}' does not exist or you do not have access to it."
+            return self._json(call, error_body(message, "invalid_request_error", "model_not_found"), 404)
+        return await self._document(call, reply, model_object(model_id), "Model")
+
+    def _not_found(self, call: Call, what: str, ident: str) -> web.Response:
+        message = f"{what} with id '{ident}' not found."
+        return self._json(call, error_body(message, "invalid_request_error", None), 404)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+__all__ = ["DEFAULT_TEXT", "FakeUpstream", "Recorded", "Reply", "embedding_for"]
