@@ -68,6 +68,7 @@ from ..types import (
 )
 from ._repair import repair
 from ._retry import RetryPolicy, retry_after, should_retry_header
+from ._strict import StopScanner, cut_at_stop, strict_schema
 from ._transport import Reply, Transport, default_transport
 from .catalog import DEFAULT_CONTEXT_WINDOW, Catalog, ModelProfile, adapt
 from .codex import CodexCredentials
@@ -79,13 +80,17 @@ _FAST_TIERS = {"fast": "priority", "priority": "priority"}
 
 @dataclass(slots=True)
 class _Plan:
-    """One logical call: the request as it will be sent and what is needed to redo it."""
+    """One logical call: the request as it will be sent and what is needed to redo it.
+
+    ``stops`` are stop sequences applied here because the API or model takes none.
+    """
 
     req: Request
     transcript: list[Message]
     api: WireAPI
     profile: ModelProfile
     chained: bool = False
+    stops: list[str] | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -290,9 +295,14 @@ class OpenAI:
         api = self._api_for(profile, req)
         if req.service_tier in _FAST_TIERS and self.host.native:
             req.service_tier = _FAST_TIERS[req.service_tier]
-        if self.host.native and api == "responses":
-            self._native_responses(req)
-        plan = _Plan(req=req, transcript=req.messages, api=api, profile=profile)
+        if self.host.native:
+            _strict_tools(req)
+            if api == "responses":
+                self._native_responses(req)
+        stops = None
+        if req.stop and (api == "responses" or profile.reasoning):
+            stops, req.stop = req.stop, None
+        plan = _Plan(req=req, transcript=req.messages, api=api, profile=profile, stops=stops)
         if self.host.native and api == "responses" and req.store and req.previous_response_id is None:
             _chain(plan)
         return plan
@@ -360,7 +370,7 @@ class OpenAI:
             Message(role="assistant", content=list(response.content), id=response.id),
         ]
         req = dataclasses.replace(plan.req, messages=transcript, previous_response_id=None)
-        new = _Plan(req=req, transcript=transcript, api=plan.api, profile=plan.profile)
+        new = _Plan(req=req, transcript=transcript, api=plan.api, profile=plan.profile, stops=plan.stops)
         if self.host.native and plan.api == "responses" and req.store:
             _chain(new)
         return new
@@ -385,6 +395,8 @@ class OpenAI:
         data = await _json(reply)
         decode = openai_chat.decode_response if plan.api == "chat" else openai_responses.decode_response
         response = decode(data)
+        if plan.stops:
+            _apply_stops(response, plan.stops)
         self.observer.emit(
             ResponseReceived(
                 status=reply.status,
@@ -401,7 +413,9 @@ class OpenAI:
         assert plan.req.previous_response_id is not None
         self.observer.emit(ChainInvalidated(previous_response_id=plan.req.previous_response_id))
         req = dataclasses.replace(plan.req, messages=plan.transcript, previous_response_id=None)
-        return _Plan(req=req, transcript=plan.transcript, api=plan.api, profile=plan.profile)
+        return _Plan(
+            req=req, transcript=plan.transcript, api=plan.api, profile=plan.profile, stops=plan.stops
+        )
 
     async def _stream_call(self, plan: _Plan) -> AsyncIterator[StreamEvent]:
         """Events of one streamed call. Failures before the first event are retried by ``_send``;
@@ -419,7 +433,10 @@ class OpenAI:
                 yield event
             return
         decoder = openai_chat.StreamDecoder() if plan.api == "chat" else openai_responses.StreamDecoder()
-        async for event in _decode_stream(reply, decoder, self.observer):
+        events = _decode_stream(reply, decoder, self.observer)
+        if plan.stops:
+            events = _stop_stream(events, plan.stops)
+        async for event in events:
             yield event
 
     async def _send(
@@ -478,6 +495,53 @@ def _request(request: Request | None, settings: dict[str, Any]) -> Request:
     if "model" not in settings:
         raise InvalidRequestError("a model is required", param="model")
     return Request(messages=list(messages), **settings)
+
+
+def _strict_tools(req: Request) -> None:
+    """Rewrite schemas marked strict into the form OpenAI's strict mode accepts, or unmark them."""
+    for tool in req.tools:
+        if tool.strict and tool.parameters is not None:
+            fitted = strict_schema(tool.parameters)
+            tool.parameters, tool.strict = (fitted, True) if fitted is not None else (tool.parameters, False)
+    fmt = req.response_format
+    if fmt is not None and fmt.strict and fmt.schema is not None:
+        fitted = strict_schema(fmt.schema)
+        fmt.schema, fmt.strict = (fitted, True) if fitted is not None else (fmt.schema, False)
+
+
+def _apply_stops(response: Response, stops: list[str]) -> None:
+    """Cut a whole response at its first stop sequence, as the upstream would have."""
+    for i, part in enumerate(response.content):
+        if isinstance(part, Text):
+            text, hit = cut_at_stop(part.text, stops)
+            if hit is not None:
+                response.content = [*response.content[:i], Text(text=text)]
+                response.stop_reason, response.stop_sequence = "stop", hit
+                return
+
+
+async def _stop_stream(events: AsyncIterator[StreamEvent], stops: list[str]) -> AsyncIterator[StreamEvent]:
+    """Cut a stream at its first stop sequence and end it there, closing the upstream."""
+    scanner = StopScanner(stops)
+    texts: dict[int, list[str]] = {}
+    async for event in events:
+        if isinstance(event, BlockStart) and isinstance(event.part, Text):
+            texts[event.index] = []
+        elif isinstance(event, BlockDelta) and event.index in texts:
+            shown = scanner.feed(event.text)
+            if shown:
+                texts[event.index].append(shown)
+                yield BlockDelta(index=event.index, text=shown)
+            if scanner.hit is not None:
+                yield BlockStop(index=event.index, part=Text(text="".join(texts[event.index])))
+                yield Finish(stop_reason="stop", stop_sequence=scanner.hit)
+                return
+            continue
+        elif isinstance(event, BlockStop) and event.index in texts:
+            held = scanner.flush()
+            if held:
+                yield BlockDelta(index=event.index, text=held)
+        yield event
 
 
 def _fit_codex(body: dict[str, Any]) -> None:

@@ -1,0 +1,1 @@
+"""The gateway: one URL for every client, routed to any configured upstream."""
