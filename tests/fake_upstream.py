@@ -70,6 +70,7 @@ class Recorded:
     headers: dict[str, str]
     body: Any
     raw: bytes
+    peer: str = ""  # the client's address:port, to tell kept-alive connections apart
 
 
 @dataclass
@@ -194,6 +195,11 @@ class Reply:
 
 _HTTP_FAILURES = ("error", "html", "raw")
 _STARTED = web.RequestKey("fake_upstream.started", web.StreamResponse)  # the response being streamed
+
+
+def _peer(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return f"{peer[0]}:{peer[1]}" if peer else ""
 
 
 def _default_error_type(status: int) -> str:
@@ -722,6 +728,7 @@ class FakeUpstream:
         self.requests: list[Recorded] = []
         self.violations: list[str] = []
         self.stored: dict[str, Json] = {}
+        self.extra_fields: set[str] = set()  # vendor extensions an OpenAI-compatible server accepts
         self.url = ""
         self.root = ""
         self._queue: deque[Reply] = deque()
@@ -752,6 +759,7 @@ class FakeUpstream:
             self.requests.clear()
             self.violations.clear()
             self.stored.clear()
+            self.extra_fields.clear()
 
     @property
     def last(self) -> Recorded:
@@ -903,6 +911,7 @@ class FakeUpstream:
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
             raw=raw,
+            peer=_peer(request),
         )
         with self._lock:
             self.requests.append(recorded)
@@ -921,7 +930,7 @@ class FakeUpstream:
             body = {**body, "model": call.model}  # classic Azure names the model in the path
         for message in openai_errors(schema, body):
             self._violation(call, f"request not a valid {schema}: {message}")
-        for name in unknown_fields(schema, body):
+        for name in set(unknown_fields(schema, body)) - self.extra_fields:
             self._violation(call, f"request field {name!r} is not in {schema}")
         if (
             isinstance(body, dict)

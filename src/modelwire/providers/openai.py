@@ -392,7 +392,7 @@ class OpenAI:
                 raise
             return await self._call(self._unchain(plan))
         started = time.monotonic()
-        data = await _json(reply)
+        data = await _json(reply, self.observer)
         decode = openai_chat.decode_response if plan.api == "chat" else openai_responses.decode_response
         response = decode(data)
         if plan.stops:
@@ -499,14 +499,17 @@ def _request(request: Request | None, settings: dict[str, Any]) -> Request:
 
 def _strict_tools(req: Request) -> None:
     """Rewrite schemas marked strict into the form OpenAI's strict mode accepts, or unmark them."""
+    tools = []
     for tool in req.tools:
         if tool.strict and tool.parameters is not None:
             fitted = strict_schema(tool.parameters)
-            tool.parameters, tool.strict = (fitted, True) if fitted is not None else (tool.parameters, False)
+            tool = dataclasses.replace(tool, parameters=fitted or tool.parameters, strict=fitted is not None)
+        tools.append(tool)
+    req.tools = tools
     fmt = req.response_format
     if fmt is not None and fmt.strict and fmt.schema is not None:
         fitted = strict_schema(fmt.schema)
-        fmt.schema, fmt.strict = (fitted, True) if fitted is not None else (fmt.schema, False)
+        req.response_format = dataclasses.replace(fmt, schema=fitted or fmt.schema, strict=fitted is not None)
 
 
 def _apply_stops(response: Response, stops: list[str]) -> None:
@@ -623,8 +626,10 @@ async def _decode_stream(reply: Reply, decoder: Any, observer: Observer) -> Asyn
         yield StreamError(error=err)
 
 
-async def _json(reply: Reply) -> dict[str, Any]:
+async def _json(reply: Reply, observer: Observer | None = None) -> dict[str, Any]:
     payload = await reply.read()
+    if observer is not None:
+        observer.payload("response", "", dict(reply.headers), payload)
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:

@@ -1,0 +1,773 @@
+"""The gateway's persistent state: client keys, usage records and stored Responses-API responses.
+
+One SQLAlchemy Core code path serves both the embedded default (SQLite, zero set-up) and the
+scale-out store (PostgreSQL shared by several replicas), so the same tests prove both. The engine is
+synchronous on purpose: the gateway calls the store from a worker thread and the CLI calls it
+directly, and neither wants an event loop inside the database layer. Nothing on the request path
+waits on a write: :class:`UsageWriter` queues usage records and writes them in batches.
+
+Client key secrets never reach the database, a log line or an exception: the store keeps only a
+SHA-256 hash (the secrets are 256-bit random, so a salt or slow hash would add nothing) and an
+8-character display prefix, and the hash is computed before any SQL sees the value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Double,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    case,
+    create_engine,
+    event,
+    false,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.elements import ColumnElement
+
+log = logging.getLogger("modelwire.store")
+
+KEY_PREFIX = "mw-"
+DISPLAY_PREFIX_LEN = 8
+NO_GROUP = "(none)"
+GROUP_COLUMNS = {"key": "key_name", "model": "public_model", "backend": "backend"}
+SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+# ----------------------------------------------------------------------------------------------
+# Records
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A client key as the gateway sees it; holds no secret, so it is safe to log or render."""
+
+    id: str
+    name: str
+    prefix: str
+    models: tuple[str, ...]
+    rpm: int | None
+    tpm: int | None
+    budget_usd: float | None
+    created_at: float
+    expires_at: float | None
+    revoked: bool
+    source: str = "store"
+
+    def expired(self, now: float | None = None) -> bool:
+        """Whether the key is past its expiry; the store returns expired keys and lets callers decide."""
+        return self.expires_at is not None and (time.time() if now is None else now) >= self.expires_at
+
+
+@dataclass(slots=True, kw_only=True)
+class UsageRecord:
+    """One request's accounting, written off the request path by :class:`UsageWriter`."""
+
+    time: float
+    key_name: str | None
+    public_model: str
+    backend: str | None
+    upstream_model: str | None
+    dialect: str
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: float | None = None
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    status: int = 200
+    request_id: str = ""
+    stream: bool = False
+
+
+USAGE_FIELDS = tuple(f.name for f in fields(UsageRecord))
+
+
+@dataclass(slots=True, kw_only=True)
+class UsageRow:
+    """One line of ``modelwire usage``: a group's totals over a time window."""
+
+    group: str
+    requests: int
+    errors: int
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    cost: float
+    p50_ms: float | None
+    p95_ms: float | None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+@dataclass(slots=True, kw_only=True)
+class StoredResponse:
+    """A Responses-API response kept so stateless upstreams can honour ``previous_response_id``."""
+
+    id: str
+    key_name: str | None
+    model: str
+    created_at: float
+    previous_response_id: str | None
+    input_items: list[dict[str, Any]]
+    output_items: list[dict[str, Any]]
+    response: dict[str, Any]
+    instructions: str | None = None
+
+
+class _Secret(str):
+    """A key secret that masks itself in ``repr`` so a logged tuple or traceback cannot leak it.
+
+    ``str()`` and formatting still give the full value, which the CLI shows exactly once.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"'{self[:DISPLAY_PREFIX_LEN]}…'"
+
+
+# ----------------------------------------------------------------------------------------------
+# Schema
+# ----------------------------------------------------------------------------------------------
+
+metadata = MetaData()
+
+keys_table = Table(
+    "mw_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("models", JSON, nullable=False),
+    Column("rpm", Integer),
+    Column("tpm", Integer),
+    Column("budget_usd", Double),
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double),
+    Column("revoked", Boolean, nullable=False, default=False),
+    Column("revoked_at", Double),
+)
+# Names are unique among live keys only, so a revoked key's name can be reused; a partial unique
+# index makes that atomic across replicas instead of a check-then-insert race.
+Index(
+    "mw_keys_live_name",
+    keys_table.c.name,
+    unique=True,
+    sqlite_where=keys_table.c.revoked == false(),
+    postgresql_where=keys_table.c.revoked == false(),
+)
+
+usage_table = Table(
+    "mw_usage",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("time", Double, nullable=False),
+    Column("key_name", String(200)),
+    Column("public_model", String(300), nullable=False),
+    Column("backend", String(200)),
+    Column("upstream_model", String(300)),
+    Column("dialect", String(40), nullable=False),
+    Column("input_tokens", BigInteger, nullable=False, default=0),
+    Column("cached_tokens", BigInteger, nullable=False, default=0),
+    Column("output_tokens", BigInteger, nullable=False, default=0),
+    Column("reasoning_tokens", BigInteger, nullable=False, default=0),
+    Column("cost", Double),
+    Column("latency_ms", Double, nullable=False, default=0.0),
+    Column("ttft_ms", Double),
+    Column("status", Integer, nullable=False, default=200),
+    Column("request_id", String(200), nullable=False, default=""),
+    Column("stream", Boolean, nullable=False, default=False),
+)
+# Every summary reads a time window; spent_usd(key, since) reads one key's window.
+Index("mw_usage_time", usage_table.c.time)
+Index("mw_usage_key_time", usage_table.c.key_name, usage_table.c.time)
+
+responses_table = Table(
+    "mw_responses",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("key_name", String(200)),
+    Column("model", String(300), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("previous_response_id", String(200)),
+    Column("instructions", Text),
+    Column("input_items", JSON, nullable=False),
+    Column("output_items", JSON, nullable=False),
+    Column("response", JSON, nullable=False),
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Engines
+# ----------------------------------------------------------------------------------------------
+
+
+def _json_dumps(value: Any) -> str:
+    """orjson is several times faster than json for response bodies; both engines want ``str``."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def parse_store_url(url: str) -> URL:
+    """The SQLAlchemy URL for a store URL, with ``postgres://`` / ``postgresql://`` on psycopg 3."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # The text may hold a database password, so it stays out of the message.
+        raise ValueError("store URL is not a valid sqlite:/// or postgresql:// URL") from None
+    driver = parsed.drivername
+    if driver in ("postgres", "postgresql"):
+        return parsed.set(drivername="postgresql+psycopg")
+    if driver in ("postgresql+psycopg", "sqlite", "sqlite+pysqlite"):
+        return parsed
+    raise ValueError(f"unsupported store URL scheme {driver!r}: use sqlite:/// or postgresql://")
+
+
+def _create_engine(url: URL, schema: str | None) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, schema)
+    return _postgres_engine(url, schema)
+
+
+def _sqlite_engine(url: URL, schema: str | None) -> Engine:
+    if schema is not None:
+        raise ValueError("schema= applies to PostgreSQL stores only")
+    database = url.database
+    in_memory = not database or database == ":memory:"
+    if not in_memory:
+        assert database is not None
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False},
+        # One shared connection keeps an in-memory database alive across threads.
+        poolclass=StaticPool if in_memory else None,
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
+    )
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets the CLI read while the gateway writes; NORMAL sync is durable enough under WAL."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _postgres_engine(url: URL, schema: str | None) -> Engine:
+    connect_args: dict[str, Any] = {}
+    if schema is not None:
+        # search_path set at connection start (libpq ``options``) holds for every pooled
+        # connection without a per-checkout statement, and keeps raw SQL in the schema too.
+        connect_args["options"] = _with_search_path(url.query.get("options"), _check_schema(schema))
+    return create_engine(
+        url,
+        pool_pre_ping=True,  # a long-lived gateway outlives database restarts
+        connect_args=connect_args,
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
+    )
+
+
+def _check_schema(schema: str) -> str:
+    """Lower-case plain identifiers only, so the name needs no quoting in either DDL or ``options``."""
+    if not SCHEMA_NAME.match(schema):
+        raise ValueError(f"schema must match {SCHEMA_NAME.pattern}, got {schema!r}")
+    return schema
+
+
+def _with_search_path(existing: str | Sequence[str] | None, schema: str) -> str:
+    if existing is None:
+        prior = ""
+    else:
+        prior = existing if isinstance(existing, str) else " ".join(existing)
+    return f"{prior} -csearch_path={schema}".strip()
+
+
+def _upsert(conn: Connection, table: Table, values: dict[str, Any], key: str) -> None:
+    """Insert or replace by primary key; both engines spell it ``ON CONFLICT … DO UPDATE``."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table).values(**values)
+    changed = {name: stmt.excluded[name] for name in values if name != key}
+    conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=changed))
+
+
+# ----------------------------------------------------------------------------------------------
+# Store
+# ----------------------------------------------------------------------------------------------
+
+
+class Store:
+    """Keys, usage and stored responses over SQLite or PostgreSQL; thread-safe (pooled connections).
+
+    ``schema`` (PostgreSQL only) puts every table in that schema, created on open, via
+    ``search_path``; tests use it to isolate parallel runs in one database.
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None) -> None:
+        self.url = parse_store_url(url)
+        self.schema = schema
+        self.engine = _create_engine(self.url, schema)
+        try:
+            self._create_tables()
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    def __repr__(self) -> str:
+        return f"Store({self.url.render_as_string(hide_password=True)!r}, schema={self.schema!r})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def _create_tables(self, attempts: int = 3) -> None:
+        """Create the schema and tables; replicas starting together may race, so retry a lost race."""
+        for attempt in range(attempts):
+            try:
+                with self.engine.begin() as conn:
+                    if self.schema is not None:
+                        conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {self.schema}"))
+                    metadata.create_all(conn)
+                return
+            except (IntegrityError, ProgrammingError):
+                if attempt == attempts - 1:
+                    raise
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> bool:
+        """For ``/readyz``: can we run a statement right now? Never raises."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            log.warning("store ping failed: %s", type(exc).__name__)
+            return False
+        return True
+
+    # -- client keys ---------------------------------------------------------------------------
+
+    def create_key(
+        self,
+        *,
+        name: str,
+        models: list[str] | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        budget_usd: float | None = None,
+        expires_at: float | None = None,
+    ) -> tuple[str, KeyRecord]:
+        """A new key: the secret (returned once, never stored) and its record.
+
+        A name already held by a live (unrevoked) key raises :class:`ValueError`.
+        """
+        _validate_key_fields(name, models, rpm, tpm, budget_usd)
+        secret = _Secret(KEY_PREFIX + secrets.token_urlsafe(32))
+        record = KeyRecord(
+            id="key_" + secrets.token_hex(8),
+            name=name,
+            prefix=secret[:DISPLAY_PREFIX_LEN],
+            models=tuple(models if models is not None else ["*"]),
+            rpm=rpm,
+            tpm=tpm,
+            budget_usd=budget_usd,
+            created_at=time.time(),
+            expires_at=expires_at,
+            revoked=False,
+        )
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(keys_table).values(**_key_row(record), key_hash=hash_secret(secret)))
+        except IntegrityError:
+            raise ValueError(f"a live key named {name!r} already exists") from None
+        return secret, record
+
+    def find_key(self, secret: str) -> KeyRecord | None:
+        """The key with this secret, revoked or expired included: the caller decides what to refuse."""
+        stmt = select(keys_table).where(keys_table.c.key_hash == hash_secret(secret))
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return _key_record(row) if row is not None else None
+
+    def list_keys(self, *, include_revoked: bool = False) -> list[KeyRecord]:
+        stmt = select(keys_table).order_by(keys_table.c.created_at, keys_table.c.name)
+        if not include_revoked:
+            stmt = stmt.where(keys_table.c.revoked == false())
+        with self.engine.connect() as conn:
+            return [_key_record(row) for row in conn.execute(stmt).mappings()]
+
+    def revoke_key(self, name_or_id: str) -> bool:
+        """Revoke the live key with this id, else the live key with this name; False if none."""
+        live = keys_table.c.revoked == false()
+        values = {"revoked": True, "revoked_at": time.time()}
+        with self.engine.begin() as conn:
+            for column in (keys_table.c.id, keys_table.c.name):
+                result = conn.execute(update(keys_table).where(column == name_or_id, live).values(**values))
+                if result.rowcount:
+                    return True
+        return False
+
+    # -- usage ---------------------------------------------------------------------------------
+
+    def write_usage(self, records: list[UsageRecord]) -> None:
+        """All records in one transaction (executemany): a batch lands whole or not at all."""
+        if not records:
+            return
+        rows = [{name: getattr(record, name) for name in USAGE_FIELDS} for record in records]
+        with self.engine.begin() as conn:
+            conn.execute(insert(usage_table), rows)
+
+    def usage_summary(self, *, since: float, by: str = "model") -> list[UsageRow]:
+        """Totals per key, model or backend since ``since``, costliest first (then busiest).
+
+        Errors are records with status >= 400. p50/p95 latency use the nearest-rank method (the
+        smallest observed latency with at least p% of the group at or below it), computed in Python
+        so both engines agree exactly.
+        """
+        if by not in GROUP_COLUMNS:
+            raise ValueError(f"by must be one of {', '.join(GROUP_COLUMNS)}, got {by!r}")
+        group = usage_table.c[GROUP_COLUMNS[by]]
+        window = usage_table.c.time >= since
+        with self.engine.connect() as conn:
+            totals = conn.execute(_summary_query(group, window)).all()
+            latencies = _latencies_by_group(
+                conn.execute(select(group, usage_table.c.latency_ms).where(window))
+            )
+        rows = [_usage_row(total, latencies.get(total[0], [])) for total in totals]
+        rows.sort(key=lambda row: (-row.cost, -row.requests, row.group))
+        return rows
+
+    def spent_usd(self, key_name: str, *, since: float | None = None) -> float:
+        """What a key has cost, all time or since ``since``; unpriced requests count as zero."""
+        stmt = select(func.coalesce(func.sum(usage_table.c.cost), 0.0)).where(
+            usage_table.c.key_name == key_name
+        )
+        if since is not None:
+            stmt = stmt.where(usage_table.c.time >= since)
+        with self.engine.connect() as conn:
+            return float(conn.execute(stmt).scalar_one())
+
+    # -- stored responses ----------------------------------------------------------------------
+
+    def put_response(self, response: StoredResponse) -> None:
+        """Insert or replace by id (a continued or cancelled response is stored again)."""
+        values = {f.name: getattr(response, f.name) for f in fields(StoredResponse)}
+        with self.engine.begin() as conn:
+            _upsert(conn, responses_table, values, "id")
+
+    def get_response(self, id: str) -> StoredResponse | None:
+        stmt = select(responses_table).where(responses_table.c.id == id)
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return StoredResponse(**row) if row is not None else None
+
+    def delete_response(self, id: str) -> bool:
+        with self.engine.begin() as conn:
+            result = conn.execute(responses_table.delete().where(responses_table.c.id == id))
+        return bool(result.rowcount)
+
+
+def hash_secret(secret: str) -> str:
+    """The stored form of a key secret: SHA-256, hex."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _validate_key_fields(
+    name: str, models: list[str] | None, rpm: int | None, tpm: int | None, budget_usd: float | None
+) -> None:
+    """Reject nonsense before it is stored, where it would silently lock a key out or in."""
+    if not name or not name.strip():
+        raise ValueError("key name must not be empty")
+    given: object = models  # typed as a list, but the CLI and config hand us whatever was parsed
+    if given is not None and (
+        not isinstance(given, list) or not all(isinstance(m, str) and m for m in given)
+    ):
+        raise ValueError("models must be a list of non-empty glob patterns")
+    for label, limit in (("rpm", rpm), ("tpm", tpm)):
+        if limit is not None and limit < 1:
+            raise ValueError(f"{label} must be at least 1")
+    if budget_usd is not None and budget_usd < 0:
+        raise ValueError("budget_usd must not be negative")
+
+
+def _key_row(record: KeyRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "prefix": record.prefix,
+        "models": list(record.models),
+        "rpm": record.rpm,
+        "tpm": record.tpm,
+        "budget_usd": record.budget_usd,
+        "created_at": record.created_at,
+        "expires_at": record.expires_at,
+        "revoked": record.revoked,
+    }
+
+
+def _key_record(row: Any) -> KeyRecord:
+    return KeyRecord(
+        id=row["id"],
+        name=row["name"],
+        prefix=row["prefix"],
+        models=tuple(row["models"]),
+        rpm=row["rpm"],
+        tpm=row["tpm"],
+        budget_usd=row["budget_usd"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked=bool(row["revoked"]),
+    )
+
+
+def _summary_query(group: ColumnElement[Any], window: ColumnElement[bool]) -> Any:
+    c = usage_table.c
+
+    def total(column: ColumnElement[Any]) -> Any:
+        return func.coalesce(func.sum(column), 0)
+
+    return (
+        select(
+            group,
+            func.count(),
+            total(case((c.status >= 400, 1), else_=0)),
+            total(c.input_tokens),
+            total(c.cached_tokens),
+            total(c.output_tokens),
+            total(c.reasoning_tokens),
+            func.coalesce(func.sum(c.cost), 0.0),
+        )
+        .where(window)
+        .group_by(group)
+    )
+
+
+def _latencies_by_group(rows: Iterable[Any]) -> dict[str | None, list[float]]:
+    grouped: dict[str | None, list[float]] = {}
+    for group, latency in rows:
+        grouped.setdefault(group, []).append(float(latency))
+    for values in grouped.values():
+        values.sort()
+    return grouped
+
+
+def _usage_row(total: Any, latencies: list[float]) -> UsageRow:
+    group, requests, errors, input_tokens, cached, output, reasoning, cost = total
+    return UsageRow(
+        group=NO_GROUP if group is None else group,
+        requests=int(requests),
+        errors=int(errors),
+        input_tokens=int(input_tokens),
+        cached_tokens=int(cached),
+        output_tokens=int(output),
+        reasoning_tokens=int(reasoning),
+        cost=float(cost),
+        p50_ms=percentile(latencies, 50),
+        p95_ms=percentile(latencies, 95),
+    )
+
+
+def percentile(sorted_values: Sequence[float], pct: int) -> float | None:
+    """Nearest-rank percentile of ascending values: always an observed value, None when empty.
+
+    The rank is computed in integers so 95% of 20 is exactly the 19th value, not a float artefact.
+    """
+    if not sorted_values:
+        return None
+    rank = max(1, -(-pct * len(sorted_values) // 100))
+    return sorted_values[rank - 1]
+
+
+# ----------------------------------------------------------------------------------------------
+# UsageWriter
+# ----------------------------------------------------------------------------------------------
+
+
+class UsageWriter:
+    """Batches usage records off the request path: add() never blocks or awaits; a background task
+    flushes every `interval` seconds or when `max_batch` records are waiting, running the store write in a
+    worker thread (asyncio.to_thread). stop() flushes everything left (a clean shutdown loses nothing); a
+    crash loses at most one interval. A failed write is logged (never raised into request handling) and its
+    batch kept for the next attempt, bounded (drop oldest beyond 100k records, counting drops).
+
+    After a failed write the writer backs off (doubling the interval, up to ``max_backoff``) and a full
+    batch no longer wakes it early, so a database outage is not hammered by a retry per request.
+    ``add`` must be called on the event loop's thread (it may set an asyncio event).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        interval: float = 1.0,
+        max_batch: int = 500,
+        max_pending: int = 100_000,
+        max_backoff: float = 30.0,
+    ) -> None:
+        if interval <= 0 or max_batch < 1 or max_pending < 1:
+            raise ValueError("interval must be positive; max_batch and max_pending at least 1")
+        self.store = store
+        self.interval = interval
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self.max_backoff = max(max_backoff, interval)
+        self.dropped = 0
+        self._queue: deque[UsageRecord] = deque()
+        self._in_flight = 0
+        self._healthy = True
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Records not yet written, including a batch being written right now."""
+        return len(self._queue) + self._in_flight
+
+    def add(self, record: UsageRecord) -> None:
+        self._queue.append(record)
+        self._bound()
+        if self._healthy and len(self._queue) >= self.max_batch:
+            self._wake.set()
+
+    async def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._stopping = False
+            self._task = asyncio.create_task(self._run(), name="modelwire-usage-writer")
+
+    async def flush(self) -> None:
+        """Write everything queued now, in batches; a failure is logged and its records kept."""
+        await self._flush_all()
+
+    async def stop(self) -> None:
+        """Stop the background task, letting an in-flight write finish, then flush what is left."""
+        self._stopping = True
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+        if not await self._flush_all() and self.pending:
+            log.error("usage writer stopped with %d records unwritten (store unavailable)", self.pending)
+
+    async def _run(self) -> None:
+        delay = self.interval
+        while True:
+            await self._sleep(delay)
+            if self._stopping:
+                return
+            ok = await self._flush_all()
+            delay = self.interval if ok else min(delay * 2, self.max_backoff)
+
+    async def _sleep(self, delay: float) -> None:
+        """Wait ``delay`` seconds, or less if a full batch or stop() wakes us."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
+        self._wake.clear()
+
+    async def _flush_all(self) -> bool:
+        async with self._lock:
+            while self._queue:
+                if not await self._write_batch():
+                    return False
+            return True
+
+    async def _write_batch(self) -> bool:
+        batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+        self._in_flight = len(batch)
+        try:
+            await asyncio.to_thread(self.store.write_usage, batch)
+        except Exception as exc:
+            self._keep(batch)
+            self._healthy = False
+            log.warning(
+                "usage write of %d records failed, kept for retry (%d pending): %s",
+                len(batch),
+                self.pending,
+                _describe(exc),
+            )
+            return False
+        finally:
+            self._in_flight = 0
+        self._healthy = True
+        return True
+
+    def _keep(self, batch: list[UsageRecord]) -> None:
+        """Put a failed batch back at the front, oldest first, within the bound."""
+        self._queue.extendleft(reversed(batch))
+        self._bound()
+
+    def _bound(self) -> None:
+        while len(self._queue) > self.max_pending:
+            self._queue.popleft()
+            self.dropped += 1
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line cause: SQLAlchemy's own text goes on to repeat the statement and its parameters."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
+
+
+__all__ = [
+    "KeyRecord",
+    "Store",
+    "StoredResponse",
+    "UsageRecord",
+    "UsageRow",
+    "UsageWriter",
+    "hash_secret",
+    "parse_store_url",
+    "percentile",
+]
