@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fake_upstream import FakeUpstream
+from tests.gateway_fixtures import RunningGateway, base_config, start_gateway
 
 # ----------------------------------------------------------------------------------------------
 # Fake OpenAI upstream (tests/fake_upstream.py)
@@ -33,6 +34,27 @@ def upstream(upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
     violations = list(upstream_server.violations)
     upstream_server.reset()
     assert violations == [], "fake upstream saw spec violations:\n" + "\n".join(violations)
+
+
+# ---------------------------------------------------------------------------------------------- end
+
+
+# ----------------------------------------------------------------------------------------------
+# A real gateway process (tests/gateway_fixtures.py), one per test module, on the session's fake
+# upstream. Tests that need their own config start their own with ``start_gateway``.
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    upstream_server: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningGateway]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    running = start_gateway(base_config(upstream_server, tmp), tmp)
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 # ---------------------------------------------------------------------------------------------- end

@@ -134,8 +134,11 @@ def test_message_helpers() -> None:
 def test_public_api_is_curated() -> None:
     import types
 
-    public = {name for name, value in vars(mw).items() if not name.startswith("_")
-              and not isinstance(value, types.ModuleType)}
+    public = {
+        name
+        for name, value in vars(mw).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
     assert public == set(mw.__all__) - {"__version__"}  # nothing exported by accident, nothing missing
     assert mw.__all__ == sorted(mw.__all__)
 

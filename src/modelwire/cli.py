@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from typing import Annotated, NoReturn
+import time
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -125,3 +126,229 @@ def _api(value: str) -> WireAPI:
 def _fail(message: str, *, code: int = 1) -> NoReturn:
     err.print(f"[bold red]error:[/bold red] {message}")
     raise typer.Exit(code)
+
+
+# ------------------------------------------------------------------------------------------- serve
+
+ConfigOption = Annotated[
+    str | None, typer.Option("--config", "-c", help="Config file (default: ./modelwire.yaml when present).")
+]
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (config: server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (config: server.port).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (config: server.workers).")] = None,
+    force_model: Annotated[
+        str | None,
+        typer.Option("--force-model", help="Send every request to this model or backend/model ref."),
+    ] = None,
+    default_backend: Annotated[
+        str | None, typer.Option("--default-backend", help="Backend for model names no rule matches.")
+    ] = None,
+) -> None:
+    """Run the gateway: one URL for OpenAI, Anthropic and Gemini clients."""
+    from .gateway.config import ConfigError
+    from .gateway.server import serve as run
+
+    overrides = {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "force_model": force_model,
+        "default_backend": default_backend,
+    }
+    try:
+        run(config, {k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        _fail(str(exc), code=2)
+
+
+# -------------------------------------------------------------------------------------------- keys
+
+keys_app = typer.Typer(
+    help="Client keys kept in the store (hashed; a new key is shown once).", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
+
+
+def _store(config: str | None) -> Any:
+    from .gateway.config import ConfigError, load_config
+    from .gateway.store import Store
+
+    try:
+        return Store(load_config(config).store)
+    except ConfigError as exc:
+        _fail(str(exc), code=2)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="A unique name for the key.")],
+    models: Annotated[
+        list[str] | None, typer.Option("--models", help="Glob of allowed models; repeat for several.")
+    ] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
+    budget_usd: Annotated[
+        float | None, typer.Option("--budget-usd", help="Spending cap in US dollars.")
+    ] = None,
+    expires: Annotated[str | None, typer.Option(help="Lifetime, e.g. 30d, 12h, 90m.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create a client key and print it once."""
+    expires_at = time.time() + _duration(expires) if expires else None
+    with _store(config) as store:
+        try:
+            secret, record = store.create_key(
+                name=name,
+                models=_patterns(models),
+                rpm=rpm,
+                tpm=tpm,
+                budget_usd=budget_usd,
+                expires_at=expires_at,
+            )
+        except ValueError as exc:
+            _fail(str(exc), code=2)
+    out = Console(highlight=False)
+    out.print(secret)
+    err.print(f"[dim]key {record.name!r} ({record.id}) created; it is shown only now, so keep it safe.[/dim]")
+
+
+@keys_app.command("list")
+def keys_list(
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """List client keys (never their secrets)."""
+    from rich.table import Table
+
+    with _store(config) as store:
+        records = store.list_keys(include_revoked=all_keys)
+    table = Table("name", "id", "prefix", "models", "rpm", "tpm", "budget $", "expires", "state")
+    now = time.time()
+    for r in records:
+        state = "revoked" if r.revoked else ("expired" if r.expires_at and r.expires_at <= now else "active")
+        table.add_row(
+            r.name,
+            r.id,
+            r.prefix + "…",
+            ", ".join(r.models),
+            _opt(r.rpm),
+            _opt(r.tpm),
+            _opt(r.budget_usd),
+            _when(r.expires_at),
+            state,
+        )
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="The key's name or id.")], config: ConfigOption = None
+) -> None:
+    """Revoke a client key (within 30 s on running gateways)."""
+    with _store(config) as store:
+        if not store.revoke_key(name):
+            _fail(f"no active key named {name!r}", code=1)
+    err.print(f"key {name!r} revoked")
+
+
+# ------------------------------------------------------------------------------------------- usage
+
+
+@app.command()
+def usage(
+    since: Annotated[str, typer.Option(help="Window, e.g. 7d, 24h, 30m.")] = "7d",
+    by: Annotated[str, typer.Option(help="Group by key, model or backend.")] = "model",
+    config: ConfigOption = None,
+) -> None:
+    """Requests, tokens, cost, error rate and latency from the usage records."""
+    from rich.table import Table
+
+    if by not in ("key", "model", "backend"):
+        _fail("--by must be key, model or backend", code=2)
+    with _store(config) as store:
+        rows = store.usage_summary(since=time.time() - _duration(since), by=by)
+    table = Table(
+        by, "requests", "input", "cached", "output", "reasoning", "cost $", "errors", "p50 ms", "p95 ms"
+    )
+    for r in rows:
+        table.add_row(
+            r.group or "-",
+            str(r.requests),
+            str(r.input_tokens),
+            str(r.cached_tokens),
+            str(r.output_tokens),
+            str(r.reasoning_tokens),
+            f"{r.cost:.4f}",
+            f"{r.error_rate:.1%}",
+            _ms(r.p50_ms),
+            _ms(r.p95_ms),
+        )
+    Console().print(table)
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+@app.command()
+def models(config: ConfigOption = None) -> None:
+    """The model names the gateway serves, and the catalog's prices."""
+    from rich.table import Table
+
+    from .gateway.config import ConfigError, load_config
+    from .gateway.routing import Router
+    from .providers.catalog import Catalog
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        _fail(str(exc), code=2)
+    router, catalog = Router(cfg), Catalog()
+    table = Table("model", "route", "context", "$ in / 1M", "$ out / 1M")
+    names = router.public_models() or catalog.models()
+    for name in names:
+        route = router.resolve(name)
+        profile = catalog.profile(route.targets[0].model)
+        price = profile.price
+        table.add_row(
+            name,
+            " → ".join(t.ref for t in route.targets),
+            _opt(profile.context_window),
+            _opt(price.input if price else None),
+            _opt(price.output if price else None),
+        )
+    Console().print(table)
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(text: str) -> float:
+    unit = text[-1:].lower()
+    try:
+        return float(text[:-1]) * _UNITS[unit] if unit in _UNITS else float(text)
+    except ValueError:
+        _fail(f"cannot read {text!r} as a duration (use e.g. 30d, 12h, 90m)", code=2)
+
+
+def _patterns(models: list[str] | None) -> list[str]:
+    found = [p.strip() for m in models or ["*"] for p in m.split(",") if p.strip()]
+    return found or ["*"]
+
+
+def _opt(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _when(ts: float | None) -> str:
+    return "never" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))

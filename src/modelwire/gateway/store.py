@@ -62,7 +62,7 @@ KEY_PREFIX = "mw-"
 DISPLAY_PREFIX_LEN = 8
 NO_GROUP = "(none)"
 GROUP_COLUMNS = {"key": "key_name", "model": "public_model", "backend": "backend"}
-SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,7 +313,7 @@ def _postgres_engine(url: URL, schema: str | None) -> Engine:
 
 def _check_schema(schema: str) -> str:
     """Lower-case plain identifiers only, so the name needs no quoting in either DDL or ``options``."""
-    if not SCHEMA_NAME.match(schema):
+    if not SCHEMA_NAME.fullmatch(schema):
         raise ValueError(f"schema must match {SCHEMA_NAME.pattern}, got {schema!r}")
     return schema
 
@@ -728,6 +728,7 @@ class UsageWriter:
         try:
             await asyncio.to_thread(self.store.write_usage, batch)
         except Exception as exc:
+            self._in_flight = 0  # the batch is back in the queue; count it once
             self._keep(batch)
             self._healthy = False
             log.warning(

@@ -1,0 +1,830 @@
+"""The gateway as a raw ASGI application.
+
+No framework sits on the proxy path (one cost 36% of throughput when measured): requests are
+dispatched by a dict lookup on ``(method, path)``. Each generation request is authenticated,
+parsed once, routed, and then either forwarded (client dialect equals upstream dialect: the body
+changes only where the route says, stream bytes pass straight through a usage tap) or translated
+through the neutral model. Errors always reach the client in its own dialect's shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..dialects._stream import events_from_response
+from ..errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    ModelwireError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    RateLimitError,
+    from_response,
+)
+from ..observe import redact
+from ..providers._retry import retry_after
+from ..providers._transport import AiohttpTransport, Reply
+from ..providers.catalog import Catalog
+from ..types import Finish, Request, Response, StreamError, StreamEvent, Usage
+from . import http
+from .auth import ClientKey, KeyBook, extract_key
+from .capture import Capture
+from .chains import Chains, input_items, stored
+from .config import Config
+from .http import Headers, Receive, Scope, Send
+from .limits import Limiter, MemoryCounters, RedisCounters
+from .lockout import Lockout
+from .metrics import Metrics
+from .routing import Route, Router, Target
+from .store import Store, UsageRecord, UsageWriter
+from .surfaces import CHAT, RESPONSES, Surface
+from .taps import ChatTap, ResponsesTap
+from .upstream import Backend, Failover, Outcome
+
+log = logging.getLogger("modelwire.gateway")
+
+_ENDPOINTS = {"openai_chat": "chat", "openai_responses": "responses"}
+
+
+@dataclass(slots=True)
+class Call:
+    """One client request in flight."""
+
+    request_id: str
+    surface: Surface
+    started: float
+    key: ClientKey | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
+    stream: bool = False
+    request: Request | None = None  # the neutral request, decoded only when translating
+    items: list[dict[str, Any]] | None = None  # Responses input after chain expansion
+    ttft: float | None = None
+
+    def decoded(self) -> Request:
+        if self.request is None:
+            body = self.body if self.items is None else {**self.body, "input": self.items}
+            self.request = self.surface.decode_request(body)
+        return self.request
+
+
+@dataclass(slots=True)
+class Passthrough:
+    """A forwarded upstream answer: a finished body, or an open stream."""
+
+    reply: Reply
+    payload: bytes = b""
+    doc: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Translated:
+    response: Response | None = None
+    first: StreamEvent | None = None
+    events: AsyncIterator[StreamEvent] | None = None
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.router = Router(config)
+        self.catalog = Catalog()
+        self.transport = AiohttpTransport()
+        self.backends = {n: Backend(n, b, self.catalog, self.transport) for n, b in config.backends.items()}
+        self.metrics = Metrics()
+        self.failover = Failover(
+            self.backends,
+            config.failover,
+            on_retry=self.metrics.retry,
+            on_failover=self.metrics.failover,
+            on_cooldown=self.metrics.cooldown,
+        )
+        lock = config.lockout
+        self.lockout = Lockout(
+            failures=lock.failures, first_seconds=lock.first_seconds, max_seconds=lock.max_seconds
+        )
+        self.store: Store | None = None
+        self.usage: UsageWriter | None = None
+        self.keys = KeyBook(config.keys, None)
+        self.limiter = Limiter(MemoryCounters())
+        self._redis: RedisCounters | None = None
+        self.chains = Chains(None)
+        self.capture = (
+            Capture(config.capture.path, max_bytes=config.capture.max_bytes, backups=config.capture.backups)
+            if config.capture
+            else None
+        )
+        self._background: set[asyncio.Task[Any]] = set()
+        self._models_cache: tuple[float, list[str]] = (0.0, [])
+        self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
+        for prefix in ("/v1", ""):
+            self._routes[("POST", prefix + "/chat/completions")] = self._chat
+            self._routes[("POST", prefix + "/responses")] = self._responses
+            self._routes[("POST", prefix + "/embeddings")] = self._embeddings
+            self._routes[("GET", prefix + "/models")] = self._list_models
+        for path, handler in (
+            ("/healthz", self._healthz),
+            ("/readyz", self._readyz),
+            ("/metrics", self._metrics),
+        ):
+            self._routes[("GET", path)] = handler
+        self._routes[("GET", "/")] = self._healthz
+        self._routes[("HEAD", "/")] = self._healthz
+
+    # --------------------------------------------------------------------------------- lifecycle
+
+    async def startup(self) -> None:
+        self.store = await asyncio.to_thread(Store, self.config.store)
+        self.keys = KeyBook(self.config.keys, self.store)
+        await self.keys.refresh()
+        self.usage = UsageWriter(
+            self.store, interval=self.config.usage.flush_seconds, max_batch=self.config.usage.batch
+        )
+        await self.usage.start()
+        self.chains = Chains(self.store)
+        if self.config.redis:
+            self._redis = RedisCounters(self.config.redis)
+            self.limiter = Limiter(self._redis)
+
+    async def shutdown(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.chains.drain()
+        if self.usage is not None:
+            await self.usage.stop()
+        if self._redis is not None:
+            await self._redis.aclose()
+        await self.transport.aclose()
+        if self.capture is not None:
+            self.capture.close()
+        if self.store is not None:
+            self.store.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            handler = self._routes.get((scope["method"], scope["path"]))
+            if handler is None:
+                handler = self._dynamic(scope)
+            await handler(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _dynamic(self, scope: Scope) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+        path: str = scope["path"].removeprefix("/v1")
+        method = scope["method"]
+        if path.startswith("/responses/"):
+            return self._stored_response
+        if path.startswith("/models/") and method == "GET":
+            return self._get_model
+        return self._not_found
+
+    # ------------------------------------------------------------------------------ plain routes
+
+    async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await http.respond_json(send, 200, {"status": "ok"}, [])
+
+    async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ready = self.store is not None and await asyncio.to_thread(self.store.ping)
+        status = 200 if ready else 503
+        await http.respond_json(send, status, {"status": "ready" if ready else "store unreachable"}, [])
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        payload, content_type = self.metrics.render()
+        await http.respond(send, 200, payload, [], content_type.encode())
+
+    async def _not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
+        err = NotFoundError(f"no route for {scope['method']} {scope['path']}", code="unknown_url")
+        await self._error(send, CHAT, err, _request_id(scope), [])
+
+    # ------------------------------------------------------------------------- generation routes
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._generate(scope, receive, send, CHAT)
+
+    async def _responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._generate(scope, receive, send, RESPONSES)
+
+    async def _generate(self, scope: Scope, receive: Receive, send: Send, surface: Surface) -> None:
+        call = Call(request_id=_request_id(scope), surface=surface, started=time.monotonic())
+        self.metrics.request_started(surface.dialect)
+        status = 500
+        try:
+            route = await self._admit(scope, receive, call)
+            if surface is RESPONSES:
+                await self._expand_chain(call)
+            if call.stream:
+                status = await self._stream(call, route, receive, send)
+            else:
+                status = await self._complete(call, route, send)
+        except ModelwireError as err:
+            status = await self._error(send, surface, err, call.request_id, [])
+            self._account(call, None, None, status)
+        except ConnectionResetError:
+            status = 499
+        except Exception:
+            log.exception("request %s failed", call.request_id)
+            status = await self._error(
+                send, surface, ModelwireError("internal gateway error"), call.request_id, []
+            )
+        finally:
+            self.metrics.request_finished(
+                surface.dialect, call.model, "", status, time.monotonic() - call.started, call.ttft
+            )
+
+    async def _admit(self, scope: Scope, receive: Receive, call: Call) -> Route:
+        """Authenticate, read and check the request; the route it will take."""
+        headers = dict(scope["headers"])
+        call.key = await self._authenticate(scope, headers)
+        raw = await http.read_body(receive, self.config.server.max_body_bytes, headers.get(b"content-length"))
+        if self.capture is not None:
+            self.capture.record(
+                "client_request",
+                request_id=call.request_id,
+                payload=raw,
+                url=scope["path"],
+                key_name=call.key.name if call.key else None,
+            )
+        call.body = body = http.parse_json(raw)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidRequestError("model: is required (a string naming the model)", param="model")
+        call.model = model
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool) and stream is not None:
+            raise InvalidRequestError("stream: expected a boolean", param="stream")
+        call.stream = bool(stream)
+        route = self.router.resolve(model)
+        self._authorize(call.key, model, route)
+        await self._limit(call.key)
+        return route
+
+    async def _authenticate(self, scope: Scope, headers: dict[bytes, bytes]) -> ClientKey | None:
+        if self.keys.open:
+            return None
+        address = scope["client"][0] if scope.get("client") else "unknown"
+        locked = self.lockout.locked(address)
+        if locked is not None:
+            raise RateLimitError(
+                f"too many failed attempts with bad keys; try again in {locked:.0f} s",
+                retry_after=locked,
+                code="locked_out",
+            )
+        secret = extract_key(headers, scope.get("query_string", b""))
+        if secret is None:
+            raise AuthenticationError(
+                "missing API key: send it as 'Authorization: Bearer <key>'", code="missing_api_key"
+            )
+        key = await self.keys.lookup(secret)
+        if key is None or key.expired(time.time()):
+            self.lockout.failure(address)
+            raise AuthenticationError("invalid API key", code="invalid_api_key")
+        self.lockout.success(address)
+        return key
+
+    def _authorize(self, key: ClientKey | None, model: str, route: Route) -> None:
+        if key is None or key.allows(model):
+            return
+        if self.router.is_direct(model) and key.allows(*(t.ref for t in route.targets)):
+            return
+        raise PermissionDeniedError(
+            f"this key may not use the model {model!r}", code="model_not_allowed", param="model"
+        )
+
+    async def _limit(self, key: ClientKey | None) -> None:
+        if key is None or key.policy.unlimited:
+            return
+        refusal = await self.limiter.admit(key.policy)
+        if refusal is not None:
+            raise RateLimitError(
+                refusal.message, retry_after=refusal.retry_after, code=f"{refusal.reason}_exceeded"
+            )
+
+    async def _expand_chain(self, call: Call) -> None:
+        previous = call.body.get("previous_response_id")
+        if previous is None:
+            return
+        if not isinstance(previous, str):
+            raise InvalidRequestError("previous_response_id: expected a string", param="previous_response_id")
+        history = await self.chains.history(previous)
+        if history is not None:
+            call.items = history + input_items(call.body)
+
+    # ------------------------------------------------------------------------------ non-streaming
+
+    async def _complete(self, call: Call, route: Route, send: Send) -> int:
+        outcome = await self.failover.run(route.order(), lambda t, b, i: self._attempt(call, t, b, i))
+        value = outcome.value
+        headers = self._served_headers(call, outcome.target, outcome.backend)
+        if isinstance(value, Passthrough):
+            usage = self._passthrough_usage(call, value.doc)
+            await http.respond(send, value.reply.status, value.payload, headers)
+            self._remember(call, value.doc, outcome.backend, translated=False)
+        else:
+            assert value.response is not None
+            usage = value.response.usage
+            doc = call.surface.render_response(value.response, call.decoded())
+            await http.respond(send, 200, orjson.dumps(doc), headers)
+            self._remember(call, doc, outcome.backend, translated=True)
+        call.ttft = time.monotonic() - call.started
+        self._account(call, outcome, usage, 200)
+        return 200
+
+    async def _attempt(
+        self, call: Call, target: Target, backend: Backend, index: int
+    ) -> Passthrough | Translated:
+        if self._passes_through(call, backend):
+            reply = await self._forward(call, target, backend, index)
+            if call.stream:
+                return Passthrough(reply)
+            payload = await reply.read()
+            doc = _json_object(payload)
+            return Passthrough(reply, payload, doc)
+        req = self._translated_request(call, target)
+        driver = backend.driver(index)
+        if not call.stream:
+            return Translated(response=await driver.complete(req))
+        events = driver.events(req)
+        first = await anext(events)
+        if isinstance(first, StreamError):
+            raise first.error
+        return Translated(first=first, events=events)
+
+    def _passes_through(self, call: Call, backend: Backend) -> bool:
+        return backend.passthrough and _ENDPOINTS[call.surface.dialect] == backend.api
+
+    async def _forward(self, call: Call, target: Target, backend: Backend, index: int) -> Reply:
+        body = self._rewrite(call, target, backend)
+        url = backend.host.url(backend.api, target.model)
+        headers = backend.headers(index)
+        headers["X-Client-Request-Id"] = call.request_id
+        if call.stream:
+            headers["Accept"] = "text/event-stream"
+        payload = orjson.dumps(body)
+        if self.capture is not None:
+            self.capture.record(
+                "upstream_request",
+                request_id=call.request_id,
+                payload=payload,
+                url=url,
+                backend=backend.name,
+                headers=headers,
+            )
+        reply = await self.transport.send("POST", url, headers, payload, read_timeout=backend.config.timeout)
+        if reply.status >= 400:
+            raw = await reply.read()
+            raise from_response(
+                reply.status,
+                raw,
+                request_id=reply.headers.get("x-request-id"),
+                retry_after=retry_after(reply.headers),
+                content_type=reply.headers.get("content-type", ""),
+            )
+        return reply
+
+    def _rewrite(self, call: Call, target: Target, backend: Backend) -> dict[str, Any]:
+        """The client's body with only what the route changes: model, URI parameters, history."""
+        body = dict(call.body)
+        body["model"] = target.model
+        chat = call.surface is CHAT
+        for name, value in target.params:
+            _override(body, name, value, chat=chat, native=backend.native)
+        if chat:
+            if call.stream and not _wants_usage(body):
+                body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            if not backend.native and "max_completion_tokens" in body:
+                body["max_tokens"] = body.pop("max_completion_tokens")
+        elif call.items is not None:
+            body["input"] = call.items
+            body.pop("previous_response_id", None)
+        return body
+
+    def _translated_request(self, call: Call, target: Target) -> Request:
+        base = call.decoded()
+        req = Request(**{f: getattr(base, f) for f in base.__dataclass_fields__})
+        req.model = target.model
+        req.previous_response_id = None if call.items is not None else req.previous_response_id
+        for name, value in target.params:
+            setattr(req, name, value)
+        return req
+
+    # ---------------------------------------------------------------------------------- streaming
+
+    async def _stream(self, call: Call, route: Route, receive: Receive, send: Send) -> int:
+        task = asyncio.ensure_future(
+            self.failover.run(route.order(), lambda t, b, i: self._attempt(call, t, b, i))
+        )
+        started = False
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=self.config.server.keepalive_seconds)
+            if done:
+                break
+            if not started:  # the wait is long: open the stream and keep it alive
+                await http.start_stream(send, [(b"x-request-id", call.request_id.encode())])
+                started = True
+            await http.stream_chunk(send, call.surface.keepalive)
+        try:
+            outcome = task.result()
+        except ModelwireError as err:
+            if not started:
+                raise
+            await http.stream_chunk(send, call.surface.stream_error(_safe(err), None, call.body))
+            await http.end_stream(send)
+            self._account(call, None, None, err.status)
+            return err.status
+        if not started:
+            await http.start_stream(send, self._served_headers(call, outcome.target, outcome.backend))
+        watcher = asyncio.ensure_future(receive())
+        try:
+            if isinstance(outcome.value, Passthrough):
+                usage, status = await self._pump_passthrough(call, outcome, send, watcher)
+            else:
+                usage, status = await self._pump_translated(call, outcome, send, watcher)
+        finally:
+            watcher.cancel()
+        await http.end_stream(send)
+        self._account(call, outcome, usage, status)
+        return status
+
+    async def _pump_passthrough(
+        self, call: Call, outcome: Outcome[Any], send: Send, watcher: asyncio.Future[Any]
+    ) -> tuple[Usage | None, int]:
+        value: Passthrough = outcome.value
+        reply = value.reply
+        if "json" in reply.headers.get("content-type", ""):  # the upstream ignored stream=true
+            return await self._pump_whole(call, value, send)
+        chat = call.surface is CHAT
+        tap: ChatTap | ResponsesTap = (
+            ChatTap(strip_usage=not _wants_usage(call.body), azure=outcome.backend.host.kind == "azure")
+            if chat
+            else ResponsesTap()
+        )
+        try:
+            async for chunk in reply.chunks():
+                out = tap.feed(chunk)
+                if out:
+                    if call.ttft is None:
+                        call.ttft = time.monotonic() - call.started
+                    await http.stream_chunk(send, out)
+                if watcher.done():
+                    reply.close()
+                    return tap.usage, 499
+        except ModelwireError as broken:
+            tap.finished = False
+            log.debug("upstream stream broke: %s", broken)
+        if not tap.finished and not tap.errored:
+            cut = ProtocolError("the upstream stream ended before the answer finished", status=502)
+            await http.stream_chunk(send, _cut_stream_error(call.surface, tap, cut))
+            return tap.usage, 502
+        if isinstance(tap, ResponsesTap) and tap.response is not None:
+            self._remember(call, tap.response, outcome.backend, translated=False)
+        return tap.usage, 502 if tap.errored else 200
+
+    async def _pump_whole(self, call: Call, value: Passthrough, send: Send) -> tuple[Usage | None, int]:
+        doc = _json_object(await value.reply.read())
+        from ..dialects import openai_chat, openai_responses
+
+        decode = openai_chat.decode_response if call.surface is CHAT else openai_responses.decode_response
+        response = decode(doc)
+        renderer = call.surface.stream_renderer(call.decoded(), call.body)
+        await http.stream_chunk(send, b"".join(renderer.feed(e) for e in events_from_response(response)))
+        return response.usage, 200
+
+    async def _pump_translated(
+        self, call: Call, outcome: Outcome[Any], send: Send, watcher: asyncio.Future[Any]
+    ) -> tuple[Usage | None, int]:
+        value: Translated = outcome.value
+        assert value.first is not None and value.events is not None
+        renderer = call.surface.stream_renderer(call.decoded(), call.body)
+        usage: Usage | None = None
+        status = 200
+        event: StreamEvent | None = value.first
+        events = value.events
+        try:
+            while event is not None:
+                if isinstance(event, Finish):
+                    usage = event.usage
+                elif isinstance(event, StreamError):
+                    event = StreamError(error=_safe(event.error))
+                    status = getattr(event.error, "status", 502)
+                out = renderer.feed(event)
+                if out:
+                    if call.ttft is None:
+                        call.ttft = time.monotonic() - call.started
+                    await http.stream_chunk(send, out)
+                if watcher.done():
+                    return usage, 499
+                event = await anext(events, None)
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+        final = getattr(renderer, "response", None)
+        if isinstance(final, dict):
+            self._remember(call, final, outcome.backend, translated=True)
+        return usage, status
+
+    # ------------------------------------------------------------------------------- bookkeeping
+
+    def _served_headers(self, call: Call, target: Target, backend: Backend) -> Headers:
+        return [
+            (b"x-request-id", call.request_id.encode()),
+            (b"x-modelwire-backend", backend.name.encode()),
+            (b"x-modelwire-model", target.model.encode()),
+        ]
+
+    def _passthrough_usage(self, call: Call, doc: dict[str, Any] | None) -> Usage | None:
+        if doc is None or not isinstance(doc.get("usage"), dict):
+            return None
+        from ..dialects import openai_chat, openai_responses
+
+        decode = openai_chat.decode_usage if call.surface is CHAT else openai_responses.decode_usage
+        return decode(doc["usage"])
+
+    def _remember(
+        self, call: Call, doc: dict[str, Any] | None, backend: Backend, *, translated: bool
+    ) -> None:
+        """Keep a Responses answer for ``previous_response_id`` when its upstream keeps nothing."""
+        if call.surface is not RESPONSES or doc is None or call.body.get("store") is False:
+            return
+        if backend.native and not translated:
+            return  # a native upstream stored it and chains it itself
+        items = call.items if call.items is not None else input_items(call.body)
+        self.chains.put(stored(call.body, items, doc, call.key.name if call.key else None))
+
+    def _account(self, call: Call, outcome: Outcome[Any] | None, usage: Usage | None, status: int) -> None:
+        """Record usage and metrics without making the client wait for either."""
+        backend = outcome.backend.name if outcome else None
+        upstream_model = outcome.target.model if outcome else None
+        usage = usage or Usage()
+        cost = self.catalog.cost(upstream_model or call.model, usage) if usage.total_tokens else None
+        if self.usage is not None:
+            self.usage.add(
+                UsageRecord(
+                    time=time.time(),
+                    key_name=call.key.name if call.key else None,
+                    public_model=call.model,
+                    backend=backend,
+                    upstream_model=upstream_model,
+                    dialect=call.surface.dialect,
+                    input_tokens=usage.input_tokens,
+                    cached_tokens=usage.cached_input_tokens,
+                    output_tokens=usage.output_tokens,
+                    reasoning_tokens=usage.reasoning_tokens,
+                    cost=cost,
+                    latency_ms=(time.monotonic() - call.started) * 1000,
+                    ttft_ms=call.ttft * 1000 if call.ttft is not None else None,
+                    status=status,
+                    request_id=call.request_id,
+                    stream=call.stream,
+                )
+            )
+        if usage.total_tokens:
+            self.metrics.usage(
+                call.model,
+                backend or "",
+                usage.input_tokens,
+                usage.cached_input_tokens,
+                usage.output_tokens,
+                usage.reasoning_tokens,
+                cost or 0.0,
+            )
+        if call.key is not None and not call.key.policy.unlimited:
+            self._spawn(self.limiter.record(call.key.policy, tokens=usage.total_tokens, cost=cost))
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _error(
+        self, send: Send, surface: Surface, err: ModelwireError, request_id: str, headers: Headers
+    ) -> int:
+        err = _safe(err)
+        status, doc = surface.render_error(err)
+        extra = [(b"x-request-id", request_id.encode()), *headers]
+        if err.retry_after is not None:
+            extra.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
+        self.metrics.error(surface.dialect, type(err).__name__)
+        await http.respond_json(send, status, doc, extra)
+        return status
+
+    # ----------------------------------------------------------------------- embeddings, models
+
+    async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        call = Call(request_id=_request_id(scope), surface=CHAT, started=time.monotonic())
+        try:
+            route = await self._admit(scope, receive, call)
+            outcome = await self.failover.run(route.order(), lambda t, b, i: self._embed(call, t, b, i))
+            payload, doc = outcome.value
+            await http.respond(
+                send, 200, payload, self._served_headers(call, outcome.target, outcome.backend)
+            )
+            tokens = (doc.get("usage") or {}).get("prompt_tokens") or 0
+            self._account(call, outcome, Usage(input_tokens=int(tokens)), 200)
+        except ModelwireError as err:
+            self._account(call, None, None, await self._error(send, CHAT, err, call.request_id, []))
+
+    async def _embed(
+        self, call: Call, target: Target, backend: Backend, index: int
+    ) -> tuple[bytes, dict[str, Any]]:
+        body = {**call.body, "model": target.model}
+        headers = backend.headers(index)
+        if backend.config.type == "codex":
+            raise InvalidRequestError(f"backend {backend.name!r} serves no embeddings")
+        url = backend.host.url("embeddings", target.model)
+        reply = await self.transport.send(
+            "POST", url, headers, orjson.dumps(body), read_timeout=backend.config.timeout
+        )
+        payload = await reply.read()
+        if reply.status >= 400:
+            raise from_response(
+                reply.status,
+                payload,
+                retry_after=retry_after(reply.headers),
+                content_type=reply.headers.get("content-type", ""),
+            )
+        doc = _json_object(payload)
+        return payload, doc
+
+    async def _list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = _request_id(scope)
+        try:
+            key = await self._authenticate(scope, dict(scope["headers"]))
+            ids = [m for m in await self._model_ids() if key is None or key.allows(m)]
+            data = [_model_object(m) for m in ids]
+            await http.respond_json(
+                send, 200, {"object": "list", "data": data}, [(b"x-request-id", request_id.encode())]
+            )
+        except ModelwireError as err:
+            await self._error(send, CHAT, err, request_id, [])
+
+    async def _get_model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = _request_id(scope)
+        model = scope["path"].removeprefix("/v1").removeprefix("/models/")
+        try:
+            key = await self._authenticate(scope, dict(scope["headers"]))
+            if model not in await self._model_ids() or (key is not None and not key.allows(model)):
+                raise NotFoundError(
+                    f"The model {model!r} does not exist or you do not have access to it.",
+                    code="model_not_found",
+                    param="model",
+                )
+            await http.respond_json(send, 200, _model_object(model), [(b"x-request-id", request_id.encode())])
+        except ModelwireError as err:
+            await self._error(send, CHAT, err, request_id, [])
+
+    async def _model_ids(self) -> list[str]:
+        names = self.router.public_models()
+        default = self.config.default_backend
+        if default is None:
+            return names
+        fetched_at, upstream = self._models_cache
+        if time.monotonic() - fetched_at > 300:
+            upstream = await self._upstream_models(self.backends[default])
+            self._models_cache = (time.monotonic(), upstream)
+        return list(dict.fromkeys([*names, *upstream]))
+
+    async def _upstream_models(self, backend: Backend) -> list[str]:
+        try:
+            return await backend.driver(0).list_models()
+        except ModelwireError as err:
+            log.warning("could not list the models of backend %s: %s", backend.name, err.message)
+            return []
+
+    # ---------------------------------------------------------------------------- stored responses
+
+    async def _stored_response(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = _request_id(scope)
+        rest = scope["path"].removeprefix("/v1").removeprefix("/responses/")
+        response_id, _, tail = rest.partition("/")
+        method = scope["method"]
+        try:
+            await self._authenticate(scope, dict(scope["headers"]))
+            found = await self.chains.get(response_id)
+            if found is None:
+                raise NotFoundError(
+                    f"No response found with id '{response_id}'.",
+                    code="response_not_found",
+                    param="response_id",
+                )
+            if method == "DELETE" and not tail:
+                await self.chains.delete(response_id)
+                doc: dict[str, Any] = {"id": response_id, "object": "response", "deleted": True}
+            elif method == "GET" and tail == "input_items":
+                items = [{"id": i.get("id") or f"item_{n}", **i} for n, i in enumerate(found.input_items)]
+                doc = {
+                    "object": "list",
+                    "data": items,
+                    "first_id": items[0]["id"] if items else None,
+                    "last_id": items[-1]["id"] if items else None,
+                    "has_more": False,
+                }
+            elif method == "GET" and not tail:
+                doc = found.response
+            else:
+                raise NotFoundError(f"no route for {method} {scope['path']}", code="unknown_url")
+            await http.respond_json(send, 200, doc, [(b"x-request-id", request_id.encode())])
+        except ModelwireError as err:
+            await self._error(send, RESPONSES, err, request_id, [])
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and 0 < len(value) <= 128:
+            return str(value.decode("latin-1"))
+    return f"req_{uuid.uuid4().hex}"
+
+
+def _wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+def _override(body: dict[str, Any], name: str, value: Any, *, chat: bool, native: bool) -> None:
+    """Apply a route's URI parameter in the client's own dialect."""
+    if name in ("temperature", "top_p"):
+        body[name] = value
+    elif name == "max_output_tokens":
+        if chat:
+            body.pop("max_tokens", None)
+            body.pop("max_completion_tokens", None)
+            body["max_completion_tokens" if native else "max_tokens"] = value
+        else:
+            body["max_output_tokens"] = value
+    elif name == "reasoning_effort":
+        if chat:
+            body["reasoning_effort"] = value
+        else:
+            body["reasoning"] = {**(body.get("reasoning") or {}), "effort": value}
+    elif name == "verbosity":
+        if chat:
+            body["verbosity"] = value
+        else:
+            body["text"] = {**(body.get("text") or {}), "verbosity": value}
+
+
+def _json_object(payload: bytes) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        snippet = payload[:80].decode("utf-8", "replace")
+        raise ProtocolError(f"the upstream answered something that is not JSON: {snippet!r}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("the upstream answered JSON that is not an object")
+    return doc
+
+
+def _model_object(model: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "modelwire"}
+
+
+def _safe(err: Exception) -> ModelwireError:
+    """The error with any key-looking text removed from its message."""
+    if not isinstance(err, ModelwireError):
+        log.error("unexpected error type in a stream: %r", err)
+        return ModelwireError("internal gateway error")
+    cleaned = redact(err.message)
+    if cleaned != err.message:
+        err.message = cleaned
+        err.args = (cleaned,)
+    return err
+
+
+def _cut_stream_error(surface: Surface, tap: ChatTap | ResponsesTap, err: ModelwireError) -> bytes:
+    if isinstance(tap, ResponsesTap):
+        event = {
+            "type": "error",
+            "code": "upstream_error",
+            "message": err.message,
+            "param": None,
+            "sequence_number": tap.next_sequence(),
+        }
+        return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
+    return surface.stream_error(err, None, {})

@@ -1,0 +1,64 @@
+"""The client-facing side of each dialect, in one table.
+
+A surface knows how to read a client's request, render a neutral response or event stream back,
+say an error in the client's own shape, and keep a waiting stream alive. Adding a dialect to the
+gateway means adding a row here (and its module in :mod:`modelwire.dialects`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..dialects import openai_chat, openai_responses
+from ..dialects._sse import KEEPALIVE
+from ..errors import ModelwireError
+from ..types import Dialect, Request, Response, StreamError, StreamEvent
+
+
+class Renderer(Protocol):
+    def feed(self, event: StreamEvent) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Surface:
+    dialect: Dialect
+    decode_request: Callable[[dict[str, Any]], Request]
+    render_response: Callable[[Response, Request], dict[str, Any]]
+    stream_renderer: Callable[[Request, dict[str, Any]], Renderer]
+    render_error: Callable[[ModelwireError], tuple[int, dict[str, Any]]]
+    keepalive: bytes = KEEPALIVE
+
+    def stream_error(self, error: ModelwireError, req: Request | None, body: dict[str, Any]) -> bytes:
+        """An error said inside an already-started stream, in this dialect's own event."""
+        renderer = self.stream_renderer(req or Request(model=str(body.get("model") or "")), body)
+        return renderer.feed(StreamError(error=error))
+
+
+def _chat_renderer(req: Request, body: dict[str, Any]) -> Renderer:
+    return openai_chat.StreamRenderer(model=req.model, include_usage=openai_chat.include_usage(body))
+
+
+def _chat_render(resp: Response, req: Request) -> dict[str, Any]:
+    return openai_chat.render_response(resp)
+
+
+def _responses_renderer(req: Request, body: dict[str, Any]) -> Renderer:
+    return openai_responses.StreamRenderer(req)
+
+
+CHAT = Surface(
+    dialect="openai_chat",
+    decode_request=openai_chat.decode_request,
+    render_response=_chat_render,
+    stream_renderer=_chat_renderer,
+    render_error=openai_chat.render_error,
+)
+RESPONSES = Surface(
+    dialect="openai_responses",
+    decode_request=openai_responses.decode_request,
+    render_response=openai_responses.render_response,
+    stream_renderer=_responses_renderer,
+    render_error=openai_responses.render_error,
+)

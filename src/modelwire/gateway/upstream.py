@@ -1,0 +1,215 @@
+"""Upstreams as the gateway sees them: backends, key rotation, failover.
+
+Failover policy, per request: a 429 whose Retry-After is short waits and retries the same target
+(after rotating to another key when the backend has one); a longer one moves on. 5xx, timeouts and
+connection errors retry the same target a few times, then move on. 401/403 put that upstream key
+in a cool-down and move on. Any other 4xx is the client's problem and goes back at once. The whole
+search is bounded by a time budget and a hop limit; nothing is retried once a byte reached the
+client, because this loop is only ever waiting for the first one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from ..errors import (
+    AuthenticationError,
+    ModelwireError,
+    PermissionDeniedError,
+    ProtocolError,
+    RateLimitError,
+    TimeoutError,
+    UpstreamUnavailableError,
+)
+from ..providers._retry import RetryPolicy
+from ..providers._transport import Transport
+from ..providers.catalog import Catalog
+from ..providers.hosts import Host
+from ..providers.openai import OpenAI
+from .config import BackendConfig, FailoverConfig
+from .routing import Target
+
+T = TypeVar("T")
+
+
+class KeyRing:
+    """Round-robin over a backend's upstream keys, skipping keys in a cool-down."""
+
+    __slots__ = ("_next", "_until", "keys")
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys or [""]
+        self._until = [0.0] * len(self.keys)
+        self._next = 0
+
+    def pick(self, now: float) -> int | None:
+        n = len(self.keys)
+        for step in range(n):
+            i = (self._next + step) % n
+            if self._until[i] <= now:
+                self._next = (i + 1) % n
+                return i
+        return None
+
+    def cool(self, index: int, seconds: float, now: float) -> None:
+        self._until[index] = max(self._until[index], now + seconds)
+
+    def wait(self, now: float) -> float:
+        """Seconds until some key is usable again."""
+        return max(0.0, min(self._until) - now)
+
+    def available(self, now: float) -> int:
+        return sum(1 for until in self._until if until <= now)
+
+
+class Backend:
+    """One configured upstream: where it is, how it authenticates, which wire API it speaks."""
+
+    def __init__(self, name: str, config: BackendConfig, catalog: Catalog, transport: Transport) -> None:
+        self.name = name
+        self.config = config
+        self.host = Host.create(config.type, config.base_url, config.api_version)
+        self.api = config.wire_api
+        self.keys = KeyRing(config.keys())
+        self.catalog = catalog
+        self.transport = transport
+        # The Codex route needs its body rewritten and its tokens refreshed: always via the driver.
+        self.passthrough = config.type != "codex"
+        self.native = self.host.native
+        self._headers = {"Content-Type": "application/json", **config.headers}
+        self._drivers: dict[int, OpenAI] = {}
+
+    def headers(self, key_index: int) -> dict[str, str]:
+        return {**self._headers, **self.host.auth_headers(self.keys.keys[key_index])}
+
+    def driver(self, key_index: int) -> OpenAI:
+        """A driver for translated requests: no retries or continuations of its own (failover
+        decides those), no compaction (the client did not ask for it)."""
+        driver = self._drivers.get(key_index)
+        if driver is None:
+            key = self.keys.keys[key_index]
+            driver = OpenAI(
+                api_key=key or ("" if self.config.type == "codex" else "none"),
+                base_url=self.host.base_url if self.host.kind != "azure" else self.config.base_url,
+                host=self.host.kind,
+                api=self.api,
+                api_version=self.config.api_version,
+                timeout=self.config.timeout,
+                retry=RetryPolicy(max_retries=0),
+                continuations=0,
+                compaction=False,
+                catalog=self.catalog,
+                transport=self.transport,
+                headers=self.config.headers,
+            )
+            self._drivers[key_index] = driver
+        return driver
+
+
+@dataclass(slots=True)
+class Outcome(Generic[T]):
+    value: T
+    target: Target
+    backend: Backend
+    hops: int
+
+
+Attempt = Callable[[Target, Backend, int], Awaitable[T]]
+
+
+class Failover:
+    """Runs one request's attempts across its route, per the policy above."""
+
+    def __init__(
+        self,
+        backends: dict[str, Backend],
+        policy: FailoverConfig,
+        *,
+        on_retry: Callable[[str], None] | None = None,
+        on_failover: Callable[[str, str], None] | None = None,
+        on_cooldown: Callable[[str], None] | None = None,
+    ) -> None:
+        self.backends = backends
+        self.policy = policy
+        self.on_retry = on_retry or (lambda backend: None)
+        self.on_failover = on_failover or (lambda a, b: None)
+        self.on_cooldown = on_cooldown or (lambda backend: None)
+
+    async def run(self, targets: list[Target], attempt: Attempt[T]) -> Outcome[T]:
+        deadline = time.monotonic() + self.policy.budget_seconds
+        hops = 0
+        last: ModelwireError | None = None
+        previous: str | None = None
+        for target in targets:
+            backend = self.backends[target.backend]
+            if previous is not None and last is not None:
+                self.on_failover(previous, backend.name)
+            previous = backend.name
+            tries = 0
+            while hops < self.policy.max_hops:
+                now = time.monotonic()
+                index = backend.keys.pick(now)
+                if index is None:
+                    wait = backend.keys.wait(now)
+                    if wait <= self.policy.wait_retry_after_max and now + wait < deadline:
+                        await asyncio.sleep(wait)
+                        continue
+                    last = RateLimitError(
+                        f"every key of backend {backend.name!r} is cooling down", retry_after=wait
+                    )
+                    break
+                hops += 1
+                try:
+                    return Outcome(await attempt(target, backend, index), target, backend, hops)
+                except ModelwireError as err:
+                    last = err
+                    delay = self._after_failure(err, backend, index, tries, deadline)
+                if delay is None:
+                    break
+                tries += 1
+                self.on_retry(backend.name)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        raise _final(last, hops)
+
+    def _after_failure(
+        self, err: ModelwireError, backend: Backend, index: int, tries: int, deadline: float
+    ) -> float | None:
+        """Seconds to wait before retrying the same target, or None to move on. Client errors raise."""
+        now = time.monotonic()
+        if isinstance(err, RateLimitError):
+            wait = err.retry_after if err.retry_after is not None else 1.0
+            backend.keys.cool(index, wait, now)
+            if backend.keys.available(now):
+                return 0.0  # another key is free: rotate without waiting
+            fits = wait <= self.policy.wait_retry_after_max and now + wait < deadline
+            return wait if fits and tries < max(1, backend.config.max_retries) else None
+        if isinstance(err, AuthenticationError | PermissionDeniedError):
+            backend.keys.cool(index, self.policy.key_cooldown_seconds, now)
+            self.on_cooldown(backend.name)
+            return 0.0 if backend.keys.available(now) else None
+        if err.retryable:
+            backoff = RetryPolicy(
+                max_retries=backend.config.max_retries, initial_delay=0.25, max_delay=5.0
+            ).delay(tries, err)
+            return backoff if backoff is not None and now + backoff < deadline else None
+        if isinstance(err, ProtocolError):
+            return None  # a broken upstream: try the next one
+        raise err
+
+
+def _final(last: ModelwireError | None, hops: int) -> ModelwireError:
+    """The error a client sees when every target failed."""
+    if last is None:
+        return TimeoutError("no upstream answered within the gateway's failover budget")
+    if isinstance(last, AuthenticationError | PermissionDeniedError):
+        return UpstreamUnavailableError(
+            f"the upstream refused the gateway's credentials ({last.message})", code="upstream_auth_failed"
+        )
+    if isinstance(last, ProtocolError):
+        return ProtocolError(f"the upstream answered garbage: {last.message}", status=502)
+    return last

@@ -1,0 +1,173 @@
+"""A real ``modelwire serve`` process on loopback, configured against the fake upstream."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .fake_upstream import FakeUpstream
+
+MODELWIRE = str(Path(sys.executable).parent / "modelwire")
+CLIENT_KEY = "sk-client-all-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    proc: subprocess.Popen[bytes]
+    config_path: Path
+    log_path: Path
+    config: dict[str, Any]
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a modelwire CLI command against this gateway's config."""
+        return subprocess.run(
+            [MODELWIRE, *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **(env or {})},
+        )
+
+
+def base_config(upstream: FakeUpstream, tmp: Path) -> dict[str, Any]:
+    """Backends of every kind on the one fake, routes that exercise each path, a few client keys."""
+    url = upstream.url
+    return {
+        "store": f"sqlite:///{tmp}/state.db",
+        "server": {"keepalive_seconds": 0.25, "grace_seconds": 10},
+        "failover": {"budget_seconds": 15},
+        "usage": {"flush_seconds": 0.1},
+        "backends": {
+            "oai": {
+                "type": "openai",
+                "api": "responses",
+                "base_url": url,
+                "api_keys": ["sk-up-oai-1", "sk-up-oai-2"],
+            },
+            "compat": {
+                "type": "openai-compatible",
+                "api": "chat",
+                "base_url": url,
+                "api_key": "sk-up-compat",
+            },
+            "compat_resp": {
+                "type": "openai-compatible",
+                "api": "responses",
+                "base_url": url,
+                "api_key": "sk-up-cr",
+            },
+            "flaky": {
+                "type": "openai-compatible",
+                "api": "chat",
+                "base_url": url,
+                "api_key": "sk-up-flaky",
+                "max_retries": 1,
+            },
+            "native_chat": {"type": "openai", "api": "chat", "base_url": url, "api_key": "sk-up-nc"},
+        },
+        "models": [
+            {"name": "chat-model", "route": "compat/gpt-4.1"},
+            {"name": "resp-model", "route": "oai/gpt-4.1"},
+            {"name": "stateless-resp", "route": "compat_resp/gpt-4.1"},
+            {"name": "native-chat", "route": "native_chat/gpt-4.1"},
+            {"name": "failover", "route": ["flaky/flaky-model", "compat/backup-model"]},
+            {
+                "name": "tuned",
+                "route": "compat/gpt-4.1?temperature=0.2&max_output_tokens=50&reasoning_effort=low",
+            },
+            {"name": "tuned-resp", "route": "oai/gpt-4.1?max_output_tokens=64&verbosity=low"},
+            {"name": "pro", "route": "oai/gpt-5-pro"},
+            {"match": "^claude-", "route": "compat/gpt-4.1"},
+        ],
+        "keys": [
+            {"key": CLIENT_KEY, "name": "all"},
+            {"key": "sk-client-chat-only-0000", "name": "chat-only", "models": ["chat-model", "compat/*"]},
+            {"key": "sk-client-rpm-000000000", "name": "rpm", "rpm": 2},
+        ],
+    }
+
+
+def start_gateway(
+    config: dict[str, Any], tmp: Path, *, env: dict[str, str] | None = None, name: str = "gateway"
+) -> RunningGateway:
+    config = {**config, "server": {**config.get("server", {}), "host": "127.0.0.1", "port": free_port()}}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log_path = tmp / f"{name}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [MODELWIRE, "serve", "--config", str(path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+    url = f"http://127.0.0.1:{config['server']['port']}"
+    running = RunningGateway(url, proc, path, log_path, config)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{running.log()}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as reply:
+                if reply.status == 200:
+                    return running
+        except (urllib.error.URLError, ConnectionError, OSError):
+            time.sleep(0.05)
+    running.stop()
+    raise RuntimeError(f"gateway did not start:\n{running.log()}")
+
+
+def request(
+    gateway: RunningGateway,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """A raw HTTP request (for what SDKs will not send: malformed bodies, odd headers)."""
+    req = urllib.request.Request(
+        gateway.url + path,
+        data=body,
+        method=method,
+        headers={"Authorization": f"Bearer {CLIENT_KEY}", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as reply:
+            return reply.status, {k.lower(): v for k, v in reply.headers.items()}, reply.read()
+    except urllib.error.HTTPError as err:
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()

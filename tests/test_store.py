@@ -1,0 +1,684 @@
+"""The store against real engines: a SQLite file and the local PostgreSQL server.
+
+Every store test runs on both. PostgreSQL tests isolate themselves (pytest-xdist runs them in
+parallel in one database) with a fresh schema per test, passed as ``Store(schema=...)`` so the
+store's own ``search_path`` handling is what is exercised; the schema is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.exc import IntegrityError
+
+from modelwire.gateway.store import (
+    KeyRecord,
+    Store,
+    StoredResponse,
+    UsageRecord,
+    UsageWriter,
+    keys_table,
+    parse_store_url,
+    percentile,
+    usage_table,
+)
+
+PG_URL = os.environ.get("MODELWIRE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+T0 = 1_700_000_000.0
+
+StoreFactory = Callable[..., Store]
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixtures
+# ----------------------------------------------------------------------------------------------
+
+
+def _drop_schema(schema: str) -> None:
+    engine = create_engine(parse_store_url(PG_URL))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Opens stores over one shared database, like several gateway replicas (or the gateway and CLI)."""
+    opened: list[Store] = []
+    if request.param == "sqlite":
+        url, schema = f"sqlite:///{tmp_path}/state/state.db", None
+    else:
+        url, schema = PG_URL, f"mw_test_{uuid.uuid4().hex[:16]}"
+
+    def factory(cls: type[Store] = Store) -> Store:
+        opened.append(cls(url, schema=schema))
+        return opened[-1]
+
+    try:
+        yield factory
+    finally:
+        for store in opened:
+            store.close()
+        if schema is not None:
+            _drop_schema(schema)
+
+
+@pytest.fixture
+def store(open_store: StoreFactory) -> Store:
+    return open_store()
+
+
+def usage(**overrides: Any) -> UsageRecord:
+    fields: dict[str, Any] = {
+        "time": T0,
+        "key_name": "alice",
+        "public_model": "gpt-a",
+        "backend": "openai",
+        "upstream_model": "gpt-a-2025",
+        "dialect": "openai_chat",
+    }
+    return UsageRecord(**{**fields, **overrides})
+
+
+def usage_count(store: Store) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(usage_table)).scalar_one())
+
+
+def raw_rows(store: Store, table: Any) -> list[dict[str, Any]]:
+    with store.engine.connect() as conn:
+        return [dict(row) for row in conn.execute(select(table)).mappings()]
+
+
+# ----------------------------------------------------------------------------------------------
+# Opening
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url", ["postgres://u:pw@h/db", "postgresql://u:pw@h/db", "postgresql+psycopg://u@h/d"]
+)
+def test_postgres_spellings_use_psycopg(url: str) -> None:
+    assert parse_store_url(url).drivername == "postgresql+psycopg"
+
+
+@pytest.mark.parametrize("url", ["mysql://u:hunter2@h/db", "not a url hunter2", "redis://h:6379/0"])
+def test_unsupported_urls_are_refused_without_echoing_passwords(url: str) -> None:
+    with pytest.raises(ValueError) as info:
+        Store(url)
+    assert "hunter2" not in str(info.value)
+
+
+def test_repr_hides_the_database_password() -> None:
+    assert "hunter2" not in repr(parse_store_url("postgresql://u:hunter2@h/db"))
+
+
+def test_schema_is_postgres_only_and_validated(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="PostgreSQL"):
+        Store(f"sqlite:///{tmp_path}/x.db", schema="s")
+    with pytest.raises(ValueError, match="schema"):
+        Store(PG_URL, schema="bad; DROP TABLE x")
+    with pytest.raises(ValueError, match="schema"):
+        Store(PG_URL, schema="trailing\n")
+
+
+def test_sqlite_creates_parent_dirs_and_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "state.db"
+    with Store(f"sqlite:///{path}") as store:
+        assert path.exists()
+        with store.engine.connect() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_sqlite_in_memory_works_across_threads() -> None:
+    async def main(store: Store) -> None:
+        await asyncio.to_thread(store.write_usage, [usage()])
+
+    with Store("sqlite://") as store:
+        asyncio.run(main(store))
+        assert usage_count(store) == 1
+
+
+def test_postgres_schemas_isolate_stores() -> None:
+    schemas = [f"mw_test_{uuid.uuid4().hex[:16]}" for _ in range(2)]
+    try:
+        with Store(PG_URL, schema=schemas[0]) as one, Store(PG_URL, schema=schemas[1]) as two:
+            secret, _ = one.create_key(name="dev")
+            two.create_key(name="dev")  # same name, other schema: no clash
+            assert two.find_key(secret) is None
+            with one.engine.connect() as conn:
+                assert conn.execute(text("SELECT current_schema()")).scalar() == schemas[0]
+                tables = conn.execute(
+                    text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
+                    {"s": schemas[0]},
+                ).scalars()
+                assert set(tables) == {"mw_keys", "mw_usage", "mw_responses"}
+    finally:
+        for schema in schemas:
+            _drop_schema(schema)
+
+
+def test_ping(store: Store) -> None:
+    assert store.ping() is True
+
+
+def test_ping_reports_an_unreachable_database_without_raising(tmp_path: Path) -> None:
+    with Store(f"sqlite:///{tmp_path}/x.db") as store:
+        store.engine.dispose()
+        store.engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/test")
+        assert store.ping() is False
+
+
+def test_reopening_is_idempotent_and_shares_state(open_store: StoreFactory) -> None:
+    secret, _ = open_store().create_key(name="shared")
+    replica = open_store()
+    found = replica.find_key(secret)
+    assert found is not None and found.name == "shared"
+
+
+# ----------------------------------------------------------------------------------------------
+# Client keys
+# ----------------------------------------------------------------------------------------------
+
+
+def test_create_and_find_key(store: Store) -> None:
+    before = time.time()
+    secret, record = store.create_key(
+        name="dev", models=["gpt-5*", "openai/*"], rpm=60, tpm=1000, budget_usd=5.5
+    )
+    assert secret.startswith("mw-") and len(secret) == 46
+    assert record.prefix == secret[:8]
+    assert record.id.startswith("key_")
+    assert record.models == ("gpt-5*", "openai/*")
+    assert (record.rpm, record.tpm, record.budget_usd) == (60, 1000, 5.5)
+    assert before <= record.created_at <= time.time()
+    assert record.revoked is False and record.source == "store" and record.expires_at is None
+    assert store.find_key(secret) == record
+    assert store.find_key(secret + "x") is None
+    assert store.find_key("") is None
+
+
+def test_default_models_allow_everything(store: Store) -> None:
+    _, record = store.create_key(name="all")
+    assert record.models == ("*",)
+
+
+def test_secrets_are_unique(store: Store) -> None:
+    secrets = {store.create_key(name=f"k{i}")[0] for i in range(20)}
+    assert len(secrets) == 20
+
+
+def test_secret_is_never_stored_only_its_sha256(store: Store) -> None:
+    secret, _ = store.create_key(name="dev")
+    rows = raw_rows(store, keys_table)
+    assert len(rows) == 1
+    for column, value in rows[0].items():
+        assert secret not in str(value), column
+    assert rows[0]["key_hash"] == hashlib.sha256(secret.encode()).hexdigest()
+    assert rows[0]["prefix"] == secret[:8]
+
+
+def test_secret_stays_out_of_reprs(store: Store) -> None:
+    secret, record = store.create_key(name="dev")
+    assert secret not in repr(record)
+    assert secret not in repr((secret, record))
+    assert secret not in repr(store)
+    assert f"{secret}" == str(secret) == secret  # shown once, in full, where the caller asks for it
+
+
+def test_duplicate_live_name_is_rejected(store: Store) -> None:
+    store.create_key(name="dev")
+    with pytest.raises(ValueError, match="dev"):
+        store.create_key(name="dev")
+    assert len(store.list_keys()) == 1
+
+
+def test_revoked_name_can_be_reused(store: Store) -> None:
+    old_secret, old = store.create_key(name="dev")
+    assert store.revoke_key("dev")
+    new_secret, new = store.create_key(name="dev")
+    assert new.id != old.id
+    revoked = store.find_key(old_secret)
+    assert revoked is not None and revoked.revoked
+    assert store.find_key(new_secret) == new
+
+
+def test_list_keys(store: Store) -> None:
+    names = ["b", "a", "c"]
+    for name in names:
+        store.create_key(name=name)
+    store.revoke_key("a")
+    assert [k.name for k in store.list_keys()] == ["b", "c"]
+    listed = store.list_keys(include_revoked=True)
+    assert [k.name for k in listed] == names
+    assert [k.revoked for k in listed] == [False, True, False]
+
+
+def test_revoke_by_name_or_id(store: Store) -> None:
+    secret_a, a = store.create_key(name="a")
+    _, b = store.create_key(name="b")
+    assert store.revoke_key(a.id) is True
+    assert store.revoke_key(a.id) is False
+    assert store.revoke_key("b") is True
+    assert store.revoke_key("b") is False
+    assert store.revoke_key("nobody") is False
+    found = store.find_key(secret_a)
+    assert found is not None and found.revoked
+    assert store.list_keys() == []
+    assert {k.id for k in store.list_keys(include_revoked=True)} == {a.id, b.id}
+
+
+def test_expiry_roundtrip(store: Store) -> None:
+    soon = time.time() + 3600.125
+    secret, _ = store.create_key(name="temp", expires_at=soon)
+    found = store.find_key(secret)
+    assert found is not None and found.expires_at == soon and not found.expired()
+    past_secret, _ = store.create_key(name="old", expires_at=T0)
+    expired = store.find_key(past_secret)
+    assert expired is not None and expired.expired()  # returned all the same: the caller refuses it
+    assert expired.expired(now=T0 - 1) is False
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"name": ""},
+        {"name": "   "},
+        {"name": "x", "rpm": 0},
+        {"name": "x", "tpm": -1},
+        {"name": "x", "budget_usd": -0.01},
+        {"name": "x", "models": "gpt-*"},
+        {"name": "x", "models": [""]},
+    ],
+)
+def test_create_key_rejects_nonsense(store: Store, kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        store.create_key(**kwargs)
+    assert store.list_keys(include_revoked=True) == []
+
+
+def test_key_record_is_frozen() -> None:
+    record = KeyRecord("key_1", "n", "mw-abcde", ("*",), None, None, None, T0, None, False)
+    with pytest.raises(AttributeError):
+        record.name = "other"  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------------------------
+# Usage
+# ----------------------------------------------------------------------------------------------
+
+
+def known_usage() -> list[UsageRecord]:
+    """alice: 20 requests on gpt-a/openai, latencies 1..20 ms, 2 errors, 0.01 each.
+    bob: 3 requests on gpt-b/local, latencies 100/300/200, one error, one unpriced.
+    no key: 1 request on gpt-a/openai at 50 ms, free. Plus one expensive request before the window.
+    """
+    records = [
+        usage(
+            time=T0 + i,
+            latency_ms=float(i + 1),
+            status=(500 if i == 3 else 429 if i == 7 else 200),
+            input_tokens=10,
+            cached_tokens=2,
+            output_tokens=5,
+            reasoning_tokens=1,
+            cost=0.01,
+        )
+        for i in range(20)
+    ]
+    bob = {"key_name": "bob", "public_model": "gpt-b", "backend": "local", "upstream_model": "qwen"}
+    records += [
+        usage(**bob, time=T0 + 1, latency_ms=100.0, cost=1.0, input_tokens=100, output_tokens=50),
+        usage(**bob, time=T0 + 2, latency_ms=300.0, cost=None, status=400, input_tokens=7),
+        usage(**bob, time=T0 + 3, latency_ms=200.0, cost=1.0, input_tokens=100, output_tokens=50),
+        usage(key_name=None, time=T0 + 4, latency_ms=50.0, cost=0.0),
+        usage(time=T0 - 100, latency_ms=9999.0, cost=100.0, status=500, input_tokens=1000),
+    ]
+    return records
+
+
+def test_write_usage_keeps_every_field(store: Store) -> None:
+    record = usage(
+        input_tokens=1,
+        cached_tokens=2,
+        output_tokens=3,
+        reasoning_tokens=4,
+        cost=0.125,
+        latency_ms=12.5,
+        ttft_ms=3.25,
+        status=201,
+        request_id="req_é1",
+        stream=True,
+    )
+    store.write_usage([record])
+    (row,) = raw_rows(store, usage_table)
+    row.pop("id")
+    assert row == asdict(record)
+
+
+def test_write_usage_is_one_transaction(store: Store) -> None:
+    with pytest.raises(IntegrityError):
+        store.write_usage([usage(), usage(public_model=None)])
+    assert usage_count(store) == 0
+    store.write_usage([])
+    assert usage_count(store) == 0
+
+
+def test_usage_summary_by_model(store: Store) -> None:
+    store.write_usage(known_usage())
+    rows = store.usage_summary(since=T0, by="model")
+    assert [r.group for r in rows] == ["gpt-b", "gpt-a"]
+    b, a = rows
+    assert (b.requests, b.errors, b.input_tokens, b.output_tokens) == (3, 1, 207, 100)
+    assert b.cost == pytest.approx(2.0)
+    assert (b.p50_ms, b.p95_ms) == (200.0, 300.0)
+    assert b.error_rate == pytest.approx(1 / 3)
+    assert (a.requests, a.errors) == (21, 2)
+    assert (a.input_tokens, a.cached_tokens, a.output_tokens, a.reasoning_tokens) == (200, 40, 100, 20)
+    assert a.cost == pytest.approx(0.2)
+    assert (a.p50_ms, a.p95_ms) == (11.0, 20.0)  # nearest rank over 1..20 and 50
+
+
+def test_usage_summary_by_key(store: Store) -> None:
+    store.write_usage(known_usage())
+    rows = store.usage_summary(since=T0, by="key")
+    assert [r.group for r in rows] == ["bob", "alice", "(none)"]
+    alice = rows[1]
+    assert (alice.requests, alice.errors, alice.error_rate) == (20, 2, 0.1)
+    assert alice.cost == pytest.approx(0.2)
+    assert (alice.p50_ms, alice.p95_ms) == (10.0, 19.0)
+    nobody = rows[2]
+    assert (nobody.requests, nobody.cost, nobody.p50_ms, nobody.p95_ms) == (1, 0.0, 50.0, 50.0)
+
+
+def test_usage_summary_by_backend(store: Store) -> None:
+    store.write_usage(known_usage())
+    rows = store.usage_summary(since=T0, by="backend")
+    assert [(r.group, r.requests) for r in rows] == [("local", 3), ("openai", 21)]
+
+
+def test_usage_summary_window_includes_older_rows_when_asked(store: Store) -> None:
+    store.write_usage(known_usage())
+    (alice,) = [r for r in store.usage_summary(since=0, by="key") if r.group == "alice"]
+    assert (alice.requests, alice.errors, alice.input_tokens) == (21, 3, 1200)
+    assert alice.cost == pytest.approx(100.2)
+    assert alice.p95_ms == 20.0 and alice.p50_ms == 11.0
+    assert store.usage_summary(since=T0 + 1000) == []
+
+
+def test_usage_summary_orders_ties_by_requests(store: Store) -> None:
+    store.write_usage([usage(public_model="few"), *[usage(public_model="many") for _ in range(3)]])
+    assert [r.group for r in store.usage_summary(since=0)] == ["many", "few"]
+
+
+def test_usage_summary_rejects_unknown_grouping(store: Store) -> None:
+    with pytest.raises(ValueError, match="by"):
+        store.usage_summary(since=0, by="dialect")
+
+
+def test_spent_usd(store: Store) -> None:
+    store.write_usage(known_usage())
+    assert store.spent_usd("alice") == pytest.approx(100.2)
+    assert store.spent_usd("alice", since=T0) == pytest.approx(0.2)
+    assert store.spent_usd("bob") == pytest.approx(2.0)
+    assert store.spent_usd("nobody") == 0.0
+    assert store.spent_usd("bob", since=T0 + 3) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("values", "p50", "p95"),
+    [
+        ([], None, None),
+        ([7.0], 7.0, 7.0),
+        ([1.0, 2.0], 1.0, 2.0),
+        ([float(i) for i in range(1, 101)], 50.0, 95.0),
+    ],
+)
+def test_percentile_is_nearest_rank(values: list[float], p50: float | None, p95: float | None) -> None:
+    assert (percentile(values, 50), percentile(values, 95)) == (p50, p95)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stored responses
+# ----------------------------------------------------------------------------------------------
+
+
+def stored(id: str = "resp_1", **overrides: Any) -> StoredResponse:
+    fields: dict[str, Any] = {
+        "id": id,
+        "key_name": "alice",
+        "model": "gpt-a",
+        "created_at": T0,
+        "previous_response_id": None,
+        "input_items": [
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "héllo 世界 🚀"}]},
+        ],
+        "output_items": [
+            {
+                "type": "function_call",
+                "call_id": "c1",
+                "name": "lookup",
+                "arguments": '{"q": "naïve \\"quoted\\""}',
+            },
+            {"type": "reasoning", "encrypted_content": "gAAAA" + "x" * 2000, "summary": []},
+        ],
+        "response": {
+            "zeta": 1,
+            "id": id,
+            "object": "response",
+            "usage": {"input_tokens": 3, "output_tokens_details": {"reasoning_tokens": 2}},
+            "metadata": {"empty": {}, "none": None, "flag": True, "pi": 3.14159, "big": 2**53},
+            "alpha": ["ünïcödé", "\u0000\u001f", "\\"],
+        },
+        "instructions": "Be brief. ✓",
+    }
+    return StoredResponse(**{**fields, **overrides})
+
+
+def test_put_and_get_response(store: Store) -> None:
+    original = stored()
+    store.put_response(original)
+    got = store.get_response("resp_1")
+    assert got == original
+    assert got is not None and list(got.response) == list(original.response)  # key order kept
+    assert store.get_response("resp_missing") is None
+
+
+def test_put_response_upserts(store: Store) -> None:
+    store.put_response(stored(previous_response_id=None))
+    newer = stored(
+        previous_response_id="resp_0",
+        output_items=[{"type": "message", "content": [{"type": "output_text", "text": "ok"}]}],
+        response={"status": "completed"},
+        instructions=None,
+    )
+    store.put_response(newer)
+    assert store.get_response("resp_1") == newer
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM mw_responses")).scalar() == 1
+
+
+def test_delete_response(store: Store) -> None:
+    store.put_response(stored("resp_a"))
+    store.put_response(stored("resp_b"))
+    assert store.delete_response("resp_a") is True
+    assert store.delete_response("resp_a") is False
+    assert store.get_response("resp_a") is None
+    assert store.get_response("resp_b") is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# UsageWriter
+# ----------------------------------------------------------------------------------------------
+
+
+class FlakyStore(Store):
+    """A real store whose writes fail while ``failing`` is set, counting every attempt."""
+
+    failing = False
+    attempts = 0
+
+    def write_usage(self, records: list[UsageRecord]) -> None:
+        self.attempts += 1
+        if self.failing:
+            raise ConnectionError("database is down")
+        super().write_usage(records)
+
+
+@pytest.fixture
+def flaky(open_store: StoreFactory) -> FlakyStore:
+    store = open_store(FlakyStore)
+    assert isinstance(store, FlakyStore)
+    return store
+
+
+async def eventually(predicate: Callable[[], bool]) -> None:
+    """Poll until true; the generous bound only matters when something is broken."""
+    async with asyncio.timeout(5):
+        while not predicate():  # noqa: ASYNC110 - polling a database, not waiting on an in-process event
+            await asyncio.sleep(0.01)
+
+
+async def test_add_is_synchronous_and_fast(store: Store) -> None:
+    writer = UsageWriter(store, interval=60, max_batch=10_000_000)
+    assert not inspect.iscoroutinefunction(writer.add)
+    record = usage()
+    start = time.perf_counter()
+    for _ in range(10_000):
+        writer.add(record)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 0.5, f"10k adds took {elapsed:.3f}s"
+    assert writer.pending == 10_000 and usage_count(store) == 0
+    await writer.stop()
+    assert writer.pending == 0 and usage_count(store) == 10_000
+
+
+async def test_flushes_on_interval(store: Store) -> None:
+    writer = UsageWriter(store, interval=0.05, max_batch=1000)
+    await writer.start()
+    try:
+        for i in range(3):
+            writer.add(usage(time=T0 + i))
+        assert usage_count(store) == 0
+        await eventually(lambda: writer.pending == 0)  # the commit lands just before the write returns
+        assert usage_count(store) == 3
+    finally:
+        await writer.stop()
+
+
+async def test_flushes_when_a_batch_is_full(store: Store) -> None:
+    writer = UsageWriter(store, interval=60, max_batch=5)
+    await writer.start()
+    try:
+        for i in range(5):
+            writer.add(usage(time=T0 + i))
+        await eventually(lambda: writer.pending == 0)  # long before the 60 s interval
+        assert usage_count(store) == 5
+        for i in range(3):
+            writer.add(usage(time=T0 + 10 + i))
+        await asyncio.sleep(0.1)
+        assert writer.pending == 3 and usage_count(store) == 5  # under a batch: waits for the interval
+    finally:
+        await writer.stop()
+    assert writer.pending == 0 and usage_count(store) == 8
+
+
+async def test_stop_flushes_everything(store: Store) -> None:
+    writer = UsageWriter(store, interval=60, max_batch=100)
+    await writer.start()
+    for i in range(1234):
+        writer.add(usage(time=T0 + i))
+    await writer.stop()
+    assert writer.pending == 0 and writer.dropped == 0
+    assert usage_count(store) == 1234
+    assert store.usage_summary(since=0, by="key")[0].requests == 1234
+
+
+async def test_stop_without_start_still_flushes(store: Store) -> None:
+    writer = UsageWriter(store)
+    writer.add(usage())
+    await writer.stop()
+    assert usage_count(store) == 1
+
+
+async def test_failed_write_keeps_the_batch(flaky: FlakyStore, caplog: pytest.LogCaptureFixture) -> None:
+    writer = UsageWriter(flaky, interval=60, max_batch=4)
+    for i in range(7):
+        writer.add(usage(time=T0 + i))
+    flaky.failing = True
+    with caplog.at_level(logging.WARNING, logger="modelwire.store"):
+        await writer.flush()  # logged, never raised
+    assert writer.pending == 7 and usage_count(flaky) == 0
+    assert "database is down" in caplog.text and "kept for retry" in caplog.text
+    flaky.failing = False
+    await writer.flush()
+    assert writer.pending == 0
+    with flaky.engine.connect() as conn:
+        times = conn.execute(select(usage_table.c.time).order_by(usage_table.c.id)).scalars().all()
+    assert sorted(times) == [T0 + i for i in range(7)]
+
+
+async def test_background_retry_succeeds_after_an_outage(flaky: FlakyStore) -> None:
+    flaky.failing = True
+    writer = UsageWriter(flaky, interval=0.02, max_batch=2, max_backoff=0.05)
+    await writer.start()
+    try:
+        for i in range(5):
+            writer.add(usage(time=T0 + i))
+        await eventually(lambda: flaky.attempts >= 2)
+        assert writer.pending == 5
+        flaky.failing = False
+        await eventually(lambda: writer.pending == 0)
+        assert usage_count(flaky) == 5 and writer.dropped == 0
+    finally:
+        await writer.stop()
+
+
+async def test_backlog_is_bounded_dropping_oldest(flaky: FlakyStore) -> None:
+    flaky.failing = True
+    writer = UsageWriter(flaky, interval=60, max_batch=3, max_pending=5)
+    for i in range(4):
+        writer.add(usage(time=T0 + i))
+    await writer.flush()
+    for i in range(4, 8):
+        writer.add(usage(time=T0 + i))
+    assert (writer.pending, writer.dropped) == (5, 3)
+    flaky.failing = False
+    await writer.stop()
+    with flaky.engine.connect() as conn:
+        times = sorted(conn.execute(select(usage_table.c.time)).scalars())
+    assert times == [T0 + i for i in range(3, 8)]
+
+
+async def test_stop_with_the_store_down_keeps_records_and_logs(
+    flaky: FlakyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    flaky.failing = True
+    writer = UsageWriter(flaky, interval=60)
+    await writer.start()
+    writer.add(usage())
+    with caplog.at_level(logging.ERROR, logger="modelwire.store"):
+        await writer.stop()
+    assert writer.pending == 1
+    assert "1 records unwritten" in caplog.text
+
+
+def test_writer_rejects_bad_settings(tmp_path: Path) -> None:
+    with Store(f"sqlite:///{tmp_path}/x.db") as store:
+        for kwargs in ({"interval": 0}, {"max_batch": 0}, {"max_pending": 0}):
+            with pytest.raises(ValueError):
+                UsageWriter(store, **kwargs)
