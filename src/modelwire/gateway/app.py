@@ -10,6 +10,7 @@ through the neutral model. Errors always reach the client in its own dialect's s
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -755,11 +756,16 @@ class Gateway:
 # ---------------------------------------------------------------------------------------- helpers
 
 
+_ID_PREFIX = f"req_{uuid.uuid4().hex[:12]}"
+_id_counter = itertools.count(1)
+
+
 def _request_id(scope: Scope) -> str:
+    """The client's ``x-request-id``, or a new id unique to this process and request."""
     for name, value in scope["headers"]:
         if name == b"x-request-id" and 0 < len(value) <= 128:
             return str(value.decode("latin-1"))
-    return f"req_{uuid.uuid4().hex}"
+    return f"{_ID_PREFIX}{next(_id_counter):012x}"
 
 
 def _wants_usage(body: dict[str, Any]) -> bool:

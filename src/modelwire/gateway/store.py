@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import operator
 import re
 import secrets
 import time
@@ -114,6 +115,7 @@ class UsageRecord:
 
 
 USAGE_FIELDS = tuple(f.name for f in fields(UsageRecord))
+_usage_row_values = operator.attrgetter(*USAGE_FIELDS)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -350,6 +352,11 @@ class Store:
         self.url = parse_store_url(url)
         self.schema = schema
         self.engine = _create_engine(self.url, schema)
+        marker = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        self._usage_insert = (
+            f"INSERT INTO {usage_table.name} ({', '.join(USAGE_FIELDS)}) "
+            f"VALUES ({', '.join([marker] * len(USAGE_FIELDS))})"
+        )
         try:
             self._create_tables()
         except BaseException:
@@ -463,9 +470,11 @@ class Store:
         """All records in one transaction (executemany): a batch lands whole or not at all."""
         if not records:
             return
-        rows = [{name: getattr(record, name) for name in USAGE_FIELDS} for record in records]
+        # Straight to the driver with tuples: at thousands of records a second, SQLAlchemy's
+        # per-row parameter processing was the larger part of the gateway's write cost.
+        rows = [_usage_row_values(record) for record in records]
         with self.engine.begin() as conn:
-            conn.execute(insert(usage_table), rows)
+            conn.exec_driver_sql(self._usage_insert, rows)
 
     def usage_summary(self, *, since: float, by: str = "model") -> list[UsageRow]:
         """Totals per key, model or backend since ``since``, costliest first (then busiest).
