@@ -130,7 +130,7 @@ async def test_continuation_carries_reasoning_forward(upstream: FakeUpstream) ->
     first = mw.Response(
         id="resp_1", model="gpt-5.1", content=[reasoning, mw.Text(text="partial")], stop_reason="length"
     )
-    plan = client._plan(mw.Request(model="gpt-5.1", messages=[mw.user("q")]), stream=False)
+    plan = client._plan(mw.Request(model="gpt-5.1", messages=[mw.user("q")]), {}, stream=False)
     cont = client._continuation(plan, first)
     items = client._body(cont)["input"]
     assert [i["type"] for i in items] == ["message", "reasoning", "message"]

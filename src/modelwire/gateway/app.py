@@ -73,7 +73,9 @@ class Call:
 
     def decoded(self) -> Request:
         if self.request is None:
-            body = self.body if self.items is None else {**self.body, "input": self.items}
+            body = self.body
+            if self.items is not None:  # the chain is expanded: the upstream needs no id
+                body = {**body, "input": self.items, "previous_response_id": None}
             self.request = self.surface.decode_request(body)
         return self.request
 
@@ -366,11 +368,12 @@ class Gateway:
             payload = await reply.read()
             doc = _json_object(payload)
             return Passthrough(reply, payload, doc)
-        req = self._translated_request(call, target)
+        req = call.decoded()
         driver = backend.driver(index)
+        overrides = {"model": target.model, **dict(target.params)}
         if not call.stream:
-            return Translated(response=await driver.complete(req))
-        events = driver.events(req)
+            return Translated(response=await driver.complete(req, **overrides))
+        events = driver.events(req, **overrides)
         first = await anext(events)
         if isinstance(first, StreamError):
             raise first.error
@@ -424,15 +427,6 @@ class Gateway:
             body["input"] = call.items
             body.pop("previous_response_id", None)
         return body
-
-    def _translated_request(self, call: Call, target: Target) -> Request:
-        base = call.decoded()
-        req = Request(**{f: getattr(base, f) for f in base.__dataclass_fields__})
-        req.model = target.model
-        req.previous_response_id = None if call.items is not None else req.previous_response_id
-        for name, value in target.params:
-            setattr(req, name, value)
-        return req
 
     # ---------------------------------------------------------------------------------- streaming
 

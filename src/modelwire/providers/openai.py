@@ -167,7 +167,7 @@ class OpenAI:
 
     async def complete(self, request: Request | None = None, /, **settings: Any) -> Response:
         """One answer, whole. Cut-off answers are continued and merged; usage is summed and priced."""
-        plan = self._plan(_request(request, settings), stream=False)
+        plan = self._plan(request, settings, stream=False)
         async with _deadline(self.deadline):
             response = await self._call(plan)
             continued = 0
@@ -191,7 +191,7 @@ class OpenAI:
     async def events(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
         """Like :meth:`stream`, but a failure after the stream started arrives as a
         :class:`StreamError` event rather than an exception (what a gateway needs to render it)."""
-        plan = self._plan(_request(request, settings), stream=True)
+        plan = self._plan(request, settings, stream=True)
         self.observer.emit(StreamStarted(model=plan.req.model))
         total = Usage()
         offset = continued = 0
@@ -285,8 +285,8 @@ class OpenAI:
 
     # ----------------------------------------------------------------------------------- planning
 
-    def _plan(self, req: Request, *, stream: bool) -> _Plan:
-        req = dataclasses.replace(req, messages=list(req.messages), stream=stream)
+    def _plan(self, request: Request | None, settings: dict[str, Any], *, stream: bool) -> _Plan:
+        req = _request(request, {**settings, "stream": stream})
         req.messages, report = repair(req.messages)
         if report is not None:
             self._report_repair(report)
@@ -487,8 +487,9 @@ class OpenAI:
 
 
 def _request(request: Request | None, settings: dict[str, Any]) -> Request:
+    """A fresh request to plan with (the caller's is never changed): ``request`` with ``settings``."""
     if request is not None:
-        return dataclasses.replace(request, **settings) if settings else request
+        return dataclasses.replace(request, messages=list(request.messages), **settings)
     messages = settings.pop("messages", [])
     if isinstance(messages, str):
         messages = [Message(role="user", content=[Text(text=messages)])]
