@@ -103,6 +103,7 @@ def base_config(upstream: FakeUpstream, tmp: Path) -> dict[str, Any]:
         "models": [
             {"name": "chat-model", "route": "compat/gpt-4.1"},
             {"name": "resp-model", "route": "oai/gpt-4.1"},
+            {"name": "reasoner", "route": "oai/gpt-5.1"},
             {"name": "stateless-resp", "route": "compat_resp/gpt-4.1"},
             {"name": "native-chat", "route": "native_chat/gpt-4.1"},
             {"name": "failover", "route": ["flaky/flaky-model", "compat/backup-model"]},

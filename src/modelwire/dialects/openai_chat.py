@@ -9,6 +9,7 @@ Driver (we speak Chat to an upstream): :func:`encode_request`, :func:`decode_res
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ from ..types import (
     Image,
     Message,
     Part,
+    ProviderItem,
     Reasoning,
     Refusal,
     Request,
@@ -98,9 +100,9 @@ def encode_request(req: Request, opts: WireOptions = NATIVE) -> dict[str, Any]:
     if opts.native:
         _copy_set(body, req, ("service_tier", "store", "prompt_cache_key", "prompt_cache_retention"))
         if req.user is not None:
-            body["safety_identifier"] = req.user
+            body["safety_identifier"] = end_user_id(req.user)
     elif req.user is not None:
-        body["user"] = req.user
+        body["user"] = end_user_id(req.user)
     if req.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -134,8 +136,13 @@ def _encode_messages(messages: list[Message], opts: WireOptions) -> list[dict[st
     return out
 
 
+def end_user_id(user: str) -> str:
+    """``user`` fitted to OpenAI's 64-character limit (Claude Code sends ~150): long ones hashed."""
+    return user if len(user) <= 64 else "u_" + hashlib.sha256(user.encode()).hexdigest()[:62]
+
+
 def _encode_content(parts: list[Part], role: str) -> str | list[dict[str, Any]]:
-    shown = [p for p in parts if not isinstance(p, (ToolResult, ToolCall, Reasoning))]
+    shown = [p for p in parts if not isinstance(p, (ToolResult, ToolCall, Reasoning, ProviderItem))]
     if all(isinstance(p, Text) for p in shown):
         return "".join(p.text for p in shown if isinstance(p, Text))
     return [_encode_part(p) for p in shown]

@@ -53,7 +53,7 @@ from . import _replay
 from ._options import NATIVE, WireOptions
 from ._sse import frame
 from ._stream import EventBuilder
-from .openai_chat import error_object
+from .openai_chat import end_user_id, error_object
 
 DIALECT: Dialect = "openai_responses"
 log = logging.getLogger("modelwire.dialects.responses")
@@ -119,11 +119,11 @@ def encode_request(
             if value is not None:
                 body[name] = value
         if req.user is not None:
-            body["safety_identifier"] = req.user
+            body["safety_identifier"] = end_user_id(req.user)
         if include:
             body["include"] = include
     elif req.user is not None:
-        body["user"] = req.user
+        body["user"] = end_user_id(req.user)
     if req.stream:
         body["stream"] = True
     if req.extra and req.dialect in (None, DIALECT):
@@ -144,7 +144,8 @@ def encode_input(
         if msg.role == "assistant":
             items.extend(_encode_assistant(msg, opts))
             continue
-        content = [p for p in msg.content if not isinstance(p, ToolResult)]
+        # Results become items of their own; another dialect's opaque items mean nothing here.
+        content = [p for p in msg.content if not isinstance(p, ToolResult | ProviderItem)]
         if content or msg.role != "tool":
             role = msg.role if msg.role != "developer" or opts.developer_role else "system"
             items.append({"type": "message", "role": role, "content": _encode_user_content(content)})

@@ -35,6 +35,7 @@ from ..observe import redact
 from ..providers._retry import retry_after
 from ..providers._transport import AiohttpTransport, Reply
 from ..providers.catalog import Catalog
+from ..tokens import count_request_tokens
 from ..types import Finish, Request, Response, StreamError, StreamEvent, Usage
 from . import http
 from .auth import ClientKey, KeyBook, extract_key
@@ -47,7 +48,7 @@ from .lockout import Lockout
 from .metrics import Metrics
 from .routing import Route, Router, Target
 from .store import Store, UsageRecord, UsageWriter
-from .surfaces import CHAT, RESPONSES, Surface
+from .surfaces import ANTHROPIC, CHAT, RESPONSES, Surface
 from .taps import ChatTap, ResponsesTap
 from .upstream import Backend, Failover, Outcome
 
@@ -134,6 +135,8 @@ class Gateway:
             self._routes[("POST", prefix + "/responses")] = self._responses
             self._routes[("POST", prefix + "/embeddings")] = self._embeddings
             self._routes[("GET", prefix + "/models")] = self._list_models
+        self._routes[("POST", "/v1/messages")] = self._messages
+        self._routes[("POST", "/v1/messages/count_tokens")] = self._count_tokens
         for path, handler in (
             ("/healthz", self._healthz),
             ("/readyz", self._readyz),
@@ -232,6 +235,9 @@ class Gateway:
 
     async def _responses(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._generate(scope, receive, send, RESPONSES)
+
+    async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._generate(scope, receive, send, ANTHROPIC)
 
     async def _generate(self, scope: Scope, receive: Receive, send: Send, surface: Surface) -> None:
         call = Call(request_id=_request_id(scope), surface=surface, started=time.monotonic())
@@ -380,7 +386,7 @@ class Gateway:
         return Translated(first=first, events=events)
 
     def _passes_through(self, call: Call, backend: Backend) -> bool:
-        return backend.passthrough and _ENDPOINTS[call.surface.dialect] == backend.api
+        return backend.passthrough and _ENDPOINTS.get(call.surface.dialect) == backend.api
 
     async def _forward(self, call: Call, target: Target, backend: Backend, index: int) -> Reply:
         body = self._rewrite(call, target, backend)
@@ -667,15 +673,39 @@ class Gateway:
 
     async def _list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = _request_id(scope)
+        headers = dict(scope["headers"])
+        anthropic = b"anthropic-version" in headers
         try:
-            key = await self._authenticate(scope, dict(scope["headers"]))
+            key = await self._authenticate(scope, headers)
             ids = [m for m in await self._model_ids() if key is None or key.allows(m)]
-            data = [_model_object(m) for m in ids]
+            if anthropic:
+                data = [_anthropic_model(m) for m in ids]
+                doc: dict[str, Any] = {
+                    "data": data,
+                    "has_more": False,
+                    "first_id": ids[0] if ids else None,
+                    "last_id": ids[-1] if ids else None,
+                }
+            else:
+                doc = {"object": "list", "data": [_model_object(m) for m in ids]}
+            await http.respond_json(send, 200, doc, [(b"x-request-id", request_id.encode())])
+        except ModelwireError as err:
+            await self._error(send, ANTHROPIC if anthropic else CHAT, err, request_id, [])
+
+    async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Anthropic's token counter, with the upstream model's own tokenizer (offline)."""
+        call = Call(request_id=_request_id(scope), surface=ANTHROPIC, started=time.monotonic())
+        try:
+            route = await self._admit(scope, receive, call)
+            body = {"max_tokens": 1, **call.body}  # count_tokens bodies carry no max_tokens
+            req = ANTHROPIC.decode_request(body)
+            req.model = route.targets[0].model
+            count = await asyncio.to_thread(count_request_tokens, req)
             await http.respond_json(
-                send, 200, {"object": "list", "data": data}, [(b"x-request-id", request_id.encode())]
+                send, 200, {"input_tokens": count}, [(b"x-request-id", call.request_id.encode())]
             )
         except ModelwireError as err:
-            await self._error(send, CHAT, err, request_id, [])
+            await self._error(send, ANTHROPIC, err, call.request_id, [])
 
     async def _get_model(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = _request_id(scope)
@@ -799,6 +829,10 @@ def _json_object(payload: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ProtocolError("the upstream answered JSON that is not an object")
     return doc
+
+
+def _anthropic_model(model: str) -> dict[str, Any]:
+    return {"type": "model", "id": model, "display_name": model, "created_at": "2025-01-01T00:00:00Z"}
 
 
 def _model_object(model: str) -> dict[str, Any]:

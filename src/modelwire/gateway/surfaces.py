@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..dialects import openai_chat, openai_responses
+from ..dialects import anthropic_messages, openai_chat, openai_responses
 from ..dialects._sse import KEEPALIVE
 from ..errors import ModelwireError
 from ..types import Dialect, Request, Response, StreamError, StreamEvent
@@ -54,6 +54,20 @@ CHAT = Surface(
     render_response=_chat_render,
     stream_renderer=_chat_renderer,
     render_error=openai_chat.render_error,
+)
+
+
+def _anthropic_renderer(req: Request, body: dict[str, Any]) -> Renderer:
+    return anthropic_messages.StreamRenderer(req)
+
+
+ANTHROPIC = Surface(
+    dialect="anthropic_messages",
+    decode_request=anthropic_messages.decode_request,
+    render_response=anthropic_messages.render_response,
+    stream_renderer=_anthropic_renderer,
+    render_error=anthropic_messages.render_error,
+    keepalive=anthropic_messages.KEEPALIVE,
 )
 RESPONSES = Surface(
     dialect="openai_responses",
