@@ -246,7 +246,7 @@ def test_errors_in_anthropic_shape(gateway: RunningGateway, upstream: FakeUpstre
     )
     assert status == 400 and "max_tokens" in json.loads(body)["error"]["message"]
     upstream.script(Reply.error(429, "slow down", headers={"retry-after": "120"}))
-    status, headers, body = raw_messages(
+    status, _, body = raw_messages(
         gateway, {"model": "native-chat", "max_tokens": 5, "messages": [{"role": "user", "content": "q"}]}
     )
     assert status == 429 and json.loads(body)["error"]["type"] == "rate_limit_error"
