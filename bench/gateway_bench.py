@@ -47,6 +47,16 @@ SCENARIOS = {
     ),
     "responses": ("/v1/responses", {"model": "resp", "input": "hi"}, 32),
     "responses_to_chat": ("/v1/responses", {"model": "chat", "input": "hi"}, 32),
+    "messages_to_chat": (
+        "/v1/messages",
+        {
+            "model": "chat",
+            "max_tokens": 64,
+            "system": "You are a helpful assistant.",
+            "messages": [{"role": "user", "content": "Write one sentence about foxes."}],
+        },
+        32,
+    ),
     "chat_to_responses": (
         "/v1/chat/completions",
         {"model": "resp", "messages": [{"role": "user", "content": "hi"}]},

@@ -4,7 +4,8 @@ Responses served by a stateless upstream (an OpenAI-compatible server, or a Chat
 the Responses surface) are stored by the gateway: the request's input items, already expanded,
 and the output items. A later request naming one of them as ``previous_response_id`` gets its
 input prefixed with that history. Recent responses are also kept in memory, so a client that
-sends the next turn the instant a stream ends never races the database write.
+sends the next turn the instant a stream ends never races the database write, and writes go to
+the store in batches, off the request path.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ def input_items(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class Chains:
-    def __init__(self, store: Store | None, *, memory: int = 2048) -> None:
+    def __init__(self, store: Store | None, *, memory: int = 2048, flush_seconds: float = 0.2) -> None:
         self.store = store
         self._recent: OrderedDict[str, StoredResponse] = OrderedDict()
         self._memory = memory
-        self._pending: set[asyncio.Task[None]] = set()
+        self._unwritten: list[StoredResponse] = []
+        self._flush_seconds = flush_seconds
+        self._task: asyncio.Task[None] | None = None
 
     async def get(self, response_id: str) -> StoredResponse | None:
         found = self._recent.get(response_id)
@@ -49,32 +52,41 @@ class Chains:
         return [*stored.input_items, *stored.output_items]
 
     def put(self, response: StoredResponse) -> None:
-        """Remember ``response`` now, in memory, and in the store without waiting for it."""
+        """Remember ``response`` now, in memory; it reaches the store with the next batch."""
         self._recent[response.id] = response
         self._recent.move_to_end(response.id)
         while len(self._recent) > self._memory:
             self._recent.popitem(last=False)
         if self.store is not None:
-            task = asyncio.get_running_loop().create_task(self._write(response))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self._unwritten.append(response)
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._write_soon())
 
-    async def _write(self, response: StoredResponse) -> None:
-        assert self.store is not None
+    async def _write_soon(self) -> None:
+        await asyncio.sleep(self._flush_seconds)
+        await self._write()
+
+    async def _write(self) -> None:
+        batch, self._unwritten = self._unwritten, []
+        if not batch or self.store is None:
+            return
         try:
-            await asyncio.to_thread(self.store.put_response, response)
+            await asyncio.to_thread(self.store.put_responses, batch)
         except Exception:
-            log.exception("could not store response %s", response.id)
+            log.exception("could not store %d responses", len(batch))
 
     async def delete(self, response_id: str) -> bool:
         removed = self._recent.pop(response_id, None) is not None
+        self._unwritten = [r for r in self._unwritten if r.id != response_id]
         if self.store is not None:
             removed = await asyncio.to_thread(self.store.delete_response, response_id) or removed
         return removed
 
     async def drain(self) -> None:
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        """Write what is waiting (at shutdown: a clean stop loses nothing)."""
+        if self._task is not None:
+            self._task.cancel()
+        await self._write()
 
 
 def stored(

@@ -52,7 +52,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import ColumnElement
@@ -328,14 +328,6 @@ def _with_search_path(existing: str | Sequence[str] | None, schema: str) -> str:
     return f"{prior} -csearch_path={schema}".strip()
 
 
-def _upsert(conn: Connection, table: Table, values: dict[str, Any], key: str) -> None:
-    """Insert or replace by primary key; both engines spell it ``ON CONFLICT … DO UPDATE``."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).values(**values)
-    changed = {name: stmt.excluded[name] for name in values if name != key}
-    conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=changed))
-
-
 # ----------------------------------------------------------------------------------------------
 # Store
 # ----------------------------------------------------------------------------------------------
@@ -510,9 +502,20 @@ class Store:
 
     def put_response(self, response: StoredResponse) -> None:
         """Insert or replace by id (a continued or cancelled response is stored again)."""
-        values = {f.name: getattr(response, f.name) for f in fields(StoredResponse)}
+        self.put_responses([response])
+
+    def put_responses(self, responses: list[StoredResponse]) -> None:
+        """Insert or replace many in one transaction (the gateway writes them in batches)."""
+        if not responses:
+            return
+        rows = [{f.name: getattr(r, f.name) for f in fields(StoredResponse)} for r in responses]
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(responses_table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["id"], set_={name: stmt.excluded[name] for name in rows[0] if name != "id"}
+        )
         with self.engine.begin() as conn:
-            _upsert(conn, responses_table, values, "id")
+            conn.execute(stmt, rows)
 
     def get_response(self, id: str) -> StoredResponse | None:
         stmt = select(responses_table).where(responses_table.c.id == id)
