@@ -10,6 +10,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import AuthenticationError, ModelwireError, UpstreamUnavailableError
 from .providers.hosts import HostKind, WireAPI
@@ -23,7 +24,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, highlight=False)
+
+
+def _console(*, stderr: bool = False) -> Console:
+    """Rich output that does not cut lines or table cells short when piped to a file or program."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 10_000
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
+err = _console(stderr=True)
 
 
 def main() -> None:
@@ -124,7 +134,7 @@ def _api(value: str) -> WireAPI:
 
 
 def _fail(message: str, *, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/bold red] {message}")
+    err.print(f"[bold red]error:[/bold red] {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -212,7 +222,7 @@ def keys_create(
             )
         except ValueError as exc:
             _fail(str(exc), code=2)
-    out = Console(highlight=False)
+    out = _console()
     out.print(secret)
     err.print(f"[dim]key {record.name!r} ({record.id}) created; it is shown only now, so keep it safe.[/dim]")
 
@@ -242,7 +252,7 @@ def keys_list(
             _when(r.expires_at),
             state,
         )
-    Console().print(table)
+    _console().print(table)
 
 
 @keys_app.command("revoke")
@@ -288,7 +298,7 @@ def usage(
             _ms(r.p50_ms),
             _ms(r.p95_ms),
         )
-    Console().print(table)
+    _console().print(table)
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -316,12 +326,12 @@ def models(config: ConfigOption = None) -> None:
         price = profile.price
         table.add_row(
             name,
-            " → ".join(t.ref for t in route.targets),
+            " → ".join(t.spec for t in route.targets),
             _opt(profile.context_window),
             _opt(price.input if price else None),
             _opt(price.output if price else None),
         )
-    Console().print(table)
+    _console().print(table)
 
 
 # ----------------------------------------------------------------------------------------- helpers

@@ -33,6 +33,9 @@ class ModelwireError(Exception):
     status: int = 500
     retryable: bool = False
     default_type = "api_error"
+    # Set by the gateway: the upstream that produced the error, for accounting.
+    backend: str | None = None
+    upstream_model: str | None = None
 
     def __init__(
         self,
@@ -147,6 +150,8 @@ def from_response(
     }
     if status == 404 and code == "previous_response_not_found":
         return PreviousResponseNotFound(message, **kwargs)
+    if b"API_KEY_INVALID" in body:  # Google reports a bad key as a 400
+        return AuthenticationError(message, **{**kwargs, "status": 401})
     if status == 403 and _looks_like_html(body, content_type):
         # Cloudflare and similar edges answer 403 with an HTML page for transient blocks.
         err: ModelwireError = UpstreamUnavailableError(message, **kwargs)

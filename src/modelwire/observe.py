@@ -125,15 +125,22 @@ def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: ("[REDACTED]" if k.lower() in _SECRET_HEADERS else redact(v)) for k, v in headers.items()}
 
 
+Tap: TypeAlias = Callable[[str, str, Mapping[str, str], "bytes | str"], None]
+
+
 class Observer:
-    """Fans events out to the caller's hook and to the log, per the driver's modes."""
+    """Fans events out to the caller's hook and to the log, per the driver's modes. ``tap``
+    receives every payload as it crosses the wire (the gateway's wire capture uses it)."""
 
-    __slots__ = ("debug", "hook", "raw")
+    __slots__ = ("debug", "hook", "raw", "tap")
 
-    def __init__(self, hook: Hook | None = None, *, debug: bool = False, raw: bool = False) -> None:
+    def __init__(
+        self, hook: Hook | None = None, *, debug: bool = False, raw: bool = False, tap: Tap | None = None
+    ) -> None:
         self.hook = hook
         self.debug = debug or raw
         self.raw = raw
+        self.tap = tap
 
     def emit(self, event: Event) -> None:
         if self.debug:
@@ -142,7 +149,9 @@ class Observer:
             self.hook(event)
 
     def payload(self, direction: str, url: str, headers: Mapping[str, str], body: bytes | str | Any) -> None:
-        """In raw mode, log a whole payload with every secret redacted."""
+        """In raw mode, log a whole payload with every secret redacted; hand it to the tap."""
+        if self.tap is not None:
+            self.tap(direction, url, headers, body)
         if not self.raw:
             return
         text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)

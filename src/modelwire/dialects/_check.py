@@ -100,3 +100,21 @@ def parse_data_url(url: str, path: str) -> tuple[str, bytes] | None:
 
 def data_url(media_type: str | None, data: bytes) -> str:
     return f"data:{media_type or 'application/octet-stream'};base64,{base64.b64encode(data).decode()}"
+
+
+NUMBER = (int, float)
+
+
+def check_types(body: dict[str, Any], table: dict[str, tuple[type, ...]]) -> None:
+    """Top-level fields of ``body`` have the types ``table`` allows (null is always allowed).
+
+    The passthrough path forwards bodies it never decodes; this keeps a wrong type a 400 that
+    names the field, as on the translated path, for the price of a few dict lookups.
+    """
+    for name, kinds in table.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if (type(value) is bool and bool not in kinds) or not isinstance(value, kinds):
+            allowed = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
+            fail(name, f"expected {allowed}, got {_describe(value)}")

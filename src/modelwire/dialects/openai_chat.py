@@ -76,6 +76,37 @@ _KNOWN = frozenset(
 )
 
 
+# The types of the top-level fields, checked before a body is forwarded without decoding.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "messages": (list,),
+    "temperature": check.NUMBER,
+    "top_p": check.NUMBER,
+    "frequency_penalty": check.NUMBER,
+    "presence_penalty": check.NUMBER,
+    "max_tokens": (int,),
+    "max_completion_tokens": (int,),
+    "n": (int,),
+    "seed": (int,),
+    "top_logprobs": (int,),
+    "tools": (list,),
+    "tool_choice": (str, dict),
+    "parallel_tool_calls": (bool,),
+    "logprobs": (bool,),
+    "store": (bool,),
+    "stop": (str, list),
+    "response_format": (dict,),
+    "stream_options": (dict,),
+    "metadata": (dict,),
+    "logit_bias": (dict,),
+    "user": (str,),
+    "safety_identifier": (str,),
+    "reasoning_effort": (str,),
+    "verbosity": (str,),
+    "service_tier": (str,),
+    "prompt_cache_key": (str,),
+}
+
+
 # =========================================================================================== driver
 
 

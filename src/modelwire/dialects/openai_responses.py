@@ -72,6 +72,34 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
+# The types of the top-level fields, checked before a body is forwarded without decoding.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "input": (str, list),
+    "instructions": (str,),
+    "temperature": check.NUMBER,
+    "top_p": check.NUMBER,
+    "max_output_tokens": (int,),
+    "max_tool_calls": (int,),
+    "top_logprobs": (int,),
+    "tools": (list,),
+    "include": (list,),
+    "tool_choice": (str, dict),
+    "parallel_tool_calls": (bool,),
+    "store": (bool,),
+    "background": (bool,),
+    "text": (dict,),
+    "reasoning": (dict,),
+    "metadata": (dict,),
+    "stream_options": (dict,),
+    "previous_response_id": (str,),
+    "user": (str,),
+    "safety_identifier": (str,),
+    "service_tier": (str,),
+    "prompt_cache_key": (str,),
+    "truncation": (str,),
+}
+
+
 # =========================================================================================== driver
 
 

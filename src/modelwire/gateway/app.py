@@ -10,16 +10,18 @@ through the neutral model. Errors always reach the client in its own dialect's s
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from ..dialects import openai_chat, openai_responses
 from ..dialects._stream import events_from_response
 from ..errors import (
     AuthenticationError,
@@ -31,7 +33,7 @@ from ..errors import (
     RateLimitError,
     from_response,
 )
-from ..observe import redact
+from ..observe import Tap, redact
 from ..providers._retry import retry_after
 from ..providers._transport import AiohttpTransport, Reply
 from ..providers.catalog import Catalog
@@ -53,6 +55,10 @@ from .taps import ChatTap, ResponsesTap
 from .upstream import Backend, Failover, Outcome
 
 log = logging.getLogger("modelwire.gateway")
+# (request id, client key name) of the request being served, for the wire capture of drivers.
+_CURRENT: contextvars.ContextVar[tuple[str, str | None]] = contextvars.ContextVar(
+    "modelwire_call", default=("", None)
+)
 
 _ENDPOINTS = {"openai_chat": "chat", "openai_responses": "responses"}
 
@@ -71,6 +77,11 @@ class Call:
     request: Request | None = None  # the neutral request, decoded only when translating
     items: list[dict[str, Any]] | None = None  # Responses input after chain expansion
     ttft: float | None = None
+    backend: str | None = None  # who served it (or failed it last)
+    upstream_model: str | None = None
+
+    def served_by(self, target: Target, backend: Backend) -> None:
+        self.backend, self.upstream_model = backend.name, target.model
 
     def decoded(self) -> Request:
         if self.request is None:
@@ -103,7 +114,15 @@ class Gateway:
         self.router = Router(config)
         self.catalog = Catalog()
         self.transport = AiohttpTransport()
-        self.backends = {n: Backend(n, b, self.catalog, self.transport) for n, b in config.backends.items()}
+        self.capture = (
+            Capture(config.capture.path, max_bytes=config.capture.max_bytes, backups=config.capture.backups)
+            if config.capture
+            else None
+        )
+        self.backends = {
+            n: Backend(n, b, self.catalog, self.transport, tap=self._tap(n) if self.capture else None)
+            for n, b in config.backends.items()
+        }
         self.metrics = Metrics()
         self.failover = Failover(
             self.backends,
@@ -122,11 +141,6 @@ class Gateway:
         self.limiter = Limiter(MemoryCounters())
         self._redis: RedisCounters | None = None
         self.chains = Chains(None)
-        self.capture = (
-            Capture(config.capture.path, max_bytes=config.capture.max_bytes, backups=config.capture.backups)
-            if config.capture
-            else None
-        )
         self._background: set[asyncio.Task[Any]] = set()
         self._models_cache: tuple[float, list[str]] = (0.0, [])
         self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
@@ -145,6 +159,38 @@ class Gateway:
             self._routes[("GET", path)] = handler
         self._routes[("GET", "/")] = self._healthz
         self._routes[("HEAD", "/")] = self._healthz
+
+    def _tap(self, backend: str) -> Tap:
+        """Wire capture of what a translating driver sends and receives for ``backend``."""
+        directions = {
+            "request": "upstream_request",
+            "response": "upstream_response",
+            "error": "upstream_response",
+            "stream": "upstream_chunk",
+        }
+
+        def tap(direction: str, url: str, headers: Mapping[str, str], body: bytes | str) -> None:
+            request_id, key_name = _CURRENT.get()
+            assert self.capture is not None
+            self.capture.record(
+                directions.get(direction, direction),
+                request_id=request_id,
+                payload=body,
+                backend=backend,
+                key_name=key_name,
+                headers=headers,
+                url=url or None,
+            )
+
+        return tap
+
+    def _record(self, direction: str, call: Call, payload: bytes | dict[str, Any], **kw: Any) -> None:
+        if self.capture is not None:
+            kw.setdefault("backend", call.backend)
+            key_name = call.key.name if call.key else None
+            self.capture.record(
+                direction, request_id=call.request_id, payload=payload, key_name=key_name, **kw
+            )
 
     # --------------------------------------------------------------------------------- lifecycle
 
@@ -252,8 +298,9 @@ class Gateway:
             else:
                 status = await self._complete(call, route, send)
         except ModelwireError as err:
+            call.backend, call.upstream_model = err.backend, err.upstream_model
             status = await self._error(send, surface, err, call.request_id, [])
-            self._account(call, None, None, status)
+            self._account(call, None, status)
         except ConnectionResetError:
             status = 499
         except Exception:
@@ -263,7 +310,12 @@ class Gateway:
             )
         finally:
             self.metrics.request_finished(
-                surface.dialect, call.model, "", status, time.monotonic() - call.started, call.ttft
+                surface.dialect,
+                call.model,
+                call.backend or "",
+                status,
+                time.monotonic() - call.started,
+                call.ttft,
             )
 
     async def _admit(self, scope: Scope, receive: Receive, call: Call) -> Route:
@@ -271,14 +323,8 @@ class Gateway:
         headers = dict(scope["headers"])
         call.key = await self._authenticate(scope, headers)
         raw = await http.read_body(receive, self.config.server.max_body_bytes, headers.get(b"content-length"))
-        if self.capture is not None:
-            self.capture.record(
-                "client_request",
-                request_id=call.request_id,
-                payload=raw,
-                url=scope["path"],
-                key_name=call.key.name if call.key else None,
-            )
+        _CURRENT.set((call.request_id, call.key.name if call.key else None))
+        self._record("client_request", call, raw, url=scope["path"])
         call.body = body = http.parse_json(raw)
         model = body.get("model")
         if not isinstance(model, str) or not model:
@@ -288,12 +334,15 @@ class Gateway:
         if not isinstance(stream, bool) and stream is not None:
             raise InvalidRequestError("stream: expected a boolean", param="stream")
         call.stream = bool(stream)
+        call.surface.check(body)
         route = self.router.resolve(model)
         self._authorize(call.key, model, route)
         await self._limit(call.key)
         return route
 
     async def _authenticate(self, scope: Scope, headers: dict[bytes, bytes]) -> ClientKey | None:
+        if self.keys.open and self.keys.needs_refresh():
+            await self.keys.refresh()  # keys may have been created since: then auth starts
         if self.keys.open:
             return None
         address = scope["client"][0] if scope.get("client") else "unknown"
@@ -307,12 +356,15 @@ class Gateway:
         secret = extract_key(headers, scope.get("query_string", b""))
         if secret is None:
             raise AuthenticationError(
-                "missing API key: send it as 'Authorization: Bearer <key>'", code="missing_api_key"
+                "missing API key: send the header 'Authorization: Bearer' followed by your key, or x-api-key",
+                code="missing_api_key",
             )
         key = await self.keys.lookup(secret)
-        if key is None or key.expired(time.time()):
+        if key is None:
             self.lockout.failure(address)
             raise AuthenticationError("invalid API key", code="invalid_api_key")
+        if key.expired(time.time()):
+            raise AuthenticationError(f"the API key {key.name!r} has expired", code="expired_api_key")
         self.lockout.success(address)
         return key
 
@@ -348,20 +400,25 @@ class Gateway:
 
     async def _complete(self, call: Call, route: Route, send: Send) -> int:
         outcome = await self.failover.run(route.order(), lambda t, b, i: self._attempt(call, t, b, i))
+        call.served_by(outcome.target, outcome.backend)
         value = outcome.value
         headers = self._served_headers(call, outcome.target, outcome.backend)
         if isinstance(value, Passthrough):
             usage = self._passthrough_usage(call, value.doc)
+            self._record("upstream_response", call, value.payload)
             await http.respond(send, value.reply.status, value.payload, headers)
+            self._record("client_response", call, value.payload)
             self._remember(call, value.doc, outcome.backend, translated=False)
         else:
             assert value.response is not None
             usage = value.response.usage
             doc = call.surface.render_response(value.response, call.decoded())
-            await http.respond(send, 200, orjson.dumps(doc), headers)
+            payload = orjson.dumps(doc)
+            await http.respond(send, 200, payload, headers)
+            self._record("client_response", call, payload)
             self._remember(call, doc, outcome.backend, translated=True)
         call.ttft = time.monotonic() - call.started
-        self._account(call, outcome, usage, 200)
+        self._account(call, usage, 200)
         return 200
 
     async def _attempt(
@@ -396,18 +453,11 @@ class Gateway:
         if call.stream:
             headers["Accept"] = "text/event-stream"
         payload = orjson.dumps(body)
-        if self.capture is not None:
-            self.capture.record(
-                "upstream_request",
-                request_id=call.request_id,
-                payload=payload,
-                url=url,
-                backend=backend.name,
-                headers=headers,
-            )
+        self._record("upstream_request", call, payload, url=url, headers=headers, backend=backend.name)
         reply = await self.transport.send("POST", url, headers, payload, read_timeout=backend.config.timeout)
         if reply.status >= 400:
             raw = await reply.read()
+            self._record("upstream_response", call, raw, backend=backend.name)
             raise from_response(
                 reply.status,
                 raw,
@@ -456,8 +506,10 @@ class Gateway:
                 raise
             await http.stream_chunk(send, call.surface.stream_error(_safe(err), None, call.body))
             await http.end_stream(send)
-            self._account(call, None, None, err.status)
+            call.backend, call.upstream_model = err.backend, err.upstream_model
+            self._account(call, None, err.status)
             return err.status
+        call.served_by(outcome.target, outcome.backend)
         if not started:
             await http.start_stream(send, self._served_headers(call, outcome.target, outcome.backend))
         watcher = asyncio.ensure_future(receive())
@@ -469,7 +521,7 @@ class Gateway:
         finally:
             watcher.cancel()
         await http.end_stream(send)
-        self._account(call, outcome, usage, status)
+        self._account(call, usage, status)
         return status
 
     async def _pump_passthrough(
@@ -485,13 +537,18 @@ class Gateway:
             if chat
             else ResponsesTap()
         )
+        capture = self.capture is not None
         try:
             async for chunk in reply.chunks():
                 out = tap.feed(chunk)
+                if capture:
+                    self._record("upstream_chunk", call, chunk)
                 if out:
                     if call.ttft is None:
                         call.ttft = time.monotonic() - call.started
                     await http.stream_chunk(send, out)
+                    if capture:
+                        self._record("client_chunk", call, out)
                 if watcher.done():
                     reply.close()
                     return tap.usage, 499
@@ -508,8 +565,6 @@ class Gateway:
 
     async def _pump_whole(self, call: Call, value: Passthrough, send: Send) -> tuple[Usage | None, int]:
         doc = _json_object(await value.reply.read())
-        from ..dialects import openai_chat, openai_responses
-
         decode = openai_chat.decode_response if call.surface is CHAT else openai_responses.decode_response
         response = decode(doc)
         renderer = call.surface.stream_renderer(call.decoded(), call.body)
@@ -538,9 +593,11 @@ class Gateway:
                     if call.ttft is None:
                         call.ttft = time.monotonic() - call.started
                     await http.stream_chunk(send, out)
+                    self._record("client_chunk", call, out)
                 if watcher.done():
                     return usage, 499
                 event = await anext(events, None)
+            await http.stream_chunk(send, _end(renderer))
         finally:
             await events.aclose()  # type: ignore[attr-defined]
         final = getattr(renderer, "response", None)
@@ -560,8 +617,6 @@ class Gateway:
     def _passthrough_usage(self, call: Call, doc: dict[str, Any] | None) -> Usage | None:
         if doc is None or not isinstance(doc.get("usage"), dict):
             return None
-        from ..dialects import openai_chat, openai_responses
-
         decode = openai_chat.decode_usage if call.surface is CHAT else openai_responses.decode_usage
         return decode(doc["usage"])
 
@@ -576,10 +631,9 @@ class Gateway:
         items = call.items if call.items is not None else input_items(call.body)
         self.chains.put(stored(call.body, items, doc, call.key.name if call.key else None))
 
-    def _account(self, call: Call, outcome: Outcome[Any] | None, usage: Usage | None, status: int) -> None:
+    def _account(self, call: Call, usage: Usage | None, status: int) -> None:
         """Record usage and metrics without making the client wait for either."""
-        backend = outcome.backend.name if outcome else None
-        upstream_model = outcome.target.model if outcome else None
+        backend, upstream_model = call.backend, call.upstream_model
         usage = usage or Usage()
         cost = self.catalog.cost(upstream_model or call.model, usage) if usage.total_tokens else None
         if self.usage is not None:
@@ -645,9 +699,11 @@ class Gateway:
                 send, 200, payload, self._served_headers(call, outcome.target, outcome.backend)
             )
             tokens = (doc.get("usage") or {}).get("prompt_tokens") or 0
-            self._account(call, outcome, Usage(input_tokens=int(tokens)), 200)
+            call.served_by(outcome.target, outcome.backend)
+            self._account(call, Usage(input_tokens=int(tokens)), 200)
         except ModelwireError as err:
-            self._account(call, None, None, await self._error(send, CHAT, err, call.request_id, []))
+            call.backend, call.upstream_model = err.backend, err.upstream_model
+            self._account(call, None, await self._error(send, CHAT, err, call.request_id, []))
 
     async def _embed(
         self, call: Call, target: Target, backend: Backend, index: int
@@ -851,6 +907,12 @@ def _safe(err: Exception) -> ModelwireError:
     return err
 
 
+def _end(renderer: Any) -> bytes:
+    """What closes a stream in the renderer's dialect (the JSON-array stream needs its ``]``)."""
+    end = getattr(renderer, "end", None)
+    return end() if end is not None else b""
+
+
 def _cut_stream_error(surface: Surface, tap: ChatTap | ResponsesTap, err: ModelwireError) -> bytes:
     if isinstance(tap, ResponsesTap):
         event = {
@@ -861,4 +923,4 @@ def _cut_stream_error(surface: Surface, tap: ChatTap | ResponsesTap, err: Modelw
             "sequence_number": tap.next_sequence(),
         }
         return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
-    return surface.stream_error(err, None, {})
+    return b"data: " + orjson.dumps({"error": openai_chat.error_object(err)}) + b"\n\n"

@@ -49,9 +49,16 @@ async def read_body(receive: Receive, limit: int, declared: bytes | None) -> byt
 
 def _too_large(limit: int) -> BodyTooLarge:
     return BodyTooLarge(
-        f"the request body is larger than this gateway accepts ({limit // (1024 * 1024)} MiB)",
+        f"the request body is larger than this gateway accepts ({_size(limit)})",
         code="request_too_large",
     )
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n / scale:g} {unit}"
+    return f"{n} bytes"
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:

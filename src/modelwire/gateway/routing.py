@@ -70,6 +70,12 @@ class Target:
     def ref(self) -> str:
         return f"{self.backend}/{self.model}"
 
+    @property
+    def spec(self) -> str:
+        """The ref with its URI parameters, as written in the config."""
+        query = "&".join(f"{k}={v}" for k, v in self.params)
+        return f"{self.ref}?{query}" if query else self.ref
+
     def overrides(self) -> dict[str, Any]:
         return dict(self.params)
 

@@ -12,7 +12,10 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 from typing import Any
+
+import uvicorn
 
 from .app import Gateway
 from .config import Config, ConfigError, load_config
@@ -31,13 +34,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(config: Config, host: str) -> None:
+def check_store(config: Config) -> bool:
+    """Open the store once before binding (a wrong URL fails here, in one line); whether it holds
+    live client keys."""
+    try:
+        with Store(config.store) as store:
+            return bool(store.list_keys())
+    except Exception as exc:  # the driver's own error, whatever the database
+        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise ConfigError(config.source, "store", f"cannot open the store: {cause}") from None
+
+
+def check_bind(config: Config, host: str, store_has_keys: bool) -> None:
     """No client keys anywhere means anyone who can connect may spend: loopback only, then."""
-    if config.keys or is_loopback(host):
+    if config.keys or store_has_keys or is_loopback(host):
         return
-    with Store(config.store) as store:
-        if store.list_keys():
-            return
     raise ConfigError(
         config.source,
         "server.host",
@@ -66,13 +77,11 @@ def create_app() -> Gateway:
 
 
 def serve(config_path: str | None, overrides: dict[str, Any]) -> None:
-    import uvicorn
-
     config = load_config(config_path)
     if overrides:
         config = with_overrides(config, overrides)
     server = config.server
-    check_bind(config, server.host)
+    check_bind(config, server.host, check_store(config))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options: dict[str, Any] = {
         "host": server.host,
@@ -98,4 +107,15 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> None:
         os.environ[OVERRIDES_ENV] = json.dumps(overrides)
         uvicorn.run("modelwire.gateway.server:create_app", factory=True, workers=server.workers, **options)
     else:
-        uvicorn.run(Gateway(config), **options)
+        _Server(uvicorn.Config(Gateway(config), **options)).run()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a stop signal after its graceful shutdown, so the process would die by
+    SIGTERM; a gateway that drained cleanly should exit 0."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True

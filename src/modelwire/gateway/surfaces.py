@@ -8,10 +8,11 @@ gateway means adding a row here (and its module in :mod:`modelwire.dialects`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..dialects import anthropic_messages, openai_chat, openai_responses
+from ..dialects._check import check_types
 from ..dialects._sse import KEEPALIVE
 from ..errors import ModelwireError
 from ..types import Dialect, Request, Response, StreamError, StreamEvent
@@ -29,6 +30,12 @@ class Surface:
     stream_renderer: Callable[[Request, dict[str, Any]], Renderer]
     render_error: Callable[[ModelwireError], tuple[int, dict[str, Any]]]
     keepalive: bytes = KEEPALIVE
+    field_types: dict[str, tuple[type, ...]] = field(default_factory=dict)
+
+    def check(self, body: dict[str, Any]) -> None:
+        """Wrong top-level types fail here, before a body is forwarded undecoded."""
+        if self.field_types:
+            check_types(body, self.field_types)
 
     def stream_error(self, error: ModelwireError, req: Request | None, body: dict[str, Any]) -> bytes:
         """An error said inside an already-started stream, in this dialect's own event."""
@@ -54,6 +61,7 @@ CHAT = Surface(
     render_response=_chat_render,
     stream_renderer=_chat_renderer,
     render_error=openai_chat.render_error,
+    field_types=openai_chat.FIELD_TYPES,
 )
 
 
@@ -75,4 +83,5 @@ RESPONSES = Surface(
     render_response=openai_responses.render_response,
     stream_renderer=_responses_renderer,
     render_error=openai_responses.render_error,
+    field_types=openai_responses.FIELD_TYPES,
 )

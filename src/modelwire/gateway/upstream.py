@@ -25,6 +25,7 @@ from ..errors import (
     TimeoutError,
     UpstreamUnavailableError,
 )
+from ..observe import Tap
 from ..providers._retry import RetryPolicy
 from ..providers._transport import Transport
 from ..providers.catalog import Catalog
@@ -69,8 +70,11 @@ class KeyRing:
 class Backend:
     """One configured upstream: where it is, how it authenticates, which wire API it speaks."""
 
-    def __init__(self, name: str, config: BackendConfig, catalog: Catalog, transport: Transport) -> None:
+    def __init__(
+        self, name: str, config: BackendConfig, catalog: Catalog, transport: Transport, tap: Tap | None = None
+    ) -> None:
         self.name = name
+        self.tap = tap
         self.config = config
         self.host = Host.create(config.type, config.base_url, config.api_version)
         self.api = config.wire_api
@@ -105,6 +109,7 @@ class Backend:
                 catalog=self.catalog,
                 transport=self.transport,
                 headers=self.config.headers,
+                tap=self.tap,
             )
             self._drivers[key_index] = driver
         return driver
@@ -166,6 +171,7 @@ class Failover:
                 try:
                     return Outcome(await attempt(target, backend, index), target, backend, hops)
                 except ModelwireError as err:
+                    err.backend, err.upstream_model = backend.name, target.model
                     last = err
                     delay = self._after_failure(err, backend, index, tries, deadline)
                 if delay is None:
@@ -174,7 +180,11 @@ class Failover:
                 self.on_retry(backend.name)
                 if delay > 0:
                     await asyncio.sleep(delay)
-        raise _final(last, hops)
+        final = _final(last, hops)
+        if previous is not None:
+            final.backend = previous
+            final.upstream_model = next((t.model for t in targets if t.backend == previous), None)
+        raise final
 
     def _after_failure(
         self, err: ModelwireError, backend: Backend, index: int, tries: int, deadline: float

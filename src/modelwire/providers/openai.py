@@ -49,6 +49,7 @@ from ..observe import (
     StreamAborted,
     StreamEnded,
     StreamStarted,
+    Tap,
 )
 from ..types import (
     BlockDelta,
@@ -135,6 +136,7 @@ class OpenAI:
         debug: bool = False,
         raw: bool = False,
         credentials: CodexCredentials | None = None,
+        tap: Tap | None = None,
     ) -> None:
         self.host = Host.create(host, base_url or os.environ.get("OPENAI_BASE_URL") or None, api_version)
         env_key = "AZURE_OPENAI_API_KEY" if self.host.kind == "azure" else "OPENAI_API_KEY"
@@ -151,7 +153,7 @@ class OpenAI:
         self.catalog = catalog or Catalog()
         self.transport: Transport = transport or default_transport()
         self.extra_body = dict(extra_body or {})
-        self.observer = Observer(on_event, debug=debug, raw=raw)
+        self.observer = Observer(on_event, debug=debug, raw=raw, tap=tap)
         self._headers = {"Content-Type": "application/json", "User-Agent": f"modelwire/{__version__}"}
         if organization:
             self._headers["OpenAI-Organization"] = organization
