@@ -50,7 +50,7 @@ from .lockout import Lockout
 from .metrics import Metrics
 from .routing import Route, Router, Target
 from .store import Store, UsageRecord, UsageWriter
-from .surfaces import ANTHROPIC, CHAT, RESPONSES, Surface
+from .surfaces import ANTHROPIC, CHAT, GEMINI, GEMINI_ARRAY, RESPONSES, Surface
 from .taps import ChatTap, ResponsesTap
 from .upstream import Backend, Failover, Outcome
 
@@ -248,8 +248,13 @@ class Gateway:
                 return
 
     def _dynamic(self, scope: Scope) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-        path: str = scope["path"].removeprefix("/v1")
+        full: str = scope["path"]
         method = scope["method"]
+        if full.startswith(("/v1beta/models", "/v1/models/")) and ":" in full.rsplit("/", 1)[-1]:
+            return self._gemini if method == "POST" else self._not_found
+        if full.startswith("/v1beta/models") and method == "GET":
+            return self._gemini_models
+        path = full.removeprefix("/v1")
         if path.startswith("/responses/"):
             return self._stored_response
         if path.startswith("/models/") and method == "GET":
@@ -285,12 +290,32 @@ class Gateway:
     async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._generate(scope, receive, send, ANTHROPIC)
 
-    async def _generate(self, scope: Scope, receive: Receive, send: Send, surface: Surface) -> None:
+    async def _gemini(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/v1beta/models/{model}:{action}``: the model and whether to stream are in the URL."""
+        model, _, action = scope["path"].split("/models/", 1)[1].rpartition(":")
+        if action == "countTokens":
+            await self._gemini_count(scope, receive, send, model)
+        elif action in ("generateContent", "streamGenerateContent"):
+            stream = action == "streamGenerateContent"
+            sse = not stream or b"alt=sse" in scope.get("query_string", b"")
+            await self._generate(scope, receive, send, GEMINI if sse else GEMINI_ARRAY, (model, stream))
+        else:
+            err = NotFoundError(f"unknown method {action!r}", code="unknown_url")
+            await self._error(send, GEMINI, err, _request_id(scope), [])
+
+    async def _generate(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        surface: Surface,
+        from_path: tuple[str, bool] | None = None,
+    ) -> None:
         call = Call(request_id=_request_id(scope), surface=surface, started=time.monotonic())
         self.metrics.request_started(surface.dialect)
         status = 500
         try:
-            route = await self._admit(scope, receive, call)
+            route = await self._admit(scope, receive, call, from_path)
             if surface is RESPONSES:
                 await self._expand_chain(call)
             if call.stream:
@@ -318,14 +343,19 @@ class Gateway:
                 call.ttft,
             )
 
-    async def _admit(self, scope: Scope, receive: Receive, call: Call) -> Route:
-        """Authenticate, read and check the request; the route it will take."""
+    async def _admit(
+        self, scope: Scope, receive: Receive, call: Call, from_path: tuple[str, bool] | None = None
+    ) -> Route:
+        """Authenticate, read and check the request; the route it will take. ``from_path`` is the
+        model and stream flag of dialects that say them in the URL (Gemini)."""
         headers = dict(scope["headers"])
         call.key = await self._authenticate(scope, headers)
         raw = await http.read_body(receive, self.config.server.max_body_bytes, headers.get(b"content-length"))
         _CURRENT.set((call.request_id, call.key.name if call.key else None))
         self._record("client_request", call, raw, url=scope["path"])
         call.body = body = http.parse_json(raw)
+        if from_path is not None:
+            body["model"], body["stream"] = from_path
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequestError("model: is required (a string naming the model)", param="model")
@@ -496,7 +526,9 @@ class Gateway:
             if done:
                 break
             if not started:  # the wait is long: open the stream and keep it alive
-                await http.start_stream(send, [(b"x-request-id", call.request_id.encode())])
+                await http.start_stream(
+                    send, [(b"x-request-id", call.request_id.encode())], call.surface.stream_headers
+                )
                 started = True
             await http.stream_chunk(send, call.surface.keepalive)
         try:
@@ -511,7 +543,9 @@ class Gateway:
             return err.status
         call.served_by(outcome.target, outcome.backend)
         if not started:
-            await http.start_stream(send, self._served_headers(call, outcome.target, outcome.backend))
+            await http.start_stream(
+                send, self._served_headers(call, outcome.target, outcome.backend), call.surface.stream_headers
+            )
         watcher = asyncio.ensure_future(receive())
         try:
             if isinstance(outcome.value, Passthrough):
@@ -568,7 +602,8 @@ class Gateway:
         decode = openai_chat.decode_response if call.surface is CHAT else openai_responses.decode_response
         response = decode(doc)
         renderer = call.surface.stream_renderer(call.decoded(), call.body)
-        await http.stream_chunk(send, b"".join(renderer.feed(e) for e in events_from_response(response)))
+        body = b"".join(renderer.feed(e) for e in events_from_response(response)) + _end(renderer)
+        await http.stream_chunk(send, body)
         return response.usage, 200
 
     async def _pump_translated(
@@ -730,6 +765,8 @@ class Gateway:
     async def _list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = _request_id(scope)
         headers = dict(scope["headers"])
+        if _google_client(scope):  # google-genai lists models here too
+            return await self._gemini_models(scope, receive, send)
         anthropic = b"anthropic-version" in headers
         try:
             key = await self._authenticate(scope, headers)
@@ -748,6 +785,51 @@ class Gateway:
         except ModelwireError as err:
             await self._error(send, ANTHROPIC if anthropic else CHAT, err, request_id, [])
 
+    async def _gemini_count(self, scope: Scope, receive: Receive, send: Send, model: str) -> None:
+        """Gemini's token counter: ``{contents}`` or ``{generateContentRequest}``."""
+        call = Call(request_id=_request_id(scope), surface=GEMINI, started=time.monotonic())
+        try:
+            route = await self._admit(scope, receive, call, (model, False))
+            inner = call.body.get("generateContentRequest")
+            body = {**inner, "model": model} if isinstance(inner, dict) else call.body
+            req = GEMINI.decode_request(body)
+            req.model = route.targets[0].model
+            count = await asyncio.to_thread(count_request_tokens, req)
+            await http.respond_json(
+                send, 200, {"totalTokens": count}, [(b"x-request-id", call.request_id.encode())]
+            )
+        except ModelwireError as err:
+            await self._error(send, GEMINI, err, call.request_id, [])
+
+    async def _gemini_models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /v1beta/models`` and ``GET /v1beta/models/{model}`` in Gemini's shape."""
+        request_id = _request_id(scope)
+        wanted = scope["path"].removeprefix("/v1beta").removeprefix("/v1").removeprefix("/models").strip("/")
+        try:
+            key = await self._authenticate(scope, dict(scope["headers"]))
+            ids = [m for m in await self._model_ids() if key is None or key.allows(m)]
+            if not wanted:
+                doc: dict[str, Any] = {"models": [self._gemini_model(m) for m in ids]}
+            elif wanted.removeprefix("models/") in ids:
+                doc = self._gemini_model(wanted.removeprefix("models/"))
+            else:
+                raise NotFoundError(f"models/{wanted} is not found", code="model_not_found")
+            await http.respond_json(send, 200, doc, [(b"x-request-id", request_id.encode())])
+        except ModelwireError as err:
+            await self._error(send, GEMINI, err, request_id, [])
+
+    def _gemini_model(self, model: str) -> dict[str, Any]:
+        profile = self.catalog.profile(self.router.resolve(model).targets[0].model)
+        return {
+            "name": f"models/{model}",
+            "baseModelId": model,
+            "version": "001",
+            "displayName": model,
+            "inputTokenLimit": profile.context_window or 128_000,
+            "outputTokenLimit": profile.max_output or 16_384,
+            "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"],
+        }
+
     async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Anthropic's token counter, with the upstream model's own tokenizer (offline)."""
         call = Call(request_id=_request_id(scope), surface=ANTHROPIC, started=time.monotonic())
@@ -764,6 +846,8 @@ class Gateway:
             await self._error(send, ANTHROPIC, err, call.request_id, [])
 
     async def _get_model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _google_client(scope):
+            return await self._gemini_models(scope, receive, send)
         request_id = _request_id(scope)
         model = scope["path"].removeprefix("/v1").removeprefix("/models/")
         try:
@@ -885,6 +969,10 @@ def _json_object(payload: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ProtocolError("the upstream answered JSON that is not an object")
     return doc
+
+
+def _google_client(scope: Scope) -> bool:
+    return any(name in (b"x-goog-api-client", b"x-goog-api-key") for name, _ in scope["headers"])
 
 
 def _anthropic_model(model: str) -> dict[str, Any]:

@@ -16,11 +16,11 @@ Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 JSON = b"application/json"
-SSE_HEADERS: Headers = [
+SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
-]
+)
 
 
 class BodyTooLarge(InvalidRequestError):
@@ -92,8 +92,10 @@ async def respond_json(send: Send, status: int, doc: Any, headers: Headers) -> N
     await respond(send, status, orjson.dumps(doc), headers)
 
 
-async def start_stream(send: Send, headers: Headers) -> None:
-    await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
+async def start_stream(
+    send: Send, headers: Headers, kind: tuple[tuple[bytes, bytes], ...] = SSE_HEADERS
+) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [*kind, *headers]})
 
 
 async def stream_chunk(send: Send, chunk: bytes) -> None:

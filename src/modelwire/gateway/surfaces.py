@@ -11,11 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..dialects import anthropic_messages, openai_chat, openai_responses
+from ..dialects import anthropic_messages, gemini, openai_chat, openai_responses
 from ..dialects._check import check_types
 from ..dialects._sse import KEEPALIVE
 from ..errors import ModelwireError
 from ..types import Dialect, Request, Response, StreamError, StreamEvent
+from .http import SSE_HEADERS
 
 
 class Renderer(Protocol):
@@ -31,6 +32,7 @@ class Surface:
     render_error: Callable[[ModelwireError], tuple[int, dict[str, Any]]]
     keepalive: bytes = KEEPALIVE
     field_types: dict[str, tuple[type, ...]] = field(default_factory=dict)
+    stream_headers: tuple[tuple[bytes, bytes], ...] = SSE_HEADERS
 
     def check(self, body: dict[str, Any]) -> None:
         """Wrong top-level types fail here, before a body is forwarded undecoded."""
@@ -40,7 +42,8 @@ class Surface:
     def stream_error(self, error: ModelwireError, req: Request | None, body: dict[str, Any]) -> bytes:
         """An error said inside an already-started stream, in this dialect's own event."""
         renderer = self.stream_renderer(req or Request(model=str(body.get("model") or "")), body)
-        return renderer.feed(StreamError(error=error))
+        end = getattr(renderer, "end", None)
+        return renderer.feed(StreamError(error=error)) + (end() if end is not None else b"")
 
 
 def _chat_renderer(req: Request, body: dict[str, Any]) -> Renderer:
@@ -76,6 +79,40 @@ ANTHROPIC = Surface(
     stream_renderer=_anthropic_renderer,
     render_error=anthropic_messages.render_error,
     keepalive=anthropic_messages.KEEPALIVE,
+)
+
+
+def _gemini_decode(body: dict[str, Any]) -> Request:
+    """Gemini names the model in the URL; the gateway puts it (and the action's stream flag) in the body."""
+    payload = {k: v for k, v in body.items() if k not in ("model", "stream")}
+    return gemini.decode_request(payload, str(body["model"]), stream=bool(body.get("stream")))
+
+
+def _gemini_renderer(req: Request, body: dict[str, Any]) -> Renderer:
+    return gemini.StreamRenderer(req)
+
+
+def _gemini_array_renderer(req: Request, body: dict[str, Any]) -> Renderer:
+    return gemini.ArrayStreamRenderer(req)
+
+
+# ``:streamGenerateContent?alt=sse`` streams SSE; without ``alt=sse`` it streams one JSON array.
+GEMINI = Surface(
+    dialect="gemini",
+    decode_request=_gemini_decode,
+    render_response=gemini.render_response,
+    stream_renderer=_gemini_renderer,
+    render_error=gemini.render_error,
+    keepalive=gemini.KEEPALIVE,
+)
+GEMINI_ARRAY = Surface(
+    dialect="gemini",
+    decode_request=_gemini_decode,
+    render_response=gemini.render_response,
+    stream_renderer=_gemini_array_renderer,
+    render_error=gemini.render_error,
+    keepalive=gemini.KEEPALIVE,
+    stream_headers=((b"content-type", b"application/json; charset=utf-8"),),
 )
 RESPONSES = Surface(
     dialect="openai_responses",
