@@ -92,6 +92,7 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> None:
         "access_log": False,
         "log_level": "warning",
         "server_header": False,
+        "proxy_headers": False,  # client addresses (for lockouts) are the socket's own
         "timeout_graceful_shutdown": server.grace_seconds,
         "timeout_keep_alive": 75,
     }

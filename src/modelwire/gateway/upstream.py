@@ -86,9 +86,27 @@ class Backend:
         self.native = self.host.native
         self._headers = {"Content-Type": "application/json", **config.headers}
         self._drivers: dict[int, OpenAI] = {}
+        self._key_headers: dict[int, dict[str, str]] = {}
+        self._urls: dict[str, str] = {}
 
     def headers(self, key_index: int) -> dict[str, str]:
-        return {**self._headers, **self.host.auth_headers(self.keys.keys[key_index])}
+        """A fresh copy of the request headers for one of the backend's keys."""
+        base = self._key_headers.get(key_index)
+        if base is None:
+            base = self._key_headers[key_index] = {
+                **self._headers,
+                **self.host.auth_headers(self.keys.keys[key_index]),
+            }
+        return dict(base)
+
+    def url(self, model: str) -> str:
+        """The URL of this backend's wire API for ``model`` (deployment-scoped on Azure)."""
+        url = self._urls.get(model)
+        if url is None:
+            url = self.host.url(self.api, model)
+            if len(self._urls) < 4096:
+                self._urls[model] = url
+        return url
 
     def driver(self, key_index: int) -> OpenAI:
         """A driver for translated requests: no retries or continuations of its own (failover

@@ -80,6 +80,7 @@ class AiohttpTransport:
         self._limit = limit
         self._keepalive = keepalive
         self._connect_timeout = connect_timeout
+        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
         self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
             weakref.WeakKeyDictionary()
         )
@@ -99,6 +100,9 @@ class AiohttpTransport:
                 auto_decompress=True,
                 skip_auto_headers=("User-Agent",),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
+                # A proxy must not carry one caller's cookies into another's request (and the jar
+                # costs time on every request).
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
             self._sessions[loop] = session
         return session
@@ -114,9 +118,11 @@ class AiohttpTransport:
     ) -> _AiohttpReply:
         # ``read_timeout`` bounds the wait for the answer's head and then each read, so a long stream
         # that keeps producing never times out while a stalled one does.
-        client_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self._connect_timeout, sock_read=read_timeout
-        )
+        client_timeout = self._timeouts.get(read_timeout)
+        if client_timeout is None:
+            client_timeout = self._timeouts[read_timeout] = aiohttp.ClientTimeout(
+                total=None, sock_connect=self._connect_timeout, sock_read=read_timeout
+            )
         try:
             resp = await self.session().request(
                 method, url, headers=headers, data=body, timeout=client_timeout, allow_redirects=False
