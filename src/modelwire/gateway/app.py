@@ -37,7 +37,7 @@ from ..errors import (
 from ..observe import Tap, redact
 from ..providers._retry import retry_after
 from ..providers._transport import AiohttpTransport, Reply
-from ..providers.catalog import Catalog
+from ..providers.catalog import Catalog, ModelProfile
 from ..tokens import count_request_tokens
 from ..types import Finish, Request, Response, StreamError, StreamEvent, Usage
 from . import http
@@ -104,6 +104,7 @@ class Passthrough:
 
 @dataclass(slots=True)
 class Translated:
+    dropped: list[str]
     response: Response | None = None
     first: StreamEvent | None = None
     events: AsyncIterator[StreamEvent] | None = None
@@ -437,7 +438,7 @@ class Gateway:
         outcome = await self.failover.run(route.order(), lambda t, b, i: self._attempt(call, t, b, i))
         call.served_by(outcome.target, outcome.backend)
         value = outcome.value
-        headers = self._served_headers(call, outcome.target, outcome.backend)
+        headers = self._served_headers(call, outcome)
         if isinstance(value, Passthrough):
             usage = self._passthrough_usage(call, value.doc)
             self._record("upstream_response", call, value.payload)
@@ -469,13 +470,14 @@ class Gateway:
         req = call.decoded()
         driver = backend.driver(index)
         overrides = {"model": target.model, **dict(target.params)}
+        dropped = dropped_settings(req, self.catalog.profile(target.model), backend.api)
         if not call.stream:
-            return Translated(response=await driver.complete(req, **overrides))
+            return Translated(dropped, response=await driver.complete(req, **overrides))
         events = driver.events(req, **overrides)
         first = await anext(events)
         if isinstance(first, StreamError):
             raise first.error
-        return Translated(first=first, events=events)
+        return Translated(dropped, first=first, events=events)
 
     def _passes_through(self, call: Call, backend: Backend) -> bool:
         return backend.passthrough and _ENDPOINTS.get(call.surface.dialect) == backend.api
@@ -548,9 +550,7 @@ class Gateway:
             return err.status
         call.served_by(outcome.target, outcome.backend)
         if not started:
-            await http.start_stream(
-                send, self._served_headers(call, outcome.target, outcome.backend), call.surface.stream_headers
-            )
+            await http.start_stream(send, self._served_headers(call, outcome), call.surface.stream_headers)
         watcher = asyncio.ensure_future(receive())
         try:
             if isinstance(outcome.value, Passthrough):
@@ -647,12 +647,16 @@ class Gateway:
 
     # ------------------------------------------------------------------------------- bookkeeping
 
-    def _served_headers(self, call: Call, target: Target, backend: Backend) -> Headers:
-        return [
+    def _served_headers(self, call: Call, outcome: Outcome[Any]) -> Headers:
+        headers = [
             (b"x-request-id", call.request_id.encode()),
-            (b"x-modelwire-backend", backend.name.encode()),
-            (b"x-modelwire-model", target.model.encode()),
+            (b"x-modelwire-backend", outcome.backend.name.encode()),
+            (b"x-modelwire-model", outcome.target.model.encode()),
         ]
+        dropped = getattr(outcome.value, "dropped", None)
+        if dropped:
+            headers.append((b"x-modelwire-dropped-params", ", ".join(dropped).encode()))
+        return headers
 
     def _passthrough_usage(self, call: Call, doc: dict[str, Any] | None) -> Usage | None:
         if doc is None or not isinstance(doc.get("usage"), dict):
@@ -735,9 +739,7 @@ class Gateway:
             route = await self._admit(scope, receive, call)
             outcome = await self.failover.run(route.order(), lambda t, b, i: self._embed(call, t, b, i))
             payload, doc = outcome.value
-            await http.respond(
-                send, 200, payload, self._served_headers(call, outcome.target, outcome.backend)
-            )
+            await http.respond(send, 200, payload, self._served_headers(call, outcome))
             tokens = (doc.get("usage") or {}).get("prompt_tokens") or 0
             call.served_by(outcome.target, outcome.backend)
             self._account(call, Usage(input_tokens=int(tokens)), 200)
@@ -935,6 +937,33 @@ def _request_id(scope: Scope) -> str:
         if name == b"x-request-id" and 0 < len(value) <= 128:
             return str(value.decode("latin-1"))
     return f"{_ID_PREFIX}{next(_id_counter):012x}"
+
+
+# Sampling settings some dialects carry and others have no field for, by their wire names.
+_FOREIGN_SAMPLING = (
+    "top_k",
+    "topK",
+    "frequency_penalty",
+    "frequencyPenalty",
+    "presence_penalty",
+    "presencePenalty",
+    "logit_bias",
+    "min_p",
+    "repetition_penalty",
+)
+
+
+def dropped_settings(req: Request, profile: ModelProfile, api: str) -> list[str]:
+    """The client's sampling settings the upstream will not see: refused by the model (reasoning
+    models take no temperature), or with no field in the upstream's wire API."""
+    names = [n for n in ("temperature", "top_p") if not profile.sampling and getattr(req, n) is not None]
+    if api == "responses" and req.seed is not None:
+        names.append("seed")
+    if req.dialect != f"openai_{api}":
+        generation = req.extra.get("generationConfig")
+        extra = {**req.extra, **(generation if isinstance(generation, dict) else {})}
+        names += [n for n in _FOREIGN_SAMPLING if n in extra]
+    return names
 
 
 def _wants_usage(body: dict[str, Any]) -> bool:
