@@ -423,12 +423,27 @@ def test_claude_code_session(upstream: FakeUpstream, client: anthropic.Anthropic
 
 
 def test_unsupported_sampling_is_dropped_and_named(upstream: FakeUpstream, gateway: RunningGateway) -> None:
-    status, headers, _ = raw_messages(gateway, {"model": "reasoner", "max_tokens": 50, "temperature": 0.5,
-                                                "top_k": 40, "messages": [{"role": "user", "content": "q"}]})
+    status, headers, _ = raw_messages(
+        gateway,
+        {
+            "model": "reasoner",
+            "max_tokens": 50,
+            "temperature": 0.5,
+            "top_k": 40,
+            "messages": [{"role": "user", "content": "q"}],
+        },
+    )
     assert status == 200
     assert headers["x-modelwire-dropped-params"] == "temperature, top_k"  # a reasoning model, no top_k field
     sent = upstream.last.body
     assert "temperature" not in sent and "top_k" not in sent
-    status, headers, _ = raw_messages(gateway, {"model": "chat-model", "max_tokens": 50, "temperature": 0.5,
-                                                "messages": [{"role": "user", "content": "q"}]})
+    status, headers, _ = raw_messages(
+        gateway,
+        {
+            "model": "chat-model",
+            "max_tokens": 50,
+            "temperature": 0.5,
+            "messages": [{"role": "user", "content": "q"}],
+        },
+    )
     assert "x-modelwire-dropped-params" not in headers and upstream.last.body["temperature"] == 0.5

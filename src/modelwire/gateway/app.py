@@ -45,6 +45,7 @@ from .auth import ClientKey, KeyBook, extract_key
 from .capture import Capture
 from .chains import Chains, input_items, stored
 from .config import Config
+from .fetch import inline_media
 from .http import Headers, Receive, Scope, Send
 from .limits import Limiter, MemoryCounters, RedisCounters
 from .lockout import Lockout
@@ -468,6 +469,8 @@ class Gateway:
             doc = _json_object(payload)
             return Passthrough(reply, payload, doc)
         req = call.decoded()
+        if backend.config.inline_media:
+            await inline_media(req, self.transport, allow_private=self.config.server.allow_private_urls)
         driver = backend.driver(index)
         overrides = {"model": target.model, **dict(target.params)}
         dropped = dropped_settings(req, self.catalog.profile(target.model), backend.api)

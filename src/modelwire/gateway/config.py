@@ -55,6 +55,7 @@ class BackendConfig(_Model):
     max_retries: int = Field(2, ge=0, le=10)
     headers: dict[str, str] = Field(default_factory=dict)
     weight: float = Field(1.0, gt=0)
+    inline_media: bool = Field(False, description="fetch image and file URLs and send their bytes")
 
     @property
     def wire_api(self) -> Literal["responses", "chat"]:
