@@ -296,6 +296,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # The gateway mostly appends; a small page cache per pooled connection keeps its memory
+        # flat instead of growing by megabytes as the usage table does.
+        cursor.execute("PRAGMA cache_size=-256")
     finally:
         cursor.close()
 
