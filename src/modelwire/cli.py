@@ -362,3 +362,36 @@ def _ms(value: float | None) -> str:
 
 def _when(ts: float | None) -> str:
     return "never" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+# ------------------------------------------------------------------------------------------- login
+
+
+@app.command()
+def login(
+    issuer: Annotated[str, typer.Option(help="The OAuth issuer.")] = "https://auth.openai.com",
+    port: Annotated[int, typer.Option(help="Local port for the sign-in redirect.")] = 1455,
+    no_browser: Annotated[
+        bool, typer.Option("--no-browser", help="Print the link instead of opening it.")
+    ] = False,
+) -> None:
+    """Sign in with a ChatGPT plan for the Codex route (backends of type codex)."""
+    import webbrowser
+
+    from .errors import ModelwireError
+    from .providers.codex import codex_home
+    from .providers.codex import login as run_login
+
+    def show(url: str) -> None:
+        err.print(f"Open this link to sign in:\n{url}")
+        if not no_browser:
+            webbrowser.open(url)
+
+    try:
+        tokens = asyncio.run(run_login(issuer=issuer, port=port, show=show))
+    except TimeoutError:
+        _fail("no sign-in arrived within 5 minutes")
+    except (ModelwireError, OSError) as exc:
+        _fail(str(exc))
+    account = f" (account {tokens.account_id})" if tokens.account_id else ""
+    err.print(f"Signed in{account}; tokens saved to {codex_home() / 'auth.json'}")
