@@ -65,9 +65,14 @@ async def test_browser_sign_in_saves_tokens(issuer: tuple[str, list[dict[str, st
     url, seen = issuer
     port = free_port()
     shown: list[str] = []
-    task = asyncio.create_task(login(issuer=url, port=port, path=tmp_path / "auth.json", show=shown.append))
-    while not shown:
-        await asyncio.sleep(0.01)
+    listening = asyncio.Event()
+
+    def show(link: str) -> None:
+        shown.append(link)
+        listening.set()
+
+    task = asyncio.create_task(login(issuer=url, port=port, path=tmp_path / "auth.json", show=show))
+    await asyncio.wait_for(listening.wait(), 10)
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(shown[0]).query))
     assert query["client_id"] == CLIENT_ID and query["code_challenge_method"] == "S256"
     assert query["redirect_uri"] == f"http://localhost:{port}/auth/callback"

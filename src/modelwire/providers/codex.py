@@ -16,6 +16,7 @@ import os
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,8 +199,9 @@ def authorize_url(issuer: str, redirect_uri: str, challenge: str, state: str) ->
     return f"{issuer.rstrip('/')}/oauth/authorize?{urlencode(params)}"
 
 
-async def wait_for_code(port: int, state: str, wait_seconds: float) -> str:
-    """Serve the redirect on localhost and return the authorization code it brings."""
+async def wait_for_code(port: int, state: str, wait_seconds: float, ready: Callable[[], None]) -> str:
+    """Serve the redirect on localhost (calling ``ready`` once listening) and return the
+    authorization code it brings."""
     from aiohttp import web
 
     arrived: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -216,6 +218,7 @@ async def wait_for_code(port: int, state: str, wait_seconds: float) -> str:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    ready()
     try:
         return await asyncio.wait_for(arrived, wait_seconds)
     finally:
@@ -268,8 +271,8 @@ async def login(
     verifier, challenge = pkce()
     state = secrets.token_urlsafe(24)
     redirect_uri = f"http://localhost:{port}{REDIRECT_PATH}"
-    show(authorize_url(issuer, redirect_uri, challenge, state))
-    code = await wait_for_code(port, state, wait_seconds)
+    url = authorize_url(issuer, redirect_uri, challenge, state)
+    code = await wait_for_code(port, state, wait_seconds, lambda: show(url))
     tokens = await exchange_code(issuer, code, verifier, redirect_uri)
     CodexCredentials(path).save(tokens)
     return tokens
