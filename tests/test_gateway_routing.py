@@ -189,6 +189,27 @@ def test_tpm_and_budget_limits(upstream: FakeUpstream, tmp_path: Path) -> None:
         gateway.stop()
 
 
+def test_a_spent_budget_survives_a_restart(upstream: FakeUpstream, tmp_path: Path) -> None:
+    config = base_config(upstream, tmp_path)
+    config["keys"] = [{"key": "sk-client-budget-restart", "name": "budget-restart", "budget_usd": 0.0001}]
+    first = start_gateway(config, tmp_path, name="budget1")
+    try:
+        upstream.script(Reply.text("pricey", usage=(100, 100)))  # gpt-4.1: $0.0010 > $0.0001
+        with sdk(first, "sk-client-budget-restart") as client:
+            ask(client, "chat-model")
+    finally:
+        first.stop()  # a clean stop flushes the usage record
+    second = start_gateway(config, tmp_path, name="budget2")
+    try:
+        with (
+            sdk(second, "sk-client-budget-restart") as client,
+            pytest.raises(openai.RateLimitError, match="budget"),
+        ):
+            ask(client, "chat-model")
+    finally:
+        second.stop()
+
+
 def test_limits_are_shared_across_replicas_through_redis(upstream: FakeUpstream, tmp_path: Path) -> None:
     import uuid
 

@@ -145,6 +145,7 @@ class Gateway:
         self._redis: RedisCounters | None = None
         self.chains = Chains(None)
         self._background: set[asyncio.Task[Any]] = set()
+        self._budget_seeded: set[str] = set()
         self._models_cache: tuple[float, list[str]] = (0.0, [])
         self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
         for prefix in ("/v1", ""):
@@ -417,6 +418,15 @@ class Gateway:
     async def _limit(self, key: ClientKey | None) -> None:
         if key is None or key.policy.unlimited:
             return
+        if (
+            key.policy.budget_usd is not None
+            and key.name not in self._budget_seeded
+            and self.store is not None
+        ):
+            # A budget is spending across restarts: start from what the usage records say.
+            spent = await asyncio.to_thread(self.store.spent_usd, key.name)
+            await self.limiter.seed_spend(key.policy, spent)
+            self._budget_seeded.add(key.name)
         refusal = await self.limiter.admit(key.policy)
         if refusal is not None:
             raise RateLimitError(
