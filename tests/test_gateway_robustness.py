@@ -953,10 +953,11 @@ def capture_gateway(
         running.stop()
 
 
-def capture_lines(gateway: RunningGateway, *request_ids: str, want: int = 2) -> list[dict[str, Any]]:
-    """The capture's lines for these request ids, once each has at least ``want`` of them (or 2 s)."""
+def capture_lines(gateway: RunningGateway, *request_ids: str, want: int = 4) -> list[dict[str, Any]]:
+    """The capture's lines for these request ids, once each has at least ``want`` of them (or 10 s:
+    the capture is written by a background thread, which a loaded test machine may delay)."""
     path = Path(gateway.config["capture"]["path"])
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + 10
     while True:
         lines = [json.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
         mine = [line for line in lines if line["request_id"] in request_ids]
