@@ -191,3 +191,15 @@ def test_rotation_counts_what_the_file_already_holds(path: Path) -> None:
     record_many(path, 15, max_bytes=2048, backups=1)
     assert before > 0 and (path.parent / "wire.jsonl.1").exists()
     assert path.stat().st_size <= 2048
+
+
+def test_headers_from_http_libraries_are_captured(path: Path) -> None:
+    from multidict import CIMultiDict, istr
+
+    headers = CIMultiDict({istr("Content-Type"): "application/json", istr("X-Request-Id"): "abc"})
+    capture = Capture(str(path))
+    capture.record("upstream_response", request_id="r1", payload=b"{}", headers=headers)
+    capture.close()
+    (line,) = read_lines(path)
+    assert line["headers"] == {"Content-Type": "application/json", "X-Request-Id": "abc"}
+    assert capture.dropped == 0

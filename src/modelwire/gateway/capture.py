@@ -122,7 +122,8 @@ class Capture:
             self.dropped += 1
             return
         body, is_json = _snapshot(payload)
-        copied = dict(headers) if headers is not None else None
+        # Plain strings: HTTP libraries hand over str subclasses (aiohttp's istr) JSON cannot key by.
+        copied = {str(k): str(v) for k, v in headers.items()} if headers is not None else None
         self._queue.put(_Entry(direction, request_id, body, is_json, backend, key_name, copied, url))
 
     def close(self) -> None:
@@ -144,12 +145,20 @@ class Capture:
                 return
 
     def _write(self, entries: list[_Entry]) -> None:
-        """Encode and write a batch; a failure loses that batch, never the writer thread."""
+        """Encode and write a batch; an entry that cannot be encoded is lost alone, and a failed
+        write loses its batch, never the writer thread."""
+        lines = []
+        for entry in entries:
+            try:
+                lines.append(_encode(entry))
+            except Exception:
+                self.dropped += 1
+                log.exception("capture: cannot encode an entry for request %s", entry.request_id)
         try:
-            self._writer.write([_encode(e) for e in entries])
+            self._writer.write(lines)
         except Exception:
-            self.dropped += len(entries)
-            log.exception("capture: cannot record %d entries", len(entries))
+            self.dropped += len(lines)
+            log.exception("capture: cannot write %d entries", len(lines))
 
 
 def _drain(source: queue.SimpleQueue[_Entry | None]) -> tuple[list[_Entry], bool]:
