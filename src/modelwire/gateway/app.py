@@ -37,10 +37,10 @@ from ..errors import (
 from ..observe import Tap, redact
 from ..providers._retry import retry_after
 from ..providers._transport import AiohttpTransport, Reply
-from ..providers.catalog import Catalog, ModelProfile
+from ..providers.catalog import Catalog, unsupported_settings
 from ..tokens import count_request_tokens
 from ..types import Finish, Request, Response, StreamError, StreamEvent, Usage
-from . import http
+from . import http, passthrough
 from .auth import ClientKey, KeyBook, extract_key
 from .capture import Capture
 from .chains import Chains, input_items, stored
@@ -48,6 +48,7 @@ from .config import Config
 from .fetch import inline_media
 from .http import Headers, Receive, Scope, Send
 from .limits import Limiter, MemoryCounters, RedisCounters
+from .listing import anthropic_model, gemini_model, google_client, openai_model
 from .lockout import Lockout
 from .metrics import Metrics
 from .routing import Route, Router, Target
@@ -476,14 +477,14 @@ class Gateway:
             if call.stream:
                 return Passthrough(reply)
             payload = await reply.read()
-            doc = _json_object(payload)
+            doc = passthrough.json_object(payload)
             return Passthrough(reply, payload, doc)
         req = call.decoded()
         if backend.config.inline_media:
             await inline_media(req, self.transport, allow_private=self.config.server.allow_private_urls)
         driver = backend.driver(index)
         overrides = {"model": target.model, **dict(target.params)}
-        dropped = dropped_settings(req, self.catalog.profile(target.model), backend.api)
+        dropped = unsupported_settings(req, self.catalog.profile(target.model), backend.api)
         if not call.stream:
             return Translated(dropped, response=await driver.complete(req, **overrides))
         events = driver.events(req, **overrides)
@@ -496,7 +497,14 @@ class Gateway:
         return backend.passthrough and _ENDPOINTS.get(call.surface.dialect) == backend.api
 
     async def _forward(self, call: Call, target: Target, backend: Backend, index: int) -> Reply:
-        body = self._rewrite(call, target, backend)
+        body = passthrough.rewrite(
+            call.body,
+            target,
+            chat=call.surface is CHAT,
+            native=backend.native,
+            stream=call.stream,
+            items=call.items,
+        )
         url = backend.url(target.model)
         headers = backend.headers(index)
         headers["X-Client-Request-Id"] = call.request_id
@@ -516,23 +524,6 @@ class Gateway:
                 content_type=reply.headers.get("content-type", ""),
             )
         return reply
-
-    def _rewrite(self, call: Call, target: Target, backend: Backend) -> dict[str, Any]:
-        """The client's body with only what the route changes: model, URI parameters, history."""
-        body = dict(call.body)
-        body["model"] = target.model
-        chat = call.surface is CHAT
-        for name, value in target.params:
-            _override(body, name, value, chat=chat, native=backend.native)
-        if chat:
-            if call.stream and not _wants_usage(body):
-                body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-            if not backend.native and "max_completion_tokens" in body:
-                body["max_tokens"] = body.pop("max_completion_tokens")
-        elif call.items is not None:
-            body["input"] = call.items
-            body.pop("previous_response_id", None)
-        return body
 
     # ---------------------------------------------------------------------------------- streaming
 
@@ -585,7 +576,9 @@ class Gateway:
             return await self._pump_whole(call, value, send)
         chat = call.surface is CHAT
         tap: ChatTap | ResponsesTap = (
-            ChatTap(strip_usage=not _wants_usage(call.body), azure=outcome.backend.host.kind == "azure")
+            ChatTap(
+                strip_usage=not passthrough.wants_usage(call.body), azure=outcome.backend.host.kind == "azure"
+            )
             if chat
             else ResponsesTap()
         )
@@ -609,14 +602,14 @@ class Gateway:
             log.debug("upstream stream broke: %s", broken)
         if not tap.finished and not tap.errored:
             cut = ProtocolError("the upstream stream ended before the answer finished", status=502)
-            await http.stream_chunk(send, _cut_stream_error(call.surface, tap, cut))
+            await http.stream_chunk(send, passthrough.cut_stream_error(tap, cut))
             return tap.usage, 502
         if isinstance(tap, ResponsesTap) and tap.response is not None:
             self._remember(call, tap.response, outcome.backend, translated=False)
         return tap.usage, 502 if tap.errored else 200
 
     async def _pump_whole(self, call: Call, value: Passthrough, send: Send) -> tuple[Usage | None, int]:
-        doc = _json_object(await value.reply.read())
+        doc = passthrough.json_object(await value.reply.read())
         decode = openai_chat.decode_response if call.surface is CHAT else openai_responses.decode_response
         response = decode(doc)
         renderer = call.surface.stream_renderer(call.decoded(), call.body)
@@ -779,20 +772,20 @@ class Gateway:
                 retry_after=retry_after(reply.headers),
                 content_type=reply.headers.get("content-type", ""),
             )
-        doc = _json_object(payload)
+        doc = passthrough.json_object(payload)
         return payload, doc
 
     async def _list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = _request_id(scope)
         headers = dict(scope["headers"])
-        if _google_client(scope):  # google-genai lists models here too
+        if google_client(scope):  # google-genai lists models here too
             return await self._gemini_models(scope, receive, send)
         anthropic = b"anthropic-version" in headers
         try:
             key = await self._authenticate(scope, headers)
             ids = [m for m in await self._model_ids() if key is None or key.allows(m)]
             if anthropic:
-                data = [_anthropic_model(m) for m in ids]
+                data = [anthropic_model(m) for m in ids]
                 doc: dict[str, Any] = {
                     "data": data,
                     "has_more": False,
@@ -800,26 +793,19 @@ class Gateway:
                     "last_id": ids[-1] if ids else None,
                 }
             else:
-                doc = {"object": "list", "data": [_model_object(m) for m in ids]}
+                doc = {"object": "list", "data": [openai_model(m) for m in ids]}
             await http.respond_json(send, 200, doc, [(b"x-request-id", request_id.encode())])
         except ModelwireError as err:
             await self._error(send, ANTHROPIC if anthropic else CHAT, err, request_id, [])
 
     async def _gemini_count(self, scope: Scope, receive: Receive, send: Send, model: str) -> None:
         """Gemini's token counter: ``{contents}`` or ``{generateContentRequest}``."""
-        call = Call(request_id=_request_id(scope), surface=GEMINI, started=time.monotonic())
-        try:
-            route = await self._admit(scope, receive, call, (model, False))
-            inner = call.body.get("generateContentRequest")
-            body = {**inner, "model": model} if isinstance(inner, dict) else call.body
-            req = GEMINI.decode_request(body)
-            req.model = route.targets[0].model
-            count = await asyncio.to_thread(count_request_tokens, req)
-            await http.respond_json(
-                send, 200, {"totalTokens": count}, [(b"x-request-id", call.request_id.encode())]
-            )
-        except ModelwireError as err:
-            await self._error(send, GEMINI, err, call.request_id, [])
+
+        def body(sent: dict[str, Any]) -> dict[str, Any]:
+            inner = sent.get("generateContentRequest")
+            return {**inner, "model": model} if isinstance(inner, dict) else sent
+
+        await self._count(scope, receive, send, GEMINI, body, "totalTokens", (model, False))
 
     async def _gemini_models(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /v1beta/models`` and ``GET /v1beta/models/{model}`` in Gemini's shape."""
@@ -839,34 +825,37 @@ class Gateway:
             await self._error(send, GEMINI, err, request_id, [])
 
     def _gemini_model(self, model: str) -> dict[str, Any]:
-        profile = self.catalog.profile(self.router.resolve(model).targets[0].model)
-        return {
-            "name": f"models/{model}",
-            "baseModelId": model,
-            "version": "001",
-            "displayName": model,
-            "inputTokenLimit": profile.context_window or 128_000,
-            "outputTokenLimit": profile.max_output or 16_384,
-            "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"],
-        }
+        return gemini_model(model, self.catalog.profile(self.router.resolve(model).targets[0].model))
 
     async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Anthropic's token counter, with the upstream model's own tokenizer (offline)."""
-        call = Call(request_id=_request_id(scope), surface=ANTHROPIC, started=time.monotonic())
+        """Anthropic's token counter (its bodies carry no ``max_tokens``, which decoding wants)."""
+        await self._count(
+            scope, receive, send, ANTHROPIC, lambda sent: {"max_tokens": 1, **sent}, "input_tokens"
+        )
+
+    async def _count(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        surface: Surface,
+        body: Callable[[dict[str, Any]], dict[str, Any]],
+        answer: str,
+        from_path: tuple[str, bool] | None = None,
+    ) -> None:
+        """Count a request's input tokens with the upstream model's own tokenizer, offline."""
+        call = Call(request_id=_request_id(scope), surface=surface, started=time.monotonic())
         try:
-            route = await self._admit(scope, receive, call)
-            body = {"max_tokens": 1, **call.body}  # count_tokens bodies carry no max_tokens
-            req = ANTHROPIC.decode_request(body)
+            route = await self._admit(scope, receive, call, from_path)
+            req = surface.decode_request(body(call.body))
             req.model = route.targets[0].model
             count = await asyncio.to_thread(count_request_tokens, req)
-            await http.respond_json(
-                send, 200, {"input_tokens": count}, [(b"x-request-id", call.request_id.encode())]
-            )
+            await http.respond_json(send, 200, {answer: count}, [(b"x-request-id", call.request_id.encode())])
         except ModelwireError as err:
-            await self._error(send, ANTHROPIC, err, call.request_id, [])
+            await self._error(send, surface, err, call.request_id, [])
 
     async def _get_model(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if _google_client(scope):
+        if google_client(scope):
             return await self._gemini_models(scope, receive, send)
         request_id = _request_id(scope)
         model = scope["path"].removeprefix("/v1").removeprefix("/models/")
@@ -878,7 +867,7 @@ class Gateway:
                     code="model_not_found",
                     param="model",
                 )
-            await http.respond_json(send, 200, _model_object(model), [(b"x-request-id", request_id.encode())])
+            await http.respond_json(send, 200, openai_model(model), [(b"x-request-id", request_id.encode())])
         except ModelwireError as err:
             await self._error(send, CHAT, err, request_id, [])
 
@@ -952,84 +941,6 @@ def _request_id(scope: Scope) -> str:
     return f"{_ID_PREFIX}{next(_id_counter):012x}"
 
 
-# Sampling settings some dialects carry and others have no field for, by their wire names.
-_FOREIGN_SAMPLING = (
-    "top_k",
-    "topK",
-    "frequency_penalty",
-    "frequencyPenalty",
-    "presence_penalty",
-    "presencePenalty",
-    "logit_bias",
-    "min_p",
-    "repetition_penalty",
-)
-
-
-def dropped_settings(req: Request, profile: ModelProfile, api: str) -> list[str]:
-    """The client's sampling settings the upstream will not see: refused by the model (reasoning
-    models take no temperature), or with no field in the upstream's wire API."""
-    names = [n for n in ("temperature", "top_p") if not profile.sampling and getattr(req, n) is not None]
-    if api == "responses" and req.seed is not None:
-        names.append("seed")
-    if req.dialect != f"openai_{api}":
-        generation = req.extra.get("generationConfig")
-        extra = {**req.extra, **(generation if isinstance(generation, dict) else {})}
-        names += [n for n in _FOREIGN_SAMPLING if n in extra]
-    return names
-
-
-def _wants_usage(body: dict[str, Any]) -> bool:
-    options = body.get("stream_options")
-    return isinstance(options, dict) and bool(options.get("include_usage"))
-
-
-def _override(body: dict[str, Any], name: str, value: Any, *, chat: bool, native: bool) -> None:
-    """Apply a route's URI parameter in the client's own dialect."""
-    if name in ("temperature", "top_p"):
-        body[name] = value
-    elif name == "max_output_tokens":
-        if chat:
-            body.pop("max_tokens", None)
-            body.pop("max_completion_tokens", None)
-            body["max_completion_tokens" if native else "max_tokens"] = value
-        else:
-            body["max_output_tokens"] = value
-    elif name == "reasoning_effort":
-        if chat:
-            body["reasoning_effort"] = value
-        else:
-            body["reasoning"] = {**(body.get("reasoning") or {}), "effort": value}
-    elif name == "verbosity":
-        if chat:
-            body["verbosity"] = value
-        else:
-            body["text"] = {**(body.get("text") or {}), "verbosity": value}
-
-
-def _json_object(payload: bytes) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        snippet = payload[:80].decode("utf-8", "replace")
-        raise ProtocolError(f"the upstream answered something that is not JSON: {snippet!r}") from None
-    if not isinstance(doc, dict):
-        raise ProtocolError("the upstream answered JSON that is not an object")
-    return doc
-
-
-def _google_client(scope: Scope) -> bool:
-    return any(name in (b"x-goog-api-client", b"x-goog-api-key") for name, _ in scope["headers"])
-
-
-def _anthropic_model(model: str) -> dict[str, Any]:
-    return {"type": "model", "id": model, "display_name": model, "created_at": "2025-01-01T00:00:00Z"}
-
-
-def _model_object(model: str) -> dict[str, Any]:
-    return {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "modelwire"}
-
-
 def _safe(err: Exception) -> ModelwireError:
     """The error with any key-looking text removed from its message."""
     if not isinstance(err, ModelwireError):
@@ -1046,16 +957,3 @@ def _end(renderer: Any) -> bytes:
     """What closes a stream in the renderer's dialect (the JSON-array stream needs its ``]``)."""
     end = getattr(renderer, "end", None)
     return end() if end is not None else b""
-
-
-def _cut_stream_error(surface: Surface, tap: ChatTap | ResponsesTap, err: ModelwireError) -> bytes:
-    if isinstance(tap, ResponsesTap):
-        event = {
-            "type": "error",
-            "code": "upstream_error",
-            "message": err.message,
-            "param": None,
-            "sequence_number": tap.next_sequence(),
-        }
-        return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
-    return b"data: " + orjson.dumps({"error": openai_chat.error_object(err)}) + b"\n\n"

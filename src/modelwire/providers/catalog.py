@@ -206,3 +206,30 @@ def adapt(req: Request, profile: ModelProfile) -> list[str]:
     if profile.max_output and req.max_output_tokens and req.max_output_tokens > profile.max_output:
         req.max_output_tokens = profile.max_output
     return dropped
+
+
+# Sampling settings some dialects carry and others have no field for, by their wire names.
+_FOREIGN_SAMPLING = (
+    "top_k",
+    "topK",
+    "frequency_penalty",
+    "frequencyPenalty",
+    "presence_penalty",
+    "presencePenalty",
+    "logit_bias",
+    "min_p",
+    "repetition_penalty",
+)
+
+
+def unsupported_settings(req: Request, profile: ModelProfile, api: str) -> list[str]:
+    """The caller's sampling settings an upstream will not see: refused by the model (reasoning
+    models take no temperature), or with no field in the upstream's wire API (``api``)."""
+    names = [n for n in ("temperature", "top_p") if not profile.sampling and getattr(req, n) is not None]
+    if api == "responses" and req.seed is not None:
+        names.append("seed")
+    if req.dialect != f"openai_{api}":
+        generation = req.extra.get("generationConfig")
+        extra = {**req.extra, **(generation if isinstance(generation, dict) else {})}
+        names += [n for n in _FOREIGN_SAMPLING if n in extra]
+    return names
