@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 import orjson
 
 from ..errors import AuthenticationError
-from ._transport import Transport, default_transport
+from ._transport import AiohttpTransport, Transport, default_transport
 
 ISSUER = "https://auth.openai.com"
 CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
@@ -273,6 +273,10 @@ async def login(
     redirect_uri = f"http://localhost:{port}{REDIRECT_PATH}"
     url = authorize_url(issuer, redirect_uri, challenge, state)
     code = await wait_for_code(port, state, wait_seconds, lambda: show(url))
-    tokens = await exchange_code(issuer, code, verifier, redirect_uri)
+    transport = AiohttpTransport()
+    try:
+        tokens = await exchange_code(issuer, code, verifier, redirect_uri, transport)
+    finally:
+        await transport.aclose()
     CodexCredentials(path).save(tokens)
     return tokens
