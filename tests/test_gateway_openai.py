@@ -392,3 +392,23 @@ def test_models_are_filtered_by_key(gateway: RunningGateway) -> None:
     status, _, body = request(gateway, "GET", "/v1/models")
     assert status == 200
     assert_openai("ListModelsResponse", json.loads(body))
+
+
+def test_responses_stored_by_a_native_upstream(upstream: FakeUpstream, client: openai.OpenAI) -> None:
+    created = client.responses.create(model="resp-model", input="kept upstream")  # the fake stores it
+    fetched = client.responses.retrieve(created.id)
+    assert fetched.id == created.id and fetched.output_text == created.output_text
+    assert upstream.last.method == "GET" and upstream.last.path == f"/v1/responses/{created.id}"
+    client.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(created.id)
+
+
+def test_responses_input_tokens(client: openai.OpenAI, gateway: RunningGateway) -> None:
+    status, _, body = raw_post(
+        gateway,
+        "/v1/responses/input_tokens",
+        {"model": "resp-model", "input": "hello world " * 50, "instructions": "Be brief."},
+    )
+    doc = json.loads(body)
+    assert status == 200 and doc["object"] == "response.input_tokens" and doc["input_tokens"] > 100

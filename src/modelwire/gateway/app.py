@@ -52,7 +52,7 @@ from .listing import anthropic_model, gemini_model, google_client, openai_model
 from .lockout import Lockout
 from .metrics import Metrics
 from .routing import Route, Router, Target
-from .store import Store, UsageRecord, UsageWriter
+from .store import Store, StoredResponse, UsageRecord, UsageWriter
 from .surfaces import ANTHROPIC, CHAT, GEMINI, GEMINI_ARRAY, RESPONSES, Surface
 from .taps import ChatTap, ResponsesTap
 from .upstream import Backend, Failover, Outcome
@@ -155,6 +155,7 @@ class Gateway:
             self._routes[("POST", prefix + "/embeddings")] = self._embeddings
             self._routes[("GET", prefix + "/models")] = self._list_models
         self._routes[("POST", "/v1/messages")] = self._messages
+        self._routes[("POST", "/v1/responses/input_tokens")] = self._responses_tokens
         self._routes[("POST", "/v1/messages/count_tokens")] = self._count_tokens
         for path, handler in (
             ("/healthz", self._healthz),
@@ -827,6 +828,18 @@ class Gateway:
     def _gemini_model(self, model: str) -> dict[str, Any]:
         return gemini_model(model, self.catalog.profile(self.router.resolve(model).targets[0].model))
 
+    async def _responses_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The Responses API's token counter."""
+        await self._count(
+            scope,
+            receive,
+            send,
+            RESPONSES,
+            lambda sent: sent,
+            "input_tokens",
+            answer_object="response.input_tokens",
+        )
+
     async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Anthropic's token counter (its bodies carry no ``max_tokens``, which decoding wants)."""
         await self._count(
@@ -842,6 +855,8 @@ class Gateway:
         body: Callable[[dict[str, Any]], dict[str, Any]],
         answer: str,
         from_path: tuple[str, bool] | None = None,
+        *,
+        answer_object: str | None = None,
     ) -> None:
         """Count a request's input tokens with the upstream model's own tokenizer, offline."""
         call = Call(request_id=_request_id(scope), surface=surface, started=time.monotonic())
@@ -850,7 +865,10 @@ class Gateway:
             req = surface.decode_request(body(call.body))
             req.model = route.targets[0].model
             count = await asyncio.to_thread(count_request_tokens, req)
-            await http.respond_json(send, 200, {answer: count}, [(b"x-request-id", call.request_id.encode())])
+            doc: dict[str, Any] = (
+                {answer: count} if answer_object is None else {"object": answer_object, answer: count}
+            )
+            await http.respond_json(send, 200, doc, [(b"x-request-id", call.request_id.encode())])
         except ModelwireError as err:
             await self._error(send, surface, err, call.request_id, [])
 
@@ -892,38 +910,60 @@ class Gateway:
     # ---------------------------------------------------------------------------- stored responses
 
     async def _stored_response(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/v1/responses/{id}[/input_items]``: from the gateway's store, or else from the native
+        upstreams (which store what they served themselves)."""
         request_id = _request_id(scope)
         rest = scope["path"].removeprefix("/v1").removeprefix("/responses/")
         response_id, _, tail = rest.partition("/")
-        method = scope["method"]
         try:
             await self._authenticate(scope, dict(scope["headers"]))
             found = await self.chains.get(response_id)
             if found is None:
-                raise NotFoundError(
-                    f"No response found with id '{response_id}'.",
-                    code="response_not_found",
-                    param="response_id",
-                )
-            if method == "DELETE" and not tail:
-                await self.chains.delete(response_id)
-                doc: dict[str, Any] = {"id": response_id, "object": "response", "deleted": True}
-            elif method == "GET" and tail == "input_items":
-                items = [{"id": i.get("id") or f"item_{n}", **i} for n, i in enumerate(found.input_items)]
-                doc = {
-                    "object": "list",
-                    "data": items,
-                    "first_id": items[0]["id"] if items else None,
-                    "last_id": items[-1]["id"] if items else None,
-                    "has_more": False,
-                }
-            elif method == "GET" and not tail:
-                doc = found.response
-            else:
-                raise NotFoundError(f"no route for {method} {scope['path']}", code="unknown_url")
+                status, payload = await self._ask_native_backends(scope, rest)
+                await http.respond(send, status, payload, [(b"x-request-id", request_id.encode())])
+                return
+            doc = await self._stored_document(found, scope["method"], tail, scope["path"])
             await http.respond_json(send, 200, doc, [(b"x-request-id", request_id.encode())])
         except ModelwireError as err:
             await self._error(send, RESPONSES, err, request_id, [])
+
+    async def _stored_document(
+        self, found: StoredResponse, method: str, tail: str, path: str
+    ) -> dict[str, Any]:
+        if method == "DELETE" and not tail:
+            await self.chains.delete(found.id)
+            return {"id": found.id, "object": "response", "deleted": True}
+        if method == "GET" and tail == "input_items":
+            items = [{"id": i.get("id") or f"item_{n}", **i} for n, i in enumerate(found.input_items)]
+            first, last = (items[0]["id"], items[-1]["id"]) if items else (None, None)
+            return {"object": "list", "data": items, "first_id": first, "last_id": last, "has_more": False}
+        if method == "GET" and not tail:
+            return found.response
+        raise NotFoundError(f"no route for {method} {path}", code="unknown_url")
+
+    async def _ask_native_backends(self, scope: Scope, rest: str) -> tuple[int, bytes]:
+        """The first native upstream's answer about a response it stored (GET, DELETE, cancel)."""
+        query = scope.get("query_string", b"").decode("latin-1")
+        for backend in self.backends.values():
+            if not (backend.native and backend.passthrough):
+                continue
+            url = backend.host.url("response", suffix=rest)
+            if query:
+                url += ("&" if "?" in url else "?") + query
+            try:
+                reply = await self.transport.send(
+                    scope["method"], url, backend.headers(0), None, read_timeout=backend.config.timeout
+                )
+                payload = await reply.read()
+            except ModelwireError:
+                continue
+            if reply.status != 404:
+                return reply.status, payload
+        raise NotFoundError(
+            f"No response found with id '{rest.partition('/')[0]}'.",
+            code="response_not_found",
+            param="response_id",
+        )
 
 
 # ---------------------------------------------------------------------------------------- helpers
