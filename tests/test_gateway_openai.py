@@ -307,8 +307,9 @@ def test_store_false_is_honoured(
         client.responses.create(model="stateless-resp", input="x", previous_response_id=unstored.id)
 
 
-def test_stored_response_get_input_items_delete(client: openai.OpenAI) -> None:
+def test_stored_response_get_input_items_delete(upstream: FakeUpstream, client: openai.OpenAI) -> None:
     created = client.responses.create(model="stateless-resp", input="keep me", instructions="sys")
+    upstream.stored.clear()  # the one fake also plays a native upstream: this route's server keeps nothing
     fetched = client.responses.retrieve(created.id)
     assert fetched.id == created.id and fetched.output_text == created.output_text
     items = client.responses.input_items.list(created.id)
