@@ -107,6 +107,7 @@ def base_config(upstream: FakeUpstream, tmp: Path) -> dict[str, Any]:
             {"name": "stateless-resp", "route": "compat_resp/gpt-4.1"},
             {"name": "native-chat", "route": "native_chat/gpt-4.1"},
             {"name": "failover", "route": ["flaky/flaky-model", "compat/backup-model"]},
+            {"name": "failover-translated", "route": ["oai/failing-model", "compat/backup-model"]},
             {
                 "name": "tuned",
                 "route": "compat/gpt-4.1?temperature=0.2&max_output_tokens=50&reasoning_effort=low",

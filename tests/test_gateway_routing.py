@@ -245,3 +245,20 @@ def test_limits_are_shared_across_replicas_through_redis(upstream: FakeUpstream,
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_stream_failing_before_its_first_word_fails_over(
+    upstream: FakeUpstream, gateway: RunningGateway
+) -> None:
+    # Chat client → Responses upstream (translated): response.created, then response.failed.
+    failure = Reply.stream_error("never said", after=2, message="overloaded")
+    upstream.for_model("failing-model", failure, failure, failure)  # tried 1 + max_retries (2) times
+    upstream.for_model("backup-model", Reply.text("from the backup"))
+    with sdk(gateway) as client:
+        chunks = list(
+            client.chat.completions.create(
+                model="failover-translated", stream=True, messages=[{"role": "user", "content": "q"}]
+            )
+        )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "from the backup"
+    assert [r.body["model"] for r in upstream.requests] == ["failing-model"] * 3 + ["backup-model"]

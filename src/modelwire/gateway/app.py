@@ -39,7 +39,7 @@ from ..providers._retry import retry_after
 from ..providers._transport import AiohttpTransport, Reply
 from ..providers.catalog import Catalog, unsupported_settings
 from ..tokens import count_request_tokens
-from ..types import Finish, Request, Response, StreamError, StreamEvent, Usage
+from ..types import Finish, Request, Response, Start, StreamError, StreamEvent, Usage
 from . import http, passthrough
 from .auth import ClientKey, KeyBook, extract_key
 from .capture import Capture
@@ -108,7 +108,7 @@ class Passthrough:
 class Translated:
     dropped: list[str]
     response: Response | None = None
-    first: StreamEvent | None = None
+    opening: list[StreamEvent] = field(default_factory=list)  # events read before committing
     events: AsyncIterator[StreamEvent] | None = None
 
 
@@ -489,10 +489,15 @@ class Gateway:
         if not call.stream:
             return Translated(dropped, response=await driver.complete(req, **overrides))
         events = driver.events(req, **overrides)
-        first = await anext(events)
-        if isinstance(first, StreamError):
-            raise first.error
-        return Translated(dropped, first=first, events=events)
+        opening: list[StreamEvent] = []
+        async for event in events:  # up to the first event that says something
+            if isinstance(event, StreamError):
+                await events.aclose()  # type: ignore[attr-defined]
+                raise event.error  # nothing reached the client yet: failover may try elsewhere
+            opening.append(event)
+            if not isinstance(event, Start):
+                break
+        return Translated(dropped, opening=opening, events=events)
 
     def _passes_through(self, call: Call, backend: Backend) -> bool:
         return backend.passthrough and _ENDPOINTS.get(call.surface.dialect) == backend.api
@@ -622,14 +627,13 @@ class Gateway:
         self, call: Call, outcome: Outcome[Any], send: Send, watcher: asyncio.Future[Any]
     ) -> tuple[Usage | None, int]:
         value: Translated = outcome.value
-        assert value.first is not None and value.events is not None
+        assert value.events is not None
         renderer = call.surface.stream_renderer(call.decoded(), call.body)
         usage: Usage | None = None
         status = 200
-        event: StreamEvent | None = value.first
         events = value.events
         try:
-            while event is not None:
+            async for event in _resume(value.opening, events):
                 if isinstance(event, Finish):
                     usage = event.usage
                 elif isinstance(event, StreamError):
@@ -643,7 +647,6 @@ class Gateway:
                     self._record("client_chunk", call, out)
                 if watcher.done():
                     return usage, 499
-                event = await anext(events, None)
             await http.stream_chunk(send, _end(renderer))
         finally:
             await events.aclose()  # type: ignore[attr-defined]
@@ -991,6 +994,14 @@ def _safe(err: Exception) -> ModelwireError:
         err.message = cleaned
         err.args = (cleaned,)
     return err
+
+
+async def _resume(opening: list[StreamEvent], rest: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+    """The events read before the stream was committed, then the rest of them."""
+    for event in opening:
+        yield event
+    async for event in rest:
+        yield event
 
 
 def _end(renderer: Any) -> bytes:
