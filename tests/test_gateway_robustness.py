@@ -537,9 +537,12 @@ def test_upstream_garbage_is_502(
 # ----------------------------------------------------------------------------------------------
 
 BREAKS = {
-    "stream_error": lambda: Reply.stream_error("one two three four five", after=2),
-    "truncated": lambda: Reply.truncated("one two three four five", after=2),
+    "stream_error": lambda after: Reply.stream_error("one two three four five", after=after),
+    "truncated": lambda after: Reply.truncated("one two three four five", after=after),
 }
+# Frames until the first word has gone out, by the route's upstream dialect: a failure before it
+# is not mid-stream (the gateway may still fail over), after it the stream must end in an error.
+FIRST_WORD = {"chat-model": 2, "resp-model": 5}  # Chat: role, "one "; Responses: 4 opening events, "one "
 
 
 @pytest.mark.parametrize("model", ["chat-model", "resp-model"], ids=["passthrough", "translated"])
@@ -548,7 +551,7 @@ def test_chat_stream_failure_is_an_error_chunk(
     upstream: FakeUpstream, gateway: RunningGateway, model: str, kind: str
 ) -> None:
     body = {"model": model, "messages": USER, "stream": True}
-    upstream.script(BREAKS[kind]())
+    upstream.script(BREAKS[kind](FIRST_WORD[model]))
     status, _, raw = send(gateway, "POST", CHAT, body)
     assert status == 200  # the stream had started: the failure is said inside it
     data = [d for _, d in sse_events(raw) if d != "[DONE]"]
@@ -563,7 +566,7 @@ def test_chat_stream_failure_is_an_error_chunk(
     # (A burst cut by a reset may arrive with no chunk at all: the reset can drop what was in flight.)
     assert len({chunk["id"] for chunk in chunks}) <= 1, [chunk["id"] for chunk in chunks]
 
-    upstream.script(BREAKS[kind]())
+    upstream.script(BREAKS[kind](FIRST_WORD[model]))
     seen: list[str] = []
     with openai.OpenAI(base_url=gateway.v1, api_key=CLIENT_KEY, max_retries=0) as sdk:
         stream = sdk.chat.completions.create(model=model, messages=USER, stream=True)  # type: ignore[arg-type]
@@ -581,7 +584,7 @@ def test_responses_stream_failure_ends_failed(
     upstream: FakeUpstream, gateway: RunningGateway, model: str, kind: str
 ) -> None:
     body = {"model": model, "input": "q", "stream": True}
-    upstream.script(BREAKS[kind]())
+    upstream.script(BREAKS[kind](FIRST_WORD[model]))
     status, _, raw = send(gateway, "POST", RESPONSES, body)
     assert status == 200
     events = [json.loads(d) for _, d in sse_events(raw)]
@@ -594,7 +597,7 @@ def test_responses_stream_failure_ends_failed(
     assert "response.completed" not in types
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
 
-    upstream.script(BREAKS[kind]())
+    upstream.script(BREAKS[kind](FIRST_WORD[model]))
     seen: list[str] = []
     with openai.OpenAI(base_url=gateway.v1, api_key=CLIENT_KEY, max_retries=0) as sdk:
         try:
