@@ -447,3 +447,50 @@ def test_unsupported_sampling_is_dropped_and_named(upstream: FakeUpstream, gatew
         },
     )
     assert "x-modelwire-dropped-params" not in headers and upstream.last.body["temperature"] == 0.5
+
+
+def test_the_clients_model_name_is_echoed(upstream: FakeUpstream, client: anthropic.Anthropic) -> None:
+    # Claude Code drops thinking blocks from turns whose model differs from the one it asks for.
+    upstream.script(Reply.reasoning(["hm"], text="ok"), Reply.reasoning(["hm"], text="ok"))
+    message = client.messages.create(
+        model="claude-house-blend", max_tokens=50, messages=[{"role": "user", "content": "q"}]
+    )
+    assert message.model == "claude-house-blend"
+    with client.messages.stream(
+        model="claude-house-blend", max_tokens=50, messages=[{"role": "user", "content": "q"}]
+    ) as stream:
+        assert stream.get_final_message().model == "claude-house-blend"
+
+
+def test_a_server_tool_choice_is_not_sent_where_the_tool_cannot_go(
+    upstream: FakeUpstream, gateway: RunningGateway
+) -> None:
+    status, headers, _ = raw_messages(
+        gateway,
+        {
+            "model": "resp-model",
+            "max_tokens": 50,
+            "messages": [{"role": "user", "content": "search it"}],
+            "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 8}],
+            "tool_choice": {"type": "tool", "name": "web_search"},
+        },
+    )
+    assert status == 200 and "tools.web_search" in headers["x-modelwire-dropped-params"]
+    assert "tool_choice" not in upstream.last.body and "tools" not in upstream.last.body
+
+
+def test_context_overflow_in_anthropic_words(upstream: FakeUpstream, client: anthropic.Anthropic) -> None:
+    upstream.script(
+        Reply.error(
+            400, "Your input exceeds the context window of this model.", code="context_length_exceeded"
+        )
+    )
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(
+            model="chat-model", max_tokens=50, messages=[{"role": "user", "content": "q " * 300}]
+        )
+    import re
+
+    message = info.value.body["error"]["message"]  # type: ignore[index]
+    found = re.search(r"prompt is too long[^0-9]*(\d+)\s*tokens?\s*>\s*(\d+)", message)
+    assert found is not None and int(found.group(1)) > int(found.group(2)) > 0, message

@@ -272,3 +272,19 @@ def test_mid_stream_failure(upstream: FakeUpstream, gateway: RunningGateway) -> 
     chunks = [json.loads(line[6:]) for line in raw.decode().split("\r\n") if line.startswith("data: ")]
     assert status == 200 and "error" in chunks[-1]
     assert not any(c.get("candidates", [{}])[0].get("finishReason") == "STOP" for c in chunks[:-1])
+
+
+def test_upper_case_schema_types_are_made_standard(upstream: FakeUpstream, gateway: RunningGateway) -> None:
+    # Gemini CLI's model router sends Google-style types in responseJsonSchema; OpenAI refuses them.
+    schema = {"type": "OBJECT", "properties": {"score": {"type": "INTEGER"}, "why": {"type": "STRING"}}}
+    status, _, _ = post(
+        gateway,
+        "/v1beta/models/chat-model:generateContent",
+        {
+            "contents": [{"role": "user", "parts": [{"text": "rate it"}]}],
+            "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": schema},
+        },
+    )
+    assert status == 200
+    sent = upstream.last.body["response_format"]["json_schema"]["schema"]
+    assert sent == {"type": "object", "properties": {"score": {"type": "integer"}, "why": {"type": "string"}}}

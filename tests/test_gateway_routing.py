@@ -262,3 +262,13 @@ def test_a_stream_failing_before_its_first_word_fails_over(
         )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "from the backup"
     assert [r.body["model"] for r in upstream.requests] == ["failing-model"] * 3 + ["backup-model"]
+
+
+def test_failed_attempts_are_logged_without_secrets(upstream: FakeUpstream, gateway: RunningGateway) -> None:
+    upstream.script(Reply.error(503, "upstream down for key sk-up-compat-secret-123"))
+    with sdk(gateway) as client:
+        ask(client, "chat-model")  # retried once, then served
+    time.sleep(0.2)
+    log = gateway.log()
+    assert "compat/gpt-4.1 failed (503 UpstreamUnavailableError)" in log
+    assert "sk-up-compat-secret-123" not in log

@@ -158,6 +158,10 @@ def serve(
     default_backend: Annotated[
         str | None, typer.Option("--default-backend", help="Backend for model names no rule matches.")
     ] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option("--log-level", help="debug, info, warning or error (config: server.log_level)."),
+    ] = None,
 ) -> None:
     """Run the gateway: one URL for OpenAI, Anthropic and Gemini clients."""
     from .gateway.config import ConfigError
@@ -169,6 +173,7 @@ def serve(
         "workers": workers,
         "force_model": force_model,
         "default_backend": default_backend,
+        "log_level": log_level,
     }
     try:
         run(config, {k: v for k, v in overrides.items() if v is not None})

@@ -894,7 +894,7 @@ def _decode_tools(raw: list[Any]) -> tuple[list[Tool], list[dict[str, Any]]]:
 
 def _decode_declaration(raw: Any, path: str) -> Tool:
     decl = check.as_dict(raw, path)
-    parameters = _get(decl, "parametersJsonSchema", dict, path + ".")
+    parameters = lower_types(_get(decl, "parametersJsonSchema", dict, path + "."))
     if parameters is None:
         schema = _get(decl, "parameters", dict, path + ".")
         parameters = None if schema is None else json_schema(schema)
@@ -903,6 +903,25 @@ def _decode_declaration(raw: Any, path: str) -> Tool:
         description=check.get(decl, "description", str, path + "."),
         parameters=parameters,
     )
+
+
+def lower_types(schema: Any) -> Any:
+    """A JSON Schema with Google-style upper-case type names (``"OBJECT"``) made standard.
+
+    Gemini accepts ``"type": "OBJECT"`` even in ``responseJsonSchema`` and ``parametersJsonSchema``,
+    and Gemini CLI sends it; OpenAI refuses it.
+    """
+    if isinstance(schema, list):
+        return [lower_types(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: lower_types(value) for key, value in schema.items()}
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        out["type"] = kind.lower()
+    elif isinstance(kind, list):
+        out["type"] = [k.lower() if isinstance(k, str) else k for k in kind]
+    return out
 
 
 def json_schema(schema: Any) -> Any:
@@ -969,7 +988,7 @@ def _decode_format(gen: dict[str, Any], path: str) -> ResponseFormat | None:
     """JSON mode; other MIME types (``text/x.enum``) have no neutral form and stay in ``extra``."""
     if _get(gen, "responseMimeType", str, path) != "application/json":
         return None
-    schema = _get(gen, "responseJsonSchema", dict, path)
+    schema = lower_types(_get(gen, "responseJsonSchema", dict, path))
     if schema is None:
         openapi = _get(gen, "responseSchema", dict, path)
         schema = None if openapi is None else json_schema(openapi)

@@ -26,6 +26,7 @@ from ..dialects import openai_chat, openai_responses
 from ..dialects._stream import events_from_response
 from ..errors import (
     AuthenticationError,
+    ContextLengthError,
     InvalidRequestError,
     ModelwireError,
     NotFoundError,
@@ -334,6 +335,8 @@ class Gateway:
                 status = await self._complete(call, route, send)
         except ModelwireError as err:
             call.backend, call.upstream_model = err.backend, err.upstream_model
+            if isinstance(err, ContextLengthError) and surface is ANTHROPIC:
+                err = await self._too_long(call, err)
             status = await self._error(send, surface, err, call.request_id, [])
             self._account(call, None, status)
         except ConnectionResetError:
@@ -461,6 +464,9 @@ class Gateway:
         else:
             assert value.response is not None
             usage = value.response.usage
+            # The client's own model name: clients compare it with what they asked for (Claude Code
+            # drops thinking blocks from turns "by another model"); x-modelwire-model names the real one.
+            value.response.model = call.model
             doc = call.surface.render_response(value.response, call.decoded())
             payload = orjson.dumps(doc)
             await http.respond(send, 200, payload, headers)
@@ -618,6 +624,7 @@ class Gateway:
         doc = passthrough.json_object(await value.reply.read())
         decode = openai_chat.decode_response if call.surface is CHAT else openai_responses.decode_response
         response = decode(doc)
+        response.model = call.model
         renderer = call.surface.stream_renderer(call.decoded(), call.body)
         body = b"".join(renderer.feed(e) for e in events_from_response(response)) + _end(renderer)
         await http.stream_chunk(send, body)
@@ -634,7 +641,9 @@ class Gateway:
         events = value.events
         try:
             async for event in _resume(value.opening, events):
-                if isinstance(event, Finish):
+                if isinstance(event, Start):
+                    event = Start(id=event.id, model=call.model, created=event.created)
+                elif isinstance(event, Finish):
                     usage = event.usage
                 elif isinstance(event, StreamError):
                     event = StreamError(error=_safe(event.error))
@@ -723,6 +732,18 @@ class Gateway:
             )
         if call.key is not None and not call.key.policy.unlimited:
             self._spawn(self.limiter.record(call.key.policy, tokens=usage.total_tokens, cost=cost))
+
+    async def _too_long(self, call: Call, err: ContextLengthError) -> ContextLengthError:
+        """The overflow in Anthropic's own words, which Claude Code recognises (and then compacts)."""
+        window = self.catalog.context_window(call.upstream_model or call.model)
+        try:
+            tokens = await asyncio.to_thread(count_request_tokens, call.decoded())
+        except ModelwireError:
+            return err
+        if window is None or tokens <= window:
+            window = tokens - 1  # the upstream's limit is lower than the catalog knows
+        message = f"prompt is too long: {tokens} tokens > {window} maximum"
+        return ContextLengthError(message, status=err.status, code=err.code, request_id=err.request_id)
 
     def _spawn(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)

@@ -41,6 +41,7 @@ class ServerConfig(_Model):
     grace_seconds: float = Field(30.0, ge=0)
     keepalive_seconds: float = Field(10.0, gt=0, description="SSE keep-alive interval while a stream waits")
     allow_private_urls: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 class BackendConfig(_Model):

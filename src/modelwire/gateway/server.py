@@ -59,7 +59,9 @@ def check_bind(config: Config, host: str, store_has_keys: bool) -> None:
 
 def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     """The config with command-line overrides (host, port, workers, force_model, default_backend)."""
-    server = {k: overrides[k] for k in ("host", "port", "workers") if overrides.get(k) is not None}
+    server = {
+        k: overrides[k] for k in ("host", "port", "workers", "log_level") if overrides.get(k) is not None
+    }
     top = {k: overrides[k] for k in ("force_model", "default_backend") if overrides.get(k) is not None}
     doc = config.model_dump()
     doc["server"].update(server)
@@ -82,7 +84,9 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> None:
         config = with_overrides(config, overrides)
     server = config.server
     check_bind(config, server.host, check_store(config))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     options: dict[str, Any] = {
         "host": server.host,
         "port": server.port,

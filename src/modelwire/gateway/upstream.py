@@ -11,6 +11,7 @@ client, because this loop is only ever waiting for the first one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from ..errors import (
     TimeoutError,
     UpstreamUnavailableError,
 )
-from ..observe import Tap
+from ..observe import Tap, redact
 from ..providers._retry import RetryPolicy
 from ..providers._transport import Transport
 from ..providers.catalog import Catalog
@@ -35,6 +36,7 @@ from .config import BackendConfig, FailoverConfig
 from .routing import Target
 
 T = TypeVar("T")
+log = logging.getLogger("modelwire.gateway")
 
 
 class KeyRing:
@@ -190,6 +192,14 @@ class Failover:
                     return Outcome(await attempt(target, backend, index), target, backend, hops)
                 except ModelwireError as err:
                     err.backend, err.upstream_model = backend.name, target.model
+                    log.warning(
+                        "%s/%s failed (%s %s): %s",
+                        backend.name,
+                        target.model,
+                        err.status,
+                        type(err).__name__,
+                        redact(err.message),
+                    )
                     last = err
                     delay = self._after_failure(err, backend, index, tries, deadline)
                 if delay is None:

@@ -232,4 +232,11 @@ def unsupported_settings(req: Request, profile: ModelProfile, api: str) -> list[
         generation = req.extra.get("generationConfig")
         extra = {**req.extra, **(generation if isinstance(generation, dict) else {})}
         names += [n for n in _FOREIGN_SAMPLING if n in extra]
+        names += [f"tools.{_tool_label(t)}" for t in req.extra.get("tools") or () if isinstance(t, dict)]
     return names
+
+
+def _tool_label(tool: dict[str, Any]) -> str:
+    """What to call a tool another dialect defines: its name, its type, or its one key (Gemini)."""
+    label = tool.get("name") or tool.get("type")
+    return str(label) if label else next(iter(tool), "unknown")

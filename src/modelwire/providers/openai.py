@@ -64,6 +64,7 @@ from ..types import (
     StreamError,
     StreamEvent,
     Text,
+    ToolName,
     Usage,
     UsageUpdate,
 )
@@ -295,6 +296,7 @@ class OpenAI:
         profile = self.catalog.profile(req.model)
         adapt(req, profile)
         api = self._api_for(profile, req)
+        _fit_tool_choice(req, api)
         if req.service_tier in _FAST_TIERS and self.host.native:
             req.service_tier = _FAST_TIERS[req.service_tier]
         if self.host.native:
@@ -498,6 +500,18 @@ def _request(request: Request | None, settings: dict[str, Any]) -> Request:
     if "model" not in settings:
         raise InvalidRequestError("a model is required", param="model")
     return Request(messages=list(messages), **settings)
+
+
+def _fit_tool_choice(req: Request, api: WireAPI) -> None:
+    """Drop a tool choice naming a tool this wire cannot carry (another dialect's server tool,
+    such as Anthropic's web search): OpenAI refuses a choice of a tool it was not given."""
+    if req.dialect in (None, f"openai_{api}"):
+        return  # the caller's own dialect: its extra tools travel with it
+    named = req.tool_choice.name if isinstance(req.tool_choice, ToolName) else None
+    if (named is not None and named not in {t.name for t in req.tools}) or (
+        req.tool_choice == "required" and not req.tools
+    ):
+        req.tool_choice = None
 
 
 def _strict_tools(req: Request) -> None:
