@@ -58,14 +58,6 @@ class EventBuilder:
         events, self.events = self.events, []
         return events
 
-    @property
-    def open_part(self) -> Part | None:
-        return self._current.part if self._current else None
-
-    @property
-    def block_count(self) -> int:
-        return self._count
-
     def start(self, id: str, model: str, created: int = 0) -> None:
         self.events.append(Start(id=id, model=model, created=created))
 

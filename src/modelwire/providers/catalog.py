@@ -61,9 +61,6 @@ class ModelProfile:
     embedding_dimensions: int | None = None
     known: bool = True
 
-    def accepts_effort(self, effort: str) -> bool:
-        return self.efforts is None or effort in self.efforts
-
 
 def _flag(raw: dict[str, Any], name: str) -> bool:
     """A capability flag; unknown (null or absent) means permissive, so nothing is dropped on a guess."""
