@@ -125,15 +125,21 @@ def base_config(upstream: FakeUpstream, tmp: Path) -> dict[str, Any]:
 
 
 def start_gateway(
-    config: dict[str, Any], tmp: Path, *, env: dict[str, str] | None = None, name: str = "gateway"
+    config: dict[str, Any],
+    tmp: Path,
+    *,
+    env: dict[str, str] | None = None,
+    name: str = "gateway",
+    args: tuple[str, ...] = (),
 ) -> RunningGateway:
+    """``modelwire serve`` with ``config`` (and extra command-line ``args``), once it answers."""
     config = {**config, "server": {**config.get("server", {}), "host": "127.0.0.1", "port": free_port()}}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     log_path = tmp / f"{name}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [MODELWIRE, "serve", "--config", str(path)],
+            [MODELWIRE, "serve", "--config", str(path), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

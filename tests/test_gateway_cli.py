@@ -11,12 +11,9 @@ import os
 import re
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
@@ -26,7 +23,7 @@ from sqlalchemy import create_engine, select, text
 from modelwire.gateway.store import Store, keys_table, parse_store_url, usage_table
 
 from .fake_upstream import FakeUpstream, Reply
-from .gateway_fixtures import CLIENT_KEY, MODELWIRE, RunningGateway, base_config, free_port, start_gateway
+from .gateway_fixtures import CLIENT_KEY, MODELWIRE, RunningGateway, base_config, start_gateway
 
 PG_URL = os.environ.get("MODELWIRE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 USAGE_KEY = "sk-client-usage-0000000000"
@@ -66,31 +63,6 @@ def row_for(rows: list[dict[str, str]], column: str, value: str) -> dict[str, st
     found = [row for row in rows if row[column] == value]
     assert len(found) == 1, (value, rows)
     return found[0]
-
-
-def start_serving(config: dict[str, Any], tmp: Path, *args: str, name: str) -> RunningGateway:
-    """Like ``start_gateway``, with extra ``modelwire serve`` arguments."""
-    config = {**config, "server": {**config.get("server", {}), "host": "127.0.0.1", "port": free_port()}}
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log_path = tmp / f"{name}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [MODELWIRE, "serve", "--config", str(path), *args], stdout=log, stderr=subprocess.STDOUT
-        )
-    running = RunningGateway(f"http://127.0.0.1:{config['server']['port']}", proc, path, log_path, config)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{running.log()}")
-        try:
-            with urllib.request.urlopen(running.url + "/healthz", timeout=1) as reply:
-                if reply.status == 200:
-                    return running
-        except (urllib.error.URLError, ConnectionError, OSError):
-            time.sleep(0.05)
-    running.stop()
-    raise RuntimeError(f"gateway did not start:\n{running.log()}")
 
 
 def sdk(gateway: RunningGateway, key: str = CLIENT_KEY) -> openai.OpenAI:
@@ -360,8 +332,8 @@ def test_models_lists_public_models_with_routes(upstream_server: FakeUpstream, t
 
 
 def test_serve_force_model(upstream: FakeUpstream, tmp_path: Path) -> None:
-    running = start_serving(
-        base_config(upstream, tmp_path), tmp_path, "--force-model", "compat/gpt-4.1", name="forced"
+    running = start_gateway(
+        base_config(upstream, tmp_path), tmp_path, args=("--force-model", "compat/gpt-4.1"), name="forced"
     )
     try:
         with sdk(running) as client:
@@ -380,8 +352,8 @@ def test_serve_force_model(upstream: FakeUpstream, tmp_path: Path) -> None:
 
 
 def test_serve_default_backend(upstream: FakeUpstream, tmp_path: Path) -> None:
-    running = start_serving(
-        base_config(upstream, tmp_path), tmp_path, "--default-backend", "compat", name="default"
+    running = start_gateway(
+        base_config(upstream, tmp_path), tmp_path, args=("--default-backend", "compat"), name="default"
     )
     try:
         with sdk(running) as client:

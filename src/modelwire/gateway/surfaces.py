@@ -7,6 +7,7 @@ gateway means adding a row here (and its module in :mod:`modelwire.dialects`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -105,13 +106,9 @@ GEMINI = Surface(
     render_error=gemini.render_error,
     keepalive=gemini.KEEPALIVE,
 )
-GEMINI_ARRAY = Surface(
-    dialect="gemini",
-    decode_request=_gemini_decode,
-    render_response=gemini.render_response,
+GEMINI_ARRAY = dataclasses.replace(
+    GEMINI,
     stream_renderer=_gemini_array_renderer,
-    render_error=gemini.render_error,
-    keepalive=gemini.KEEPALIVE,
     stream_headers=((b"content-type", b"application/json; charset=utf-8"),),
 )
 RESPONSES = Surface(
