@@ -413,3 +413,13 @@ def test_responses_input_tokens(client: openai.OpenAI, gateway: RunningGateway) 
     )
     doc = json.loads(body)
     assert status == 200 and doc["object"] == "response.input_tokens" and doc["input_tokens"] > 100
+
+
+@pytest.mark.parametrize("model", ["stateless-resp", "chat-model"])
+def test_an_unknown_chain_on_a_stateless_upstream_is_a_404(
+    upstream: FakeUpstream, client: openai.OpenAI, model: str
+) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client.responses.create(model=model, input="and then?", previous_response_id="resp_never_seen")
+    assert info.value.body["code"] == "previous_response_not_found"  # type: ignore[index]
+    assert not upstream.requests  # nothing was sent that would have lost the conversation

@@ -31,6 +31,7 @@ from ..errors import (
     ModelwireError,
     NotFoundError,
     PermissionDeniedError,
+    PreviousResponseNotFound,
     ProtocolError,
     RateLimitError,
     from_response,
@@ -479,6 +480,13 @@ class Gateway:
     async def _attempt(
         self, call: Call, target: Target, backend: Backend, index: int
     ) -> Passthrough | Translated:
+        if call.items is None and call.body.get("previous_response_id") and not self._chains_by_id(backend):
+            # Neither we nor this upstream know the chain: forwarding the id would lose its context.
+            raise PreviousResponseNotFound(
+                f"Previous response with id '{call.body['previous_response_id']}' not found.",
+                code="previous_response_not_found",
+                param="previous_response_id",
+            )
         if self._passes_through(call, backend):
             reply = await self._forward(call, target, backend, index)
             if call.stream:
@@ -504,6 +512,10 @@ class Gateway:
             if not isinstance(event, Start):
                 break
         return Translated(dropped, opening=opening, events=events)
+
+    def _chains_by_id(self, backend: Backend) -> bool:
+        """Whether the upstream itself resolves ``previous_response_id`` (native Responses hosts)."""
+        return backend.native and backend.api == "responses"
 
     def _passes_through(self, call: Call, backend: Backend) -> bool:
         return backend.passthrough and _ENDPOINTS.get(call.surface.dialect) == backend.api
