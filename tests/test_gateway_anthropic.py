@@ -358,12 +358,8 @@ def test_claude_code_session(upstream: FakeUpstream, client: anthropic.Anthropic
         {"role": "user", "content": [{"type": "text", "text": "Fix the TODO."}]}
     ]
     reasoning = model == "reasoner"
-    for number, calls in enumerate(ROUNDS):
-        upstream.script(
-            Reply.tool_calls(
-                calls, summary=[f"Step {number}."] if reasoning else [], encrypted=f"enc-{number}"
-            )
-        )
+
+    def turn() -> anthropic.types.Message:
         with client.messages.stream(
             model=model,
             max_tokens=32000,
@@ -372,7 +368,15 @@ def test_claude_code_session(upstream: FakeUpstream, client: anthropic.Anthropic
             thinking={"type": "enabled", "budget_tokens": 20000},
             messages=messages,
         ) as stream:
-            final = stream.get_final_message()
+            return stream.get_final_message()
+
+    for number, calls in enumerate(ROUNDS):
+        upstream.script(
+            Reply.tool_calls(
+                calls, summary=[f"Step {number}."] if reasoning else [], encrypted=f"enc-{number}"
+            )
+        )
+        final = turn()
         blocks = [b.model_dump() for b in final.content]
         expected_uses = [
             {"type": "tool_use", "name": name, "input": json.loads(args)} for name, args in calls
@@ -400,15 +404,7 @@ def test_claude_code_session(upstream: FakeUpstream, client: anthropic.Anthropic
             replayed = [i["encrypted_content"] for i in sent["input"] if i.get("type") == "reasoning"]
             assert replayed == [f"enc-{n}" for n in range(number)]
     upstream.script(Reply.text("Fixed the TODO in src/app.py."))
-    with client.messages.stream(
-        model=model,
-        max_tokens=32000,
-        system=system,
-        tools=tools,  # type: ignore[arg-type]
-        thinking={"type": "enabled", "budget_tokens": 20000},
-        messages=messages,
-    ) as stream:
-        final = stream.get_final_message()
+    final = turn()
     assert [b.model_dump() for b in final.content] == [
         {"type": "text", "text": "Fixed the TODO in src/app.py.", "citations": None}
     ]
