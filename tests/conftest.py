@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_fixtures import RunningGateway, base_config, start_gateway
+from tests.services import PrivatePostgres, PrivateRedis, shared_services_problem
 
 # ----------------------------------------------------------------------------------------------
 # Fake OpenAI upstream (tests/fake_upstream.py)
@@ -55,6 +57,55 @@ def gateway(
         yield running
     finally:
         running.stop()
+
+
+# ---------------------------------------------------------------------------------------------- end
+
+
+# ----------------------------------------------------------------------------------------------
+# The shared PostgreSQL and Redis (tests/services.py: SHARED_POSTGRES_URL, SHARED_REDIS_URL)
+#
+# Checked once, before any test runs: when one is unreachable the run stops with a single message
+# naming it, instead of a hundred tests each erroring on the same connection. Under pytest-xdist
+# only the controller checks (workers have ``workerinput``), and it does so before xdist starts
+# the workers (``tryfirst``; xdist starts them in its own ``trylast`` hook).
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop the run (exit status 4) if a shared service does not answer.
+
+    A ``UsageError`` rather than ``pytest.exit``: pytest prints an ``Exit`` reason twice (once to
+    stderr, once in the terminal summary), a usage error once, as ``ERROR: <message>``.
+    """
+    config = session.config
+    if hasattr(config, "workerinput") or config.option.collectonly:
+        return
+    problem = shared_services_problem()
+    if problem is not None:
+        raise pytest.UsageError(problem)
+
+
+# ---------------------------------------------------------------------------------------------- end
+
+
+# ----------------------------------------------------------------------------------------------
+# Servers of a test's own (tests/services.py), for tests that stop, crash or restart them; the
+# shared ones above must never be. Started before the test, stopped after it even if it fails.
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_postgres(tmp_path: Path) -> Iterator[PrivatePostgres]:
+    with PrivatePostgres(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    with PrivateRedis(tmp_path) as server:
+        yield server
 
 
 # ---------------------------------------------------------------------------------------------- end

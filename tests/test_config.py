@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from modelwire.errors import InvalidRequestError, NotFoundError
-from modelwire.gateway.config import ConfigError, expand_env, load_config, numbered_env, parse_config
+from modelwire.gateway.config import (
+    ConfigError,
+    UnsetVariable,
+    expand_env,
+    load_config,
+    numbered_env,
+    parse_config,
+)
 from modelwire.gateway.routing import Router, Target, parse_ref
 
 DESIGN_EXAMPLE = """
@@ -74,9 +81,11 @@ def test_no_file_means_one_openai_backend_from_the_environment(
 
 def test_env_expansion() -> None:
     env = {"SET": "value", "EMPTY": ""}
-    assert expand_env("a=${SET} b=${UNSET} c=${UNSET:-dflt} d=${EMPTY:-x} e=${SET:-no}", env) == (
-        "a=value b= c=dflt d=x e=value"
-    )
+    assert expand_env(
+        "a=${SET} b=${EMPTY} c=${UNSET:-dflt} d=${EMPTY:-x} e=${SET:-no} f=${UNSET:-}", env
+    ) == ("a=value b= c=dflt d=x e=value f=")
+    with pytest.raises(UnsetVariable, match=r"\$\{UNSET\} is not set"):
+        expand_env("b=${UNSET}", env)
 
 
 def test_numbered_environment_keys_gather(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -863,14 +863,14 @@ def test_env_expansion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "  a:\n"
         "    type: openai-compatible\n"
         '    base_url: "${MW_ROBUST_URL}"\n'
-        '    api_key: "${MW_ROBUST_UNSET}"\n'
+        '    headers: {x-team: "${MW_ROBUST_UNSET:-}"}\n'
         "models:\n"
         '  - name: "${MW_ROBUST_NAME:-fallback-name}"\n'
         "    route: a/gpt-4.1\n"
     )
     config = load_config(path)
     assert config.backends["a"].base_url == "http://127.0.0.1:9/v1"
-    assert config.backends["a"].api_key == ""
+    assert config.backends["a"].headers == {"x-team": ""}, "${VAR:-} asks for an empty value on purpose"
     assert [m.name for m in config.models] == ["fallback-name"]
     monkeypatch.setenv("MW_ROBUST_NAME", "from-env")
     assert [m.name for m in load_config(path).models] == ["from-env"]

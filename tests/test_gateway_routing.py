@@ -270,5 +270,21 @@ def test_failed_attempts_are_logged_without_secrets(upstream: FakeUpstream, gate
         ask(client, "chat-model")  # retried once, then served
     time.sleep(0.2)
     log = gateway.log()
-    assert "compat/gpt-4.1 failed (503 UpstreamUnavailableError)" in log
+    assert "upstream attempt failed, retrying: compat/gpt-4.1 answered 503 UpstreamUnavailableError" in log
     assert "sk-up-compat-secret-123" not in log
+
+
+def test_a_client_error_from_upstream_is_not_logged_as_a_failed_attempt(
+    upstream: FakeUpstream, gateway: RunningGateway
+) -> None:
+    upstream.script(Reply.error(400, "unsupported value: temperature"))
+    mark = len(gateway.log())
+    with sdk(gateway) as client, pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model="chat-model",
+            messages=[{"role": "user", "content": "q"}],
+            extra_headers={"x-request-id": "req-c400"},
+        )
+    time.sleep(0.2)
+    lines = [line for line in gateway.log()[mark:].splitlines() if "req-c400" in line or "failed" in line]
+    assert len(lines) == 1 and "status=400" in lines[0], lines

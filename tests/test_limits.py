@@ -1,23 +1,31 @@
 """Limits: sliding-window counters in memory and in a real Redis behave the same, and the limiter
-admits, refuses and says when to retry from them."""
+admits, refuses and says when to retry from them; when Redis goes away, requests are still served
+(or refused with a 503 under ``deny``) and everything returns to Redis once it is back."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import socket
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from modelwire.gateway.limits import (
     Counters,
+    FallbackCounters,
     Limiter,
     MemoryCounters,
     Policy,
     RedisCounters,
     WindowState,
+    redacted,
     seconds_until,
 )
 
@@ -65,14 +73,20 @@ async def redis_client() -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "fallback"])
 async def counters(request: pytest.FixtureRequest, clock: FakeClock, prefix: str) -> AsyncIterator[Counters]:
     if request.param == "memory":
         yield MemoryCounters(clock=clock)
         return
     shared = RedisCounters(REDIS_URL, prefix=prefix, clock=clock)
-    yield shared
-    await shared.aclose()
+    if request.param == "redis":
+        yield shared
+        await shared.aclose()
+        return
+    fallback = FallbackCounters(shared)  # healthy Redis: must behave exactly like RedisCounters
+    yield fallback
+    assert fallback.healthy
+    await fallback.aclose()
 
 
 @pytest.fixture
@@ -337,3 +351,322 @@ async def test_redis_short_window_expires_in_real_time(prefix: str, redis_client
         assert [key async for key in redis_client.scan_iter(match=f"{prefix}:short:*")] == []
     finally:
         await counters.aclose()
+
+
+# ---------------------------------------------------------------------------------------- Redis outages
+#
+# Against redis-server processes of the test's own, killed and restarted on the same port.
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class RedisProcess:
+    """A private redis-server to kill and restart on one port.
+
+    With ``persist`` it saves on SIGTERM and loads on start, like a production Redis with RDB;
+    without, a restart comes back empty.
+    """
+
+    def __init__(self, workdir: Path, *, persist: bool = False, password: str | None = None) -> None:
+        workdir.mkdir()
+        self.port = free_port()
+        self.password = password
+        self._args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        self._args += ["--dir", str(workdir), "--save", "3600 1" if persist else "", "--appendonly", "no"]
+        if password:
+            self._args += ["--requirepass", password]
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            *self._args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 5.0
+        while not await self._answers():
+            assert time.monotonic() < deadline, "redis-server did not start"
+            await asyncio.sleep(0.02)
+
+    async def _answers(self) -> bool:
+        """Whether it replies to PING (NOAUTH counts: it is up), having loaded its data."""
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return False
+        try:
+            writer.write(b"PING\r\n")
+            reply = await reader.readline()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        return reply.startswith((b"+", b"-")) and not reply.startswith(b"-LOADING")
+
+    async def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            await asyncio.wait_for(self._process.wait(), 5.0)
+            self._process = None
+
+
+@pytest.fixture
+async def redis_processes(tmp_path: Path) -> AsyncIterator[Callable[..., RedisProcess]]:
+    """Makes private Redis servers (not started), and kills whatever is left of them at the end."""
+    made: list[RedisProcess] = []
+
+    def make(*, persist: bool = False, password: str | None = None) -> RedisProcess:
+        made.append(RedisProcess(tmp_path / f"redis{len(made)}", persist=persist, password=password))
+        return made[-1]
+
+    yield make
+    for server in made:
+        await server.stop()
+
+
+async def wait_until(condition: Callable[[], bool], within: float) -> float:
+    """Seconds until ``condition`` held, failing the test after ``within``."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < within, f"not within {within} s"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def redis_spend(url: str, name: str, *, prefix: str = "modelwire") -> float:
+    client = Redis.from_url(url)
+    try:
+        raw = await client.get(f"{prefix}:spend:{name}")
+    finally:
+        await client.aclose()
+    return float(raw or 0)
+
+
+async def test_during_an_outage_rpm_holds_locally_and_nothing_raises(
+    redis_processes: Callable[..., RedisProcess], clock: FakeClock
+) -> None:
+    server = redis_processes()
+    await server.start()
+    # No start(): no probe to notice the outage first, so the request's own failed call does.
+    counters = FallbackCounters(RedisCounters(server.url), local=MemoryCounters(clock=clock))
+    limiter = Limiter(counters)
+    try:
+        rpm = Policy("dev", rpm=3)
+        assert await limiter.admit(rpm) is None and limiter.healthy
+        await server.stop()
+        results = [await limiter.admit(rpm) for _ in range(4)]
+        assert not counters.healthy
+        assert results[:3] == [None, None, None], "the call that failed was counted locally too"
+        assert results[3] is not None and results[3].reason == "rpm" and results[3].status == 429
+        metered = Policy("team", tpm=1000, budget_usd=5.0)
+        await limiter.seed_spend(metered, 1.0)
+        await limiter.record(metered, tokens=900, cost=0.5)
+        refusal = await limiter.admit(metered, estimated_tokens=200)
+        assert refusal is not None and refusal.reason == "tpm"
+        assert await counters.spend("team") == pytest.approx(1.5)
+    finally:
+        await limiter.aclose()
+
+
+async def test_one_warning_per_outage_and_on_change_both_ways(
+    redis_processes: Callable[..., RedisProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="modelwire.limits")
+    server = redis_processes()
+    await server.start()
+    changes: list[bool] = []
+    limiter = Limiter(
+        FallbackCounters(RedisCounters(server.url), on_change=changes.append, probe_interval=0.2)
+    )
+    policy = Policy("dev", rpm=1000)
+    try:
+        await limiter.start()
+        await server.stop()
+        assert await asyncio.gather(*(limiter.admit(policy) for _ in range(10))) == [None] * 10
+        await server.start()
+        await wait_until(lambda: limiter.healthy, within=3.0)
+        await server.stop()
+        assert await limiter.admit(policy) is None
+    finally:
+        await limiter.aclose()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, "ten concurrent failures in the first outage, one warning"
+    assert f"127.0.0.1:{server.port}" in warnings[0].getMessage()
+    assert "counted per replica" in warnings[0].getMessage()
+    assert sum("Redis reachable again" in r.getMessage() for r in caplog.records) == 1
+    assert all(r.exc_info is None for r in caplog.records), "no tracebacks"
+    assert changes == [False, True, False]
+
+
+async def test_after_a_restart_counts_go_to_redis_again_within_two_seconds(
+    redis_processes: Callable[..., RedisProcess],
+) -> None:
+    server = redis_processes()
+    await server.start()
+    limiter = Limiter(FallbackCounters(RedisCounters(server.url)))  # the default 1 s probe
+    policy = Policy("dev", rpm=1000)
+    client: Redis | None = None
+    try:
+        await limiter.start()
+        await server.stop()
+        assert await limiter.admit(policy) is None
+        assert not limiter.healthy
+        await server.start()
+        client = Redis.from_url(server.url)
+        started = time.monotonic()
+        while not await client.keys("modelwire:rpm:dev:*"):
+            assert time.monotonic() - started < 2.5, "requests never counted in Redis again"
+            assert await limiter.admit(policy) is None
+            await asyncio.sleep(0.05)
+        assert limiter.healthy
+    finally:
+        await limiter.aclose()
+        if client is not None:
+            await client.aclose()
+
+
+async def test_spend_during_an_outage_is_added_to_redis_on_recovery(
+    redis_processes: Callable[..., RedisProcess],
+) -> None:
+    server = redis_processes(persist=True)
+    await server.start()
+    counters = FallbackCounters(RedisCounters(server.url), probe_interval=0.2)
+    limiter = Limiter(counters)
+    policy = Policy("dev", budget_usd=2.2)
+    try:
+        await limiter.start()
+        await limiter.record(policy, tokens=0, cost=2.0)
+        await server.stop()
+        await limiter.record(policy, tokens=0, cost=0.5)
+        refusal = await limiter.admit(policy)
+        assert refusal is not None and refusal.reason == "budget", "the outage did not reset the budget"
+        assert refusal.current == pytest.approx(2.5)
+        await server.start()
+        other = Redis.from_url(server.url)  # another replica spending meanwhile
+        try:
+            assert float(await other.incrbyfloat("modelwire:spend:dev", 1.0)) >= 3.0
+        finally:
+            await other.aclose()
+        await wait_until(lambda: counters.healthy, within=3.0)
+        assert await redis_spend(server.url, "dev") == pytest.approx(3.5)
+        assert await counters.spend("dev") == pytest.approx(3.5)
+    finally:
+        await limiter.aclose()
+
+
+async def test_spend_survives_a_redis_that_restarts_empty(
+    redis_processes: Callable[..., RedisProcess],
+) -> None:
+    server = redis_processes()
+    await server.start()
+    counters = FallbackCounters(RedisCounters(server.url), probe_interval=0.2)
+    limiter = Limiter(counters)
+    seeded_during_outage = Policy("late", budget_usd=10.0)
+    try:
+        await limiter.start()
+        await limiter.record(Policy("dev", budget_usd=10.0), tokens=0, cost=2.0)
+        await server.stop()
+        await limiter.record(Policy("dev", budget_usd=10.0), tokens=0, cost=0.5)
+        await limiter.seed_spend(seeded_during_outage, 4.0)
+        await server.start()
+        await wait_until(lambda: counters.healthy, within=3.0)
+        assert await redis_spend(server.url, "dev") == pytest.approx(2.5)
+        assert await redis_spend(server.url, "late") == pytest.approx(4.0)
+    finally:
+        await limiter.aclose()
+
+
+async def test_deny_refuses_limited_keys_with_a_503_while_redis_is_down(
+    redis_processes: Callable[..., RedisProcess],
+) -> None:
+    server = redis_processes()
+    await server.start()
+    limiter = Limiter(FallbackCounters(RedisCounters(server.url), on_error="deny", probe_interval=0.2))
+    limited = Policy("dev", rpm=100)
+    try:
+        await limiter.start()
+        assert await limiter.admit(limited) is None
+        await server.stop()
+        refusal = await limiter.admit(limited)
+        assert refusal is not None
+        assert (refusal.reason, refusal.status, refusal.code) == ("unavailable", 503, "limits_unavailable")
+        assert 1 <= refusal.retry_after <= 10
+        assert "Redis, which is unreachable" in refusal.message
+        assert await limiter.admit(Policy("open")) is None, "unlimited keys are never affected"
+        await limiter.record(Policy("dev", tpm=100, budget_usd=1.0), tokens=10, cost=0.1)
+        await server.start()
+        await wait_until(lambda: limiter.healthy, within=3.0)
+        assert await limiter.admit(limited) is None
+    finally:
+        await limiter.aclose()
+
+
+async def test_starting_while_redis_is_down_recovers_when_it_comes_up(
+    redis_processes: Callable[..., RedisProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="modelwire.limits")
+    server = redis_processes(password="s3cret")  # its port closed until started
+    changes: list[bool] = []
+    limiter = Limiter.create(server.url, on_change=changes.append)
+    policy = Policy("dev", rpm=5)
+    client = Redis.from_url(server.url)
+    try:
+        started = time.monotonic()
+        await limiter.start()
+        assert time.monotonic() - started < 1.0
+        assert not limiter.healthy and changes == [False]
+        assert await limiter.admit(policy) is None
+        await server.start()
+        await wait_until(lambda: limiter.healthy, within=3.0)
+        assert changes == [False, True]
+        assert await limiter.admit(policy) is None
+        assert await client.keys("modelwire:rpm:dev:*")
+    finally:
+        await limiter.aclose()
+        await client.aclose()
+    assert f"127.0.0.1:{server.port}" in caplog.text
+    assert "s3cret" not in caplog.text
+
+
+async def test_a_black_holed_redis_fails_within_the_timeout() -> None:
+    with socket.socket() as hole:  # the kernel completes the handshake; nobody ever answers
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)
+        url = f"redis://127.0.0.1:{hole.getsockname()[1]}/0"
+        plain = RedisCounters(url)  # the default timeouts
+        started = time.monotonic()
+        try:
+            with pytest.raises(RedisError):
+                await plain.hit("n", 60)
+        finally:
+            await plain.aclose()
+        assert time.monotonic() - started < 2.0
+        limiter = Limiter(FallbackCounters(RedisCounters(url, timeout=0.3)))
+        policy = Policy("dev", rpm=100)
+        try:
+            started = time.monotonic()
+            assert await limiter.admit(policy) is None
+            assert time.monotonic() - started < 1.0
+            started = time.monotonic()
+            assert [await limiter.admit(policy) for _ in range(20)] == [None] * 20
+            assert time.monotonic() - started < 0.2, "during an outage requests do not wait on Redis"
+        finally:
+            await limiter.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://user:pw@cache.internal:6380/2", "redis://cache.internal:6380/2"),
+        ("rediss://:pw@[::1]:6379/0?password=pw", "rediss://[::1]:6379/0"),
+        ("redis://localhost", "redis://localhost"),
+    ],
+)
+def test_logged_addresses_carry_no_credentials(url: str, shown: str) -> None:
+    assert redacted(url) == shown

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from modelwire.gateway.store import (
     KeyRecord,
@@ -29,6 +29,7 @@ from modelwire.gateway.store import (
     StoredResponse,
     UsageRecord,
     UsageWriter,
+    hash_secret,
     keys_table,
     parse_store_url,
     percentile,
@@ -166,7 +167,13 @@ def test_postgres_schemas_isolate_stores() -> None:
                     text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
                     {"s": schemas[0]},
                 ).scalars()
-                assert set(tables) == {"mw_keys", "mw_usage", "mw_responses"}
+                assert set(tables) == {
+                    "mw_keys",
+                    "mw_usage",
+                    "mw_responses",
+                    "mw_state",
+                    "mw_alembic_version",
+                }
     finally:
         for schema in schemas:
             _drop_schema(schema)
@@ -311,6 +318,44 @@ def test_create_key_rejects_nonsense(store: Store, kwargs: dict[str, Any]) -> No
     assert store.list_keys(include_revoked=True) == []
 
 
+def test_keys_version_moves_with_every_key_change(open_store: StoreFactory) -> None:
+    """The counter gateways poll: one step per committed change, none for a refused or no-op one."""
+    store, replica = open_store(), open_store()
+    assert store.keys_version() == 0
+    _, record = store.create_key(name="dev")
+    assert store.keys_version() == replica.keys_version() == 1
+    with pytest.raises(ValueError):
+        store.create_key(name="dev")  # refused: its transaction, bump included, rolled back
+    assert store.keys_version() == 1
+    assert replica.revoke_key(record.id)
+    assert store.keys_version() == 2
+    assert not store.revoke_key(record.id)
+    assert store.keys_version() == 2
+
+
+def test_key_changes_and_their_bump_commit_together(store: Store) -> None:
+    """With the counter's table gone the bump fails, and takes the key change down with it."""
+    _, record = store.create_key(name="kept")
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP TABLE mw_state"))
+    with pytest.raises(SQLAlchemyError):
+        store.create_key(name="lost")
+    with pytest.raises(SQLAlchemyError):
+        store.revoke_key("kept")
+    assert store.list_keys() == [record]
+
+
+def test_live_keys_are_unrevoked_with_their_hashes(store: Store) -> None:
+    secret_a, a = store.create_key(name="a")
+    _, b = store.create_key(name="b")
+    secret_old, old = store.create_key(name="old", expires_at=T0)
+    store.revoke_key("b")
+    live = dict(store.live_keys())
+    assert live == {hash_secret(secret_a): a, hash_secret(secret_old): old}  # expired still listed
+    assert hash_secret(secret_a) == hashlib.sha256(secret_a.encode()).hexdigest()
+    assert b not in live.values()
+
+
 def test_key_record_is_frozen() -> None:
     record = KeyRecord("key_1", "n", "mw-abcde", ("*",), None, None, None, T0, None, False)
     with pytest.raises(AttributeError):
@@ -363,11 +408,20 @@ def test_write_usage_keeps_every_field(store: Store) -> None:
         status=201,
         request_id="req_é1",
         stream=True,
+        error="client_closed",
     )
     store.write_usage([record])
     (row,) = raw_rows(store, usage_table)
     row.pop("id")
     assert row == asdict(record)
+
+
+def test_usage_error_defaults_to_null(store: Store) -> None:
+    store.write_usage([usage(), usage(status=503, error="upstream_unavailable")])
+    assert sorted(str(row["error"]) for row in raw_rows(store, usage_table)) == [
+        "None",
+        "upstream_unavailable",
+    ]
 
 
 def test_write_usage_is_one_transaction(store: Store) -> None:
@@ -428,6 +482,55 @@ def test_usage_summary_orders_ties_by_requests(store: Store) -> None:
 def test_usage_summary_rejects_unknown_grouping(store: Store) -> None:
     with pytest.raises(ValueError, match="by"):
         store.usage_summary(since=0, by="dialect")
+
+
+DAY = 86400.0
+MIDNIGHT = 1_764_547_200.0  # 2025-12-01 00:00 UTC
+
+
+def bucketed_usage() -> list[UsageRecord]:
+    """Around midnight, with times whose day or hour index rounds up but must floor.
+
+    ``MIDNIGHT - 0.4`` is 0.999995 of a day and 0.9999 of an hour past the previous one: a CAST
+    that rounds (PostgreSQL's) would put it in the next bucket.
+    """
+    return [
+        usage(time=MIDNIGHT - 3600 - 1, latency_ms=10.0, cost=1.0),  # 2025-11-30 22:59:59
+        usage(time=MIDNIGHT - 0.4, latency_ms=30.0, cost=0.000042, status=500),  # 23:59:59.6
+        usage(time=MIDNIGHT - 1800, latency_ms=20.0, cost=0.5),  # 23:30
+        usage(time=MIDNIGHT, latency_ms=40.0, cost=0.25),  # 2025-12-01 00:00
+        usage(time=MIDNIGHT + 3600 + 0.6, latency_ms=50.0, cost=0.125),  # 01:00:00.6
+    ]
+
+
+def test_usage_summary_by_day(store: Store) -> None:
+    store.write_usage(bucketed_usage())
+    rows = store.usage_summary(since=0, by="day")
+    assert [(r.group, r.requests, r.errors) for r in rows] == [("2025-11-30", 3, 1), ("2025-12-01", 2, 0)]
+    before, after = rows
+    assert before.cost == pytest.approx(1.500042)
+    assert (before.p50_ms, before.p95_ms) == (20.0, 30.0)
+    assert (after.p50_ms, after.p95_ms) == (40.0, 50.0)
+
+
+def test_usage_summary_by_hour_is_oldest_first(store: Store) -> None:
+    store.write_usage(bucketed_usage())
+    rows = store.usage_summary(since=MIDNIGHT - 2 * 3600, by="hour")
+    assert [(r.group, r.requests) for r in rows] == [
+        ("2025-11-30 22:00", 1),
+        ("2025-11-30 23:00", 2),
+        ("2025-12-01 00:00", 1),
+        ("2025-12-01 01:00", 1),
+    ]  # by time, though the costliest hour is the first
+    assert rows[1].cost == pytest.approx(0.500042)
+    assert store.usage_summary(since=MIDNIGHT, by="hour")[0].group == "2025-12-01 00:00"
+
+
+def test_spent_by_key(store: Store) -> None:
+    store.write_usage(known_usage())
+    assert store.spent_by_key() == pytest.approx({"alice": 100.2, "bob": 2.0})  # the keyless one left out
+    assert store.spent_by_key(since=T0) == pytest.approx({"alice": 0.2, "bob": 2.0})
+    assert store.spent_by_key(since=T0 + 1000) == {}
 
 
 def test_spent_usd(store: Store) -> None:
@@ -675,6 +778,35 @@ async def test_stop_with_the_store_down_keeps_records_and_logs(
         await writer.stop()
     assert writer.pending == 1
     assert "1 records unwritten" in caplog.text
+
+
+async def test_wake_writes_the_backlog_without_waiting_out_the_backoff(flaky: FlakyStore) -> None:
+    writer = UsageWriter(flaky, interval=30, max_batch=100)
+    await writer.start()
+    try:
+        assert writer.healthy
+        flaky.failing = True
+        writer.add(usage())
+        writer.wake()
+        await eventually(lambda: flaky.attempts == 1)
+        await eventually(lambda: not writer.healthy)  # backing off now: 60 s until the next try
+        flaky.failing = False
+        writer.wake()  # the health monitor saw the store come back
+        await eventually(lambda: writer.pending == 0)
+        assert writer.healthy and usage_count(flaky) == 1 and flaky.attempts == 2
+    finally:
+        await writer.stop()
+
+
+async def test_healthy_follows_the_last_write(flaky: FlakyStore) -> None:
+    writer = UsageWriter(flaky, interval=60)
+    flaky.failing = True
+    writer.add(usage())
+    await writer.flush()
+    assert (writer.healthy, writer.pending) == (False, 1)
+    flaky.failing = False
+    await writer.flush()
+    assert (writer.healthy, writer.pending) == (True, 0)
 
 
 def test_writer_rejects_bad_settings(tmp_path: Path) -> None:

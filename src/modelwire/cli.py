@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import json
 import os
 import sys
 import time
-from typing import Annotated, Any, NoReturn
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -17,12 +24,20 @@ from .providers.hosts import HostKind, WireAPI
 from .providers.openai import OpenAI
 from .types import BlockDelta, BlockStart, Finish, Message, Reasoning, Text, Usage
 
+if TYPE_CHECKING:
+    from .gateway.config import Config
+    from .gateway.listing import ServedModels
+    from .gateway.routing import Router
+    from .gateway.store import KeyRecord, Store, UsageRow
+    from .providers.catalog import Catalog
+
 app = typer.Typer(
     name="modelwire",
     help="An OpenAI provider library and LLM gateway: one URL for OpenAI, Anthropic and Gemini clients.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -40,9 +55,22 @@ def main() -> None:
     app()
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from ._version import __version__
+
+        typer.echo(f"modelwire {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
-    """modelwire: serve the gateway, chat with a model, manage keys and read usage."""
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version and exit."),
+    ] = False,
+) -> None:
+    """modelwire: serve the gateway, chat with a model, manage keys, read usage, upgrade the store."""
 
 
 @app.command()
@@ -141,7 +169,13 @@ def _fail(message: str, *, code: int = 1) -> NoReturn:
 # ------------------------------------------------------------------------------------------- serve
 
 ConfigOption = Annotated[
-    str | None, typer.Option("--config", "-c", help="Config file (default: ./modelwire.yaml when present).")
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="MODELWIRE_CONFIG",
+        help="Config file (default: ./modelwire.yaml when present).",
+    ),
 ]
 
 
@@ -150,7 +184,9 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Listen address (config: server.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port (config: server.port).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (config: server.workers).")] = None,
+    workers: Annotated[
+        str | None, typer.Option(help="Worker processes, or auto for one per core (config: server.workers).")
+    ] = None,
     force_model: Annotated[
         str | None,
         typer.Option("--force-model", help="Send every request to this model or backend/model ref."),
@@ -181,6 +217,199 @@ def serve(
         _fail(str(exc), code=2)
 
 
+# ---------------------------------------------------------------------------------------- the store
+
+StateConfig = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="MODELWIRE_CONFIG",
+        help="The gateway's config file, whose store: is used (default: ./modelwire.yaml when present).",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="A JSON list of objects with raw numbers.")]
+CsvOption = Annotated[bool, typer.Option("--csv", help="CSV with a header row and raw numbers.")]
+DEFAULT_SQLITE = Path(".modelwire") / "state.db"
+
+
+@dataclass(frozen=True, slots=True)
+class _Location:
+    """Where a command's store is: its URL and, for a SQLite file, the absolute path."""
+
+    url: str
+    file: Path | None
+
+    @classmethod
+    def of(cls, url: str) -> _Location:
+        from sqlalchemy.engine import make_url
+
+        from .gateway.store import parse_store_url
+
+        try:
+            parse_store_url(url)
+        except ValueError as exc:
+            _fail(str(exc), code=2)
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+            return cls(url, None)
+        return cls(url, Path(parsed.database or "").absolute())
+
+    @property
+    def default(self) -> bool:
+        return self.file == Path.cwd() / DEFAULT_SQLITE
+
+    def shown(self) -> str:
+        """The path of a SQLite file; a database URL with its password masked."""
+        from sqlalchemy.engine import make_url
+
+        if self.file is not None:
+            return str(self.file)
+        return make_url(self.url).render_as_string(hide_password=True)
+
+
+def _locate(config: str | None) -> _Location:
+    """The store the gateway with this config uses, named on stderr unless it is the default one.
+
+    Naming it is what makes a wrong guess visible: run from another directory without the
+    config, the CLI would otherwise quietly read (or create) a different store.
+    """
+    from .gateway.config import ConfigError, load_store
+
+    try:
+        location = _Location.of(load_store(config))
+    except ConfigError as exc:
+        _fail(str(exc), code=2)
+    if not location.default:
+        err.print(f"[dim]store: {escape(location.shown())}[/dim]")
+    return location
+
+
+def _existing(config: str | None) -> _Location:
+    """As :func:`_locate`, for commands that must not create a store: no SQLite file is an error."""
+    location = _locate(config)
+    if location.file is not None and not location.file.exists():
+        _fail(
+            f"no store at {location.file} (nothing was created there): pass --config with the "
+            "gateway's config file, or set MODELWIRE_CONFIG to it"
+        )
+    return location
+
+
+def _config(path: str | None) -> Config:
+    from .gateway.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        _fail(str(exc), code=2)
+
+
+@contextmanager
+def _store_errors(location: _Location) -> Iterator[None]:
+    """A store a newer modelwire upgraded, or one out of reach, as a one-line error and exit 1."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .gateway.store import SchemaError
+
+    try:
+        yield
+    except SchemaError as exc:
+        _fail(str(exc))
+    except SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None) or exc
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        _fail(f"cannot use the store {location.shown()}: {reason}")
+
+
+@contextmanager
+def _opened(location: _Location) -> Iterator[Store]:
+    from .gateway.store import Store
+
+    with _store_errors(location), Store(location.url) as store:
+        yield store
+
+
+# --------------------------------------------------------------------------------------- output
+
+
+def _text(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _usd(value: float | None) -> str:
+    """US dollars to 6 decimals, trailing zeros trimmed to 2: 0.000042, 12.50; `<0.000001` for a
+    positive amount that would print as zero."""
+    if value is None:
+        return "-"
+    if 0 < value < 0.0000005:
+        return "<0.000001"
+    whole, _, decimals = f"{value:.6f}".partition(".")
+    return f"{whole}.{decimals.rstrip('0').ljust(2, '0')}"
+
+
+def _percent(value: float) -> str:
+    return f"{value:.1%}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _when(ts: float | None) -> str:
+    return "never" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """An output column: its JSON and CSV name and, when shown in tables, its header and cell."""
+
+    name: str
+    header: str | None = None
+    cell: Callable[[Any], str] = _text
+
+
+def _format(as_json: bool, as_csv: bool) -> str:
+    if as_json and as_csv:
+        _fail("choose one of --json and --csv", code=2)
+    return "json" if as_json else "csv" if as_csv else "table"
+
+
+def _emit(rows: list[dict[str, Any]], fields: Sequence[_Field], fmt: str) -> None:
+    """Rows as JSON, CSV or a table; an empty table is "no records" on stderr (JSON: ``[]``,
+    CSV: the header alone), so a script reading stdout gets well-formed output either way."""
+    if fmt == "json":
+        ordered = [{f.name: row[f.name] for f in fields} for row in rows]  # CSV's column order
+        sys.stdout.write(json.dumps(ordered, indent=2, ensure_ascii=False) + "\n")
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(f.name for f in fields)
+        writer.writerows([_csv_cell(row[f.name]) for f in fields] for row in rows)
+    elif not rows:
+        err.print("no records")
+    else:
+        from rich.table import Table
+
+        shown = [f for f in fields if f.header is not None]
+        table = Table(*(f.header or "" for f in shown))
+        for row in rows:
+            table.add_row(*(f.cell(row[f.name]) for f in shown))
+        _console().print(table)
+
+
+def _csv_cell(value: Any) -> str:
+    """Raw values, never in exponent form (a float keeps its shortest exact digits: 0.000042)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return format(Decimal(repr(value)), "f")
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
 # -------------------------------------------------------------------------------------------- keys
 
 keys_app = typer.Typer(
@@ -188,15 +417,19 @@ keys_app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 
-
-def _store(config: str | None) -> Any:
-    from .gateway.config import ConfigError, load_config
-    from .gateway.store import Store
-
-    try:
-        return Store(load_config(config).store)
-    except ConfigError as exc:
-        _fail(str(exc), code=2)
+KEY_FIELDS = (
+    _Field("name", "name"),
+    _Field("id", "id"),
+    _Field("prefix", "prefix", lambda p: f"{p}…"),
+    _Field("models", "models", ", ".join),
+    _Field("rpm", "rpm"),
+    _Field("tpm", "tpm"),
+    _Field("budget_usd", "budget $", _usd),
+    _Field("spent_usd", "spent $", _usd),
+    _Field("created_at"),
+    _Field("expires_at", "expires", _when),
+    _Field("state", "state"),
+)
 
 
 @keys_app.command("create")
@@ -211,11 +444,13 @@ def keys_create(
         float | None, typer.Option("--budget-usd", help="Spending cap in US dollars.")
     ] = None,
     expires: Annotated[str | None, typer.Option(help="Lifetime, e.g. 30d, 12h, 90m.")] = None,
-    config: ConfigOption = None,
+    config: StateConfig = None,
 ) -> None:
-    """Create a client key and print it once."""
+    """Create a client key and print it once (alone on stdout)."""
     expires_at = time.time() + _duration(expires) if expires else None
-    with _store(config) as store:
+    location = _locate(config)
+    new = location.file is not None and not location.file.exists()
+    with _opened(location) as store:
         try:
             secret, record = store.create_key(
                 name=name,
@@ -227,45 +462,51 @@ def keys_create(
             )
         except ValueError as exc:
             _fail(str(exc), code=2)
-    out = _console()
-    out.print(secret)
+    if new:
+        err.print(f"[dim]created a new store at {escape(location.shown())}[/dim]")
+    _console().print(secret)
     err.print(f"[dim]key {record.name!r} ({record.id}) created; it is shown only now, so keep it safe.[/dim]")
 
 
 @keys_app.command("list")
 def keys_list(
     all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
-    config: ConfigOption = None,
+    as_json: JsonOption = False,
+    as_csv: CsvOption = False,
+    config: StateConfig = None,
 ) -> None:
-    """List client keys (never their secrets)."""
-    from rich.table import Table
-
-    with _store(config) as store:
+    """List client keys (never their secrets) and what each has spent, all time, in US dollars."""
+    fmt = _format(as_json, as_csv)
+    with _opened(_existing(config)) as store:
         records = store.list_keys(include_revoked=all_keys)
-    table = Table("name", "id", "prefix", "models", "rpm", "tpm", "budget $", "expires", "state")
+        spent = store.spent_by_key()
     now = time.time()
-    for r in records:
-        state = "revoked" if r.revoked else ("expired" if r.expires_at and r.expires_at <= now else "active")
-        table.add_row(
-            r.name,
-            r.id,
-            r.prefix + "…",
-            ", ".join(r.models),
-            _opt(r.rpm),
-            _opt(r.tpm),
-            _opt(r.budget_usd),
-            _when(r.expires_at),
-            state,
-        )
-    _console().print(table)
+    _emit([_key_row(r, spent.get(r.name, 0.0), now) for r in records], KEY_FIELDS, fmt)
+
+
+def _key_row(record: KeyRecord, spent: float, now: float) -> dict[str, Any]:
+    state = "revoked" if record.revoked else "expired" if record.expired(now) else "active"
+    return {
+        "name": record.name,
+        "id": record.id,
+        "prefix": record.prefix,
+        "models": list(record.models),
+        "rpm": record.rpm,
+        "tpm": record.tpm,
+        "budget_usd": record.budget_usd,
+        "spent_usd": spent,
+        "created_at": record.created_at,
+        "expires_at": record.expires_at,
+        "state": state,
+    }
 
 
 @keys_app.command("revoke")
 def keys_revoke(
-    name: Annotated[str, typer.Argument(help="The key's name or id.")], config: ConfigOption = None
+    name: Annotated[str, typer.Argument(help="The key's name or id.")], config: StateConfig = None
 ) -> None:
-    """Revoke a client key (within 30 s on running gateways)."""
-    with _store(config) as store:
+    """Revoke a client key; running gateways refuse it within a second."""
+    with _opened(_existing(config)) as store:
         if not store.revoke_key(name):
             _fail(f"no active key named {name!r}", code=1)
     err.print(f"key {name!r} revoked")
@@ -273,70 +514,174 @@ def keys_revoke(
 
 # ------------------------------------------------------------------------------------------- usage
 
+GROUPINGS = ("day", "hour", "key", "model", "backend")
+
 
 @app.command()
 def usage(
     since: Annotated[str, typer.Option(help="Window, e.g. 7d, 24h, 30m.")] = "7d",
-    by: Annotated[str, typer.Option(help="Group by key, model or backend.")] = "model",
-    config: ConfigOption = None,
+    by: Annotated[
+        str, typer.Option(help="Group by day or hour (UTC, oldest first), key, model or backend.")
+    ] = "model",
+    as_json: JsonOption = False,
+    as_csv: CsvOption = False,
+    config: StateConfig = None,
 ) -> None:
-    """Requests, tokens, cost, error rate and latency from the usage records."""
-    from rich.table import Table
+    """Requests, tokens, cost (US dollars), error rate and latency from the usage records."""
+    fmt = _format(as_json, as_csv)
+    if by not in GROUPINGS:
+        _fail(f"--by must be one of {', '.join(GROUPINGS)}", code=2)
+    start = time.time() - _duration(since)
+    with _opened(_existing(config)) as store:
+        rows = store.usage_summary(since=start, by=by)
+    _emit([{by: r.group, **_usage_totals(r)} for r in rows], _usage_fields(by), fmt)
 
-    if by not in ("key", "model", "backend"):
-        _fail("--by must be key, model or backend", code=2)
-    with _store(config) as store:
-        rows = store.usage_summary(since=time.time() - _duration(since), by=by)
-    table = Table(
-        by, "requests", "input", "cached", "output", "reasoning", "cost $", "errors", "p50 ms", "p95 ms"
+
+def _usage_totals(row: UsageRow) -> dict[str, Any]:
+    return {
+        "requests": row.requests,
+        "errors": row.errors,
+        "error_rate": row.error_rate,
+        "input_tokens": row.input_tokens,
+        "cached_tokens": row.cached_tokens,
+        "output_tokens": row.output_tokens,
+        "reasoning_tokens": row.reasoning_tokens,
+        "cost_usd": row.cost,
+        "p50_ms": row.p50_ms,
+        "p95_ms": row.p95_ms,
+    }
+
+
+def _usage_fields(by: str) -> tuple[_Field, ...]:
+    return (
+        _Field(by, by),
+        _Field("requests", "requests"),
+        _Field("input_tokens", "input"),
+        _Field("cached_tokens", "cached"),
+        _Field("output_tokens", "output"),
+        _Field("reasoning_tokens", "reasoning"),
+        _Field("cost_usd", "cost $", _usd),
+        _Field("errors"),
+        _Field("error_rate", "errors", _percent),
+        _Field("p50_ms", "p50 ms", _ms),
+        _Field("p95_ms", "p95 ms", _ms),
     )
-    for r in rows:
-        table.add_row(
-            r.group or "-",
-            str(r.requests),
-            str(r.input_tokens),
-            str(r.cached_tokens),
-            str(r.output_tokens),
-            str(r.reasoning_tokens),
-            f"{r.cost:.4f}",
-            f"{r.error_rate:.1%}",
-            _ms(r.p50_ms),
-            _ms(r.p95_ms),
-        )
-    _console().print(table)
 
 
 # ------------------------------------------------------------------------------------------ models
 
+LIST_TIMEOUT = 10.0  # seconds to wait for the upstream's model list
+MODEL_FIELDS = (
+    _Field("model", "model"),
+    _Field("source", "from"),
+    _Field("route", "route", " → ".join),
+    _Field("context_window", "context"),
+    _Field("max_output_tokens"),
+    _Field("input_usd_per_1m", "$ in / 1M"),
+    _Field("cached_input_usd_per_1m"),
+    _Field("output_usd_per_1m", "$ out / 1M"),
+)
+
 
 @app.command()
-def models(config: ConfigOption = None) -> None:
-    """The model names the gateway serves, and the catalog's prices."""
-    from rich.table import Table
-
-    from .gateway.config import ConfigError, load_config
+def models(as_json: JsonOption = False, as_csv: CsvOption = False, config: StateConfig = None) -> None:
+    """The models the gateway serves: its models: rules, then those the default backend's
+    upstream lists, each with its route and the catalog's context window and prices."""
     from .gateway.routing import Router
     from .providers.catalog import Catalog
 
-    try:
-        cfg = load_config(config)
-    except ConfigError as exc:
-        _fail(str(exc), code=2)
+    fmt = _format(as_json, as_csv)
+    cfg = _config(config)
     router, catalog = Router(cfg), Catalog()
-    table = Table("model", "route", "context", "$ in / 1M", "$ out / 1M")
-    names = router.public_models() or catalog.models()
-    for name in names:
-        route = router.resolve(name)
-        profile = catalog.profile(route.targets[0].model)
-        price = profile.price
-        table.add_row(
-            name,
-            " → ".join(t.spec for t in route.targets),
-            _opt(profile.context_window),
-            _opt(price.input if price else None),
-            _opt(price.output if price else None),
+    served = asyncio.run(_served(cfg, router, catalog))
+    if served.error is not None:
+        reason = (served.error.strip().splitlines() or ["no reason given"])[0]
+        err.print(
+            f"cannot list the models of backend {cfg.default_backend!r} ({escape(reason)}); "
+            "showing the configured ones only"
         )
-    _console().print(table)
+    listed = [(m, "config") for m in served.configured] + [(m, "upstream") for m in served.discovered]
+    rows = [_model_row(name, source, router, catalog) for name, source in listed]
+    _emit([row for row in rows if row is not None], MODEL_FIELDS, fmt)
+
+
+async def _served(cfg: Config, router: Router, catalog: Catalog) -> ServedModels:
+    """The gateway's own listing (``served_models``), bounded by :data:`LIST_TIMEOUT`."""
+    from .gateway.listing import ServedModels, served_models
+    from .gateway.upstream import Backend
+    from .providers._transport import AiohttpTransport
+
+    transport = AiohttpTransport()
+    name = cfg.default_backend
+    backend = Backend(name, cfg.backends[name], catalog, transport) if name else None
+    try:
+        async with asyncio.timeout(LIST_TIMEOUT):
+            return await served_models(router, backend)
+    except TimeoutError:
+        return ServedModels(router.public_models(), [], f"no answer within {LIST_TIMEOUT:g} s")
+    finally:
+        await transport.aclose()
+
+
+def _model_row(name: str, source: str, router: Router, catalog: Catalog) -> dict[str, Any] | None:
+    """A model's route and catalog facts; None for an upstream id no route can take."""
+    try:
+        route = router.resolve(name)
+    except ModelwireError:
+        return None
+    profile = catalog.profile(route.targets[0].model)
+    price = profile.price
+    return {
+        "model": name,
+        "source": source,
+        "route": [t.spec for t in route.targets],
+        "context_window": profile.context_window,
+        "max_output_tokens": profile.max_output,
+        "input_usd_per_1m": price.input if price else None,
+        "cached_input_usd_per_1m": price.cached_input if price else None,
+        "output_usd_per_1m": price.output if price else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- db
+
+db_app = typer.Typer(help="The store's schema revision, and upgrades.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: StateConfig = None) -> None:
+    """Bring the store's schema to this modelwire's newest revision (the gateway does so on start)."""
+    from .gateway.store import upgrade_schema
+
+    location = _existing(config)
+    with _store_errors(location):
+        done = upgrade_schema(location.url)
+    _console().print(done.describe())
+
+
+@db_app.command("current")
+def db_current(config: StateConfig = None) -> None:
+    """The store's schema revision, and the newest this modelwire knows."""
+    from .gateway.migrations import HEAD, REVISIONS
+    from .gateway.store import schema_revision
+
+    location = _existing(config)
+    with _store_errors(location):
+        revision, legacy = schema_revision(location.url)
+    out = _console()
+    out.print(f"store revision: {_revision_label(revision, legacy)}")
+    out.print(f"modelwire head: {HEAD}")
+    if revision is not None and revision not in REVISIONS:
+        err.print("the store is newer than this modelwire: upgrade modelwire to use it")
+    elif revision != HEAD:
+        err.print("run `modelwire db upgrade` (or start the gateway) to upgrade the store")
+
+
+def _revision_label(revision: str | None, legacy: bool) -> str:
+    if revision is not None:
+        return revision
+    return "none (made before schema versioning)" if legacy else "none (empty database)"
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -355,18 +700,6 @@ def _duration(text: str) -> float:
 def _patterns(models: list[str] | None) -> list[str]:
     found = [p.strip() for m in models or ["*"] for p in m.split(",") if p.strip()]
     return found or ["*"]
-
-
-def _opt(value: object) -> str:
-    return "-" if value is None else str(value)
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
-def _when(ts: float | None) -> str:
-    return "never" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
 # ------------------------------------------------------------------------------------------- login

@@ -12,6 +12,8 @@
     │   ├── ContextLengthError     the input does not fit the model
     │   └── ContentFilterError     refused by a safety filter
     ├── UpstreamUnavailableError   5xx, 529, connection refused or reset
+    ├── ServiceUnavailableError    503: the gateway itself cannot serve now (shutting down, its
+    │                              store or Redis down, no upstream key configured)
     ├── TimeoutError               an attempt or the overall deadline ran out
     └── ProtocolError              the upstream answered something that is not its protocol
 
@@ -103,6 +105,13 @@ class ContentFilterError(InvalidRequestError):
 class UpstreamUnavailableError(ModelwireError):
     status = 502
     retryable = True
+    default_type = "api_error"
+
+
+class ServiceUnavailableError(ModelwireError):
+    """Raised by the gateway about itself, never by an upstream: trying another target won't help."""
+
+    status = 503
     default_type = "api_error"
 
 

@@ -14,6 +14,7 @@ import contextvars
 import gc
 import itertools
 import logging
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -34,6 +35,7 @@ from ..errors import (
     PreviousResponseNotFound,
     ProtocolError,
     RateLimitError,
+    ServiceUnavailableError,
     from_response,
 )
 from ..observe import Tap, redact
@@ -41,21 +43,25 @@ from ..providers._retry import retry_after
 from ..providers._transport import AiohttpTransport, Reply
 from ..providers.catalog import Catalog, unsupported_settings
 from ..tokens import count_request_tokens
-from ..types import Finish, Request, Response, Start, StreamError, StreamEvent, Usage
+from ..types import Finish, Response, Start, StreamError, StreamEvent, Usage
 from . import http, passthrough
-from .auth import ClientKey, KeyBook, extract_key
+from .auth import SYNC_SECONDS, ClientKey, KeyBook, extract_key
+from .call import Call, InFlight
 from .capture import Capture
 from .chains import Chains, input_items, stored
+from .clients import ClientAddress, is_loopback
 from .config import Config
 from .fetch import inline_media
+from .health import Dependencies, describe_error
 from .http import Headers, Receive, Scope, Send
-from .limits import Limiter, MemoryCounters, RedisCounters
+from .limits import Limiter, MemoryCounters
 from .listing import anthropic_model, gemini_model, google_client, openai_model
 from .lockout import Lockout
-from .metrics import Metrics
+from .metrics import Metrics, forget_dead_workers
+from .requestlog import RequestLog
 from .routing import Route, Router, Target
 from .store import Store, StoredResponse, UsageRecord, UsageWriter
-from .surfaces import ANTHROPIC, CHAT, GEMINI, GEMINI_ARRAY, RESPONSES, Surface
+from .surfaces import ANTHROPIC, CHAT, EMBEDDINGS, GEMINI, GEMINI_ARRAY, RESPONSES, Surface
 from .taps import ChatTap, ResponsesTap
 from .upstream import Backend, Failover, Outcome
 
@@ -66,35 +72,8 @@ _CURRENT: contextvars.ContextVar[tuple[str, str | None]] = contextvars.ContextVa
 )
 
 _ENDPOINTS = {"openai_chat": "chat", "openai_responses": "responses"}
-
-
-@dataclass(slots=True)
-class Call:
-    """One client request in flight."""
-
-    request_id: str
-    surface: Surface
-    started: float
-    key: ClientKey | None = None
-    body: dict[str, Any] = field(default_factory=dict)
-    model: str = ""
-    stream: bool = False
-    request: Request | None = None  # the neutral request, decoded only when translating
-    items: list[dict[str, Any]] | None = None  # Responses input after chain expansion
-    ttft: float | None = None
-    backend: str | None = None  # who served it (or failed it last)
-    upstream_model: str | None = None
-
-    def served_by(self, target: Target, backend: Backend) -> None:
-        self.backend, self.upstream_model = backend.name, target.model
-
-    def decoded(self) -> Request:
-        if self.request is None:
-            body = self.body
-            if self.items is not None:  # the chain is expanded: the upstream needs no id
-                body = {**body, "input": self.items, "previous_response_id": None}
-            self.request = self.surface.decode_request(body)
-        return self.request
+Handler = Callable[[Call, Scope, Receive, Send], Awaitable[None]]
+Endpoint = tuple[Handler, Surface]
 
 
 @dataclass(slots=True)
@@ -115,7 +94,7 @@ class Translated:
 
 
 class Gateway:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, hook_signals: bool = False) -> None:
         self.config = config
         self.router = Router(config)
         self.catalog = Catalog()
@@ -137,36 +116,36 @@ class Gateway:
             on_failover=self.metrics.failover,
             on_cooldown=self.metrics.cooldown,
         )
-        lock = config.lockout
-        self.lockout = Lockout(
-            failures=lock.failures, first_seconds=lock.first_seconds, max_seconds=lock.max_seconds
-        )
+        self.lockout = Lockout.from_config(config.lockout)
+        self.client_address = ClientAddress(config.server.trusted_proxies)
+        self.request_log = RequestLog(config.server.log_format)
+        self.dependencies = Dependencies(self._dependency_changed)
+        self.inflight = InFlight()
         self.store: Store | None = None
         self.usage: UsageWriter | None = None
-        self.keys = KeyBook(config.keys, None)
+        self.keys = KeyBook(config.keys, None, loopback=is_loopback(config.server.host))
         self.limiter = Limiter(MemoryCounters())
-        self._redis: RedisCounters | None = None
         self.chains = Chains(None)
+        self._hook_signals = hook_signals
         self._background: set[asyncio.Task[Any]] = set()
         self._budget_seeded: set[str] = set()
         self._models_cache: tuple[float, list[str]] = (0.0, [])
-        self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
+        self._plain: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
+            ("GET", "/healthz"): self._healthz,
+            ("GET", "/readyz"): self._readyz,
+            ("GET", "/metrics"): self._metrics,
+            ("GET", "/"): self._healthz,
+            ("HEAD", "/"): self._healthz,
+        }
+        self._routes: dict[tuple[str, str], Endpoint] = {}
         for prefix in ("/v1", ""):
-            self._routes[("POST", prefix + "/chat/completions")] = self._chat
-            self._routes[("POST", prefix + "/responses")] = self._responses
-            self._routes[("POST", prefix + "/embeddings")] = self._embeddings
-            self._routes[("GET", prefix + "/models")] = self._list_models
-        self._routes[("POST", "/v1/messages")] = self._messages
-        self._routes[("POST", "/v1/responses/input_tokens")] = self._responses_tokens
-        self._routes[("POST", "/v1/messages/count_tokens")] = self._count_tokens
-        for path, handler in (
-            ("/healthz", self._healthz),
-            ("/readyz", self._readyz),
-            ("/metrics", self._metrics),
-        ):
-            self._routes[("GET", path)] = handler
-        self._routes[("GET", "/")] = self._healthz
-        self._routes[("HEAD", "/")] = self._healthz
+            self._routes[("POST", prefix + "/chat/completions")] = (self._generate, CHAT)
+            self._routes[("POST", prefix + "/responses")] = (self._generate, RESPONSES)
+            self._routes[("POST", prefix + "/embeddings")] = (self._embeddings, EMBEDDINGS)
+            self._routes[("GET", prefix + "/models")] = (self._list_models, CHAT)
+        self._routes[("POST", "/v1/messages")] = (self._generate, ANTHROPIC)
+        self._routes[("POST", "/v1/responses/input_tokens")] = (self._responses_tokens, RESPONSES)
+        self._routes[("POST", "/v1/messages/count_tokens")] = (self._count_tokens, ANTHROPIC)
 
     def _tap(self, backend: str) -> Tap:
         """Wire capture of what a translating driver sends and receives for ``backend``."""
@@ -204,44 +183,161 @@ class Gateway:
 
     async def startup(self) -> None:
         self.store = await asyncio.to_thread(Store, self.config.store)
-        self.keys = KeyBook(self.config.keys, self.store)
-        await self.keys.refresh()
+        self.keys = KeyBook(self.config.keys, self.store, loopback=self.keys.loopback)
+        await asyncio.to_thread(self.keys.sync)
+        self.dependencies.watch("store")
         self.usage = UsageWriter(
             self.store, interval=self.config.usage.flush_seconds, max_batch=self.config.usage.batch
         )
         await self.usage.start()
         self.chains = Chains(self.store)
         if self.config.redis:
-            self._redis = RedisCounters(self.config.redis)
-            self.limiter = Limiter(self._redis)
+            self.dependencies.watch("redis")
+        self.limiter = Limiter.create(
+            self.config.redis,
+            on_shared_error=self.config.limits.on_shared_error,
+            on_change=lambda up: self._shared_state("redis", up),
+        )
+        await self.limiter.start()
+        self._spawn(self._watch_store())
+        forget_dead_workers()
+        if self._hook_signals:
+            self._hook_stop_signals()
         # Everything alive now lives as long as the process; keep the cyclic collector from walking
         # it again and again (full collections over it showed up as 50 ms stalls at p99).
         gc.collect()
         gc.freeze()
 
     async def shutdown(self) -> None:
+        self._stopping = True
         if self._background:
+            for task in self._background:
+                task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.chains.drain()
         if self.usage is not None:
             await self.usage.stop()
-        if self._redis is not None:
-            await self._redis.aclose()
+        await self.limiter.aclose()
         await self.transport.aclose()
         if self.capture is not None:
             self.capture.close()
         if self.store is not None:
             self.store.close()
 
+    def begin_shutdown(self) -> None:
+        """A stop signal arrived: in-flight requests get the grace period, then are cut cleanly."""
+        self.inflight.cut_after(self.config.server.grace_seconds)
+
+    def _hook_stop_signals(self) -> None:
+        """Learn of SIGTERM/SIGINT alongside the server (which stops accepting and waits): the server
+        only waits, and cancelling what is left would end requests without an answer or a record."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+
+            def handler(number: int, frame: Any, previous: Any = previous) -> None:
+                loop.call_soon_threadsafe(self.begin_shutdown)
+                if callable(previous):
+                    previous(number, frame)
+
+            signal.signal(sig, handler)
+
+    async def _watch_store(self) -> None:
+        """Keep the key table in step with the store, and notice when the store goes or comes back."""
+        while True:
+            await asyncio.sleep(SYNC_SECONDS)
+            try:
+                if await asyncio.to_thread(self.keys.sync):
+                    log.info("client keys reloaded (%d in force)", len(self.keys.in_force()))
+            except Exception as exc:  # whatever the database driver raises
+                self.dependencies.mark("store", False, describe_error(exc))
+            else:
+                self.dependencies.mark("store", True)
+
+    def _shared_state(self, name: str, up: bool) -> None:
+        """The limit counters' dependency changed; they have said so in the log themselves."""
+        if not up:
+            self.metrics.shared_state_error(name)
+        self.dependencies.mark(name, up, announce=False)
+
+    def _dependency_changed(self, name: str, up: bool) -> None:
+        self.metrics.dependency(name, up)
+        if up and name == "store" and self.usage is not None:
+            self.usage.wake()  # write what waited for the store now, not after the writer's backoff
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            handler = self._routes.get((scope["method"], scope["path"]))
-            if handler is None:
-                handler = self._dynamic(scope)
-            await handler(scope, receive, send)
+            plain = self._plain.get((scope["method"], scope["path"]))
+            if plain is not None:
+                await plain(scope, receive, send)
+                return
+            endpoint = self._routes.get((scope["method"], scope["path"])) or self._dynamic(scope)
+            await self._serve(endpoint, scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _serve(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+        """Every API request: tracked while in flight, ended cleanly if cut, one log line at the end."""
+        handler, surface = endpoint
+        call = Call(_request_id(scope), surface, time.monotonic(), self.client_address(scope))
+        label = surface.dialect
+        self.metrics.request_started(label)
+        self.inflight.enter(call)
+        try:
+            await handler(call, scope, receive, send)
+        except ModelwireError as err:
+            await self._error(call, send, err)
+        except asyncio.CancelledError:
+            if not call.cut:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            await self._end_cut(call, send)
+        except ConnectionResetError:
+            call.status, call.error = 499, "client_closed"
+        except Exception:
+            log.exception("request %s failed", call.request_id)
+            if not call.responding:
+                await self._error(call, send, ModelwireError("internal gateway error"))
+        finally:
+            self.inflight.leave(call)
+            self.metrics.request_finished(
+                label,
+                call.model,
+                call.backend or "none",
+                call.status,
+                time.monotonic() - call.started,
+                call.ttft,
+            )
+            self.request_log.write(call)
+
+    async def _end_cut(self, call: Call, send: Send) -> None:
+        """Past the grace period: the request's own error, in its dialect, and its usage row."""
+        err = ServiceUnavailableError(
+            "the gateway is shutting down and could not finish this request; retry it",
+            code="shutting_down",
+        )
+        try:
+            if call.responding:
+                await http.stream_chunk(send, call.surface.stream_error(err, None, call.body))
+                await http.end_stream(send)
+                call.status = err.status
+            else:
+                await self._error(call, send, err)
+        except OSError:
+            pass  # the client is gone too
+        call.error = "shutdown"
+        if call.model:
+            self._account(call, await self._estimate(call), err.status)
+
+    async def _estimate(self, call: Call) -> Usage:
+        """What a cut request used, when the upstream never said: its input counted offline, and
+        about one output token per stream event that reached the client."""
+        try:
+            tokens = await asyncio.to_thread(count_request_tokens, call.decoded())
+        except ModelwireError:
+            tokens = 0
+        return Usage(input_tokens=tokens, output_tokens=call.events)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -250,7 +346,7 @@ class Gateway:
                 try:
                     await self.startup()
                 except Exception as exc:
-                    log.exception("start-up failed")
+                    log.error("start-up failed: %s", describe_error(exc))
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
@@ -259,19 +355,19 @@ class Gateway:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    def _dynamic(self, scope: Scope) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    def _dynamic(self, scope: Scope) -> Endpoint:
         full: str = scope["path"]
         method = scope["method"]
         if full.startswith(("/v1beta/models", "/v1/models/")) and ":" in full.rsplit("/", 1)[-1]:
-            return self._gemini if method == "POST" else self._not_found
+            return (self._gemini, GEMINI) if method == "POST" else (self._not_found, GEMINI)
         if full.startswith("/v1beta/models") and method == "GET":
-            return self._gemini_models
+            return self._gemini_models, GEMINI
         path = full.removeprefix("/v1")
         if path.startswith("/responses/"):
-            return self._stored_response
+            return self._stored_response, RESPONSES
         if path.startswith("/models/") and method == "GET":
-            return self._get_model
-        return self._not_found
+            return self._get_model, CHAT
+        return self._not_found, CHAT
 
     # ------------------------------------------------------------------------------ plain routes
 
@@ -279,94 +375,70 @@ class Gateway:
         await http.respond_json(send, 200, {"status": "ok"}, [])
 
     async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ready = self.store is not None and await asyncio.to_thread(self.store.ping)
-        status = 200 if ready else 503
-        await http.respond_json(send, status, {"status": "ready" if ready else "store unreachable"}, [])
+        """200 when every dependency answers; 503 naming what is down (the gateway still serves)."""
+        ready = self.store is not None and self.dependencies.healthy
+        doc: dict[str, Any] = {"status": "ready" if ready else "degraded", **self.dependencies.report()}
+        if self.usage is not None:
+            doc["usage_pending"] = self.usage.pending
+        await http.respond_json(send, 200 if ready else 503, doc, [])
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.usage is not None:
+            self.metrics.usage_backlog(self.usage.pending, self.usage.dropped)
         payload, content_type = self.metrics.render()
         await http.respond(send, 200, payload, [], content_type.encode())
 
-    async def _not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _not_found(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
         err = NotFoundError(f"no route for {scope['method']} {scope['path']}", code="unknown_url")
-        await self._error(send, CHAT, err, _request_id(scope), [])
+        await self._error(call, send, err)
 
     # ------------------------------------------------------------------------- generation routes
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._generate(scope, receive, send, CHAT)
-
-    async def _responses(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._generate(scope, receive, send, RESPONSES)
-
-    async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._generate(scope, receive, send, ANTHROPIC)
-
-    async def _gemini(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _gemini(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
         """``/v1beta/models/{model}:{action}``: the model and whether to stream are in the URL."""
         model, _, action = scope["path"].split("/models/", 1)[1].rpartition(":")
         if action == "countTokens":
-            await self._gemini_count(scope, receive, send, model)
+            await self._gemini_count(call, scope, receive, send, model)
         elif action in ("generateContent", "streamGenerateContent"):
             stream = action == "streamGenerateContent"
             sse = not stream or b"alt=sse" in scope.get("query_string", b"")
-            await self._generate(scope, receive, send, GEMINI if sse else GEMINI_ARRAY, (model, stream))
+            call.surface = GEMINI if sse else GEMINI_ARRAY
+            await self._generate(call, scope, receive, send, (model, stream))
         else:
-            err = NotFoundError(f"unknown method {action!r}", code="unknown_url")
-            await self._error(send, GEMINI, err, _request_id(scope), [])
+            await self._error(call, send, NotFoundError(f"unknown method {action!r}", code="unknown_url"))
 
     async def _generate(
         self,
+        call: Call,
         scope: Scope,
         receive: Receive,
         send: Send,
-        surface: Surface,
         from_path: tuple[str, bool] | None = None,
     ) -> None:
-        call = Call(request_id=_request_id(scope), surface=surface, started=time.monotonic())
-        self.metrics.request_started(surface.dialect)
-        status = 500
         try:
             route = await self._admit(scope, receive, call, from_path)
-            if surface is RESPONSES:
+            if call.surface is RESPONSES:
                 await self._expand_chain(call)
             if call.stream:
-                status = await self._stream(call, route, receive, send)
+                await self._stream(call, route, receive, send)
             else:
-                status = await self._complete(call, route, send)
+                await self._complete(call, route, send)
         except ModelwireError as err:
             call.backend, call.upstream_model = err.backend, err.upstream_model
-            if isinstance(err, ContextLengthError) and surface is ANTHROPIC:
+            if isinstance(err, ContextLengthError) and call.surface is ANTHROPIC:
                 err = await self._too_long(call, err)
-            status = await self._error(send, surface, err, call.request_id, [])
-            self._account(call, None, status)
-        except ConnectionResetError:
-            status = 499
-        except Exception:
-            log.exception("request %s failed", call.request_id)
-            status = await self._error(
-                send, surface, ModelwireError("internal gateway error"), call.request_id, []
-            )
-        finally:
-            self.metrics.request_finished(
-                surface.dialect,
-                call.model,
-                call.backend or "",
-                status,
-                time.monotonic() - call.started,
-                call.ttft,
-            )
+            await self._error(call, send, err)
+            self._account(call, None, call.status)
 
     async def _admit(
         self, scope: Scope, receive: Receive, call: Call, from_path: tuple[str, bool] | None = None
     ) -> Route:
         """Authenticate, read and check the request; the route it will take. ``from_path`` is the
         model and stream flag of dialects that say them in the URL (Gemini)."""
-        headers = dict(scope["headers"])
-        call.key = await self._authenticate(scope, headers)
+        headers = self._authenticate(call, scope)
         raw = await http.read_body(receive, self.config.server.max_body_bytes, headers.get(b"content-length"))
         _CURRENT.set((call.request_id, call.key.name if call.key else None))
-        self._record("client_request", call, raw, url=scope["path"])
+        self._record("client_request", call, raw, url=scope["path"], client=call.client)
         call.body = body = http.parse_json(raw)
         if from_path is not None:
             body["model"], body["stream"] = from_path
@@ -384,13 +456,12 @@ class Gateway:
         await self._limit(call.key)
         return route
 
-    async def _authenticate(self, scope: Scope, headers: dict[bytes, bytes]) -> ClientKey | None:
-        if self.keys.open and self.keys.needs_refresh():
-            await self.keys.refresh()  # keys may have been created since: then auth starts
+    def _authenticate(self, call: Call, scope: Scope) -> dict[bytes, bytes]:
+        """Find the request's client key (``call.key``); the request headers, for the caller."""
+        headers = dict(scope["headers"])
         if self.keys.open:
-            return None
-        address = scope["client"][0] if scope.get("client") else "unknown"
-        locked = self.lockout.locked(address)
+            return headers
+        locked = self.lockout.locked(call.client)
         if locked is not None:
             raise RateLimitError(
                 f"too many failed attempts with bad keys; try again in {locked:.0f} s",
@@ -403,14 +474,15 @@ class Gateway:
                 "missing API key: send the header 'Authorization: Bearer' followed by your key, or x-api-key",
                 code="missing_api_key",
             )
-        key = await self.keys.lookup(secret)
+        key = self.keys.lookup(secret)
         if key is None:
-            self.lockout.failure(address)
+            self.lockout.failure(call.client)
             raise AuthenticationError("invalid API key", code="invalid_api_key")
         if key.expired(time.time()):
             raise AuthenticationError(f"the API key {key.name!r} has expired", code="expired_api_key")
-        self.lockout.success(address)
-        return key
+        self.lockout.success(call.client)
+        call.key = key
+        return headers
 
     def _authorize(self, key: ClientKey | None, model: str, route: Route) -> None:
         if key is None or key.allows(model):
@@ -424,20 +496,35 @@ class Gateway:
     async def _limit(self, key: ClientKey | None) -> None:
         if key is None or key.policy.unlimited:
             return
-        if (
-            key.policy.budget_usd is not None
-            and key.name not in self._budget_seeded
-            and self.store is not None
-        ):
-            # A budget is spending across restarts: start from what the usage records say.
-            spent = await asyncio.to_thread(self.store.spent_usd, key.name)
-            await self.limiter.seed_spend(key.policy, spent)
-            self._budget_seeded.add(key.name)
+        if self.config.server.workers > 1 and not self.config.redis:
+            # Each worker would count alone: the key would get its limits once per worker.
+            raise ServiceUnavailableError(
+                f"the key {key.name!r} has limits, which need `redis:` when the gateway runs several "
+                "workers; ask the operator to configure Redis or run one worker",
+                code="limits_need_redis",
+            )
+        if key.policy.budget_usd is not None and key.name not in self._budget_seeded:
+            await self._seed_budget(key)
         refusal = await self.limiter.admit(key.policy)
         if refusal is not None:
-            raise RateLimitError(
-                refusal.message, retry_after=refusal.retry_after, code=f"{refusal.reason}_exceeded"
-            )
+            kind = ServiceUnavailableError if refusal.status == 503 else RateLimitError
+            raise kind(refusal.message, retry_after=refusal.retry_after, code=refusal.code)
+
+    async def _seed_budget(self, key: ClientKey) -> None:
+        """A budget is spending across restarts: start from what the usage records say. Until the
+        store can say, the key is refused rather than let it spend blind."""
+        assert self.store is not None
+        try:
+            spent = await asyncio.to_thread(self.store.spent_usd, key.name)
+        except Exception as exc:  # whatever the database driver raises
+            self.dependencies.mark("store", False, describe_error(exc))
+            raise ServiceUnavailableError(
+                f"the key {key.name!r} has a budget and the gateway's store is unreachable, so its "
+                "spending cannot be checked; retry shortly",
+                code="store_unavailable",
+            ) from None
+        await self.limiter.seed_spend(key.policy, spent)
+        self._budget_seeded.add(key.name)
 
     async def _expand_chain(self, call: Call) -> None:
         previous = call.body.get("previous_response_id")
@@ -451,7 +538,7 @@ class Gateway:
 
     # ------------------------------------------------------------------------------ non-streaming
 
-    async def _complete(self, call: Call, route: Route, send: Send) -> int:
+    async def _complete(self, call: Call, route: Route, send: Send) -> None:
         outcome = await self.failover.run(route.order(), lambda t, b, i: self._attempt(call, t, b, i))
         call.served_by(outcome.target, outcome.backend)
         value = outcome.value
@@ -459,9 +546,8 @@ class Gateway:
         if isinstance(value, Passthrough):
             usage = self._passthrough_usage(call, value.doc)
             self._record("upstream_response", call, value.payload)
-            await http.respond(send, value.reply.status, value.payload, headers)
-            self._record("client_response", call, value.payload)
-            self._remember(call, value.doc, outcome.backend, translated=False)
+            await self._remember(call, value.doc, outcome.backend, translated=False)
+            status, payload = value.reply.status, value.payload
         else:
             assert value.response is not None
             usage = value.response.usage
@@ -469,13 +555,13 @@ class Gateway:
             # drops thinking blocks from turns "by another model"); x-modelwire-model names the real one.
             value.response.model = call.model
             doc = call.surface.render_response(value.response, call.decoded())
-            payload = orjson.dumps(doc)
-            await http.respond(send, 200, payload, headers)
-            self._record("client_response", call, payload)
-            self._remember(call, doc, outcome.backend, translated=True)
+            await self._remember(call, doc, outcome.backend, translated=True)
+            status, payload = 200, orjson.dumps(doc)
+        call.responding = True
+        await http.respond(send, status, payload, headers)
+        self._record("client_response", call, payload)
         call.ttft = time.monotonic() - call.started
-        self._account(call, usage, 200)
-        return 200
+        self._account(call, usage, status)
 
     async def _attempt(
         self, call: Call, target: Target, backend: Backend, index: int
@@ -551,33 +637,24 @@ class Gateway:
 
     # ---------------------------------------------------------------------------------- streaming
 
-    async def _stream(self, call: Call, route: Route, receive: Receive, send: Send) -> int:
+    async def _stream(self, call: Call, route: Route, receive: Receive, send: Send) -> None:
         task = asyncio.ensure_future(
             self.failover.run(route.order(), lambda t, b, i: self._attempt(call, t, b, i))
         )
-        started = False
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=self.config.server.keepalive_seconds)
-            if done:
-                break
-            if not started:  # the wait is long: open the stream and keep it alive
-                await http.start_stream(
-                    send, [(b"x-request-id", call.request_id.encode())], call.surface.stream_headers
-                )
-                started = True
-            await http.stream_chunk(send, call.surface.keepalive)
         try:
-            outcome = task.result()
+            outcome = await self._first_answer(call, task, send)
         except ModelwireError as err:
-            if not started:
+            if not call.responding:
                 raise
-            await http.stream_chunk(send, call.surface.stream_error(_safe(err), None, call.body))
-            await http.end_stream(send)
+            await self._error(call, send, err)
             call.backend, call.upstream_model = err.backend, err.upstream_model
             self._account(call, None, err.status)
-            return err.status
+            return
+        finally:
+            task.cancel()  # a no-op once done; stops the search when this request is cut
         call.served_by(outcome.target, outcome.backend)
-        if not started:
+        if not call.responding:
+            call.responding = True
             await http.start_stream(send, self._served_headers(call, outcome), call.surface.stream_headers)
         watcher = asyncio.ensure_future(receive())
         try:
@@ -588,8 +665,23 @@ class Gateway:
         finally:
             watcher.cancel()
         await http.end_stream(send)
+        if status == 499:
+            call.error = "client_closed"
+            usage = usage or await self._estimate(call)
         self._account(call, usage, status)
-        return status
+
+    async def _first_answer(self, call: Call, task: asyncio.Future[Outcome[Any]], send: Send) -> Outcome[Any]:
+        """Wait for the failover search; while the wait is long, open the stream and keep it alive."""
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=self.config.server.keepalive_seconds)
+            if done:
+                return task.result()
+            if not call.responding:
+                call.responding = True
+                await http.start_stream(
+                    send, [(b"x-request-id", call.request_id.encode())], call.surface.stream_headers
+                )
+            await http.stream_chunk(send, call.surface.keepalive)
 
     async def _pump_passthrough(
         self, call: Call, outcome: Outcome[Any], send: Send, watcher: asyncio.Future[Any]
@@ -598,14 +690,15 @@ class Gateway:
         reply = value.reply
         if "json" in reply.headers.get("content-type", ""):  # the upstream ignored stream=true
             return await self._pump_whole(call, value, send)
-        chat = call.surface is CHAT
         tap: ChatTap | ResponsesTap = (
             ChatTap(
                 strip_usage=not passthrough.wants_usage(call.body), azure=outcome.backend.host.kind == "azure"
             )
-            if chat
+            if call.surface is CHAT
             else ResponsesTap()
         )
+        # A stored response must be in the store before the client can name it: hold the final event.
+        hold = isinstance(tap, ResponsesTap) and self._keeps(call, outcome.backend, translated=False)
         capture = self.capture is not None
         try:
             async for chunk in reply.chunks():
@@ -613,11 +706,10 @@ class Gateway:
                 if capture:
                     self._record("upstream_chunk", call, chunk)
                 if out:
-                    if call.ttft is None:
-                        call.ttft = time.monotonic() - call.started
-                    await http.stream_chunk(send, out)
-                    if capture:
-                        self._record("client_chunk", call, out)
+                    if hold and tap.response is not None:  # type: ignore[union-attr]
+                        hold = False
+                        await self._remember(call, tap.response, outcome.backend, translated=False)  # type: ignore[union-attr]
+                    await self._forward_chunk(call, send, out)
                 if watcher.done():
                     reply.close()
                     return tap.usage, 499
@@ -627,10 +719,17 @@ class Gateway:
         if not tap.finished and not tap.errored:
             cut = ProtocolError("the upstream stream ended before the answer finished", status=502)
             await http.stream_chunk(send, passthrough.cut_stream_error(tap, cut))
+            call.error = "upstream_cut"
             return tap.usage, 502
-        if isinstance(tap, ResponsesTap) and tap.response is not None:
-            self._remember(call, tap.response, outcome.backend, translated=False)
         return tap.usage, 502 if tap.errored else 200
+
+    async def _forward_chunk(self, call: Call, send: Send, out: bytes) -> None:
+        if call.ttft is None:
+            call.ttft = time.monotonic() - call.started
+        call.events += 1
+        await http.stream_chunk(send, out)
+        if self.capture is not None:
+            self._record("client_chunk", call, out)
 
     async def _pump_whole(self, call: Call, value: Passthrough, send: Send) -> tuple[Usage | None, int]:
         doc = passthrough.json_object(await value.reply.read())
@@ -648,6 +747,7 @@ class Gateway:
         value: Translated = outcome.value
         assert value.events is not None
         renderer = call.surface.stream_renderer(call.decoded(), call.body)
+        hold = self._keeps(call, outcome.backend, translated=True)
         usage: Usage | None = None
         status = 200
         events = value.events
@@ -661,19 +761,17 @@ class Gateway:
                     event = StreamError(error=_safe(event.error))
                     status = getattr(event.error, "status", 502)
                 out = renderer.feed(event)
+                final = getattr(renderer, "response", None) if hold else None
+                if isinstance(final, dict):  # stored before the client sees the end of it
+                    hold = False
+                    await self._remember(call, final, outcome.backend, translated=True)
                 if out:
-                    if call.ttft is None:
-                        call.ttft = time.monotonic() - call.started
-                    await http.stream_chunk(send, out)
-                    self._record("client_chunk", call, out)
+                    await self._forward_chunk(call, send, out)
                 if watcher.done():
                     return usage, 499
             await http.stream_chunk(send, _end(renderer))
         finally:
             await events.aclose()  # type: ignore[attr-defined]
-        final = getattr(renderer, "response", None)
-        if isinstance(final, dict):
-            self._remember(call, final, outcome.backend, translated=True)
         return usage, status
 
     # ------------------------------------------------------------------------------- bookkeeping
@@ -695,22 +793,29 @@ class Gateway:
         decode = openai_chat.decode_usage if call.surface is CHAT else openai_responses.decode_usage
         return decode(doc["usage"])
 
-    def _remember(
+    def _keeps(self, call: Call, backend: Backend, *, translated: bool) -> bool:
+        """Whether the gateway stores this answer: Responses answers from upstreams that keep none
+        (a native upstream stores what it served and chains it itself), unless ``store: false``."""
+        if call.surface is not RESPONSES or call.body.get("store") is False:
+            return False
+        return translated or not backend.native
+
+    async def _remember(
         self, call: Call, doc: dict[str, Any] | None, backend: Backend, *, translated: bool
     ) -> None:
-        """Keep a Responses answer for ``previous_response_id`` when its upstream keeps nothing."""
-        if call.surface is not RESPONSES or doc is None or call.body.get("store") is False:
+        """Keep a Responses answer for ``previous_response_id``, durably: the caller sends the end of
+        the answer only after this returns, so a follow-up on any replica finds it."""
+        if doc is None or not self._keeps(call, backend, translated=translated):
             return
-        if backend.native and not translated:
-            return  # a native upstream stored it and chains it itself
         items = call.items if call.items is not None else input_items(call.body)
-        self.chains.put(stored(call.body, items, doc, call.key.name if call.key else None))
+        await self.chains.put(stored(call.body, items, doc, call.key.name if call.key else None))
 
     def _account(self, call: Call, usage: Usage | None, status: int) -> None:
         """Record usage and metrics without making the client wait for either."""
         backend, upstream_model = call.backend, call.upstream_model
         usage = usage or Usage()
         cost = self.catalog.cost(upstream_model or call.model, usage) if usage.total_tokens else None
+        call.status, call.usage, call.cost = status, usage, cost
         if self.usage is not None:
             self.usage.add(
                 UsageRecord(
@@ -730,6 +835,7 @@ class Gateway:
                     status=status,
                     request_id=call.request_id,
                     stream=call.stream,
+                    error=call.error,
                 )
             )
         if usage.total_tokens:
@@ -762,33 +868,42 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _error(
-        self, send: Send, surface: Surface, err: ModelwireError, request_id: str, headers: Headers
-    ) -> int:
+    async def _error(self, call: Call, send: Send, err: ModelwireError) -> None:
+        """``err`` in the client's dialect: an error response, or the stream's own error event when
+        the response has begun."""
         err = _safe(err)
-        status, doc = surface.render_error(err)
-        extra = [(b"x-request-id", request_id.encode()), *headers]
+        call.status, call.error = err.status, call.error or _error_code(err)
+        self.metrics.error(call.surface.dialect, type(err).__name__)
+        if call.responding:
+            await http.stream_chunk(send, call.surface.stream_error(err, None, call.body))
+            await http.end_stream(send)
+            return
+        status, doc = call.surface.render_error(err)
+        call.status = status
+        extra = [(b"x-request-id", call.request_id.encode())]
         if err.retry_after is not None:
             extra.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
-        self.metrics.error(surface.dialect, type(err).__name__)
+        call.responding = True
         await http.respond_json(send, status, doc, extra)
-        return status
 
     # ----------------------------------------------------------------------- embeddings, models
+    # Each handler raises ModelwireError for what goes wrong; _serve says it in the call's dialect.
 
-    async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
-        call = Call(request_id=_request_id(scope), surface=CHAT, started=time.monotonic())
+    async def _embeddings(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             route = await self._admit(scope, receive, call)
             outcome = await self.failover.run(route.order(), lambda t, b, i: self._embed(call, t, b, i))
-            payload, doc = outcome.value
-            await http.respond(send, 200, payload, self._served_headers(call, outcome))
-            tokens = (doc.get("usage") or {}).get("prompt_tokens") or 0
-            call.served_by(outcome.target, outcome.backend)
-            self._account(call, Usage(input_tokens=int(tokens)), 200)
         except ModelwireError as err:
             call.backend, call.upstream_model = err.backend, err.upstream_model
-            self._account(call, None, await self._error(send, CHAT, err, call.request_id, []))
+            await self._error(call, send, err)
+            self._account(call, None, call.status)
+            return
+        payload, doc = outcome.value
+        call.served_by(outcome.target, outcome.backend)
+        call.responding = True
+        await http.respond(send, 200, payload, self._served_headers(call, outcome))
+        tokens = (doc.get("usage") or {}).get("prompt_tokens") or 0
+        self._account(call, Usage(input_tokens=int(tokens)), 200)
 
     async def _embed(
         self, call: Call, target: Target, backend: Backend, index: int
@@ -812,82 +927,73 @@ class Gateway:
         doc = passthrough.json_object(payload)
         return payload, doc
 
-    async def _list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = _request_id(scope)
-        headers = dict(scope["headers"])
+    async def _list_models(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
         if google_client(scope):  # google-genai lists models here too
-            return await self._gemini_models(scope, receive, send)
+            call.surface = GEMINI
+            return await self._gemini_models(call, scope, receive, send)
+        headers = self._authenticate(call, scope)
         anthropic = b"anthropic-version" in headers
-        try:
-            key = await self._authenticate(scope, headers)
-            ids = [m for m in await self._model_ids() if key is None or key.allows(m)]
-            if anthropic:
-                data = [anthropic_model(m) for m in ids]
-                doc: dict[str, Any] = {
-                    "data": data,
-                    "has_more": False,
-                    "first_id": ids[0] if ids else None,
-                    "last_id": ids[-1] if ids else None,
-                }
-            else:
-                doc = {"object": "list", "data": [openai_model(m) for m in ids]}
-            await http.respond_json(send, 200, doc, [(b"x-request-id", request_id.encode())])
-        except ModelwireError as err:
-            await self._error(send, ANTHROPIC if anthropic else CHAT, err, request_id, [])
+        if anthropic:
+            call.surface = ANTHROPIC
+        ids = await self._allowed_models(call.key)
+        if anthropic:
+            doc: dict[str, Any] = {
+                "data": [anthropic_model(m) for m in ids],
+                "has_more": False,
+                "first_id": ids[0] if ids else None,
+                "last_id": ids[-1] if ids else None,
+            }
+        else:
+            doc = {"object": "list", "data": [openai_model(m) for m in ids]}
+        await self._answer(call, send, doc)
 
-    async def _gemini_count(self, scope: Scope, receive: Receive, send: Send, model: str) -> None:
+    async def _gemini_count(self, call: Call, scope: Scope, receive: Receive, send: Send, model: str) -> None:
         """Gemini's token counter: ``{contents}`` or ``{generateContentRequest}``."""
 
         def body(sent: dict[str, Any]) -> dict[str, Any]:
             inner = sent.get("generateContentRequest")
             return {**inner, "model": model} if isinstance(inner, dict) else sent
 
-        await self._count(scope, receive, send, GEMINI, body, "totalTokens", (model, False))
+        await self._count(call, scope, receive, send, body, "totalTokens", (model, False))
 
-    async def _gemini_models(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _gemini_models(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /v1beta/models`` and ``GET /v1beta/models/{model}`` in Gemini's shape."""
-        request_id = _request_id(scope)
         wanted = scope["path"].removeprefix("/v1beta").removeprefix("/v1").removeprefix("/models").strip("/")
-        try:
-            key = await self._authenticate(scope, dict(scope["headers"]))
-            ids = [m for m in await self._model_ids() if key is None or key.allows(m)]
-            if not wanted:
-                doc: dict[str, Any] = {"models": [self._gemini_model(m) for m in ids]}
-            elif wanted.removeprefix("models/") in ids:
-                doc = self._gemini_model(wanted.removeprefix("models/"))
-            else:
-                raise NotFoundError(f"models/{wanted} is not found", code="model_not_found")
-            await http.respond_json(send, 200, doc, [(b"x-request-id", request_id.encode())])
-        except ModelwireError as err:
-            await self._error(send, GEMINI, err, request_id, [])
+        self._authenticate(call, scope)
+        ids = await self._allowed_models(call.key)
+        if not wanted:
+            doc: dict[str, Any] = {"models": [self._gemini_model(m) for m in ids]}
+        elif wanted.removeprefix("models/") in ids:
+            doc = self._gemini_model(wanted.removeprefix("models/"))
+        else:
+            raise NotFoundError(f"models/{wanted} is not found", code="model_not_found")
+        await self._answer(call, send, doc)
 
     def _gemini_model(self, model: str) -> dict[str, Any]:
         return gemini_model(model, self.catalog.profile(self.router.resolve(model).targets[0].model))
 
-    async def _responses_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _responses_tokens(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
         """The Responses API's token counter."""
         await self._count(
+            call,
             scope,
             receive,
             send,
-            RESPONSES,
             lambda sent: sent,
             "input_tokens",
             answer_object="response.input_tokens",
         )
 
-    async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _count_tokens(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
         """Anthropic's token counter (its bodies carry no ``max_tokens``, which decoding wants)."""
-        await self._count(
-            scope, receive, send, ANTHROPIC, lambda sent: {"max_tokens": 1, **sent}, "input_tokens"
-        )
+        await self._count(call, scope, receive, send, lambda sent: {"max_tokens": 1, **sent}, "input_tokens")
 
     async def _count(
         self,
+        call: Call,
         scope: Scope,
         receive: Receive,
         send: Send,
-        surface: Surface,
         body: Callable[[dict[str, Any]], dict[str, Any]],
         answer: str,
         from_path: tuple[str, bool] | None = None,
@@ -895,35 +1001,35 @@ class Gateway:
         answer_object: str | None = None,
     ) -> None:
         """Count a request's input tokens with the upstream model's own tokenizer, offline."""
-        call = Call(request_id=_request_id(scope), surface=surface, started=time.monotonic())
-        try:
-            route = await self._admit(scope, receive, call, from_path)
-            req = surface.decode_request(body(call.body))
-            req.model = route.targets[0].model
-            count = await asyncio.to_thread(count_request_tokens, req)
-            doc: dict[str, Any] = (
-                {answer: count} if answer_object is None else {"object": answer_object, answer: count}
-            )
-            await http.respond_json(send, 200, doc, [(b"x-request-id", call.request_id.encode())])
-        except ModelwireError as err:
-            await self._error(send, surface, err, call.request_id, [])
+        route = await self._admit(scope, receive, call, from_path)
+        req = call.surface.decode_request(body(call.body))
+        req.model = route.targets[0].model
+        count = await asyncio.to_thread(count_request_tokens, req)
+        doc: dict[str, Any] = (
+            {answer: count} if answer_object is None else {"object": answer_object, answer: count}
+        )
+        await self._answer(call, send, doc)
 
-    async def _get_model(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _get_model(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
         if google_client(scope):
-            return await self._gemini_models(scope, receive, send)
-        request_id = _request_id(scope)
+            call.surface = GEMINI
+            return await self._gemini_models(call, scope, receive, send)
         model = scope["path"].removeprefix("/v1").removeprefix("/models/")
-        try:
-            key = await self._authenticate(scope, dict(scope["headers"]))
-            if model not in await self._model_ids() or (key is not None and not key.allows(model)):
-                raise NotFoundError(
-                    f"The model {model!r} does not exist or you do not have access to it.",
-                    code="model_not_found",
-                    param="model",
-                )
-            await http.respond_json(send, 200, openai_model(model), [(b"x-request-id", request_id.encode())])
-        except ModelwireError as err:
-            await self._error(send, CHAT, err, request_id, [])
+        self._authenticate(call, scope)
+        if model not in await self._allowed_models(call.key):
+            raise NotFoundError(
+                f"The model {model!r} does not exist or you do not have access to it.",
+                code="model_not_found",
+                param="model",
+            )
+        await self._answer(call, send, openai_model(model))
+
+    async def _answer(self, call: Call, send: Send, doc: Any, status: int = 200) -> None:
+        call.status, call.responding = status, True
+        await http.respond_json(send, status, doc, [(b"x-request-id", call.request_id.encode())])
+
+    async def _allowed_models(self, key: ClientKey | None) -> list[str]:
+        return [m for m in await self._model_ids() if key is None or key.allows(m)]
 
     async def _model_ids(self) -> list[str]:
         names = self.router.public_models()
@@ -945,23 +1051,21 @@ class Gateway:
 
     # ---------------------------------------------------------------------------- stored responses
 
-    async def _stored_response(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _stored_response(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
         """``/v1/responses/{id}[/input_items]``: from the gateway's store, or else from the native
         upstreams (which store what they served themselves)."""
-        request_id = _request_id(scope)
         rest = scope["path"].removeprefix("/v1").removeprefix("/responses/")
         response_id, _, tail = rest.partition("/")
-        try:
-            await self._authenticate(scope, dict(scope["headers"]))
-            found = await self.chains.get(response_id)
-            if found is None:
-                status, payload = await self._ask_native_backends(scope, rest)
-                await http.respond(send, status, payload, [(b"x-request-id", request_id.encode())])
-                return
-            doc = await self._stored_document(found, scope["method"], tail, scope["path"])
-            await http.respond_json(send, 200, doc, [(b"x-request-id", request_id.encode())])
-        except ModelwireError as err:
-            await self._error(send, RESPONSES, err, request_id, [])
+        self._authenticate(call, scope)
+        found = await self.chains.get(response_id)
+        if found is None:
+            status, payload = await self._ask_native_backends(scope, rest)
+            call.status, call.responding = status, True
+            await http.respond(send, status, payload, [(b"x-request-id", call.request_id.encode())])
+            return
+        await self._answer(
+            call, send, await self._stored_document(found, scope["method"], tail, scope["path"])
+        )
 
     async def _stored_document(
         self, found: StoredResponse, method: str, tail: str, path: str
@@ -1015,6 +1119,13 @@ def _request_id(scope: Scope) -> str:
         if name == b"x-request-id" and 0 < len(value) <= 128:
             return str(value.decode("latin-1"))
     return f"{_ID_PREFIX}{next(_id_counter):012x}"
+
+
+def _error_code(err: ModelwireError) -> str:
+    """A short code for the usage record and the log line: the error's own, or its kind."""
+    if err.code:
+        return err.code[:64]
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in type(err).__name__).lstrip("_")
 
 
 def _safe(err: Exception) -> ModelwireError:

@@ -1,27 +1,35 @@
 """Client keys: where a request's key is found, whom it belongs to, what it may use.
 
 Keys come from the config (plaintext there, by the operator's choice) and from the store (hashed;
-created with ``modelwire keys create``). Lookups are cached briefly so the hot path is a dict
-lookup; a revoked store key stops working within the cache TTL.
+created with ``modelwire keys create``). The whole key table lives in memory, indexed by the
+secret's SHA-256, so a lookup is one hash and one dict read, and an unknown key costs no database
+read either. :meth:`KeyBook.sync` reloads the store's keys whenever the store's key counter moves
+(the gateway calls it every SYNC_SECONDS), so a key created, changed or revoked on any replica takes
+effect on every replica within a second; expiry is checked on each request.
+
+Whether the gateway runs without auth ("open") is decided here and only here, from the keys
+actually loaded: only when it listens on loopback and no key was ever configured or created. Once a
+key exists, revoking it never opens the gateway again (someone chose auth), and a gateway listening
+beyond loopback never opens at all: with no key in force it refuses everyone.
 """
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from .limits import Policy
+from .store import hash_secret
 
 if TYPE_CHECKING:
     from .config import KeyConfig
     from .store import KeyRecord, Store
 
-CACHE_SECONDS = 30.0
+SYNC_SECONDS = 0.25
+"""How often the key counter is read: a change reaches every replica within about this long."""
 
 
 @dataclass(slots=True)
@@ -59,13 +67,14 @@ def from_record(record: KeyRecord) -> ClientKey:
 
 
 def extract_key(headers: dict[bytes, bytes], query: bytes) -> str | None:
-    """The client key from ``Authorization: Bearer``, ``x-api-key``, ``x-goog-api-key`` or ``?key=``."""
+    """The client key from ``Authorization: Bearer``, ``x-api-key``, ``api-key``, ``x-goog-api-key``
+    or ``?key=``."""
     auth = headers.get(b"authorization")
     if auth is not None:
         scheme, _, token = auth.partition(b" ")
         if scheme.lower() == b"bearer" and token.strip():
             return token.strip().decode("latin-1")
-    for name in (b"x-api-key", b"x-goog-api-key"):
+    for name in (b"x-api-key", b"api-key", b"x-goog-api-key"):
         value = headers.get(name)
         if value:
             return value.decode("latin-1")
@@ -77,43 +86,46 @@ def extract_key(headers: dict[bytes, bytes], query: bytes) -> str | None:
 
 
 class KeyBook:
-    """Every client key the gateway accepts. ``open`` when none exist at all (loopback only)."""
+    """Every client key the gateway accepts, held in memory and kept in step with the store."""
 
-    def __init__(self, config_keys: Iterable[KeyConfig], store: Store | None) -> None:
-        self._config = {k.key: from_config(k) for k in config_keys if k.key}
+    def __init__(self, config_keys: Iterable[KeyConfig], store: Store | None, *, loopback: bool) -> None:
+        self._config = {hash_secret(k.key): from_config(k) for k in config_keys}
         self._store = store
-        self._cache: dict[str, tuple[float, ClientKey | None]] = {}
-        self._store_has_keys = False
-        self._checked = 0.0
+        self._stored: dict[str, ClientKey] = {}
+        self._version: int | None = None
+        self._ever_stored = False  # a key was created in the store, even if since revoked
+        self.loopback = loopback
+
+    @property
+    def has_keys(self) -> bool:
+        """Whether auth is on: a key was configured or created, whether or not any is still live."""
+        return bool(self._config or self._stored or self._ever_stored)
 
     @property
     def open(self) -> bool:
-        return not self._config and not self._store_has_keys
+        """No auth at all: only on loopback, and only if no key was ever configured or created."""
+        return self.loopback and not self.has_keys
 
-    async def refresh(self) -> None:
-        """Re-learn whether the store holds any live keys (it may gain some while we run)."""
-        if self._store is not None:
-            keys = await asyncio.to_thread(self._store.list_keys)
-            self._store_has_keys = bool(keys)
-        self._checked = time.monotonic()
+    def in_force(self) -> list[ClientKey]:
+        return [*self._config.values(), *self._stored.values()]
 
-    async def lookup(self, secret: str) -> ClientKey | None:
-        key = self._config.get(secret)
-        if key is not None:
-            return key
-        now = time.monotonic()
-        cached = self._cache.get(secret)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        found = None
-        if self._store is not None:
-            record = await asyncio.to_thread(self._store.find_key, secret)
-            if record is not None and not record.revoked:
-                found = from_record(record)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[secret] = (now + CACHE_SECONDS, found)
-        return found
+    def lookup(self, secret: str) -> ClientKey | None:
+        digest = hash_secret(secret)
+        return self._config.get(digest) or self._stored.get(digest)
 
-    def needs_refresh(self) -> bool:
-        return time.monotonic() - self._checked > CACHE_SECONDS
+    def sync(self) -> bool:
+        """Reload the store's keys if they changed since the last call; whether they did.
+
+        Blocking (a database read): run it in a worker thread. Raises what the store raises; the
+        keys already loaded stay in force meanwhile.
+        """
+        if self._store is None:
+            return False
+        version = self._store.keys_version()
+        if version == self._version:
+            return False
+        self._stored = {digest: from_record(r) for digest, r in self._store.live_keys()}
+        if not self._ever_stored:
+            self._ever_stored = bool(self._stored) or bool(self._store.list_keys(include_revoked=True))
+        self._version = version
+        return True

@@ -50,6 +50,7 @@ class _Entry:
     __slots__ = (
         "backend",
         "body",
+        "client",
         "direction",
         "headers",
         "is_json",
@@ -69,6 +70,7 @@ class _Entry:
         key_name: str | None,
         headers: dict[str, str] | None,
         url: str | None,
+        client: str | None,
     ) -> None:
         self.time = time.time()
         self.direction = direction
@@ -79,13 +81,15 @@ class _Entry:
         self.key_name = key_name
         self.headers = headers
         self.url = url
+        self.client = client
 
 
 class Capture:
     """JSON Lines of inbound and outbound requests, responses and stream chunks.
 
     Each line has ``time``, ``request_id``, ``direction`` (one of :data:`DIRECTIONS`), ``backend``,
-    ``key_name`` (the client key's name, never the key), ``url``, ``headers`` and ``payload``.
+    ``key_name`` (the client key's name, never the key), ``client`` (the client's address, on the
+    request as it arrived), ``url``, ``headers`` and ``payload``.
     Never a secret: authorization, api-key, x-api-key, x-goog-api-key and cookie header values, and
     ``?key=`` query parameters, become ``[REDACTED]``, and anything the patterns of
     :func:`modelwire.observe.redact` recognise is redacted inside payload text. Bytes that are valid
@@ -114,6 +118,7 @@ class Capture:
         key_name: str | None = None,
         headers: Mapping[str, str] | None = None,
         url: str | None = None,
+        client: str | None = None,
     ) -> None:
         """Queue one record; returns at once. Dicts are serialised now so later mutation cannot leak in."""
         if direction not in DIRECTIONS:
@@ -124,7 +129,7 @@ class Capture:
         body, is_json = _snapshot(payload)
         # Plain strings: HTTP libraries hand over str subclasses (aiohttp's istr) JSON cannot key by.
         copied = {str(k): str(v) for k, v in headers.items()} if headers is not None else None
-        self._queue.put(_Entry(direction, request_id, body, is_json, backend, key_name, copied, url))
+        self._queue.put(_Entry(direction, request_id, body, is_json, backend, key_name, copied, url, client))
 
     def close(self) -> None:
         """Write everything queued, then close the file. Safe to call more than once."""
@@ -191,6 +196,7 @@ def _encode(entry: _Entry) -> bytes:
         "direction": entry.direction,
         "backend": _maybe_redact(entry.backend),
         "key_name": _maybe_redact(entry.key_name),
+        "client": entry.client,
         "url": _maybe_redact(entry.url),
         "headers": _headers(entry.headers),
     }

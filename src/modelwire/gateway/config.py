@@ -1,15 +1,22 @@
 """The gateway's configuration: ``modelwire.yaml``, the contract users and tests rely on.
 
-Every key is optional. ``${VAR}`` and ``${VAR:-default}`` expand from the environment before the
-YAML is validated. With no file at all the gateway serves one backend named ``openai`` built from
-``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` and keeps its state in SQLite. A bad file fails at start-up
-with an error naming the file, the key and the problem.
+Every key is optional. ``${VAR}`` and ``${VAR:-default}`` expand from the environment in each
+string value before the YAML is validated; ``${VAR}`` with ``VAR`` unset is an error (``${VAR:-}``
+asks for an empty default on purpose), and so is a client or upstream key that expands to nothing:
+a forgotten secret must stop the gateway, never open it. With no file at all the gateway serves one
+backend named ``openai`` built from ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` and keeps its state in
+SQLite. A bad file fails at start-up with an error naming the file, the key and the problem.
+
+Relative paths in a file (a SQLite store, the capture file) are relative to the file's own
+directory, so the gateway and the CLI find the same state from wherever they are run.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 DEFAULT_STORE = "sqlite:///.modelwire/state.db"
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 BackendType = Literal["openai", "azure", "codex", "openai-compatible"]
 
 
@@ -36,12 +44,31 @@ class _Model(BaseModel):
 class ServerConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, le=64)
+    workers: int = Field(1, ge=1, le=64, description="worker processes; `auto` is one per core")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     grace_seconds: float = Field(30.0, ge=0)
     keepalive_seconds: float = Field(10.0, gt=0, description="SSE keep-alive interval while a stream waits")
     allow_private_urls: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="CIDRs whose X-Forwarded-For / Forwarded headers are believed"
+    )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: Any) -> Any:
+        return min(os.cpu_count() or 1, 64) if value == "auto" else value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP address or CIDR range") from None
+        return value
 
 
 class BackendConfig(_Model):
@@ -63,6 +90,18 @@ class BackendConfig(_Model):
         if self.api is not None:
             return self.api
         return "responses" if self.type in ("openai", "codex", "azure") else "chat"
+
+    @model_validator(mode="after")
+    def _no_empty_keys(self) -> BackendConfig:
+        """An upstream key that expanded to nothing is a forgotten secret, not "no key"."""
+        if self.api_key is not None and not self.api_key.strip():
+            raise _Located("api_key", "is empty (an unset or empty secret?); remove it or give a key")
+        for i, key in enumerate(self.api_keys):
+            if not key.strip():
+                raise _Located(f"api_keys[{i}]", "is empty (an unset or empty secret?)")
+        if self.api_keys_env and not numbered_env(self.api_keys_env):
+            raise _Located("api_keys_env", f"${self.api_keys_env} is not set, so this backend has no key")
+        return self
 
     def keys(self) -> list[str]:
         """Every upstream key, deduplicated, in order: api_key, api_keys, then the environment."""
@@ -113,6 +152,17 @@ class KeyConfig(_Model):
     tpm: int | None = Field(None, ge=1)
     budget_usd: float | None = Field(None, ge=0)
 
+    @field_validator("key", "name")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty (an unset or empty secret?); a client key needs both")
+        return value
+
+    @property
+    def limited(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.budget_usd is not None
+
 
 class FailoverConfig(_Model):
     budget_seconds: float = Field(90.0, gt=0)
@@ -138,6 +188,12 @@ class UsageConfig(_Model):
     batch: int = Field(500, ge=1)
 
 
+class LimitsConfig(_Model):
+    on_shared_error: Literal["local", "deny"] = Field(
+        "local", description="Redis unreachable: count per replica (local) or refuse limited keys (deny)"
+    )
+
+
 class Config(_Model):
     server: ServerConfig = Field(default_factory=ServerConfig)
     store: str = DEFAULT_STORE
@@ -151,6 +207,7 @@ class Config(_Model):
     lockout: LockoutConfig = Field(default_factory=LockoutConfig)
     capture: CaptureConfig | None = None
     usage: UsageConfig = Field(default_factory=UsageConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     source: str = Field("<defaults>", exclude=True)
 
     @field_validator("store")
@@ -162,26 +219,31 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
-        from .routing import parse_ref  # routing validates refs; config only locates the problem
-
-        names = set(self.backends)
-        if self.default_backend is not None and self.default_backend not in names:
-            raise _located("default_backend", f"unknown backend {self.default_backend!r}", names)
-        for i, rule in enumerate(self.models):
-            for j, entry in enumerate(rule.route):
-                ref = entry if isinstance(entry, str) else entry.to
-                try:
-                    target = parse_ref(ref)
-                except ValueError as exc:
-                    raise _located(f"models[{i}].route[{j}]", str(exc), names) from None
-                if target.backend not in names:
-                    raise _located(f"models[{i}].route[{j}]", f"unknown backend {target.backend!r}", names)
-        seen: set[str] = set()
-        for i, key in enumerate(self.keys):
-            if key.name in seen:
-                raise _located(f"keys[{i}].name", f"duplicate key name {key.name!r}", set())
-            seen.add(key.name)
+        check_references(self)
         return self
+
+
+def check_references(config: Config) -> None:
+    """Every backend a rule or setting names exists; key names are unique."""
+    from .routing import parse_ref  # routing validates refs; config only locates the problem
+
+    names = set(config.backends)
+    if config.default_backend is not None and config.default_backend not in names:
+        raise _located("default_backend", f"unknown backend {config.default_backend!r}", names)
+    for i, rule in enumerate(config.models):
+        for j, entry in enumerate(rule.route):
+            ref = entry if isinstance(entry, str) else entry.to
+            try:
+                target = parse_ref(ref)
+            except ValueError as exc:
+                raise _located(f"models[{i}].route[{j}]", str(exc), names) from None
+            if target.backend not in names:
+                raise _located(f"models[{i}].route[{j}]", f"unknown backend {target.backend!r}", names)
+    seen: set[str] = set()
+    for i, key in enumerate(config.keys):
+        if key.name in seen:
+            raise _located(f"keys[{i}].name", f"duplicate key name {key.name!r}", set())
+        seen.add(key.name)
 
 
 class _Located(ValueError):
@@ -206,45 +268,163 @@ def numbered_env(name: str) -> list[str]:
     return keys
 
 
-def expand_env(text: str, env: dict[str, str] | None = None) -> str:
-    """``${VAR}`` and ``${VAR:-default}`` from the environment; an unset ``${VAR}`` becomes empty."""
-    env = os.environ if env is None else env  # type: ignore[assignment]
-    assert env is not None
+class UnsetVariable(ValueError):
+    """``${VAR}`` with ``VAR`` unset and no default."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"${{{name}}} is not set (set it, or write ${{{name}:-}} for an empty default)")
+        self.name = name
+
+
+def expand_env(text: str, env: Mapping[str, str] | None = None) -> str:
+    """``${VAR}`` and ``${VAR:-default}`` from the environment, shell-style: the default replaces an
+    unset or empty variable. An unset ``${VAR}`` without a default raises :class:`UnsetVariable`."""
+    values: Mapping[str, str] = os.environ if env is None else env
 
     def sub(m: re.Match[str]) -> str:
-        value = env.get(m.group(1))
-        return value if value else (m.group(2) or "")
+        name, default = m.group(1), m.group(2)
+        value = values.get(name)
+        if default is not None:
+            return value or default
+        if value is None:
+            raise UnsetVariable(name)
+        return value
 
     return ENV_PATTERN.sub(sub, text)
 
 
+def expand_tree(doc: Any, source: str, path: str = "") -> Any:
+    """Every string value of a parsed document expanded, an unset variable located by its key."""
+    if isinstance(doc, dict):
+        return {k: expand_tree(v, source, f"{path}.{k}" if path else str(k)) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [expand_tree(v, source, f"{path}[{i}]") for i, v in enumerate(doc)]
+    if isinstance(doc, str) and "${" in doc:
+        try:
+            return expand_env(doc)
+        except UnsetVariable as exc:
+            raise ConfigError(source, path, str(exc)) from None
+    return doc
+
+
 def default_config() -> Config:
-    """No file: one ``openai`` backend from the environment, SQLite state."""
+    """No file: one ``openai`` backend from the environment, SQLite state.
+
+    Built without validation: this backend alone may lack its key (``make run`` on a fresh machine);
+    the gateway then says so at start-up and answers each request with an error naming the variable.
+    """
     base_url = os.environ.get("OPENAI_BASE_URL") or None
-    kind = "openai-compatible" if base_url and "api.openai.com" not in base_url else "openai"
-    backend = BackendConfig(type=kind, base_url=base_url, api_keys_env="OPENAI_API_KEY")
-    return Config(backends={"openai": backend}, default_backend="openai")
+    kind: BackendType = "openai-compatible" if base_url and "api.openai.com" not in base_url else "openai"
+    backend = BackendConfig.model_construct(type=kind, base_url=base_url, api_keys_env=DEFAULT_KEY_ENV)
+    return Config().model_copy(update={"backends": {"openai": backend}, "default_backend": "openai"})
+
+
+def missing_key(backend: BackendConfig) -> str | None:
+    """The variable to set when ``backend`` is the keyless default one, else None."""
+    if backend.api_keys_env and not backend.keys() and backend.type != "codex":
+        return backend.api_keys_env
+    return None
 
 
 def load_config(path: str | Path | None = None) -> Config:
     """The config from ``path``, else ``./modelwire.yaml`` when present, else the defaults."""
+    found = _read(path)
+    if found is None:
+        return default_config()
+    text, file = found
+    doc = _parse_yaml(text, str(file))
+    if not isinstance(doc, dict):
+        raise ConfigError(str(file), "", "the top level must be a mapping")
+    return parse_config(_relative_to(doc, file.resolve().parent), str(file))
+
+
+def load_store(path: str | Path | None = None) -> str:
+    """Only the ``store:`` URL of a config, as the gateway would resolve it.
+
+    What the state commands need: an operator listing keys or usage must not have to set every
+    upstream secret the gateway itself needs.
+    """
+    found = _read(path)
+    if found is None:
+        return DEFAULT_STORE
+    text, file = found
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        doc = _parse_yaml(text, str(file))
+    store = doc.get("store", DEFAULT_STORE) if isinstance(doc, dict) else DEFAULT_STORE
+    if not isinstance(store, str):
+        raise ConfigError(str(file), "store", "must be a sqlite:/// or postgresql:// URL")
+    store = expand_tree(store, str(file), "store")
+    return str(_relative_to({"store": store}, file.resolve().parent)["store"])
+
+
+def _read(path: str | Path | None) -> tuple[str, Path] | None:
+    """The text of the config file and its path; None when no file is given and none is here."""
     if path is None:
         path = Path("modelwire.yaml")
         if not path.exists():
-            return default_config()
+            return None
     path = Path(path)
-    source = str(path)
     try:
-        text = path.read_text()
+        return path.read_text(), path
     except OSError as exc:
-        raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """The document with the environment expanded in its values.
+
+    Expanding after parsing keeps a secret's characters (``#``, ``: ``) from ever being read as YAML.
+    An unquoted ``${VAR}`` inside a flow mapping (``{key: ${VAR}}``) is not YAML until expanded, so
+    such a file is expanded as text first; an unset variable is then located by its line.
+    """
     try:
-        doc = yaml.safe_load(expand_env(text)) or {}
+        return expand_tree(yaml.safe_load(text) or {}, source)
+    except yaml.YAMLError:
+        pass
+    lines = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            lines.append(expand_env(line))
+        except UnsetVariable as exc:
+            raise ConfigError(source, f"line {number}", str(exc)) from None
+    try:
+        return yaml.safe_load("\n".join(lines)) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(source, "", f"not valid YAML: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(source, "", "the top level must be a mapping")
-    return parse_config(doc, source)
+
+
+def _relative_to(doc: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """Relative SQLite and capture paths made absolute against the config file's directory."""
+    store = doc.get("store")
+    if isinstance(store, str) and store.startswith("sqlite:///") and store != "sqlite:///:memory:":
+        file = store.removeprefix("sqlite:///")
+        if file and not Path(file).is_absolute():
+            doc = {**doc, "store": f"sqlite:///{directory / file}"}
+    capture = doc.get("capture")
+    path = capture.get("path") if isinstance(capture, dict) else None
+    if isinstance(capture, dict) and isinstance(path, str) and not Path(path).is_absolute():
+        doc = {**doc, "capture": {**capture, "path": str(directory / path)}}
+    return doc
+
+
+def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """The config with command-line overrides (host, port, workers, log level, force_model,
+    default_backend), each validated as if it were in the file; backends are left as loaded."""
+    server = {k: v for k, v in overrides.items() if k in ServerConfig.model_fields and v is not None}
+    top = {k: overrides[k] for k in ("force_model", "default_backend") if overrides.get(k) is not None}
+    try:
+        updated = config.model_copy(
+            update={"server": ServerConfig.model_validate({**config.server.model_dump(), **server}), **top}
+        )
+        check_references(updated)
+    except _Located as exc:
+        raise ConfigError(config.source, exc.key, str(exc)) from None
+    except ValidationError as exc:
+        located = _config_error(config.source, exc)
+        raise ConfigError(config.source, f"server.{located.key}", located.problem) from None
+    return updated
 
 
 def parse_config(doc: dict[str, Any], source: str = "<config>") -> Config:
@@ -270,7 +450,7 @@ def _config_error(source: str, exc: ValidationError) -> ConfigError:
     ctx = error.get("ctx") or {}
     if isinstance(ctx.get("error"), _Located):
         located = ctx["error"]
-        return ConfigError(source, located.key, str(located))
+        return ConfigError(source, f"{key}.{located.key}" if key else located.key, str(located))
     if error["type"] == "extra_forbidden":
         message = "unknown key (check its spelling; see the README's configuration reference)"
     return ConfigError(source, key, message)

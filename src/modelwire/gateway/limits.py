@@ -8,17 +8,46 @@ sliding window for traffic that is not pathologically bursty at bucket edges.
 Counts live behind :class:`Counters`: :class:`MemoryCounters` for one process, or
 :class:`RedisCounters` when several replicas must share one set of counts. The :class:`Limiter`
 turns a :class:`Policy` and those counts into admit-or-refuse decisions with a Retry-After.
+
+Redis outages. A gateway must not fail its requests because the place where it counts them is
+down, so shared counts go through :class:`FallbackCounters` (``Limiter.create`` builds it from the
+``redis`` URL). The first Redis call that fails (connection refused, a timeout after about a
+second, any Redis error) starts an outage: one warning, ``on_change(False)``, and from then on no
+request touches Redis until a background probe, pinging it every second, gets an answer. Then the
+spend counted during the outage is added to Redis, one info line says Redis is reachable again,
+``on_change(True)`` fires and requests are counted in Redis again. What requests get meanwhile is
+the ``limits.on_shared_error`` policy:
+
+``local`` (the default)
+    Each replica counts in its own memory: rpm and tpm hold per replica, so across N replicas a
+    key may get up to N times its rate for the length of the outage. A budget continues from the
+    spend last read from Redis, and what is spent meanwhile is added to Redis on recovery, so an
+    outage neither resets a budget nor loses spending.
+``deny``
+    Requests of keys with any limit are refused with a :class:`Refusal` whose reason is
+    ``"unavailable"`` (HTTP 503, a few seconds' Retry-After): no limited request is admitted on
+    counts Redis has not seen. Keys without limits never touch the counters and are served.
+
+The gateway starts even while Redis is down: it starts inside an outage, and the probe ends it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import enum
+import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("modelwire.limits")
 
 WINDOW = 60
 """Seconds in a rate window: the "minute" of rpm and tpm."""
@@ -26,7 +55,15 @@ WINDOW = 60
 BUDGET_RETRY_AFTER = 3600.0
 """Retry-After for an exhausted budget: nothing changes by waiting, so tell clients to back off long."""
 
+UNAVAILABLE_RETRY_AFTER = 5.0
+"""Retry-After while shared counts are unreachable under ``deny``: the probe runs every second."""
+
+PROBE_INTERVAL = 1.0
+"""Seconds between pings of Redis, during an outage and outside one."""
+
 Clock = Callable[[], float]
+OnSharedError = Literal["local", "deny"]
+"""What limited requests get while Redis is unreachable: per-replica counts, or a 503."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +84,25 @@ class Policy:
 class Refusal:
     """Why a request was refused, with the numbers a client needs to understand and back off."""
 
-    reason: Literal["rpm", "tpm", "budget"]
+    reason: Literal["rpm", "tpm", "budget", "unavailable"]
     retry_after: float
     limit: float
     current: float
 
     @property
+    def status(self) -> int:
+        """503 when the limits could not be checked (the client did nothing wrong), else 429."""
+        return 503 if self.reason == "unavailable" else 429
+
+    @property
+    def code(self) -> str:
+        """A stable error code for the response body."""
+        return "limits_unavailable" if self.reason == "unavailable" else f"{self.reason}_exceeded"
+
+    @property
     def message(self) -> str:
+        if self.reason == "unavailable":
+            return "rate limits are shared through Redis, which is unreachable; retry shortly"
         if self.reason == "budget":
             return (
                 f"budget exhausted: spent ${self.current:.4f} of ${self.limit:.2f}; "
@@ -77,6 +126,10 @@ class WindowState:
     @property
     def total(self) -> float:
         return sliding_total(self.previous, self.current, self.fraction)
+
+
+UNAVAILABLE = Refusal("unavailable", UNAVAILABLE_RETRY_AFTER, 0.0, 0.0)
+"""The refusal of a limited request while Redis is unreachable under ``deny``."""
 
 
 class Counters(Protocol):
@@ -190,6 +243,23 @@ def _number(raw: bytes | str | float | None) -> float:
     return 0.0 if raw is None else float(raw)
 
 
+def redacted(url: str) -> str:
+    """A Redis URL without user, password or query (which may carry a password too)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class Unsynced(NamedTuple):
+    """Spend added while Redis was unreachable, and the total it was added to."""
+
+    baseline: float
+    added: float
+
+
 class RedisCounters:
     """The same sliding-window counter in Redis, so every replica sees one count per key.
 
@@ -201,13 +271,31 @@ class RedisCounters:
     Spend lives in ``{prefix}:spend:{name}`` without expiry: a budget is cumulative.
     """
 
-    def __init__(self, url: str, *, prefix: str = "modelwire", clock: Clock = time.time) -> None:
-        self._redis: Redis = Redis.from_url(url)
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "modelwire",
+        clock: Clock = time.time,
+        connect_timeout: float = 0.5,
+        timeout: float = 1.0,
+    ) -> None:
+        # Short timeouts: a request waits for its limits, so a hung Redis must fail fast rather
+        # than hold every request for the client library's default of seconds.
+        self._redis: Redis = Redis.from_url(
+            url, socket_connect_timeout=connect_timeout, socket_timeout=timeout
+        )
         self._prefix = prefix
         self._clock = clock
+        self.address = redacted(url)
+        """Where Redis is, fit for a log line: no credentials."""
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+    async def ping(self) -> None:
+        """Raise unless Redis answers."""
+        await self._redis.ping()
 
     def _keys(self, name: str, window: int) -> tuple[str, str, float]:
         """The current and previous bucket keys, and the elapsed fraction of the current bucket."""
@@ -245,6 +333,277 @@ class RedisCounters:
     async def seed_spend(self, name: str, usd: float) -> None:
         await self._redis.set(self._spend_key(name), repr(float(usd)), nx=True)
 
+    async def merge_spend(self, batch: Mapping[str, Unsynced]) -> dict[str, float]:
+        """Add spend counted elsewhere; return the new totals.
+
+        A key Redis no longer has (it restarted without persistence) first gets the baseline the
+        spend was added to, so the budget continues rather than restarting from zero. MULTI/EXEC
+        makes the batch all or nothing, so a retry after a failure cannot count part of it twice.
+        """
+        pipe = self._redis.pipeline(transaction=True)
+        for name, unsynced in batch.items():
+            key = self._spend_key(name)
+            pipe.set(key, repr(unsynced.baseline), nx=True)
+            pipe.incrbyfloat(key, unsynced.added)
+        replies = await pipe.execute()
+        return {name: _number(total) for name, total in zip(batch, replies[1::2], strict=True)}
+
+
+SHARED_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError, ConnectionError)
+"""What an unreachable, hung or refusing Redis raises (OSError covers the builtin ConnectionError and
+TimeoutError; they are listed to say so)."""
+
+T = TypeVar("T")
+
+
+class _Down(enum.Enum):
+    """The answer of a Redis call that did not get one."""
+
+    DOWN = enum.auto()
+
+
+_DOWN = _Down.DOWN
+
+
+class _SpendLedger:
+    """Spend as last seen in Redis, and what was added while Redis could not be told.
+
+    During an outage a key's spend is its last known Redis total plus the local additions, so an
+    outage does not reset a budget; the additions (and seeds Redis missed) wait here for recovery.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, float] = {}
+        self._seeds: dict[str, float] = {}
+        self._added: dict[str, float] = {}
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._added or self._seeds)
+
+    def remember(self, name: str, total: float) -> None:
+        self._known[name] = total
+
+    def seeded(self, name: str, usd: float) -> None:
+        """A seed reached Redis: until a read says better, it is the spend."""
+        self._known.setdefault(name, usd)
+
+    def seed_locally(self, name: str, usd: float) -> None:
+        self._seeds.setdefault(name, usd)
+
+    def _baseline(self, name: str) -> float:
+        known = self._known.get(name)
+        return self._seeds.get(name, 0.0) if known is None else known
+
+    def total(self, name: str) -> float:
+        return self._baseline(name) + self._added.get(name, 0.0)
+
+    def add(self, name: str, usd: float) -> float:
+        self._added[name] = self._added.get(name, 0.0) + usd
+        return self.total(name)
+
+    def take(self) -> dict[str, Unsynced]:
+        """Everything Redis has yet to be told, removed from here."""
+        names = self._added.keys() | self._seeds.keys()
+        batch = {name: Unsynced(self._baseline(name), self._added.get(name, 0.0)) for name in names}
+        self._added.clear()
+        self._seeds.clear()
+        return batch
+
+    def give_back(self, batch: Mapping[str, Unsynced]) -> None:
+        """Undo :meth:`take` after Redis failed to take the batch."""
+        for name, unsynced in batch.items():
+            self._seeds.setdefault(name, unsynced.baseline)
+            self._added[name] = self._added.get(name, 0.0) + unsynced.added
+
+
+class FallbackCounters:
+    """:class:`RedisCounters` that fall back to process memory while Redis is unreachable.
+
+    Healthy, every call goes to Redis. A failed call starts an outage (one warning, ``on_change
+    (False)``) and is answered from the local counters, as is every call after it without trying
+    Redis, so a dead or hung Redis costs requests nothing. A background probe (:meth:`start`)
+    pings Redis every ``probe_interval`` seconds, which also notices an outage with no traffic;
+    once Redis answers, the spend counted locally is added to it and calls go to Redis again
+    (one info line, ``on_change(True)``). Under ``on_error="deny"``, :attr:`refusing` tells the
+    :class:`Limiter` to refuse limited keys meanwhile; the local counts then only keep spend.
+
+    Owns ``shared``: :meth:`aclose` closes it.
+    """
+
+    def __init__(
+        self,
+        shared: RedisCounters,
+        *,
+        on_error: OnSharedError = "local",
+        on_change: Callable[[bool], None] | None = None,
+        local: MemoryCounters | None = None,
+        probe_interval: float = PROBE_INTERVAL,
+        probe_timeout: float = 2.0,
+    ) -> None:
+        self._shared = shared
+        self._local = local if local is not None else MemoryCounters()
+        self._ledger = _SpendLedger()
+        self._on_error: OnSharedError = on_error
+        self._on_change = on_change
+        self._interval = probe_interval
+        self._probe_timeout = probe_timeout
+        self._healthy = True
+        self._probe: asyncio.Task[None] | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """False during an outage: for /readyz and a gauge."""
+        return self._healthy
+
+    @property
+    def refusing(self) -> bool:
+        """Whether limited requests must be refused now (``deny`` during an outage)."""
+        return self._on_error == "deny" and not self._healthy
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Find out whether Redis answers (a bounded wait), then keep probing in the background.
+
+        Never raises for an unreachable Redis: the gateway then starts inside an outage.
+        """
+        await self.check()
+        self._start_probe()
+
+    async def aclose(self) -> None:
+        """Stop probing; tell Redis what it missed if it is back; close the connections."""
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+            self._probe = None
+        if not self._healthy and self._ledger.pending:
+            await self.check()
+        await self._shared.aclose()
+
+    async def check(self) -> bool:
+        """One probe: ping Redis and, if that ends an outage, add the local spend to Redis first."""
+        try:
+            async with asyncio.timeout(self._probe_timeout):
+                await self._shared.ping()
+                if not self._healthy:
+                    await self._push_spend()
+        except SHARED_FAILURES as exc:
+            self._fail(exc)
+            return False
+        self._recover()
+        return True
+
+    def _start_probe(self) -> None:
+        if self._probe is None:
+            self._probe = asyncio.get_running_loop().create_task(
+                self._probe_forever(), name="modelwire-redis-probe"
+            )
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.check()
+            except Exception:
+                # A bug here must not end the probing, or an outage would never end.
+                log.exception("Redis probe failed unexpectedly")
+
+    async def _push_spend(self) -> None:
+        """Add the outage's spend to Redis; whatever fails to get there stays for the next probe.
+
+        Loops because requests keep adding locally while a batch is on its way; the last check
+        for more and the switch back to Redis happen without an await in between.
+        """
+        while batch := self._ledger.take():
+            try:
+                totals = await self._shared.merge_spend(batch)
+            except BaseException:
+                self._ledger.give_back(batch)
+                raise
+            for name, total in totals.items():
+                self._ledger.remember(name, total)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._healthy:
+            return
+        self._healthy = False
+        meanwhile = (
+            "limited keys are refused (503)" if self._on_error == "deny" else "limits are counted per replica"
+        )
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        log.warning(
+            "Redis at %s is unreachable (%s); %s until it answers again",
+            self._shared.address,
+            detail,
+            meanwhile,
+        )
+        self._notify(False)
+        self._start_probe()  # in case start() was never called: an outage must end by itself
+
+    def _recover(self) -> None:
+        if self._healthy:
+            return
+        self._healthy = True
+        log.info("Redis reachable again at %s; limits are shared again", self._shared.address)
+        self._notify(True)
+
+    def _notify(self, up: bool) -> None:
+        if self._on_change is None:
+            return
+        try:
+            self._on_change(up)
+        except Exception:
+            log.exception("the Redis on_change callback failed")
+
+    async def _shared_call(self, call: Callable[[RedisCounters], Awaitable[T]]) -> T | _Down:
+        """Redis's answer, or ``_DOWN`` during an outage or when this very call starts one."""
+        if not self._healthy:
+            return _DOWN
+        try:
+            return await call(self._shared)
+        except SHARED_FAILURES as exc:
+            self._fail(exc)
+            return _DOWN
+
+    # ------------------------------------------------------------------------------ Counters
+
+    async def hit(self, name: str, window: int, amount: float = 1.0) -> float:
+        total = await self._shared_call(lambda redis: redis.hit(name, window, amount))
+        if total is _DOWN:
+            return await self._local.hit(name, window, amount)
+        return total
+
+    async def total(self, name: str, window: int) -> float:
+        return (await self.state(name, window)).total
+
+    async def state(self, name: str, window: int) -> WindowState:
+        state = await self._shared_call(lambda redis: redis.state(name, window))
+        if state is _DOWN:
+            return await self._local.state(name, window)
+        return state
+
+    async def add_spend(self, name: str, usd: float) -> float:
+        spent = await self._shared_call(lambda redis: redis.add_spend(name, usd))
+        if spent is _DOWN:
+            return self._ledger.add(name, usd)
+        self._ledger.remember(name, spent)
+        return spent
+
+    async def spend(self, name: str) -> float:
+        spent = await self._shared_call(lambda redis: redis.spend(name))
+        if spent is _DOWN:
+            return self._ledger.total(name)
+        self._ledger.remember(name, spent)
+        return spent
+
+    async def seed_spend(self, name: str, usd: float) -> None:
+        if await self._shared_call(lambda redis: redis.seed_spend(name, usd)) is _DOWN:
+            self._ledger.seed_locally(name, usd)
+        else:
+            self._ledger.seeded(name, usd)
+
 
 class Limiter:
     """Admits or refuses requests for a client key's :class:`Policy`.
@@ -256,15 +615,64 @@ class Limiter:
     def __init__(self, counters: Counters, *, window: int = WINDOW) -> None:
         self._counters = counters
         self._window = window
+        self._fallback = counters if isinstance(counters, FallbackCounters) else None
+
+    @classmethod
+    def create(
+        cls,
+        redis_url: str | None,
+        *,
+        on_shared_error: OnSharedError = "local",
+        on_change: Callable[[bool], None] | None = None,
+        window: int = WINDOW,
+    ) -> Limiter:
+        """The gateway's limiter: shared through Redis when there is a URL, else in memory.
+
+        Cheap and never fails for an unreachable Redis; :meth:`start` then finds out.
+        """
+        if redis_url is None:
+            return cls(MemoryCounters(), window=window)
+        shared = RedisCounters(redis_url)
+        return cls(FallbackCounters(shared, on_error=on_shared_error, on_change=on_change), window=window)
+
+    @property
+    def healthy(self) -> bool:
+        """False while the shared counts are unreachable; always True for memory counts."""
+        return self._fallback is None or self._fallback.healthy
+
+    async def start(self) -> None:
+        """Check Redis (at most a couple of seconds) and start probing it; never raises for it."""
+        if self._fallback is not None:
+            await self._fallback.start()
+
+    async def aclose(self) -> None:
+        """Stop probing and close Redis, for :class:`FallbackCounters` (which own their Redis).
+
+        Plain :class:`RedisCounters` passed to the constructor stay the caller's to close.
+        """
+        if self._fallback is not None:
+            await self._fallback.aclose()
 
     async def admit(self, policy: Policy, *, estimated_tokens: int = 0) -> Refusal | None:
         """Before a request: ``None`` when it may proceed, else why not and when to retry.
 
         Counts the request against rpm when admitted. Checks tpm against the tokens already
         recorded in the window plus the estimate, and the budget against cumulative spend.
+        Under ``deny``, refuses while Redis is unreachable, including when it became so during
+        these very checks: nothing limited is admitted on counts Redis has not seen.
         """
         if policy.unlimited:
             return None
+        if self._refusing():
+            return UNAVAILABLE
+        refusal = await self._check(policy, estimated_tokens)
+        return UNAVAILABLE if self._refusing() else refusal
+
+    def _refusing(self) -> bool:
+        return self._fallback is not None and self._fallback.refusing
+
+    async def _check(self, policy: Policy, estimated_tokens: int) -> Refusal | None:
+        """The limits in order: budget, tokens, then the request itself is counted."""
         if policy.budget_usd is not None:
             refusal = await self._check_budget(policy.name, policy.budget_usd)
             if refusal is not None:

@@ -2,13 +2,14 @@
 
 uvicorn (uvloop + httptools) measured the lowest single-request latency of the servers tried on
 this hardware, which the latency budget (within 0.5 ms of the upstream) needs; granian was faster
-only under heavy concurrency. SIGTERM stops accepting, lets in-flight requests finish within the
-grace period, then flushes usage on lifespan shutdown.
+only under heavy concurrency. SIGTERM stops accepting and gives in-flight requests
+``server.grace_seconds`` to finish; the gateway then ends what is left itself, each request with its
+own error and usage record (see :meth:`Gateway.begin_shutdown`), and flushes usage on lifespan
+shutdown. uvicorn's own deadline is set a little later, so it never has to cancel a request blind.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -18,101 +19,126 @@ from typing import Any
 import uvicorn
 
 from .app import Gateway
-from .config import Config, ConfigError, load_config
-from .store import Store
+from .auth import KeyBook
+from .clients import is_loopback
+from .config import Config, ConfigError, load_config, missing_key, with_overrides
+from .metrics import prepare_multiprocess
+from .requestlog import configure_logging
+from .store import SchemaError, Store
 
 CONFIG_ENV = "MODELWIRE_CONFIG"
 OVERRIDES_ENV = "MODELWIRE_OVERRIDES"
+CUT_MARGIN_SECONDS = 5.0
+"""Beyond the grace period, how long uvicorn waits for the gateway to end the requests it cut."""
+
+log = logging.getLogger("modelwire")
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+def load_keys(config: Config) -> KeyBook:
+    """The key table exactly as the gateway will load it. Opening the store here also fails a wrong
+    URL, or a schema newer than this modelwire, in one line before anything binds."""
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_store(config: Config) -> bool:
-    """Open the store once before binding (a wrong URL fails here, in one line); whether it holds
-    live client keys."""
-    try:
-        with Store(config.store) as store:
-            return bool(store.list_keys())
+        store = Store(config.store)
+    except SchemaError as exc:
+        raise ConfigError(config.source, "store", str(exc)) from None
     except Exception as exc:  # the driver's own error, whatever the database
         cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise ConfigError(config.source, "store", f"cannot open the store: {cause}") from None
+    with store:
+        keys = KeyBook(config.keys, store, loopback=is_loopback(config.server.host))
+        keys.sync()
+    return keys
 
 
-def check_bind(config: Config, host: str, store_has_keys: bool) -> None:
+def check_bind(config: Config, keys: KeyBook) -> None:
     """No client keys anywhere means anyone who can connect may spend: loopback only, then."""
-    if config.keys or store_has_keys or is_loopback(host):
+    if keys.has_keys or keys.loopback:
         return
     raise ConfigError(
         config.source,
         "server.host",
-        f"refusing to listen on {host} with no client keys configured; add keys (config 'keys:' or "
-        "`modelwire keys create`) or listen on 127.0.0.1",
+        f"refusing to listen on {config.server.host} with no client keys configured; add keys (config "
+        "'keys:' or `modelwire keys create`) or listen on 127.0.0.1",
     )
 
 
-def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
-    """The config with command-line overrides (host, port, workers, force_model, default_backend)."""
-    server = {
-        k: overrides[k] for k in ("host", "port", "workers", "log_level") if overrides.get(k) is not None
-    }
-    top = {k: overrides[k] for k in ("force_model", "default_backend") if overrides.get(k) is not None}
-    doc = config.model_dump()
-    doc["server"].update(server)
-    doc.update(top)
-    from .config import parse_config
+def check_workers(config: Config, keys: KeyBook) -> None:
+    """Workers count limits alone unless Redis shares the counts: refuse rather than over-admit."""
+    if config.server.workers == 1 or config.redis:
+        return
+    limited = sorted(k.name for k in keys.in_force() if not k.policy.unlimited)
+    if limited:
+        raise ConfigError(
+            config.source,
+            "server.workers",
+            f"{config.server.workers} workers would each count the limits of {', '.join(limited)} on "
+            "their own; set `redis: redis://…` to share the counts, or run one worker",
+        )
 
-    return parse_config(doc, config.source)
+
+def warn_missing_keys(config: Config) -> None:
+    for name, backend in config.backends.items():
+        variable = missing_key(backend)
+        if variable is not None:
+            log.warning(
+                "no upstream key is set for backend %r: export %s (or configure backends in "
+                "modelwire.yaml); until then every request to it gets an error saying so",
+                name,
+                variable,
+            )
+
+
+def _configured(config_path: str | None, overrides: dict[str, Any]) -> Config:
+    config = load_config(config_path)
+    return with_overrides(config, overrides) if overrides else config
 
 
 def create_app() -> Gateway:
     """The app factory uvicorn workers call; the config path and overrides come by environment."""
-    config = load_config(os.environ.get(CONFIG_ENV) or None)
-    overrides = json.loads(os.environ.get(OVERRIDES_ENV) or "{}")
-    return Gateway(with_overrides(config, overrides) if overrides else config)
+    config = _configured(
+        os.environ.get(CONFIG_ENV) or None, json.loads(os.environ.get(OVERRIDES_ENV) or "{}")
+    )
+    configure_logging(config.server.log_level, config.server.log_format)
+    return Gateway(config, hook_signals=True)
 
 
 def serve(config_path: str | None, overrides: dict[str, Any]) -> None:
-    config = load_config(config_path)
-    if overrides:
-        config = with_overrides(config, overrides)
+    config = _configured(config_path, overrides)
     server = config.server
-    check_bind(config, server.host, check_store(config))
-    logging.basicConfig(
-        level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(server.log_level, server.log_format)
+    keys = load_keys(config)
+    check_bind(config, keys)
+    check_workers(config, keys)
+    warn_missing_keys(config)
     options: dict[str, Any] = {
         "host": server.host,
         "port": server.port,
         "loop": "uvloop",
         "http": "httptools",
         "lifespan": "on",
-        "access_log": False,
+        "access_log": False,  # the gateway writes its own line per request
+        "log_config": None,  # and owns the logging set-up (text or JSON)
         "log_level": "warning",
         "server_header": False,
-        "proxy_headers": False,  # client addresses (for lockouts) are the socket's own
-        "timeout_graceful_shutdown": server.grace_seconds,
+        "proxy_headers": False,  # forwarded addresses are the gateway's business (trusted_proxies)
+        "timeout_graceful_shutdown": server.grace_seconds + CUT_MARGIN_SECONDS,
         "timeout_keep_alive": 75,
     }
-    logging.getLogger("modelwire").info(
-        "modelwire serving on http://%s:%s (%d backend(s), store %s)",
+    log.info(
+        "modelwire serving on http://%s:%s (%d backend(s), %d worker(s), store %s)",
         server.host,
         server.port,
         len(config.backends),
+        server.workers,
         config.store.split("://")[0],
     )
     if server.workers > 1:
-        os.environ[CONFIG_ENV] = config_path or ""
+        prepare_multiprocess()
+        os.environ[CONFIG_ENV] = os.path.abspath(config_path) if config_path else ""
         os.environ[OVERRIDES_ENV] = json.dumps(overrides)
         uvicorn.run("modelwire.gateway.server:create_app", factory=True, workers=server.workers, **options)
     else:
-        _Server(uvicorn.Config(Gateway(config), **options)).run()
+        _Server(uvicorn.Config(Gateway(config, hook_signals=True), **options)).run()
 
 
 class _Server(uvicorn.Server):

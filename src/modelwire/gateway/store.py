@@ -6,6 +6,9 @@ synchronous on purpose: the gateway calls the store from a worker thread and the
 directly, and neither wants an event loop inside the database layer. Nothing on the request path
 waits on a write: :class:`UsageWriter` queues usage records and writes them in batches.
 
+The schema is versioned (:mod:`modelwire.gateway.migrations`): opening a store creates it at the
+newest revision, upgrades an older one, and refuses one a newer modelwire made (:class:`SchemaError`).
+
 Client key secrets never reach the database, a log line or an exception: the store keeps only a
 SHA-256 hash (the secrets are 256-bit random, so a salt or slow hash would add nothing) and an
 8-character display prefix, and the hash is computed before any SQL sees the value.
@@ -24,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +46,25 @@ from sqlalchemy import (
     Table,
     Text,
     case,
+    cast,
     create_engine,
     event,
     false,
     func,
     insert,
+    literal_column,
     select,
     text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import ColumnElement
+
+from . import migrations
+from .migrations import SchemaError, Upgrade
 
 log = logging.getLogger("modelwire.store")
 
@@ -63,6 +72,10 @@ KEY_PREFIX = "mw-"
 DISPLAY_PREFIX_LEN = 8
 NO_GROUP = "(none)"
 GROUP_COLUMNS = {"key": "key_name", "model": "public_model", "backend": "backend"}
+# Time groupings: bucket width in seconds and the UTC label of a bucket's start.
+TIME_BUCKETS = {"day": (86400, "%Y-%m-%d"), "hour": (3600, "%Y-%m-%d %H:00")}
+GROUPINGS = (*GROUP_COLUMNS, *TIME_BUCKETS)
+KEYS_COUNTER = "keys"
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -112,6 +125,7 @@ class UsageRecord:
     status: int = 200
     request_id: str = ""
     stream: bool = False
+    error: str | None = None  # why it did not succeed: shutdown, client_closed, an upstream code
 
 
 USAGE_FIELDS = tuple(f.name for f in fields(UsageRecord))
@@ -219,6 +233,7 @@ usage_table = Table(
     Column("status", Integer, nullable=False, default=200),
     Column("request_id", String(200), nullable=False, default=""),
     Column("stream", Boolean, nullable=False, default=False),
+    Column("error", String(64)),
 )
 # Every summary reads a time window; spent_usd(key, since) reads one key's window.
 Index("mw_usage_time", usage_table.c.time)
@@ -237,6 +252,19 @@ responses_table = Table(
     Column("output_items", JSON, nullable=False),
     Column("response", JSON, nullable=False),
 )
+
+# Named change counters. ``keys`` moves in the transaction of every key change; gateways poll it
+# (one primary-key read) and reload their in-memory key table when it moved.
+state_table = Table(
+    "mw_state",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+)
+_BUMP_KEYS = (
+    update(state_table).where(state_table.c.name == KEYS_COUNTER).values(version=state_table.c.version + 1)
+)
+_READ_KEYS_VERSION = f"SELECT version FROM {state_table.name} WHERE name = '{KEYS_COUNTER}'"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,28 +366,67 @@ def _with_search_path(existing: str | Sequence[str] | None, schema: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+def open_engine(url: str, *, schema: str | None = None) -> Engine:
+    """The engine a :class:`Store` at ``url`` would use, without touching its schema."""
+    return _create_engine(parse_store_url(url), schema)
+
+
+def schema_revision(url: str) -> tuple[str | None, bool]:
+    """(the store's schema revision or None, whether it predates versioning), changing nothing."""
+    engine = open_engine(url)
+    try:
+        with engine.connect() as conn:
+            return migrations.read_state(conn)
+    finally:
+        engine.dispose()
+
+
+def upgrade_schema(url: str, *, schema: str | None = None) -> Upgrade:
+    """Create or upgrade the store at ``url`` to this code's head (what opening a Store does)."""
+    engine = open_engine(url, schema=schema)
+    try:
+        return migrations.upgrade(engine, url=_display(parse_store_url(url)), schema=schema)
+    finally:
+        engine.dispose()
+
+
+def _display(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
 class Store:
     """Keys, usage and stored responses over SQLite or PostgreSQL; thread-safe (pooled connections).
 
     ``schema`` (PostgreSQL only) puts every table in that schema, created on open, via
     ``search_path``; tests use it to isolate parallel runs in one database.
+
+    Opening brings the schema to this code's head (see :mod:`modelwire.gateway.migrations`) and
+    raises :class:`SchemaError` for a store a newer modelwire upgraded.
     """
 
     def __init__(self, url: str, *, schema: str | None = None) -> None:
         self.url = parse_store_url(url)
         self.schema = schema
         self.engine = _create_engine(self.url, schema)
+        # The key-counter poll runs twice a second per replica: on PostgreSQL, in autocommit it is
+        # one statement instead of BEGIN, SELECT, ROLLBACK. (SQLite's in-memory store shares one
+        # connection across threads, whose transaction state must not be switched under them.)
+        self._poll = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self.dialect == "postgresql"
+            else self.engine
+        )
         marker = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         self._usage_row = f"({', '.join([marker] * len(USAGE_FIELDS))})"
         self._usage_insert = f"INSERT INTO {usage_table.name} ({', '.join(USAGE_FIELDS)}) VALUES "
         try:
-            self._create_tables()
+            migrations.ensure_schema(self.engine, url=_display(self.url), schema=schema)
         except BaseException:
             self.engine.dispose()
             raise
 
     def __repr__(self) -> str:
-        return f"Store({self.url.render_as_string(hide_password=True)!r}, schema={self.schema!r})"
+        return f"Store({_display(self.url)!r}, schema={self.schema!r})"
 
     def __enter__(self) -> Store:
         return self
@@ -370,19 +437,6 @@ class Store:
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
-
-    def _create_tables(self, attempts: int = 3) -> None:
-        """Create the schema and tables; replicas starting together may race, so retry a lost race."""
-        for attempt in range(attempts):
-            try:
-                with self.engine.begin() as conn:
-                    if self.schema is not None:
-                        conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {self.schema}"))
-                    metadata.create_all(conn)
-                return
-            except (IntegrityError, ProgrammingError):
-                if attempt == attempts - 1:
-                    raise
 
     def close(self) -> None:
         self.engine.dispose()
@@ -430,6 +484,7 @@ class Store:
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(keys_table).values(**_key_row(record), key_hash=hash_secret(secret)))
+                conn.execute(_BUMP_KEYS)
         except IntegrityError:
             raise ValueError(f"a live key named {name!r} already exists") from None
         return secret, record
@@ -456,8 +511,26 @@ class Store:
             for column in (keys_table.c.id, keys_table.c.name):
                 result = conn.execute(update(keys_table).where(column == name_or_id, live).values(**values))
                 if result.rowcount:
+                    conn.execute(_BUMP_KEYS)
                     return True
         return False
+
+    def keys_version(self) -> int:
+        """The key table's change counter: it moves with every key created, revoked or changed.
+
+        Gateways poll it about twice a second, so it is one primary-key read of a constant
+        statement. Read it *before* :meth:`live_keys`: a change committed in between then shows
+        up as a newer counter on the next poll instead of being missed.
+        """
+        with self._poll.connect() as conn:
+            return int(conn.exec_driver_sql(_READ_KEYS_VERSION).scalar_one())
+
+    def live_keys(self) -> list[tuple[str, KeyRecord]]:
+        """Every unrevoked key with its SHA-256 hash, expired ones included (callers decide), so a
+        gateway can hold the whole key table in memory and look keys up by hash without a read."""
+        stmt = select(keys_table).where(keys_table.c.revoked == false())
+        with self.engine.connect() as conn:
+            return [(row["key_hash"], _key_record(row)) for row in conn.execute(stmt).mappings()]
 
     # -- usage ---------------------------------------------------------------------------------
 
@@ -478,24 +551,41 @@ class Store:
                 conn.exec_driver_sql(sql, tuple(values))
 
     def usage_summary(self, *, since: float, by: str = "model") -> list[UsageRow]:
-        """Totals per key, model or backend since ``since``, costliest first (then busiest).
+        """Totals per key, model or backend since ``since``, costliest first (then busiest); or per
+        UTC day or hour (``2026-12-01``, ``2026-12-01 13:00``), oldest first.
 
         Errors are records with status >= 400. p50/p95 latency use the nearest-rank method (the
         smallest observed latency with at least p% of the group at or below it), computed in Python
         so both engines agree exactly.
         """
-        if by not in GROUP_COLUMNS:
-            raise ValueError(f"by must be one of {', '.join(GROUP_COLUMNS)}, got {by!r}")
-        group = usage_table.c[GROUP_COLUMNS[by]]
+        if by not in GROUPINGS:
+            raise ValueError(f"by must be one of {', '.join(GROUPINGS)}, got {by!r}")
+        group = self._bucket(by) if by in TIME_BUCKETS else usage_table.c[GROUP_COLUMNS[by]]
         window = usage_table.c.time >= since
         with self.engine.connect() as conn:
             totals = conn.execute(_summary_query(group, window)).all()
             latencies = _latencies_by_group(
                 conn.execute(select(group, usage_table.c.latency_ms).where(window))
             )
-        rows = [_usage_row(total, latencies.get(total[0], [])) for total in totals]
-        rows.sort(key=lambda row: (-row.cost, -row.requests, row.group))
+        if by in TIME_BUCKETS:
+            totals = sorted(totals, key=operator.itemgetter(0))
+        rows = [_usage_row(t, latencies.get(t[0], []), _group_label(t[0], by)) for t in totals]
+        if by not in TIME_BUCKETS:
+            rows.sort(key=lambda row: (-row.cost, -row.requests, row.group))
         return rows
+
+    def _bucket(self, by: str) -> ColumnElement[int]:
+        """The index of a record's UTC day or hour, the same integer on both engines.
+
+        PostgreSQL's CAST rounds to nearest and SQLite's truncates, so PostgreSQL floors first;
+        timestamps are positive, where truncation is flooring. The width is inlined, not bound, so
+        the SELECT and GROUP BY expressions are textually identical (PostgreSQL requires it).
+        """
+        width = literal_column(str(TIME_BUCKETS[by][0]), Integer)
+        quotient = usage_table.c.time / width
+        if self.dialect == "postgresql":
+            return cast(func.floor(quotient), BigInteger)
+        return cast(quotient, Integer)
 
     def spent_usd(self, key_name: str, *, since: float | None = None) -> float:
         """What a key has cost, all time or since ``since``; unpriced requests count as zero."""
@@ -506,6 +596,16 @@ class Store:
             stmt = stmt.where(usage_table.c.time >= since)
         with self.engine.connect() as conn:
             return float(conn.execute(stmt).scalar_one())
+
+    def spent_by_key(self, since: float | None = None) -> dict[str, float]:
+        """Every key's spend, all time or since ``since``, in one query (for a spent column);
+        keys without priced usage are absent, requests without a key are not counted."""
+        key, cost = usage_table.c.key_name, usage_table.c.cost
+        stmt = select(key, func.coalesce(func.sum(cost), 0.0)).where(key.is_not(None)).group_by(key)
+        if since is not None:
+            stmt = stmt.where(usage_table.c.time >= since)
+        with self.engine.connect() as conn:
+            return {name: float(total) for name, total in conn.execute(stmt)}
 
     # -- stored responses ----------------------------------------------------------------------
 
@@ -613,8 +713,8 @@ def _summary_query(group: ColumnElement[Any], window: ColumnElement[bool]) -> An
     )
 
 
-def _latencies_by_group(rows: Iterable[Any]) -> dict[str | None, list[float]]:
-    grouped: dict[str | None, list[float]] = {}
+def _latencies_by_group(rows: Iterable[Any]) -> dict[Any, list[float]]:
+    grouped: dict[Any, list[float]] = {}
     for group, latency in rows:
         grouped.setdefault(group, []).append(float(latency))
     for values in grouped.values():
@@ -622,10 +722,18 @@ def _latencies_by_group(rows: Iterable[Any]) -> dict[str | None, list[float]]:
     return grouped
 
 
-def _usage_row(total: Any, latencies: list[float]) -> UsageRow:
-    group, requests, errors, input_tokens, cached, output, reasoning, cost = total
+def _group_label(group: Any, by: str) -> str:
+    """A grouping value as shown: a bucket index as its UTC start, a missing key as ``(none)``."""
+    if by in TIME_BUCKETS:
+        width, layout = TIME_BUCKETS[by]
+        return datetime.fromtimestamp(int(group) * width, UTC).strftime(layout)
+    return NO_GROUP if group is None else str(group)
+
+
+def _usage_row(total: Any, latencies: list[float], label: str) -> UsageRow:
+    _, requests, errors, input_tokens, cached, output, reasoning, cost = total
     return UsageRow(
-        group=NO_GROUP if group is None else group,
+        group=label,
         requests=int(requests),
         errors=int(errors),
         input_tokens=int(input_tokens),
@@ -698,6 +806,20 @@ class UsageWriter:
     def pending(self) -> int:
         """Records not yet written, including a batch being written right now."""
         return len(self._queue) + self._in_flight
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failed write until a write succeeds (for health reporting)."""
+        return self._healthy
+
+    def wake(self) -> None:
+        """Write what is buffered now instead of after the backoff.
+
+        The gateway calls it when its health monitor sees the store reachable again, so a backlog
+        built up during an outage does not wait out a 30 s backoff. Call it on the event loop's
+        thread, like :meth:`add`.
+        """
+        self._wake.set()
 
     def add(self, record: UsageRecord) -> None:
         self._queue.append(record)
@@ -795,12 +917,17 @@ def _describe(exc: BaseException) -> str:
 
 __all__ = [
     "KeyRecord",
+    "SchemaError",
     "Store",
     "StoredResponse",
+    "Upgrade",
     "UsageRecord",
     "UsageRow",
     "UsageWriter",
     "hash_secret",
+    "open_engine",
     "parse_store_url",
     "percentile",
+    "schema_revision",
+    "upgrade_schema",
 ]

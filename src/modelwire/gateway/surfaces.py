@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..dialects import anthropic_messages, gemini, openai_chat, openai_responses
-from ..dialects._check import check_types
+from ..dialects._check import check_types, fail
 from ..dialects._sse import KEEPALIVE
 from ..errors import ModelwireError
 from ..types import Dialect, Request, Response, StreamError, StreamEvent
@@ -33,10 +33,14 @@ class Surface:
     render_error: Callable[[ModelwireError], tuple[int, dict[str, Any]]]
     keepalive: bytes = KEEPALIVE
     field_types: dict[str, tuple[type, ...]] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
     stream_headers: tuple[tuple[bytes, bytes], ...] = SSE_HEADERS
 
     def check(self, body: dict[str, Any]) -> None:
-        """Wrong top-level types fail here, before a body is forwarded undecoded."""
+        """Missing or wrong top-level fields fail here, before a body is forwarded undecoded."""
+        for name in self.required:
+            if body.get(name) is None:
+                fail(name, "is required")
         if self.field_types:
             check_types(body, self.field_types)
 
@@ -66,6 +70,7 @@ CHAT = Surface(
     stream_renderer=_chat_renderer,
     render_error=openai_chat.render_error,
     field_types=openai_chat.FIELD_TYPES,
+    required=("messages",),
 )
 
 
@@ -111,6 +116,8 @@ GEMINI_ARRAY = dataclasses.replace(
     stream_renderer=_gemini_array_renderer,
     stream_headers=((b"content-type", b"application/json; charset=utf-8"),),
 )
+# Embeddings answer in OpenAI's shape and only ever pass through: no messages, no streams.
+EMBEDDINGS = dataclasses.replace(CHAT, required=("input",), field_types={})
 RESPONSES = Surface(
     dialect="openai_responses",
     decode_request=openai_responses.decode_request,

@@ -23,6 +23,7 @@ from ..errors import (
     PermissionDeniedError,
     ProtocolError,
     RateLimitError,
+    ServiceUnavailableError,
     TimeoutError,
     UpstreamUnavailableError,
 )
@@ -32,7 +33,7 @@ from ..providers._transport import Transport
 from ..providers.catalog import Catalog
 from ..providers.hosts import Host
 from ..providers.openai import OpenAI
-from .config import BackendConfig, FailoverConfig
+from .config import BackendConfig, FailoverConfig, missing_key
 from .routing import Target
 
 T = TypeVar("T")
@@ -86,6 +87,7 @@ class Backend:
         # The Codex route needs its body rewritten and its tokens refreshed: always via the driver.
         self.passthrough = config.type != "codex"
         self.native = self.host.native
+        self.missing_key = missing_key(config)  # set only for the zero-config default without a key
         self._headers = {"Content-Type": "application/json", **config.headers}
         self._drivers: dict[int, OpenAI] = {}
         self._key_headers: dict[int, dict[str, str]] = {}
@@ -174,6 +176,9 @@ class Failover:
             if previous is not None and last is not None:
                 self.on_failover(previous, backend.name)
             previous = backend.name
+            if backend.missing_key is not None:
+                last = _no_key(backend)
+                continue
             tries = 0
             while hops < self.policy.max_hops:
                 now = time.monotonic()
@@ -192,16 +197,19 @@ class Failover:
                     return Outcome(await attempt(target, backend, index), target, backend, hops)
                 except ModelwireError as err:
                     err.backend, err.upstream_model = backend.name, target.model
+                    last = err
+                    # A client's mistake goes straight back (raised here) and is in its request's
+                    # log line; only a failure the gateway works around gets a line of its own.
+                    delay = self._after_failure(err, backend, index, tries, deadline)
                     log.warning(
-                        "%s/%s failed (%s %s): %s",
+                        "upstream attempt failed, %s: %s/%s answered %s %s: %s",
+                        "moving on" if delay is None else "retrying",
                         backend.name,
                         target.model,
                         err.status,
                         type(err).__name__,
                         redact(err.message),
                     )
-                    last = err
-                    delay = self._after_failure(err, backend, index, tries, deadline)
                 if delay is None:
                     break
                 tries += 1
@@ -238,6 +246,15 @@ class Failover:
         if isinstance(err, ProtocolError):
             return None  # a broken upstream: try the next one
         raise err
+
+
+def _no_key(backend: Backend) -> ServiceUnavailableError:
+    """Sent without calling the upstream: it would only refuse, and the operator must act."""
+    return ServiceUnavailableError(
+        f"the gateway has no upstream key for backend {backend.name!r}: its operator must set "
+        f"{backend.missing_key} (or configure backends in modelwire.yaml) and restart it",
+        code="upstream_key_missing",
+    )
 
 
 def _final(last: ModelwireError | None, hops: int) -> ModelwireError:

@@ -1,0 +1,81 @@
+"""One client request in flight: what the gateway learned about it, from admission to its log line."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..types import Request, Usage
+
+if TYPE_CHECKING:
+    from .auth import ClientKey
+    from .routing import Target
+    from .surfaces import Surface
+    from .upstream import Backend
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    request_id: str
+    surface: Surface
+    started: float
+    client: str = ""
+    key: ClientKey | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
+    stream: bool = False
+    request: Request | None = None  # the neutral request, decoded only when translating
+    items: list[dict[str, Any]] | None = None  # Responses input after chain expansion
+    ttft: float | None = None
+    backend: str | None = None  # who served it (or failed it last)
+    upstream_model: str | None = None
+    status: int = 200
+    usage: Usage | None = None
+    cost: float | None = None
+    error: str | None = None  # why it did not succeed, as a short code
+    responding: bool = False  # the response head went out: errors must go inside the body now
+    task: asyncio.Task[Any] | None = None
+    cut: bool = False  # ended by the gateway's shutdown, past the grace period
+    events: int = 0  # stream events forwarded, for estimating output when a stream is cut
+
+    def served_by(self, target: Target, backend: Backend) -> None:
+        self.backend, self.upstream_model = backend.name, target.model
+
+    def decoded(self) -> Request:
+        if self.request is None:
+            body = self.body
+            if self.items is not None:  # the chain is expanded: the upstream needs no id
+                body = {**body, "input": self.items, "previous_response_id": None}
+            self.request = self.surface.decode_request(body)
+        return self.request
+
+
+class InFlight:
+    """The requests being served, so a shutdown past its grace period can end each one cleanly
+    (its own error in its own dialect, a usage row) instead of leaving them to be killed."""
+
+    def __init__(self) -> None:
+        self._calls: set[Call] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def enter(self, call: Call) -> None:
+        call.task = asyncio.current_task()
+        self._calls.add(call)
+
+    def leave(self, call: Call) -> None:
+        self._calls.discard(call)
+
+    def cut_after(self, seconds: float) -> None:
+        """From now, give in-flight requests ``seconds`` to finish, then cut the rest."""
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(seconds, self.cut_all)
+
+    def cut_all(self) -> None:
+        for call in list(self._calls):
+            if call.task is not None and not call.task.done():
+                call.cut = True
+                call.task.cancel("modelwire: shutdown grace period over")

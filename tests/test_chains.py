@@ -1,0 +1,467 @@
+"""Stored responses for ``previous_response_id`` across replicas, on a SQLite file and PostgreSQL.
+
+Two :class:`Chains` over two :class:`Store` objects on one database stand for two gateway replicas.
+PostgreSQL tests isolate themselves with a fresh schema per test, dropped afterwards (the same
+pattern as tests/test_store.py, repeated here so the files stay independent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from modelwire.errors import ServiceUnavailableError
+from modelwire.gateway.chains import Chains
+from modelwire.gateway.store import Store, StoredResponse, parse_store_url
+
+PG_URL = os.environ.get("MODELWIRE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+GATEWAY_LOG = "modelwire.gateway"
+
+StoreFactory = Callable[..., Store]
+ChainsFactory = Callable[..., Chains]
+
+
+# ----------------------------------------------------------------------------------------------
+# Stores that misbehave on demand
+# ----------------------------------------------------------------------------------------------
+
+
+def _down() -> OperationalError:
+    """What SQLAlchemy raises when the database refuses connections; its text carries the SQL."""
+    return OperationalError("INSERT INTO mw_responses (id) VALUES (%s)", {"id": "x"}, OSError("refused"))
+
+
+class FlakyStore(Store):
+    """A real store that counts response writes, fails every call while ``failing``, and can hold
+    a write mid-flight until ``release`` is set (PostgreSQL only: SQLite writes run on the loop)."""
+
+    failing = False
+    hold = False
+    failing_writes = 0  # fail only this many more writes, reads and deletes unaffected
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[int] = []
+        self.reads = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def put_responses(self, responses: list[StoredResponse]) -> None:
+        self.batches.append(len(responses))
+        if self.hold:
+            self.entered.set()
+            self.release.wait(10)
+        if self.failing or self.failing_writes:
+            self.failing_writes = max(0, self.failing_writes - 1)
+            raise _down()
+        super().put_responses(responses)
+
+    def get_response(self, id: str) -> StoredResponse | None:
+        self.reads += 1
+        if self.failing:
+            raise _down()
+        return super().get_response(id)
+
+    def delete_response(self, id: str) -> bool:
+        if self.failing:
+            raise _down()
+        return super().delete_response(id)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixtures
+# ----------------------------------------------------------------------------------------------
+
+
+def _drop_schema(schema: str) -> None:
+    engine = create_engine(parse_store_url(PG_URL))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Opens stores over one shared database, like several gateway replicas."""
+    yield from _stores(request.param, tmp_path)
+
+
+@pytest.fixture
+def open_pg_store(tmp_path: Path) -> Iterator[StoreFactory]:
+    """PostgreSQL only: its writes run in a thread, so a test can act while one is under way
+    (SQLite writes run on the event loop, where nothing arrives mid-write)."""
+    yield from _stores("postgresql", tmp_path)
+
+
+def _stores(kind: str, tmp_path: Path) -> Iterator[StoreFactory]:
+    opened: list[Store] = []
+    if kind == "sqlite":
+        url, schema = f"sqlite:///{tmp_path}/state/state.db", None
+    else:
+        url, schema = PG_URL, f"mw_test_{uuid.uuid4().hex[:16]}"
+
+    def factory(cls: type[Store] = FlakyStore) -> Store:
+        opened.append(cls(url, schema=schema))
+        return opened[-1]
+
+    try:
+        yield factory
+    finally:
+        for store in opened:
+            if isinstance(store, FlakyStore):
+                store.release.set()
+            store.close()
+        if schema is not None:
+            _drop_schema(schema)
+
+
+@pytest.fixture
+async def replica(open_store: StoreFactory) -> AsyncIterator[ChainsFactory]:
+    """Opens a replica (a Chains on its own store); each is drained at the end of the test."""
+    async for factory in _replicas(open_store):
+        yield factory
+
+
+@pytest.fixture
+async def pg_replica(open_pg_store: StoreFactory) -> AsyncIterator[ChainsFactory]:
+    async for factory in _replicas(open_pg_store):
+        yield factory
+
+
+async def _replicas(open_store: StoreFactory) -> AsyncIterator[ChainsFactory]:
+    made: list[Chains] = []
+
+    def factory(**kwargs: Any) -> Chains:
+        made.append(Chains(open_store(), **kwargs))
+        return made[-1]
+
+    yield factory
+    for chains in made:
+        if isinstance(chains.store, FlakyStore):
+            chains.store.failing = chains.store.hold = False
+            chains.store.release.set()
+        await chains.drain()
+
+
+def flaky(chains: Chains) -> FlakyStore:
+    assert isinstance(chains.store, FlakyStore)
+    return chains.store
+
+
+def response(n: int = 0, **overrides: Any) -> StoredResponse:
+    rid = overrides.pop("id", f"resp_{uuid.uuid4().hex}")
+    fields: dict[str, Any] = {
+        "id": rid,
+        "key_name": "alice",
+        "model": "gpt-a",
+        "created_at": 1_700_000_000.0 + n,
+        "previous_response_id": None,
+        "input_items": [{"type": "message", "role": "user", "content": f"question {n}"}],
+        "output_items": [{"type": "message", "role": "assistant", "content": f"answer {n}"}],
+        "response": {"id": rid, "object": "response", "output": []},
+    }
+    return StoredResponse(**{**fields, **overrides})
+
+
+async def eventually(predicate: Callable[[], bool]) -> None:
+    """Poll until true; the generous bound only matters when something is broken."""
+    async with asyncio.timeout(5):
+        while not predicate():  # noqa: ASYNC110 - waiting on a background writer's retries
+            await asyncio.sleep(0.01)
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == GATEWAY_LOG and r.levelno == logging.WARNING]
+
+
+# ----------------------------------------------------------------------------------------------
+# Across replicas
+# ----------------------------------------------------------------------------------------------
+
+
+async def test_another_replica_finds_a_response_the_moment_put_returns(replica: ChainsFactory) -> None:
+    a, b = replica(), replica()
+    for n in range(50):
+        r = response(n)
+        assert await a.put(r) is True
+        found = await b.get(r.id)  # no sleep: put returned, so the commit happened
+        assert found is not None and found.output_items == r.output_items
+    assert a.pending == 0 and a.healthy
+
+
+async def test_history_is_the_input_then_the_output(replica: ChainsFactory) -> None:
+    a, b = replica(), replica()
+    r = response(7)
+    await a.put(r)
+    assert await b.history(r.id) == [*r.input_items, *r.output_items]
+    assert await b.history("resp_unknown") is None
+
+
+async def test_a_newer_version_replaces_the_stored_one(replica: ChainsFactory) -> None:
+    a, b = replica(), replica()
+    first = response(1)
+    await a.put(first)
+    await a.put(response(2, id=first.id))
+    found = await b.get(first.id)
+    assert found is not None and found.output_items[0]["content"] == "answer 2"
+
+
+async def test_the_same_replica_answers_from_memory(replica: ChainsFactory) -> None:
+    a = replica()
+    r = response()
+    await a.put(r)
+    assert await a.get(r.id) is r
+    assert flaky(a).reads == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Group commit
+# ----------------------------------------------------------------------------------------------
+
+
+async def test_concurrent_puts_share_transactions(replica: ChainsFactory) -> None:
+    a, b = replica(), replica()
+    rs = [response(n) for n in range(100)]
+    assert await asyncio.gather(*(a.put(r) for r in rs)) == [True] * 100
+    batches = flaky(a).batches
+    assert sum(batches) == 100 and len(batches) <= 5, batches
+    for r in rs:
+        assert await b.get(r.id) is not None
+
+
+async def test_puts_arriving_during_a_write_go_in_the_next_one(pg_replica: ChainsFactory) -> None:
+    a = pg_replica()
+    store = flaky(a)
+    store.hold = True
+    first = asyncio.create_task(a.put(response(0)))
+    await asyncio.to_thread(store.entered.wait, 5)
+    store.hold = False
+    rest = [asyncio.create_task(a.put(response(n))) for n in range(1, 31)]
+    await asyncio.sleep(0.01)
+    store.release.set()
+    assert await first is True and await asyncio.gather(*rest) == [True] * 30
+    assert store.batches == [1, 30]
+
+
+async def test_a_cancelled_put_is_still_written(replica: ChainsFactory) -> None:
+    a, b = replica(), replica()
+    r = response()
+    task = asyncio.create_task(a.put(r))
+    await asyncio.sleep(0)
+    task.cancel()
+    await eventually(lambda: a.pending == 0)
+    assert await b.get(r.id) is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# Outages
+# ----------------------------------------------------------------------------------------------
+
+
+async def test_an_outage_neither_raises_nor_hangs_and_heals(
+    replica: ChainsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = replica(retry_seconds=0.02, max_backoff=0.05), replica()
+    flaky(a).failing = True
+    rs = [response(n) for n in range(5)]
+    with caplog.at_level(logging.DEBUG, logger=GATEWAY_LOG):
+        for r in rs:
+            start = time.perf_counter()
+            assert await a.put(r) is False
+            assert time.perf_counter() - start < 1.5
+        await eventually(lambda: len(flaky(a).batches) >= 4)  # retried in the background meanwhile
+    assert not a.healthy and a.pending == 5
+    [warning] = warnings_of(caplog)
+    assert "OSError: refused" in warning.getMessage() and warning.exc_info is None
+    assert "INSERT" not in caplog.text and "Traceback" not in caplog.text
+    for r in rs:
+        assert await a.get(r.id) is r  # this replica still chains them
+    flaky(a).failing = False
+    await eventually(lambda: a.pending == 0)
+    assert (a.healthy, a.dropped) == (True, 0)
+    for r in rs:
+        assert await b.get(r.id) is not None
+    assert len(warnings_of(caplog)) == 1
+
+
+async def test_a_second_outage_warns_again(replica: ChainsFactory, caplog: pytest.LogCaptureFixture) -> None:
+    a = replica(retry_seconds=0.02, max_backoff=0.05)
+    with caplog.at_level(logging.WARNING, logger=GATEWAY_LOG):
+        for _ in range(2):
+            flaky(a).failing = True
+            await a.put(response())
+            await a.put(response())
+            flaky(a).failing = False
+            await eventually(lambda: a.healthy and a.pending == 0)
+    assert len(warnings_of(caplog)) == 2
+
+
+async def test_a_stalled_write_is_waited_for_within_the_bound(
+    pg_replica: ChainsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = pg_replica(max_wait=0.5), pg_replica()
+    store = flaky(a)
+    store.hold = True
+    first = response(0)
+    with caplog.at_level(logging.WARNING, logger=GATEWAY_LOG):
+        start = time.perf_counter()
+        assert await a.put(first) is False
+        assert 0.5 <= time.perf_counter() - start < 2.0
+        assert not a.healthy
+        start = time.perf_counter()
+        second = response(1)
+        assert await a.put(second) is False  # the outage is known: no second wait
+        assert time.perf_counter() - start < 0.25
+    assert "no commit within 0.5 s" in caplog.text and len(warnings_of(caplog)) == 1
+    store.hold = False
+    store.release.set()
+    await eventually(lambda: a.pending == 0 and a.healthy)
+    assert await b.get(first.id) is not None and await b.get(second.id) is not None
+
+
+async def test_pending_responses_outlive_the_memory_cache(replica: ChainsFactory) -> None:
+    a = replica(memory=2, retry_seconds=60)
+    flaky(a).failing = True
+    rs = [response(n) for n in range(5)]
+    for r in rs:
+        await a.put(r)
+    for r in rs:
+        assert await a.get(r.id) is r
+    assert flaky(a).reads == 0
+
+
+async def test_the_backlog_is_bounded_dropping_the_oldest(replica: ChainsFactory) -> None:
+    a, b = replica(max_pending=3, retry_seconds=60), replica()
+    flaky(a).failing = True
+    rs = [response(n) for n in range(5)]
+    for r in rs:
+        await a.put(r)
+    assert (a.pending, a.dropped) == (3, 2)
+    assert await a.get(rs[0].id) is rs[0]  # dropped from the backlog, not from memory
+    flaky(a).failing = False
+    await a.drain()
+    assert [await b.get(r.id) is not None for r in rs] == [False, False, True, True, True]
+
+
+async def test_a_read_with_the_store_down_is_a_503_unless_in_memory(replica: ChainsFactory) -> None:
+    a, b = replica(retry_seconds=60), replica()
+    kept, elsewhere = response(0), response(1)
+    await b.put(elsewhere)
+    flaky(a).failing = True
+    await a.put(kept)
+    assert await a.get(kept.id) is kept
+    assert await a.history(kept.id) == [*kept.input_items, *kept.output_items]
+    with pytest.raises(ServiceUnavailableError) as info:
+        await a.get(elsewhere.id)
+    assert info.value.status == 503 and "store is unreachable" in info.value.message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    with pytest.raises(ServiceUnavailableError):
+        await a.history("resp_unknown")
+
+
+# ----------------------------------------------------------------------------------------------
+# Delete and drain
+# ----------------------------------------------------------------------------------------------
+
+
+async def test_a_response_deleted_while_its_write_is_queued_never_lands(replica: ChainsFactory) -> None:
+    a, b = replica(retry_seconds=60), replica()
+    flaky(a).failing = True
+    gone, kept = response(0), response(1)
+    await a.put(gone)
+    await a.put(kept)
+    flaky(a).failing = False
+    assert await a.delete(gone.id) is True
+    assert a.pending == 1 and await a.get(gone.id) is None
+    await a.drain()
+    assert await b.get(gone.id) is None and await b.get(kept.id) is not None
+
+
+@pytest.mark.parametrize("commits", [True, False], ids=["write-commits", "write-fails"])
+async def test_a_response_deleted_mid_write_never_reappears(pg_replica: ChainsFactory, commits: bool) -> None:
+    a, b = pg_replica(retry_seconds=0.02), pg_replica()
+    store = flaky(a)
+    store.hold = True
+    r = response()
+    put = asyncio.create_task(a.put(r))
+    await asyncio.to_thread(store.entered.wait, 5)
+    store.failing_writes = 0 if commits else 1
+    delete = asyncio.create_task(a.delete(r.id))
+    await asyncio.sleep(0.01)
+    assert not delete.done()  # it waits for the write in flight
+    store.hold = False
+    store.release.set()
+    await put
+    assert await delete is True
+    await a.drain()
+    assert await a.get(r.id) is None and await b.get(r.id) is None
+
+
+async def test_delete_of_a_stored_response_from_another_replica(replica: ChainsFactory) -> None:
+    a, b = replica(), replica()
+    r = response()
+    await a.put(r)
+    assert await b.delete(r.id) is True
+    assert await b.get(r.id) is None
+    assert await b.delete(r.id) is False
+
+
+async def test_delete_with_the_store_down_is_a_503(replica: ChainsFactory) -> None:
+    a = replica()
+    flaky(a).failing = True
+    with pytest.raises(ServiceUnavailableError):
+        await a.delete("resp_x")
+
+
+async def test_drain_writes_everything_pending(replica: ChainsFactory) -> None:
+    a, b = replica(retry_seconds=60), replica()
+    flaky(a).failing = True
+    rs = [response(n) for n in range(1234)]
+    for r in rs:
+        await a.put(r)
+    assert a.pending == 1234
+    flaky(a).failing = False
+    await a.drain()  # long before the 60 s retry
+    assert a.pending == 0
+    for r in rs[::100]:
+        assert await b.get(r.id) is not None
+
+
+async def test_drain_with_the_store_down_logs_and_returns(
+    replica: ChainsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = replica(retry_seconds=60)
+    flaky(a).failing = True
+    await a.put(response())
+    with caplog.at_level(logging.ERROR, logger=GATEWAY_LOG):
+        async with asyncio.timeout(10):  # far below the 60 s retry: drain tries once and gives up
+            await a.drain()
+    assert a.pending == 1 and "1 stored responses unwritten" in caplog.text
+
+
+async def test_without_a_store_responses_live_in_memory() -> None:
+    chains = Chains(None)
+    r = response()
+    assert await chains.put(r) is False
+    assert await chains.get(r.id) is r and chains.pending == 0
+    assert await chains.delete(r.id) is True and await chains.get(r.id) is None
+    await chains.drain()
+
+
+def test_rejects_bad_settings() -> None:
+    for kwargs in ({"max_pending": 0}, {"max_batch": 0}, {"max_wait": 0}, {"retry_seconds": 0}):
+        with pytest.raises(ValueError):
+            Chains(None, **kwargs)
