@@ -130,7 +130,7 @@ def test_zero_config_without_an_upstream_key_starts_and_says_so_per_request(
     answers each request in the client's own dialect naming the variable, never calling upstream."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "MODELWIRE_"))}
-    env["OPENAI_BASE_URL"] = upstream.url + "/v1"
+    env["OPENAI_BASE_URL"] = upstream.url
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

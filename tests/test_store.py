@@ -333,6 +333,17 @@ def test_keys_version_moves_with_every_key_change(open_store: StoreFactory) -> N
     assert store.keys_version() == 2
 
 
+def test_deleting_a_stored_response_moves_its_counter(open_store: StoreFactory) -> None:
+    """Other replicas forget what they remember of stored responses when this one moves."""
+    store, replica = open_store(), open_store()
+    store.put_response(stored("resp_gone"))
+    assert store.versions() == {"keys": 0, "responses": 0}
+    assert replica.delete_response("resp_gone")
+    assert store.versions()["responses"] == 1
+    assert not replica.delete_response("resp_gone")
+    assert store.versions() == {"keys": 0, "responses": 1}
+
+
 def test_key_changes_and_their_bump_commit_together(store: Store) -> None:
     """With the counter's table gone the bump fails, and takes the key change down with it."""
     _, record = store.create_key(name="kept")

@@ -1015,12 +1015,45 @@ class StreamRenderer:
         resp["output"] = self._output
         resp["status"] = "failed"
         err = error_object(error)
-        resp["error"] = {"code": err["code"] or "server_error", "message": err["message"]}
+        resp["error"] = {"code": response_error_code(err["code"], error), "message": err["message"]}
         self.response = resp
         return self._emit("response.failed", {"response": resp})
 
 
 # ============================================================================================ errors
+
+# A failed response's ``error.code`` is an enum (the spec's ``ResponseErrorCode``): typed clients
+# reject anything else, so other codes are said as the nearest of these (the message keeps the detail).
+RESPONSE_ERROR_CODES = frozenset(
+    {
+        "server_error",
+        "rate_limit_exceeded",
+        "invalid_prompt",
+        "data_residency_mismatch",
+        "bio_policy",
+        "vector_store_timeout",
+        "invalid_image",
+        "invalid_image_format",
+        "invalid_base64_image",
+        "invalid_image_url",
+        "image_too_large",
+        "image_too_small",
+        "image_parse_error",
+        "image_content_policy_violation",
+        "invalid_image_mode",
+        "image_file_too_large",
+        "unsupported_image_media_type",
+        "empty_image_file",
+        "failed_to_download_image",
+        "image_file_not_found",
+    }
+)
+
+
+def response_error_code(code: str | None, error: Exception) -> str:
+    if code in RESPONSE_ERROR_CODES:
+        return code
+    return "rate_limit_exceeded" if getattr(error, "status", None) == 429 else "server_error"
 
 
 def render_error(err: ModelwireError) -> tuple[int, dict[str, Any]]:

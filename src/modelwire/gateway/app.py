@@ -10,6 +10,7 @@ through the neutral model. Errors always reach the client in its own dialect's s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import gc
 import itertools
@@ -55,12 +56,12 @@ from .fetch import inline_media
 from .health import Dependencies, describe_error
 from .http import Headers, Receive, Scope, Send
 from .limits import Limiter, MemoryCounters
-from .listing import anthropic_model, gemini_model, google_client, openai_model
+from .listing import anthropic_model, gemini_model, google_client, openai_model, served_models
 from .lockout import Lockout
 from .metrics import Metrics, forget_dead_workers
 from .requestlog import RequestLog
 from .routing import Route, Router, Target
-from .store import Store, StoredResponse, UsageRecord, UsageWriter
+from .store import KEYS_COUNTER, RESPONSES_COUNTER, Store, StoredResponse, UsageRecord, UsageWriter
 from .surfaces import ANTHROPIC, CHAT, EMBEDDINGS, GEMINI, GEMINI_ARRAY, RESPONSES, Surface
 from .taps import ChatTap, ResponsesTap
 from .upstream import Backend, Failover, Outcome
@@ -209,7 +210,6 @@ class Gateway:
         gc.freeze()
 
     async def shutdown(self) -> None:
-        self._stopping = True
         if self._background:
             for task in self._background:
                 task.cancel()
@@ -223,6 +223,7 @@ class Gateway:
             self.capture.close()
         if self.store is not None:
             self.store.close()
+        self.request_log.flush()
 
     def begin_shutdown(self) -> None:
         """A stop signal arrived: in-flight requests get the grace period, then are cut cleanly."""
@@ -243,16 +244,21 @@ class Gateway:
             signal.signal(sig, handler)
 
     async def _watch_store(self) -> None:
-        """Keep the key table in step with the store, and notice when the store goes or comes back."""
+        """Keep the key table and the remembered responses in step with the store, and notice when
+        the store goes or comes back."""
+        assert self.store is not None
         while True:
             await asyncio.sleep(SYNC_SECONDS)
             try:
-                if await asyncio.to_thread(self.keys.sync):
+                versions = await asyncio.to_thread(self.store.versions)
+                keys = versions[KEYS_COUNTER]
+                if self.keys.outdated(keys) and await asyncio.to_thread(self.keys.sync, keys):
                     log.info("client keys reloaded (%d in force)", len(self.keys.in_force()))
             except Exception as exc:  # whatever the database driver raises
                 self.dependencies.mark("store", False, describe_error(exc))
-            else:
-                self.dependencies.mark("store", True)
+                continue
+            self.chains.note_deletions(versions[RESPONSES_COUNTER])
+            self.dependencies.mark("store", True)
 
     def _shared_state(self, name: str, up: bool) -> None:
         """The limit counters' dependency changed; they have said so in the log themselves."""
@@ -297,8 +303,7 @@ class Gateway:
             call.status, call.error = 499, "client_closed"
         except Exception:
             log.exception("request %s failed", call.request_id)
-            if not call.responding:
-                await self._error(call, send, ModelwireError("internal gateway error"))
+            await self._error(call, send, ModelwireError("internal gateway error"))
         finally:
             self.inflight.leave(call)
             self.metrics.request_finished(
@@ -313,22 +318,15 @@ class Gateway:
 
     async def _end_cut(self, call: Call, send: Send) -> None:
         """Past the grace period: the request's own error, in its dialect, and its usage row."""
+        call.error = "shutdown"
         err = ServiceUnavailableError(
             "the gateway is shutting down and could not finish this request; retry it",
             code="shutting_down",
         )
-        try:
-            if call.responding:
-                await http.stream_chunk(send, call.surface.stream_error(err, None, call.body))
-                await http.end_stream(send)
-                call.status = err.status
-            else:
-                await self._error(call, send, err)
-        except OSError:
-            pass  # the client is gone too
-        call.error = "shutdown"
+        with contextlib.suppress(OSError):  # the client may be gone too
+            await self._error(call, send, err)
         if call.model:
-            self._account(call, await self._estimate(call), err.status)
+            self._account(call, await self._estimate(call), call.status)
 
     async def _estimate(self, call: Call) -> Usage:
         """What a cut request used, when the upstream never said: its input counted offline, and
@@ -532,9 +530,9 @@ class Gateway:
             return
         if not isinstance(previous, str):
             raise InvalidRequestError("previous_response_id: expected a string", param="previous_response_id")
-        history = await self.chains.history(previous)
-        if history is not None:
-            call.items = history + input_items(call.body)
+        found = await self.chains.get(previous)
+        if found is not None and _owned(found, call):
+            call.items = [*found.history, *input_items(call.body)]
 
     # ------------------------------------------------------------------------------ non-streaming
 
@@ -697,6 +695,7 @@ class Gateway:
             if call.surface is CHAT
             else ResponsesTap()
         )
+        call.failing_end = lambda err: passthrough.cut_stream_error(tap, err)
         # A stored response must be in the store before the client can name it: hold the final event.
         hold = isinstance(tap, ResponsesTap) and self._keeps(call, outcome.backend, translated=False)
         capture = self.capture is not None
@@ -747,6 +746,7 @@ class Gateway:
         value: Translated = outcome.value
         assert value.events is not None
         renderer = call.surface.stream_renderer(call.decoded(), call.body)
+        call.failing_end = lambda err: renderer.feed(StreamError(error=err)) + _end(renderer)
         hold = self._keeps(call, outcome.backend, translated=True)
         usage: Usage | None = None
         status = 200
@@ -875,7 +875,8 @@ class Gateway:
         call.status, call.error = err.status, call.error or _error_code(err)
         self.metrics.error(call.surface.dialect, type(err).__name__)
         if call.responding:
-            await http.stream_chunk(send, call.surface.stream_error(err, None, call.body))
+            end = call.failing_end or (lambda e: call.surface.stream_error(e, None, call.body))
+            await http.stream_chunk(send, end(err))
             await http.end_stream(send)
             return
         status, doc = call.surface.render_error(err)
@@ -1032,22 +1033,16 @@ class Gateway:
         return [m for m in await self._model_ids() if key is None or key.allows(m)]
 
     async def _model_ids(self) -> list[str]:
-        names = self.router.public_models()
-        default = self.config.default_backend
-        if default is None:
-            return names
-        fetched_at, upstream = self._models_cache
+        """The served models, the upstream's half remembered for five minutes."""
+        fetched_at, ids = self._models_cache
         if time.monotonic() - fetched_at > 300:
-            upstream = await self._upstream_models(self.backends[default])
-            self._models_cache = (time.monotonic(), upstream)
-        return list(dict.fromkeys([*names, *upstream]))
-
-    async def _upstream_models(self, backend: Backend) -> list[str]:
-        try:
-            return await backend.driver(0).list_models()
-        except ModelwireError as err:
-            log.warning("could not list the models of backend %s: %s", backend.name, err.message)
-            return []
+            default = self.backends.get(self.config.default_backend or "")
+            served = await served_models(self.router, default)
+            if served.error is not None and default is not None:
+                log.warning("could not list the models of backend %s: %s", default.name, served.error)
+            ids = served.ids
+            self._models_cache = (time.monotonic(), ids)
+        return ids
 
     # ---------------------------------------------------------------------------- stored responses
 
@@ -1058,7 +1053,7 @@ class Gateway:
         response_id, _, tail = rest.partition("/")
         self._authenticate(call, scope)
         found = await self.chains.get(response_id)
-        if found is None:
+        if found is None or not _owned(found, call):
             status, payload = await self._ask_native_backends(scope, rest)
             call.status, call.responding = status, True
             await http.respond(send, status, payload, [(b"x-request-id", call.request_id.encode())])
@@ -1119,6 +1114,11 @@ def _request_id(scope: Scope) -> str:
         if name == b"x-request-id" and 0 < len(value) <= 128:
             return str(value.decode("latin-1"))
     return f"{_ID_PREFIX}{next(_id_counter):012x}"
+
+
+def _owned(stored: StoredResponse, call: Call) -> bool:
+    """A stored response belongs to the key that made it: to another key it does not exist."""
+    return stored.key_name == (call.key.name if call.key else None)
 
 
 def _error_code(err: ModelwireError) -> str:

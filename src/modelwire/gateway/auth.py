@@ -113,15 +113,21 @@ class KeyBook:
         digest = hash_secret(secret)
         return self._config.get(digest) or self._stored.get(digest)
 
-    def sync(self) -> bool:
+    def outdated(self, version: int) -> bool:
+        """Whether the store's key counter moved since the keys were loaded."""
+        return version != self._version
+
+    def sync(self, version: int | None = None) -> bool:
         """Reload the store's keys if they changed since the last call; whether they did.
 
-        Blocking (a database read): run it in a worker thread. Raises what the store raises; the
-        keys already loaded stay in force meanwhile.
+        ``version`` is the store's key counter when the caller has just read it. Blocking (a
+        database read): run it in a worker thread. Raises what the store raises; the keys already
+        loaded stay in force meanwhile.
         """
         if self._store is None:
             return False
-        version = self._store.keys_version()
+        if version is None:
+            version = self._store.keys_version()
         if version == self._version:
             return False
         self._stored = {digest: from_record(r) for digest, r in self._store.live_keys()}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..types import Request, Usage
 
 if TYPE_CHECKING:
+    from ..errors import ModelwireError
     from .auth import ClientKey
     from .routing import Target
     from .surfaces import Surface
@@ -35,6 +37,8 @@ class Call:
     cost: float | None = None
     error: str | None = None  # why it did not succeed, as a short code
     responding: bool = False  # the response head went out: errors must go inside the body now
+    # Once answer events flow, how to end that same stream with an error (its ids, its sequence).
+    failing_end: Callable[[ModelwireError], bytes] | None = None
     task: asyncio.Task[Any] | None = None
     cut: bool = False  # ended by the gateway's shutdown, past the grace period
     events: int = 0  # stream events forwarded, for estimating output when a stream is cut

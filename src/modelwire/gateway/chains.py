@@ -97,6 +97,7 @@ class Chains:
         self._on_loop = store is not None and store.dialect == "sqlite"
         self._max_batch = min(max_batch, LOOP_SLICE) if self._on_loop else max_batch
         self._recent: OrderedDict[str, StoredResponse] = OrderedDict()
+        self._deletions: int | None = None  # the store's deletion counter, as last seen
         self._queue: OrderedDict[str, _Entry] = OrderedDict()
         self._in_flight: dict[str, _Entry] = {}
         self._deleted_in_flight: set[str] = set()
@@ -136,12 +137,13 @@ class Chains:
             log.debug("store read failed: %s", _cause(exc))
             raise ServiceUnavailableError(STORE_DOWN, code="store_unavailable", retry_after=1.0) from None
 
-    async def history(self, response_id: str) -> list[dict[str, Any]] | None:
-        """Every item of the conversation up to and including ``response_id``'s output."""
-        stored = await self.get(response_id)
-        if stored is None:
-            return None
-        return [*stored.input_items, *stored.output_items]
+    def note_deletions(self, counter: int) -> None:
+        """The store's deletion counter, as the gateway polls it: when another replica deleted a
+        response, what this one remembers may be stale, so it asks the store again (responses still
+        waiting to be written are not forgotten)."""
+        if self._deletions is not None and counter != self._deletions:
+            self._recent.clear()
+        self._deletions = counter
 
     def _in_memory(self, response_id: str) -> StoredResponse | None:
         """Recent responses, and every one still waiting for the store (memory may have let it go)."""

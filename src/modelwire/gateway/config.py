@@ -58,7 +58,8 @@ class ServerConfig(_Model):
     @field_validator("workers", mode="before")
     @classmethod
     def _auto_workers(cls, value: Any) -> Any:
-        return min(os.cpu_count() or 1, 64) if value == "auto" else value
+        """``auto``: one per core this process may run on (a container's cpuset, taskset)."""
+        return min(len(os.sched_getaffinity(0)) or 1, 64) if value == "auto" else value
 
     @field_validator("trusted_proxies")
     @classmethod

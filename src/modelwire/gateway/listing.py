@@ -63,6 +63,8 @@ async def served_models(router: Router, default: Backend | None) -> ServedModels
     configured = router.public_models()
     if default is None:
         return ServedModels(configured, [])
+    if default.missing_key is not None:
+        return ServedModels(configured, [], f"no upstream key: {default.missing_key} is not set")
     try:
         listed = await default.driver(0).list_models()
     except ModelwireError as err:

@@ -86,11 +86,12 @@ def json_object(payload: bytes) -> dict[str, Any]:
 
 
 def cut_stream_error(tap: ChatTap | ResponsesTap, err: ModelwireError) -> bytes:
-    """The dialect's error event that ends a passthrough stream the upstream cut short."""
+    """The dialect's error event that ends a passthrough stream early (the upstream cut it short,
+    or the gateway had to), continuing the upstream's own sequence."""
     if isinstance(tap, ResponsesTap):
         event = {
             "type": "error",
-            "code": "upstream_error",
+            "code": err.code or "upstream_error",
             "message": err.message,
             "param": None,
             "sequence_number": tap.next_sequence(),

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import time
 from typing import Any
 
 import uvicorn
@@ -66,7 +67,8 @@ def check_workers(config: Config, keys: KeyBook) -> None:
     """Workers count limits alone unless Redis shares the counts: refuse rather than over-admit."""
     if config.server.workers == 1 or config.redis:
         return
-    limited = sorted(k.name for k in keys.in_force() if not k.policy.unlimited)
+    now = time.time()
+    limited = sorted(k.name for k in keys.in_force() if not k.policy.unlimited and not k.expired(now))
     if limited:
         raise ConfigError(
             config.source,

@@ -76,6 +76,7 @@ GROUP_COLUMNS = {"key": "key_name", "model": "public_model", "backend": "backend
 TIME_BUCKETS = {"day": (86400, "%Y-%m-%d"), "hour": (3600, "%Y-%m-%d %H:00")}
 GROUPINGS = (*GROUP_COLUMNS, *TIME_BUCKETS)
 KEYS_COUNTER = "keys"
+RESPONSES_COUNTER = "responses"
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -168,6 +169,11 @@ class StoredResponse:
     response: dict[str, Any]
     instructions: str | None = None
 
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Every item of the conversation up to and including this response's output."""
+        return [*self.input_items, *self.output_items]
+
 
 class _Secret(str):
     """A key secret that masks itself in ``repr`` so a logged tuple or traceback cannot leak it.
@@ -253,8 +259,9 @@ responses_table = Table(
     Column("response", JSON, nullable=False),
 )
 
-# Named change counters. ``keys`` moves in the transaction of every key change; gateways poll it
-# (one primary-key read) and reload their in-memory key table when it moved.
+# Named change counters. ``keys`` moves in the transaction of every key change, ``responses`` in
+# that of every deleted stored response; gateways poll them (one read of a two-row table) and reload
+# their in-memory key table, or forget the responses they remember, when one moved.
 state_table = Table(
     "mw_state",
     metadata,
@@ -264,7 +271,12 @@ state_table = Table(
 _BUMP_KEYS = (
     update(state_table).where(state_table.c.name == KEYS_COUNTER).values(version=state_table.c.version + 1)
 )
-_READ_KEYS_VERSION = f"SELECT version FROM {state_table.name} WHERE name = '{KEYS_COUNTER}'"
+_BUMP_RESPONSES = (
+    update(state_table)
+    .where(state_table.c.name == RESPONSES_COUNTER)
+    .values(version=state_table.c.version + 1)
+)
+_READ_VERSIONS = f"SELECT name, version FROM {state_table.name}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -515,15 +527,20 @@ class Store:
                     return True
         return False
 
-    def keys_version(self) -> int:
-        """The key table's change counter: it moves with every key created, revoked or changed.
+    def versions(self) -> dict[str, int]:
+        """Every change counter: ``keys`` (a key created, revoked or changed) and ``responses``
+        (a stored response deleted).
 
-        Gateways poll it about twice a second, so it is one primary-key read of a constant
-        statement. Read it *before* :meth:`live_keys`: a change committed in between then shows
-        up as a newer counter on the next poll instead of being missed.
+        Gateways poll this four times a second, so it is one constant statement over a two-row
+        table. Read it *before* :meth:`live_keys`: a change committed in between then shows up as
+        a newer counter on the next poll instead of being missed.
         """
         with self._poll.connect() as conn:
-            return int(conn.exec_driver_sql(_READ_KEYS_VERSION).scalar_one())
+            return {str(name): int(version) for name, version in conn.exec_driver_sql(_READ_VERSIONS)}
+
+    def keys_version(self) -> int:
+        """The key table's change counter (see :meth:`versions`)."""
+        return self.versions()[KEYS_COUNTER]
 
     def live_keys(self) -> list[tuple[str, KeyRecord]]:
         """Every unrevoked key with its SHA-256 hash, expired ones included (callers decide), so a
@@ -633,8 +650,11 @@ class Store:
         return StoredResponse(**row) if row is not None else None
 
     def delete_response(self, id: str) -> bool:
+        """Delete a stored response; other replicas forget their copy when the counter moves."""
         with self.engine.begin() as conn:
             result = conn.execute(responses_table.delete().where(responses_table.c.id == id))
+            if result.rowcount:
+                conn.execute(_BUMP_RESPONSES)
         return bool(result.rowcount)
 
 

@@ -1,8 +1,9 @@
-"""A change counter for the key table, and why a usage record did not succeed.
+"""Change counters for the key table and stored responses, and why a usage record did not succeed.
 
-``mw_state`` holds named counters; ``keys`` moves in the same transaction as every key change, so
-running gateways can poll one primary-key row (about twice a second) and reload their in-memory
-key table only when it moved. ``mw_usage.error`` is a short code (``shutdown``, ``client_closed``,
+``mw_state`` holds named counters; ``keys`` moves in the same transaction as every key change, and
+``responses`` as every deleted stored response, so running gateways can poll one small table four
+times a second and reload their in-memory key table, or forget the responses they remember, only
+when a counter moved. ``mw_usage.error`` is a short code (``shutdown``, ``client_closed``,
 an upstream error code) next to the HTTP status.
 
 Revision ID: 0002
@@ -26,7 +27,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("version", sa.BigInteger, nullable=False),
     )
-    op.bulk_insert(state, [{"name": "keys", "version": 0}])
+    op.bulk_insert(state, [{"name": "keys", "version": 0}, {"name": "responses", "version": 0}])
     op.add_column("mw_usage", sa.Column("error", sa.String(64)))
 
 
