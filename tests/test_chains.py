@@ -474,6 +474,20 @@ async def test_a_deletion_elsewhere_makes_a_replica_ask_the_store_again(replica:
     assert await a.get(r.id) is None
 
 
+async def test_with_no_other_process_puts_do_not_wait(replica: ChainsFactory) -> None:
+    """One process on its own store answers every follow-up from memory: the commit is not awaited,
+    and the writer gathers a batch instead of writing per response."""
+    a, b = replica(shared=False, linger=0.2), replica()
+    rs = [response(n) for n in range(20)]
+    start = time.perf_counter()
+    assert await asyncio.gather(*(a.put(r) for r in rs)) == [False] * 20
+    assert time.perf_counter() - start < 0.1
+    assert await a.get(rs[0].id) is rs[0]
+    await eventually(lambda: a.pending == 0)
+    assert flaky(a).batches == [20]
+    assert await b.get(rs[-1].id) is not None
+
+
 def test_rejects_bad_settings() -> None:
     for kwargs in ({"max_pending": 0}, {"max_batch": 0}, {"max_wait": 0}, {"retry_seconds": 0}):
         with pytest.raises(ValueError):

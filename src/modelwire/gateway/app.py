@@ -191,7 +191,10 @@ class Gateway:
             self.store, interval=self.config.usage.flush_seconds, max_batch=self.config.usage.batch
         )
         await self.usage.start()
-        self.chains = Chains(self.store)
+        # A follow-up may reach another process when the store is shared: then a stored response is
+        # committed before its client has it. One process on a SQLite file answers from memory.
+        shared = self.store.dialect != "sqlite" or self.config.server.workers > 1
+        self.chains = Chains(self.store, shared=shared)
         if self.config.redis:
             self.dependencies.watch("redis")
         self.limiter = Limiter.create(

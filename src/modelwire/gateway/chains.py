@@ -13,6 +13,10 @@ transaction ran, so under load the cost is one transaction per batch, and a lone
 about one write. Recent responses are also kept in memory, so a follow-up reaching the same
 replica never touches the database.
 
+Waiting is only worth its cost when another process could serve the follow-up: with one process on
+a SQLite file (``shared=False``) memory already answers every follow-up, so ``put`` returns at once
+and the writer lingers to gather a batch, as it did before replicas could share a store.
+
 When the store is down, ``put`` neither raises nor hangs: the response stays in memory (this
 replica still chains it) and is retried in the background, with backoff and a bound.
 """
@@ -83,6 +87,8 @@ class Chains:
         max_wait: float = 1.0,
         retry_seconds: float = 0.25,
         max_backoff: float = 5.0,
+        shared: bool = True,
+        linger: float = 0.2,
     ) -> None:
         if max_pending < 1 or max_batch < 1 or max_wait <= 0 or retry_seconds <= 0:
             raise ValueError("max_pending and max_batch must be at least 1; waits must be positive")
@@ -93,6 +99,8 @@ class Chains:
         self._max_wait = max_wait
         self._retry_seconds = retry_seconds
         self._max_backoff = max(max_backoff, retry_seconds)
+        self._shared = shared  # another process may serve a follow-up: puts wait for the commit
+        self._linger = linger
         # SQLite writes run on the loop: measured cheaper than a worker thread (see _call).
         self._on_loop = store is not None and store.dialect == "sqlite"
         self._max_batch = min(max_batch, LOOP_SLICE) if self._on_loop else max_batch
@@ -167,8 +175,8 @@ class Chains:
             return False
         waiter = self._enqueue(response)
         self._wake.set()  # during an outage this does not cut the writer's backoff short
-        if not self._healthy:
-            return False  # the outage is known: the writer retries on its own schedule
+        if not self._healthy or not self._shared:
+            return False  # an outage is known, or memory answers every follow-up: no wait
         try:
             async with asyncio.timeout(self._max_wait):
                 return await waiter
@@ -211,6 +219,8 @@ class Chains:
             if not self._queue:
                 await self._wake.wait()
                 self._wake.clear()
+                if not self._shared:
+                    await self._pause(self._linger)  # nobody waits: gather a batch
             elif await self._write_batch():
                 delay = self._retry_seconds
                 await asyncio.sleep(0)  # a SQLite write ran on the loop: let requests in between

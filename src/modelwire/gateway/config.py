@@ -160,10 +160,6 @@ class KeyConfig(_Model):
             raise ValueError("is empty (an unset or empty secret?); a client key needs both")
         return value
 
-    @property
-    def limited(self) -> bool:
-        return self.rpm is not None or self.tpm is not None or self.budget_usd is not None
-
 
 class FailoverConfig(_Model):
     budget_seconds: float = Field(90.0, gt=0)

@@ -45,7 +45,17 @@ _MEMO_LIMIT = 4096
 class RequestLog:
     """Builds each request's line and writes them in batches."""
 
-    __slots__ = ("_clean", "_clock", "_json", "_logger", "_pending", "_quotes", "_stream", "_timer")
+    __slots__ = (
+        "_clean",
+        "_clock",
+        "_json",
+        "_logger",
+        "_pending",
+        "_quotes",
+        "_routes",
+        "_stream",
+        "_timer",
+    )
 
     def __init__(self, fmt: LogFormat = "text", stream: IO[str] | None = None) -> None:
         self._json = fmt == "json"
@@ -53,6 +63,7 @@ class RequestLog:
         self._stream = stream
         self._quotes: dict[str, str] = {}  # text -> its logfmt value
         self._clean: dict[str, str] = {}  # a client's repeated text (model names) -> redacted
+        self._routes: dict[tuple[str | None, ...], str] = {}  # (key, surface, model, …) -> their part
         self._pending: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
         self._clock = _Clock()
@@ -78,7 +89,7 @@ class RequestLog:
         return {
             "time": self._clock(time.time()),
             "request_id": self._client_text(call.request_id),
-            "client": call.client,
+            "client": call.client,  # an IP address (or "unknown"): never needs quoting
             "key": call.key.name if call.key else None,
             "surface": call.surface.dialect,
             "model": self._redacted(call.model) if call.model else None,
@@ -97,20 +108,25 @@ class RequestLog:
         return orjson.dumps(self.fields(call)).decode()
 
     def _text_line(self, call: Call) -> str:
-        """The same fields as :meth:`fields`, in the same order, written straight into the line."""
-        q = self._quoted
-        line = f"time={self._clock(time.time())} request_id={q(self._client_text(call.request_id))}"
-        line += f" client={q(call.client)}"
-        if call.key is not None:
-            line += f" key={q(call.key.name)}"
-        line += f" surface={call.surface.dialect}"
-        if call.model:
-            line += f" model={q(self._redacted(call.model))}"
-        if call.backend is not None:
-            line += f" backend={q(call.backend)}"
-        if call.upstream_model:
-            line += f" upstream_model={q(self._redacted(call.upstream_model))}"
-        line += f" status={call.status} latency_ms={(time.monotonic() - call.started) * 1000:.1f}"
+        """The same fields as :meth:`fields`, in the same order. Who asked for what, and who served
+        it, repeat from request to request: that part of the line is made once and remembered."""
+        route = (
+            call.key.name if call.key else None,
+            call.surface.dialect,
+            call.model,
+            call.backend,
+            call.upstream_model,
+        )
+        middle = self._routes.get(route)
+        if middle is None:
+            middle = self._route_part(*route)
+        request_id = call.request_id
+        if not (request_id.startswith("req_") and request_id[4:].isalnum()):
+            request_id = _logfmt(redact(request_id))
+        line = (
+            f"time={self._clock(time.time())} request_id={request_id} client={call.client}{middle}"
+            f" status={call.status} latency_ms={(time.monotonic() - call.started) * 1000:.1f}"
+        )
         if call.ttft is not None:
             line += f" ttft_ms={call.ttft * 1000:.1f}"
         if call.usage is not None:
@@ -118,8 +134,21 @@ class RequestLog:
         if call.cost:
             line += f" cost_usd={round(call.cost, 8)}"
         if call.error is not None:
-            line += f" error={q(call.error)}"
+            line += f" error={self._quoted(call.error)}"
         return line
+
+    def _route_part(
+        self, key: str | None, surface: str, model: str, backend: str | None, upstream: str | None
+    ) -> str:
+        q = self._quoted
+        part = f" key={q(key)}" if key is not None else ""
+        part += f" surface={surface}"
+        part += f" model={q(self._redacted(model))}" if model else ""
+        part += f" backend={q(backend)}" if backend is not None else ""
+        part += f" upstream_model={q(self._redacted(upstream))}" if upstream else ""
+        if len(self._routes) < _MEMO_LIMIT:
+            self._routes[(key, surface, model, backend, upstream)] = part
+        return part
 
     def _quoted(self, value: str) -> str:
         """``value`` as a logfmt value: bare when plain, else a JSON string (escapes newlines)."""

@@ -57,7 +57,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -173,6 +172,22 @@ class StoredResponse:
     def history(self) -> list[dict[str, Any]]:
         """Every item of the conversation up to and including this response's output."""
         return [*self.input_items, *self.output_items]
+
+
+RESPONSE_FIELDS = tuple(f.name for f in fields(StoredResponse))
+_RESPONSE_JSON = frozenset({"input_items", "output_items", "response"})
+# SQLite (3.24+) and PostgreSQL spell an upsert alike.
+_RESPONSE_UPSERT = " ON CONFLICT (id) DO UPDATE SET " + ", ".join(
+    f"{name} = excluded.{name}" for name in RESPONSE_FIELDS if name != "id"
+)
+
+
+def _response_row_values(response: StoredResponse) -> tuple[Any, ...]:
+    """A stored response's column values, its JSON columns encoded as the engines' JSON type does."""
+    return tuple(
+        _json_dumps(getattr(response, name)) if name in _RESPONSE_JSON else getattr(response, name)
+        for name in RESPONSE_FIELDS
+    )
 
 
 class _Secret(str):
@@ -431,6 +446,8 @@ class Store:
         marker = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         self._usage_row = f"({', '.join([marker] * len(USAGE_FIELDS))})"
         self._usage_insert = f"INSERT INTO {usage_table.name} ({', '.join(USAGE_FIELDS)}) VALUES "
+        self._response_row = f"({', '.join([marker] * len(RESPONSE_FIELDS))})"
+        self._response_insert = f"INSERT INTO {responses_table.name} ({', '.join(RESPONSE_FIELDS)}) VALUES "
         try:
             migrations.ensure_schema(self.engine, url=_display(self.url), schema=schema)
         except BaseException:
@@ -631,17 +648,19 @@ class Store:
         self.put_responses([response])
 
     def put_responses(self, responses: list[StoredResponse]) -> None:
-        """Insert or replace many in one transaction (the gateway writes them in batches)."""
+        """Insert or replace many in one transaction (the gateway writes them in batches).
+
+        As for usage rows, one multi-row statement goes straight to the driver: the gateway awaits
+        this before a stored response's last event reaches its client, so SQLAlchemy's per-row
+        processing (which cost more than the write itself) would be paid on the request path.
+        """
         if not responses:
             return
-        rows = [{f.name: getattr(r, f.name) for f in fields(StoredResponse)} for r in responses]
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(responses_table)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["id"], set_={name: stmt.excluded[name] for name in rows[0] if name != "id"}
-        )
+        unique = list({r.id: r for r in responses}.values())  # one statement may not upsert an id twice
+        values = [v for r in unique for v in _response_row_values(r)]
+        sql = self._response_insert + ", ".join([self._response_row] * len(unique)) + _RESPONSE_UPSERT
         with self.engine.begin() as conn:
-            conn.execute(stmt, rows)
+            conn.exec_driver_sql(sql, tuple(values))
 
     def get_response(self, id: str) -> StoredResponse | None:
         stmt = select(responses_table).where(responses_table.c.id == id)
