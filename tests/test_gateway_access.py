@@ -199,6 +199,8 @@ def test_key_changes_take_effect_within_a_second(upstream: FakeUpstream, tmp_pat
         closed = until(lambda: chat(gateway.url, key=None)[0] == 401, 1.0)
         assert closed is not None, "a new key must close an open gateway within a second"
         assert chat(gateway.url, key=secret)[0] == 200
+        fresh = gateway.cli("keys", "create", "--name", "bob").stdout.strip()
+        assert chat(gateway.url, key=fresh)[0] == 200, "a new key works on its very first request"
         assert gateway.cli("keys", "revoke", "alice").returncode == 0
         revoked = until(lambda: chat(gateway.url, key=secret)[0] == 401, 1.0)
         assert revoked is not None, "a revoked key must stop working within a second"

@@ -73,6 +73,9 @@ _CURRENT: contextvars.ContextVar[tuple[str, str | None]] = contextvars.ContextVa
 )
 
 _ENDPOINTS = {"openai_chat": "chat", "openai_responses": "responses"}
+MISS_CHECK_SECONDS = 0.05
+"""An unknown key makes the gateway read the store's key counter at once, at most this often: a
+key just created works on its first request, and a flood of bad keys costs at most 20 reads a second."""
 Handler = Callable[[Call, Scope, Receive, Send], Awaitable[None]]
 Endpoint = tuple[Handler, Surface]
 
@@ -128,6 +131,8 @@ class Gateway:
         self.limiter = Limiter(MemoryCounters())
         self.chains = Chains(None)
         self._hook_signals = hook_signals
+        self._checking: asyncio.Future[None] | None = None  # a read of the store's counters
+        self._checked_at = 0.0
         self._background: set[asyncio.Task[Any]] = set()
         self._budget_seeded: set[str] = set()
         self._models_cache: tuple[float, list[str]] = (0.0, [])
@@ -249,19 +254,31 @@ class Gateway:
     async def _watch_store(self) -> None:
         """Keep the key table and the remembered responses in step with the store, and notice when
         the store goes or comes back."""
-        assert self.store is not None
         while True:
             await asyncio.sleep(SYNC_SECONDS)
-            try:
-                versions = await asyncio.to_thread(self.store.versions)
-                keys = versions[KEYS_COUNTER]
-                if self.keys.outdated(keys) and await asyncio.to_thread(self.keys.sync, keys):
-                    log.info("client keys reloaded (%d in force)", len(self.keys.in_force()))
-            except Exception as exc:  # whatever the database driver raises
-                self.dependencies.mark("store", False, describe_error(exc))
-                continue
+            await self._check_store()
+
+    async def _check_store(self) -> None:
+        """Read the store's change counters: reload the key table, or forget remembered responses,
+        when one moved. Concurrent callers share one read."""
+        if self._checking is None:
+            self._checking = asyncio.ensure_future(self._read_counters())
+        await asyncio.shield(self._checking)
+
+    async def _read_counters(self) -> None:
+        assert self.store is not None
+        try:
+            versions = await asyncio.to_thread(self.store.versions)
+            keys = versions[KEYS_COUNTER]
+            if self.keys.outdated(keys) and await asyncio.to_thread(self.keys.sync, keys):
+                log.info("client keys reloaded (%d in force)", len(self.keys.in_force()))
+        except Exception as exc:  # whatever the database driver raises
+            self.dependencies.mark("store", False, describe_error(exc))
+        else:
             self.chains.note_deletions(versions[RESPONSES_COUNTER])
             self.dependencies.mark("store", True)
+        finally:
+            self._checked_at, self._checking = time.monotonic(), None
 
     def _shared_state(self, name: str, up: bool) -> None:
         """The limit counters' dependency changed; they have said so in the log themselves."""
@@ -436,7 +453,7 @@ class Gateway:
     ) -> Route:
         """Authenticate, read and check the request; the route it will take. ``from_path`` is the
         model and stream flag of dialects that say them in the URL (Gemini)."""
-        headers = self._authenticate(call, scope)
+        headers = await self._authenticate(call, scope)
         raw = await http.read_body(receive, self.config.server.max_body_bytes, headers.get(b"content-length"))
         _CURRENT.set((call.request_id, call.key.name if call.key else None))
         self._record("client_request", call, raw, url=scope["path"], client=call.client)
@@ -457,7 +474,7 @@ class Gateway:
         await self._limit(call.key)
         return route
 
-    def _authenticate(self, call: Call, scope: Scope) -> dict[bytes, bytes]:
+    async def _authenticate(self, call: Call, scope: Scope) -> dict[bytes, bytes]:
         """Find the request's client key (``call.key``); the request headers, for the caller."""
         headers = dict(scope["headers"])
         if self.keys.open:
@@ -476,6 +493,15 @@ class Gateway:
                 code="missing_api_key",
             )
         key = self.keys.lookup(secret)
+        if (
+            key is None
+            and self.store is not None
+            and time.monotonic() - self._checked_at > MISS_CHECK_SECONDS
+        ):
+            with contextlib.suppress(TimeoutError):  # a hung store must not hang the request
+                async with asyncio.timeout(1.0):
+                    await self._check_store()  # a key created a moment ago works at once
+            key = self.keys.lookup(secret)
         if key is None:
             self.lockout.failure(call.client)
             raise AuthenticationError("invalid API key", code="invalid_api_key")
@@ -935,7 +961,7 @@ class Gateway:
         if google_client(scope):  # google-genai lists models here too
             call.surface = GEMINI
             return await self._gemini_models(call, scope, receive, send)
-        headers = self._authenticate(call, scope)
+        headers = await self._authenticate(call, scope)
         anthropic = b"anthropic-version" in headers
         if anthropic:
             call.surface = ANTHROPIC
@@ -963,7 +989,7 @@ class Gateway:
     async def _gemini_models(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /v1beta/models`` and ``GET /v1beta/models/{model}`` in Gemini's shape."""
         wanted = scope["path"].removeprefix("/v1beta").removeprefix("/v1").removeprefix("/models").strip("/")
-        self._authenticate(call, scope)
+        await self._authenticate(call, scope)
         ids = await self._allowed_models(call.key)
         if not wanted:
             doc: dict[str, Any] = {"models": [self._gemini_model(m) for m in ids]}
@@ -1019,7 +1045,7 @@ class Gateway:
             call.surface = GEMINI
             return await self._gemini_models(call, scope, receive, send)
         model = scope["path"].removeprefix("/v1").removeprefix("/models/")
-        self._authenticate(call, scope)
+        await self._authenticate(call, scope)
         if model not in await self._allowed_models(call.key):
             raise NotFoundError(
                 f"The model {model!r} does not exist or you do not have access to it.",
@@ -1054,7 +1080,7 @@ class Gateway:
         upstreams (which store what they served themselves)."""
         rest = scope["path"].removeprefix("/v1").removeprefix("/responses/")
         response_id, _, tail = rest.partition("/")
-        self._authenticate(call, scope)
+        await self._authenticate(call, scope)
         found = await self.chains.get(response_id)
         if found is None or not _owned(found, call):
             status, payload = await self._ask_native_backends(scope, rest)

@@ -359,7 +359,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _postgres_engine(url: URL, schema: str | None) -> Engine:
-    connect_args: dict[str, Any] = {}
+    # A database that stops answering (a partition, not a refusal) is noticed in seconds, not after
+    # the operating system's TCP timeout; a URL's own connect_timeout wins.
+    connect_args: dict[str, Any] = {} if "connect_timeout" in url.query else {"connect_timeout": 5}
     if schema is not None:
         # search_path set at connection start (libpq ``options``) holds for every pooled
         # connection without a per-checkout statement, and keeps raw SQL in the schema too.
