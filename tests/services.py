@@ -19,6 +19,7 @@ PostgreSQL refuses to run as root, and CI runs the tests as root: there the serv
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import pwd
 import shutil
@@ -26,6 +27,8 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, ClassVar, Final, Literal, Self
@@ -33,6 +36,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import redis
+import sqlalchemy
+
+from modelwire.gateway.store import Store, parse_store_url
 
 from .gateway_fixtures import free_port
 
@@ -449,3 +455,59 @@ def _redis_server() -> str:
     if found is None:
         raise ServiceError("redis-server is not on PATH")
     return found
+
+
+# ----------------------------------------------------------------------------------------------
+# A schema of a test's own in the shared PostgreSQL (tests run in parallel in one database)
+# ----------------------------------------------------------------------------------------------
+
+
+def new_schema_name() -> str:
+    return f"mw_test_{uuid.uuid4().hex[:16]}"
+
+
+def drop_schema(schema: str, url: str = SHARED_POSTGRES_URL) -> None:
+    engine = sqlalchemy.create_engine(parse_store_url(url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def postgres_schema(url: str = SHARED_POSTGRES_URL) -> Iterator[str]:
+    """A store URL whose every connection works in a fresh schema (``options=-csearch_path``), as a
+    gateway and the CLI would be configured; the schema is dropped afterwards."""
+    schema = new_schema_name()
+    engine = sqlalchemy.create_engine(parse_store_url(url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        engine.dispose()
+        drop_schema(schema, url)
+
+
+def shared_stores(kind: str, tmp_path: Path, default: type[Store] = Store) -> Iterator[Callable[..., Store]]:
+    """Opens stores over one database, as replicas (or the gateway and the CLI) do: a SQLite file,
+    or a schema of its own in the shared PostgreSQL (via ``Store(schema=...)``), dropped afterwards.
+    For a fixture: ``yield from shared_stores(...)``."""
+    opened: list[Store] = []
+    if kind == "sqlite":
+        url, schema = f"sqlite:///{tmp_path}/state/state.db", None
+    else:
+        url, schema = SHARED_POSTGRES_URL, new_schema_name()
+
+    def factory(cls: type[Store] = default) -> Store:
+        opened.append(cls(url, schema=schema))
+        return opened[-1]
+
+    try:
+        yield factory
+    finally:
+        for store in opened:
+            store.close()
+        if schema is not None:
+            drop_schema(schema)

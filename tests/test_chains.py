@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 import uuid
@@ -18,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from modelwire.errors import ServiceUnavailableError
 from modelwire.gateway.chains import Chains
-from modelwire.gateway.store import Store, StoredResponse, parse_store_url
+from modelwire.gateway.store import Store, StoredResponse
 
-PG_URL = os.environ.get("MODELWIRE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+from .services import shared_stores
+
 GATEWAY_LOG = "modelwire.gateway"
 
 StoreFactory = Callable[..., Store]
@@ -84,15 +83,6 @@ class FlakyStore(Store):
 # ----------------------------------------------------------------------------------------------
 
 
-def _drop_schema(schema: str) -> None:
-    engine = create_engine(parse_store_url(PG_URL))
-    try:
-        with engine.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """Opens stores over one shared database, like several gateway replicas."""
@@ -107,25 +97,22 @@ def open_pg_store(tmp_path: Path) -> Iterator[StoreFactory]:
 
 
 def _stores(kind: str, tmp_path: Path) -> Iterator[StoreFactory]:
-    opened: list[Store] = []
-    if kind == "sqlite":
-        url, schema = f"sqlite:///{tmp_path}/state/state.db", None
-    else:
-        url, schema = PG_URL, f"mw_test_{uuid.uuid4().hex[:16]}"
+    opened: list[FlakyStore] = []
+    stores = shared_stores(kind, tmp_path, FlakyStore)
+    make = next(stores)
 
     def factory(cls: type[Store] = FlakyStore) -> Store:
-        opened.append(cls(url, schema=schema))
-        return opened[-1]
+        store = make(cls)
+        if isinstance(store, FlakyStore):
+            opened.append(store)
+        return store
 
     try:
         yield factory
     finally:
         for store in opened:
-            if isinstance(store, FlakyStore):
-                store.release.set()
-            store.close()
-        if schema is not None:
-            _drop_schema(schema)
+            store.release.set()  # no write may stay held when its store closes
+        stores.close()
 
 
 @pytest.fixture

@@ -24,18 +24,19 @@ from typing import Any
 import openai
 import pytest
 import yaml
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select, text
 
 from modelwire._version import __version__
 from modelwire.gateway.migrations import HEAD
-from modelwire.gateway.store import Store, UsageRecord, keys_table, open_engine, parse_store_url, usage_table
+from modelwire.gateway.store import Store, UsageRecord, keys_table, open_engine, usage_table
 from modelwire.providers.catalog import Catalog
 
 from .fake_upstream import DEFAULT_MODELS, FakeUpstream, Reply
 from .gateway_fixtures import CLIENT_KEY, MODELWIRE, RunningGateway, base_config, free_port, start_gateway
+from .services import SHARED_POSTGRES_URL as PG_URL
+from .services import postgres_schema
 from .test_migrations import create_legacy_store
 
-PG_URL = os.environ.get("MODELWIRE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 USAGE_KEY = "sk-client-usage-0000000000"
 USER = [{"role": "user", "content": "q"}]
 SECRET = re.compile(r"mw-[A-Za-z0-9_-]{40,}")
@@ -154,16 +155,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('cli-sqlite')}/state.db"
         return
-    schema = f"mw_cli_{uuid.uuid4().hex[:16]}"
-    engine = create_engine(parse_store_url(PG_URL))
-    try:
-        with engine.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        engine.dispose()
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ from sqlalchemy import select
 from modelwire.gateway.store import Store, usage_table
 
 from .fake_upstream import FakeUpstream, Reply
-from .gateway_fixtures import CLIENT_KEY, RunningGateway, base_config, start_gateway
+from .gateway_fixtures import CLIENT_KEY, RunningGateway, base_config, sse_events, start_gateway
 from .services import PrivatePostgres, PrivateRedis
 from .spec import anthropic_errors, assert_anthropic, assert_openai, openai_errors
 
@@ -256,21 +256,6 @@ class SteadyLoad:
     def statuses(self, since: float = 0.0, until: float = float("inf")) -> Counter[int]:
         """Statuses of the answers that completed between ``since`` and ``until`` (monotonic)."""
         return Counter(status for status, done in self.answers.values() if since <= done <= until)
-
-
-def sse_events(body: bytes) -> list[tuple[str | None, str]]:
-    """The (event name, data) pairs of an SSE body; comments (keep-alives) are skipped."""
-    events = []
-    for block in body.decode().replace("\r\n", "\n").split("\n\n"):
-        name, data = None, []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-        if data:
-            events.append((name, "\n".join(data)))
-    return events
 
 
 # ----------------------------------------------------------------------------------------------

@@ -35,9 +35,8 @@ import pytest
 import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, text
 
-from modelwire.gateway.store import Store, parse_store_url
+from modelwire.gateway.store import Store
 
 from .fake_upstream import FakeUpstream, Reply
 from .gateway_fixtures import (
@@ -49,7 +48,7 @@ from .gateway_fixtures import (
     request,
     start_gateway,
 )
-from .services import SHARED_POSTGRES_URL, PrivateRedis
+from .services import PrivateRedis, postgres_schema
 
 T = TypeVar("T")
 
@@ -258,17 +257,8 @@ def spawned_workers(pid: int) -> int:
 @pytest.fixture(scope="module")
 def pg_store() -> Iterator[str]:
     """A store URL on the shared PostgreSQL, in a schema of this module's own, dropped afterwards."""
-    schema = f"mw_replicas_{uuid.uuid4().hex[:16]}"
-    engine = create_engine(parse_store_url(SHARED_POSTGRES_URL))
-    try:
-        with engine.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-        joiner = "&" if "?" in SHARED_POSTGRES_URL else "?"
-        yield f"{SHARED_POSTGRES_URL}{joiner}options=-csearch_path%3D{schema}"
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        engine.dispose()
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
 import subprocess
 import time
@@ -32,10 +31,18 @@ from modelwire.gateway.config import load_config
 from modelwire.gateway.store import Store, usage_table
 
 from .fake_upstream import FakeUpstream, Reply
-from .gateway_fixtures import CLIENT_KEY, MODELWIRE, RunningGateway, base_config, free_port, start_gateway
+from .gateway_fixtures import (
+    CLIENT_KEY,
+    MODELWIRE,
+    RunningGateway,
+    base_config,
+    free_port,
+    sse_events,
+    start_gateway,
+)
+from .services import SHARED_POSTGRES_URL as PG_URL
 from .spec import assert_openai
 
-PG_URL = os.environ.get("MODELWIRE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 CHAT_ONLY_KEY = "sk-client-chat-only-0000"
 USER = [{"role": "user", "content": "q"}]
 CHAT = "/v1/chat/completions"
@@ -137,21 +144,6 @@ def assert_still_serves(gateway: RunningGateway, upstream: FakeUpstream) -> None
     with openai.OpenAI(base_url=gateway.v1, api_key=CLIENT_KEY, max_retries=0) as sdk:
         completion = sdk.chat.completions.create(model="chat-model", messages=USER)  # type: ignore[arg-type]
     assert completion.choices[0].message.content == "still here"
-
-
-def sse_events(body: bytes) -> list[tuple[str | None, str]]:
-    """The (event name, data) pairs of an SSE body; comments are skipped."""
-    events = []
-    for block in body.decode().split("\n\n"):
-        name, data = None, []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-        if data:
-            events.append((name, "\n".join(data)))
-    return events
 
 
 def open_stream(

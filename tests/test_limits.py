@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import time
 import uuid
@@ -29,7 +28,8 @@ from modelwire.gateway.limits import (
     seconds_until,
 )
 
-REDIS_URL = os.environ.get("MODELWIRE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+from .services import SHARED_REDIS_URL as REDIS_URL
+
 START = 1_000_020.0  # a multiple of 60: tests begin at the start of a window
 
 

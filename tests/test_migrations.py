@@ -7,7 +7,6 @@ upgrading "today's" databases stays tested after ``store.metadata`` moves on.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import threading
@@ -46,8 +45,9 @@ from modelwire.gateway.migrations import HEAD, REVISIONS, VERSION_TABLE, SchemaE
 from modelwire.gateway.store import Store, StoredResponse, metadata, open_engine, upgrade_schema
 
 from .gateway_fixtures import MODELWIRE
+from .services import SHARED_POSTGRES_URL as PG_URL
+from .services import drop_schema
 
-PG_URL = os.environ.get("MODELWIRE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 SECRET = "mw-legacy-secret-0123456789abcdefghijklmnopqrstuv"
 T0 = 1_700_000_000.0
 
@@ -193,15 +193,6 @@ class Database:
             engine.dispose()
 
 
-def _drop_schema(schema: str) -> None:
-    engine = open_engine(PG_URL)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     if request.param == "sqlite":
@@ -211,7 +202,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
     try:
         yield Database(PG_URL, schema)
     finally:
-        _drop_schema(schema)
+        drop_schema(schema)
 
 
 @pytest.fixture
@@ -465,7 +456,7 @@ def test_version_table_lives_in_the_store_schema() -> None:
         assert sorted(r[0] for r in found) == sorted(schemas)
     finally:
         for schema in schemas:
-            _drop_schema(schema)
+            drop_schema(schema)
 
 
 def test_usage_rows_survive_untouched(legacy_database: Database) -> None:

@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import inspect
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,7 +35,9 @@ from modelwire.gateway.store import (
     usage_table,
 )
 
-PG_URL = os.environ.get("MODELWIRE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+from .services import SHARED_POSTGRES_URL as PG_URL
+from .services import drop_schema, shared_stores
+
 T0 = 1_700_000_000.0
 
 StoreFactory = Callable[..., Store]
@@ -47,35 +48,10 @@ StoreFactory = Callable[..., Store]
 # ----------------------------------------------------------------------------------------------
 
 
-def _drop_schema(schema: str) -> None:
-    engine = create_engine(parse_store_url(PG_URL))
-    try:
-        with engine.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """Opens stores over one shared database, like several gateway replicas (or the gateway and CLI)."""
-    opened: list[Store] = []
-    if request.param == "sqlite":
-        url, schema = f"sqlite:///{tmp_path}/state/state.db", None
-    else:
-        url, schema = PG_URL, f"mw_test_{uuid.uuid4().hex[:16]}"
-
-    def factory(cls: type[Store] = Store) -> Store:
-        opened.append(cls(url, schema=schema))
-        return opened[-1]
-
-    try:
-        yield factory
-    finally:
-        for store in opened:
-            store.close()
-        if schema is not None:
-            _drop_schema(schema)
+    yield from shared_stores(request.param, tmp_path)
 
 
 @pytest.fixture
@@ -176,7 +152,7 @@ def test_postgres_schemas_isolate_stores() -> None:
                 }
     finally:
         for schema in schemas:
-            _drop_schema(schema)
+            drop_schema(schema)
 
 
 def test_ping(store: Store) -> None:

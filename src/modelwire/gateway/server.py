@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import uvicorn
@@ -28,7 +28,7 @@ from .config import Config, ConfigError, load_config, missing_key, with_override
 from .metrics import prepare_multiprocess
 from .migrations import HEAD, fast_revision
 from .requestlog import configure_logging
-from .store import SchemaError, Store, open_engine, upgrade_schema
+from .store import SchemaError, Store, open_engine
 
 CONFIG_ENV = "MODELWIRE_CONFIG"
 OVERRIDES_ENV = "MODELWIRE_OVERRIDES"
@@ -59,7 +59,8 @@ def migrate_apart(url: str) -> None:
     """Bring the store's schema to this modelwire's head in a child process, when it needs it.
 
     Alembic and its templates cost the gateway ~7 MiB it would carry for its whole life; a schema
-    change happens once per release, so it runs where that memory is given back.
+    change happens once per release, so it runs where that memory is given back. The URL (it may
+    hold a password) goes to the child on its stdin, never on a command line others can read.
     """
     engine = open_engine(url)
     try:
@@ -68,9 +69,25 @@ def migrate_apart(url: str) -> None:
         engine.dispose()
     if current == HEAD:
         return
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
-        done = child.submit(upgrade_schema, url).result()
-    log.info("store schema %s", done.describe())
+    child = subprocess.run(
+        [sys.executable, "-c", _UPGRADE], input=url, capture_output=True, text=True, check=False
+    )
+    if child.returncode != 0:
+        raise SchemaError((child.stderr.strip().splitlines() or ["the schema upgrade failed"])[-1])
+    log.info("store schema %s", child.stdout.strip())
+
+
+_UPGRADE = """
+import sys
+from modelwire.gateway.store import SchemaError, upgrade_schema
+try:
+    print(upgrade_schema(sys.stdin.read()).describe())
+except SchemaError as exc:
+    sys.exit(str(exc))
+except Exception as exc:
+    cause = str(getattr(exc, "orig", None) or exc).strip() or type(exc).__name__
+    sys.exit("cannot open the store: " + cause.splitlines()[0])
+"""
 
 
 def check_bind(config: Config, keys: KeyBook) -> None:
