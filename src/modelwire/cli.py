@@ -310,16 +310,14 @@ def _store_errors(location: _Location) -> Iterator[None]:
     """A store a newer modelwire upgraded, or one out of reach, as a one-line error and exit 1."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .gateway.store import SchemaError
+    from .gateway.store import SchemaError, error_cause
 
     try:
         yield
     except SchemaError as exc:
         _fail(str(exc))
     except SQLAlchemyError as exc:
-        cause = getattr(exc, "orig", None) or exc
-        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        _fail(f"cannot use the store {location.shown()}: {reason}")
+        _fail(f"cannot use the store {location.shown()}: {error_cause(exc)}")
 
 
 @contextmanager

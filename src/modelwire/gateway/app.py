@@ -53,7 +53,7 @@ from .chains import Chains, input_items, stored
 from .clients import ClientAddress, is_loopback
 from .config import Config
 from .fetch import inline_media
-from .health import Dependencies, describe_error
+from .health import Dependencies
 from .http import Headers, Receive, Scope, Send
 from .limits import Limiter, MemoryCounters
 from .listing import anthropic_model, gemini_model, google_client, openai_model, served_models
@@ -61,7 +61,15 @@ from .lockout import Lockout
 from .metrics import Metrics, forget_dead_workers
 from .requestlog import RequestLog
 from .routing import Route, Router, Target
-from .store import KEYS_COUNTER, RESPONSES_COUNTER, Store, StoredResponse, UsageRecord, UsageWriter
+from .store import (
+    KEYS_COUNTER,
+    RESPONSES_COUNTER,
+    Store,
+    StoredResponse,
+    UsageRecord,
+    UsageWriter,
+    describe_error,
+)
 from .surfaces import ANTHROPIC, CHAT, EMBEDDINGS, GEMINI, GEMINI_ARRAY, RESPONSES, Surface
 from .taps import ChatTap, ResponsesTap
 from .upstream import Backend, Failover, Outcome
@@ -584,8 +592,7 @@ class Gateway:
             doc = call.surface.render_response(value.response, call.decoded())
             await self._remember(call, doc, outcome.backend, translated=True)
             status, payload = 200, orjson.dumps(doc)
-        call.responding = True
-        await http.respond(send, status, payload, headers)
+        await self._respond(call, send, status, payload, headers)
         self._record("client_response", call, payload)
         call.ttft = time.monotonic() - call.started
         self._account(call, usage, status)
@@ -668,15 +675,8 @@ class Gateway:
         task = asyncio.ensure_future(
             self.failover.run(route.order(), lambda t, b, i: self._attempt(call, t, b, i))
         )
-        try:
+        try:  # a failure is said by _generate: as an error response, or in the stream once it is open
             outcome = await self._first_answer(call, task, send)
-        except ModelwireError as err:
-            if not call.responding:
-                raise
-            await self._error(call, send, err)
-            call.backend, call.upstream_model = err.backend, err.upstream_model
-            self._account(call, None, err.status)
-            return
         finally:
             task.cancel()  # a no-op once done; stops the search when this request is cut
         call.served_by(outcome.target, outcome.backend)
@@ -901,7 +901,7 @@ class Gateway:
         """``err`` in the client's dialect: an error response, or the stream's own error event when
         the response has begun."""
         err = _safe(err)
-        call.status, call.error = err.status, call.error or _error_code(err)
+        call.status, call.error = err.status, call.error or _error_code(err)  # a stream's HTTP status was 200
         self.metrics.error(call.surface.dialect, type(err).__name__)
         if call.responding:
             end = call.failing_end or (lambda e: call.surface.stream_error(e, None, call.body))
@@ -909,12 +909,10 @@ class Gateway:
             await http.end_stream(send)
             return
         status, doc = call.surface.render_error(err)
-        call.status = status
         extra = [(b"x-request-id", call.request_id.encode())]
         if err.retry_after is not None:
             extra.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
-        call.responding = True
-        await http.respond_json(send, status, doc, extra)
+        await self._respond(call, send, status, orjson.dumps(doc), extra)
 
     # ----------------------------------------------------------------------- embeddings, models
     # Each handler raises ModelwireError for what goes wrong; _serve says it in the call's dialect.
@@ -930,8 +928,7 @@ class Gateway:
             return
         payload, doc = outcome.value
         call.served_by(outcome.target, outcome.backend)
-        call.responding = True
-        await http.respond(send, 200, payload, self._served_headers(call, outcome))
+        await self._respond(call, send, 200, payload, self._served_headers(call, outcome))
         tokens = (doc.get("usage") or {}).get("prompt_tokens") or 0
         self._account(call, Usage(input_tokens=int(tokens)), 200)
 
@@ -1054,9 +1051,13 @@ class Gateway:
             )
         await self._answer(call, send, openai_model(model))
 
-    async def _answer(self, call: Call, send: Send, doc: Any, status: int = 200) -> None:
+    async def _answer(self, call: Call, send: Send, doc: Any) -> None:
+        await self._respond(call, send, 200, orjson.dumps(doc), [(b"x-request-id", call.request_id.encode())])
+
+    async def _respond(self, call: Call, send: Send, status: int, payload: bytes, headers: Headers) -> None:
+        """A whole answer; from here on an error can no longer be a response of its own."""
         call.status, call.responding = status, True
-        await http.respond_json(send, status, doc, [(b"x-request-id", call.request_id.encode())])
+        await http.respond(send, status, payload, headers)
 
     async def _allowed_models(self, key: ClientKey | None) -> list[str]:
         return [m for m in await self._model_ids() if key is None or key.allows(m)]
@@ -1084,8 +1085,7 @@ class Gateway:
         found = await self.chains.get(response_id)
         if found is None or not _owned(found, call):
             status, payload = await self._ask_native_backends(scope, rest)
-            call.status, call.responding = status, True
-            await http.respond(send, status, payload, [(b"x-request-id", call.request_id.encode())])
+            await self._respond(call, send, status, payload, [(b"x-request-id", call.request_id.encode())])
             return
         await self._answer(
             call, send, await self._stored_document(found, scope["method"], tail, scope["path"])

@@ -63,9 +63,6 @@ class InFlight:
         self._calls: set[Call] = set()
         self._timer: asyncio.TimerHandle | None = None
 
-    def __len__(self) -> int:
-        return len(self._calls)
-
     def enter(self, call: Call) -> None:
         call.task = asyncio.current_task()
         self._calls.add(call)

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import ServiceUnavailableError
-from .store import Store, StoredResponse
+from .store import Store, StoredResponse, describe_error
 
 log = logging.getLogger("modelwire.gateway")
 
@@ -142,7 +142,7 @@ class Chains:
         try:
             return await self._call(self.store.get_response, response_id)
         except SQLAlchemyError as exc:
-            log.debug("store read failed: %s", _cause(exc))
+            log.debug("store read failed: %s", describe_error(exc))
             raise ServiceUnavailableError(STORE_DOWN, code="store_unavailable", retry_after=1.0) from None
 
     def note_deletions(self, counter: int) -> None:
@@ -245,7 +245,7 @@ class Chains:
             await self._call(self.store.put_responses, [e.response for e in batch])
         except Exception as exc:
             self._requeue(batch)
-            self._mark_unhealthy(_cause(exc))
+            self._mark_unhealthy(describe_error(exc))
             return False
         else:
             self._mark_healthy()
@@ -332,7 +332,7 @@ class Chains:
         try:
             return await self._call(self.store.delete_response, response_id) or removed
         except SQLAlchemyError as exc:
-            log.debug("store delete failed: %s", _cause(exc))
+            log.debug("store delete failed: %s", describe_error(exc))
             raise ServiceUnavailableError(STORE_DOWN, code="store_unavailable", retry_after=1.0) from None
 
     async def drain(self) -> None:
@@ -348,13 +348,6 @@ class Chains:
         if self.pending:
             log.error("stopped with %d stored responses unwritten (store unreachable)", self.pending)
         self._stop.clear()
-
-
-def _cause(exc: BaseException) -> str:
-    """A one-line cause: SQLAlchemy's own text goes on to repeat the statement and its parameters."""
-    cause = getattr(exc, "orig", None) or exc
-    lines = str(cause).splitlines()
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
 
 
 def stored(

@@ -33,16 +33,11 @@ class Dependencies:
         if self._up.get(name) == up:
             return
         self._up[name] = up
-        if not announce:
-            pass
-        elif up:
+        if announce and up:
             log.info("%s reachable again", name)
-        else:
+        elif announce:
             log.warning("%s unreachable%s; serving in degraded mode", name, f": {detail}" if detail else "")
         self._on_change(name, up)
-
-    def up(self, name: str) -> bool:
-        return self._up.get(name, True)
 
     @property
     def healthy(self) -> bool:
@@ -50,11 +45,3 @@ class Dependencies:
 
     def report(self) -> dict[str, str]:
         return {name: UP if up else DOWN for name, up in sorted(self._up.items())}
-
-
-def describe_error(exc: BaseException) -> str:
-    """A one-line cause: a database driver's own text goes on to repeat the statement and its
-    parameters, which have no place in a log line."""
-    cause = getattr(exc, "orig", None) or exc
-    lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")

@@ -120,9 +120,7 @@ class RequestLog:
         middle = self._routes.get(route)
         if middle is None:
             middle = self._route_part(*route)
-        request_id = call.request_id
-        if not (request_id.startswith("req_") and request_id[4:].isalnum()):
-            request_id = _logfmt(redact(request_id))
+        request_id = _logfmt(self._client_text(call.request_id))
         line = (
             f"time={self._clock(time.time())} request_id={request_id} client={call.client}{middle}"
             f" status={call.status} latency_ms={(time.monotonic() - call.started) * 1000:.1f}"

@@ -28,7 +28,7 @@ from .config import Config, ConfigError, load_config, missing_key, with_override
 from .metrics import prepare_multiprocess
 from .migrations import HEAD, fast_revision
 from .requestlog import configure_logging
-from .store import SchemaError, Store, open_engine
+from .store import SchemaError, Store, error_cause, open_engine
 
 CONFIG_ENV = "MODELWIRE_CONFIG"
 OVERRIDES_ENV = "MODELWIRE_OVERRIDES"
@@ -47,8 +47,7 @@ def load_keys(config: Config) -> KeyBook:
     except SchemaError as exc:
         raise ConfigError(config.source, "store", str(exc)) from None
     except Exception as exc:  # the driver's own error, whatever the database
-        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise ConfigError(config.source, "store", f"cannot open the store: {cause}") from None
+        raise ConfigError(config.source, "store", f"cannot open the store: {error_cause(exc)}") from None
     with store:
         keys = KeyBook(config.keys, store, loopback=is_loopback(config.server.host))
         keys.sync()
@@ -79,14 +78,13 @@ def migrate_apart(url: str) -> None:
 
 _UPGRADE = """
 import sys
-from modelwire.gateway.store import SchemaError, upgrade_schema
+from modelwire.gateway.store import SchemaError, error_cause, upgrade_schema
 try:
     print(upgrade_schema(sys.stdin.read()).describe())
 except SchemaError as exc:
     sys.exit(str(exc))
 except Exception as exc:
-    cause = str(getattr(exc, "orig", None) or exc).strip() or type(exc).__name__
-    sys.exit("cannot open the store: " + cause.splitlines()[0])
+    sys.exit("cannot open the store: " + error_cause(exc))
 """
 
 

@@ -25,7 +25,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,8 +130,6 @@ class UsageRecord:
 
 USAGE_FIELDS = tuple(f.name for f in fields(UsageRecord))
 _usage_row_values = operator.attrgetter(*USAGE_FIELDS)
-# SQLite allows 32,766 bound parameters per statement (since 3.32); stay well under it.
-USAGE_ROWS_PER_INSERT = 1000
 
 
 @dataclass(slots=True, kw_only=True)
@@ -283,14 +281,15 @@ state_table = Table(
     Column("name", String(64), primary_key=True),
     Column("version", BigInteger, nullable=False),
 )
-_BUMP_KEYS = (
-    update(state_table).where(state_table.c.name == KEYS_COUNTER).values(version=state_table.c.version + 1)
-)
-_BUMP_RESPONSES = (
-    update(state_table)
-    .where(state_table.c.name == RESPONSES_COUNTER)
-    .values(version=state_table.c.version + 1)
-)
+
+
+def _bump(counter: str) -> Any:
+    """The statement that moves a change counter, run in the transaction of the change itself."""
+    return update(state_table).where(state_table.c.name == counter).values(version=state_table.c.version + 1)
+
+
+_BUMP_KEYS = _bump(KEYS_COUNTER)
+_BUMP_RESPONSES = _bump(RESPONSES_COUNTER)
 _READ_VERSIONS = f"SELECT name, version FROM {state_table.name}"
 
 
@@ -446,10 +445,10 @@ class Store:
             else self.engine
         )
         marker = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-        self._usage_row = f"({', '.join([marker] * len(USAGE_FIELDS))})"
-        self._usage_insert = f"INSERT INTO {usage_table.name} ({', '.join(USAGE_FIELDS)}) VALUES "
-        self._response_row = f"({', '.join([marker] * len(RESPONSE_FIELDS))})"
-        self._response_insert = f"INSERT INTO {responses_table.name} ({', '.join(RESPONSE_FIELDS)}) VALUES "
+        self._usage_rows = _RowWriter(usage_table.name, USAGE_FIELDS, _usage_row_values, marker)
+        self._response_rows = _RowWriter(
+            responses_table.name, RESPONSE_FIELDS, _response_row_values, marker, _RESPONSE_UPSERT
+        )
         try:
             migrations.ensure_schema(self.engine, url=_display(self.url), schema=schema)
         except BaseException:
@@ -580,11 +579,7 @@ class Store:
         if not records:
             return
         with self.engine.begin() as conn:
-            for start in range(0, len(records), USAGE_ROWS_PER_INSERT):
-                chunk = records[start : start + USAGE_ROWS_PER_INSERT]
-                values = [v for record in chunk for v in _usage_row_values(record)]
-                sql = self._usage_insert + ", ".join([self._usage_row] * len(chunk))
-                conn.exec_driver_sql(sql, tuple(values))
+            self._usage_rows.write(conn, records)
 
     def usage_summary(self, *, since: float, by: str = "model") -> list[UsageRow]:
         """Totals per key, model or backend since ``since``, costliest first (then busiest); or per
@@ -659,10 +654,8 @@ class Store:
         if not responses:
             return
         unique = list({r.id: r for r in responses}.values())  # one statement may not upsert an id twice
-        values = [v for r in unique for v in _response_row_values(r)]
-        sql = self._response_insert + ", ".join([self._response_row] * len(unique)) + _RESPONSE_UPSERT
         with self.engine.begin() as conn:
-            conn.exec_driver_sql(sql, tuple(values))
+            self._response_rows.write(conn, unique)
 
     def get_response(self, id: str) -> StoredResponse | None:
         stmt = select(responses_table).where(responses_table.c.id == id)
@@ -677,6 +670,31 @@ class Store:
             if result.rowcount:
                 conn.execute(_BUMP_RESPONSES)
         return bool(result.rowcount)
+
+
+class _RowWriter:
+    """Rows of one table as multi-row INSERT statements, straight to the driver, a chunk at a time
+    (SQLite takes at most 32,766 bound parameters per statement; stay well under it)."""
+
+    def __init__(
+        self,
+        table: str,
+        columns: Sequence[str],
+        values: Callable[[Any], Sequence[Any]],
+        marker: str,
+        suffix: str = "",
+    ) -> None:
+        self._head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+        self._row = f"({', '.join([marker] * len(columns))})"
+        self._suffix = suffix
+        self._values = values
+        self._per_statement = min(1000, 30_000 // len(columns))
+
+    def write(self, conn: Any, rows: Sequence[Any]) -> None:
+        for start in range(0, len(rows), self._per_statement):
+            chunk = rows[start : start + self._per_statement]
+            sql = self._head + ", ".join([self._row] * len(chunk)) + self._suffix
+            conn.exec_driver_sql(sql, tuple(v for row in chunk for v in self._values(row)))
 
 
 def hash_secret(secret: str) -> str:
@@ -930,7 +948,7 @@ class UsageWriter:
                 "usage write of %d records failed, kept for retry (%d pending): %s",
                 len(batch),
                 self.pending,
-                _describe(exc),
+                describe_error(exc),
             )
             return False
         finally:
@@ -949,11 +967,23 @@ class UsageWriter:
             self.dropped += 1
 
 
-def _describe(exc: BaseException) -> str:
-    """A one-line cause: SQLAlchemy's own text goes on to repeat the statement and its parameters."""
+def error_cause(exc: BaseException) -> str:
+    """The first line of what went wrong: SQLAlchemy's own text goes on to repeat the statement and
+    its parameters, which have no place in a log line or an error message."""
     cause = getattr(exc, "orig", None) or exc
-    lines = str(cause).splitlines()
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
+    return _first_line(cause) or type(cause).__name__
+
+
+def describe_error(exc: BaseException) -> str:
+    """:func:`error_cause` named by its kind, for the log: ``OperationalError: connection refused``."""
+    cause = getattr(exc, "orig", None) or exc
+    line = _first_line(cause)
+    return f"{type(cause).__name__}: {line}" if line else type(cause).__name__
+
+
+def _first_line(cause: BaseException) -> str:
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else ""
 
 
 __all__ = [
@@ -965,6 +995,8 @@ __all__ = [
     "UsageRecord",
     "UsageRow",
     "UsageWriter",
+    "describe_error",
+    "error_cause",
     "hash_secret",
     "open_engine",
     "parse_store_url",
