@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from modelwire.gateway.store import (
@@ -153,17 +153,6 @@ def test_postgres_schemas_isolate_stores() -> None:
     finally:
         for schema in schemas:
             drop_schema(schema)
-
-
-def test_ping(store: Store) -> None:
-    assert store.ping() is True
-
-
-def test_ping_reports_an_unreachable_database_without_raising(tmp_path: Path) -> None:
-    with Store(f"sqlite:///{tmp_path}/x.db") as store:
-        store.engine.dispose()
-        store.engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/test")
-        assert store.ping() is False
 
 
 def test_reopening_is_idempotent_and_shares_state(open_store: StoreFactory) -> None:

@@ -54,11 +54,10 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
-    text,
     update,
 )
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -470,16 +469,6 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
-
-    def ping(self) -> bool:
-        """For ``/readyz``: can we run a statement right now? Never raises."""
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except SQLAlchemyError as exc:
-            log.warning("store ping failed: %s", type(exc).__name__)
-            return False
-        return True
 
     # -- client keys ---------------------------------------------------------------------------
 
