@@ -7,7 +7,7 @@ from typing import Any
 
 from modelwire import OpenAI, RetryPolicy
 from modelwire.observe import Event
-from modelwire.providers._transport import AiohttpTransport
+from modelwire.providers.transport import AiohttpTransport
 from modelwire.types import StreamEvent
 
 from .fake_upstream import FakeUpstream

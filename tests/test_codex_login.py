@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 
 from modelwire.errors import AuthenticationError
-from modelwire.providers._transport import AiohttpTransport
 from modelwire.providers.codex import CLIENT_ID, CodexCredentials, Tokens, login
+from modelwire.providers.transport import AiohttpTransport
 
 from .gateway_fixtures import free_port
 

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from modelwire.dialects import anthropic_messages as am
 from modelwire.dialects import openai_responses
-from modelwire.dialects._sse import SSEParser
-from modelwire.dialects._stream import ResponseAccumulator, events_from_response
+from modelwire.dialects.sse import SSEParser
+from modelwire.dialects.stream import ResponseAccumulator, events_from_response
 from modelwire.errors import (
     AuthenticationError,
     InvalidRequestError,

@@ -22,10 +22,10 @@ from google.genai import types as gt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelwire.dialects import _replay, gemini
-from modelwire.dialects._sse import KEEPALIVE as SHARED_KEEPALIVE
-from modelwire.dialects._sse import SSEParser
-from modelwire.dialects._stream import ResponseAccumulator, events_from_response
+from modelwire.dialects import gemini, replay
+from modelwire.dialects.sse import KEEPALIVE as SHARED_KEEPALIVE
+from modelwire.dialects.sse import SSEParser
+from modelwire.dialects.stream import ResponseAccumulator, events_from_response
 from modelwire.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -966,11 +966,11 @@ def test_foreign_reasoning_travels_as_a_base64_envelope() -> None:
     reasoning = Reasoning(id="rs_1", summary=["s"], data="gAAAA-encrypted", dialect="openai_responses")
     signature = gemini._signature_for_client(reasoning)
     assert signature is not None
-    assert base64.b64decode(signature, validate=True).decode().startswith(_replay.PREFIX)
+    assert base64.b64decode(signature, validate=True).decode().startswith(replay.PREFIX)
     assert gemini._reasoning_from_signature(signature) == Reasoning(
         id="rs_1", data="gAAAA-encrypted", dialect="openai_responses"
     )
-    raw = _replay.wrap(reasoning)  # a client that kept the bare envelope is understood too
+    raw = replay.wrap(reasoning)  # a client that kept the bare envelope is understood too
     assert raw is not None
     assert gemini._reasoning_from_signature(raw).data == "gAAAA-encrypted"
 
@@ -1159,7 +1159,7 @@ def test_sdk_reads_a_stream(client: genai.Client, fake: FakeGemini) -> None:
     ]
     (signed,) = [p for p in parts if p.thought_signature]
     assert signed.text == "Let me check."  # the reasoning's envelope rides on the part after it
-    assert signed.thought_signature.startswith(_replay.PREFIX.encode())
+    assert signed.thought_signature.startswith(replay.PREFIX.encode())
     last = chunks[-1]
     assert last.candidates[0].finish_reason == gt.FinishReason.STOP
     assert last.usage_metadata is not None

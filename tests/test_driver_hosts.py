@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 import modelwire as mw
-from modelwire.providers._strict import strict_schema
 from modelwire.providers.hosts import Host, detect_kind
 from modelwire.providers.openai import prompt_cache_key
+from modelwire.providers.strict import strict_schema
 
 from .driver_fixtures import driver
 from .fake_upstream import FakeUpstream, Reply

@@ -10,7 +10,7 @@ import pytest
 
 import modelwire as mw
 from modelwire.observe import RetryScheduled
-from modelwire.providers._transport import AiohttpTransport
+from modelwire.providers.transport import AiohttpTransport
 
 from .driver_fixtures import Recorder, collect, driver
 from .fake_upstream import FakeUpstream, Reply

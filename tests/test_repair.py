@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modelwire.providers._repair import needs_repair, repair
+from modelwire.providers.repair import needs_repair, repair
 from modelwire.types import Message, Text, ToolCall, ToolResult, assistant, tool_result, user
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from modelwire.errors import InvalidRequestError, RateLimitError, UpstreamUnavailableError, from_response
-from modelwire.providers._retry import RetryPolicy, retry_after
+from modelwire.providers.retry import RetryPolicy, retry_after
 
 
 def test_retry_after_headers_in_order_of_precedence() -> None:

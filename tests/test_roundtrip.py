@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelwire.dialects import openai_chat, openai_responses
-from modelwire.dialects._sse import SSEParser
-from modelwire.dialects._stream import ResponseAccumulator, events_from_response
+from modelwire.dialects.sse import SSEParser
+from modelwire.dialects.stream import ResponseAccumulator, events_from_response
 from modelwire.types import (
     Image,
     Message,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelwire.dialects._sse import SSEEvent, SSEParser, frame
+from modelwire.dialects.sse import SSEEvent, SSEParser, frame
 
 STREAM = (
     b'event: response.created\ndata: {"a":1}\n\n'

@@ -24,9 +24,9 @@ from .errors import (
     TimeoutError,
     UpstreamUnavailableError,
 )
-from .providers._retry import RetryPolicy
 from .providers.catalog import Catalog, ModelProfile, Price
 from .providers.openai import Embeddings, OpenAI
+from .providers.retry import RetryPolicy
 from .types import (
     Audio,
     BlockDelta,

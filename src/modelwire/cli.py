@@ -607,7 +607,7 @@ async def _served(cfg: Config, router: Router, catalog: Catalog) -> ServedModels
     """The gateway's own listing (``served_models``), bounded by :data:`LIST_TIMEOUT`."""
     from .gateway.listing import ServedModels, served_models
     from .gateway.upstream import Backend
-    from .providers._transport import AiohttpTransport
+    from .providers.transport import AiohttpTransport
 
     transport = AiohttpTransport()
     name = cfg.default_backend

@@ -6,7 +6,7 @@ Driver (we talk to an Anthropic upstream): :func:`encode_request`, :func:`decode
 :class:`StreamDecoder`.
 
 Reasoning travels as ``thinking`` blocks whose ``signature`` is Anthropic's own, or, for reasoning
-another dialect minted (Responses ``encrypted_content``), a :mod:`._replay` envelope: Anthropic
+another dialect minted (Responses ``encrypted_content``), a :mod:`.replay` envelope: Anthropic
 clients replay thinking blocks verbatim, so the upstream's data comes back on the next turn.
 
 Usage differs in one way that matters: Anthropic's ``input_tokens`` excludes cache reads and
@@ -54,10 +54,10 @@ from ..types import (
     Usage,
     UsageUpdate,
 )
-from . import _check as check
-from . import _replay
-from ._sse import frame
-from ._stream import EventBuilder
+from . import check as check
+from . import replay
+from .sse import frame
+from .stream import EventBuilder
 
 DIALECT: Dialect = "anthropic_messages"
 log = logging.getLogger("modelwire.dialects.anthropic")
@@ -193,7 +193,7 @@ def decode_thinking(text: str, token: str | None, *, redacted: bool = False) -> 
     Responses upstream gets its ``encrypted_content`` again; anything else is Anthropic's own.
     """
     summary = [text] if text else []
-    data, dialect, inner_id, inner_redacted = _replay.unwrap(token, DIALECT)
+    data, dialect, inner_id, inner_redacted = replay.unwrap(token, DIALECT)
     if token and (data, inner_id) != (token, None):
         return Reasoning(summary=summary, id=inner_id, data=data, dialect=dialect, redacted=inner_redacted)
     return Reasoning(summary=summary, data=token or None, dialect=DIALECT, redacted=redacted)
@@ -201,7 +201,7 @@ def decode_thinking(text: str, token: str | None, *, redacted: bool = False) -> 
 
 def signature_for(part: Reasoning) -> str | None:
     """What goes in a thinking block's ``signature``: our own data, else an envelope of the rest."""
-    return _replay.token_for(part, DIALECT) or _replay.wrap(part)
+    return replay.token_for(part, DIALECT) or replay.wrap(part)
 
 
 def render_thinking(part: Reasoning) -> dict[str, Any] | None:
@@ -219,8 +219,8 @@ def _own_reasoning(part: Reasoning) -> Reasoning | None:
     """``part`` if an Anthropic upstream can take it back (it minted it), else None."""
     if part.dialect in (None, DIALECT):
         return part if part.data else None
-    if part.data and part.data.startswith(_replay.PREFIX):
-        data, dialect, _, redacted = _replay.unwrap(part.data, part.dialect)
+    if part.data and part.data.startswith(replay.PREFIX):
+        data, dialect, _, redacted = replay.unwrap(part.data, part.dialect)
         if dialect == DIALECT and data:
             return Reasoning(
                 summary=part.summary, text=part.text, data=data, dialect=DIALECT, redacted=redacted
@@ -933,6 +933,8 @@ class StreamRenderer:
     redacted, or empty and to be left out, is known only from the finished part.
     """
 
+    response = None  # no final document in this dialect
+
     def __init__(self, req: Request, *, input_tokens: int = 0) -> None:
         self._id = message_id("")
         self._model = req.model
@@ -944,6 +946,10 @@ class StreamRenderer:
         self._refused = False
         self._started = False
         self._done = False
+
+    def end(self) -> bytes:
+        """Bytes to write when the stream ends (none: closing the connection ends it)."""
+        return b""
 
     def feed(self, event: StreamEvent) -> bytes:
         if self._done:
@@ -1147,3 +1153,20 @@ def error_object(err: Exception) -> tuple[int, dict[str, Any]]:
 def render_error(err: ModelwireError) -> tuple[int, dict[str, Any]]:
     status, error = error_object(err)
     return status, {"type": "error", "error": error, "request_id": None}
+
+
+def apply_param(body: dict[str, Any], name: str, value: Any, opts: object = None) -> None:
+    """A route's URI parameter written into a client's own Messages body (``verbosity`` has no
+    field here)."""
+    if name in ("temperature", "top_p"):
+        body[name] = value
+    elif name == "max_output_tokens":
+        body["max_tokens"] = value
+    elif name == "reasoning_effort":
+        if value == "none":
+            body.pop("thinking", None)
+            return
+        budget = THINKING_BUDGETS.get(value, MIN_THINKING_BUDGET)
+        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        if not isinstance(body.get("max_tokens"), int) or body["max_tokens"] <= budget:
+            body["max_tokens"] = budget + DEFAULT_MAX_TOKENS

@@ -10,7 +10,7 @@ The model is not in a Gemini body but in the URL (``/v1beta/models/{model}:gener
 
 Gemini has no reasoning item: replay data is a ``thoughtSignature`` riding on a content part. A
 reasoning's signature goes on the part after it, a signature on a function call is that call's own,
-and reasoning another dialect minted travels in a :mod:`._replay` envelope, itself base64-encoded
+and reasoning another dialect minted travels in a :mod:`.replay` envelope, itself base64-encoded
 because the field is ``bytes`` and google-genai rejects anything that is not base64.
 """
 
@@ -59,9 +59,9 @@ from ..types import (
     Usage,
     UsageUpdate,
 )
-from . import _check as check
-from . import _replay
-from ._stream import EventBuilder
+from . import check as check
+from . import replay
+from .stream import EventBuilder
 
 DIALECT: Dialect = "gemini"
 log = logging.getLogger("modelwire.dialects.gemini")
@@ -119,7 +119,7 @@ _SCHEMA_KEYWORDS = {
 }
 _SCHEMA_DROPPED = frozenset(("propertyOrdering", "nullable"))
 
-_ENVELOPE_B64 = base64.b64encode(_replay.PREFIX.encode()).decode()[:5]  # what every wrapped one starts with
+_ENVELOPE_B64 = base64.b64encode(replay.PREFIX.encode()).decode()[:5]  # what every wrapped one starts with
 _URLSAFE = str.maketrans("-_", "+/")
 
 
@@ -193,7 +193,7 @@ def _args_object(arguments: str) -> dict[str, Any]:
 
 def _signature_for_client(reasoning: Reasoning) -> str | None:
     """The thoughtSignature carrying ``reasoning``'s replay data to a Gemini client."""
-    token = _replay.token_for(reasoning, DIALECT)
+    token = replay.token_for(reasoning, DIALECT)
     if token is None or reasoning.dialect in (None, DIALECT):
         return token
     return _b64(token.encode())
@@ -205,8 +205,8 @@ def _signature_for_gemini(reasoning: Reasoning) -> str | None:
 
 
 def _envelope(signature: str) -> str | None:
-    """The :mod:`._replay` envelope inside ``signature``, or None for a signature Gemini minted."""
-    if signature.startswith(_replay.PREFIX):
+    """The :mod:`.replay` envelope inside ``signature``, or None for a signature Gemini minted."""
+    if signature.startswith(replay.PREFIX):
         return signature
     if not signature.startswith(_ENVELOPE_B64):
         return None
@@ -214,14 +214,14 @@ def _envelope(signature: str) -> str | None:
         decoded = base64.b64decode(signature, validate=True)
     except (binascii.Error, ValueError):
         return None
-    return decoded.decode("utf-8", "replace") if decoded.startswith(_replay.PREFIX.encode()) else None
+    return decoded.decode("utf-8", "replace") if decoded.startswith(replay.PREFIX.encode()) else None
 
 
 def _reasoning_from_signature(signature: str) -> Reasoning:
     token = _envelope(signature)
     if token is None:
         return Reasoning(data=signature, dialect=DIALECT)
-    data, dialect, inner_id, redacted = _replay.unwrap(token, DIALECT)
+    data, dialect, inner_id, redacted = replay.unwrap(token, DIALECT)
     return Reasoning(data=data, dialect=dialect, id=inner_id, redacted=redacted)
 
 
@@ -1128,6 +1128,8 @@ class StreamRenderer:
     The last chunk has the finish reason and the usage.
     """
 
+    response = None  # no final document in this dialect
+
     def __init__(self, req: Request, *, response_id: str | None = None) -> None:
         self._id = response_id or ""
         self._model = req.model
@@ -1282,3 +1284,26 @@ def error_object(err: Exception) -> dict[str, Any]:
 def render_error(err: ModelwireError) -> tuple[int, dict[str, Any]]:
     obj = error_object(err)
     return int(obj["code"]), {"error": obj}
+
+
+_PARAM_FIELDS = {"temperature": "temperature", "top_p": "topP", "max_output_tokens": "maxOutputTokens"}
+
+
+def apply_param(body: dict[str, Any], name: str, value: Any, opts: object = None) -> None:
+    """A route's URI parameter written into a client's own ``generateContent`` body (under
+    ``generationConfig``; ``verbosity`` has no field here)."""
+    generation = dict(body.get("generationConfig") or {})
+    if name in _PARAM_FIELDS:
+        generation[_PARAM_FIELDS[name]] = value
+    elif name == "reasoning_effort":
+        thinking = {
+            k: v for k, v in (generation.get("thinkingConfig") or {}).items() if not k.startswith("thinking")
+        }
+        if value in _BUDGETS:
+            thinking["thinkingBudget"] = _BUDGETS[value]
+        elif value in _LEVEL_ONLY:
+            thinking["thinkingLevel"] = _LEVEL_ONLY[value]
+        generation["thinkingConfig"] = thinking
+    else:
+        return
+    body["generationConfig"] = generation

@@ -44,10 +44,10 @@ from ..types import (
     ToolResult,
     Usage,
 )
-from . import _check as check
-from ._options import NATIVE, WireOptions
-from ._sse import frame
-from ._stream import EventBuilder
+from . import check as check
+from .options import NATIVE, WireOptions
+from .sse import frame
+from .stream import EventBuilder
 
 DIALECT: Dialect = "openai_chat"
 
@@ -635,6 +635,8 @@ def render_response(resp: Response) -> dict[str, Any]:
 class StreamRenderer:
     """Neutral events to Chat Completions SSE bytes."""
 
+    response = None  # no final document in this dialect
+
     def __init__(self, *, model: str = "", include_usage: bool = False) -> None:
         self._id = completion_id("")
         self._model = model
@@ -643,6 +645,10 @@ class StreamRenderer:
         self._tool_index: dict[int, int] = {}
         self._kinds: dict[int, type] = {}
         self._opened = False
+
+    def end(self) -> bytes:
+        """Bytes to write when the stream ends (none: closing the connection ends it)."""
+        return b""
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         chunk: dict[str, Any] = {
@@ -738,3 +744,24 @@ def error_object(err: Exception) -> dict[str, Any]:
 
 def render_error(err: ModelwireError) -> tuple[int, dict[str, Any]]:
     return err.status, {"error": error_object(err)}
+
+
+def apply_param(body: dict[str, Any], name: str, value: Any, opts: WireOptions = NATIVE) -> None:
+    """A route's URI parameter (see :data:`modelwire.gateway.routing.URI_PARAMS`) written into a
+    client's own Chat body, in this dialect's field names."""
+    if name in ("temperature", "top_p", "reasoning_effort", "verbosity"):
+        body[name] = value
+    elif name == "max_output_tokens":
+        body.pop("max_tokens", None)
+        body.pop("max_completion_tokens", None)
+        body[opts.max_tokens_field] = value
+
+
+def fit_forwarded(body: dict[str, Any], opts: WireOptions, stream: bool) -> None:
+    """A client's own Chat body made fit for the host it is forwarded to: in a stream, the usage
+    chunk asked for on the client's behalf (the gateway counts tokens; its tap hides the chunk again
+    from a client that did not ask), and the output limit in the field the host knows."""
+    if stream and not include_usage(body):
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    if opts.max_tokens_field != "max_completion_tokens" and "max_completion_tokens" in body:
+        body[opts.max_tokens_field] = body.pop("max_completion_tokens")

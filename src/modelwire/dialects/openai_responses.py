@@ -5,7 +5,7 @@ Surface: :func:`decode_request`, :func:`render_response`, :class:`StreamRenderer
 :class:`StreamDecoder`.
 
 Reasoning items carry ``encrypted_content``; reasoning minted by another dialect travels inside it
-wrapped by :mod:`._replay`, so a client that replays our items gets the upstream's data back.
+wrapped by :mod:`.replay`, so a client that replays our items gets the upstream's data back.
 """
 
 from __future__ import annotations
@@ -48,12 +48,12 @@ from ..types import (
     ToolResult,
     Usage,
 )
-from . import _check as check
-from . import _replay
-from ._options import NATIVE, WireOptions
-from ._sse import frame
-from ._stream import EventBuilder
+from . import check as check
+from . import replay
 from .openai_chat import end_user_id, error_object
+from .options import NATIVE, WireOptions
+from .sse import frame
+from .stream import EventBuilder
 
 DIALECT: Dialect = "openai_responses"
 log = logging.getLogger("modelwire.dialects.responses")
@@ -363,7 +363,7 @@ def decode_output_item(item: dict[str, Any]) -> list[Part]:
 
 
 def decode_reasoning(item: dict[str, Any]) -> Reasoning:
-    data, dialect, inner_id, redacted = _replay.unwrap(item.get("encrypted_content"), DIALECT)
+    data, dialect, inner_id, redacted = replay.unwrap(item.get("encrypted_content"), DIALECT)
     raw = "".join(c.get("text") or "" for c in item.get("content") or () if isinstance(c, dict))
     return Reasoning(
         summary=[s.get("text") or "" for s in item.get("summary") or () if isinstance(s, dict)],
@@ -765,7 +765,7 @@ def render_reasoning(part: Reasoning) -> dict[str, Any]:
     }
     if part.text:
         item["content"] = [{"type": "reasoning_text", "text": part.text}]
-    token = _replay.token_for(part, DIALECT)
+    token = replay.token_for(part, DIALECT)
     if token is not None:
         item["encrypted_content"] = token
     return item
@@ -839,6 +839,10 @@ class StreamRenderer:
         self._summaries: dict[int, set[int]] = {}
         self._started = False
         self.response: dict[str, Any] | None = None  # the final response object once finished
+
+    def end(self) -> bytes:
+        """Bytes to write when the stream ends (none: closing the connection ends it)."""
+        return b""
 
     @property
     def response_id(self) -> str:
@@ -1058,3 +1062,13 @@ def response_error_code(code: str | None, error: Exception) -> str:
 
 def render_error(err: ModelwireError) -> tuple[int, dict[str, Any]]:
     return err.status, {"error": error_object(err)}
+
+
+def apply_param(body: dict[str, Any], name: str, value: Any, opts: WireOptions = NATIVE) -> None:
+    """A route's URI parameter written into a client's own Responses body."""
+    if name in ("temperature", "top_p", "max_output_tokens"):
+        body[name] = value
+    elif name == "reasoning_effort":
+        body["reasoning"] = {**(body.get("reasoning") or {}), "effort": value}
+    elif name == "verbosity":
+        body["text"] = {**(body.get("text") or {}), "verbosity": value}

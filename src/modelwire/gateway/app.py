@@ -24,8 +24,7 @@ from typing import Any
 
 import orjson
 
-from ..dialects import openai_chat, openai_responses
-from ..dialects._stream import events_from_response
+from ..dialects.stream import events_from_response
 from ..errors import (
     AuthenticationError,
     ContextLengthError,
@@ -37,12 +36,11 @@ from ..errors import (
     ProtocolError,
     RateLimitError,
     ServiceUnavailableError,
-    from_response,
 )
 from ..observe import Tap, redact
-from ..providers._retry import retry_after
-from ..providers._transport import AiohttpTransport, Reply
 from ..providers.catalog import Catalog, unsupported_settings
+from ..providers.transport import AiohttpTransport, Reply
+from ..providers.transport import call as upstream_call
 from ..tokens import count_request_tokens
 from ..types import Finish, Response, Start, StreamError, StreamEvent, Usage
 from . import http, passthrough
@@ -71,7 +69,6 @@ from .store import (
     describe_error,
 )
 from .surfaces import ANTHROPIC, CHAT, EMBEDDINGS, GEMINI, GEMINI_ARRAY, RESPONSES, Surface
-from .taps import ChatTap, ResponsesTap
 from .upstream import Backend, Failover, Outcome
 
 log = logging.getLogger("modelwire.gateway")
@@ -80,7 +77,6 @@ _CURRENT: contextvars.ContextVar[tuple[str, str | None]] = contextvars.ContextVa
     "modelwire_call", default=("", None)
 )
 
-_ENDPOINTS = {"openai_chat": "chat", "openai_responses": "responses"}
 MISS_CHECK_SECONDS = 0.05
 """An unknown key makes the gateway read the store's key counter at once, at most this often: a
 key just created works on its first request, and a flood of bad keys costs at most 20 reads a second."""
@@ -461,7 +457,7 @@ class Gateway:
     ) -> Route:
         """Authenticate, read and check the request; the route it will take. ``from_path`` is the
         model and stream flag of dialects that say them in the URL (Gemini)."""
-        headers = await self._authenticate(call, scope)
+        call.headers = headers = await self._authenticate(call, scope)
         raw = await http.read_body(receive, self.config.server.max_body_bytes, headers.get(b"content-length"))
         _CURRENT.set((call.request_id, call.key.name if call.key else None))
         self._record("client_request", call, raw, url=scope["path"], client=call.client)
@@ -579,7 +575,7 @@ class Gateway:
         value = outcome.value
         headers = self._served_headers(call, outcome)
         if isinstance(value, Passthrough):
-            usage = self._passthrough_usage(call, value.doc)
+            usage = outcome.backend.wire.usage_of(value.doc) if value.doc is not None else None
             self._record("upstream_response", call, value.payload)
             await self._remember(call, value.doc, outcome.backend, translated=False)
             status, payload = value.reply.status, value.payload
@@ -600,7 +596,7 @@ class Gateway:
     async def _attempt(
         self, call: Call, target: Target, backend: Backend, index: int
     ) -> Passthrough | Translated:
-        if call.items is None and call.body.get("previous_response_id") and not self._chains_by_id(backend):
+        if call.items is None and call.body.get("previous_response_id") and not backend.chains:
             # Neither we nor this upstream know the chain: forwarding the id would lose its context.
             raise PreviousResponseNotFound(
                 f"Previous response with id '{call.body['previous_response_id']}' not found.",
@@ -619,7 +615,7 @@ class Gateway:
             await inline_media(req, self.transport, allow_private=self.config.server.allow_private_urls)
         driver = backend.driver(index)
         overrides = {"model": target.model, **dict(target.params)}
-        dropped = unsupported_settings(req, self.catalog.profile(target.model), backend.api)
+        dropped = unsupported_settings(req, self.catalog.profile(target.model), backend.wire.name)
         if not call.stream:
             return Translated(dropped, response=await driver.complete(req, **overrides))
         events = driver.events(req, **overrides)
@@ -633,41 +629,33 @@ class Gateway:
                 break
         return Translated(dropped, opening=opening, events=events)
 
-    def _chains_by_id(self, backend: Backend) -> bool:
-        """Whether the upstream itself resolves ``previous_response_id`` (native Responses hosts)."""
-        return backend.native and backend.api == "responses"
-
     def _passes_through(self, call: Call, backend: Backend) -> bool:
-        return backend.passthrough and _ENDPOINTS.get(call.surface.dialect) == backend.api
+        return backend.passthrough and backend.wire.name == call.surface.dialect
 
     async def _forward(self, call: Call, target: Target, backend: Backend, index: int) -> Reply:
+        wire = backend.wire
         body = passthrough.rewrite(
-            call.body,
-            target,
-            chat=call.surface is CHAT,
-            native=backend.native,
-            stream=call.stream,
-            items=call.items,
+            call.body, target, wire, backend.host.wire, stream=call.stream, items=call.items
         )
-        url = backend.url(target.model)
+        url = backend.url(target.model, call.stream)
         headers = backend.headers(index)
         headers["X-Client-Request-Id"] = call.request_id
+        for name in wire.client_headers:
+            value = call.headers.get(name)
+            if value is not None:
+                headers[name.decode()] = value.decode("latin-1")
         if call.stream:
             headers["Accept"] = "text/event-stream"
         payload = orjson.dumps(body)
         self._record("upstream_request", call, payload, url=url, headers=headers, backend=backend.name)
-        reply = await self.transport.send("POST", url, headers, payload, read_timeout=backend.config.timeout)
-        if reply.status >= 400:
-            raw = await reply.read()
+
+        def seen(raw: bytes, _: Mapping[str, str]) -> None:
             self._record("upstream_response", call, raw, backend=backend.name)
-            raise from_response(
-                reply.status,
-                raw,
-                request_id=reply.headers.get("x-request-id"),
-                retry_after=retry_after(reply.headers),
-                content_type=reply.headers.get("content-type", ""),
-            )
-        return reply
+
+        timeout = backend.config.timeout
+        return await upstream_call(
+            self.transport, "POST", url, headers, payload, read_timeout=timeout, on_error=seen
+        )
 
     # ---------------------------------------------------------------------------------- streaming
 
@@ -716,39 +704,38 @@ class Gateway:
         value: Passthrough = outcome.value
         reply = value.reply
         if "json" in reply.headers.get("content-type", ""):  # the upstream ignored stream=true
-            return await self._pump_whole(call, value, send)
-        tap: ChatTap | ResponsesTap = (
-            ChatTap(
-                strip_usage=not passthrough.wants_usage(call.body), azure=outcome.backend.host.kind == "azure"
-            )
-            if call.surface is CHAT
-            else ResponsesTap()
+            return await self._pump_whole(call, outcome, send)
+        backend = outcome.backend
+        tap = backend.wire.tap(
+            call.body, filter_chunks=backend.profile.filter_chunks, json_array=call.surface.json_array
         )
-        call.failing_end = lambda err: passthrough.cut_stream_error(tap, err)
+        call.failing_end = tap.fail
         # A stored response must be in the store before the client can name it: hold the final event.
-        hold = isinstance(tap, ResponsesTap) and self._keeps(call, outcome.backend, translated=False)
+        hold = self._keeps(call, backend, translated=False)
         capture = self.capture is not None
+        broken = False
         try:
             async for chunk in reply.chunks():
                 out = tap.feed(chunk)
                 if capture:
                     self._record("upstream_chunk", call, chunk)
                 if out:
-                    if hold and tap.response is not None:  # type: ignore[union-attr]
+                    if hold and tap.response is not None:
                         hold = False
-                        await self._remember(call, tap.response, outcome.backend, translated=False)  # type: ignore[union-attr]
+                        await self._remember(call, tap.response, backend, translated=False)
                     await self._forward_chunk(call, send, out)
                 if watcher.done():
                     reply.close()
                     return tap.usage, 499
-        except ModelwireError as broken:
-            tap.finished = False
-            log.debug("upstream stream broke: %s", broken)
-        if not tap.finished and not tap.errored:
+        except ModelwireError as err:
+            broken = True
+            log.debug("upstream stream broke: %s", err)
+        if (broken or not tap.finished) and not tap.errored:
             cut = ProtocolError("the upstream stream ended before the answer finished", status=502)
-            await http.stream_chunk(send, passthrough.cut_stream_error(tap, cut))
+            await http.stream_chunk(send, tap.fail(cut))
             call.error = "upstream_cut"
             return tap.usage, 502
+        await http.stream_chunk(send, tap.end())
         return tap.usage, 502 if tap.errored else 200
 
     async def _forward_chunk(self, call: Call, send: Send, out: bytes) -> None:
@@ -759,13 +746,12 @@ class Gateway:
         if self.capture is not None:
             self._record("client_chunk", call, out)
 
-    async def _pump_whole(self, call: Call, value: Passthrough, send: Send) -> tuple[Usage | None, int]:
-        doc = passthrough.json_object(await value.reply.read())
-        decode = openai_chat.decode_response if call.surface is CHAT else openai_responses.decode_response
-        response = decode(doc)
+    async def _pump_whole(self, call: Call, outcome: Outcome[Any], send: Send) -> tuple[Usage | None, int]:
+        doc = passthrough.json_object(await outcome.value.reply.read())
+        response = outcome.backend.wire.decode_response(doc)
         response.model = call.model
         renderer = call.surface.stream_renderer(call.decoded(), call.body)
-        body = b"".join(renderer.feed(e) for e in events_from_response(response)) + _end(renderer)
+        body = b"".join(renderer.feed(e) for e in events_from_response(response)) + renderer.end()
         await http.stream_chunk(send, body)
         return response.usage, 200
 
@@ -775,7 +761,7 @@ class Gateway:
         value: Translated = outcome.value
         assert value.events is not None
         renderer = call.surface.stream_renderer(call.decoded(), call.body)
-        call.failing_end = lambda err: renderer.feed(StreamError(error=err)) + _end(renderer)
+        call.failing_end = lambda err: renderer.feed(StreamError(error=err)) + renderer.end()
         hold = self._keeps(call, outcome.backend, translated=True)
         usage: Usage | None = None
         status = 200
@@ -790,15 +776,15 @@ class Gateway:
                     event = StreamError(error=_safe(event.error))
                     status = getattr(event.error, "status", 502)
                 out = renderer.feed(event)
-                final = getattr(renderer, "response", None) if hold else None
-                if isinstance(final, dict):  # stored before the client sees the end of it
+                final = renderer.response if hold else None
+                if final is not None:  # stored before the client sees the end of it
                     hold = False
                     await self._remember(call, final, outcome.backend, translated=True)
                 if out:
                     await self._forward_chunk(call, send, out)
                 if watcher.done():
                     return usage, 499
-            await http.stream_chunk(send, _end(renderer))
+            await http.stream_chunk(send, renderer.end())
         finally:
             await events.aclose()  # type: ignore[attr-defined]
         return usage, status
@@ -816,18 +802,12 @@ class Gateway:
             headers.append((b"x-modelwire-dropped-params", ", ".join(dropped).encode()))
         return headers
 
-    def _passthrough_usage(self, call: Call, doc: dict[str, Any] | None) -> Usage | None:
-        if doc is None or not isinstance(doc.get("usage"), dict):
-            return None
-        decode = openai_chat.decode_usage if call.surface is CHAT else openai_responses.decode_usage
-        return decode(doc["usage"])
-
     def _keeps(self, call: Call, backend: Backend, *, translated: bool) -> bool:
         """Whether the gateway stores this answer: Responses answers from upstreams that keep none
         (a native upstream stores what it served and chains it itself), unless ``store: false``."""
         if call.surface is not RESPONSES or call.body.get("store") is False:
             return False
-        return translated or not backend.native
+        return translated or not backend.chains
 
     async def _remember(
         self, call: Call, doc: dict[str, Any] | None, backend: Backend, *, translated: bool
@@ -935,22 +915,15 @@ class Gateway:
     async def _embed(
         self, call: Call, target: Target, backend: Backend, index: int
     ) -> tuple[bytes, dict[str, Any]]:
-        body = {**call.body, "model": target.model}
-        headers = backend.headers(index)
-        if backend.config.type == "codex":
+        if not backend.profile.embeddings:
             raise InvalidRequestError(f"backend {backend.name!r} serves no embeddings")
+        body = orjson.dumps({**call.body, "model": target.model})
         url = backend.host.url("embeddings", target.model)
-        reply = await self.transport.send(
-            "POST", url, headers, orjson.dumps(body), read_timeout=backend.config.timeout
+        timeout = backend.config.timeout
+        reply = await upstream_call(
+            self.transport, "POST", url, backend.headers(index), body, read_timeout=timeout
         )
         payload = await reply.read()
-        if reply.status >= 400:
-            raise from_response(
-                reply.status,
-                payload,
-                retry_after=retry_after(reply.headers),
-                content_type=reply.headers.get("content-type", ""),
-            )
         doc = passthrough.json_object(payload)
         return payload, doc
 
@@ -1109,20 +1082,20 @@ class Gateway:
         """The first native upstream's answer about a response it stored (GET, DELETE, cancel)."""
         query = scope.get("query_string", b"").decode("latin-1")
         for backend in self.backends.values():
-            if not (backend.native and backend.passthrough):
+            if not (backend.chains and backend.passthrough):
                 continue
             url = backend.host.url("response", suffix=rest)
             if query:
                 url += ("&" if "?" in url else "?") + query
             try:
-                reply = await self.transport.send(
-                    scope["method"], url, backend.headers(0), None, read_timeout=backend.config.timeout
+                timeout = backend.config.timeout
+                reply = await upstream_call(
+                    self.transport, scope["method"], url, backend.headers(0), None, read_timeout=timeout
                 )
-                payload = await reply.read()
-            except ModelwireError:
-                continue
-            if reply.status != 404:
-                return reply.status, payload
+                return reply.status, await reply.read()
+            except ModelwireError as err:
+                if not (isinstance(err, NotFoundError) or err.retryable):
+                    raise
         raise NotFoundError(
             f"No response found with id '{rest.partition('/')[0]}'.",
             code="response_not_found",
@@ -1175,9 +1148,3 @@ async def _resume(opening: list[StreamEvent], rest: AsyncIterator[StreamEvent]) 
         yield event
     async for event in rest:
         yield event
-
-
-def _end(renderer: Any) -> bytes:
-    """What closes a stream in the renderer's dialect (the JSON-array stream needs its ``]``)."""
-    end = getattr(renderer, "end", None)
-    return end() if end is not None else b""

@@ -24,6 +24,7 @@ class Call:
     started: float
     client: str = ""
     key: ClientKey | None = None
+    headers: dict[bytes, bytes] = field(default_factory=dict)
     body: dict[str, Any] = field(default_factory=dict)
     model: str = ""
     stream: bool = False

@@ -23,10 +23,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..providers.hosts import PROFILES, HostKind, WireAPI
+from ..types import Dialect
+from ..wires import OPENAI_APIS
+
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 DEFAULT_STORE = "sqlite:///.modelwire/state.db"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
-BackendType = Literal["openai", "azure", "codex", "openai-compatible"]
 
 
 class ConfigError(Exception):
@@ -73,8 +76,8 @@ class ServerConfig(_Model):
 
 
 class BackendConfig(_Model):
-    type: BackendType = "openai"
-    api: Literal["responses", "chat"] | None = None
+    type: HostKind = "openai"
+    api: WireAPI | None = Field(None, description="the OpenAI wire of an OpenAI host: responses | chat")
     base_url: str | None = None
     api_key: str | None = None
     api_keys: list[str] = Field(default_factory=list)
@@ -87,10 +90,19 @@ class BackendConfig(_Model):
     inline_media: bool = Field(False, description="fetch image and file URLs and send their bytes")
 
     @property
-    def wire_api(self) -> Literal["responses", "chat"]:
-        if self.api is not None:
-            return self.api
-        return "responses" if self.type in ("openai", "codex", "azure") else "chat"
+    def wire(self) -> Dialect:
+        """The wire this backend's upstream speaks: ``api:`` when the host speaks it, else the
+        host's own default."""
+        wires = PROFILES[self.type].wires
+        chosen = OPENAI_APIS.get(self.api or "")
+        return chosen if chosen in wires else wires[0]
+
+    @model_validator(mode="after")
+    def _known_wire(self) -> BackendConfig:
+        wires = PROFILES[self.type].wires
+        if self.api is not None and OPENAI_APIS[self.api] not in wires:
+            raise _Located("api", f"a {self.type} backend speaks {' and '.join(wires)} only; remove `api:`")
+        return self
 
     @model_validator(mode="after")
     def _no_empty_keys(self) -> BackendConfig:
@@ -311,14 +323,14 @@ def default_config() -> Config:
     the gateway then says so at start-up and answers each request with an error naming the variable.
     """
     base_url = os.environ.get("OPENAI_BASE_URL") or None
-    kind: BackendType = "openai-compatible" if base_url and "api.openai.com" not in base_url else "openai"
+    kind: HostKind = "openai-compatible" if base_url and "api.openai.com" not in base_url else "openai"
     backend = BackendConfig.model_construct(type=kind, base_url=base_url, api_keys_env=DEFAULT_KEY_ENV)
     return Config().model_copy(update={"backends": {"openai": backend}, "default_backend": "openai"})
 
 
 def missing_key(backend: BackendConfig) -> str | None:
     """The variable to set when ``backend`` is the keyless default one, else None."""
-    if backend.api_keys_env and not backend.keys() and backend.type != "codex":
+    if backend.api_keys_env and not backend.keys() and not PROFILES[backend.type].signs_in:
         return backend.api_keys_env
     return None
 

@@ -14,7 +14,7 @@ import socket
 from urllib.parse import urlsplit
 
 from ..errors import InvalidRequestError, ModelwireError
-from ..providers._transport import Transport
+from ..providers.transport import Transport
 from ..types import File, Image, Request, ToolResult
 
 MAX_MEDIA_BYTES = 20 * 1024 * 1024

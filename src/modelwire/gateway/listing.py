@@ -66,7 +66,7 @@ async def served_models(router: Router, default: Backend | None) -> ServedModels
     if default.missing_key is not None:
         return ServedModels(configured, [], f"no upstream key: {default.missing_key} is not set")
     try:
-        listed = await default.driver(0).list_models()
+        listed = await default.list_models()
     except ModelwireError as err:
         return ServedModels(configured, [], err.message)
     known = set(configured)

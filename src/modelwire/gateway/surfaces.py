@@ -13,15 +13,22 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..dialects import anthropic_messages, gemini, openai_chat, openai_responses
-from ..dialects._check import check_types, fail
-from ..dialects._sse import KEEPALIVE
+from ..dialects.check import check_types, fail
+from ..dialects.sse import KEEPALIVE
 from ..errors import ModelwireError
 from ..types import Dialect, Request, Response, StreamError, StreamEvent
 from .http import SSE_HEADERS
 
 
 class Renderer(Protocol):
+    """Neutral stream events to a dialect's bytes."""
+
+    @property
+    def response(self) -> dict[str, Any] | None:
+        """The final answer document once finished, where the dialect has one (Responses)."""
+
     def feed(self, event: StreamEvent) -> bytes: ...
+    def end(self) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +42,7 @@ class Surface:
     field_types: dict[str, tuple[type, ...]] = field(default_factory=dict)
     required: tuple[str, ...] = ()
     stream_headers: tuple[tuple[bytes, bytes], ...] = SSE_HEADERS
+    json_array: bool = False  # streams one JSON array rather than SSE events
 
     def check(self, body: dict[str, Any]) -> None:
         """Missing or wrong top-level fields fail here, before a body is forwarded undecoded."""
@@ -47,8 +55,7 @@ class Surface:
     def stream_error(self, error: ModelwireError, req: Request | None, body: dict[str, Any]) -> bytes:
         """An error said inside an already-started stream, in this dialect's own event."""
         renderer = self.stream_renderer(req or Request(model=str(body.get("model") or "")), body)
-        end = getattr(renderer, "end", None)
-        return renderer.feed(StreamError(error=error)) + (end() if end is not None else b"")
+        return renderer.feed(StreamError(error=error)) + renderer.end()
 
 
 def _chat_renderer(req: Request, body: dict[str, Any]) -> Renderer:
@@ -115,6 +122,7 @@ GEMINI_ARRAY = dataclasses.replace(
     GEMINI,
     stream_renderer=_gemini_array_renderer,
     stream_headers=((b"content-type", b"application/json; charset=utf-8"),),
+    json_array=True,
 )
 # Embeddings answer in OpenAI's shape and only ever pass through: no messages, no streams.
 EMBEDDINGS = dataclasses.replace(CHAT, required=("input",), field_types={})

@@ -28,15 +28,18 @@ from ..errors import (
     UpstreamUnavailableError,
 )
 from ..observe import Tap, redact
-from ..providers._retry import RetryPolicy
-from ..providers._transport import Transport
 from ..providers.catalog import Catalog
+from ..providers.driver import WireDriver
 from ..providers.hosts import Host
 from ..providers.openai import OpenAI
+from ..providers.retry import RetryPolicy
+from ..providers.transport import Transport
+from ..wires import WIRES
 from .config import BackendConfig, FailoverConfig, missing_key
 from .routing import Target
 
 T = TypeVar("T")
+Driver = OpenAI | WireDriver
 log = logging.getLogger("modelwire.gateway")
 
 
@@ -71,7 +74,7 @@ class KeyRing:
 
 
 class Backend:
-    """One configured upstream: where it is, how it authenticates, which wire API it speaks."""
+    """One configured upstream: where it is, how it authenticates, which wire it speaks."""
 
     def __init__(
         self, name: str, config: BackendConfig, catalog: Catalog, transport: Transport, tap: Tap | None = None
@@ -80,18 +83,22 @@ class Backend:
         self.tap = tap
         self.config = config
         self.host = Host.create(config.type, config.base_url, config.api_version)
-        self.api = config.wire_api
+        self.profile = self.host.profile
+        self.wire = WIRES[config.wire]
         self.keys = KeyRing(config.keys())
         self.catalog = catalog
         self.transport = transport
-        # The Codex route needs its body rewritten and its tokens refreshed: always via the driver.
-        self.passthrough = config.type != "codex"
-        self.native = self.host.native
+        self.passthrough = self.profile.forwards_bodies
         self.missing_key = missing_key(config)  # set only for the zero-config default without a key
         self._headers = {"Content-Type": "application/json", **config.headers}
-        self._drivers: dict[int, OpenAI] = {}
+        self._drivers: dict[int, Driver] = {}
         self._key_headers: dict[int, dict[str, str]] = {}
-        self._urls: dict[str, str] = {}
+        self._urls: dict[tuple[str, bool], str] = {}
+
+    @property
+    def chains(self) -> bool:
+        """Whether the upstream itself resolves ``previous_response_id`` (and stores answers)."""
+        return self.profile.stateful and self.wire.chains
 
     def headers(self, key_index: int) -> dict[str, str]:
         """A fresh copy of the request headers for one of the backend's keys."""
@@ -103,38 +110,59 @@ class Backend:
             }
         return dict(base)
 
-    def url(self, model: str) -> str:
-        """The URL of this backend's wire API for ``model`` (deployment-scoped on Azure)."""
-        url = self._urls.get(model)
+    def url(self, model: str, stream: bool = False) -> str:
+        """The URL of this backend's wire for ``model`` (deployment-scoped on Azure, in the path on
+        Gemini)."""
+        url = self._urls.get((model, stream))
         if url is None:
-            url = self.host.url(self.api, model)
+            endpoint = self.wire.stream_endpoint if stream else self.wire.endpoint
+            url = self.host.url(endpoint, model.removeprefix("models/"))
             if len(self._urls) < 4096:
-                self._urls[model] = url
+                self._urls[(model, stream)] = url
         return url
 
-    def driver(self, key_index: int) -> OpenAI:
+    def driver(self, key_index: int) -> Driver:
         """A driver for translated requests: no retries or continuations of its own (failover
         decides those), no compaction (the client did not ask for it)."""
         driver = self._drivers.get(key_index)
         if driver is None:
-            key = self.keys.keys[key_index]
-            driver = OpenAI(
-                api_key=key or ("" if self.config.type == "codex" else "none"),
-                base_url=self.host.base_url if self.host.kind != "azure" else self.config.base_url,
-                host=self.host.kind,
-                api=self.api,
-                api_version=self.config.api_version,
-                timeout=self.config.timeout,
-                retry=RetryPolicy(max_retries=0),
-                continuations=0,
-                compaction=False,
-                catalog=self.catalog,
+            driver = self._drivers[key_index] = self._new_driver(self.keys.keys[key_index])
+        return driver
+
+    async def list_models(self) -> list[str]:
+        """The upstream's own model list, where its host has one in OpenAI's shape."""
+        driver = self.driver(0)
+        if not (self.profile.lists_models and isinstance(driver, OpenAI)):
+            return []
+        return await driver.list_models()
+
+    def _new_driver(self, key: str) -> Driver:
+        if self.wire.api is None:
+            return WireDriver(
+                host=self.host,
+                wire=self.wire,
+                api_key=key,
                 transport=self.transport,
+                catalog=self.catalog,
+                timeout=self.config.timeout,
                 headers=self.config.headers,
                 tap=self.tap,
             )
-            self._drivers[key_index] = driver
-        return driver
+        return OpenAI(
+            api_key=key or ("" if self.profile.signs_in else "none"),
+            base_url=self.config.base_url if self.host.deployment_paths else self.host.base_url,
+            host=self.host.kind,
+            api=self.wire.api,
+            api_version=self.config.api_version,
+            timeout=self.config.timeout,
+            retry=RetryPolicy(max_retries=0),
+            continuations=0,
+            compaction=False,
+            catalog=self.catalog,
+            transport=self.transport,
+            headers=self.config.headers,
+            tap=self.tap,
+        )
 
 
 @dataclass(slots=True)

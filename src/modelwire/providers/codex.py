@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 import orjson
 
 from ..errors import AuthenticationError
-from ._transport import AiohttpTransport, Transport, default_transport
+from .transport import AiohttpTransport, Transport, default_transport
 
 ISSUER = "https://auth.openai.com"
 CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"

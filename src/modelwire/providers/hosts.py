@@ -1,10 +1,15 @@
-"""Host kinds: where requests go and how they authenticate, for each kind of OpenAI host.
+"""Hosts: where requests go, how they authenticate, and what each kind of host can do.
+
+What differs between kinds of host is data, one :class:`HostProfile` per kind, read by name
+(``host.profile.stateful``), never found by comparing the kind's name:
 
 ``openai``: native OpenAI semantics wherever ``base_url`` points (stored responses, chaining,
 service tiers, prompt caching, compaction). ``azure``: deployment-scoped paths with
 ``api-version``, or the ``/openai/v1/`` surface, and the ``api-key`` header. ``codex``: the ChatGPT
-subscription route (Responses only, OAuth tokens). ``openai-compatible``: any server that speaks
-the OpenAI wire without OpenAI's extras; requests are stateless and carry the whole transcript.
+subscription route (Responses only, streamed only, OAuth tokens). ``openai-compatible``: any
+server that speaks the OpenAI wire without OpenAI's extras; requests are stateless and carry the
+whole transcript. ``anthropic``: the Messages API (``x-api-key``, ``anthropic-version``).
+``gemini``: the Gemini API's ``generateContent`` (``x-goog-api-key``).
 """
 
 from __future__ import annotations
@@ -14,14 +19,31 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 from urllib.parse import urlsplit
 
-from ..dialects._options import COMPATIBLE, NATIVE, WireOptions
+from ..dialects.options import COMPATIBLE, NATIVE, WireOptions
+from ..types import Dialect
 
-HostKind: TypeAlias = Literal["openai", "azure", "codex", "openai-compatible"]
+HostKind: TypeAlias = Literal["openai", "azure", "codex", "openai-compatible", "anthropic", "gemini"]
 WireAPI: TypeAlias = Literal["responses", "chat"]
-Endpoint: TypeAlias = Literal["responses", "chat", "embeddings", "models", "response"]
+"""The OpenAI wire a driver or backend is configured for (``api:``); see :mod:`modelwire.wires`."""
+Endpoint: TypeAlias = Literal[
+    "responses",
+    "chat",
+    "embeddings",
+    "models",
+    "response",
+    "messages",
+    "count_tokens",
+    "generate",
+    "stream_generate",
+    "count_gemini_tokens",
+]
+Auth: TypeAlias = Literal["bearer", "azure", "x-api-key", "x-goog-api-key"]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 CODEX_BASE_URL = "https://chatgpt.com/backend-api/codex"
+ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
+ANTHROPIC_VERSION = "2023-06-01"
 AZURE_SUFFIXES = (".openai.azure.com", ".services.ai.azure.com", ".cognitiveservices.azure.com")
 DEFAULT_AZURE_API_VERSION = "2024-12-01-preview"
 # Azure serves the Responses API only from this api-version on; older ones answer 400.
@@ -34,6 +56,105 @@ _PATHS: dict[Endpoint, str] = {
     "embeddings": "/embeddings",
     "models": "/models",
     "response": "/responses/",
+    "messages": "/v1/messages",
+    "count_tokens": "/v1/messages/count_tokens",
+    "generate": "/v1beta/models/{model}:generateContent",
+    "stream_generate": "/v1beta/models/{model}:streamGenerateContent?alt=sse",
+    "count_gemini_tokens": "/v1beta/models/{model}:countTokens",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HostProfile:
+    """What one kind of host is: its wires, its auth, and the OpenAI extras it takes."""
+
+    wires: tuple[Dialect, ...]  # the wires it speaks; the first is the default
+    auth: Auth
+    default_base_url: str
+    key_env: str  # where a key comes from when none is given
+    native_fields: bool = False  # OpenAI-only fields: store, service tier, prompt cache key, include
+    stateful: bool = False  # stores what it served and resolves previous_response_id itself
+    strict_tools: bool = False  # function schemas made strict
+    compaction: bool = False  # server-side context compaction
+    service_tiers: bool = False  # "fast" means the priority tier
+    websocket: bool = False  # offers Responses over WebSocket
+    forwards_bodies: bool = True  # a client's body can go as it came (Codex needs rewriting)
+    embeddings: bool = False
+    lists_models: bool = True  # GET /models in OpenAI's shape
+    streams_only: bool = False  # answers only streamed requests
+    signs_in: bool = False  # OAuth tokens from a sign-in rather than a key
+    filter_chunks: bool = False  # stream chunks carrying only content-filter verdicts
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def options(self) -> WireOptions:
+        return NATIVE if self.native_fields else COMPATIBLE
+
+
+_OPENAI_WIRES: tuple[Dialect, ...] = ("openai_responses", "openai_chat")
+PROFILES: dict[HostKind, HostProfile] = {
+    "openai": HostProfile(
+        wires=_OPENAI_WIRES,
+        auth="bearer",
+        default_base_url=OPENAI_BASE_URL,
+        key_env="OPENAI_API_KEY",
+        native_fields=True,
+        stateful=True,
+        strict_tools=True,
+        compaction=True,
+        service_tiers=True,
+        websocket=True,
+        embeddings=True,
+    ),
+    "azure": HostProfile(
+        wires=_OPENAI_WIRES,
+        auth="azure",
+        default_base_url=OPENAI_BASE_URL,
+        key_env="AZURE_OPENAI_API_KEY",
+        native_fields=True,
+        stateful=True,
+        strict_tools=True,
+        compaction=True,
+        service_tiers=True,
+        embeddings=True,
+        filter_chunks=True,
+    ),
+    "codex": HostProfile(
+        wires=("openai_responses",),
+        auth="bearer",
+        default_base_url=CODEX_BASE_URL,
+        key_env="OPENAI_API_KEY",
+        native_fields=True,
+        strict_tools=True,
+        service_tiers=True,
+        websocket=True,
+        forwards_bodies=False,
+        lists_models=False,
+        streams_only=True,
+        signs_in=True,
+    ),
+    "openai-compatible": HostProfile(
+        wires=("openai_chat", "openai_responses"),
+        auth="bearer",
+        default_base_url=OPENAI_BASE_URL,
+        key_env="OPENAI_API_KEY",
+        embeddings=True,
+    ),
+    "anthropic": HostProfile(
+        wires=("anthropic_messages",),
+        auth="x-api-key",
+        default_base_url=ANTHROPIC_BASE_URL,
+        key_env="ANTHROPIC_API_KEY",
+        lists_models=False,
+        extra_headers=(("anthropic-version", ANTHROPIC_VERSION),),
+    ),
+    "gemini": HostProfile(
+        wires=("gemini",),
+        auth="x-goog-api-key",
+        default_base_url=GEMINI_BASE_URL,
+        key_env="GEMINI_API_KEY",
+        lists_models=False,
+    ),
 }
 
 
@@ -46,6 +167,10 @@ def detect_kind(base_url: str) -> HostKind:
         return "azure"
     if host == "chatgpt.com" and "/codex" in base_url:
         return "codex"
+    if host == "api.anthropic.com":
+        return "anthropic"
+    if host == "generativelanguage.googleapis.com":
+        return "gemini"
     return "openai-compatible"
 
 
@@ -59,33 +184,41 @@ class Host:
     def create(cls, kind: HostKind | None, base_url: str | None, api_version: str | None = None) -> Host:
         if kind is None:
             kind = detect_kind(base_url) if base_url else "openai"
-        default = CODEX_BASE_URL if kind == "codex" else OPENAI_BASE_URL
-        base = (base_url or default).rstrip("/")
-        if kind == "azure" and not base.endswith("/v1"):
+        profile = PROFILES[kind]
+        base = (base_url or profile.default_base_url).rstrip("/")
+        if profile.auth == "azure" and not base.endswith("/v1"):
             api_version = (
                 api_version or os.environ.get("AZURE_OPENAI_API_VERSION") or DEFAULT_AZURE_API_VERSION
             )
-            if base.endswith("/openai"):
-                base = base[: -len("/openai")]
-        return cls(kind=kind, base_url=base, api_version=api_version if kind == "azure" else None)
+            base = base.removesuffix("/openai")
+        elif profile.auth != "azure":
+            api_version = None
+        return cls(kind=kind, base_url=base, api_version=api_version)
+
+    @property
+    def profile(self) -> HostProfile:
+        return PROFILES[self.kind]
 
     @property
     def native(self) -> bool:
         """OpenAI's own semantics: stored responses, chaining, tiers, caching, compaction."""
-        return self.kind in ("openai", "azure", "codex")
+        return self.profile.native_fields
 
     @property
     def wire(self) -> WireOptions:
-        return NATIVE if self.native else COMPATIBLE
+        return self.profile.options
 
     @property
-    def azure_classic(self) -> bool:
-        return self.kind == "azure" and self.api_version is not None
+    def deployment_paths(self) -> bool:
+        """Classic Azure: models are deployments named in the path, with ``api-version``."""
+        return self.api_version is not None
 
     def url(self, endpoint: Endpoint, model: str = "", suffix: str = "") -> str:
         """The full URL of ``endpoint`` (for ``response``, ``suffix`` is the id and sub-path)."""
         path = _PATHS[endpoint] + suffix
-        if not self.azure_classic:
+        if "{model}" in path:
+            path = path.replace("{model}", model)
+        if not self.deployment_paths:
             return self.base_url + path
         version = self.api_version
         if endpoint in ("chat", "embeddings"):
@@ -101,8 +234,14 @@ class Host:
         return f"{self.base_url}{path}?api-version={version}"
 
     def auth_headers(self, key: str | None) -> dict[str, str]:
+        profile = self.profile
+        headers = dict(profile.extra_headers)
         if not key:
-            return {}
-        if self.kind == "azure" and not key.startswith("eyJ"):  # Entra ID tokens are JWTs: Bearer
-            return {"api-key": key}
-        return {"Authorization": f"Bearer {key}"}
+            return headers
+        if profile.auth == "azure" and not key.startswith("eyJ"):  # Entra ID tokens are JWTs: Bearer
+            headers["api-key"] = key
+        elif profile.auth in ("x-api-key", "x-goog-api-key"):
+            headers[profile.auth] = key
+        else:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers

@@ -26,16 +26,12 @@ from typing import Any, cast
 import orjson
 
 from .._version import __version__
-from ..dialects import openai_chat, openai_responses
-from ..dialects._sse import SSEParser
-from ..dialects._stream import ResponseAccumulator, events_from_response
+from ..dialects.stream import ResponseAccumulator, events_from_response
 from ..errors import (
-    InvalidRequestError,
     ModelwireError,
     PreviousResponseNotFound,
     ProtocolError,
     TimeoutError,
-    from_response,
 )
 from ..observe import (
     ChainInvalidated,
@@ -68,13 +64,15 @@ from ..types import (
     Usage,
     UsageUpdate,
 )
-from ._repair import repair
-from ._retry import RetryPolicy, retry_after, should_retry_header
-from ._strict import StopScanner, cut_at_stop, strict_schema
-from ._transport import Reply, Transport, default_transport
+from ..wires import OPENAI_APIS, WIRES, Wire
 from .catalog import DEFAULT_CONTEXT_WINDOW, Catalog, ModelProfile, adapt
 from .codex import CodexCredentials
+from .driver import build_request, read_events, read_json
 from .hosts import Endpoint, Host, HostKind, WireAPI
+from .repair import repair
+from .retry import RetryPolicy
+from .strict import StopScanner, cut_at_stop, strict_schema
+from .transport import Reply, Transport, call, default_transport
 
 COMPACTION_SHARE = 0.7
 _FAST_TIERS = {"fast": "priority", "priority": "priority"}
@@ -89,7 +87,7 @@ class _Plan:
 
     req: Request
     transcript: list[Message]
-    api: WireAPI
+    wire: Wire
     profile: ModelProfile
     chained: bool = False
     stops: list[str] | None = None
@@ -140,9 +138,10 @@ class OpenAI:
         tap: Tap | None = None,
     ) -> None:
         self.host = Host.create(host, base_url or os.environ.get("OPENAI_BASE_URL") or None, api_version)
-        env_key = "AZURE_OPENAI_API_KEY" if self.host.kind == "azure" else "OPENAI_API_KEY"
         self.api_key = (
-            api_key if api_key is not None else os.environ.get(env_key) or os.environ.get("OPENAI_API_KEY")
+            api_key
+            if api_key is not None
+            else os.environ.get(self.host.profile.key_env) or os.environ.get("OPENAI_API_KEY")
         )
         self.api: WireAPI = api
         self.timeout = timeout
@@ -162,7 +161,7 @@ class OpenAI:
             self._headers["OpenAI-Project"] = project
         self._headers.update(headers or {})
         self._reported_repairs: OrderedDict[str, None] = OrderedDict()
-        if credentials is None and self.host.kind == "codex" and not self.api_key:
+        if credentials is None and self.host.profile.signs_in and not self.api_key:
             credentials = CodexCredentials(transport=self.transport)
         self.credentials = credentials
 
@@ -264,7 +263,7 @@ class OpenAI:
         if dimensions is not None:
             body["dimensions"] = dimensions
         reply = await self._send("embeddings", model, orjson.dumps(body), stream=False)
-        data = await _json(reply)
+        data = await read_json(reply)
         vectors = [_vector(item.get("embedding")) for item in sorted(data.get("data") or [], key=_index)]
         usage = Usage(input_tokens=(data.get("usage") or {}).get("prompt_tokens") or 0)
         usage.cost = self.catalog.cost(model, usage)
@@ -273,7 +272,8 @@ class OpenAI:
     async def list_models(self) -> list[str]:
         """The upstream's model ids (``GET /models``); the catalog learns them too."""
         reply = await self._send("models", "", None, stream=False, method="GET")
-        ids = [m["id"] for m in (await _json(reply)).get("data") or [] if isinstance(m, dict) and "id" in m]
+        listed = (await read_json(reply)).get("data") or []
+        ids = [m["id"] for m in listed if isinstance(m, dict) and "id" in m]
         self.catalog.discover(ids)
         return ids
 
@@ -289,44 +289,51 @@ class OpenAI:
     # ----------------------------------------------------------------------------------- planning
 
     def _plan(self, request: Request | None, settings: dict[str, Any], *, stream: bool) -> _Plan:
-        req = _request(request, {**settings, "stream": stream})
+        req = build_request(request, {**settings, "stream": stream})
         req.messages, report = repair(req.messages)
         if report is not None:
             self._report_repair(report)
         profile = self.catalog.profile(req.model)
         adapt(req, profile)
-        api = self._api_for(profile, req)
-        _fit_tool_choice(req, api)
-        if req.service_tier in _FAST_TIERS and self.host.native:
+        wire = self._wire_for(profile, req)
+        _fit_tool_choice(req, wire)
+        host = self.host.profile
+        if req.service_tier in _FAST_TIERS and host.service_tiers:
             req.service_tier = _FAST_TIERS[req.service_tier]
-        if self.host.native:
+        if host.strict_tools:
             _strict_tools(req)
-            if api == "responses":
-                self._native_responses(req)
+        if host.native_fields and wire.chains:
+            self._native_responses(req)
         stops = None
-        if req.stop and (api == "responses" or profile.reasoning):
+        if req.stop and (not wire.stop_sequences or profile.reasoning):
             stops, req.stop = req.stop, None
-        plan = _Plan(req=req, transcript=req.messages, api=api, profile=profile, stops=stops)
-        if self.host.native and api == "responses" and req.store and req.previous_response_id is None:
+        plan = _Plan(req=req, transcript=req.messages, wire=wire, profile=profile, stops=stops)
+        if self._chains(wire) and req.store and req.previous_response_id is None:
             _chain(plan)
         return plan
 
-    def _api_for(self, profile: ModelProfile, req: Request) -> WireAPI:
-        """The configured API, unless the model cannot serve this request on it."""
-        if self.host.kind == "codex":
-            return "responses"
+    def _chains(self, wire: Wire) -> bool:
+        """Whether calls on ``wire`` chain by stored response id on this host."""
+        return self.host.profile.stateful and wire.chains
+
+    def _wire_for(self, profile: ModelProfile, req: Request) -> Wire:
+        """The configured API, unless the host or the model cannot serve this request on it."""
+        wires = self.host.profile.wires
+        configured = OPENAI_APIS[self.api]
+        if configured not in wires:
+            return WIRES[wires[0]]
         if self.api == "chat" and "responses" in profile.apis:
             tools_refused = profile.chat_tools == "no" or (
                 profile.chat_tools == "effort-none" and req.reasoning_effort not in (None, "none")
             )
             if "chat" not in profile.apis or (req.tools and tools_refused):
-                return "responses"
-        return self.api
+                return WIRES["openai_responses"]
+        return WIRES[configured]
 
     def _native_responses(self, req: Request) -> None:
         if req.store is None:
             req.store = self.store if self.store is not None else False
-        if self.host.kind == "codex":
+        if not self.host.profile.stateful:
             req.store = False
         if req.prompt_cache_key is None:
             req.prompt_cache_key = prompt_cache_key(req)
@@ -343,22 +350,22 @@ class OpenAI:
         self.observer.emit(report)
 
     def _body(self, plan: _Plan) -> dict[str, Any]:
-        req, wire = plan.req, self.host.wire
-        if plan.api == "chat":
-            body = openai_chat.encode_request(req, wire)
-        else:
-            include = list(req.extra.get("include") or []) if req.dialect == "openai_responses" else []
-            if self.host.native and not req.store and plan.profile.reasoning is not False:
+        req, host = plan.req, self.host.profile
+        body = plan.wire.encode(req, host.options)
+        if plan.wire.chains:  # the Responses API: reasoning to replay, compaction
+            include = list(req.extra.get("include") or []) if req.dialect == plan.wire.name else []
+            if host.native_fields and not req.store and plan.profile.reasoning is not False:
                 include.append("reasoning.encrypted_content")
-            body = openai_responses.encode_request(req, wire, include=sorted(set(include)) or None)
-            if self.host.native and self.compaction and self.host.kind != "codex":
+            if include:
+                body["include"] = sorted(set(include))
+            if host.compaction and self.compaction:
                 window = self.catalog.context_window(req.model) or DEFAULT_CONTEXT_WINDOW
                 threshold = max(1000, int(window * COMPACTION_SHARE))
                 body.setdefault(
                     "context_management", [{"type": "compaction", "compact_threshold": threshold}]
                 )
-            if self.host.kind == "codex":
-                _fit_codex(body)
+        if not host.forwards_bodies:
+            _fit_codex(body)
         body.update(self.extra_body)
         return body
 
@@ -374,15 +381,15 @@ class OpenAI:
             Message(role="assistant", content=list(response.content), id=response.id),
         ]
         req = dataclasses.replace(plan.req, messages=transcript, previous_response_id=None)
-        new = _Plan(req=req, transcript=transcript, api=plan.api, profile=plan.profile, stops=plan.stops)
-        if self.host.native and plan.api == "responses" and req.store:
+        new = _Plan(req=req, transcript=transcript, wire=plan.wire, profile=plan.profile, stops=plan.stops)
+        if self._chains(plan.wire) and req.store:
             _chain(new)
         return new
 
     # -------------------------------------------------------------------------------------- calls
 
     async def _call(self, plan: _Plan) -> Response:
-        if self.host.kind == "codex":  # the subscription route only streams
+        if self.host.profile.streams_only:
             acc = ResponseAccumulator()
             async for event in self._stream_call(dataclasses.replace(plan, req=_streaming(plan.req))):
                 if isinstance(event, StreamError):
@@ -390,15 +397,14 @@ class OpenAI:
                 acc.feed(event)
             return acc.result()
         try:
-            reply = await self._send(plan.api, plan.req.model, orjson.dumps(self._body(plan)), stream=False)
+            reply = await self._post(plan, stream=False)
         except PreviousResponseNotFound:
             if not plan.chained:
                 raise
             return await self._call(self._unchain(plan))
         started = time.monotonic()
-        data = await _json(reply, self.observer)
-        decode = openai_chat.decode_response if plan.api == "chat" else openai_responses.decode_response
-        response = decode(data)
+        data = await read_json(reply, self.observer)
+        response = plan.wire.decode_response(data)
         if plan.stops:
             _apply_stops(response, plan.stops)
         self.observer.emit(
@@ -418,30 +424,33 @@ class OpenAI:
         self.observer.emit(ChainInvalidated(previous_response_id=plan.req.previous_response_id))
         req = dataclasses.replace(plan.req, messages=plan.transcript, previous_response_id=None)
         return _Plan(
-            req=req, transcript=plan.transcript, api=plan.api, profile=plan.profile, stops=plan.stops
+            req=req, transcript=plan.transcript, wire=plan.wire, profile=plan.profile, stops=plan.stops
         )
 
     async def _stream_call(self, plan: _Plan) -> AsyncIterator[StreamEvent]:
         """Events of one streamed call. Failures before the first event are retried by ``_send``;
         after it, they arrive as a :class:`StreamError`."""
         try:
-            reply = await self._send(plan.api, plan.req.model, orjson.dumps(self._body(plan)), stream=True)
+            reply = await self._post(plan, stream=True)
         except PreviousResponseNotFound:
             if not plan.chained:
                 raise
             plan = self._unchain(plan)
-            reply = await self._send(plan.api, plan.req.model, orjson.dumps(self._body(plan)), stream=True)
+            reply = await self._post(plan, stream=True)
         if "json" in reply.headers.get("content-type", ""):  # the server ignored stream=true
-            decode = openai_chat.decode_response if plan.api == "chat" else openai_responses.decode_response
-            for event in events_from_response(decode(await _json(reply))):
+            for event in events_from_response(plan.wire.decode_response(await read_json(reply))):
                 yield event
             return
-        decoder = openai_chat.StreamDecoder() if plan.api == "chat" else openai_responses.StreamDecoder()
-        events = _decode_stream(reply, decoder, self.observer)
+        events = read_events(reply, plan.wire.stream_decoder(), self.observer)
         if plan.stops:
             events = _stop_stream(events, plan.stops)
         async for event in events:
             yield event
+
+    async def _post(self, plan: _Plan, *, stream: bool) -> Reply:
+        return await self._send(
+            plan.wire.endpoint, plan.req.model, orjson.dumps(self._body(plan)), stream=stream
+        )
 
     async def _send(
         self, endpoint: Endpoint, model: str, body: bytes | None, *, stream: bool, method: str = "POST"
@@ -469,43 +478,21 @@ class OpenAI:
                 attempt += 1
 
     async def _attempt(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> Reply:
-        reply = await self.transport.send(method, url, headers, body, read_timeout=self.timeout)
-        if reply.status < 400:
-            return reply
-        payload = await reply.read()
-        self.observer.payload("error", url, dict(reply.headers), payload)
-        err = from_response(
-            reply.status,
-            payload,
-            request_id=reply.headers.get("x-request-id"),
-            retry_after=retry_after(reply.headers),
-            content_type=reply.headers.get("content-type", ""),
+        def seen(payload: bytes, reply_headers: Mapping[str, str]) -> None:
+            self.observer.payload("error", url, dict(reply_headers), payload)
+
+        return await call(
+            self.transport, method, url, headers, body, read_timeout=self.timeout, on_error=seen
         )
-        verdict = should_retry_header(reply.headers)
-        if verdict is not None:
-            err.retryable = verdict
-        raise err
 
 
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _request(request: Request | None, settings: dict[str, Any]) -> Request:
-    """A fresh request to plan with (the caller's is never changed): ``request`` with ``settings``."""
-    if request is not None:
-        return dataclasses.replace(request, messages=list(request.messages), **settings)
-    messages = settings.pop("messages", [])
-    if isinstance(messages, str):
-        messages = [Message(role="user", content=[Text(text=messages)])]
-    if "model" not in settings:
-        raise InvalidRequestError("a model is required", param="model")
-    return Request(messages=list(messages), **settings)
-
-
-def _fit_tool_choice(req: Request, api: WireAPI) -> None:
+def _fit_tool_choice(req: Request, wire: Wire) -> None:
     """Drop a tool choice naming a tool this wire cannot carry (another dialect's server tool,
     such as Anthropic's web search): OpenAI refuses a choice of a tool it was not given."""
-    if req.dialect in (None, f"openai_{api}"):
+    if req.dialect in (None, wire.name):
         return  # the caller's own dialect: its extra tools travel with it
     named = req.tool_choice.name if isinstance(req.tool_choice, ToolName) else None
     if (named is not None and named not in {t.name for t in req.tools}) or (
@@ -624,37 +611,6 @@ def _shift(event: StreamEvent, offset: int) -> StreamEvent:
     if offset and isinstance(event, BlockStart | BlockDelta | BlockStop):
         return dataclasses.replace(event, index=event.index + offset)
     return event
-
-
-async def _decode_stream(reply: Reply, decoder: Any, observer: Observer) -> AsyncIterator[StreamEvent]:
-    parser = SSEParser()
-    try:
-        async for chunk in reply.chunks():
-            for sse in parser.feed(chunk):
-                observer.payload("stream", "", {}, sse.data)
-                for event in decoder.feed(sse.data):
-                    yield event
-        for sse in parser.flush():
-            for event in decoder.feed(sse.data):
-                yield event
-        for event in decoder.end():
-            yield event
-    except ModelwireError as err:
-        yield StreamError(error=err)
-
-
-async def _json(reply: Reply, observer: Observer | None = None) -> dict[str, Any]:
-    payload = await reply.read()
-    if observer is not None:
-        observer.payload("response", "", dict(reply.headers), payload)
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        kind = reply.headers.get("content-type", "unknown content")
-        raise ProtocolError(f"upstream answered {kind} that is not JSON: {payload[:120]!r}") from None
-    if not isinstance(data, dict):
-        raise ProtocolError("upstream answered JSON that is not an object")
-    return data
 
 
 def _vector(raw: Any) -> list[float]:

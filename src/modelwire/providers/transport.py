@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol
 
 import aiohttp
 
-from ..errors import ModelwireError, ProtocolError, TimeoutError, UpstreamUnavailableError
+from ..errors import ModelwireError, ProtocolError, TimeoutError, UpstreamUnavailableError, from_response
+from .retry import retry_after, should_retry_header
 
 
 class Reply(Protocol):
@@ -42,6 +43,37 @@ class Transport(Protocol):
     ) -> Reply: ...
 
     async def aclose(self) -> None: ...
+
+
+async def call(
+    transport: Transport,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes | None = None,
+    *,
+    read_timeout: float | None = None,
+    on_error: Callable[[bytes, Mapping[str, str]], None] | None = None,
+) -> Reply:
+    """Every upstream request the package makes: a reply with a success status, or the upstream's
+    error classified (once, here) into :mod:`modelwire.errors`. ``on_error`` sees an error's body."""
+    reply = await transport.send(method, url, headers, body, read_timeout=read_timeout)
+    if reply.status < 400:
+        return reply
+    payload = await reply.read()
+    if on_error is not None:
+        on_error(payload, reply.headers)
+    err = from_response(
+        reply.status,
+        payload,
+        request_id=reply.headers.get("x-request-id") or reply.headers.get("request-id"),
+        retry_after=retry_after(reply.headers),
+        content_type=reply.headers.get("content-type", ""),
+    )
+    verdict = should_retry_header(reply.headers)
+    if verdict is not None:
+        err.retryable = verdict
+    raise err
 
 
 class _AiohttpReply:

@@ -1,0 +1,146 @@
+"""What every driver shares, and the driver for wires with no host quirks (Anthropic, Gemini).
+
+:class:`WireDriver` takes a neutral request to any wire in :mod:`modelwire.wires` the plain way:
+repair broken tool sequences, encode, send (no retries of its own: the gateway's failover decides
+those), decode. The OpenAI driver (:mod:`.openai`) adds what OpenAI hosts need on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+
+from .._version import __version__
+from ..dialects.sse import SSEParser
+from ..dialects.stream import events_from_response
+from ..errors import InvalidRequestError, ModelwireError, ProtocolError
+from ..observe import Observer, Tap
+from ..types import Message, Request, Response, StreamError, StreamEvent, Text
+from ..wires import StreamDecoder, Wire
+from .catalog import Catalog, adapt
+from .hosts import Host
+from .repair import repair
+from .transport import Reply, Transport, call
+
+
+class WireDriver:
+    """A driver for one host speaking one wire."""
+
+    def __init__(
+        self,
+        *,
+        host: Host,
+        wire: Wire,
+        api_key: str | None,
+        transport: Transport,
+        catalog: Catalog,
+        timeout: float = 600.0,
+        headers: Mapping[str, str] | None = None,
+        tap: Tap | None = None,
+    ) -> None:
+        self.host, self.wire, self.transport, self.catalog, self.timeout = (
+            host,
+            wire,
+            transport,
+            catalog,
+            timeout,
+        )
+        self.observer = Observer(None, tap=tap)
+        self._headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"modelwire/{__version__}",
+            **host.auth_headers(api_key),
+            **(headers or {}),
+        }
+
+    async def complete(self, request: Request | None = None, /, **settings: Any) -> Response:
+        req = self._plan(request, settings, stream=False)
+        reply = await self._send(req)
+        response = self.wire.decode_response(await read_json(reply, self.observer))
+        response.usage.cost = self.catalog.cost(req.model, response.usage)
+        return response
+
+    async def events(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
+        """The answer as neutral events; a failure once it started is a :class:`StreamError`."""
+        req = self._plan(request, settings, stream=True)
+        reply = await self._send(req)
+        if "json" in reply.headers.get("content-type", ""):  # the server ignored the stream flag
+            for event in events_from_response(self.wire.decode_response(await read_json(reply))):
+                yield event
+            return
+        async for event in read_events(reply, self.wire.stream_decoder(), self.observer):
+            yield event
+
+    async def stream(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
+        async for event in self.events(request, **settings):
+            if isinstance(event, StreamError):
+                raise event.error
+            yield event
+
+    def _plan(self, request: Request | None, settings: dict[str, Any], *, stream: bool) -> Request:
+        req = build_request(request, {**settings, "stream": stream})
+        req.messages, _ = repair(req.messages)
+        adapt(req, self.catalog.profile(req.model))
+        return req
+
+    async def _send(self, req: Request) -> Reply:
+        endpoint = self.wire.stream_endpoint if req.stream else self.wire.endpoint
+        url = self.host.url(endpoint, req.model.removeprefix("models/"))
+        body = orjson.dumps(self.wire.encode(req, self.host.wire))
+        headers = dict(self._headers)
+        if req.stream:
+            headers["Accept"] = "text/event-stream"
+        self.observer.payload("request", url, headers, body)
+
+        def seen(payload: bytes, reply_headers: Mapping[str, str]) -> None:
+            self.observer.payload("error", url, dict(reply_headers), payload)
+
+        return await call(
+            self.transport, "POST", url, headers, body, read_timeout=self.timeout, on_error=seen
+        )
+
+
+def build_request(request: Request | None, settings: dict[str, Any]) -> Request:
+    """A fresh request to plan with (the caller's is never changed): ``request`` with ``settings``."""
+    if request is not None:
+        return dataclasses.replace(request, messages=list(request.messages), **settings)
+    messages = settings.pop("messages", [])
+    if isinstance(messages, str):
+        messages = [Message(role="user", content=[Text(text=messages)])]
+    if "model" not in settings:
+        raise InvalidRequestError("a model is required", param="model")
+    return Request(messages=list(messages), **settings)
+
+
+async def read_events(reply: Reply, decoder: StreamDecoder, observer: Observer) -> AsyncIterator[StreamEvent]:
+    parser = SSEParser()
+    try:
+        async for chunk in reply.chunks():
+            for sse in parser.feed(chunk):
+                observer.payload("stream", "", {}, sse.data)
+                for event in decoder.feed(sse.data):
+                    yield event
+        for sse in parser.flush():
+            for event in decoder.feed(sse.data):
+                yield event
+        for event in decoder.end():
+            yield event
+    except ModelwireError as err:
+        yield StreamError(error=err)
+
+
+async def read_json(reply: Reply, observer: Observer | None = None) -> dict[str, Any]:
+    payload = await reply.read()
+    if observer is not None:
+        observer.payload("response", "", dict(reply.headers), payload)
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        kind = reply.headers.get("content-type", "unknown content")
+        raise ProtocolError(f"upstream answered {kind} that is not JSON: {payload[:120]!r}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("upstream answered JSON that is not an object")
+    return data
