@@ -1,24 +1,36 @@
-"""A scripted stand-in for the OpenAI (and Azure OpenAI) HTTP API.
+"""A scripted stand-in for the OpenAI (and Azure OpenAI), Anthropic and Gemini HTTP APIs.
 
 Why it exists: modelwire talks to vendors over HTTP, so its tests need an upstream that answers
 exactly like the real one, including its failure modes (rate limits, HTML error pages, broken
 streams). This fake is a real aiohttp server on 127.0.0.1 running in its own thread and event
 loop, so sync tests, async tests and a gateway started as a subprocess can all reach it.
 
-It is written from ``tests/specs/openai-openapi.yml`` and ``tests/specs/PROTOCOLS.md`` only and
-never imports modelwire: if both shared code, a bug could hide on both sides of the wire.
+One server speaks every wire, so one fake can be the upstream of every backend in a test:
 
-Drift control: every JSON request body is validated against the official schema (and any
-top-level field the schema does not declare is flagged), and so is every JSON payload the fake
-itself sends. Problems are appended to ``FakeUpstream.violations`` instead of being raised, so the
-request is still answered and the test sees what happened; the ``upstream`` fixture asserts the
-list is empty after each test.
+* OpenAI under ``url`` (``root + "/v1"``), Azure under ``root + "/openai"``;
+* Anthropic Messages under ``root``: ``POST /v1/messages`` and ``/v1/messages/count_tokens``;
+* Gemini under ``root``: ``POST /v1beta/models/{model}:generateContent``,
+  ``:streamGenerateContent`` (``?alt=sse``, or one streamed JSON array without it) and
+  ``:countTokens``; the same under ``/v1/models/`` (google-genai's default with a base URL).
+
+It is written from ``tests/specs/`` (the vendors' specs and ``PROTOCOLS.md``) only and never
+imports modelwire: if both shared code, a bug could hide on both sides of the wire.
+
+Drift control: every JSON request body is validated against the vendor's schema (and fields the
+vendor does not know are flagged), and so is every JSON payload the fake itself sends. Problems
+are appended to ``FakeUpstream.violations`` instead of being raised, so the request is still
+answered and the test sees what happened; the ``upstream`` fixture asserts the list is empty
+after each test. Auth headers are checked per vendor too, and reasoning that comes back is
+checked against what the fake signed: an Anthropic ``thinking`` block must carry
+``anthropic_signature(thinking)``, a Gemini ``thoughtSignature`` must be one ``gemini_signature``
+minted (both are keyed hashes with a salt private to this module, so an altered byte shows).
 
 Scripting: ``script(*replies)`` queues ``Reply`` objects that the next requests consume in order
 (every request to any endpoint takes one; per-model queues from ``for_model`` come first). A
 content reply (text, tool calls, ...) is rendered in the dialect of the endpoint it lands on,
-streamed or not according to the request's ``stream`` flag; on endpoints that generate nothing
-(models, stored responses) a content reply just means "answer normally".
+streamed or not according to the request (``stream`` flag, or Gemini's streaming method); on
+endpoints that generate nothing (models, stored responses, token counts) a content reply just
+means "answer normally". Failures render in the vendor's own error shape.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import json
 import math
 import socket
@@ -40,7 +53,14 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.spec import openai_errors, unknown_fields
+from tests.spec import (
+    anthropic_errors,
+    anthropic_unknown_fields,
+    gemini_errors,
+    gemini_unknown_fields,
+    openai_errors,
+    unknown_fields,
+)
 
 DEFAULT_TEXT = "Hello from the fake upstream."
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4.1", "o4-mini", "text-embedding-3-small")
@@ -133,7 +153,11 @@ class Reply:
     def reasoning(
         cls, summary: list[str], text: str = "final answer", encrypted: str = "enc-fake-reasoning", **kw: Any
     ) -> Reply:
-        """A reasoning item (Responses) or ``reasoning_content`` (Chat), then the answer."""
+        """Reasoning, then the answer: a reasoning item (Responses), ``reasoning_content`` (Chat), a
+        signed ``thinking`` block (Anthropic) or a thought part whose ``thoughtSignature`` rides on
+        the next part (Gemini). The Anthropic and Gemini forms join ``summary`` with blank lines.
+        ``summary=`` works on ``tool_calls`` too.
+        """
         return cls(kind="reasoning", summary=list(summary), content=text, encrypted=encrypted, **kw)
 
     @classmethod
@@ -149,12 +173,17 @@ class Reply:
         type: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> Reply:
+        """An HTTP error in the endpoint's vendor shape. ``type`` is the OpenAI ``error.type``, an
+        Anthropic error type (``overloaded_error``, ...) or a Google status (``UNAVAILABLE``, ...);
+        left out, each vendor's usual one for ``status`` is used (Anthropic 529 is
+        ``overloaded_error``, Google 429 is ``RESOURCE_EXHAUSTED``).
+        """
         return cls(
             kind="error",
             status=status,
             message=message or f"Fake upstream error {status}",
             code=code if code is not None else _default_error_code(status),
-            error_type=type or _default_error_type(status),
+            error_type=type,
             headers=dict(headers or {}),
         )
 
@@ -271,12 +300,16 @@ class Frame:
 
     data: Json | str
     event: str | None = None
-    schema: str | None = None  # OpenAI schema the payload must satisfy; None = deliberately broken
+    schema: str | None = None  # schema the payload must satisfy; None = deliberately broken
+    vendor: str = "openai"  # whose spec ``schema`` is in: openai, anthropic or gemini
+    newline: str = "\n"  # Google ends its SSE lines with \r\n
+
+    def payload(self) -> bytes:
+        return (self.data if isinstance(self.data, str) else _dumps(self.data)).encode()
 
     def encode(self) -> bytes:
-        data = self.data if isinstance(self.data, str) else json.dumps(self.data, separators=(",", ":"))
-        head = f"event: {self.event}\n" if self.event else ""
-        return f"{head}data: {data}\n\n".encode()
+        head = f"event: {self.event}{self.newline}" if self.event else ""
+        return f"{head}data: ".encode() + self.payload() + (self.newline * 2).encode()
 
 
 @dataclass
@@ -287,6 +320,16 @@ class Stream:
     terminator: bytes | None
     error_frame: Callable[[int, str], Frame]
     garbage: Frame
+    json_array: bool = False  # Gemini without ?alt=sse: the frames are elements of one JSON array
+
+    def encode(self, index: int, frame: Frame) -> bytes:
+        if self.json_array:  # as Google sends it: "[{...}" then "\r\n,{...}" ... then "]"
+            return (b"[" if index == 0 else b"\r\n,") + frame.payload()
+        return frame.encode()
+
+    @property
+    def content_type(self) -> str:
+        return "application/json; charset=UTF-8" if self.json_array else "text/event-stream"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -615,6 +658,433 @@ def _or(value: Any, default: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+# Signatures and token counts shared by the Anthropic and Gemini dialects
+# ---------------------------------------------------------------------------------------------
+
+# Not a secret: it only lets the fake tell its own signatures from altered or invented ones.
+_SIGNING_KEY = b"fake-upstream signing salt; private to tests/fake_upstream.py"
+_GEMINI_SIGNATURE_TAG = b"\x12\x20"
+
+
+def _mac(purpose: bytes, data: bytes) -> bytes:
+    return hmac.new(_SIGNING_KEY, purpose + b"\0" + data, hashlib.sha256).digest()
+
+
+def anthropic_signature(thinking: str) -> str:
+    """The ``signature`` the fake gives a ``thinking`` block: base64 of a keyed hash of its text."""
+    return base64.b64encode(_mac(b"anthropic-thinking", thinking.encode())).decode()
+
+
+def gemini_signature(thought: str) -> str:
+    """The ``thoughtSignature`` the fake mints for a thought: base64 of a tag, a digest of the
+    thought and a keyed hash of that digest, so that the fake can recognise it later on its own."""
+    digest = hashlib.sha256(thought.encode()).digest()[:16]
+    return base64.b64encode(_GEMINI_SIGNATURE_TAG + digest + _mac(b"gemini-thought", digest)[:16]).decode()
+
+
+def gemini_signature_is_minted(signature: Any) -> bool:
+    """Whether ``signature`` is, byte for byte, one that ``gemini_signature`` produced."""
+    if not isinstance(signature, str):
+        return False
+    # proto3 JSON ``bytes`` may be standard or URL-safe base64 (google-genai re-encodes URL-safe)
+    standard = signature.replace("-", "+").replace("_", "/")
+    try:
+        raw = base64.b64decode(standard, validate=True)
+    except ValueError:
+        return False
+    tag, digest, mac = raw[:2], raw[2:18], raw[18:]
+    return (
+        len(raw) == 34
+        and tag == _GEMINI_SIGNATURE_TAG
+        and hmac.compare_digest(mac, _mac(b"gemini-thought", digest)[:16])
+        and base64.b64encode(raw).decode() == standard  # no stray padding or bits
+    )
+
+
+def count_tokens(value: Any) -> int:
+    """The fake's deterministic token count: a quarter of the compact, key-sorted JSON, at least 1."""
+    return max(1, math.ceil(len(json.dumps(value, sort_keys=True, separators=(",", ":"))) / 4))
+
+
+def arguments_object(arguments: str) -> Json:
+    """A scripted call's arguments as the object Anthropic (``input``) and Gemini (``args``) send."""
+    value = json.loads(arguments) if arguments.strip() else {}
+    if not isinstance(value, dict):
+        raise ValueError(f"tool call arguments {arguments!r} are not a JSON object")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Anthropic Messages dialect (PROTOCOLS.md section 5)
+# ---------------------------------------------------------------------------------------------
+
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int, requested: str | None = None) -> str:
+    """``requested`` if it is an Anthropic error type, else the one Anthropic uses for ``status``."""
+    if requested is not None and requested in ANTHROPIC_ERROR_TYPES.values():
+        return requested
+    return ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def anthropic_error_body(message: str, type_: str, request_id: str | None) -> Json:
+    return {"type": "error", "error": {"type": type_, "message": message}, "request_id": request_id}
+
+
+class AnthropicDialect:
+    """Renders an Answer as a ``message`` object or the Messages event stream.
+
+    ``beta`` (the request went to ``?beta=true`` or carried ``anthropic-beta``) selects the
+    ``Beta*`` schemas, which add ``context_management`` and usage ``iterations``/``speed``.
+    """
+
+    def __init__(self, ids: Ids, model: str, body: Json, request_id: str, beta: bool = False) -> None:
+        self.ids = ids
+        self.model = model
+        self.body = body
+        self.request_id = request_id
+        self.beta = beta
+        self.prefix = "Beta" if beta else ""
+        self.id = ids.make("msg_fake")
+        self.tool_ids: list[str] = []
+
+    def _tool_id(self, index: int) -> str:
+        while len(self.tool_ids) <= index:
+            self.tool_ids.append(self.ids.make("toolu_fake"))
+        return self.tool_ids[index]
+
+    def usage(self, reply: Reply, output_tokens: int | None = None) -> Json:
+        """``input_tokens`` counts only uncached input: the Reply's ``cached`` is read from the cache."""
+        prompt, completion = reply.usage
+        usage: Json = {
+            "input_tokens": max(0, prompt - reply.cached),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": reply.cached,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "output_tokens": completion if output_tokens is None else output_tokens,
+            "server_tool_use": None,
+            "service_tier": "standard",
+            "inference_geo": None,
+        }
+        if self.beta:
+            usage |= {"iterations": None, "speed": None}
+        return usage
+
+    def delta_usage(self, reply: Reply) -> Json:
+        """``message_delta.usage``: cumulative counts (``output_tokens`` replaces the running value)."""
+        prompt, completion = reply.usage
+        usage: Json = {
+            "input_tokens": max(0, prompt - reply.cached),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": reply.cached,
+            "output_tokens": completion,
+            "server_tool_use": None,
+        }
+        if self.beta:
+            usage["iterations"] = None
+        return usage
+
+    def stop_reason(self, answer: Answer) -> str:
+        if answer.incomplete:
+            return "refusal" if answer.incomplete == "content_filter" else "max_tokens"
+        return "tool_use" if answer.calls else "end_turn"
+
+    def stop_details(self, answer: Answer) -> Json | None:
+        if self.stop_reason(answer) == "refusal":
+            return {"type": "refusal", "category": None, "explanation": None}
+        return None
+
+    def blocks(self, answer: Answer) -> list[Json]:
+        """Final content blocks: signed thinking, then text, then tool_use."""
+        blocks: list[Json] = []
+        if answer.summary:
+            thinking = "\n\n".join(answer.summary)
+            blocks.append(
+                {"type": "thinking", "thinking": thinking, "signature": anthropic_signature(thinking)}
+            )
+        if answer.text is not None and (answer.text or not answer.calls):
+            blocks.append({"type": "text", "text": answer.text, "citations": None})
+        for index, (name, arguments) in enumerate(answer.calls):
+            block = {"type": "tool_use", "id": self._tool_id(index), "name": name}
+            blocks.append({**block, "input": arguments_object(arguments), "caller": {"type": "direct"}})
+        return blocks
+
+    def message(self, content: list[Json], answer: Answer | None, usage: Json) -> Json:
+        message: Json = {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": content,
+            "stop_reason": self.stop_reason(answer) if answer else None,
+            "stop_sequence": None,
+            "stop_details": self.stop_details(answer) if answer else None,
+            "container": None,
+            "usage": usage,
+        }
+        if self.beta:
+            message["context_management"] = None
+        return message
+
+    def document(self, answer: Answer) -> Json:
+        return self.message(self.blocks(answer), answer, self.usage(answer.reply))
+
+    def count(self, body: Json) -> Json:
+        counted = {key: body[key] for key in ("system", "messages", "tools") if key in body}
+        document: Json = {"input_tokens": count_tokens(counted)}
+        if self.beta:
+            document["context_management"] = None
+        return document
+
+    def error(self, message: str, type_: str) -> Json:
+        return anthropic_error_body(message, type_, self.request_id)
+
+    # -- stream --------------------------------------------------------------------------------
+
+    def event(self, type_: str, **fields: Any) -> Frame:
+        # The vendored spec has ``Ping`` in MessageStreamEvent only, not in the Beta union (SOURCES.md).
+        schema = "Ping" if type_ == "ping" else f"{self.prefix}MessageStreamEvent"
+        return Frame({"type": type_, **fields}, event=type_, schema=schema, vendor="anthropic")
+
+    def stream(self, answer: Answer) -> Stream:
+        start = self.message([], None, self.usage(answer.reply, output_tokens=1))
+        frames = [self.event("message_start", message=start)]
+        blocks = self.blocks(answer)
+        for index, block in enumerate(blocks):
+            frames.append(self.event("content_block_start", index=index, content_block=self._opening(block)))
+            if index == 0:
+                frames.append(self.event("ping"))
+            frames += [
+                self.event("content_block_delta", index=index, delta=d) for d in self._deltas(block, answer)
+            ]
+            frames.append(self.event("content_block_stop", index=index))
+        if not blocks:
+            frames.append(self.event("ping"))
+        delta = {
+            "stop_reason": self.stop_reason(answer),
+            "stop_sequence": None,
+            "stop_details": self.stop_details(answer),
+            "container": None,
+        }
+        extra = {"context_management": None} if self.beta else {}
+        frames.append(self.event("message_delta", delta=delta, usage=self.delta_usage(answer.reply), **extra))
+        frames.append(self.event("message_stop"))
+        garbage = Frame("this is not json {", event="content_block_delta", vendor="anthropic")
+        return Stream(frames, None, self._error_frame, garbage)
+
+    def _opening(self, block: Json) -> Json:
+        """The block as ``content_block_start`` announces it: empty, to be filled by deltas."""
+        if block["type"] == "thinking":
+            return {"type": "thinking", "thinking": "", "signature": ""}
+        if block["type"] == "text":
+            return {**block, "text": ""}
+        return {**block, "input": {}}
+
+    def _deltas(self, block: Json, answer: Answer) -> list[Json]:
+        if block["type"] == "thinking":
+            deltas = [{"type": "thinking_delta", "thinking": p} for p in split_words(block["thinking"])]
+            return [*deltas, {"type": "signature_delta", "signature": block["signature"]}]
+        if block["type"] == "text":
+            return [{"type": "text_delta", "text": piece} for piece in answer.pieces()]
+        index = self.tool_ids.index(block["id"])
+        arguments = answer.calls[index][1]
+        return [{"type": "input_json_delta", "partial_json": part} for part in split_arguments(arguments)]
+
+    def _error_frame(self, _sequence: int, message: str) -> Frame:
+        payload = self.error(message, "api_error")
+        return Frame(payload, event="error", schema=f"{self.prefix}ErrorResponse", vendor="anthropic")
+
+
+# ---------------------------------------------------------------------------------------------
+# Gemini dialect (PROTOCOLS.md section 6)
+# ---------------------------------------------------------------------------------------------
+
+GOOGLE_ERROR = "google.rpc.Status"  # pseudo-schema name: Google's error envelope (PROTOCOLS.md 6.5)
+GOOGLE_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+GOOGLE_CANONICAL = frozenset(
+    {
+        *GOOGLE_STATUSES.values(),
+        "UNKNOWN",
+        "ALREADY_EXISTS",
+        "FAILED_PRECONDITION",
+        "OUT_OF_RANGE",
+        "DATA_LOSS",
+    }
+)
+
+
+def google_status(status: int, requested: str | None = None) -> str:
+    """``requested`` if it is a canonical Google status, else the one Google uses for ``status``."""
+    if requested in GOOGLE_CANONICAL:
+        return requested
+    return GOOGLE_STATUSES.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
+
+
+def google_error_body(status: int, message: str, status_name: str) -> Json:
+    return {"error": {"code": status, "message": message, "status": status_name}}
+
+
+def google_error_problems(body: Any, http_status: int | None = None) -> list[str]:
+    """Why ``body`` is not Google's error envelope (no spec file describes it; PROTOCOLS.md 6.5)."""
+    error = body.get("error") if isinstance(body, dict) and set(body) == {"error"} else None
+    if not isinstance(error, dict):
+        return ['$: not {"error": {...}}']
+    problems = [
+        f"$.error.{key}: unexpected" for key in error if key not in ("code", "message", "status", "details")
+    ]
+    if not isinstance(error.get("code"), int) or (http_status is not None and error["code"] != http_status):
+        problems.append(f"$.error.code: {error.get('code')!r} is not the HTTP status {http_status}")
+    if not isinstance(error.get("message"), str):
+        problems.append("$.error.message: not a string")
+    if error.get("status") not in GOOGLE_CANONICAL:
+        problems.append(f"$.error.status: {error.get('status')!r} is not a canonical status")
+    if "details" in error and not isinstance(error["details"], list):
+        problems.append("$.error.details: not a list")
+    return problems
+
+
+class GeminiDialect:
+    """Renders an Answer as a ``GenerateContentResponse`` or a stream of them.
+
+    A thought becomes ``{"text": ..., "thought": true}`` and its ``thoughtSignature`` rides on the
+    next part (the answer's text, or its first ``functionCall``; an empty text part if neither).
+    Function calls arrive whole, without ``id`` (as the Developer API sends them), and end with
+    ``finishReason: STOP`` like any answer.
+    """
+
+    def __init__(self, ids: Ids, model: str, body: Json, sse: bool = True) -> None:
+        self.ids = ids
+        self.model = model
+        self.body = body
+        self.sse = sse
+        self.response_id = ids.make("fake-gemini-")
+
+    def usage(self, reply: Reply, final: bool = True) -> Json:
+        """``promptTokenCount`` includes cached tokens; thoughts are counted apart from candidates.
+        Chunks before the last carry only the prompt's part, as Google streams it."""
+        prompt, output = reply.usage
+        usage: Json = {"promptTokenCount": prompt}
+        if final:
+            usage["candidatesTokenCount"] = max(0, output - reply.reasoning_tokens)
+            usage["totalTokenCount"] = prompt + output
+            if reply.reasoning_tokens:
+                usage["thoughtsTokenCount"] = reply.reasoning_tokens
+        else:
+            usage["totalTokenCount"] = prompt
+        if reply.cached:
+            usage["cachedContentTokenCount"] = reply.cached
+        usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
+        return usage
+
+    def finish_reason(self, answer: Answer) -> str:
+        if answer.incomplete:
+            return "SAFETY" if answer.incomplete == "content_filter" else "MAX_TOKENS"
+        return "STOP"
+
+    def thought(self, answer: Answer) -> str | None:
+        return "\n\n".join(answer.summary) if answer.summary else None
+
+    def parts(self, answer: Answer) -> list[Json]:
+        thought = self.thought(answer)
+        parts: list[Json] = [{"text": thought, "thought": True}] if thought is not None else []
+        if answer.text is not None and (answer.text or not answer.calls):
+            parts.append({"text": answer.text})
+        parts += self._calls(answer)
+        if thought is not None:
+            self._sign(parts, 1, thought)
+        return parts
+
+    def _calls(self, answer: Answer) -> list[Json]:
+        return [{"functionCall": {"name": n, "args": arguments_object(a)}} for n, a in answer.calls]
+
+    def _sign(self, parts: list[Json], index: int, thought: str) -> None:
+        if len(parts) <= index:
+            parts.append({"text": ""})
+        parts[index]["thoughtSignature"] = gemini_signature(thought)
+
+    def response(self, parts: list[Json], usage: Json, answer: Answer | None = None) -> Json:
+        candidate: Json = {"content": {"parts": parts, "role": "model"}}
+        if answer is not None:
+            candidate["finishReason"] = self.finish_reason(answer)
+        candidate["index"] = 0
+        return {
+            "candidates": [candidate],
+            "usageMetadata": usage,
+            "modelVersion": self.model,
+            "responseId": self.response_id,
+        }
+
+    def document(self, answer: Answer) -> Json:
+        return self.response(self.parts(answer), self.usage(answer.reply), answer)
+
+    def count(self, body: Json) -> Json:
+        """``{contents}`` or ``{generateContentRequest}`` (either spelling) -> ``{totalTokens}``."""
+        request = body.get("generateContentRequest", body.get("generate_content_request"))
+        if isinstance(request, dict):
+            keys = ("contents", "systemInstruction", "system_instruction", "tools")
+            counted = {key: request[key] for key in keys if key in request}
+        else:
+            counted = {"contents": body.get("contents", [])}
+        return {"totalTokens": count_tokens(counted)}
+
+    def stream(self, answer: Answer) -> Stream:
+        """One chunk per thought word, per text piece, then one with every function call; the last
+        chunk carries ``finishReason`` and the full usage."""
+        thought = self.thought(answer)
+        chunks: list[list[Json]] = []
+        if thought is not None:
+            chunks += [[{"text": piece, "thought": True}] for piece in split_words(thought)]
+        answer_start = len(chunks)
+        chunks += [[{"text": piece}] for piece in answer.pieces()]
+        calls = self._calls(answer)
+        if calls:
+            chunks.append(calls)
+        if len(chunks) == answer_start:  # nothing after the thought (or nothing at all)
+            chunks.append([{"text": ""}])
+        if thought is not None:
+            self._sign(chunks[answer_start], 0, thought)
+        last = len(chunks) - 1
+        frames = [
+            self._frame(
+                self.response(parts, self.usage(answer.reply, final=i == last), answer if i == last else None)
+            )
+            for i, parts in enumerate(chunks)
+        ]
+        garbage = Frame("this is not json {", vendor="gemini", newline="\r\n")
+        return Stream(frames, None, self._error_frame, garbage, json_array=not self.sse)
+
+    def _frame(self, payload: Json) -> Frame:
+        return Frame(payload, schema="GenerateContentResponse", vendor="gemini", newline="\r\n")
+
+    def _error_frame(self, _sequence: int, message: str) -> Frame:
+        payload = google_error_body(500, message, "INTERNAL")
+        return Frame(payload, schema=GOOGLE_ERROR, vendor="gemini", newline="\r\n")
+
+
+# ---------------------------------------------------------------------------------------------
 # Embeddings and models (PROTOCOLS.md sections 3 and 4)
 # ---------------------------------------------------------------------------------------------
 
@@ -702,6 +1172,7 @@ class Call:
     recorded: Recorded
     endpoint: str
     model: str | None = None
+    request_id: str = ""  # Anthropic's ``request-id`` header (and ``request_id`` in errors)
 
     @property
     def body(self) -> Any:
@@ -709,13 +1180,36 @@ class Call:
 
     @property
     def streaming(self) -> bool:
+        if self.endpoint == "gemini_stream":
+            return True
         return isinstance(self.body, dict) and self.body.get("stream") is True
+
+    @property
+    def vendor(self) -> str:
+        return VENDORS.get(self.endpoint, "openai")
+
+    @property
+    def beta(self) -> bool:
+        """An Anthropic beta request: the SDK's ``beta.messages`` (``?beta=true``) or beta flags."""
+        return self.recorded.query.get("beta") == "true" or "anthropic-beta" in self.recorded.headers
 
 
 REQUEST_SCHEMAS = {
     "chat": "CreateChatCompletionRequest",
     "responses": "CreateResponse",
     "embeddings": "CreateEmbeddingRequest",
+    "messages": "CreateMessageParams",
+    "count_tokens": "CountMessageTokensParams",
+    "gemini_generate": "GenerateContentRequest",
+    "gemini_stream": "GenerateContentRequest",
+    "gemini_count": "CountTokensRequest",
+}
+VENDORS = {
+    "messages": "anthropic",
+    "count_tokens": "anthropic",
+    "gemini_generate": "gemini",
+    "gemini_stream": "gemini",
+    "gemini_count": "gemini",
 }
 
 
@@ -747,7 +1241,8 @@ class FakeUpstream:
             self._queue.extend(replies)
 
     def for_model(self, model: str, *replies: Reply) -> None:
-        """Queue replies for requests naming ``model`` (body ``model`` or Azure deployment)."""
+        """Queue replies for requests naming ``model`` (body ``model``, Azure deployment, or the
+        model in a Gemini path, without ``models/``)."""
         with self._lock:
             self._model_queues.setdefault(model, deque()).extend(replies)
 
@@ -765,6 +1260,16 @@ class FakeUpstream:
     def last(self) -> Recorded:
         """The most recent request (handy in assertions)."""
         return self.requests[-1]
+
+    @staticmethod
+    def anthropic_signature(thinking: str) -> str:
+        """The signature the fake puts on (and expects back with) a ``thinking`` block of this text."""
+        return anthropic_signature(thinking)
+
+    @staticmethod
+    def gemini_signature(thought: str) -> str:
+        """The ``thoughtSignature`` the fake mints for this thought text (any minted one is accepted back)."""
+        return gemini_signature(thought)
 
     def _next_reply(self, model: str | None) -> Reply:
         with self._lock:
@@ -857,6 +1362,13 @@ class FakeUpstream:
         app.router.add_post(f"{deployments}/chat/completions", self._endpoint("chat"))
         app.router.add_post(f"{deployments}/embeddings", self._endpoint("embeddings"))
         app.router.add_post("/openai/responses", self._endpoint("responses"))
+        app.router.add_post("/v1/messages", self._endpoint("messages"))
+        app.router.add_post("/v1/messages/count_tokens", self._endpoint("count_tokens"))
+        for version in ("v1beta", "v1"):  # google-genai 3.6 defaults to v1 once base_url is set
+            gemini = f"/{version}/models/{{model:[^/:]+}}"
+            app.router.add_post(f"{gemini}:generateContent", self._endpoint("gemini_generate"))
+            app.router.add_post(f"{gemini}:streamGenerateContent", self._endpoint("gemini_stream"))
+            app.router.add_post(f"{gemini}:countTokens", self._endpoint("gemini_count"))
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]) -> Any:
@@ -877,7 +1389,7 @@ class FakeUpstream:
                     )
             started = request.get(_STARTED)
             if started is None:
-                return web.json_response(error_body("fake upstream crashed", "server_error"), status=500)
+                return web.json_response(_crash_body(request.path), status=500)
             if request.transport is not None:
                 request.transport.close()
             return started
@@ -889,9 +1401,7 @@ class FakeUpstream:
             call = await self._receive(request, endpoint)
             if call.recorded.raw and call.body is None:
                 self._violation(call, "request body is not valid JSON")
-                return self._json(
-                    call, error_body("We could not parse the JSON body.", "invalid_request_error"), 400
-                )
+                return self._error(call, 400, "We could not parse the JSON body.")
             self._check_request(call)
             reply = self._next_reply(call.model)
             return await self._answer(call, reply)
@@ -915,12 +1425,21 @@ class FakeUpstream:
         )
         with self._lock:
             self.requests.append(recorded)
-        deployment = request.match_info.get("deployment")
-        model = deployment or (body.get("model") if isinstance(body, dict) else None)
-        return Call(request, recorded, endpoint, model if isinstance(model, str) else None)
+        path_model = request.match_info.get("deployment") or request.match_info.get("model")
+        model = path_model or (body.get("model") if isinstance(body, dict) else None)
+        call = Call(request, recorded, endpoint, model if isinstance(model, str) else None)
+        if call.vendor == "anthropic":
+            call.request_id = self._ids.make("req_fake")
+        return call
 
     def _check_request(self, call: Call) -> None:
         """Record every way the request departs from what the real API accepts."""
+        if call.vendor == "anthropic":
+            self._check_anthropic_request(call)
+            return
+        if call.vendor == "gemini":
+            self._check_gemini_request(call)
+            return
         self._check_auth(call)
         schema = REQUEST_SCHEMAS.get(call.endpoint)
         if schema is None:
@@ -951,6 +1470,67 @@ class FakeUpstream:
         elif not (bearer or headers.get("api-key")):
             self._violation(call, "request without Authorization: Bearer")
 
+    def _check_anthropic_request(self, call: Call) -> None:
+        """Auth headers, the (Beta) request schema, and the signatures of thinking sent back."""
+        headers = call.recorded.headers
+        # The key goes in x-api-key (PROTOCOLS.md 5.1); the anthropic SDK 2.x sends it as a bearer
+        # token instead, which the API takes too. Tests that care assert on ``last.headers``.
+        if not (headers.get("x-api-key") or headers.get("authorization", "").startswith("Bearer ")):
+            self._violation(call, "Anthropic request without an x-api-key header (or bearer token)")
+        if not headers.get("anthropic-version"):
+            self._violation(call, "Anthropic request without an anthropic-version header")
+        schema = ("Beta" if call.beta else "") + REQUEST_SCHEMAS[call.endpoint]
+        body = call.body
+        unknown = set(anthropic_unknown_fields(schema, body)) - self.extra_fields
+        for name in unknown:
+            self._violation(call, f"request field {name!r} is not in {schema}")
+        if isinstance(body, dict):  # unknown fields are reported once, above
+            body = {k: v for k, v in body.items() if k not in unknown and k not in self.extra_fields}
+        for message in anthropic_errors(schema, body):
+            self._violation(call, f"request not a valid {schema}: {message}")
+        messages = body.get("messages") if isinstance(body, dict) else None
+        for i, message in enumerate(messages if isinstance(messages, list) else []):
+            content = message.get("content") if isinstance(message, dict) else None
+            for j, block in enumerate(content if isinstance(content, list) else []):
+                if not (isinstance(block, dict) and block.get("type") == "thinking"):
+                    continue
+                if block.get("signature") != anthropic_signature(str(block.get("thinking"))):
+                    self._violation(
+                        call,
+                        f"thinking block $.messages[{i}].content[{j}]: its signature is not the one the "
+                        "fake gave this thinking text (altered thinking or signature)",
+                    )
+
+    def _check_gemini_request(self, call: Call) -> None:
+        """Auth, the OpenAPI shape, names the protos do not know, and thought signatures."""
+        if not (call.recorded.headers.get("x-goog-api-key") or call.recorded.query.get("key")):
+            self._violation(call, "Gemini request without an x-goog-api-key header or key query parameter")
+        alt = call.recorded.query.get("alt")
+        if alt not in (None, "sse", "json"):
+            self._violation(call, f"unsupported alt={alt!r}")
+        schema = REQUEST_SCHEMAS[call.endpoint]
+        body = call.body
+        for message in gemini_errors(schema, body):
+            self._violation(call, f"request not a valid {schema}: {message}")
+        for path in gemini_unknown_fields(schema, body):
+            if path.rsplit(".", 1)[-1] not in self.extra_fields:
+                self._violation(call, f"request field {path} is not in the {schema} protos")
+        request = body if isinstance(body, dict) else {}
+        inner = request.get("generateContentRequest", request.get("generate_content_request"))
+        where = "$.generateContentRequest" if isinstance(inner, dict) else "$"
+        contents = (inner if isinstance(inner, dict) else request).get("contents")
+        for i, content in enumerate(contents if isinstance(contents, list) else []):
+            parts = content.get("parts") if isinstance(content, dict) else None
+            for j, part in enumerate(parts if isinstance(parts, list) else []):
+                if not isinstance(part, dict):
+                    continue
+                signature = part.get("thoughtSignature", part.get("thought_signature"))
+                if signature is not None and not gemini_signature_is_minted(signature):
+                    self._violation(
+                        call,
+                        f"thoughtSignature at {where}.contents[{i}].parts[{j}] is not one the fake minted",
+                    )
+
     async def _answer(self, call: Call, reply: Reply) -> web.StreamResponse:
         if reply.kind == "delay":
             await asyncio.sleep(reply.seconds)
@@ -968,8 +1548,26 @@ class FakeUpstream:
             return web.Response(status=reply.status, text=page, headers=headers)
         if reply.kind == "raw":
             return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
-        body = error_body(reply.message, reply.error_type or "server_error", reply.code)
-        return self._json(call, body, reply.status, reply.headers)
+        return self._error(call, reply.status, reply.message, reply.error_type, reply.code, reply.headers)
+
+    def _error(
+        self,
+        call: Call,
+        status: int,
+        message: str,
+        type_: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        """An HTTP error in the shape of the endpoint's vendor (``type_`` may be left to the status)."""
+        body: Json
+        if call.vendor == "anthropic":
+            body = anthropic_error_body(message, anthropic_error_type(status, type_), call.request_id)
+        elif call.vendor == "gemini":
+            body = google_error_body(status, message, google_status(status, type_))
+        else:
+            body = error_body(message, type_ or _default_error_type(status), code)
+        return self._json(call, body, status, headers)
 
     def _json(
         self,
@@ -979,13 +1577,36 @@ class FakeUpstream:
         headers: dict[str, str] | None = None,
         schema: str = "",
     ) -> web.Response:
-        """Send a JSON body after checking it against ``schema`` (ErrorResponse for errors)."""
-        schema = schema or ("ErrorResponse" if status >= 400 else "")
+        """Send a JSON body after checking it against ``schema`` (the vendor's error shape for errors)."""
+        if status >= 400 and not schema:
+            schema = {"anthropic": self._anthropic_schema(call, "ErrorResponse"), "gemini": GOOGLE_ERROR}.get(
+                call.vendor, "ErrorResponse"
+            )
         if schema:
-            checked = decoded_embeddings(body) if schema == "CreateEmbeddingResponse" else body
-            for message in openai_errors(schema, checked):
+            for message in self._payload_problems(call.vendor, schema, body, status):
                 self._violation(call, f"fake sent an invalid {schema}: {message}")
+        if call.request_id:
+            headers = {"request-id": call.request_id, **(headers or {})}
         return web.json_response(body, status=status, headers=headers, dumps=_dumps)
+
+    def _anthropic_schema(self, call: Call, name: str) -> str:
+        return ("Beta" if call.beta else "") + name
+
+    def _payload_problems(
+        self, vendor: str, schema: str, payload: Any, status: int | None = None
+    ) -> list[str]:
+        """Why a payload the fake is about to send is not what the vendor's spec describes."""
+        if vendor == "anthropic":
+            return anthropic_errors(schema, payload)
+        if vendor == "gemini":
+            if schema == GOOGLE_ERROR:
+                return google_error_problems(payload, status)
+            unknown = [
+                f"{path}: not a field of the protos" for path in gemini_unknown_fields(schema, payload)
+            ]
+            return gemini_errors(schema, payload) + unknown
+        checked = decoded_embeddings(payload) if schema == "CreateEmbeddingResponse" else payload
+        return openai_errors(schema, checked)
 
     async def _document(self, call: Call, reply: Reply, body: Json, schema: str) -> web.StreamResponse:
         """A non-streamed success, or its deliberately broken variants."""
@@ -1014,7 +1635,10 @@ class FakeUpstream:
             transport.close()
 
     async def _send_stream(self, call: Call, reply: Reply, stream: Stream) -> web.StreamResponse:
-        response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        headers = {**SSE_HEADERS, "Content-Type": stream.content_type}
+        if call.request_id:
+            headers["request-id"] = call.request_id
+        response = web.StreamResponse(status=200, headers=headers)
         await self._start(call, response)
         frames, ending = stream.frames, stream.terminator
         if reply.kind in ("truncated", "stream_error", "garbage"):
@@ -1028,10 +1652,12 @@ class FakeUpstream:
             if index and reply.chunk_delay:
                 await asyncio.sleep(reply.chunk_delay)
             self._check_frame(call, index, frame)
-            await response.write(frame.encode())
+            await response.write(stream.encode(index, frame))
         if reply.kind == "truncated":
             self._drop_connection(call)
             return response
+        if stream.json_array:  # the array is closed even after an error element
+            ending = b"]" if frames else b"[]"
         if ending:
             await response.write(ending)
         await response.write_eof()
@@ -1040,7 +1666,7 @@ class FakeUpstream:
     def _check_frame(self, call: Call, index: int, frame: Frame) -> None:
         if frame.schema is None or isinstance(frame.data, str):
             return
-        for message in openai_errors(frame.schema, frame.data):
+        for message in self._payload_problems(frame.vendor, frame.schema, frame.data, 500):
             self._violation(call, f"fake sent an invalid {frame.schema} (event #{index}): {message}")
         if frame.event is not None and frame.data.get("type") != frame.event:
             self._violation(
@@ -1120,9 +1746,69 @@ class FakeUpstream:
         message = f"{what} with id '{ident}' not found."
         return self._json(call, error_body(message, "invalid_request_error", None), 404)
 
+    # -- Anthropic and Gemini endpoints ---------------------------------------------------------
+
+    def _anthropic(self, call: Call) -> AnthropicDialect:
+        body = call.body if isinstance(call.body, dict) else {}
+        return AnthropicDialect(self._ids, call.model or "unknown", body, call.request_id, call.beta)
+
+    async def _answer_messages(self, call: Call, reply: Reply) -> web.StreamResponse:
+        dialect = self._anthropic(call)
+        answer = Answer.of(reply, call.body)
+        if call.streaming:
+            return await self._send_stream(call, reply, dialect.stream(answer))
+        if reply.kind == "stream_error":
+            return self._error(call, 500, reply.message)
+        schema = self._anthropic_schema(call, "Message")
+        return await self._document(call, reply, dialect.document(answer), schema)
+
+    async def _answer_count_tokens(self, call: Call, reply: Reply) -> web.StreamResponse:
+        dialect = self._anthropic(call)
+        schema = self._anthropic_schema(call, "CountMessageTokensResponse")
+        return await self._document(call, reply, dialect.count(dialect.body), schema)
+
+    def _gemini(self, call: Call) -> GeminiDialect:
+        body = call.body if isinstance(call.body, dict) else {}
+        sse = call.recorded.query.get("alt") == "sse"
+        return GeminiDialect(self._ids, call.model or "unknown", body, sse)
+
+    async def _answer_gemini_generate(self, call: Call, reply: Reply) -> web.StreamResponse:
+        answer = Answer.of(reply, call.body)
+        if reply.kind == "stream_error":
+            return self._error(call, 500, reply.message)
+        return await self._document(
+            call, reply, self._gemini(call).document(answer), "GenerateContentResponse"
+        )
+
+    async def _answer_gemini_stream(self, call: Call, reply: Reply) -> web.StreamResponse:
+        return await self._send_stream(call, reply, self._gemini(call).stream(Answer.of(reply, call.body)))
+
+    async def _answer_gemini_count(self, call: Call, reply: Reply) -> web.StreamResponse:
+        dialect = self._gemini(call)
+        return await self._document(call, reply, dialect.count(dialect.body), "CountTokensResponse")
+
+
+def _crash_body(path: str) -> Json:
+    """The 500 for a bug in the fake, in the shape of the vendor the path belongs to."""
+    message = "fake upstream crashed"
+    if path.startswith("/v1/messages"):
+        return anthropic_error_body(message, "api_error", None)
+    if path.startswith(("/v1beta/", "/v1/models/")):
+        return google_error_body(500, message, "INTERNAL")
+    return error_body(message, "server_error")
+
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-__all__ = ["DEFAULT_TEXT", "FakeUpstream", "Recorded", "Reply", "embedding_for"]
+__all__ = [
+    "DEFAULT_TEXT",
+    "FakeUpstream",
+    "Recorded",
+    "Reply",
+    "anthropic_signature",
+    "count_tokens",
+    "embedding_for",
+    "gemini_signature",
+]

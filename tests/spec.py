@@ -1,4 +1,4 @@
-"""Validate JSON against the vendored OpenAI and Anthropic OpenAPI specs.
+"""Validate JSON against the vendored OpenAI, Anthropic and Gemini specs.
 
 The specs under ``tests/specs/`` are byte-for-byte copies of the vendors' files (see SOURCES.md).
 Tests use this module to prove that what modelwire sends or emits has the shape the real API
@@ -25,13 +25,30 @@ Three things about the specs shape this code:
   discriminated by ``type`` or ``role``. A plain "not valid under any of the given schemas" is
   useless, so failing unions are explained through the member whose ``type``/``role`` value
   matches the instance (and validation tries that member first, which is much faster).
+
+Gemini has no official OpenAPI file (SOURCES.md). Two sources are combined instead:
+
+* ``GEMINI``: the UNOFFICIAL OpenAPI document generated from Google's docs, for the shapes and
+  types of ``GenerateContentRequest``, ``GenerateContentResponse``, ``CountTokensRequest`` and
+  ``CountTokensResponse``. It is loaded with every ``additionalProperties: false`` removed: it
+  knows only the lowerCamelCase spelling and both lacks real fields and carries SDK-only ones,
+  so it is not trusted to say which names exist.
+* ``GEMINI_PROTOS``: the official ``google.ai.generativelanguage.v1beta`` protos, parsed once,
+  which decide which field names exist. REST uses the proto3 JSON mapping, and Google accepts
+  both the proto name (``function_call``) and its JSON name (``functionCall``); a name is
+  unknown only when it is neither. The walk follows the protos' message types into nested
+  objects and stops at ``google.protobuf.Struct``/``Value`` (free JSON such as ``args``).
+  ``gemini_errors`` validates the lowerCamelCase form of an instance, so a snake_case request
+  is type-checked too.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +68,10 @@ _MAX_MESSAGE = 400
 class Spec:
     """One OpenAPI document, loaded lazily once per process, with cached validators per schema."""
 
-    def __init__(self, filename: str, uri: str) -> None:
+    def __init__(self, filename: str, uri: str, *, open_objects: bool = False) -> None:
         self.path = SPEC_DIR / filename
         self.uri = uri
+        self.open_objects = open_objects  # drop ``additionalProperties: false`` (see GEMINI below)
         self._tables: dict[tuple[int, str], list[set[Any] | None]] = {}
 
     @functools.cached_property
@@ -66,6 +84,8 @@ class Spec:
             else:
                 doc = yaml.load(f, Loader=yaml.CSafeLoader)
         _normalise(doc)
+        if self.open_objects:
+            _open_objects(doc)
         return doc
 
     @functools.cached_property
@@ -281,6 +301,18 @@ def _absorb_bare_nullable(parts: Any) -> bool:
     return bool(bare)
 
 
+def _open_objects(node: Any) -> None:
+    """Remove every ``additionalProperties: false`` so that unknown keys are left to another check."""
+    if isinstance(node, list):
+        for item in node:
+            _open_objects(item)
+    elif isinstance(node, dict):
+        if node.get("additionalProperties") is False:
+            del node["additionalProperties"]
+        for value in node.values():
+            _open_objects(value)
+
+
 def _is_bare(schema: dict[str, Any]) -> bool:
     return not any(k in schema for k in ("type", "$ref", "allOf", *_UNIONS, "enum", "const", "properties"))
 
@@ -314,3 +346,242 @@ def unknown_fields(schema_name: str, instance: Any) -> list[str]:
 
 def anthropic_unknown_fields(schema_name: str, instance: Any) -> list[str]:
     return ANTHROPIC.unknown_fields(schema_name, instance)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gemini: field names from the official protos
+# ---------------------------------------------------------------------------------------------
+
+_PROTO_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[A-Za-z_][\w.]*|-?\d+|\S')
+_PROTO_SCALARS = frozenset(
+    {"double", "float", "int32", "int64", "uint32", "uint64", "sint32", "sint64"}
+    | {"fixed32", "fixed64", "sfixed32", "sfixed64", "bool", "string", "bytes"}
+)
+_PROTO_FREE_JSON = frozenset({"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"})
+
+
+def json_name(proto_name: str) -> str:
+    """The proto3 JSON name of a field: ``thought_signature`` -> ``thoughtSignature``."""
+    return re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), proto_name)
+
+
+@dataclass(frozen=True)
+class ProtoField:
+    name: str  # as declared (snake_case)
+    json: str  # lowerCamelCase
+    message: str | None  # full name of the field's message type; None for scalars, enums, free JSON
+    is_map: bool = False
+
+
+class Protos:
+    """The messages of a directory of ``.proto`` files, reduced to what a JSON walk needs.
+
+    A small recursive-descent reader: ``message`` (nested too), ``oneof`` (its fields belong to
+    the message), ``map<K, V>``, ``enum``/``service``/``option``/``reserved`` skipped. Type names
+    resolve with protobuf scoping (innermost scope first). Types from files not vendored here
+    (``retriever.proto``, ``google.type.*``, ``Duration``) are not walked into.
+
+    ``live_fields`` names fields the live API has but these protos lack (SOURCES.md lists them),
+    as ``{message: {proto_name, ...}}``; they are accepted and not walked into.
+    """
+
+    def __init__(self, directory: Path, package: str, live_fields: dict[str, set[str]]) -> None:
+        self.directory = directory
+        self.package = package
+        self.live_fields = live_fields
+
+    @functools.cached_property
+    def messages(self) -> dict[str, dict[str, ProtoField]]:
+        """Full message name -> fields, each under both spellings."""
+        raw: dict[str, list[tuple[str, str, bool]]] = {}
+        enums: set[str] = set()
+        for path in sorted(self.directory.glob("*.proto")):
+            _ProtoReader(path.read_text(), raw, enums).read()
+        messages: dict[str, dict[str, ProtoField]] = {}
+        for full, declared in raw.items():
+            fields: dict[str, ProtoField] = {}
+            for name, type_name, is_map in declared:
+                target = _resolve_proto_type(type_name, full, raw, enums)
+                field = ProtoField(name, json_name(name), target, is_map)
+                fields[name] = fields[field.json] = field
+            short = full.removeprefix(self.package + ".")
+            for name in self.live_fields.get(short, set()):
+                fields[name] = fields[json_name(name)] = ProtoField(name, json_name(name), None)
+            messages[full] = fields
+        return messages
+
+    def message(self, name: str) -> dict[str, ProtoField]:
+        try:
+            return self.messages[f"{self.package}.{name}"]
+        except KeyError:
+            raise KeyError(f"no message {name!r} in {self.directory}/*.proto") from None
+
+    def walk(self, name: str, instance: Any) -> tuple[Any, list[str]]:
+        """``instance`` with every known key in its lowerCamelCase spelling, and the JSON paths of
+        the keys the protos know in neither spelling."""
+        self.message(name)
+        unknown: list[str] = []
+        return self._walk(f"{self.package}.{name}", instance, "$", unknown), unknown
+
+    def _walk(self, message: str | None, value: Any, path: str, unknown: list[str]) -> Any:
+        if isinstance(value, list):
+            return [self._walk(message, item, f"{path}[{i}]", unknown) for i, item in enumerate(value)]
+        if message is None or not isinstance(value, dict):
+            return value
+        fields = self.messages[message]
+        camel: dict[str, Any] = {}
+        for key, item in value.items():
+            field = fields.get(key)
+            if field is None:
+                unknown.append(f"{path}.{key}")
+                camel[key] = item
+            elif field.is_map and isinstance(item, dict):
+                camel[field.json] = {
+                    k: self._walk(field.message, v, f"{path}.{key}.{k}", unknown) for k, v in item.items()
+                }
+            else:
+                camel[field.json] = self._walk(field.message, item, f"{path}.{key}", unknown)
+        return camel
+
+
+class _ProtoReader:
+    """Reads one ``.proto`` file's messages into ``raw`` (full name -> (field, type, is_map))."""
+
+    def __init__(self, text: str, raw: dict[str, list[tuple[str, str, bool]]], enums: set[str]) -> None:
+        text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+        text = re.sub(r"//[^\n]*", " ", text)
+        self.tokens = _PROTO_TOKEN.findall(text)
+        self.raw = raw
+        self.enums = enums
+        self.pos = 0
+
+    def read(self) -> None:
+        package = ""
+        while self.pos < len(self.tokens):
+            token = self.tokens[self.pos]
+            if token == "package":
+                package = self.tokens[self.pos + 1]
+                self._statement()
+            elif token == "message":
+                self._message(package)
+            elif token == "enum":
+                self.enums.add(f"{package}.{self.tokens[self.pos + 1]}")
+                self._block()
+            elif token == "service":
+                self._block()
+            else:  # syntax, import, option
+                self._statement()
+
+    def _statement(self) -> None:
+        """Skip to just past the ``;`` ending this statement (brackets may hold braces)."""
+        depth = 0
+        while True:
+            token = self.tokens[self.pos]
+            self.pos += 1
+            if token in "[{(":
+                depth += 1
+            elif token in "]})":
+                depth -= 1
+            elif token == ";" and depth == 0:
+                return
+
+    def _block(self) -> None:
+        """Skip ``NAME { ... }`` (the keyword is at ``pos``)."""
+        while self.tokens[self.pos] != "{":
+            self.pos += 1
+        depth = 0
+        while True:
+            token = self.tokens[self.pos]
+            self.pos += 1
+            if token == "{":
+                depth += 1
+            elif token == "}":
+                depth -= 1
+                if depth == 0:
+                    return
+
+    def _message(self, scope: str) -> None:
+        full = f"{scope}.{self.tokens[self.pos + 1]}"
+        fields = self.raw.setdefault(full, [])
+        self.pos += 3  # message NAME {
+        while self.tokens[self.pos] != "}":
+            token = self.tokens[self.pos]
+            if token == "message":
+                self._message(full)
+            elif token == "enum":
+                self.enums.add(f"{full}.{self.tokens[self.pos + 1]}")
+                self._block()
+            elif token == "oneof":
+                self.pos += 3  # oneof NAME {
+                while self.tokens[self.pos] != "}":
+                    if self.tokens[self.pos] == "option":
+                        self._statement()
+                    else:
+                        self._field(fields)
+                self.pos += 1
+            elif token in ("reserved", "option", "extensions"):
+                self._statement()
+            elif token == ";":
+                self.pos += 1
+            else:
+                self._field(fields)
+        self.pos += 1
+
+    def _field(self, fields: list[tuple[str, str, bool]]) -> None:
+        tokens, pos = self.tokens, self.pos
+        if tokens[pos] in ("repeated", "optional", "required"):
+            pos += 1
+        if tokens[pos] == "map":  # map < K , V > name = N
+            fields.append((tokens[pos + 6], tokens[pos + 4], True))
+        else:
+            fields.append((tokens[pos + 1], tokens[pos], False))
+        self.pos = pos
+        self._statement()
+
+
+def _resolve_proto_type(
+    type_name: str, scope: str, raw: dict[str, list[tuple[str, str, bool]]], enums: set[str]
+) -> str | None:
+    """The full name of a message type as seen from ``scope``; None for anything not walked into."""
+    if type_name in _PROTO_SCALARS or type_name in _PROTO_FREE_JSON:
+        return None
+    parts = scope.split(".")
+    while parts:
+        candidate = ".".join(parts) + "." + type_name
+        if candidate in raw:
+            return candidate
+        if candidate in enums:
+            return None
+        parts.pop()
+    return type_name if type_name in raw else None
+
+
+GEMINI = Spec("gemini/gemini-native.openapi.UNOFFICIAL.json", "urn:gemini", open_objects=True)
+GEMINI_PROTOS = Protos(
+    SPEC_DIR / "gemini",
+    "google.ai.generativelanguage.v1beta",
+    # The v1beta protos trail the live API here (SOURCES.md, "Caveat").
+    live_fields={"ThinkingConfig": {"thinking_level"}, "FunctionCall": {"partial_args"}},
+)
+
+
+def gemini_unknown_fields(schema_name: str, instance: Any) -> list[str]:
+    """JSON paths of keys, at any depth, that the Gemini protos know in neither spelling.
+
+    ``schema_name`` is both the OpenAPI schema and the proto message: ``GenerateContentRequest``,
+    ``GenerateContentResponse``, ``CountTokensRequest``, ``CountTokensResponse``.
+    """
+    return GEMINI_PROTOS.walk(schema_name, instance)[1]
+
+
+def gemini_errors(schema_name: str, instance: Any) -> list[str]:
+    """Why ``instance`` (in either key spelling) does not fit the Gemini OpenAPI ``schema_name``."""
+    return GEMINI.errors(schema_name, GEMINI_PROTOS.walk(schema_name, instance)[0])
+
+
+def assert_gemini(schema_name: str, instance: Any) -> None:
+    """Fail on schema errors and on unknown fields."""
+    messages = gemini_errors(schema_name, instance)
+    messages += [f"{path}: unknown field" for path in gemini_unknown_fields(schema_name, instance)]
+    if messages:
+        raise AssertionError(f"not a valid Gemini {schema_name}:\n  " + "\n  ".join(messages))

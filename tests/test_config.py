@@ -58,7 +58,8 @@ def test_the_design_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     path.write_text(DESIGN_EXAMPLE)
     config = load_config(path)
     assert config.backends["openai"].keys() == ["sk-from-env"]
-    assert config.backends["openai"].wire == "openai_responses" and config.backends["local"].wire == "openai_chat"
+    backends = config.backends
+    assert backends["openai"].wire == "openai_responses" and backends["local"].wire == "openai_chat"
     assert config.keys[0].key == "mw-client" and config.keys[0].rpm == 600
     router = Router(config)
     assert [t.ref for t in router.resolve("gpt-5.5").targets] == ["openai/gpt-5.5", "local/qwen3"]

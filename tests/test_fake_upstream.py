@@ -1,13 +1,15 @@
-"""The fake upstream, driven by the official ``openai`` SDK, plus the spec helpers it relies on.
+"""The fake upstream, driven by the official ``openai``, ``anthropic`` and ``google-genai`` SDKs and
+by plain HTTP, plus the spec helpers it relies on.
 
-If the SDK parses what the fake sends into the objects we scripted, and the fake's own output
-passes the official schemas, then tests that use the fake are testing against the real wire
+If the SDKs parse what the fake sends into the objects we scripted, and the fake's own output
+passes the vendors' schemas, then tests that use the fake are testing against the real wire
 format rather than against our own idea of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 import urllib.error
@@ -15,26 +17,43 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anthropic
 import openai
 import pytest
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fake_upstream import (
     DEFAULT_TEXT,
     Answer,
+    AnthropicDialect,
     ChatDialect,
     FakeUpstream,
+    GeminiDialect,
     Ids,
     Reply,
     ResponsesDialect,
+    anthropic_signature,
+    count_tokens,
     embedding_for,
+    gemini_signature,
+    gemini_signature_is_minted,
+    google_error_problems,
 )
 from tests.spec import (
+    ANTHROPIC,
+    GEMINI,
+    GEMINI_PROTOS,
     OPENAI,
     anthropic_errors,
     assert_anthropic,
+    assert_gemini,
     assert_openai,
+    gemini_errors,
+    gemini_unknown_fields,
     openai_errors,
     unknown_fields,
 )
@@ -842,3 +861,930 @@ def test_own_server_lifecycle() -> None:
         fake.stop()
     with pytest.raises(urllib.error.URLError):
         post_raw(fake.url + "/embeddings", b"{}")
+
+
+# =============================================================================================
+# Anthropic Messages and Gemini, served by the same fake
+# =============================================================================================
+
+CLAUDE = "claude-fake-1"
+GEMINI_MODEL = "gemini-fake-flash"
+ANTHROPIC_HEADERS = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
+GEMINI_HEADERS = {"x-goog-api-key": "gk-test"}
+CLAUDE_MESSAGES: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
+GEMINI_CONTENTS = [{"role": "user", "parts": [{"text": "What is the weather in Paris?"}]}]
+
+
+@pytest.fixture
+def claude(upstream: FakeUpstream) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=upstream.root, api_key="sk-ant-test", max_retries=0) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+def gemini(upstream: FakeUpstream) -> Iterator[genai.Client]:
+    options = genai_types.HttpOptions(
+        base_url=upstream.root,
+        api_version="v1beta",
+        retry_options=genai_types.HttpRetryOptions(attempts=1),
+    )
+    sdk = genai.Client(api_key="gk-test", http_options=options)
+    yield sdk
+    sdk.close()
+
+
+def http_post(url: str, data: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    """POST with exactly these headers (plus Content-Type); returns status, lower-cased headers, body."""
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json", **headers}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
+
+
+def create(claude: anthropic.Anthropic, **kw: Any) -> Any:
+    return claude.messages.create(
+        model=CLAUDE, max_tokens=2048, messages=kw.pop("messages", CLAUDE_MESSAGES), **kw
+    )
+
+
+def gemini_url(upstream: FakeUpstream, method: str, model: str = GEMINI_MODEL) -> str:
+    return f"{upstream.root}/v1beta/models/{model}:{method}"
+
+
+def gemini_sse_chunks(raw: bytes) -> list[Any]:
+    """Split a Gemini SSE body as Google frames it: ``data: <json>\\r\\n\\r\\n``, nothing else."""
+    assert raw.endswith(b"\r\n\r\n"), raw[-20:]
+    blocks = raw.decode().split("\r\n\r\n")[:-1]
+    assert all(block.startswith("data: ") and "\n" not in block for block in blocks), blocks
+    return [json.loads(block.removeprefix("data: ")) for block in blocks]
+
+
+def chunk_parts(chunk: Any) -> list[Any]:
+    return list(chunk["candidates"][0].get("content", {}).get("parts", []))
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.py: the Anthropic and Gemini sources
+# ---------------------------------------------------------------------------------------------
+
+ANTHROPIC_SCHEMAS = [
+    "CreateMessageParams",
+    "CountMessageTokensParams",
+    "CountMessageTokensResponse",
+    "Message",
+    "MessageStreamEvent",
+    "ErrorResponse",
+]
+
+
+@pytest.mark.parametrize("name", [*ANTHROPIC_SCHEMAS, *(f"Beta{n}" for n in ANTHROPIC_SCHEMAS)])
+def test_spec_anthropic_schema_names_exist(name: str) -> None:
+    assert ANTHROPIC.schema(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["GenerateContentRequest", "GenerateContentResponse", "CountTokensRequest", "CountTokensResponse"]
+)
+def test_spec_gemini_names_exist_in_the_openapi_and_the_protos(name: str) -> None:
+    assert GEMINI.schema(name)
+    assert GEMINI_PROTOS.message(name)
+
+
+def test_spec_gemini_protos_are_read_whole() -> None:
+    """oneof members, nested messages, maps and free JSON all come out of the .proto reader."""
+    part = GEMINI_PROTOS.message("Part")
+    assert {"text", "functionCall", "function_call", "thoughtSignature", "thought_signature"} <= set(part)
+    assert part["functionCall"].message == "google.ai.generativelanguage.v1beta.FunctionCall"
+    assert GEMINI_PROTOS.message("FunctionCall")["args"].message is None  # google.protobuf.Struct
+    properties = GEMINI_PROTOS.message("Schema")["properties"]
+    assert properties.is_map and properties.message == "google.ai.generativelanguage.v1beta.Schema"
+    usage = GEMINI_PROTOS.message("GenerateContentResponse")["usageMetadata"].message
+    assert usage == "google.ai.generativelanguage.v1beta.GenerateContentResponse.UsageMetadata"
+    assert "thinkingLevel" in GEMINI_PROTOS.message("ThinkingConfig")  # live field the protos lack
+    with pytest.raises(KeyError, match=r"\.proto"):
+        GEMINI_PROTOS.message("NoSuchMessage")
+
+
+def test_spec_gemini_unknown_fields_at_any_depth_in_either_spelling() -> None:
+    request = {
+        "contents": [
+            {"role": "user", "parts": [{"text": "hi", "bogus": 1}]},
+            {"role": "model", "parts": [{"function_call": {"name": "f", "args": {"free": {"form": 1}}}}]},
+        ],
+        "generation_config": {"thinkingConfig": {"include_thoughts": True, "thinking_level": "LOW", "x": 1}},
+        "tools": [
+            {
+                "functionDeclarations": [
+                    {
+                        "name": "f",
+                        "parameters": {"type": "OBJECT", "properties": {"a": {"type": "STRING", "zz": 1}}},
+                        "parametersJsonSchema": {"anything": {"goes": True}},
+                    }
+                ]
+            }
+        ],
+        "toplevel": True,
+    }
+    assert gemini_unknown_fields("GenerateContentRequest", request) == [
+        "$.contents[0].parts[0].bogus",
+        "$.generation_config.thinkingConfig.x",
+        "$.tools[0].functionDeclarations[0].parameters.properties.a.zz",
+        "$.toplevel",
+    ]
+
+
+def test_spec_gemini_types_are_checked_in_either_spelling() -> None:
+    request = {"contents": [{"parts": [{"text": 1}]}], "generation_config": {"temperature": "hot"}}
+    assert gemini_errors("GenerateContentRequest", request) == [
+        "$.contents[0].parts[0].text: 1 is not of type 'string'",
+        "$.generationConfig.temperature: 'hot' is not of type 'number'",
+    ]
+    assert gemini_errors("GenerateContentRequest", {}) == ["$: 'contents' is a required property"]
+    with pytest.raises(AssertionError, match="unknown field"):
+        assert_gemini("GenerateContentRequest", {"contents": [], "nope": 1})
+
+
+# ---------------------------------------------------------------------------------------------
+# The fake's Anthropic and Gemini output passes the specs (without HTTP, for every reply shape)
+# ---------------------------------------------------------------------------------------------
+
+CLAUDE_REQUEST = {"model": CLAUDE, "max_tokens": 64, "messages": CLAUDE_MESSAGES}
+
+
+@pytest.mark.parametrize("beta", [False, True], ids=["ga", "beta"])
+@pytest.mark.parametrize("kind", list(CONTENT_REPLIES))
+def test_fake_anthropic_output_is_valid_against_the_spec(kind: str, beta: bool) -> None:
+    prefix = "Beta" if beta else ""
+    answer = Answer.of(CONTENT_REPLIES[kind], CLAUDE_REQUEST)
+    dialect = AnthropicDialect(Ids(), CLAUDE, CLAUDE_REQUEST, "req_1", beta)
+    assert_anthropic(f"{prefix}Message", dialect.document(answer))
+    stream = AnthropicDialect(Ids(), CLAUDE, CLAUDE_REQUEST, "req_1", beta).stream(answer)
+    for frame in stream.frames:
+        expected = "Ping" if frame.event == "ping" else f"{prefix}MessageStreamEvent"
+        assert frame.schema == expected and frame.event == frame.data["type"]  # type: ignore[index]
+        assert_anthropic(frame.schema, frame.data)
+    error = stream.error_frame(9, "boom")
+    assert error.event == "error" and error.schema == f"{prefix}ErrorResponse"
+    assert_anthropic(error.schema, error.data)
+    assert_anthropic(f"{prefix}CountMessageTokensResponse", dialect.count(CLAUDE_REQUEST))
+
+
+@pytest.mark.parametrize("kind", list(CONTENT_REPLIES))
+def test_fake_gemini_output_is_valid_against_the_spec_and_protos(kind: str) -> None:
+    body = {"contents": GEMINI_CONTENTS}
+    answer = Answer.of(CONTENT_REPLIES[kind], body)
+    assert_gemini("GenerateContentResponse", GeminiDialect(Ids(), GEMINI_MODEL, body).document(answer))
+    stream = GeminiDialect(Ids(), GEMINI_MODEL, body).stream(answer)
+    for frame in stream.frames:
+        assert frame.schema == "GenerateContentResponse" and frame.newline == "\r\n"
+        assert_gemini("GenerateContentResponse", frame.data)
+    assert google_error_problems(stream.error_frame(3, "boom").data, 500) == []
+    assert_gemini("CountTokensResponse", GeminiDialect(Ids(), GEMINI_MODEL, body).count(body))
+
+
+def test_google_error_check_rejects_other_shapes() -> None:
+    assert (
+        google_error_problems({"error": {"code": 429, "message": "m", "status": "RESOURCE_EXHAUSTED"}}, 429)
+        == []
+    )
+    assert google_error_problems({"error": {"code": 429, "message": "m", "status": "SLOW_DOWN"}}, 500) == [
+        "$.error.code: 429 is not the HTTP status 500",
+        "$.error.status: 'SLOW_DOWN' is not a canonical status",
+    ]
+    assert google_error_problems({"type": "error", "error": {}}) == ['$: not {"error": {...}}']
+
+
+def test_anthropic_stream_blocks_are_in_order_and_one_at_a_time() -> None:
+    """The SDK appends a block on ``content_block_start`` and looks deltas up by ``index``."""
+    reply = Reply.tool_calls(CALLS, text="Checking.", summary=["Think first."])
+    frames = AnthropicDialect(Ids(), CLAUDE, CLAUDE_REQUEST, "req_1").stream(Answer.of(reply, {})).frames
+    events: list[Any] = [f.data for f in frames]
+    assert events[0]["type"] == "message_start" and events[-1]["type"] == "message_stop"
+    assert events[-2]["type"] == "message_delta" and events[-2]["delta"]["stop_reason"] == "tool_use"
+    open_block = None
+    starts = []
+    for event in events[1:-2]:
+        if event["type"] == "content_block_start":
+            assert open_block is None
+            open_block = event["index"]
+            starts.append((event["index"], event["content_block"]["type"]))
+        elif event["type"] in ("content_block_delta", "content_block_stop"):
+            assert event["index"] == open_block
+            if event["type"] == "content_block_stop":
+                open_block = None
+    assert starts == [(0, "thinking"), (1, "text"), (2, "tool_use"), (3, "tool_use")]
+    deltas = [e["delta"]["type"] for e in events if e["type"] == "content_block_delta" and e["index"] == 0]
+    assert deltas[-1] == "signature_delta" and set(deltas[:-1]) == {"thinking_delta"}
+
+
+@settings(max_examples=30, deadline=None)
+@given(text=st.text(min_size=1, max_size=60), tokens=st.integers(0, 10**6))
+def test_any_text_streams_back_exactly_in_anthropic_and_gemini(text: str, tokens: int) -> None:
+    reply = Reply.text(text, usage=(tokens, tokens))
+    claude_frames = AnthropicDialect(Ids(), CLAUDE, CLAUDE_REQUEST, "r").stream(Answer.of(reply, {})).frames
+    deltas = [f.data["delta"]["text"] for f in claude_frames if f.data["type"] == "content_block_delta"]  # type: ignore[index]
+    assert "".join(deltas) == text
+    gemini_frames = GeminiDialect(Ids(), GEMINI_MODEL, {}).stream(Answer.of(reply, {})).frames
+    assert "".join(chunk_parts(f.data)[0]["text"] for f in gemini_frames) == text
+    assert gemini_frames[-1].data["usageMetadata"]["totalTokenCount"] == 2 * tokens  # type: ignore[index]
+
+
+def test_signatures_are_deterministic_and_bound_to_their_text() -> None:
+    assert (
+        anthropic_signature("a thought")
+        == anthropic_signature("a thought")
+        != anthropic_signature("a thought.")
+    )
+    minted = gemini_signature("a thought")
+    assert minted == gemini_signature("a thought") != gemini_signature("another")
+    assert gemini_signature_is_minted(minted)
+    assert gemini_signature_is_minted(minted.replace("+", "-").replace("/", "_"))  # URL-safe alphabet
+    forged = minted[:-6] + ("AAAA" if minted[-6:-2] != "AAAA" else "BBBB") + minted[-2:]
+    assert not gemini_signature_is_minted(forged)
+    assert not gemini_signature_is_minted("bm90IG91cnM=") and not gemini_signature_is_minted("%%%")
+
+
+# ---------------------------------------------------------------------------------------------
+# Anthropic Messages over plain HTTP: the wire itself
+# ---------------------------------------------------------------------------------------------
+
+
+def test_anthropic_stream_wire_format(upstream: FakeUpstream) -> None:
+    upstream.script(Reply.text("Hello big world", usage=(12, 3)))
+    body = {**CLAUDE_REQUEST, "stream": True}
+    status, headers, raw = http_post(
+        upstream.root + "/v1/messages", json.dumps(body).encode(), ANTHROPIC_HEADERS
+    )
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert headers["request-id"].startswith("req_")
+    events = sse_events(raw)
+    assert all(name == json.loads(data)["type"] for name, data in events), "every event is named"
+    names = [name for name, _ in events]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        *["content_block_delta"] * 3,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    payloads = [json.loads(data) for _, data in events]
+    assert payloads[0]["message"]["usage"]["input_tokens"] == 12
+    assert payloads[0]["message"]["content"] == [] and payloads[0]["message"]["stop_reason"] is None
+    assert payloads[1]["content_block"] == {"type": "text", "text": "", "citations": None}
+    assert [p["delta"]["text"] for p in payloads[3:6]] == ["Hello ", "big ", "world"]
+    assert payloads[-2]["usage"]["output_tokens"] == 3
+    assert upstream.last.path == "/v1/messages" and upstream.last.body == body
+
+
+def test_anthropic_document_and_request_id(upstream: FakeUpstream) -> None:
+    upstream.script(Reply.text("Bonjour.", usage=(20, 4), cached=5))
+    status, headers, raw = http_post(
+        upstream.root + "/v1/messages", json.dumps(CLAUDE_REQUEST).encode(), ANTHROPIC_HEADERS
+    )
+    message = json.loads(raw)
+    assert status == 200 and message["id"].startswith("msg_") and headers["request-id"].startswith("req_")
+    assert message["content"] == [{"type": "text", "text": "Bonjour.", "citations": None}]
+    assert message["stop_reason"] == "end_turn" and message["model"] == CLAUDE
+    usage = message["usage"]
+    assert (usage["input_tokens"], usage["cache_read_input_tokens"], usage["output_tokens"]) == (15, 5, 4)
+
+
+def test_anthropic_auth_headers_are_checked(upstream: FakeUpstream) -> None:
+    data = json.dumps(CLAUDE_REQUEST).encode()
+    status, _, _ = http_post(upstream.root + "/v1/messages", data, {})
+    assert status == 200
+    assert upstream.violations == [
+        "POST /v1/messages: Anthropic request without an x-api-key header (or bearer token)",
+        "POST /v1/messages: Anthropic request without an anthropic-version header",
+    ]
+    upstream.violations.clear()
+    http_post(upstream.root + "/v1/messages", data, {"x-api-key": "k"})
+    assert upstream.violations == ["POST /v1/messages: Anthropic request without an anthropic-version header"]
+    upstream.violations.clear()
+    http_post(
+        upstream.root + "/v1/messages/count_tokens",
+        json.dumps({"model": CLAUDE, "messages": []}).encode(),
+        {
+            "anthropic-version": "2023-06-01",
+            "anthropic-beta": "token-counting-2024-11-01",
+            "x-api-key": "k",
+        },
+    )
+    assert upstream.violations == []
+    assert upstream.last.headers["anthropic-beta"] == "token-counting-2024-11-01"
+
+
+def test_anthropic_invalid_requests_are_recorded_but_answered(upstream: FakeUpstream) -> None:
+    body = {"model": CLAUDE, "messages": CLAUDE_MESSAGES, "temperature": "warm", "n": 2}
+    status, _, raw = http_post(upstream.root + "/v1/messages", json.dumps(body).encode(), ANTHROPIC_HEADERS)
+    assert status == 200 and json.loads(raw)["type"] == "message"
+    assert upstream.violations == [
+        "POST /v1/messages: request field 'n' is not in CreateMessageParams",
+        "POST /v1/messages: request not a valid CreateMessageParams: $: 'max_tokens' is a required property",
+        "POST /v1/messages: request not a valid CreateMessageParams: "
+        "$.temperature: 'warm' is not of type 'number'",
+    ]
+    upstream.violations.clear()
+    counted = {"model": CLAUDE, "messages": CLAUDE_MESSAGES, "max_tokens": 5}  # not a count_tokens field
+    http_post(upstream.root + "/v1/messages/count_tokens", json.dumps(counted).encode(), ANTHROPIC_HEADERS)
+    assert upstream.violations == [
+        "POST /v1/messages/count_tokens: request field 'max_tokens' is not in CountMessageTokensParams"
+    ]
+    upstream.violations.clear()
+
+
+def test_anthropic_extra_fields_are_accepted_when_declared(upstream: FakeUpstream) -> None:
+    upstream.extra_fields.add("vendor_knob")
+    body = {**CLAUDE_REQUEST, "vendor_knob": 1}
+    http_post(upstream.root + "/v1/messages", json.dumps(body).encode(), ANTHROPIC_HEADERS)
+    assert upstream.violations == []
+
+
+def test_anthropic_beta_fields_need_a_beta_request(upstream: FakeUpstream) -> None:
+    body = {**CLAUDE_REQUEST, "context_management": {"edits": []}}
+    _, _, raw = http_post(upstream.root + "/v1/messages", json.dumps(body).encode(), ANTHROPIC_HEADERS)
+    assert "context_management" not in json.loads(raw)
+    assert upstream.violations == [
+        "POST /v1/messages: request field 'context_management' is not in CreateMessageParams"
+    ]
+    upstream.violations.clear()
+    _, _, raw = http_post(
+        upstream.root + "/v1/messages?beta=true", json.dumps(body).encode(), ANTHROPIC_HEADERS
+    )
+    assert json.loads(raw)["context_management"] is None  # BetaMessage requires the key
+    assert upstream.violations == [] and upstream.last.query == {"beta": "true"}
+
+
+def test_anthropic_body_that_is_not_json(upstream: FakeUpstream) -> None:
+    status, headers, raw = http_post(upstream.root + "/v1/messages", b"{not json", ANTHROPIC_HEADERS)
+    assert status == 400
+    body = json.loads(raw)
+    assert_anthropic("ErrorResponse", body)
+    assert body["error"]["type"] == "invalid_request_error" and body["request_id"] == headers["request-id"]
+    assert upstream.violations == ["POST /v1/messages: request body is not valid JSON"]
+    upstream.violations.clear()
+
+
+def test_anthropic_count_tokens_is_deterministic(upstream: FakeUpstream) -> None:
+    body = {"model": CLAUDE, "messages": CLAUDE_MESSAGES, "system": "Be brief."}
+    results = [
+        json.loads(
+            http_post(
+                upstream.root + "/v1/messages/count_tokens", json.dumps(body).encode(), ANTHROPIC_HEADERS
+            )[2]
+        )
+        for _ in range(2)
+    ]
+    expected = count_tokens({"messages": CLAUDE_MESSAGES, "system": "Be brief."})
+    assert results == [{"input_tokens": expected}] * 2 and expected > 1
+
+
+def test_a_bug_in_the_fake_is_a_violation_in_the_vendors_shape(upstream: FakeUpstream) -> None:
+    """Anthropic needs tool arguments that are a JSON object; anything else is a scripting bug."""
+    upstream.script(Reply.tool_calls([("f", "[1, 2]")]))
+    status, _, raw = http_post(
+        upstream.root + "/v1/messages", json.dumps(CLAUDE_REQUEST).encode(), ANTHROPIC_HEADERS
+    )
+    assert status == 500 and json.loads(raw)["error"]["type"] == "api_error"
+    assert len(upstream.violations) == 1 and "fake crashed" in upstream.violations[0]
+    assert "not a JSON object" in upstream.violations[0]
+    upstream.violations.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Anthropic Messages through the official SDK
+# ---------------------------------------------------------------------------------------------
+
+
+def test_anthropic_sdk_text(upstream: FakeUpstream, claude: anthropic.Anthropic) -> None:
+    upstream.script(Reply.text("Bonjour.", usage=(30, 9), cached=10))
+    message = create(claude, system="Be brief.", stop_sequences=["END"])
+    assert [(b.type, b.text) for b in message.content] == [("text", "Bonjour.")]
+    assert message.stop_reason == "end_turn" and message.model == CLAUDE
+    usage = message.usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.output_tokens) == (20, 10, 9)
+    assert upstream.last.path == "/v1/messages"
+    assert upstream.last.body["system"] == "Be brief." and upstream.last.headers["anthropic-version"]
+
+
+def test_anthropic_sdk_streamed_text(upstream: FakeUpstream, claude: anthropic.Anthropic) -> None:
+    upstream.script(Reply.text("Hello", chunks=["He", "l", "lo"], usage=(7, 2)))
+    with claude.messages.stream(model=CLAUDE, max_tokens=64, messages=CLAUDE_MESSAGES) as stream:
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert pieces == ["He", "l", "lo"]
+    assert final.content[0].type == "text" and final.content[0].text == "Hello"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (7, 2)
+    assert upstream.last.body["stream"] is True
+
+
+def test_anthropic_sdk_tool_calls(upstream: FakeUpstream, claude: anthropic.Anthropic) -> None:
+    upstream.script(Reply.tool_calls(CALLS, text="Checking."))
+    message = create(claude)
+    assert message.stop_reason == "tool_use"
+    assert message.content[0].type == "text" and message.content[0].text == "Checking."
+    uses = [b for b in message.content if b.type == "tool_use"]
+    assert [(u.name, u.input) for u in uses] == [(n, json.loads(a)) for n, a in CALLS]
+    assert all(u.id.startswith("toolu_") for u in uses) and len({u.id for u in uses}) == 2
+
+
+def test_anthropic_sdk_streamed_tool_arguments(upstream: FakeUpstream, claude: anthropic.Anthropic) -> None:
+    upstream.script(Reply.tool_calls(CALLS))
+    events = list(create(claude, stream=True))
+    for index, (_name, arguments) in enumerate(CALLS):
+        fragments = [
+            e.delta.partial_json
+            for e in events
+            if e.type == "content_block_delta" and e.index == index and e.delta.type == "input_json_delta"
+        ]
+        assert len(fragments) > 1 and "".join(fragments) == arguments
+    starts = [e.content_block for e in events if e.type == "content_block_start"]
+    assert [(b.type, b.name, b.input) for b in starts] == [("tool_use", n, {}) for n, _ in CALLS]
+    assert [e.delta.stop_reason for e in events if e.type == "message_delta"] == ["tool_use"]
+
+
+def test_anthropic_thinking_round_trip(upstream: FakeUpstream, claude: anthropic.Anthropic) -> None:
+    """A thinking block sent back byte-exact passes; one whose text or signature changed does not."""
+    upstream.script(Reply.reasoning(["Let me think.", "Paris is in France."], text="Sunny."))
+    with claude.messages.stream(
+        model=CLAUDE,
+        max_tokens=2048,
+        messages=CLAUDE_MESSAGES,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+    ) as stream:
+        first = stream.get_final_message()
+    thinking = first.content[0]
+    assert thinking.type == "thinking" and thinking.thinking == "Let me think.\n\nParis is in France."
+    assert thinking.signature == upstream.anthropic_signature(thinking.thinking)
+    assert first.content[1].type == "text" and first.content[1].text == "Sunny."
+
+    def follow_up(blocks: list[Any]) -> None:
+        history = [
+            *CLAUDE_MESSAGES,
+            {"role": "assistant", "content": blocks},
+            {"role": "user", "content": "And?"},
+        ]
+        create(claude, messages=history, thinking={"type": "enabled", "budget_tokens": 1024})
+
+    good = [block.model_dump() for block in first.content]
+    follow_up(good)
+    assert upstream.violations == [] and upstream.last.body["messages"][1]["content"] == good
+    follow_up([{**good[0], "signature": good[0]["signature"][:-4] + "AAA="}, good[1]])
+    follow_up([{**good[0], "thinking": good[0]["thinking"] + " "}, good[1]])
+    assert (
+        upstream.violations
+        == [
+            "POST /v1/messages: thinking block $.messages[1].content[0]: its signature is not the one "
+            "the fake gave this thinking text (altered thinking or signature)"
+        ]
+        * 2
+    )
+    upstream.violations.clear()
+
+
+@pytest.mark.parametrize(
+    ("status", "exception", "error_type"),
+    [
+        (400, anthropic.BadRequestError, "invalid_request_error"),
+        (401, anthropic.AuthenticationError, "authentication_error"),
+        (403, anthropic.PermissionDeniedError, "permission_error"),
+        (404, anthropic.NotFoundError, "not_found_error"),
+        (429, anthropic.RateLimitError, "rate_limit_error"),
+        (500, anthropic.InternalServerError, "api_error"),
+        (529, anthropic.OverloadedError, "overloaded_error"),
+    ],
+)
+def test_anthropic_errors(
+    upstream: FakeUpstream,
+    claude: anthropic.Anthropic,
+    status: int,
+    exception: type[Exception],
+    error_type: str,
+) -> None:
+    upstream.script(Reply.error(status, "Nope.", headers={"retry-after": "3"}))
+    with pytest.raises(exception) as caught:
+        create(claude)
+    error: Any = caught.value
+    assert error.status_code == status
+    assert error.body == {
+        "type": "error",
+        "error": {"type": error_type, "message": "Nope."},
+        "request_id": error.response.headers["request-id"],
+    }
+    assert error.response.headers["retry-after"] == "3"
+
+
+def test_anthropic_error_type_can_be_chosen(upstream: FakeUpstream, claude: anthropic.Anthropic) -> None:
+    upstream.script(
+        Reply.error(503, "busy", type="overloaded_error"), Reply.error(503, "busy", type="requests")
+    )
+    with pytest.raises(anthropic.InternalServerError) as caught:
+        create(claude)
+    assert caught.value.status_code == 503 and caught.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    with pytest.raises(anthropic.InternalServerError) as caught:
+        create(claude)
+    assert caught.value.body["error"]["type"] == "api_error"  # type: ignore[index]  # an OpenAI type is ignored
+
+
+def test_anthropic_mid_stream_error(upstream: FakeUpstream, claude: anthropic.Anthropic) -> None:
+    upstream.script(
+        Reply.stream_error("one two three", after=4, message="server exploded"), Reply.stream_error()
+    )
+    received = []
+    with pytest.raises(anthropic.APIStatusError, match="server exploded") as caught:
+        for event in create(claude, stream=True):
+            received.append(event.type)
+    assert received == ["message_start", "content_block_start", "content_block_delta"]  # ping is skipped
+    assert caught.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    with pytest.raises(anthropic.InternalServerError):
+        create(claude)
+
+
+def test_anthropic_incomplete_answers(upstream: FakeUpstream, claude: anthropic.Anthropic) -> None:
+    upstream.script(Reply.incomplete("cut sh"), Reply.incomplete("", reason="content_filter"))
+    cut = create(claude)
+    assert cut.stop_reason == "max_tokens" and cut.content[0].text == "cut sh"
+    refused = list(create(claude, stream=True))
+    delta = next(e for e in refused if e.type == "message_delta")
+    assert delta.delta.stop_reason == "refusal" and delta.delta.stop_details.type == "refusal"
+
+
+def test_anthropic_broken_transports(upstream: FakeUpstream, claude: anthropic.Anthropic) -> None:
+    upstream.script(Reply.html(502), Reply.garbage(), Reply.truncated())
+    with pytest.raises(anthropic.InternalServerError) as caught:
+        create(claude)
+    assert caught.value.status_code == 502 and "cloudflare" in caught.value.response.text
+    with pytest.raises(json.JSONDecodeError):
+        create(claude)
+    with pytest.raises(anthropic.APIConnectionError):
+        create(claude)
+
+
+def test_anthropic_sdk_count_tokens_and_echo(upstream: FakeUpstream, claude: anthropic.Anthropic) -> None:
+    counted = claude.messages.count_tokens(model=CLAUDE, messages=CLAUDE_MESSAGES)
+    assert counted.input_tokens == count_tokens({"messages": CLAUDE_MESSAGES})
+    assert upstream.last.path == "/v1/messages/count_tokens"
+    upstream.script(Reply.echo())
+    echoed = create(claude, stop_sequences=["END"]).content[0]
+    assert json.loads(echoed.text) == {
+        "model": CLAUDE,
+        "max_tokens": 2048,
+        "messages": CLAUDE_MESSAGES,
+        "stop_sequences": ["END"],
+    }
+
+
+def test_anthropic_sdk_beta_messages(upstream: FakeUpstream, claude: anthropic.Anthropic) -> None:
+    upstream.script(Reply.text("beta hi"))
+    message = claude.beta.messages.create(
+        model=CLAUDE, max_tokens=64, messages=CLAUDE_MESSAGES, betas=["context-management-2025-06-27"]
+    )
+    assert message.content[0].text == "beta hi" and message.context_management is None  # type: ignore[union-attr]
+    assert upstream.last.headers["anthropic-beta"] == "context-management-2025-06-27"
+
+
+def test_anthropic_per_model_queue(upstream: FakeUpstream, claude: anthropic.Anthropic) -> None:
+    upstream.script(Reply.text("global"))
+    upstream.for_model("claude-backup", Reply.error(529))
+    with pytest.raises(anthropic.OverloadedError):
+        claude.messages.create(model="claude-backup", max_tokens=8, messages=CLAUDE_MESSAGES)
+    assert create(claude).content[0].text == "global"
+
+
+# ---------------------------------------------------------------------------------------------
+# Gemini over plain HTTP: the wire itself
+# ---------------------------------------------------------------------------------------------
+
+
+def test_gemini_sse_wire_format(upstream: FakeUpstream) -> None:
+    upstream.script(Reply.text("Hello big world", usage=(12, 3)))
+    url = gemini_url(upstream, "streamGenerateContent") + "?alt=sse"
+    status, headers, raw = http_post(url, json.dumps({"contents": GEMINI_CONTENTS}).encode(), GEMINI_HEADERS)
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert b"event:" not in raw and b"[DONE]" not in raw
+    chunks = gemini_sse_chunks(raw)
+    assert [chunk_parts(c) for c in chunks] == [[{"text": "Hello "}], [{"text": "big "}], [{"text": "world"}]]
+    assert [c["candidates"][0].get("finishReason") for c in chunks] == [None, None, "STOP"]
+    assert [c["usageMetadata"].get("candidatesTokenCount") for c in chunks] == [None, None, 3]
+    assert all(c["usageMetadata"]["promptTokenCount"] == 12 for c in chunks), "prompt usage in every chunk"
+    assert len({(c["responseId"], c["modelVersion"]) for c in chunks}) == 1
+    assert chunks[0]["modelVersion"] == GEMINI_MODEL
+    assert upstream.last.query == {"alt": "sse"}
+
+
+def test_gemini_stream_without_alt_sse_is_one_json_array(upstream: FakeUpstream) -> None:
+    upstream.script(Reply.text("a b"))
+    url = gemini_url(upstream, "streamGenerateContent")
+    status, headers, raw = http_post(url, json.dumps({"contents": GEMINI_CONTENTS}).encode(), GEMINI_HEADERS)
+    assert status == 200 and headers["content-type"].startswith("application/json")
+    assert raw.startswith(b"[{") and b"}\r\n,{" in raw and raw.endswith(b"}]")
+    assert [chunk_parts(c)[0]["text"] for c in json.loads(raw)] == ["a ", "b"]
+
+
+def test_gemini_document(upstream: FakeUpstream) -> None:
+    upstream.script(Reply.text("Ciao!", usage=(30, 9), cached=10, reasoning_tokens=4))
+    body = {"contents": GEMINI_CONTENTS}
+    status, _, raw = http_post(
+        gemini_url(upstream, "generateContent"), json.dumps(body).encode(), GEMINI_HEADERS
+    )
+    response = json.loads(raw)
+    assert status == 200
+    assert response["candidates"][0]["content"] == {"parts": [{"text": "Ciao!"}], "role": "model"}
+    assert response["usageMetadata"] == {
+        "promptTokenCount": 30,
+        "candidatesTokenCount": 5,
+        "totalTokenCount": 39,
+        "thoughtsTokenCount": 4,
+        "cachedContentTokenCount": 10,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 30}],
+    }
+
+
+def test_gemini_auth_is_checked(upstream: FakeUpstream) -> None:
+    data = json.dumps({"contents": GEMINI_CONTENTS}).encode()
+    http_post(gemini_url(upstream, "generateContent"), data, {})
+    assert upstream.violations == [
+        f"POST /v1beta/models/{GEMINI_MODEL}:generateContent: "
+        "Gemini request without an x-goog-api-key header or key query parameter"
+    ]
+    upstream.violations.clear()
+    http_post(gemini_url(upstream, "generateContent") + "?key=gk-test", data, {})
+    assert upstream.violations == [] and upstream.last.query == {"key": "gk-test"}
+
+
+def test_gemini_invalid_and_unknown_fields_are_recorded(upstream: FakeUpstream) -> None:
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": "hi", "cache_control": {"type": "ephemeral"}}]}],
+        "generation_config": {"temperature": "hot", "max_output_tokens": 5},
+        "max_tokens": 5,
+    }
+    status, _, _ = http_post(
+        gemini_url(upstream, "generateContent"), json.dumps(body).encode(), GEMINI_HEADERS
+    )
+    assert status == 200
+    where = f"POST /v1beta/models/{GEMINI_MODEL}:generateContent"
+    assert upstream.violations == [
+        f"{where}: request not a valid GenerateContentRequest: "
+        "$.generationConfig.temperature: 'hot' is not of type 'number'",
+        f"{where}: request field $.contents[0].parts[0].cache_control "
+        "is not in the GenerateContentRequest protos",
+        f"{where}: request field $.max_tokens is not in the GenerateContentRequest protos",
+    ]
+    upstream.violations.clear()
+
+
+def test_gemini_body_that_is_not_json(upstream: FakeUpstream) -> None:
+    status, _, raw = http_post(gemini_url(upstream, "countTokens"), b"{not json", GEMINI_HEADERS)
+    assert status == 400
+    assert json.loads(raw) == {
+        "error": {"code": 400, "message": "We could not parse the JSON body.", "status": "INVALID_ARGUMENT"}
+    }
+    assert upstream.violations == [
+        f"POST /v1beta/models/{GEMINI_MODEL}:countTokens: request body is not valid JSON"
+    ]
+    upstream.violations.clear()
+
+
+def test_gemini_count_tokens_both_request_forms(upstream: FakeUpstream) -> None:
+    url = gemini_url(upstream, "countTokens")
+    _, _, plain = http_post(url, json.dumps({"contents": GEMINI_CONTENTS}).encode(), GEMINI_HEADERS)
+    assert json.loads(plain) == {"totalTokens": count_tokens({"contents": GEMINI_CONTENTS})}
+    wrapped = {
+        "generateContentRequest": {
+            "model": f"models/{GEMINI_MODEL}",
+            "contents": GEMINI_CONTENTS,
+            "systemInstruction": {"parts": [{"text": "Be brief."}]},
+        }
+    }
+    _, _, raw = http_post(url, json.dumps(wrapped).encode(), GEMINI_HEADERS)
+    expected = count_tokens(
+        {"contents": GEMINI_CONTENTS, "systemInstruction": {"parts": [{"text": "Be brief."}]}}
+    )
+    assert json.loads(raw) == {"totalTokens": expected} and expected > json.loads(plain)["totalTokens"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Gemini through the official google-genai SDK
+# ---------------------------------------------------------------------------------------------
+
+
+def test_gemini_sdk_text(upstream: FakeUpstream, gemini: genai.Client) -> None:
+    upstream.script(Reply.text("Ciao!", usage=(11, 2)))
+    config = genai_types.GenerateContentConfig(
+        system_instruction="Be brief.", max_output_tokens=64, temperature=0.3
+    )
+    response = gemini.models.generate_content(model=GEMINI_MODEL, contents="Say hi.", config=config)
+    assert response.text == "Ciao!"
+    assert response.candidates and response.candidates[0].finish_reason == genai_types.FinishReason.STOP
+    usage = response.usage_metadata
+    assert usage is not None and (usage.prompt_token_count, usage.candidates_token_count) == (11, 2)
+    assert upstream.last.path == f"/v1beta/models/{GEMINI_MODEL}:generateContent"
+    assert upstream.last.headers["x-goog-api-key"] == "gk-test"
+    assert upstream.last.body["systemInstruction"]["parts"] == [{"text": "Be brief."}]
+
+
+def test_gemini_sdk_stream(upstream: FakeUpstream, gemini: genai.Client) -> None:
+    upstream.script(Reply.text("uno due tre", usage=(6, 3)))
+    chunks = list(gemini.models.generate_content_stream(model=GEMINI_MODEL, contents="Count."))
+    assert [c.text for c in chunks] == ["uno ", "due ", "tre"]
+    assert chunks[-1].candidates and chunks[-1].candidates[0].finish_reason == genai_types.FinishReason.STOP
+    assert chunks[-1].usage_metadata and chunks[-1].usage_metadata.total_token_count == 9
+    assert upstream.last.path.endswith(":streamGenerateContent") and upstream.last.query == {"alt": "sse"}
+
+
+def test_gemini_sdk_tool_calls(upstream: FakeUpstream, gemini: genai.Client) -> None:
+    upstream.script(Reply.tool_calls(CALLS), Reply.tool_calls(CALLS, text="Checking."))
+    response = gemini.models.generate_content(model=GEMINI_MODEL, contents="Weather?")
+    calls = response.function_calls or []
+    assert [(c.name, c.args) for c in calls] == [(n, json.loads(a)) for n, a in CALLS]
+    assert all(c.id is None for c in calls), "the Developer API sends no call ids"
+    assert response.candidates and response.candidates[0].finish_reason == genai_types.FinishReason.STOP
+    chunks = list(gemini.models.generate_content_stream(model=GEMINI_MODEL, contents="Weather?"))
+    with_calls = [c for c in chunks if c.function_calls]
+    assert len(with_calls) == 1 and len(with_calls[0].function_calls or []) == 2, "calls arrive whole"
+    assert "".join(c.text or "" for c in chunks if not c.function_calls) == "Checking."
+
+
+def test_gemini_thought_signature_round_trip(upstream: FakeUpstream, gemini: genai.Client) -> None:
+    """Signatures come back byte-exact (in either base64 alphabet) or the fake records it."""
+    upstream.script(Reply.tool_calls(CALLS[:1], summary=["Need the weather."]))
+    config = genai_types.GenerateContentConfig(
+        thinking_config=genai_types.ThinkingConfig(include_thoughts=True, thinking_budget=1024)
+    )
+    first = gemini.models.generate_content(model=GEMINI_MODEL, contents="Weather in Paris?", config=config)
+    assert first.candidates and first.candidates[0].content and first.candidates[0].content.parts
+    content = first.candidates[0].content
+    thought, call = content.parts  # type: ignore[misc]
+    assert thought.thought and thought.text == "Need the weather." and not thought.thought_signature
+    assert call.function_call and call.thought_signature
+    assert call.thought_signature == base64.b64decode(upstream.gemini_signature("Need the weather."))
+
+    def follow_up(model_turn: genai_types.Content) -> None:
+        answer = genai_types.Part(
+            function_response=genai_types.FunctionResponse(name="get_weather", response={"t": 1})
+        )
+        history = [
+            genai_types.Content(role="user", parts=[genai_types.Part(text="Weather in Paris?")]),
+            model_turn,
+            genai_types.Content(role="user", parts=[answer]),
+        ]
+        gemini.models.generate_content(model=GEMINI_MODEL, contents=history, config=config)
+
+    follow_up(content)
+    assert upstream.violations == []
+    sent = upstream.last.body["contents"][1]["parts"][1]["thoughtSignature"]
+    assert base64.urlsafe_b64decode(sent) == call.thought_signature
+    tampered = bytes([call.thought_signature[0] ^ 1]) + call.thought_signature[1:]
+    follow_up(
+        content.model_copy(
+            update={"parts": [thought, call.model_copy(update={"thought_signature": tampered})]}
+        )
+    )
+    invented = base64.b64decode(gemini_signature("x"))[:-1] + b"?"
+    follow_up(
+        content.model_copy(
+            update={"parts": [thought, call.model_copy(update={"thought_signature": invented})]}
+        )
+    )
+    where = f"POST /v1beta/models/{GEMINI_MODEL}:generateContent"
+    assert (
+        upstream.violations
+        == [f"{where}: thoughtSignature at $.contents[1].parts[1] is not one the fake minted"] * 2
+    )
+    upstream.violations.clear()
+
+
+def test_gemini_streamed_thoughts_sign_the_first_answer_part(
+    upstream: FakeUpstream, gemini: genai.Client
+) -> None:
+    upstream.script(Reply.reasoning(["Think hard."], text="42"))
+    chunks = list(gemini.models.generate_content_stream(model=GEMINI_MODEL, contents="?"))
+    parts = [p for c in chunks for p in (c.candidates[0].content.parts or [])]  # type: ignore[index, union-attr]
+    assert [(p.thought, p.text, bool(p.thought_signature)) for p in parts] == [
+        (True, "Think ", False),
+        (True, "hard.", False),
+        (None, "42", True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "exception", "status_name"),
+    [
+        (400, genai_errors.ClientError, "INVALID_ARGUMENT"),
+        (403, genai_errors.ClientError, "PERMISSION_DENIED"),
+        (404, genai_errors.ClientError, "NOT_FOUND"),
+        (429, genai_errors.ClientError, "RESOURCE_EXHAUSTED"),
+        (500, genai_errors.ServerError, "INTERNAL"),
+        (503, genai_errors.ServerError, "UNAVAILABLE"),
+    ],
+)
+def test_gemini_errors(
+    upstream: FakeUpstream, gemini: genai.Client, status: int, exception: type[Exception], status_name: str
+) -> None:
+    upstream.script(Reply.error(status, "Nope."))
+    with pytest.raises(exception) as caught:
+        gemini.models.generate_content(model=GEMINI_MODEL, contents="hi")
+    error: Any = caught.value
+    assert (error.code, error.status, error.message) == (status, status_name, "Nope.")
+
+
+def test_gemini_error_status_can_be_chosen(upstream: FakeUpstream) -> None:
+    upstream.script(Reply.error(400, "API key not valid.", type="FAILED_PRECONDITION"))
+    data = json.dumps({"contents": GEMINI_CONTENTS}).encode()
+    status, _, raw = http_post(gemini_url(upstream, "generateContent"), data, GEMINI_HEADERS)
+    assert status == 400 and json.loads(raw)["error"]["status"] == "FAILED_PRECONDITION"
+
+
+def test_gemini_mid_stream_error(upstream: FakeUpstream, gemini: genai.Client) -> None:
+    upstream.script(Reply.stream_error("a b c d", after=2, message="server exploded"), Reply.stream_error())
+    received = []
+    with pytest.raises(genai_errors.ServerError, match="server exploded"):
+        for chunk in gemini.models.generate_content_stream(model=GEMINI_MODEL, contents="hi"):
+            received.append(chunk.text)
+    assert received == ["a ", "b "]
+    with pytest.raises(genai_errors.ServerError) as caught:
+        gemini.models.generate_content(model=GEMINI_MODEL, contents="hi")
+    assert caught.value.code == 500
+
+
+def test_gemini_mid_stream_error_in_a_json_array(upstream: FakeUpstream) -> None:
+    upstream.script(Reply.stream_error("a b c", after=1))
+    url = gemini_url(upstream, "streamGenerateContent")
+    _, _, raw = http_post(url, json.dumps({"contents": GEMINI_CONTENTS}).encode(), GEMINI_HEADERS)
+    elements = json.loads(raw)  # still one well-formed array, the error as its last element
+    assert len(elements) == 2 and elements[1]["error"]["status"] == "INTERNAL"
+
+
+def test_gemini_incomplete_answers(upstream: FakeUpstream, gemini: genai.Client) -> None:
+    upstream.script(Reply.incomplete("cut sh"), Reply.incomplete("", reason="content_filter"))
+    cut = gemini.models.generate_content(model=GEMINI_MODEL, contents="Long story")
+    assert cut.candidates and cut.candidates[0].finish_reason == genai_types.FinishReason.MAX_TOKENS
+    assert cut.text == "cut sh"
+    chunks = list(gemini.models.generate_content_stream(model=GEMINI_MODEL, contents="Bad"))
+    assert chunks[-1].candidates and chunks[-1].candidates[0].finish_reason == genai_types.FinishReason.SAFETY
+
+
+def test_gemini_broken_transports(upstream: FakeUpstream, gemini: genai.Client) -> None:
+    upstream.script(Reply.html(503), Reply.garbage())
+    with pytest.raises(genai_errors.ServerError) as caught:
+        gemini.models.generate_content(model=GEMINI_MODEL, contents="hi")
+    assert caught.value.code == 503
+    received = []
+    with pytest.raises(genai_errors.UnknownApiResponseError):
+        for chunk in gemini.models.generate_content_stream(model=GEMINI_MODEL, contents="hi"):
+            received.append(chunk.text)
+    assert received == ["Hello "]
+
+
+def test_gemini_sdk_count_tokens(upstream: FakeUpstream, gemini: genai.Client) -> None:
+    counted = gemini.models.count_tokens(model=GEMINI_MODEL, contents="hello there")
+    assert counted.total_tokens == count_tokens({"contents": upstream.last.body["contents"]})
+    assert upstream.last.path == f"/v1beta/models/{GEMINI_MODEL}:countTokens"
+
+
+def test_gemini_model_comes_from_the_path(upstream: FakeUpstream, gemini: genai.Client) -> None:
+    upstream.script(Reply.text("global"))
+    upstream.for_model("gemini-backup", Reply.text("from backup"))
+    assert gemini.models.generate_content(model="gemini-backup", contents="hi").text == "from backup"
+    assert "model" not in upstream.last.body
+    assert gemini.models.generate_content(model=GEMINI_MODEL, contents="hi").text == "global"
+
+
+def test_gemini_sdk_default_api_version_is_served_too(upstream: FakeUpstream) -> None:
+    """google-genai talks ``/v1`` once given a base URL; the fake answers there as well."""
+    sdk = genai.Client(api_key="gk-test", http_options=genai_types.HttpOptions(base_url=upstream.root))
+    try:
+        upstream.script(Reply.text("v1 too"))
+        assert sdk.models.generate_content(model=GEMINI_MODEL, contents="hi").text == "v1 too"
+    finally:
+        sdk.close()
+    assert upstream.last.path == f"/v1/models/{GEMINI_MODEL}:generateContent"
+
+
+def test_one_reply_renders_in_every_vendor_dialect(
+    upstream: FakeUpstream, client: openai.OpenAI, claude: anthropic.Anthropic, gemini: genai.Client
+) -> None:
+    upstream.script(*[Reply.tool_calls(CALLS[:1], text="Let me check.")] * 4)
+    message = chat(client).choices[0].message
+    assert message.content == "Let me check." and message.tool_calls[0].function.name == "get_weather"
+    output = client.responses.create(model="gpt-4.1", input="hi").output
+    assert [item.type for item in output] == ["message", "function_call"]
+    blocks = create(claude).content
+    assert [b.type for b in blocks] == ["text", "tool_use"]
+    response = gemini.models.generate_content(model=GEMINI_MODEL, contents="hi")
+    assert response.text == "Let me check." and [c.name for c in response.function_calls or []] == [
+        "get_weather"
+    ]
+    assert [r.path for r in upstream.requests] == [
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/messages",
+        f"/v1beta/models/{GEMINI_MODEL}:generateContent",
+    ]
