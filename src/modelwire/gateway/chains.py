@@ -29,12 +29,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import ServiceUnavailableError
 from .store import Store, StoredResponse, describe_error
+
+if TYPE_CHECKING:
+    from .auth import ClientKey
 
 log = logging.getLogger("modelwire.gateway")
 
@@ -44,6 +47,11 @@ STORE_DOWN = "the gateway's store is unreachable, so previous_response_id cannot
 # Responses written to SQLite per transaction when the write runs on the event loop, so one turn of
 # the loop never stalls requests for long.
 LOOP_SLICE = 100
+
+
+def owned(found: StoredResponse, key: ClientKey | None) -> bool:
+    """A stored response belongs to the key that made it: to another key it does not exist."""
+    return found.key_name == (key.name if key else None)
 
 
 def input_items(body: dict[str, Any]) -> list[dict[str, Any]]:

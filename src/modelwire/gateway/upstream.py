@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -100,15 +100,22 @@ class Backend:
         """Whether the upstream itself resolves ``previous_response_id`` (and stores answers)."""
         return self.profile.stateful and self.wire.chains
 
-    def headers(self, key_index: int) -> dict[str, str]:
-        """A fresh copy of the request headers for one of the backend's keys."""
+    def headers(self, key_index: int, client: Mapping[bytes, bytes] | None = None) -> dict[str, str]:
+        """A fresh copy of the request headers for one of the backend's keys, with the client's
+        headers its wire forwards (Anthropic's version and beta flags)."""
         base = self._key_headers.get(key_index)
         if base is None:
             base = self._key_headers[key_index] = {
                 **self._headers,
                 **self.host.auth_headers(self.keys.keys[key_index]),
             }
-        return dict(base)
+        headers = dict(base)
+        if client:
+            for name in self.wire.client_headers:
+                value = client.get(name)
+                if value is not None:
+                    headers[name.decode()] = value.decode("latin-1")
+        return headers
 
     def url(self, model: str, stream: bool = False) -> str:
         """The URL of this backend's wire for ``model`` (deployment-scoped on Azure, in the path on

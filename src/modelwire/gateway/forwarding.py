@@ -1,0 +1,131 @@
+"""The fast path: the client's dialect is the upstream's wire, so the client's own body goes up
+with only what the route changes (:mod:`.passthrough`), and the answer comes back as the upstream's
+bytes, a stream passing through the wire's tap, which reads usage on the way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..dialects.stream import events_from_response
+from ..errors import ModelwireError, ProtocolError
+from ..providers.transport import Reply, Transport
+from ..providers.transport import call as upstream_call
+from ..types import Usage
+from . import http, passthrough
+from .accounting import Accounting
+from .call import Call
+from .http import Send
+from .routing import Target
+from .upstream import Backend, Outcome
+
+log = logging.getLogger("modelwire.gateway")
+
+
+@dataclass(slots=True)
+class Passthrough:
+    """A forwarded upstream answer: a finished body, or an open stream."""
+
+    reply: Reply
+    payload: bytes = b""
+    doc: dict[str, Any] | None = None
+
+
+class Forwarder:
+    def __init__(self, transport: Transport, accounting: Accounting) -> None:
+        self.transport = transport
+        self.accounting = accounting
+
+    def takes(self, call: Call, backend: Backend) -> bool:
+        """Whether ``call`` can go to ``backend`` as it came."""
+        return backend.passthrough and backend.wire.name == call.surface.dialect
+
+    async def attempt(self, call: Call, target: Target, backend: Backend, index: int) -> Passthrough:
+        reply = await self._send(call, target, backend, index)
+        if call.stream:
+            return Passthrough(reply)
+        payload = await reply.read()
+        return Passthrough(reply, payload, passthrough.json_object(payload))
+
+    async def _send(self, call: Call, target: Target, backend: Backend, index: int) -> Reply:
+        wire = backend.wire
+        body = passthrough.rewrite(
+            call.body, target, wire, backend.host.wire, stream=call.stream, items=call.items
+        )
+        url = backend.url(target.model, call.stream)
+        headers = backend.headers(index, call.headers)
+        headers["X-Client-Request-Id"] = call.request_id
+        if call.stream:
+            headers["Accept"] = "text/event-stream"
+        payload = orjson.dumps(body)
+        record = self.accounting.record
+        record("upstream_request", call, payload, url=url, headers=headers, backend=backend.name)
+
+        def seen(raw: bytes, _: Mapping[str, str]) -> None:
+            record("upstream_response", call, raw, backend=backend.name)
+
+        timeout = backend.config.timeout
+        return await upstream_call(
+            self.transport, "POST", url, headers, payload, read_timeout=timeout, on_error=seen
+        )
+
+    async def finish(self, call: Call, outcome: Outcome[Any]) -> tuple[int, bytes, Usage | None]:
+        """A whole forwarded answer: its status, its bytes, its usage."""
+        value = outcome.value
+        self.accounting.record("upstream_response", call, value.payload)
+        await self.accounting.remember(call, value.doc, outcome.backend, translated=False)
+        usage = outcome.backend.wire.usage_of(value.doc) if value.doc is not None else None
+        return value.reply.status, value.payload, usage
+
+    async def pump(
+        self, call: Call, outcome: Outcome[Any], send: Send, watcher: asyncio.Future[Any]
+    ) -> tuple[Usage | None, int]:
+        """The upstream's stream to the client; its usage and the status to record."""
+        backend, reply = outcome.backend, outcome.value.reply
+        if "json" in reply.headers.get("content-type", ""):  # the upstream ignored the stream flag
+            return await self._pump_whole(call, outcome, send)
+        tap = backend.wire.tap(
+            call.body, filter_chunks=backend.profile.filter_chunks, json_array=call.surface.json_array
+        )
+        call.failing_end = tap.fail
+        # A stored response must be in the store before the client can name it: hold the final event.
+        hold = self.accounting.keeps(call, backend, translated=False)
+        capture = self.accounting.capture is not None
+        broken = False
+        try:
+            async for chunk in reply.chunks():
+                out = tap.feed(chunk)
+                if capture:
+                    self.accounting.record("upstream_chunk", call, chunk)
+                if out:
+                    if hold and tap.response is not None:
+                        hold = False
+                        await self.accounting.remember(call, tap.response, backend, translated=False)
+                    await self.accounting.chunk(call, send, out)
+                if watcher.done():
+                    reply.close()
+                    return tap.usage, 499
+        except ModelwireError as err:
+            broken = True
+            log.debug("upstream stream broke: %s", err)
+        if (broken or not tap.finished) and not tap.errored:
+            cut = ProtocolError("the upstream stream ended before the answer finished", status=502)
+            await http.stream_chunk(send, tap.fail(cut))
+            call.error = "upstream_cut"
+            return tap.usage, 502
+        await http.stream_chunk(send, tap.end())
+        return tap.usage, 502 if tap.errored else 200
+
+    async def _pump_whole(self, call: Call, outcome: Outcome[Any], send: Send) -> tuple[Usage | None, int]:
+        doc = passthrough.json_object(await outcome.value.reply.read())
+        response = outcome.backend.wire.decode_response(doc)
+        response.model = call.model
+        renderer = call.surface.stream_renderer(call.decoded(), call.body)
+        body = b"".join(renderer.feed(e) for e in events_from_response(response)) + renderer.end()
+        await http.stream_chunk(send, body)
+        return response.usage, 200

@@ -1,0 +1,146 @@
+"""A generation request from admission to its last byte: the failover search over the route's
+targets, each attempt forwarded or translated, then the answer whole or streamed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from ..errors import ContextLengthError, ModelwireError, PreviousResponseNotFound
+from ..providers.catalog import Catalog
+from ..tokens import count_request_tokens
+from . import http
+from .accounting import Accounting
+from .admission import Admission
+from .call import Call
+from .config import Config
+from .forwarding import Forwarder, Passthrough
+from .http import Receive, Scope, Send
+from .routing import Route, Target
+from .surfaces import ANTHROPIC, RESPONSES
+from .translation import Translated, Translator
+from .upstream import Backend, Failover, Outcome
+
+
+class Generation:
+    def __init__(
+        self,
+        config: Config,
+        catalog: Catalog,
+        failover: Failover,
+        admission: Admission,
+        accounting: Accounting,
+        forwarder: Forwarder,
+        translator: Translator,
+    ) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.failover = failover
+        self.admission = admission
+        self.accounting = accounting
+        self.forwarder = forwarder
+        self.translator = translator
+
+    async def generate(
+        self,
+        call: Call,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        from_path: tuple[str, bool] | None = None,
+    ) -> None:
+        try:
+            route = await self.admission.admit(call, scope, receive, from_path)
+            if call.surface is RESPONSES:
+                await self.admission.expand_chain(call)
+            if call.stream:
+                await self._stream(call, route, receive, send)
+            else:
+                await self._complete(call, route, send)
+        except ModelwireError as err:
+            call.backend, call.upstream_model = err.backend, err.upstream_model
+            if isinstance(err, ContextLengthError) and call.surface is ANTHROPIC:
+                err = await self._too_long(call, err)
+            await self.accounting.error(call, send, err)
+            self.accounting.account(call, None, call.status)
+
+    async def _search(self, call: Call, route: Route) -> Outcome[Passthrough | Translated]:
+        return await self.failover.run(route.order(), lambda t, b, i: self._attempt(call, t, b, i))
+
+    async def _attempt(
+        self, call: Call, target: Target, backend: Backend, index: int
+    ) -> Passthrough | Translated:
+        if call.items is None and call.body.get("previous_response_id") and not backend.chains:
+            # Neither we nor this upstream know the chain: forwarding the id would lose its context.
+            raise PreviousResponseNotFound(
+                f"Previous response with id '{call.body['previous_response_id']}' not found.",
+                code="previous_response_not_found",
+                param="previous_response_id",
+            )
+        if self.forwarder.takes(call, backend):
+            return await self.forwarder.attempt(call, target, backend, index)
+        return await self.translator.attempt(call, target, backend, index)
+
+    async def _complete(self, call: Call, route: Route, send: Send) -> None:
+        outcome = await self._search(call, route)
+        call.served_by(outcome.target, outcome.backend)
+        headers = self.accounting.served_headers(call, outcome)
+        if isinstance(outcome.value, Passthrough):
+            status, payload, usage = await self.forwarder.finish(call, outcome)
+        else:
+            status, payload, usage = await self.translator.finish(call, outcome)
+        await self.accounting.respond(call, send, status, payload, headers)
+        self.accounting.record("client_response", call, payload)
+        call.ttft = time.monotonic() - call.started
+        self.accounting.account(call, usage, status)
+
+    async def _stream(self, call: Call, route: Route, receive: Receive, send: Send) -> None:
+        task = asyncio.ensure_future(self._search(call, route))
+        try:  # a failure is said by generate: as an error response, or in the stream once it is open
+            outcome = await self._first_answer(call, task, send)
+        finally:
+            task.cancel()  # a no-op once done; stops the search when this request is cut
+        call.served_by(outcome.target, outcome.backend)
+        if not call.responding:
+            call.responding = True
+            headers = self.accounting.served_headers(call, outcome)
+            await http.start_stream(send, headers, call.surface.stream_headers)
+        watcher = asyncio.ensure_future(receive())
+        try:
+            if isinstance(outcome.value, Passthrough):
+                usage, status = await self.forwarder.pump(call, outcome, send, watcher)
+            else:
+                usage, status = await self.translator.pump(call, outcome, send, watcher)
+        finally:
+            watcher.cancel()
+        await http.end_stream(send)
+        if status == 499:
+            call.error = "client_closed"
+            usage = usage or await self.accounting.estimate(call)
+        self.accounting.account(call, usage, status)
+
+    async def _first_answer(self, call: Call, task: asyncio.Future[Outcome[Any]], send: Send) -> Outcome[Any]:
+        """Wait for the failover search; while the wait is long, open the stream and keep it alive."""
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=self.config.server.keepalive_seconds)
+            if done:
+                return task.result()
+            if not call.responding:
+                call.responding = True
+                await http.start_stream(
+                    send, [(b"x-request-id", call.request_id.encode())], call.surface.stream_headers
+                )
+            await http.stream_chunk(send, call.surface.keepalive)
+
+    async def _too_long(self, call: Call, err: ContextLengthError) -> ContextLengthError:
+        """The overflow in Anthropic's own words, which Claude Code recognises (and then compacts)."""
+        window = self.catalog.context_window(call.upstream_model or call.model)
+        try:
+            tokens = await asyncio.to_thread(count_request_tokens, call.decoded())
+        except ModelwireError:
+            return err
+        if window is None or tokens <= window:
+            window = tokens - 1  # the upstream's limit is lower than the catalog knows
+        message = f"prompt is too long: {tokens} tokens > {window} maximum"
+        return ContextLengthError(message, status=err.status, code=err.code, request_id=err.request_id)
