@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from modelwire.providers.catalog import Catalog, ModelProfile, Price, adapt, cost, nearest_effort
+from modelwire.providers.catalog import (
+    Catalog,
+    ModelProfile,
+    Price,
+    adapt,
+    cost,
+    nearest_effort,
+    unsupported_settings,
+)
 from modelwire.types import Request, Usage
+from modelwire.wires import WIRES
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +126,16 @@ def test_discovered_models_are_listed() -> None:
     catalog = Catalog()
     catalog.discover(["gpt-5.1", "my-finetune"])
     assert catalog.models() == ["gpt-5.1", "my-finetune"]
+
+
+def test_unsupported_settings_follow_the_wire() -> None:
+    """A seed has no field on the Responses or Messages wires; another dialect's sampling extras
+    are reported only when they cross to a different wire."""
+    profile = ModelProfile(id="m")
+    seeded = Request(model="m", seed=7)
+    assert unsupported_settings(seeded, profile, WIRES["openai_responses"]) == ["seed"]
+    assert unsupported_settings(seeded, profile, WIRES["anthropic_messages"]) == ["seed"]
+    assert unsupported_settings(seeded, profile, WIRES["openai_chat"]) == []
+    foreign = Request(model="m", dialect="anthropic_messages", extra={"top_k": 5})
+    assert unsupported_settings(foreign, profile, WIRES["openai_chat"]) == ["top_k"]
+    assert unsupported_settings(foreign, profile, WIRES["anthropic_messages"]) == []

@@ -7,6 +7,9 @@ The library in one breath::
     client = mw.OpenAI()                      # OPENAI_API_KEY / OPENAI_BASE_URL
     reply = await client.complete(model="gpt-5.1", messages=[mw.user("Hello")])
     print(reply.text, reply.usage.cost)
+
+The public API is what this module exports (``__all__``); the subpackages are implementation and
+may change between releases.
 """
 
 from ._version import __version__

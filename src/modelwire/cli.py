@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .errors import AuthenticationError, ModelwireError, UpstreamUnavailableError
-from .providers.hosts import HostKind, WireAPI
+from .providers.hosts import PROFILES, HostKind, WireAPI
 from .providers.openai import OpenAI
 from .types import BlockDelta, BlockStart, Finish, Message, Reasoning, Text, Usage
 
@@ -100,9 +100,10 @@ def chat(
     if not text or not text.strip():
         _fail("nothing to ask: give a prompt or pipe one on stdin", code=2)
     key = api_key or os.environ.get("OPENAI_API_KEY") or os.environ.get("AZURE_OPENAI_API_KEY")
-    if not key and host != "codex":
+    kind = _host(host)
+    if not key and not (kind is not None and PROFILES[kind].signs_in):
         _fail("no API key: set OPENAI_API_KEY or pass --api-key", code=2)
-    client = OpenAI(api_key=key, base_url=base_url, host=_host(host), api=_api(api), max_retries=2)
+    client = OpenAI(api_key=key, base_url=base_url, host=kind, api=_api(api), max_retries=2)
     messages = [Message(role="system", content=[Text(text=system)])] if system else []
     messages.append(Message(role="user", content=[Text(text=text)]))
     try:

@@ -45,6 +45,7 @@ class Wire:
     tap: TapFactory
     fit_forwarded: Callable[[dict[str, Any], WireOptions, bool], None] = lambda body, opts, stream: None
     api: WireAPI | None = None  # its name in OpenAI's family (``api:``, the driver's ``api=``)
+    seed: bool = True  # takes a sampling seed
     stop_sequences: bool = True  # takes stop sequences (else the driver cuts at them itself)
     model_in_body: bool = True  # Gemini names the model (and streaming) in the URL instead
     chains: bool = False  # carries previous_response_id, for hosts that store answers
@@ -98,6 +99,7 @@ WIRES: dict[Dialect, Wire] = {
         tap=ResponsesTap,
         api="responses",
         chains=True,
+        seed=False,
         stop_sequences=False,
     ),
     "anthropic_messages": Wire(
@@ -111,6 +113,7 @@ WIRES: dict[Dialect, Wire] = {
         apply_param=anthropic_messages.apply_param,
         tap=AnthropicTap,
         client_headers=(b"anthropic-version", b"anthropic-beta"),
+        seed=False,
         count_endpoint="count_tokens",
     ),
     "gemini": Wire(

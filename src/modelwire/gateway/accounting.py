@@ -30,7 +30,6 @@ from .http import Headers, Send
 from .metrics import Metrics
 from .state import State
 from .store import UsageRecord
-from .surfaces import RESPONSES
 from .upstream import Backend, Outcome
 
 log = logging.getLogger("modelwire.gateway")
@@ -138,7 +137,7 @@ class Accounting:
     def keeps(self, call: Call, backend: Backend, *, translated: bool) -> bool:
         """Whether the gateway stores this answer: Responses answers from upstreams that keep none
         (a native upstream stores what it served and chains it itself), unless ``store: false``."""
-        if call.surface is not RESPONSES or call.body.get("store") is False:
+        if not call.surface.chains or call.body.get("store") is False:
             return False
         return translated or not backend.chains
 

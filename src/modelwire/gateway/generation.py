@@ -18,7 +18,7 @@ from .config import Config
 from .forwarding import Forwarder, Passthrough
 from .http import Receive, Scope, Send
 from .routing import Route, Target
-from .surfaces import ANTHROPIC, RESPONSES
+from .surfaces import ANTHROPIC
 from .translation import Translated, Translator
 from .upstream import Backend, Failover, Outcome
 
@@ -52,7 +52,7 @@ class Generation:
     ) -> None:
         try:
             route = await self.admission.admit(call, scope, receive, from_path)
-            if call.surface is RESPONSES:
+            if call.surface.chains:
                 await self.admission.expand_chain(call)
             if call.stream:
                 await self._stream(call, route, receive, send)

@@ -99,7 +99,8 @@ async def start_stream(
 
 
 async def stream_chunk(send: Send, chunk: bytes) -> None:
-    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    if chunk:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
 
 async def end_stream(send: Send) -> None:

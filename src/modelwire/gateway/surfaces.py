@@ -43,6 +43,7 @@ class Surface:
     required: tuple[str, ...] = ()
     stream_headers: tuple[tuple[bytes, bytes], ...] = SSE_HEADERS
     json_array: bool = False  # streams one JSON array rather than SSE events
+    chains: bool = False  # clients name earlier answers by previous_response_id
 
     def check(self, body: dict[str, Any]) -> None:
         """Missing or wrong top-level fields fail here, before a body is forwarded undecoded."""
@@ -133,4 +134,5 @@ RESPONSES = Surface(
     stream_renderer=_responses_renderer,
     render_error=openai_responses.render_error,
     field_types=openai_responses.FIELD_TYPES,
+    chains=True,
 )

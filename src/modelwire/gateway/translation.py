@@ -49,7 +49,7 @@ class Translator:
             await inline_media(req, self.transport, allow_private=self.config.server.allow_private_urls)
         driver = backend.driver(index)
         overrides = {"model": target.model, **dict(target.params)}
-        dropped = unsupported_settings(req, self.catalog.profile(target.model), backend.wire.name)
+        dropped = unsupported_settings(req, self.catalog.profile(target.model), backend.wire)
         if not call.stream:
             return Translated(dropped, response=await driver.complete(req, **overrides))
         events = driver.events(req, **overrides)

@@ -13,9 +13,12 @@ import functools
 import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..types import Request, Usage
+
+if TYPE_CHECKING:
+    from ..wires import Wire
 
 EFFORT_ORDER = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 DEFAULT_CONTEXT_WINDOW = 80_000 / 0.7  # so that the 70% compaction threshold is 80,000 when unknown
@@ -219,13 +222,13 @@ _FOREIGN_SAMPLING = (
 )
 
 
-def unsupported_settings(req: Request, profile: ModelProfile, api: str) -> list[str]:
+def unsupported_settings(req: Request, profile: ModelProfile, wire: Wire) -> list[str]:
     """The caller's sampling settings an upstream will not see: refused by the model (reasoning
-    models take no temperature), or with no field in the upstream's wire API (``api``)."""
+    models take no temperature), or with no field in the upstream's wire."""
     names = [n for n in ("temperature", "top_p") if not profile.sampling and getattr(req, n) is not None]
-    if api == "responses" and req.seed is not None:
+    if not wire.seed and req.seed is not None:
         names.append("seed")
-    if req.dialect != f"openai_{api}":
+    if req.dialect != wire.name:
         generation = req.extra.get("generationConfig")
         extra = {**req.extra, **(generation if isinstance(generation, dict) else {})}
         names += [n for n in _FOREIGN_SAMPLING if n in extra]
