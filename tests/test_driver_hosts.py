@@ -6,7 +6,7 @@ import pytest
 
 import modelwire as mw
 from modelwire.providers.hosts import Host, detect_kind
-from modelwire.providers.openai import prompt_cache_key
+from modelwire.providers.planning import prompt_cache_key
 from modelwire.providers.strict import strict_schema
 
 from .driver_fixtures import driver

@@ -130,9 +130,9 @@ async def test_continuation_carries_reasoning_forward(upstream: FakeUpstream) ->
     first = mw.Response(
         id="resp_1", model="gpt-5.1", content=[reasoning, mw.Text(text="partial")], stop_reason="length"
     )
-    plan = client._plan(mw.Request(model="gpt-5.1", messages=[mw.user("q")]), {}, stream=False)
-    cont = client._continuation(plan, first)
-    items = client._body(cont)["input"]
+    planner = client.planner
+    plan = planner.plan(mw.Request(model="gpt-5.1", messages=[mw.user("q")]), {}, stream=False)
+    items = planner.body(planner.continuation(plan, first))["input"]
     assert [i["type"] for i in items] == ["message", "reasoning", "message"]
     await client.aclose()
 
@@ -183,7 +183,7 @@ async def test_cut_off_tool_calls_are_not_continued(upstream: FakeUpstream) -> N
     cut = mw.Response(
         id="r", model="m", content=[mw.ToolCall(id="c", name="f", arguments="{}")], stop_reason="length"
     )
-    assert not client._should_continue(cut, 0)
+    assert not client.planner.should_continue(cut, 0)
     await client.aclose()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 
 from ..errors import (
     AuthenticationError,
@@ -29,25 +30,16 @@ from .store import describe_error
 from .sync import StoreSync
 
 
+@dataclass(eq=False)
 class Admission:
-    def __init__(
-        self,
-        config: Config,
-        router: Router,
-        state: State,
-        lockout: Lockout,
-        sync: StoreSync,
-        dependencies: Dependencies,
-        accounting: Accounting,
-    ) -> None:
-        self.config = config
-        self.router = router
-        self.state = state
-        self.lockout = lockout
-        self.sync = sync
-        self.dependencies = dependencies
-        self.accounting = accounting
-        self._budget_seeded: set[str] = set()
+    config: Config
+    router: Router
+    state: State
+    lockout: Lockout
+    sync: StoreSync
+    dependencies: Dependencies
+    accounting: Accounting
+    _budget_seeded: set[str] = field(default_factory=set, init=False)
 
     async def admit(
         self, call: Call, scope: Scope, receive: Receive, from_path: tuple[str, bool] | None = None

@@ -36,10 +36,10 @@ class Passthrough:
     doc: dict[str, Any] | None = None
 
 
+@dataclass(eq=False)
 class Forwarder:
-    def __init__(self, transport: Transport, accounting: Accounting) -> None:
-        self.transport = transport
-        self.accounting = accounting
+    transport: Transport
+    accounting: Accounting
 
     def takes(self, call: Call, backend: Backend) -> bool:
         """Whether ``call`` can go to ``backend`` as it came."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ContextLengthError, ModelwireError, PreviousResponseNotFound
@@ -23,24 +24,15 @@ from .translation import Translated, Translator
 from .upstream import Backend, Failover, Outcome
 
 
+@dataclass(eq=False)
 class Generation:
-    def __init__(
-        self,
-        config: Config,
-        catalog: Catalog,
-        failover: Failover,
-        admission: Admission,
-        accounting: Accounting,
-        forwarder: Forwarder,
-        translator: Translator,
-    ) -> None:
-        self.config = config
-        self.catalog = catalog
-        self.failover = failover
-        self.admission = admission
-        self.accounting = accounting
-        self.forwarder = forwarder
-        self.translator = translator
+    config: Config
+    catalog: Catalog
+    failover: Failover
+    admission: Admission
+    accounting: Accounting
+    forwarder: Forwarder
+    translator: Translator
 
     async def generate(
         self,

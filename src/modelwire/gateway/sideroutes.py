@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -35,27 +36,17 @@ log = logging.getLogger("modelwire.gateway")
 MODELS_TTL = 300.0  # seconds the upstream's model list is remembered
 
 
+@dataclass(eq=False)
 class SideRoutes:
-    def __init__(
-        self,
-        config: Config,
-        router: Router,
-        catalog: Catalog,
-        backends: dict[str, Backend],
-        failover: Failover,
-        transport: Transport,
-        admission: Admission,
-        accounting: Accounting,
-    ) -> None:
-        self.config = config
-        self.router = router
-        self.catalog = catalog
-        self.backends = backends
-        self.failover = failover
-        self.transport = transport
-        self.admission = admission
-        self.accounting = accounting
-        self._models_cache: tuple[float, list[str]] = (0.0, [])
+    config: Config
+    router: Router
+    catalog: Catalog
+    backends: dict[str, Backend]
+    failover: Failover
+    transport: Transport
+    admission: Admission
+    accounting: Accounting
+    _models_cache: tuple[float, list[str]] = field(default_factory=lambda: (0.0, []), init=False)
 
     # -------------------------------------------------------------------------------- embeddings
 

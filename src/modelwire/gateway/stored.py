@@ -3,6 +3,7 @@ the upstreams that store what they served themselves."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ModelwireError, NotFoundError
@@ -18,20 +19,13 @@ from .store import StoredResponse
 from .upstream import Backend
 
 
+@dataclass(eq=False)
 class StoredResponses:
-    def __init__(
-        self,
-        backends: dict[str, Backend],
-        transport: Transport,
-        state: State,
-        admission: Admission,
-        accounting: Accounting,
-    ) -> None:
-        self.backends = backends
-        self.transport = transport
-        self.state = state
-        self.admission = admission
-        self.accounting = accounting
+    backends: dict[str, Backend]
+    transport: Transport
+    state: State
+    admission: Admission
+    accounting: Accounting
 
     async def serve(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
         rest = scope["path"].removeprefix("/v1").removeprefix("/responses/")

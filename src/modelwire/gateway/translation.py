@@ -32,14 +32,12 @@ class Translated:
     events: AsyncIterator[StreamEvent] | None = None
 
 
+@dataclass(eq=False)
 class Translator:
-    def __init__(
-        self, config: Config, catalog: Catalog, transport: Transport, accounting: Accounting
-    ) -> None:
-        self.config = config
-        self.catalog = catalog
-        self.transport = transport
-        self.accounting = accounting
+    config: Config
+    catalog: Catalog
+    transport: Transport
+    accounting: Accounting
 
     async def attempt(self, call: Call, target: Target, backend: Backend, index: int) -> Translated:
         """One upstream's answer: whole, or its stream opened up to the first event that says

@@ -15,10 +15,8 @@ import asyncio
 import base64
 import builtins
 import dataclasses
-import hashlib
 import os
 import time
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -34,11 +32,9 @@ from ..errors import (
     TimeoutError,
 )
 from ..observe import (
-    ChainInvalidated,
     Continued,
     Hook,
     Observer,
-    Repaired,
     RequestSent,
     ResponseReceived,
     RetryScheduled,
@@ -52,7 +48,6 @@ from ..types import (
     BlockStart,
     BlockStop,
     Finish,
-    Message,
     Part,
     Request,
     Response,
@@ -60,37 +55,17 @@ from ..types import (
     StreamError,
     StreamEvent,
     Text,
-    ToolName,
     Usage,
     UsageUpdate,
 )
-from ..wires import OPENAI_APIS, WIRES, Wire
-from .catalog import DEFAULT_CONTEXT_WINDOW, Catalog, ModelProfile, adapt
+from .catalog import Catalog
 from .codex import CodexCredentials
-from .driver import build_request, read_events, read_json
+from .driver import read_events, read_json
 from .hosts import Endpoint, Host, HostKind, WireAPI
-from .repair import repair
+from .planning import Plan, Planner
 from .retry import RetryPolicy
-from .strict import StopScanner, cut_at_stop, strict_schema
+from .strict import StopScanner, cut_at_stop
 from .transport import Reply, Transport, call, default_transport
-
-COMPACTION_SHARE = 0.7
-_FAST_TIERS = {"fast": "priority", "priority": "priority"}
-
-
-@dataclass(slots=True)
-class _Plan:
-    """One logical call: the request as it will be sent and what is needed to redo it.
-
-    ``stops`` are stop sequences applied here because the API or model takes none.
-    """
-
-    req: Request
-    transcript: list[Message]
-    wire: Wire
-    profile: ModelProfile
-    chained: bool = False
-    stops: list[str] | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -147,20 +122,25 @@ class OpenAI:
         self.timeout = timeout
         self.deadline = deadline
         self.retry = retry or RetryPolicy(max_retries=max_retries)
-        self.continuations = continuations
-        self.compaction = compaction
-        self.store = store
         self.catalog = catalog or Catalog()
         self.transport: Transport = transport or default_transport()
-        self.extra_body = dict(extra_body or {})
         self.observer = Observer(on_event, debug=debug, raw=raw, tap=tap)
+        self.planner = Planner(
+            host=self.host,
+            api=api,
+            catalog=self.catalog,
+            observer=self.observer,
+            store=store,
+            compaction=compaction,
+            continuations=continuations,
+            extra_body=dict(extra_body or {}),
+        )
         self._headers = {"Content-Type": "application/json", "User-Agent": f"modelwire/{__version__}"}
         if organization:
             self._headers["OpenAI-Organization"] = organization
         if project:
             self._headers["OpenAI-Project"] = project
         self._headers.update(headers or {})
-        self._reported_repairs: OrderedDict[str, None] = OrderedDict()
         if credentials is None and self.host.profile.signs_in and not self.api_key:
             credentials = CodexCredentials(transport=self.transport)
         self.credentials = credentials
@@ -169,16 +149,16 @@ class OpenAI:
 
     async def complete(self, request: Request | None = None, /, **settings: Any) -> Response:
         """One answer, whole. Cut-off answers are continued and merged; usage is summed and priced."""
-        plan = self._plan(request, settings, stream=False)
+        plan = self.planner.plan(request, settings, stream=False)
         async with _deadline(self.deadline):
             response = await self._call(plan)
             continued = 0
-            while self._should_continue(response, continued):
+            while self.planner.should_continue(response, continued):
                 continued += 1
                 self.observer.emit(
                     Continued(count=continued, reason="max_output_tokens", response_id=response.id)
                 )
-                plan = self._continuation(plan, response)
+                plan = self.planner.continuation(plan, response)
                 response = _merge(response, await self._call(plan))
         response.usage.cost = self.catalog.cost(response.model or plan.req.model, response.usage)
         return response
@@ -193,7 +173,7 @@ class OpenAI:
     async def events(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
         """Like :meth:`stream`, but a failure after the stream started arrives as a
         :class:`StreamError` event rather than an exception (what a gateway needs to render it)."""
-        plan = self._plan(request, settings, stream=True)
+        plan = self.planner.plan(request, settings, stream=True)
         self.observer.emit(StreamStarted(model=plan.req.model))
         total = Usage()
         offset = continued = 0
@@ -216,14 +196,14 @@ class OpenAI:
                 response = acc.result()
                 response.stop_reason = finish.stop_reason
                 total = total + (finish.usage or Usage())
-                if not self._should_continue(response, continued):
+                if not self.planner.should_continue(response, continued):
                     break
                 continued += 1
                 offset += acc.block_count
                 self.observer.emit(
                     Continued(count=continued, reason="max_output_tokens", response_id=response.id)
                 )
-                plan = self._continuation(plan, response)
+                plan = self.planner.continuation(plan, response)
             total.cost = self.catalog.cost(plan.req.model, total)
             yield UsageUpdate(usage=total)
             yield Finish(stop_reason=finish.stop_reason, usage=total, stop_sequence=finish.stop_sequence)
@@ -286,109 +266,9 @@ class OpenAI:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    # ----------------------------------------------------------------------------------- planning
-
-    def _plan(self, request: Request | None, settings: dict[str, Any], *, stream: bool) -> _Plan:
-        req = build_request(request, {**settings, "stream": stream})
-        req.messages, report = repair(req.messages)
-        if report is not None:
-            self._report_repair(report)
-        profile = self.catalog.profile(req.model)
-        adapt(req, profile)
-        wire = self._wire_for(profile, req)
-        _fit_tool_choice(req, wire)
-        host = self.host.profile
-        if req.service_tier in _FAST_TIERS and host.service_tiers:
-            req.service_tier = _FAST_TIERS[req.service_tier]
-        if host.strict_tools:
-            _strict_tools(req)
-        if host.native_fields and wire.chains:
-            self._native_responses(req)
-        stops = None
-        if req.stop and (not wire.stop_sequences or profile.reasoning):
-            stops, req.stop = req.stop, None
-        plan = _Plan(req=req, transcript=req.messages, wire=wire, profile=profile, stops=stops)
-        if self._chains(wire) and req.store and req.previous_response_id is None:
-            _chain(plan)
-        return plan
-
-    def _chains(self, wire: Wire) -> bool:
-        """Whether calls on ``wire`` chain by stored response id on this host."""
-        return self.host.profile.stateful and wire.chains
-
-    def _wire_for(self, profile: ModelProfile, req: Request) -> Wire:
-        """The configured API, unless the host or the model cannot serve this request on it."""
-        wires = self.host.profile.wires
-        configured = OPENAI_APIS[self.api]
-        if configured not in wires:
-            return WIRES[wires[0]]
-        if self.api == "chat" and "responses" in profile.apis:
-            tools_refused = profile.chat_tools == "no" or (
-                profile.chat_tools == "effort-none" and req.reasoning_effort not in (None, "none")
-            )
-            if "chat" not in profile.apis or (req.tools and tools_refused):
-                return WIRES["openai_responses"]
-        return WIRES[configured]
-
-    def _native_responses(self, req: Request) -> None:
-        if req.store is None:
-            req.store = self.store if self.store is not None else False
-        if not self.host.profile.stateful:
-            req.store = False
-        if req.prompt_cache_key is None:
-            req.prompt_cache_key = prompt_cache_key(req)
-
-    def _report_repair(self, report: Repaired) -> None:
-        fresh = [m for m in report.missing if m[0] not in self._reported_repairs]
-        if not (fresh or report.dropped or report.moved):
-            return
-        for call_id, _ in fresh:
-            self._reported_repairs[call_id] = None
-        while len(self._reported_repairs) > 4096:
-            self._reported_repairs.popitem(last=False)
-        report.missing = fresh
-        self.observer.emit(report)
-
-    def _body(self, plan: _Plan) -> dict[str, Any]:
-        req, host = plan.req, self.host.profile
-        body = plan.wire.encode(req, host.options)
-        if plan.wire.chains:  # the Responses API: reasoning to replay, compaction
-            include = list(req.extra.get("include") or []) if req.dialect == plan.wire.name else []
-            if host.native_fields and not req.store and plan.profile.reasoning is not False:
-                include.append("reasoning.encrypted_content")
-            if include:
-                body["include"] = sorted(set(include))
-            if host.compaction and self.compaction:
-                window = self.catalog.context_window(req.model) or DEFAULT_CONTEXT_WINDOW
-                threshold = max(1000, int(window * COMPACTION_SHARE))
-                body.setdefault(
-                    "context_management", [{"type": "compaction", "compact_threshold": threshold}]
-                )
-        if not host.forwards_bodies:
-            _fit_codex(body)
-        body.update(self.extra_body)
-        return body
-
-    def _should_continue(self, response: Response, done: int) -> bool:
-        # A cut-off answer holding tool calls is the caller's to act on: continuing would need
-        # their results first.
-        return response.stop_reason == "length" and done < self.continuations and not response.tool_calls
-
-    def _continuation(self, plan: _Plan, response: Response) -> _Plan:
-        """The plan for the call that continues ``response``."""
-        transcript = [
-            *plan.transcript,
-            Message(role="assistant", content=list(response.content), id=response.id),
-        ]
-        req = dataclasses.replace(plan.req, messages=transcript, previous_response_id=None)
-        new = _Plan(req=req, transcript=transcript, wire=plan.wire, profile=plan.profile, stops=plan.stops)
-        if self._chains(plan.wire) and req.store:
-            _chain(new)
-        return new
-
     # -------------------------------------------------------------------------------------- calls
 
-    async def _call(self, plan: _Plan) -> Response:
+    async def _call(self, plan: Plan) -> Response:
         if self.host.profile.streams_only:
             acc = ResponseAccumulator()
             async for event in self._stream_call(dataclasses.replace(plan, req=_streaming(plan.req))):
@@ -401,7 +281,7 @@ class OpenAI:
         except PreviousResponseNotFound:
             if not plan.chained:
                 raise
-            return await self._call(self._unchain(plan))
+            return await self._call(self.planner.unchain(plan))
         started = time.monotonic()
         data = await read_json(reply, self.observer)
         response = plan.wire.decode_response(data)
@@ -418,16 +298,7 @@ class OpenAI:
         )
         return response
 
-    def _unchain(self, plan: _Plan) -> _Plan:
-        """The stored response we chained from is gone: replay the whole transcript instead."""
-        assert plan.req.previous_response_id is not None
-        self.observer.emit(ChainInvalidated(previous_response_id=plan.req.previous_response_id))
-        req = dataclasses.replace(plan.req, messages=plan.transcript, previous_response_id=None)
-        return _Plan(
-            req=req, transcript=plan.transcript, wire=plan.wire, profile=plan.profile, stops=plan.stops
-        )
-
-    async def _stream_call(self, plan: _Plan) -> AsyncIterator[StreamEvent]:
+    async def _stream_call(self, plan: Plan) -> AsyncIterator[StreamEvent]:
         """Events of one streamed call. Failures before the first event are retried by ``_send``;
         after it, they arrive as a :class:`StreamError`."""
         try:
@@ -435,7 +306,7 @@ class OpenAI:
         except PreviousResponseNotFound:
             if not plan.chained:
                 raise
-            plan = self._unchain(plan)
+            plan = self.planner.unchain(plan)
             reply = await self._post(plan, stream=True)
         if "json" in reply.headers.get("content-type", ""):  # the server ignored stream=true
             for event in events_from_response(plan.wire.decode_response(await read_json(reply))):
@@ -447,9 +318,9 @@ class OpenAI:
         async for event in events:
             yield event
 
-    async def _post(self, plan: _Plan, *, stream: bool) -> Reply:
+    async def _post(self, plan: Plan, *, stream: bool) -> Reply:
         return await self._send(
-            plan.wire.endpoint, plan.req.model, orjson.dumps(self._body(plan)), stream=stream
+            plan.wire.endpoint, plan.req.model, orjson.dumps(self.planner.body(plan)), stream=stream
         )
 
     async def _send(
@@ -489,33 +360,6 @@ class OpenAI:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _fit_tool_choice(req: Request, wire: Wire) -> None:
-    """Drop a tool choice naming a tool this wire cannot carry (another dialect's server tool,
-    such as Anthropic's web search): OpenAI refuses a choice of a tool it was not given."""
-    if req.dialect in (None, wire.name):
-        return  # the caller's own dialect: its extra tools travel with it
-    named = req.tool_choice.name if isinstance(req.tool_choice, ToolName) else None
-    if (named is not None and named not in {t.name for t in req.tools}) or (
-        req.tool_choice == "required" and not req.tools
-    ):
-        req.tool_choice = None
-
-
-def _strict_tools(req: Request) -> None:
-    """Rewrite schemas marked strict into the form OpenAI's strict mode accepts, or unmark them."""
-    tools = []
-    for tool in req.tools:
-        if tool.strict and tool.parameters is not None:
-            fitted = strict_schema(tool.parameters)
-            tool = dataclasses.replace(tool, parameters=fitted or tool.parameters, strict=fitted is not None)
-        tools.append(tool)
-    req.tools = tools
-    fmt = req.response_format
-    if fmt is not None and fmt.strict and fmt.schema is not None:
-        fitted = strict_schema(fmt.schema)
-        req.response_format = dataclasses.replace(fmt, schema=fitted or fmt.schema, strict=fitted is not None)
-
-
 def _apply_stops(response: Response, stops: list[str]) -> None:
     """Cut a whole response at its first stop sequence, as the upstream would have."""
     for i, part in enumerate(response.content):
@@ -551,47 +395,8 @@ async def _stop_stream(events: AsyncIterator[StreamEvent], stops: list[str]) -> 
         yield event
 
 
-def _fit_codex(body: dict[str, Any]) -> None:
-    """The subscription route refuses sampling and output limits, and requires instructions."""
-    for name in ("max_output_tokens", "temperature", "top_p"):
-        body.pop(name, None)
-    reasoning = body.get("reasoning")
-    if isinstance(reasoning, dict) and reasoning.get("effort") == "minimal":
-        reasoning["effort"] = "low"
-    body.setdefault("instructions", "You are a helpful assistant.")
-
-
 def _streaming(req: Request) -> Request:
     return dataclasses.replace(req, stream=True)
-
-
-def _chain(plan: _Plan) -> None:
-    """Send only what follows the last stored response in the transcript, chained by its id."""
-    messages = plan.req.messages
-    lead = 0  # instructions are not inherited through a chain: keep sending them
-    while lead < len(messages) and messages[lead].role in ("system", "developer"):
-        lead += 1
-    for i in range(len(messages) - 1, lead - 1, -1):
-        msg = messages[i]
-        if msg.role == "assistant" and msg.id and msg.id.startswith("resp_"):
-            plan.req.messages = messages[:lead] + messages[i + 1 :]
-            plan.req.previous_response_id = msg.id
-            plan.chained = True
-            return
-
-
-def prompt_cache_key(req: Request) -> str:
-    """A cache key from what stays the same across a conversation: model, instructions, tools."""
-    digest = hashlib.sha256(req.model.encode())
-    for msg in req.messages:
-        if msg.role not in ("system", "developer"):
-            break
-        digest.update(msg.text.encode())
-    for tool in req.tools:
-        digest.update(
-            orjson.dumps([tool.name, tool.description, tool.parameters], option=orjson.OPT_SORT_KEYS)
-        )
-    return "mw-" + digest.hexdigest()[:40]
 
 
 def _merge(first: Response, more: Response) -> Response:
