@@ -22,7 +22,7 @@ from google.genai import types as gt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelwire.dialects import gemini, replay
+from modelwire.dialects import anthropic_messages, gemini, replay
 from modelwire.dialects.sse import KEEPALIVE as SHARED_KEEPALIVE
 from modelwire.dialects.sse import SSEParser
 from modelwire.dialects.stream import ResponseAccumulator, events_from_response
@@ -130,7 +130,8 @@ def media() -> st.SearchStrategy[Part]:
 @st.composite
 def gemini_conversations(draw: Any) -> list[Message]:
     """Canonical transcripts: one system message; a model turn's calls answered by one tool
-    message; Gemini's own signatures on a call or on the reasoning before a text."""
+    message; Gemini's own signatures as reasoning before a text or before the first call (a
+    call's signature decodes to the reasoning right before it)."""
     messages: list[Message] = []
     if draw(st.booleans()):
         messages.append(system(draw(words)))
@@ -145,8 +146,8 @@ def gemini_conversations(draw: Any) -> list[Message]:
             ToolCall(id="call_" + draw(ids), name=draw(names), arguments=draw(args))
             for _ in range(draw(st.integers(0 if reply else 1, 2)))
         ]
-        if calls and draw(st.booleans()):
-            calls[0].signature = draw(signatures)  # in parallel calls only the first is signed
+        if calls and draw(st.booleans()):  # in parallel calls only the first is signed
+            reply.append(Reasoning(data=draw(signatures), dialect="gemini"))
         messages.append(Message(role="assistant", content=reply + calls))
         if calls:
             results: list[Part] = [
@@ -524,7 +525,10 @@ def test_sdk_request_is_decodable(client: genai.Client, fake: FakeGemini) -> Non
         messages=[
             system("be nice"),
             user("hi", Image(data=b"\x89PNG", media_type="image/png")),
-            assistant(ToolCall(id=call_id, name="f", arguments='{"a":1}', signature="c2ln")),
+            assistant(  # the SDK's bytes signature, base64 on the wire: reasoning before the call
+                Reasoning(data="c2ln", dialect="gemini"),
+                ToolCall(id=call_id, name="f", arguments='{"a":1}'),
+            ),
             Message(role="tool", content=[ToolResult(call_id=call_id, name="f", content=[Text(text="ok")])]),
         ],
         tools=[
@@ -627,9 +631,9 @@ def test_gemini_cli_request() -> None:
     assert req.messages == [
         system("You are an agent."),
         user("list files"),
-        assistant(
-            Reasoning(summary=["Let me look."], dialect="gemini"),
-            ToolCall(id="ls-1", name="list_directory", arguments='{"path":"."}', signature="c2ln"),
+        assistant(  # the call's signature is the signature of the thought before it
+            Reasoning(summary=["Let me look."], data="c2ln", dialect="gemini"),
+            ToolCall(id="ls-1", name="list_directory", arguments='{"path":"."}'),
         ),
         Message(
             role="tool",
@@ -637,6 +641,16 @@ def test_gemini_cli_request() -> None:
         ),
     ]
     assert req.tools[0].parameters == body["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"]
+    model_turn = gemini.encode_request(req)["contents"][1]
+    assert model_turn == {  # upstream, the thought's text is dropped; its signature stays on the call
+        "role": "model",
+        "parts": [
+            {
+                "functionCall": {"id": "ls-1", "name": "list_directory", "args": {"path": "."}},
+                "thoughtSignature": "c2ln",
+            }
+        ],
+    }
     assert (req.temperature, req.top_p, req.reasoning_effort, req.reasoning_summary) == (
         0.0,
         1.0,
@@ -669,7 +683,7 @@ def test_snake_case_body() -> None:
     assert req.messages == [
         system("sys"),
         user(File(data=b"%PDF-", media_type="application/pdf")),  # URL-safe, unpadded base64 taken
-        assistant(ToolCall(id=call.id, name="f", arguments="{}", signature="QQ==")),
+        assistant(Reasoning(data="QQ==", dialect="gemini"), ToolCall(id=call.id, name="f", arguments="{}")),
         Message(role="tool", content=[ToolResult(call_id=call.id, name="f", content=[Text(text='{"x":1}')])]),
     ]
     assert (req.tools, req.tool_choice) == ([Tool(name="f")], "none")
@@ -679,6 +693,121 @@ def test_snake_case_body() -> None:
         ResponseFormat(type="json_object"),
     )
     assert req.extra == {}
+
+
+SIGNED_CALL = {"functionCall": {"id": "c1", "name": "f", "args": {"a": 1}}, "thoughtSignature": "c2ln"}
+UNSIGNED_CALL = {"functionCall": {"id": "c2", "name": "g", "args": {}}}
+
+
+def test_a_call_signature_is_reasoning_before_the_call() -> None:
+    """A signed functionCall decodes to [Reasoning, ToolCall], so every dialect can carry the
+    signature, and goes back to Gemini as the same part with the same thoughtSignature."""
+    body = {
+        "contents": [
+            {"role": "user", "parts": [{"text": "go"}]},
+            {"role": "model", "parts": [SIGNED_CALL, UNSIGNED_CALL]},
+            {
+                "role": "user",
+                "parts": [
+                    {"functionResponse": {"id": "c1", "name": "f", "response": {"result": "A"}}},
+                    {"functionResponse": {"id": "c2", "name": "g", "response": {"result": "B"}}},
+                ],
+            },
+        ]
+    }
+    neutral: list[Part] = [
+        Reasoning(data="c2ln", dialect="gemini"),
+        ToolCall(id="c1", name="f", arguments='{"a":1}'),
+        ToolCall(id="c2", name="g", arguments="{}"),
+    ]
+    req = gemini.decode_request(body, "m")
+    assert req.messages[1] == assistant(*neutral)
+    assert orjson.dumps(gemini.encode_request(req)) == orjson.dumps(body)  # byte for byte
+    # The driver side reads the same from a response and from a stream, and a Gemini client gets
+    # back the parts it would have had from Gemini.
+    resp = gemini.decode_response(
+        {"candidates": [{"content": {"role": "model", "parts": [SIGNED_CALL, UNSIGNED_CALL]}}]}
+    )
+    assert resp.content == neutral
+    assert gemini.render_response(resp, Request(model="m"))["candidates"][0]["content"]["parts"] == [
+        SIGNED_CALL,
+        UNSIGNED_CALL,
+    ]
+    acc = ResponseAccumulator()
+    for event in stream_of(
+        {"candidates": [{"content": {"parts": [SIGNED_CALL]}}]},
+        {"candidates": [{"content": {"parts": [UNSIGNED_CALL]}, "finishReason": "STOP"}]},
+    ):
+        acc.feed(event)
+    assert acc.result().content == neutral
+    chunks = parse_sse(render_stream(resp, gemini.StreamRenderer(Request(model="m"))))
+    assert [p for c in chunks for p in c["candidates"][0]["content"]["parts"]] == [
+        SIGNED_CALL,
+        UNSIGNED_CALL,
+        {"text": ""},
+    ]
+
+
+def test_a_call_signature_survives_another_dialect() -> None:
+    """Why the signature is reasoning: an Anthropic client over a Gemini upstream sees it as a
+    thinking block, sends that back, and Gemini gets its signature on the call again."""
+    reasoning, call = gemini.decode_response({"candidates": [{"content": {"parts": [SIGNED_CALL]}}]}).content
+    assert isinstance(reasoning, Reasoning)
+    block = anthropic_messages.render_thinking(reasoning)
+    assert block is not None and block["signature"].startswith(replay.PREFIX)
+    back = anthropic_messages.decode_thinking(block["thinking"], block["signature"])
+    assert back == reasoning
+    body = gemini.encode_request(Request(model="m", messages=[user("go"), assistant(back, call)]))
+    assert body["contents"][1] == {"role": "model", "parts": [SIGNED_CALL]}
+
+
+def test_another_dialects_reasoning_on_a_call() -> None:
+    """A Gemini client carries another dialect's reasoning as the signature of the call after it:
+    it decodes to that reasoning before the call, goes back to the client on the call, and never
+    reaches a Gemini upstream."""
+    foreign = Reasoning(id="rs_1", data="gAAAA-enc", dialect="openai_responses")
+    envelope = gemini._signature_for_client(foreign)
+    part = {"functionCall": {"id": "c1", "name": "f", "args": {}}, "thoughtSignature": envelope}
+    body = {"contents": [{"role": "user", "parts": [{"text": "go"}]}, {"role": "model", "parts": [part]}]}
+    req = gemini.decode_request(body, "m")
+    assert req.messages[1] == assistant(foreign, ToolCall(id="c1", name="f", arguments="{}"))
+    assert gemini.encode_request(req)["contents"][1] == {
+        "role": "model",
+        "parts": [{"functionCall": {"id": "c1", "name": "f", "args": {}}}],
+    }
+    resp = Response(id="r", model="m", content=req.messages[1].content, stop_reason="tool_calls")
+    assert gemini.render_response(resp, Request(model="m"))["candidates"][0]["content"]["parts"] == [part]
+
+
+def test_consecutive_model_contents_are_one_turn() -> None:
+    """google-genai keeps a streamed answer as one model content per chunk: they are one turn, so
+    text split across chunks is one text and an id-less response answers a call from any of them."""
+    chunked = [
+        {"role": "model", "parts": [{"text": "plan", "thought": True}]},
+        {"role": "model", "parts": [{"text": "Hel"}]},
+        {"role": "model", "parts": [{"text": "lo"}]},
+        {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}}, "thoughtSignature": "c2ln"}]},
+        {"role": "model", "parts": [{"text": ""}]},  # the last chunk of our own streams
+    ]
+    answer = {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {"result": "ok"}}}]}
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}, *chunked, answer]}
+    req = gemini.decode_request(body, "m")
+    call = ToolCall(id=gemini._synthesized_id(0, "f", "{}"), name="f", arguments="{}")
+    assert req.messages == [
+        user("hi"),
+        assistant(
+            Reasoning(summary=["plan"], dialect="gemini"),
+            "Hello",
+            Reasoning(data="c2ln", dialect="gemini"),
+            call,
+        ),
+        Message(role="tool", content=[ToolResult(call_id=call.id, name="f", content=[Text(text="ok")])]),
+    ]
+    merged = {"role": "model", "parts": [p for c in chunked for p in c["parts"]]}
+    assert gemini.decode_request({"contents": [body["contents"][0], merged, answer]}, "m") == req
+    # A user turn between model contents still ends the turn.
+    apart = gemini.decode_request({"contents": [chunked[1], {"parts": [{"text": "?"}]}, chunked[2]]}, "m")
+    assert apart.messages == [assistant("Hel"), user("?"), assistant("lo")]
 
 
 def test_id_less_responses_answer_calls_by_name_in_order() -> None:
@@ -842,8 +971,9 @@ def reasonings(draw: Any) -> Reasoning:
 
 @st.composite
 def gemini_responses(draw: Any) -> Response:
-    """Canonical responses: no two texts or reasonings in a row (Gemini would merge them), and a
-    call after Gemini's own signed reasoning is signed itself (else the signature is the call's)."""
+    """Canonical responses: no two texts or reasonings in a row (Gemini would merge them), except
+    that a signed call is a signed reasoning right before the call: when a thought of Gemini's own
+    with no signature yet comes before it, the call's signature is that thought's (they merge)."""
     parts: list[Part] = []
     for kind in draw(st.lists(st.sampled_from(["text", "call", "reasoning"]), min_size=1, max_size=5)):
         last = parts[-1] if parts else None
@@ -853,9 +983,11 @@ def gemini_responses(draw: Any) -> Response:
             parts.append(draw(reasonings()))
         elif kind == "call":
             call = ToolCall(id="call_" + draw(ids), name=draw(names), arguments=draw(args))
-            signed = isinstance(last, Reasoning) and last.dialect == "gemini" and last.data
-            if signed or draw(st.booleans()):
-                call.signature = draw(signatures)
+            if draw(st.booleans()):  # a signed call
+                if isinstance(last, Reasoning) and last.dialect == "gemini" and last.data is None:
+                    last.data = draw(signatures)
+                else:
+                    parts.append(Reasoning(data=draw(signatures), dialect="gemini"))
             parts.append(call)
     has_calls = any(isinstance(p, ToolCall) for p in parts)
     stop = "tool_calls" if has_calls else draw(st.sampled_from(["stop", "length", "content_filter", "error"]))
@@ -911,11 +1043,173 @@ def test_stream_round_trip(resp: Response) -> None:
         assert (chunk["responseId"], chunk["modelVersion"]) == (resp.id, resp.model)
     assert [("finishReason" in c["candidates"][0], "usageMetadata" in c) for c in chunks][-1] == (True, True)
     assert not any("finishReason" in c["candidates"][0] or "usageMetadata" in c for c in chunks[:-1])
+    assert all(c["candidates"][0]["content"]["parts"] for c in chunks)  # google-genai drops a turn else
     back = decode_stream(payload)
     assert back == resp
     array = render_stream(resp, gemini.ArrayStreamRenderer(THINKING))
     assert orjson.loads(array) == chunks
     assert array.startswith(b"[{") and array.count(b",\r\n{") == len(chunks) - 1
+
+
+foreign_signatures = st.builds(
+    lambda i, d: gemini._signature_for_client(Reasoning(id="rs_" + i, data=d, dialect="openai_responses")),
+    ids,
+    st.none() | words,
+)
+
+
+def wire_call(draw: Any, *, with_id: bool = True) -> dict[str, Any]:
+    spec: dict[str, Any] = {"name": draw(names), "args": orjson.loads(draw(args))}
+    return {"functionCall": {"id": "call_" + draw(ids), **spec} if with_id else spec}
+
+
+@st.composite
+def wire_model_parts(draw: Any) -> list[dict[str, Any]]:
+    """Any model turn's parts: texts (empty ones too), thoughts and calls, each maybe signed with
+    a signature of Gemini's own or another dialect's envelope."""
+    parts: list[dict[str, Any]] = []
+    for kind in draw(st.lists(st.sampled_from(["text", "empty", "thought", "call"]), min_size=1, max_size=6)):
+        if kind == "call":
+            part = wire_call(draw, with_id=draw(st.booleans()))
+        else:
+            part = {"text": "" if kind == "empty" else draw(words)}
+            if kind == "thought":
+                part["thought"] = True
+        if draw(st.booleans()):
+            part["thoughtSignature"] = draw(signatures | foreign_signatures)
+        parts.append(part)
+    return parts
+
+
+@st.composite
+def canonical_model_parts(draw: Any, *, thoughts: bool, foreign: bool) -> list[dict[str, Any]]:
+    """A model turn's parts in the one form that comes back byte for byte: a thought is unsigned
+    (a signature after thoughts rides on the next part) and never follows a thought; an empty text
+    is there for its signature and is followed by a signed part, a thought or nothing; an unsigned
+    text never follows a text; calls have ids."""
+    sigs = signatures | foreign_signatures if foreign else signatures
+    kinds = ["text", "empty", "call", *(["thought"] if thoughts else [])]
+    parts: list[dict[str, Any]] = []
+    for kind in draw(st.lists(st.sampled_from(kinds), min_size=1, max_size=6)):
+        last = parts[-1] if parts else {}
+        if kind == "thought":
+            if not last.get("thought"):
+                parts.append({"text": draw(words), "thought": True})
+            continue
+        signed = draw(st.booleans()) or last.get("text") == ""
+        if kind == "call":
+            part = wire_call(draw)
+        else:
+            part = {"text": "" if kind == "empty" else draw(words)}
+            signed = signed or kind == "empty" or ("text" in last and not last.get("thought"))
+        if signed:
+            part["thoughtSignature"] = draw(sigs)
+        parts.append(part)
+    return parts
+
+
+def candidate_doc(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """A whole response holding ``parts``, keys in the order :func:`gemini.render_response` writes."""
+    return {
+        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": gemini.render_usage(Usage(input_tokens=3, output_tokens=5, reasoning_tokens=2)),
+        "modelVersion": "m",
+        "responseId": "r",
+    }
+
+
+@settings(max_examples=200)
+@given(canonical_model_parts(thoughts=True, foreign=True))
+def test_response_wire_round_trip(parts: list[dict[str, Any]]) -> None:
+    """Gemini's bytes → neutral → the same bytes, for the response a Gemini client gets."""
+    doc = candidate_doc(parts)
+    assert orjson.dumps(gemini.render_response(gemini.decode_response(wire(doc)), THINKING)) == orjson.dumps(
+        doc
+    )
+
+
+@settings(max_examples=200)
+@given(canonical_model_parts(thoughts=False, foreign=False))
+def test_request_wire_round_trip(parts: list[dict[str, Any]]) -> None:
+    """A Gemini client's model turn → neutral → the same bytes to a Gemini upstream (which gets
+    neither thoughts nor other dialects' signatures)."""
+    body = {
+        "contents": [
+            {"role": "user", "parts": [{"text": "q"}]},
+            {"role": "model", "parts": parts},
+            {"role": "user", "parts": [{"text": "more"}]},
+        ]
+    }
+    assert orjson.dumps(gemini.encode_request(gemini.decode_request(wire(body), "m"))) == orjson.dumps(body)
+
+
+@settings(max_examples=200)
+@given(wire_model_parts())
+def test_any_model_parts_settle_after_one_trip(parts: list[dict[str, Any]]) -> None:
+    """Parts in any form come back normalised, but meaning the same: decoding them again gives the
+    same neutral parts, and another trip the same bytes."""
+    first = gemini.decode_response(wire(candidate_doc(parts)))
+    doc = gemini.render_response(first, THINKING)
+    again = gemini.decode_response(wire(doc))
+    assert again.content == first.content
+    assert gemini.render_response(again, THINKING) == doc
+
+
+def split(parts: list[Any], cuts: list[bool]) -> list[list[Any]]:
+    """``parts`` cut in runs, after each part whose ``cuts`` entry is true."""
+    runs: list[list[Any]] = [[]]
+    for part, cut in zip(parts, [*cuts, False], strict=False):
+        runs[-1].append(part)
+        if cut:
+            runs.append([])
+    return [run for run in runs if run]
+
+
+@settings(max_examples=200)
+@given(
+    wire_model_parts().flatmap(
+        lambda ps: st.tuples(st.just(ps), st.lists(st.booleans(), min_size=len(ps), max_size=len(ps)))
+    )
+)
+def test_model_parts_mean_the_same_however_chunked(case: tuple[list[dict[str, Any]], list[bool]]) -> None:
+    """One model content, the same parts as consecutive model contents (a chat history), and the
+    same parts as stream chunks all decode to the same assistant parts."""
+    parts, cuts = case
+    whole = gemini.decode_response(wire(candidate_doc(parts))).content
+    runs = split(parts, cuts)
+    contents = [{"role": "user", "parts": [{"text": "q"}]}, *({"role": "model", "parts": r} for r in runs)]
+    (_, turn) = gemini.decode_request(wire({"contents": contents}), "m").messages
+    assert turn == Message(role="assistant", content=whole)
+    chunks: list[dict[str, Any]] = [
+        {"candidates": [{"content": {"role": "model", "parts": r}}]} for r in runs
+    ]
+    chunks[-1]["candidates"][0]["finishReason"] = "STOP"
+    acc = ResponseAccumulator()
+    for event in stream_of(*chunks):
+        acc.feed(event)
+    assert acc.result().content == whole
+
+
+def test_last_stream_chunk_always_has_parts() -> None:
+    """google-genai's chat drops a streamed turn with a chunk without parts: the last chunk has an
+    empty text part when nothing else is left, and only then."""
+    cases: list[tuple[list[Part], list[dict[str, Any]]]] = [
+        ([], [{"text": ""}]),
+        ([Text(text="hi")], [{"text": ""}]),
+        (
+            [Text(text="hi"), Reasoning(data="c2ln", dialect="gemini")],
+            [{"text": "", "thoughtSignature": "c2ln"}],
+        ),
+    ]
+    for content, last in cases:
+        resp = Response(id="r", model="m", content=content)
+        chunks = parse_sse(render_stream(resp, gemini.StreamRenderer(Request(model="m"))))
+        assert chunks[-1]["candidates"][0]["content"]["parts"] == last
+        assert chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+        assert orjson.loads(render_stream(resp, gemini.ArrayStreamRenderer(Request(model="m")))) == chunks
+        assert (
+            decode_stream(render_stream(resp, gemini.StreamRenderer(Request(model="m")))).content == content
+        )
 
 
 def test_thoughts_shown_only_when_asked() -> None:
@@ -949,7 +1243,7 @@ def test_thoughts_shown_only_when_asked() -> None:
     streamed = parse_sse(render_stream(resp, gemini.StreamRenderer(Request(model="m"))))
     assert [c["candidates"][0]["content"]["parts"] for c in streamed] == [
         [{"text": "hi", "thoughtSignature": "c2ln"}],
-        [],
+        [{"text": ""}],  # the last chunk is never without parts
     ]
 
 
@@ -1022,7 +1316,13 @@ def test_decode_response_parallel_calls_without_ids() -> None:
     resp = gemini.decode_response(doc)
     first, second = resp.tool_calls
     assert first.id.startswith("call_0_") and second.id.startswith("call_1_")
-    assert (first.arguments, first.signature, second.signature) == ('{"city":"Paris"}', "c2ln", None)
+    assert resp.content == [Reasoning(data="c2ln", dialect="gemini"), first, second]
+    assert (first.arguments, second.arguments) == ('{"city":"Paris"}', '{"city":"Rome"}')
+    back = gemini.render_response(resp, Request(model="m"))["candidates"][0]["content"]["parts"]
+    assert [(p["functionCall"]["args"], p.get("thoughtSignature")) for p in back] == [
+        ({"city": "Paris"}, "c2ln"),  # the signature goes back on the first call only
+        ({"city": "Rome"}, None),
+    ]
     assert resp.stop_reason == "tool_calls"
     assert resp.usage == Usage(
         input_tokens=105, cached_input_tokens=60, output_tokens=70, reasoning_tokens=50
@@ -1102,15 +1402,15 @@ def test_stream_decoder_real_shape() -> None:
 def test_stream_decoder_function_call_streams_its_arguments_once() -> None:
     part = {"functionCall": {"name": "f", "args": {"a": 1}}, "thoughtSignature": "c2ln"}
     events = stream_of({"candidates": [{"content": {"parts": [part]}, "finishReason": "STOP"}]})
-    call = ToolCall(
-        id=gemini._synthesized_id(0, "f", '{"a":1}'), name="f", arguments='{"a":1}', signature="c2ln"
-    )
-    assert events[1:4] == [
-        BlockStart(index=0, part=ToolCall(id=call.id, name="f")),
-        BlockDelta(index=0, text='{"a":1}'),
-        BlockStop(index=0, part=call),
+    call = ToolCall(id=gemini._synthesized_id(0, "f", '{"a":1}'), name="f", arguments='{"a":1}')
+    assert events[1:] == [
+        BlockStart(index=0, part=Reasoning()),  # the call's signature: reasoning before it
+        BlockStop(index=0, part=Reasoning(data="c2ln", dialect="gemini")),
+        BlockStart(index=1, part=ToolCall(id=call.id, name="f")),
+        BlockDelta(index=1, text='{"a":1}'),
+        BlockStop(index=1, part=call),
+        Finish(stop_reason="tool_calls"),
     ]
-    assert events[-1] == Finish(stop_reason="tool_calls")
 
 
 def test_stream_decoder_failures() -> None:
@@ -1213,6 +1513,47 @@ def test_sdk_replays_foreign_reasoning_in_a_tool_loop(client: genai.Client, fake
     ]
 
 
+def test_sdk_chat_keeps_a_streamed_turn(client: genai.Client, fake: FakeGemini) -> None:
+    """google-genai's chat keeps a streamed answer (one model content per chunk) only when every
+    chunk has parts; the next request sends those contents back, and they are one assistant turn
+    whose calls the id-less function responses answer."""
+    fake.answer_stream(render_stream(sdk_tool_loop_response(), gemini.StreamRenderer(THINKING)))
+    chat = client.chats.create(model="gpt-5.1")
+    chunks = list(chat.send_message_stream("weather?"))
+    (last,) = chunks[-1].candidates or []
+    assert last.content is not None and last.content.parts == [gt.Part(text="")]
+    history = chat.get_history(curated=True)
+    assert [c.role for c in history] == ["user"] + ["model"] * len(chunks)
+    fake.answer_json(
+        gemini.render_response(Response(id="r2", model="m", content=[Text(text="ok")]), Request(model="m"))
+    )
+    chat.send_message(
+        [
+            gt.Part.from_function_response(name="get_weather", response={"result": "sunny"}),
+            gt.Part.from_function_response(name="get_time", response={"result": "noon"}),
+        ]
+    )
+    req = gemini.decode_request(fake.last_request()[1], "gpt-5.1")
+    assert req.messages == [
+        user("weather?"),
+        assistant(
+            Reasoning(
+                id="rs_1", summary=["Need the weather."], data="gAAAA-opaque", dialect="openai_responses"
+            ),
+            "Let me check.",
+            ToolCall(id="call_a", name="get_weather", arguments='{"city":"Paris"}'),
+            ToolCall(id="call_b", name="get_time", arguments="{}"),
+        ),
+        Message(
+            role="tool",
+            content=[
+                ToolResult(call_id="call_a", name="get_weather", content=[Text(text="sunny")]),
+                ToolResult(call_id="call_b", name="get_time", content=[Text(text="noon")]),
+            ],
+        ),
+    ]
+
+
 def test_sdk_reads_an_error_mid_stream(client: genai.Client, fake: FakeGemini) -> None:
     renderer = gemini.StreamRenderer(Request(model="m"))
     payload = b"".join(
@@ -1249,7 +1590,7 @@ def test_shared_sse_keepalive_would_break_the_sdk(client: genai.Client, fake: Fa
     with pytest.raises(genai_errors.UnknownApiResponseError):
         list(client.models.generate_content_stream(model="m", contents="hi"))
     fake.answer_stream(gemini.KEEPALIVE + stream + gemini.KEEPALIVE)
-    assert [c.text for c in client.models.generate_content_stream(model="m", contents="hi")] == ["ok", None]
+    assert [c.text for c in client.models.generate_content_stream(model="m", contents="hi")] == ["ok", ""]
 
 
 @pytest.mark.parametrize(

@@ -56,3 +56,19 @@ def test_cloudflare_html_403_is_transient() -> None:
     err = from_response(403, page, content_type="text/html")
     assert isinstance(err, UpstreamUnavailableError) and err.retryable
     assert "HTML" in err.message
+
+
+def test_google_retry_info_in_the_body_is_the_wait() -> None:
+    """Gemini says when to retry inside the error body, not in a header."""
+    body = (
+        b'{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED","details":['
+        b'{"@type":"type.googleapis.com/google.rpc.QuotaFailure"},'
+        b'{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"37s"}]}}'
+    )
+    err = from_response(429, body, content_type="application/json")
+    assert isinstance(err, RateLimitError) and err.retry_after == 37.0
+    assert from_response(429, body, retry_after=5.0).retry_after == 5.0  # a header wins
+    assert (
+        from_response(429, b'{"error":{"details":[{"@type":"x.RetryInfo","retryDelay":"soon"}]}}').retry_after
+        is None
+    )

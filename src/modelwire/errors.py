@@ -148,6 +148,8 @@ def from_response(
     """Classify an upstream HTTP error response into the hierarchy."""
     fields = _error_fields(body)
     message = fields.get("message") or _fallback_message(status, body, content_type)
+    if retry_after is None and b"RetryInfo" in body:
+        retry_after = _google_retry_delay(body)
     code = fields.get("code")
     kwargs: dict[str, Any] = {
         "status": status,
@@ -199,6 +201,16 @@ def _error_fields(body: bytes) -> dict[str, Any]:
         out["code"] = error.get("status")
     out = {k: (str(v) if v is not None else None) for k, v in out.items()}
     return out
+
+
+def _google_retry_delay(body: bytes) -> float | None:
+    """Google says when to retry in the body: a ``RetryInfo`` detail with ``retryDelay: "30s"``."""
+    try:
+        details = orjson.loads(body)["error"]["details"]
+        delay = next(d["retryDelay"] for d in details if str(d.get("@type", "")).endswith("RetryInfo"))
+        return float(str(delay).removesuffix("s"))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, StopIteration, AttributeError):
+        return None
 
 
 def _looks_like_html(body: bytes, content_type: str) -> bool:

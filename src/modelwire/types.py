@@ -65,7 +65,9 @@ class ToolCall:
 
     ``id`` is the id a tool result answers (Chat ``tool_calls[].id``, Responses ``call_id``,
     Anthropic ``tool_use.id``); ``item_id`` is the Responses item id (``fc_…``) when there is one.
-    ``signature`` is a Gemini thought signature, replayed only to Gemini.
+    ``signature`` is a Gemini thought signature for this call, replayed only to Gemini; decoding
+    never sets it (a decoded signature is a :class:`Reasoning` part before the call), but a call
+    built by hand may carry one.
     """
 
     id: str

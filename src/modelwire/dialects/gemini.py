@@ -8,9 +8,10 @@ Surface (a Gemini client speaks to us): :func:`decode_request`, :func:`render_re
 The model is not in a Gemini body but in the URL (``/v1beta/models/{model}:generateContent``), so
 :func:`decode_request` takes it as an argument and :func:`encode_request` leaves it out.
 
-Gemini has no reasoning item: replay data is a ``thoughtSignature`` riding on a content part. A
-reasoning's signature goes on the part after it, a signature on a function call is that call's own,
-and reasoning another dialect minted travels in a :mod:`.replay` envelope, itself base64-encoded
+Gemini has no reasoning item: replay data is a ``thoughtSignature`` riding on a content part. Every
+signature decodes to a reasoning part placed before the part it rode on (a function call's
+included, so that clients of every dialect carry it and Gemini gets it back on the same call), and
+reasoning another dialect minted travels in a :mod:`.replay` envelope, itself base64-encoded
 because the field is ``bytes`` and google-genai rejects anything that is not base64.
 """
 
@@ -592,9 +593,8 @@ class _Sink(Protocol):
 
 
 def _read_model_part(p: dict[str, Any], path: str, sink: _Sink) -> None:
-    """One part of a model turn. A thought becomes reasoning; a signature on a function call is the
-    call's; any other signature is reasoning placed before its part (and is the signature of a
-    thought just before it)."""
+    """One part of a model turn. A thought becomes reasoning; a signature is reasoning placed before
+    its part (and is the signature of a thought just before it)."""
     signature = _get(p, "thoughtSignature", str, path + ".")
     text = _get(p, "text", str, path + ".")
     if text is not None and _get(p, "thought", bool, path + "."):
@@ -625,11 +625,9 @@ def _decode_call(
     call = ToolCall(id=call_id, name=name, arguments=arguments)
     if not signature:
         return None, call
-    reasoning = _reasoning_from_signature(signature)
-    if reasoning.dialect == DIALECT:
-        call.signature = signature
-        return None, call
-    return reasoning, call  # another dialect's reasoning we carried on this call: it goes before it
+    # The signature stands for the reasoning before the call (Gemini's own, or another dialect's we
+    # carried): as a Reasoning part every dialect can carry it, and Gemini gets it back on this call.
+    return _reasoning_from_signature(signature), call
 
 
 def _has_data(p: dict[str, Any]) -> bool:
@@ -810,26 +808,30 @@ class _CallLedger:
 def _decode_contents(contents: list[Any]) -> list[Message]:
     messages: list[Message] = []
     ledger = _CallLedger()
+    turn: _PartList | None = None
     for i, raw in enumerate(contents):
         path = f"contents[{i}]"
         content = check.as_dict(raw, path)
         role = _get(content, "role", str, path + ".") or "user"
         if role == "model":
-            messages.append(_decode_model_turn(content, path, ledger))
-        elif role in ("user", "function"):  # "function" is the old role for function responses
+            if turn is None:  # consecutive model contents are one turn (google-genai keeps a
+                turn = _PartList(first_call=ledger.count)  # streamed answer as one per chunk)
+                messages.append(Message(role="assistant", content=turn.parts))
+            _decode_model_turn(content, path, ledger, turn)
+            continue
+        turn = None
+        if role in ("user", "function"):  # "function" is the old role for function responses
             messages += _decode_user_turn(content, path, ledger)
         else:
             check.fail(path + ".role", f"expected 'user' or 'model', got {role!r}")
     return messages
 
 
-def _decode_model_turn(content: dict[str, Any], path: str, ledger: _CallLedger) -> Message:
-    sink = _PartList(first_call=ledger.count)
+def _decode_model_turn(content: dict[str, Any], path: str, ledger: _CallLedger, sink: _PartList) -> None:
     for part, part_path in _parts_of(content, path):
         _read_model_part(part, part_path, sink)
     ledger.count = sink.calls
     ledger.waiting = [p for p in sink.parts if isinstance(p, ToolCall)]
-    return Message(role="assistant", content=sink.parts)
 
 
 def _decode_user_turn(content: dict[str, Any], path: str, ledger: _CallLedger) -> list[Message]:
@@ -1196,7 +1198,8 @@ class StreamRenderer:
 
     def _finish(self, event: Finish) -> bytes:
         self._writer.flush()
-        doc = self._doc(self._writer.take())
+        # google-genai drops the whole turn when a chunk has no parts
+        doc = self._doc(self._writer.take() or [{"text": ""}])
         doc["candidates"][0]["finishReason"] = _FINISH_OUT[event.stop_reason]
         doc["usageMetadata"] = render_usage(event.usage or self._usage or Usage())
         return self._frame(doc, last=True)

@@ -628,7 +628,7 @@ def render_response(resp: Response) -> dict[str, Any]:
             {"index": 0, "message": message, "logprobs": None, "finish_reason": _FINISH_OUT[resp.stop_reason]}
         ],
         "usage": render_usage(resp.usage),
-        "service_tier": resp.service_tier,
+        "service_tier": openai_tier(resp.service_tier),
     }
 
 
@@ -742,8 +742,17 @@ def error_object(err: Exception) -> dict[str, Any]:
     return {"message": err.message, "type": kind, "param": err.param, "code": err.code}
 
 
+_FOREIGN_TIERS = {"standard": "default", "batch": "flex"}
+
+
+def openai_tier(tier: str | None) -> str | None:
+    """A service tier in OpenAI's words (Anthropic answers ``standard``)."""
+    return _FOREIGN_TIERS.get(tier or "", tier)
+
+
 def render_error(err: ModelwireError) -> tuple[int, dict[str, Any]]:
-    return err.status, {"error": error_object(err)}
+    status = 503 if err.status == 529 else err.status  # OpenAI has no 529 (Anthropic's "overloaded")
+    return status, {"error": error_object(err)}
 
 
 def apply_param(body: dict[str, Any], name: str, value: Any, opts: WireOptions = NATIVE) -> None:

@@ -50,7 +50,8 @@ from ..types import (
 )
 from . import check as check
 from . import replay
-from .openai_chat import end_user_id, error_object
+from .openai_chat import end_user_id, error_object, openai_tier
+from .openai_chat import render_error as render_error  # the same envelope and statuses
 from .options import NATIVE, WireOptions
 from .sse import frame
 from .stream import EventBuilder
@@ -777,7 +778,7 @@ def render_response(resp: Response, req: Request, *, status: str | None = None) 
     out["output"] = render_output(resp.content)
     _set_outcome(out, resp.stop_reason)
     out["usage"] = render_usage(resp.usage)
-    out["service_tier"] = resp.service_tier or out["service_tier"]
+    out["service_tier"] = openai_tier(resp.service_tier or out["service_tier"])
     if status:
         out["status"] = status
     return out
@@ -1058,10 +1059,6 @@ def response_error_code(code: str | None, error: Exception) -> str:
     if code in RESPONSE_ERROR_CODES:
         return code
     return "rate_limit_exceeded" if getattr(error, "status", None) == 429 else "server_error"
-
-
-def render_error(err: ModelwireError) -> tuple[int, dict[str, Any]]:
-    return err.status, {"error": error_object(err)}
 
 
 def apply_param(body: dict[str, Any], name: str, value: Any, opts: WireOptions = NATIVE) -> None:

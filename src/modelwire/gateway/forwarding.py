@@ -46,16 +46,9 @@ class Forwarder:
         return backend.passthrough and backend.wire.name == call.surface.dialect
 
     async def attempt(self, call: Call, target: Target, backend: Backend, index: int) -> Passthrough:
-        reply = await self._send(call, target, backend, index)
-        if call.stream:
-            return Passthrough(reply)
-        payload = await reply.read()
-        return Passthrough(reply, payload, passthrough.json_object(payload))
-
-    async def _send(self, call: Call, target: Target, backend: Backend, index: int) -> Reply:
-        wire = backend.wire
+        """The client's body, edited as the route says, sent; the answer whole, or its stream open."""
         body = passthrough.rewrite(
-            call.body, target, wire, backend.host.wire, stream=call.stream, items=call.items
+            call.body, target, backend.wire, backend.options, stream=call.stream, items=call.items
         )
         url = backend.url(target.model, call.stream)
         headers = backend.headers(index, call.headers)
@@ -63,16 +56,22 @@ class Forwarder:
         if call.stream:
             headers["Accept"] = "text/event-stream"
         payload = orjson.dumps(body)
-        record = self.accounting.record
-        record("upstream_request", call, payload, url=url, headers=headers, backend=backend.name)
+        seen = None
+        if self.accounting.capture is not None:
+            record = self.accounting.record
+            record("upstream_request", call, payload, url=url, headers=headers, backend=backend.name)
 
-        def seen(raw: bytes, _: Mapping[str, str]) -> None:
-            record("upstream_response", call, raw, backend=backend.name)
+            def seen(raw: bytes, _: Mapping[str, str]) -> None:
+                record("upstream_response", call, raw, backend=backend.name)
 
         timeout = backend.config.timeout
-        return await upstream_call(
+        reply = await upstream_call(
             self.transport, "POST", url, headers, payload, read_timeout=timeout, on_error=seen
         )
+        if call.stream:
+            return Passthrough(reply)
+        payload = await reply.read()
+        return Passthrough(reply, payload, passthrough.json_object(payload))
 
     async def finish(self, call: Call, outcome: Outcome[Any]) -> tuple[int, bytes, Usage | None]:
         """A whole forwarded answer: its status, its bytes, its usage."""

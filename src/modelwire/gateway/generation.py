@@ -57,9 +57,6 @@ class Generation:
             await self.accounting.error(call, send, err)
             self.accounting.account(call, None, call.status)
 
-    async def _search(self, call: Call, route: Route) -> Outcome[Passthrough | Translated]:
-        return await self.failover.run(route.order(), lambda t, b, i: self._attempt(call, t, b, i))
-
     async def _attempt(
         self, call: Call, target: Target, backend: Backend, index: int
     ) -> Passthrough | Translated:
@@ -75,7 +72,7 @@ class Generation:
         return await self.translator.attempt(call, target, backend, index)
 
     async def _complete(self, call: Call, route: Route, send: Send) -> None:
-        outcome = await self._search(call, route)
+        outcome = await self.failover.run(route.order(), lambda t, b, i: self._attempt(call, t, b, i))
         call.served_by(outcome.target, outcome.backend)
         headers = self.accounting.served_headers(call, outcome)
         if isinstance(outcome.value, Passthrough):
@@ -88,7 +85,9 @@ class Generation:
         self.accounting.account(call, usage, status)
 
     async def _stream(self, call: Call, route: Route, receive: Receive, send: Send) -> None:
-        task = asyncio.ensure_future(self._search(call, route))
+        task = asyncio.ensure_future(
+            self.failover.run(route.order(), lambda t, b, i: self._attempt(call, t, b, i))
+        )
         try:  # a failure is said by generate: as an error response, or in the stream once it is open
             outcome = await self._first_answer(call, task, send)
         finally:

@@ -204,7 +204,7 @@ class SideRoutes:
     async def _count_upstream(self, call: Call, target: Target, backend: Backend, index: int) -> bytes:
         wire = backend.wire
         assert wire.count_endpoint is not None
-        body = passthrough.rewrite(call.body, target, wire, backend.host.wire, stream=False)
+        body = passthrough.rewrite(call.body, target, wire, backend.options, stream=False)
         inner = body.get("generateContentRequest")
         if isinstance(inner, dict):  # Gemini wants the model inside it, named as a resource
             body["generateContentRequest"] = {**inner, "model": f"models/{target.model}"}

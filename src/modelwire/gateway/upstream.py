@@ -85,6 +85,7 @@ class Backend:
         self.host = Host.create(config.type, config.base_url, config.api_version)
         self.profile = self.host.profile
         self.wire = WIRES[config.wire]
+        self.options = self.profile.options  # what the wire's encoder needs to know of the host
         self.keys = KeyRing(config.keys())
         self.catalog = catalog
         self.transport = transport

@@ -9,6 +9,7 @@ already well formed comes back unchanged, so repairs never stack up.
 
 from __future__ import annotations
 
+from ..errors import InvalidRequestError
 from ..observe import Repaired
 from ..types import Message, Part, Text, ToolCall, ToolResult
 
@@ -66,6 +67,12 @@ def repair(messages: list[Message]) -> tuple[list[Message], Repaired | None]:
         elif kept or not msg.content:
             out.append(Message(role=msg.role, content=kept, name=msg.name, id=msg.id))
     report.dropped = [cid for cid in results if cid not in placed]
+    if report.dropped and all(m.role in ("system", "developer") for m in out):
+        raise InvalidRequestError(
+            "messages: the conversation holds only tool results answering calls it does not contain; "
+            "send them after the assistant turn that made the calls",
+            param="messages",
+        )
     return out, report
 
 
