@@ -10,8 +10,9 @@ built once here:
   wire, bytes pass through a usage tap) or translated (:class:`~.translation.Translator`);
 - :class:`~.accounting.Accounting`: answers and errors in the client's dialect, usage rows,
   metrics, capture;
-- :class:`~.sideroutes.SideRoutes` (embeddings, model listings, token counts) and
-  :class:`~.stored.StoredResponses`.
+- :class:`~.sideroutes.SideRoutes` (embeddings, model listings, token counts),
+  :class:`~.stored.StoredResponses`, and :class:`~.sockets.ResponsesSockets` (Responses over
+  WebSocket, each response served through this same dispatch).
 
 Every API request goes through :meth:`Gateway._serve`: tracked while in flight, ended cleanly if
 cut at shutdown, its errors said in its own dialect, one log line at the end.
@@ -52,6 +53,7 @@ from .metrics import Metrics, forget_dead_workers
 from .requestlog import RequestLog
 from .routing import Router
 from .sideroutes import SideRoutes
+from .sockets import ResponsesSockets
 from .state import State
 from .store import Store, UsageWriter, describe_error
 from .stored import StoredResponses
@@ -117,6 +119,7 @@ class Gateway:
         self.side = SideRoutes(config, router, catalog, backends, failover, transport, admission, accounting)
         self.stored = StoredResponses(backends, transport, self.state, admission, accounting)
         self.client_address = ClientAddress(config.server.trusted_proxies)
+        self.sockets = ResponsesSockets(self, admission, self.client_address)
         self.request_log = RequestLog(config.server.log_format)
         self.inflight = InFlight()
         self._background: set[asyncio.Task[Any]] = set()
@@ -250,6 +253,8 @@ class Gateway:
                 return
             endpoint = self._routes.get((scope["method"], scope["path"])) or self._dynamic(scope)
             await self._serve(endpoint, scope, receive, send)
+        elif kind == "websocket":
+            await self.sockets.serve(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 

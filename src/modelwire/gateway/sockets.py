@@ -1,0 +1,315 @@
+"""Responses over WebSocket (OpenAI's WebSocket mode) at ``/v1/responses``.
+
+The client key travels on the upgrade request and is checked before the handshake; a refusal, or
+an upgrade on a path that speaks no WebSocket, is an HTTP error, never a half-open socket. Once
+open, each ``response.create`` frame is served as the HTTP Responses request it stands for, through
+the gateway's own dispatch, so keys, limits, routing, failover, usage rows, metrics, capture and
+the request log apply to every response exactly as over HTTP; its SSE events go back as text
+frames, echoing the frame's ``stream_id``. The most recent response is remembered on the
+connection, so ``previous_response_id`` chains with ``store: false`` too.
+
+Frames are served one at a time, in order (which keeps every lane's FIFO order; lanes do not run
+side by side yet). A connection lasts at most an hour, as OpenAI's do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..dialects.sse import SSEParser
+from ..errors import InvalidRequestError, ModelwireError, NotFoundError, PreviousResponseNotFound
+from .admission import Admission
+from .call import Call
+from .chains import input_items
+from .http import Message, Receive, Scope, Send
+from .surfaces import RESPONSES
+
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+SOCKET_PATHS = frozenset({"/v1/responses", "/responses"})
+MAX_SECONDS = 3600.0
+_LANE = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
+_DROPPED_HEADERS = frozenset({b"x-request-id", b"content-length", b"content-type"})
+
+
+class _RefusedUpgrades(logging.Filter):
+    """uvicorn's WebSocket server logs "ASGI callable returned without completing handshake" after
+    an application refused an upgrade with an HTTP response, though that refusal is the ASGI way
+    (uvicorn 0.54, ``websockets_sansio_impl``). Drop that one line for each refusal of ours, and no
+    other: a handshake this application really left undone is still logged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.pending and record.getMessage() == "ASGI callable returned without completing handshake.":
+            self.pending -= 1
+            return False
+        return True
+
+
+_REFUSED = _RefusedUpgrades()
+logging.getLogger("uvicorn.error").addFilter(_REFUSED)
+
+
+@dataclass(eq=False)
+class ResponsesSockets:
+    app: App  # the gateway's HTTP dispatch
+    admission: Admission
+    client_address: Callable[[Scope], str]
+    max_seconds: float = MAX_SECONDS
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        if scope["path"] not in SOCKET_PATHS:
+            err = NotFoundError(
+                f"no WebSocket is served at {scope['path']}; Responses WebSocket mode is at /v1/responses",
+                code="unknown_url",
+            )
+            await _refuse(scope, send, err)
+            return
+        call = Call("", RESPONSES, time.monotonic(), self.client_address(scope))
+        try:
+            await self.admission.authenticate(call, scope)
+        except ModelwireError as err:
+            await _refuse(scope, send, err)
+            return
+        await send({"type": "websocket.accept"})
+        await _Connection(self, scope, receive, send).run()
+
+
+@dataclass(eq=False)
+class _Last:
+    """The connection's most recent response: its id and the whole conversation up to its end."""
+
+    id: str
+    items: list[dict[str, Any]]
+
+
+@dataclass(eq=False)
+class _Connection:
+    sockets: ResponsesSockets
+    scope: Scope
+    receive: Receive
+    send: Send
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    frames: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    last: _Last | None = None
+
+    async def run(self) -> None:
+        reader = asyncio.ensure_future(self._read())
+        deadline = time.monotonic() + self.sockets.max_seconds
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        frame = await self.frames.get()
+                except TimeoutError:
+                    await self.send(
+                        {"type": "websocket.close", "code": 1001, "reason": "connection time limit"}
+                    )
+                    return
+                if frame is None:
+                    return
+                await self._frame(frame)
+        finally:
+            reader.cancel()
+
+    async def _read(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "websocket.disconnect":
+                self.closed.set()
+                self.frames.put_nowait(None)
+                return
+            text = message.get("text")
+            if text is None and message.get("bytes") is not None:
+                text = message["bytes"].decode("utf-8", "replace")
+            if text is not None:
+                self.frames.put_nowait(text)
+
+    async def _frame(self, text: str) -> None:
+        lane: str | None = None
+        try:
+            doc = orjson.loads(text)
+            if not isinstance(doc, dict):
+                raise InvalidRequestError("a frame must be one JSON object")
+            lane = doc.pop("stream_id", None)
+            if lane is not None and not (isinstance(lane, str) and _LANE.match(lane)):
+                lane = None
+                raise InvalidRequestError(
+                    "stream_id: 1 to 256 letters, digits, '_', '.' or '-'", param="stream_id"
+                )
+            kind = doc.pop("type", None)
+            if kind != "response.create":
+                raise InvalidRequestError(
+                    f"unknown event type {kind!r}: this socket takes response.create", param="type"
+                )
+            body = self._expanded(doc)
+        except orjson.JSONDecodeError:
+            await self._error(400, InvalidRequestError("a frame must be JSON text"), None)
+            return
+        except ModelwireError as err:
+            await self._error(err.status, err, lane)
+            return
+        await self._respond(body, lane)
+
+    def _expanded(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The request, with the connection's last response expanded when it is the one chained
+        from and nothing else keeps it (``store: false``)."""
+        body["stream"] = True
+        previous = body.get("previous_response_id")
+        if previous is None or body.get("store") is not False:
+            return body
+        if self.last is None or self.last.id != previous:
+            raise PreviousResponseNotFound(
+                f"Previous response with id '{previous}' not found.",
+                code="previous_response_not_found",
+                param="previous_response_id",
+            )
+        body["input"] = [*self.last.items, *input_items(body)]
+        del body["previous_response_id"]
+        return body
+
+    async def _respond(self, body: dict[str, Any], lane: str | None) -> None:
+        """One response: served as the HTTP request it stands for, its events sent as frames."""
+        payload = orjson.dumps(body)
+        relay = _Relay(self, lane, input_items(body))
+        sent = False
+
+        async def receive() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": payload, "more_body": False}
+            await self.closed.wait()
+            return {"type": "http.disconnect"}
+
+        await self.sockets.app(self._http_scope(len(payload)), receive, relay.send)
+        await relay.finish()
+
+    def _http_scope(self, length: int) -> Scope:
+        headers = [(k, v) for k, v in self.scope["headers"] if k not in _DROPPED_HEADERS]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
+        return {
+            **self.scope,
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/responses",
+            "raw_path": b"/v1/responses",
+            "query_string": b"",
+            "headers": headers,
+            "http_version": "1.1",
+        }
+
+    async def _error(self, status: int, err: ModelwireError, lane: str | None) -> None:
+        error = {"type": err.type or "invalid_request_error", "code": err.code, "message": err.message}
+        error["param"] = err.param
+        await self.frame(_error_event(status, error, lane))
+
+    async def frame(self, doc: dict[str, Any] | str) -> None:
+        if self.closed.is_set():
+            return
+        text = doc if isinstance(doc, str) else orjson.dumps(doc).decode()
+        try:
+            await self.send({"type": "websocket.send", "text": text})
+        except OSError:  # the client went away mid-answer: the answer ends as cut (499)
+            self.closed.set()
+
+
+@dataclass(eq=False)
+class _Relay:
+    """The HTTP answer to one ``response.create``, turned into frames as it comes."""
+
+    connection: _Connection
+    lane: str | None
+    items: list[dict[str, Any]]
+    status: int = 0
+    streaming: bool = False
+    parser: SSEParser = field(default_factory=SSEParser)
+    body: bytearray = field(default_factory=bytearray)
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            headers = dict(message.get("headers") or [])
+            self.streaming = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+        elif message["type"] == "http.response.body":
+            chunk = message.get("body", b"")
+            if not self.streaming:
+                self.body += chunk
+                return
+            for event in self.parser.feed(chunk):
+                await self._event(event.event, event.data)
+
+    async def _event(self, name: str | None, data: str) -> None:
+        if not data:
+            return
+        if name == "error" or data.startswith('{"type":"error"'):
+            flat = orjson.loads(data)
+            error = {k: flat.get(k) for k in ("code", "message", "param")}
+            error["type"] = "server_error"
+            event = _error_event(500, error, self.lane)
+            if isinstance(flat.get("sequence_number"), int):
+                event["sequence_number"] = flat["sequence_number"]
+            await self.connection.frame(event)
+            return
+        if '"response.completed"' in data[:64] or '"response.incomplete"' in data[:64]:
+            self._remember(orjson.loads(data).get("response"))
+        if self.lane is not None:
+            data = '{"stream_id":' + orjson.dumps(self.lane).decode() + "," + data[1:]
+        await self.connection.frame(data)
+
+    def _remember(self, response: Any) -> None:
+        if isinstance(response, dict) and isinstance(response.get("id"), str):
+            output = [i for i in response.get("output") or [] if isinstance(i, dict)]
+            self.connection.last = _Last(response["id"], [*self.items, *output])
+
+    async def finish(self) -> None:
+        """An answer that never became a stream is an error: said as the socket's error event."""
+        if self.streaming or not self.status:
+            return
+        try:
+            doc = orjson.loads(bytes(self.body))
+            error = doc.get("error") if isinstance(doc, dict) else None
+        except orjson.JSONDecodeError:
+            error = None
+        if not isinstance(error, dict):
+            error = {
+                "type": "server_error",
+                "code": None,
+                "message": "the gateway could not answer",
+                "param": None,
+            }
+        await self.connection.frame(_error_event(self.status, error, self.lane))
+
+
+def _error_event(status: int, error: dict[str, Any], lane: str | None) -> dict[str, Any]:
+    """OpenAI's WebSocket error event: the details nested under ``error``, the HTTP status beside."""
+    event: dict[str, Any] = {"type": "error", "status": status, "error": error}
+    if lane is not None:
+        event["stream_id"] = lane
+    return event
+
+
+async def _refuse(scope: Scope, send: Send, err: ModelwireError) -> None:
+    """An HTTP error instead of the handshake (a bare close, a 403, where the server cannot)."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    status, doc = RESPONSES.render_error(err)
+    headers = [(b"content-type", b"application/json")]
+    if err.retry_after is not None:
+        headers.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
+    _REFUSED.pending += 1
+    await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": orjson.dumps(doc)})

@@ -1,0 +1,234 @@
+"""Responses over WebSocket: the official SDK's ``responses.connect()`` against a real gateway.
+
+Each ``response.create`` frame must be served like the HTTP request it stands for (same routing,
+keys, usage rows), its events must be the SSE stream's payloads as text frames (validated against
+the spec's ``ResponseStreamEvent``), ``previous_response_id`` must chain on the connection with
+``store: false``, and a refused upgrade must be an HTTP error before the handshake.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import openai
+import pytest
+import websockets.sync.client as ws_client
+from websockets.exceptions import InvalidStatus
+
+from .fake_upstream import FakeUpstream, Reply
+from .gateway_fixtures import CLIENT_KEY, RunningGateway
+from .spec import assert_openai
+
+# openai's connect() opens its websockets connection in a way websockets 17.1+ deprecates.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:connect\\(\\) must be used as a context manager:DeprecationWarning"
+)
+
+TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def client(gateway: RunningGateway, key: str = CLIENT_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.v1, api_key=key, max_retries=0)
+
+
+def events_until_done(connection: Any) -> list[Any]:
+    events = []
+    for event in connection:
+        events.append(event)
+        if event.type in ("response.completed", "response.incomplete", "response.failed", "error"):
+            return events
+    raise AssertionError("the socket closed before the response ended")
+
+
+def raw_frames(url: str, frames: list[dict[str, Any]], key: str = CLIENT_KEY) -> list[dict[str, Any]]:
+    """Send ``frames`` on one socket; every server frame until each response (or error) ended."""
+    out: list[dict[str, Any]] = []
+    with ws_client.connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as socket:
+        for frame in frames:
+            socket.send(json.dumps(frame))
+            while True:
+                doc = json.loads(socket.recv(timeout=20))
+                out.append(doc)
+                if doc["type"] in ("response.completed", "response.failed", "error"):
+                    break
+    return out
+
+
+def ws_url(gateway: RunningGateway, path: str = "/v1/responses") -> str:
+    return gateway.url.replace("http://", "ws://") + path
+
+
+@pytest.mark.parametrize("model", ["resp-model", "chat-model"])
+def test_a_response_over_the_socket(upstream: FakeUpstream, gateway: RunningGateway, model: str) -> None:
+    upstream.script(Reply.text("Hello over a socket."))
+    with client(gateway).responses.connect() as connection:
+        connection.response.create(model=model, input="Say hello")
+        events = events_until_done(connection)
+    assert events[0].type == "response.created"
+    final = events[-1]
+    assert final.type == "response.completed", final
+    assert final.response.output_text == "Hello over a socket."
+    assert final.response.model in (model, "gpt-4.1")  # forwarded answers name the upstream's model
+    assert final.response.usage is not None and final.response.usage.output_tokens > 0
+    sent = upstream.last.body
+    assert sent["stream"] is True and "type" not in sent and "stream_id" not in sent
+
+
+def test_events_are_the_streams_payloads(upstream: FakeUpstream, gateway: RunningGateway) -> None:
+    upstream.script(Reply.text("Spec-shaped events."))
+    frames = raw_frames(ws_url(gateway), [{"type": "response.create", "model": "resp-model", "input": "hi"}])
+    assert [f["sequence_number"] for f in frames] == list(range(len(frames)))
+    for frame in frames:
+        assert_openai("ResponseStreamEvent", frame)
+
+
+def test_a_tool_loop_chains_on_the_connection_with_store_false(
+    upstream: FakeUpstream, gateway: RunningGateway
+) -> None:
+    """``store: false``: only this connection remembers the last response, and it is enough."""
+    upstream.script(Reply.tool_calls([("get_weather", '{"city":"Paris"}')]), Reply.text("Sunny in Paris."))
+    with client(gateway).responses.connect() as connection:
+        connection.response.create(
+            model="chat-model",
+            input="Weather in Paris?",
+            tools=[TOOL],
+            store=False,  # type: ignore[list-item]
+        )
+        first = events_until_done(connection)[-1].response
+        call = next(item for item in first.output if item.type == "function_call")
+        connection.response.create(
+            model="chat-model",
+            previous_response_id=first.id,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+            tools=[TOOL],  # type: ignore[list-item]
+            store=False,
+        )
+        second = events_until_done(connection)[-1]
+    assert second.type == "response.completed" and second.response.output_text == "Sunny in Paris."
+    messages = upstream.last.body["messages"]  # the Chat upstream got the whole conversation
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
+    assert messages[1]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert messages[2]["tool_call_id"] == messages[1]["tool_calls"][0]["id"]
+
+
+def test_an_unknown_previous_response_is_the_documented_error(gateway: RunningGateway) -> None:
+    frame = {
+        "type": "response.create",
+        "model": "chat-model",
+        "input": "more",
+        "store": False,
+        "previous_response_id": "resp_nowhere",
+    }
+    (error,) = raw_frames(ws_url(gateway), [frame])
+    assert error["type"] == "error" and error["status"] == 404
+    assert error["error"]["code"] == "previous_response_not_found"
+    assert error["error"]["param"] == "previous_response_id"
+
+
+def test_lanes_echo_their_stream_id(upstream: FakeUpstream, gateway: RunningGateway) -> None:
+    upstream.script(Reply.text("one"), Reply.text("two"))
+    frames = raw_frames(
+        ws_url(gateway),
+        [
+            {"type": "response.create", "model": "resp-model", "input": "a", "stream_id": "lane-a"},
+            {"type": "response.create", "model": "resp-model", "input": "b", "stream_id": "lane.b"},
+        ],
+    )
+    lanes = [f["stream_id"] for f in frames]
+    split = lanes.index("lane.b")
+    assert set(lanes[:split]) == {"lane-a"} and set(lanes[split:]) == {"lane.b"}
+    for frame in frames:
+        assert_openai("ResponseStreamEvent", {k: v for k, v in frame.items() if k != "stream_id"})
+
+
+def test_upstream_and_frame_errors_are_socket_error_events(
+    upstream: FakeUpstream, gateway: RunningGateway
+) -> None:
+    upstream.script(Reply.error(400, "Invalid value for 'input'.", code="invalid_value"))
+    frames = raw_frames(
+        ws_url(gateway),
+        [
+            {"type": "response.create", "model": "resp-model", "input": "x"},
+            {"type": "response.cancel"},
+            {"type": "response.create", "model": "no-such-model-anywhere", "input": "x", "stream_id": "l1"},
+        ],
+    )
+    upstream_error, unknown_type, unknown_model = frames
+    assert (
+        upstream_error["status"] == 400 and upstream_error["error"]["message"] == "Invalid value for 'input'."
+    )
+    assert unknown_type["status"] == 400 and "response.create" in unknown_type["error"]["message"]
+    assert unknown_model["status"] == 404 and unknown_model["stream_id"] == "l1"
+    for event in frames:
+        assert set(event) <= {"type", "status", "error", "stream_id", "sequence_number"}
+        assert {"type", "message"} <= set(event["error"])
+
+
+def test_each_response_is_accounted_like_http(upstream: FakeUpstream, gateway: RunningGateway) -> None:
+    """One request line (and usage row) per response, each with its own request id and tokens."""
+    upstream.script(Reply.text("counted"), Reply.text("counted again"))
+    before = len(gateway.log().splitlines())
+    frames = raw_frames(
+        ws_url(gateway),
+        [
+            {"type": "response.create", "model": "reasoner", "input": "a"},
+            {"type": "response.create", "model": "reasoner", "input": "b"},
+        ],
+    )
+    assert [f["type"] for f in frames].count("response.completed") == 2
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [line for line in gateway.log().splitlines()[before:] if "model=reasoner" in line]
+        if len(lines) == 2:
+            break
+        time.sleep(0.05)
+    assert len(lines) == 2, lines
+    assert len({line.split("request_id=")[1].split()[0] for line in lines}) == 2
+    assert all("status=200" in line and "output_tokens=5" in line and "key=all" in line for line in lines)
+
+
+def test_a_bad_key_is_refused_before_the_handshake(gateway: RunningGateway) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        ws_client.connect(ws_url(gateway), additional_headers={"Authorization": "Bearer sk-wrong-key-000000"})
+    assert refused.value.response.status_code == 401
+    body = json.loads(refused.value.response.body or b"{}")
+    assert body["error"]["code"] == "invalid_api_key"
+    with pytest.raises(InvalidStatus) as missing:
+        ws_client.connect(ws_url(gateway))
+    assert missing.value.response.status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/realtime", "/nowhere"])
+def test_other_paths_refuse_the_upgrade_cleanly(gateway: RunningGateway, path: str) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        ws_client.connect(ws_url(gateway, path), additional_headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    assert refused.value.response.status_code == 404
+    assert "/v1/responses" in json.loads(refused.value.response.body or b"{}")["error"]["message"]
+    log = gateway.log()
+    assert "Traceback" not in log and "without completing handshake" not in log
+
+
+def test_a_client_gone_mid_answer_is_a_cut_request_not_a_crash(
+    upstream: FakeUpstream, gateway: RunningGateway
+) -> None:
+    upstream.script(Reply.text("word " * 40, chunk_delay=0.05))
+    before = len(gateway.log().splitlines())
+    with ws_client.connect(
+        ws_url(gateway), additional_headers={"Authorization": f"Bearer {CLIENT_KEY}"}
+    ) as socket:
+        socket.send(json.dumps({"type": "response.create", "model": "stateless-resp", "input": "talk"}))
+        assert json.loads(socket.recv(timeout=20))["type"] == "response.created"
+    deadline = time.monotonic() + 10
+    lines: list[str] = []
+    while time.monotonic() < deadline and not lines:
+        lines = [line for line in gateway.log().splitlines()[before:] if "model=stateless-resp" in line]
+        time.sleep(0.05)
+    assert lines and "status=499" in lines[0] and "error=client_closed" in lines[0]
+    assert "Traceback" not in gateway.log()
