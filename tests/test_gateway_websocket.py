@@ -232,3 +232,60 @@ def test_a_client_gone_mid_answer_is_a_cut_request_not_a_crash(
         time.sleep(0.05)
     assert lines and "status=499" in lines[0] and "error=client_closed" in lines[0]
     assert "Traceback" not in gateway.log()
+
+
+def collect(socket: Any, done: int) -> list[dict[str, Any]]:
+    """Server frames until ``done`` responses (or errors) have ended."""
+    out: list[dict[str, Any]] = []
+    while done:
+        doc = json.loads(socket.recv(timeout=20))
+        out.append(doc)
+        if doc["type"] in ("response.completed", "response.failed", "error"):
+            done -= 1
+    return out
+
+
+def text_of(response: dict[str, Any]) -> str:
+    return "".join(
+        part["text"]
+        for item in response["output"]
+        if item["type"] == "message"
+        for part in item["content"]
+        if part["type"] == "output_text"
+    )
+
+
+def test_lanes_run_side_by_side_each_in_order(upstream: FakeUpstream, gateway: RunningGateway) -> None:
+    upstream.for_model("gpt-5-pro", Reply.text("slow " * 20, chunk_delay=0.05), Reply.text("after"))
+    upstream.for_model("gpt-4.1", Reply.text("quick"))
+    headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
+    with ws_client.connect(ws_url(gateway), additional_headers=headers) as socket:
+        for frame in (
+            {"type": "response.create", "model": "pro", "input": "long", "stream_id": "slow"},
+            {"type": "response.create", "model": "pro", "input": "next", "stream_id": "slow"},
+            {"type": "response.create", "model": "resp-model", "input": "short", "stream_id": "fast"},
+        ):
+            socket.send(json.dumps(frame))
+        frames = collect(socket, 3)
+    ends = [(f["stream_id"], text_of(f["response"])) for f in frames if f["type"] == "response.completed"]
+    assert ends[0] == ("fast", "quick")  # not held behind the slow lane
+    assert [text for lane, text in ends if lane == "slow"] == ["slow " * 20, "after"]  # FIFO
+    slow = [f for f in frames if f["stream_id"] == "slow"]
+    first_done = next(i for i, f in enumerate(slow) if f["type"] == "response.completed")
+    assert all(f["type"] != "response.created" for f in slow[1:first_done])  # the second waited
+
+
+def test_too_many_lanes_is_the_documented_error(upstream: FakeUpstream, gateway: RunningGateway) -> None:
+    headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
+    with ws_client.connect(ws_url(gateway), additional_headers=headers) as socket:
+        for n in range(17):
+            socket.send(
+                json.dumps(
+                    {"type": "response.create", "model": "resp-model", "input": "x", "stream_id": f"l{n}"}
+                )
+            )
+        frames = collect(socket, 17)
+    errors = [f for f in frames if f["type"] == "error"]
+    assert len(errors) == 1 and errors[0]["stream_id"] == "l16" and errors[0]["status"] == 429
+    assert errors[0]["error"]["code"] == "websocket_stream_limit_reached"
+    assert sum(f["type"] == "response.completed" for f in frames) == 16

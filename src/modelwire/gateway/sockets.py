@@ -8,8 +8,8 @@ the request log apply to every response exactly as over HTTP; its SSE events go 
 frames, echoing the frame's ``stream_id``. The most recent response is remembered on the
 connection, so ``previous_response_id`` chains with ``store: false`` too.
 
-Frames are served one at a time, in order (which keeps every lane's FIFO order; lanes do not run
-side by side yet). A connection lasts at most an hour, as OpenAI's do.
+Lanes (``stream_id``) run side by side, each one in order; a connection lasts at most an hour,
+as OpenAI's do.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,13 @@ from typing import Any
 import orjson
 
 from ..dialects.sse import SSEParser
-from ..errors import InvalidRequestError, ModelwireError, NotFoundError, PreviousResponseNotFound
+from ..errors import (
+    InvalidRequestError,
+    ModelwireError,
+    NotFoundError,
+    PreviousResponseNotFound,
+    RateLimitError,
+)
 from .admission import Admission
 from .call import Call
 from .chains import input_items
@@ -35,6 +42,8 @@ from .surfaces import RESPONSES
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 SOCKET_PATHS = frozenset({"/v1/responses", "/responses"})
 MAX_SECONDS = 3600.0
+MAX_LANES = 16  # stream_id lanes per connection
+RECENT_RESPONSES = 32  # responses a connection remembers for store: false chains
 _LANE = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
 _DROPPED_HEADERS = frozenset({b"x-request-id", b"content-length", b"content-type"})
 
@@ -88,14 +97,6 @@ class ResponsesSockets:
 
 
 @dataclass(eq=False)
-class _Last:
-    """The connection's most recent response: its id and the whole conversation up to its end."""
-
-    id: str
-    items: list[dict[str, Any]]
-
-
-@dataclass(eq=False)
 class _Connection:
     sockets: ResponsesSockets
     scope: Scope
@@ -103,7 +104,11 @@ class _Connection:
     send: Send
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     frames: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
-    last: _Last | None = None
+    lanes: dict[str | None, asyncio.Queue[dict[str, Any] | None]] = field(default_factory=dict)
+    workers: list[asyncio.Task[None]] = field(default_factory=list)
+    # The most recent responses, each as the whole conversation up to its end: what a follow-up
+    # with store: false chains from (on its own lane or another).
+    recent: OrderedDict[str, list[dict[str, Any]]] = field(default_factory=OrderedDict)
 
     async def run(self) -> None:
         reader = asyncio.ensure_future(self._read())
@@ -114,14 +119,16 @@ class _Connection:
                     async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                         frame = await self.frames.get()
                 except TimeoutError:
-                    await self.send(
-                        {"type": "websocket.close", "code": 1001, "reason": "connection time limit"}
-                    )
+                    reason = "connection time limit (60 minutes)"
+                    await self.send({"type": "websocket.close", "code": 1001, "reason": reason})
                     return
                 if frame is None:
                     return
-                await self._frame(frame)
+                await self._dispatch(frame)
         finally:
+            for lane in self.lanes.values():
+                lane.put_nowait(None)  # each lane ends its answer in flight (a 499 once closed)
+            await asyncio.gather(*self.workers, return_exceptions=True)
             reader.cancel()
 
     async def _read(self) -> None:
@@ -137,7 +144,8 @@ class _Connection:
             if text is not None:
                 self.frames.put_nowait(text)
 
-    async def _frame(self, text: str) -> None:
+    async def _dispatch(self, text: str) -> None:
+        """A frame checked and queued on its lane: lanes run side by side, each in order."""
         lane: str | None = None
         try:
             doc = orjson.loads(text)
@@ -154,31 +162,60 @@ class _Connection:
                 raise InvalidRequestError(
                     f"unknown event type {kind!r}: this socket takes response.create", param="type"
                 )
-            body = self._expanded(doc)
+            queue = self.lanes.get(lane) or self._open_lane(lane)
         except orjson.JSONDecodeError:
             await self._error(400, InvalidRequestError("a frame must be JSON text"), None)
             return
         except ModelwireError as err:
             await self._error(err.status, err, lane)
             return
-        await self._respond(body, lane)
+        queue.put_nowait(doc)
+
+    def _open_lane(self, lane: str | None) -> asyncio.Queue[dict[str, Any] | None]:
+        if len(self.lanes) >= MAX_LANES:
+            raise RateLimitError(
+                f"this connection already has {MAX_LANES} stream_id lanes; reuse one or open another",
+                code="websocket_stream_limit_reached",
+                param="stream_id",
+            )
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.lanes[lane] = queue
+        self.workers.append(asyncio.ensure_future(self._lane(lane, queue)))
+        return queue
+
+    async def _lane(self, lane: str | None, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+        while (doc := await queue.get()) is not None:
+            if self.closed.is_set():
+                continue  # nobody is listening: queued frames are dropped, not run
+            try:
+                body = self._expanded(doc)
+            except ModelwireError as err:
+                await self._error(err.status, err, lane)
+                continue
+            await self._respond(body, lane)
 
     def _expanded(self, body: dict[str, Any]) -> dict[str, Any]:
-        """The request, with the connection's last response expanded when it is the one chained
-        from and nothing else keeps it (``store: false``)."""
+        """The request, with a response this connection remembers expanded when it is the one
+        chained from and nothing else keeps it (``store: false``)."""
         body["stream"] = True
         previous = body.get("previous_response_id")
         if previous is None or body.get("store") is not False:
             return body
-        if self.last is None or self.last.id != previous:
+        history = self.recent.get(previous)
+        if history is None:
             raise PreviousResponseNotFound(
                 f"Previous response with id '{previous}' not found.",
                 code="previous_response_not_found",
                 param="previous_response_id",
             )
-        body["input"] = [*self.last.items, *input_items(body)]
+        body["input"] = [*history, *input_items(body)]
         del body["previous_response_id"]
         return body
+
+    def remember(self, response_id: str, items: list[dict[str, Any]]) -> None:
+        self.recent[response_id] = items
+        while len(self.recent) > RECENT_RESPONSES:
+            self.recent.popitem(last=False)
 
     async def _respond(self, body: dict[str, Any], lane: str | None) -> None:
         """One response: served as the HTTP request it stands for, its events sent as frames."""
@@ -272,7 +309,7 @@ class _Relay:
     def _remember(self, response: Any) -> None:
         if isinstance(response, dict) and isinstance(response.get("id"), str):
             output = [i for i in response.get("output") or [] if isinstance(i, dict)]
-            self.connection.last = _Last(response["id"], [*self.items, *output])
+            self.connection.remember(response["id"], [*self.items, *output])
 
     async def finish(self) -> None:
         """An answer that never became a stream is an error: said as the socket's error event."""
