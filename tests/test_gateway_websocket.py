@@ -289,3 +289,21 @@ def test_too_many_lanes_is_the_documented_error(upstream: FakeUpstream, gateway:
     assert len(errors) == 1 and errors[0]["stream_id"] == "l16" and errors[0]["status"] == 429
     assert errors[0]["error"]["code"] == "websocket_stream_limit_reached"
     assert sum(f["type"] == "response.completed" for f in frames) == 16
+
+
+def test_key_limits_and_garbage_frames_over_the_socket(
+    upstream: FakeUpstream, gateway: RunningGateway
+) -> None:
+    """The key's rpm counts each response.create; a frame that is not JSON is a clean 400."""
+    headers = {"Authorization": "Bearer sk-client-rpm-000000000"}
+    with ws_client.connect(ws_url(gateway), additional_headers=headers) as socket:
+        socket.send("this is not JSON")
+        for _ in range(3):
+            socket.send(json.dumps({"type": "response.create", "model": "chat-model", "input": "x"}))
+        frames = collect(socket, 4)
+    errors = [f for f in frames if f["type"] == "error"]
+    assert [e["status"] for e in errors] == [400, 429]
+    assert "JSON" in errors[0]["error"]["message"]
+    assert errors[1]["error"]["type"] == "rate_limit_exceeded"  # as the HTTP answer says it
+    assert sum(f["type"] == "response.completed" for f in frames) == 2
+    assert "Traceback" not in gateway.log()

@@ -107,16 +107,19 @@ class Gateway:
             self.dependencies,
             accounting,
         )
+        forwarder = Forwarder(transport, accounting)
         self.generation = Generation(
             config,
             catalog,
             failover,
             admission,
             accounting,
-            Forwarder(transport, accounting),
+            forwarder,
             Translator(config, catalog, transport, accounting),
         )
-        self.side = SideRoutes(config, router, catalog, backends, failover, transport, admission, accounting)
+        self.side = SideRoutes(
+            config, router, catalog, backends, failover, transport, admission, accounting, forwarder
+        )
         self.stored = StoredResponses(backends, transport, self.state, admission, accounting)
         self.client_address = ClientAddress(config.server.trusted_proxies)
         self.sockets = ResponsesSockets(self, admission, self.client_address)

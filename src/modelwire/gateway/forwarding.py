@@ -50,7 +50,26 @@ class Forwarder:
         body = passthrough.rewrite(
             call.body, target, backend.wire, backend.options, stream=call.stream, items=call.items
         )
-        url = backend.url(target.model, call.stream)
+        reply = await self._send(call, backend, index, backend.url(target.model, call.stream), body)
+        if call.stream:
+            return Passthrough(reply)
+        payload = await reply.read()
+        return Passthrough(reply, payload, passthrough.json_object(payload))
+
+    async def count(self, call: Call, target: Target, backend: Backend, index: int) -> bytes:
+        """A token count request forwarded to the upstream's own counter; its answer as it came."""
+        wire = backend.wire
+        assert wire.count_endpoint is not None
+        body = passthrough.rewrite(call.body, target, wire, backend.options, stream=False)
+        inner = body.get("generateContentRequest")
+        if isinstance(inner, dict):  # Gemini wants the model inside it, named as a resource
+            body["generateContentRequest"] = {**inner, "model": f"models/{target.model}"}
+        url = backend.host.url(wire.count_endpoint, target.model.removeprefix("models/"))
+        payload = await (await self._send(call, backend, index, url, body)).read()
+        passthrough.json_object(payload)  # garbage is the upstream's fault, said as such
+        return payload
+
+    async def _send(self, call: Call, backend: Backend, index: int, url: str, body: dict[str, Any]) -> Reply:
         headers = backend.headers(index, call.headers)
         headers["X-Client-Request-Id"] = call.request_id
         if call.stream:
@@ -65,13 +84,9 @@ class Forwarder:
                 record("upstream_response", call, raw, backend=backend.name)
 
         timeout = backend.config.timeout
-        reply = await upstream_call(
+        return await upstream_call(
             self.transport, "POST", url, headers, payload, read_timeout=timeout, on_error=seen
         )
-        if call.stream:
-            return Passthrough(reply)
-        payload = await reply.read()
-        return Passthrough(reply, payload, passthrough.json_object(payload))
 
     async def finish(self, call: Call, outcome: Outcome[Any]) -> tuple[int, bytes, Usage | None]:
         """A whole forwarded answer: its status, its bytes, its usage."""

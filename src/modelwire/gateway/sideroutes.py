@@ -26,6 +26,7 @@ from .admission import Admission
 from .auth import ClientKey
 from .call import Call
 from .config import Config
+from .forwarding import Forwarder
 from .http import Receive, Scope, Send
 from .listing import anthropic_model, gemini_model, google_client, openai_model, served_models
 from .routing import Router, Target
@@ -46,6 +47,7 @@ class SideRoutes:
     transport: Transport
     admission: Admission
     accounting: Accounting
+    forwarder: Forwarder
     _models_cache: tuple[float, list[str]] = field(default_factory=lambda: (0.0, []), init=False)
 
     # -------------------------------------------------------------------------------- embeddings
@@ -183,7 +185,7 @@ class SideRoutes:
         target = route.targets[0]
         backend = self.backends[target.backend]
         if backend.wire.count_endpoint and self._forwards(call, backend):
-            outcome = await self.failover.run([target], lambda t, b, i: self._count_upstream(call, t, b, i))
+            outcome = await self.failover.run([target], lambda t, b, i: self.forwarder.count(call, t, b, i))
             call.served_by(outcome.target, outcome.backend)
             headers = self.accounting.served_headers(call, outcome)
             await self.accounting.respond(call, send, 200, outcome.value, headers)
@@ -200,19 +202,3 @@ class SideRoutes:
         return (
             backend.passthrough and backend.wire.name == call.surface.dialect and backend.missing_key is None
         )
-
-    async def _count_upstream(self, call: Call, target: Target, backend: Backend, index: int) -> bytes:
-        wire = backend.wire
-        assert wire.count_endpoint is not None
-        body = passthrough.rewrite(call.body, target, wire, backend.options, stream=False)
-        inner = body.get("generateContentRequest")
-        if isinstance(inner, dict):  # Gemini wants the model inside it, named as a resource
-            body["generateContentRequest"] = {**inner, "model": f"models/{target.model}"}
-        url = backend.host.url(wire.count_endpoint, target.model.removeprefix("models/"))
-        headers = backend.headers(index, call.headers)
-        reply = await upstream_call(
-            self.transport, "POST", url, headers, orjson.dumps(body), read_timeout=backend.config.timeout
-        )
-        payload = await reply.read()
-        passthrough.json_object(payload)  # garbage is the upstream's fault, said as such
-        return payload

@@ -164,10 +164,10 @@ class _Connection:
                 )
             queue = self.lanes.get(lane) or self._open_lane(lane)
         except orjson.JSONDecodeError:
-            await self._error(400, InvalidRequestError("a frame must be JSON text"), None)
+            await self._error(InvalidRequestError("a frame must be JSON text"), None)
             return
         except ModelwireError as err:
-            await self._error(err.status, err, lane)
+            await self._error(err, lane)
             return
         queue.put_nowait(doc)
 
@@ -190,7 +190,7 @@ class _Connection:
             try:
                 body = self._expanded(doc)
             except ModelwireError as err:
-                await self._error(err.status, err, lane)
+                await self._error(err, lane)
                 continue
             await self._respond(body, lane)
 
@@ -248,10 +248,10 @@ class _Connection:
             "http_version": "1.1",
         }
 
-    async def _error(self, status: int, err: ModelwireError, lane: str | None) -> None:
-        error = {"type": err.type or "invalid_request_error", "code": err.code, "message": err.message}
-        error["param"] = err.param
-        await self.frame(_error_event(status, error, lane))
+    async def _error(self, err: ModelwireError, lane: str | None) -> None:
+        """``err`` as its HTTP answer would say it, in the socket's error event."""
+        status, doc = RESPONSES.render_error(err)
+        await self.frame(_error_event(status, doc["error"], lane))
 
     async def frame(self, doc: dict[str, Any] | str) -> None:
         if self.closed.is_set():

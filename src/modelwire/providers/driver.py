@@ -75,9 +75,7 @@ class WireDriver:
             yield event
 
     async def stream(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
-        async for event in self.events(request, **settings):
-            if isinstance(event, StreamError):
-                raise event.error
+        async for event in raising(self.events(request, **settings)):
             yield event
 
     def _plan(self, request: Request | None, settings: dict[str, Any], *, stream: bool) -> Request:
@@ -89,18 +87,37 @@ class WireDriver:
     async def _send(self, req: Request) -> Reply:
         endpoint = self.wire.stream_endpoint if req.stream else self.wire.endpoint
         url = self.host.url(endpoint, req.model.removeprefix("models/"))
-        body = orjson.dumps(self.wire.encode(req, self.host.wire))
+        body = orjson.dumps(self.wire.encode(req, self.host.profile.options))
         headers = dict(self._headers)
         if req.stream:
             headers["Accept"] = "text/event-stream"
         self.observer.payload("request", url, headers, body)
+        return await observed_call(self.transport, self.observer, "POST", url, headers, body, self.timeout)
 
-        def seen(payload: bytes, reply_headers: Mapping[str, str]) -> None:
-            self.observer.payload("error", url, dict(reply_headers), payload)
 
-        return await call(
-            self.transport, "POST", url, headers, body, read_timeout=self.timeout, on_error=seen
-        )
+async def observed_call(
+    transport: Transport,
+    observer: Observer,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes | None,
+    read_timeout: float,
+) -> Reply:
+    """:func:`~.transport.call`, an error's body shown to the driver's observer (its capture tap)."""
+
+    def seen(payload: bytes, reply_headers: Mapping[str, str]) -> None:
+        observer.payload("error", url, dict(reply_headers), payload)
+
+    return await call(transport, method, url, headers, body, read_timeout=read_timeout, on_error=seen)
+
+
+async def raising(events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+    """The events, a failure after the stream started raised as its typed error."""
+    async for event in events:
+        if isinstance(event, StreamError):
+            raise event.error
+        yield event
 
 
 def build_request(request: Request | None, settings: dict[str, Any]) -> Request:

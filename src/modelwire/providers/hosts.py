@@ -200,15 +200,6 @@ class Host:
         return PROFILES[self.kind]
 
     @property
-    def native(self) -> bool:
-        """OpenAI's own semantics: stored responses, chaining, tiers, caching, compaction."""
-        return self.profile.native_fields
-
-    @property
-    def wire(self) -> WireOptions:
-        return self.profile.options
-
-    @property
     def deployment_paths(self) -> bool:
         """Classic Azure: models are deployments named in the path, with ``api-version``."""
         return self.api_version is not None

@@ -60,12 +60,12 @@ from ..types import (
 )
 from .catalog import Catalog
 from .codex import CodexCredentials
-from .driver import read_events, read_json
+from .driver import observed_call, raising, read_events, read_json
 from .hosts import Endpoint, Host, HostKind, WireAPI
 from .planning import Plan, Planner
 from .retry import RetryPolicy
 from .strict import StopScanner, cut_at_stop
-from .transport import Reply, Transport, call, default_transport
+from .transport import Reply, Transport, default_transport
 
 
 @dataclass(slots=True, kw_only=True)
@@ -165,9 +165,7 @@ class OpenAI:
 
     async def stream(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
         """The answer as neutral events. A failure after the stream started raises a typed error."""
-        async for event in self.events(request, **settings):
-            if isinstance(event, StreamError):
-                raise event.error
+        async for event in raising(self.events(request, **settings)):
             yield event
 
     async def events(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
@@ -349,12 +347,7 @@ class OpenAI:
                 attempt += 1
 
     async def _attempt(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> Reply:
-        def seen(payload: bytes, reply_headers: Mapping[str, str]) -> None:
-            self.observer.payload("error", url, dict(reply_headers), payload)
-
-        return await call(
-            self.transport, method, url, headers, body, read_timeout=self.timeout, on_error=seen
-        )
+        return await observed_call(self.transport, self.observer, method, url, headers, body, self.timeout)
 
 
 # ------------------------------------------------------------------------------------------ helpers
