@@ -613,6 +613,14 @@ def scrape(gateway: RunningGateway) -> str:
     return payload.decode()
 
 
+def settled(gateway: RunningGateway, sent: int) -> None:
+    """Wait until a scrape counts ``sent`` requests: a request is counted as its handler ends, just
+    after the client has its last byte, so a scrape at once may still miss the newest one or two."""
+    deadline = time.monotonic() + 5
+    while sum(value for _, value in requests_total(scrape(gateway))) < sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_metrics_add_up_across_workers(upstream: FakeUpstream, tmp_path: Path) -> None:
     """``server.workers: 2``: after chat, embeddings and unknown-model requests served by both
     workers, every scrape (whichever worker takes it) counts every request, and no ``_created``."""
@@ -626,12 +634,13 @@ def test_metrics_add_up_across_workers(upstream: FakeUpstream, tmp_path: Path) -
     try:
         probes = wait_for_workers(gateway)
         replies = in_parallel(calls)
+        sent = probes + chats + embeddings + missing
+        settled(gateway, sent)
         scrapes = [scrape(gateway) for _ in range(4)] + in_parallel([lambda: scrape(gateway)] * 8)
     finally:
         gateway.stop()
     assert [status for status, _, _ in replies] == [200] * (chats + embeddings) + [404] * missing
     assert len({worker_of(headers) for _, headers, _ in replies}) == 2  # both workers served some
-    sent = probes + chats + embeddings + missing
     for exposition in scrapes:
         series = requests_total(exposition)
         assert sum(value for _, value in series) == sent, series
