@@ -16,6 +16,12 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(VENV)/.installed $@
 
+# Real command-line clients for the end-to-end tests (Codex CLI), from the npm registry.
+CLIENTS := tests/clients/node_modules/.installed
+$(CLIENTS): tests/clients/package.json tests/clients/package-lock.json
+	npm ci --prefix tests/clients --no-audit --no-fund --loglevel=error
+	touch $@
+
 run: $(VENV)/.installed
 	$(BIN)/modelwire serve
 
@@ -26,7 +32,7 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-test
+unit: $(VENV)/.installed-test $(CLIENTS)
 	$(BIN)/pytest -n 2
 
 test: lint typecheck unit

@@ -307,3 +307,46 @@ def test_key_limits_and_garbage_frames_over_the_socket(
     assert errors[1]["error"]["type"] == "rate_limit_exceeded"  # as the HTTP answer says it
     assert sum(f["type"] == "response.completed" for f in frames) == 2
     assert "Traceback" not in gateway.log()
+
+
+def test_a_warm_up_generates_nothing_and_later_turns_chain_from_it(
+    upstream: FakeUpstream, gateway: RunningGateway
+) -> None:
+    """``generate: false`` is answered by the gateway with a finished response holding no output
+    and no usage, and no upstream call; a turn chaining from it (``store`` left at its default,
+    which the upstream could not resolve) reaches the upstream as the warm-up's input plus its own."""
+    upstream.script(Reply.text("Warmed and answered."))
+    warm = {"type": "response.create", "model": "resp-model", "input": "context", "generate": False}
+    frames = raw_frames(ws_url(gateway), [warm])
+    assert [f["type"] for f in frames] == ["response.created", "response.in_progress", "response.completed"]
+    for frame in frames:
+        assert_openai("ResponseStreamEvent", frame)
+    warmed = frames[-1]["response"]
+    assert warmed["status"] == "completed" and warmed["output"] == [] and warmed["usage"]["total_tokens"] == 0
+    assert upstream.requests == []
+
+    follow = {"type": "response.create", "model": "resp-model", "input": "question"}
+    auth = {"Authorization": f"Bearer {CLIENT_KEY}"}
+    with ws_client.connect(ws_url(gateway), additional_headers=auth) as s:
+        s.send(json.dumps(warm))
+        warm_id = [json.loads(s.recv(timeout=20)) for _ in range(3)][-1]["response"]["id"]
+        s.send(json.dumps({**follow, "previous_response_id": warm_id}))
+        while (event := json.loads(s.recv(timeout=20)))["type"] != "response.completed":
+            assert event["type"] != "error", event
+    assert event["response"]["output"][0]["content"][0]["text"] == "Warmed and answered."
+    (sent,) = upstream.requests
+    assert "generate" not in sent.body and "previous_response_id" not in sent.body
+    texts = [item["content"] for item in sent.body["input"]]
+    assert texts == ["context", "question"], sent.body["input"]
+
+
+def test_a_warm_up_is_only_for_a_key_allowed_the_model(
+    upstream: FakeUpstream, gateway: RunningGateway
+) -> None:
+    """Nothing goes upstream, but a warm-up is still a request: a model the key may not use is the
+    same 403 as over HTTP, as the socket's error event."""
+    warm = {"type": "response.create", "model": "resp-model", "input": "x", "generate": False}
+    (error,) = raw_frames(ws_url(gateway), [warm], key="sk-client-chat-only-0000")
+    assert error["type"] == "error" and error["status"] == 403, error
+    assert error["error"]["code"] == "model_not_allowed"
+    assert upstream.requests == []

@@ -67,6 +67,14 @@ class Admission:
         await self._limit(call.key)
         return route
 
+    async def permit(self, call: Call, scope: Scope, model: object) -> None:
+        """A request that goes nowhere upstream (a WebSocket warm-up) is still only for a valid key
+        allowed its model."""
+        await self.authenticate(call, scope)
+        if not isinstance(model, str) or not model:
+            raise InvalidRequestError("model: is required (a string naming the model)", param="model")
+        self._authorize(call.key, model, self.router.resolve(model))
+
     async def authenticate(self, call: Call, scope: Scope) -> dict[bytes, bytes]:
         """Find the request's client key (``call.key``); the request headers, for the caller."""
         headers = dict(scope["headers"])

@@ -122,7 +122,7 @@ class Gateway:
         )
         self.stored = StoredResponses(backends, transport, self.state, admission, accounting)
         self.client_address = ClientAddress(config.server.trusted_proxies)
-        self.sockets = ResponsesSockets(self, admission, self.client_address)
+        self.sockets = ResponsesSockets(self, admission, self.metrics, self.client_address)
         self.request_log = RequestLog(config.server.log_format)
         self.inflight = InFlight()
         self._background: set[asyncio.Task[Any]] = set()

@@ -36,6 +36,9 @@ Families (``*_total`` is added to counters; no ``*_created`` series anywhere, no
   request path.
 - ``modelwire_usage_pending``: usage records waiting for the store; ``modelwire_usage_dropped_total``:
   records the writer gave up on.
+- ``modelwire_websocket_connections_total{outcome}``: Responses WebSocket upgrades, ``accepted`` or
+  ``refused``; ``modelwire_websocket_open``: sockets open now (``livesum``). Each response on a
+  socket is counted as a request like any other.
 
 Two rules keep the series safe and cheap to scrape:
 
@@ -170,6 +173,15 @@ class _Families:
             "modelwire_upstream_key_cooldowns", "Upstream keys put on cool-down", ["backend"], registry=r
         )
         self._define_dependencies(r)
+        self._define_sockets(r)
+
+    def _define_sockets(self, r: CollectorRegistry | None) -> None:
+        self.sockets = Counter(
+            "modelwire_websocket_connections", "Responses WebSocket upgrades", ["outcome"], registry=r
+        )
+        self.sockets_open = Gauge(
+            "modelwire_websocket_open", "Responses WebSockets open", registry=r, multiprocess_mode="livesum"
+        )
 
     def _define_dependencies(self, r: CollectorRegistry | None) -> None:
         self.dependency_up = Gauge(
@@ -308,6 +320,18 @@ class Metrics:
         self._shared_state_errors = _Children(f.shared_state_errors)
         self._usage_pending = f.usage_pending
         self._usage_dropped = f.usage_dropped
+        self._sockets = _Children(f.sockets)
+        self._sockets_open = f.sockets_open
+
+    def socket_refused(self) -> None:
+        self._sockets("refused").inc()
+
+    def socket_opened(self) -> None:
+        self._sockets("accepted").inc()
+        self._sockets_open.inc()
+
+    def socket_closed(self) -> None:
+        self._sockets_open.dec()
 
     def request_started(self, surface: str) -> None:
         self._in_flight(self._surface(surface)).inc()

@@ -9,7 +9,8 @@ frames, echoing the frame's ``stream_id``. The most recent response is remembere
 connection, so ``previous_response_id`` chains with ``store: false`` too.
 
 Lanes (``stream_id``) run side by side, each one in order; a connection lasts at most an hour,
-as OpenAI's do.
+as OpenAI's do. A ``generate: false`` warm-up is answered here, with no upstream call: a response
+with no output whose id later turns chain from, whatever their ``store``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from ..dialects.openai_responses import StreamRenderer, decode_request
 from ..dialects.sse import SSEParser
 from ..errors import (
     InvalidRequestError,
@@ -33,10 +35,12 @@ from ..errors import (
     PreviousResponseNotFound,
     RateLimitError,
 )
+from ..types import Finish
 from .admission import Admission
 from .call import Call
 from .chains import input_items
 from .http import Message, Receive, Scope, Send
+from .metrics import Metrics
 from .surfaces import RESPONSES
 
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -45,6 +49,7 @@ MAX_SECONDS = 3600.0
 MAX_LANES = 16  # stream_id lanes per connection
 RECENT_RESPONSES = 32  # responses a connection remembers for store: false chains
 _LANE = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
+_SSE = [(b"content-type", b"text/event-stream")]
 _DROPPED_HEADERS = frozenset({b"x-request-id", b"content-length", b"content-type"})
 
 
@@ -73,6 +78,7 @@ logging.getLogger("uvicorn.error").addFilter(_REFUSED)
 class ResponsesSockets:
     app: App  # the gateway's HTTP dispatch
     admission: Admission
+    metrics: Metrics
     client_address: Callable[[Scope], str]
     max_seconds: float = MAX_SECONDS
 
@@ -84,16 +90,24 @@ class ResponsesSockets:
                 f"no WebSocket is served at {scope['path']}; Responses WebSocket mode is at /v1/responses",
                 code="unknown_url",
             )
-            await _refuse(scope, send, err)
+            await self._refuse(scope, send, err)
             return
         call = Call("", RESPONSES, time.monotonic(), self.client_address(scope))
         try:
             await self.admission.authenticate(call, scope)
         except ModelwireError as err:
-            await _refuse(scope, send, err)
+            await self._refuse(scope, send, err)
             return
         await send({"type": "websocket.accept"})
-        await _Connection(self, scope, receive, send).run()
+        self.metrics.socket_opened()
+        try:
+            await _Connection(self, scope, receive, send).run()
+        finally:
+            self.metrics.socket_closed()
+
+    async def _refuse(self, scope: Scope, send: Send, err: ModelwireError) -> None:
+        self.metrics.socket_refused()
+        await _refuse(scope, send, err)
 
 
 @dataclass(eq=False)
@@ -109,6 +123,7 @@ class _Connection:
     # The most recent responses, each as the whole conversation up to its end: what a follow-up
     # with store: false chains from (on its own lane or another).
     recent: OrderedDict[str, list[dict[str, Any]]] = field(default_factory=OrderedDict)
+    warm_ups: set[str] = field(default_factory=set)  # ids only this connection knows, whatever store said
 
     async def run(self) -> None:
         reader = asyncio.ensure_future(self._read())
@@ -189,6 +204,9 @@ class _Connection:
                 continue  # nobody is listening: queued frames are dropped, not run
             try:
                 body = self._expanded(doc)
+                if body.pop("generate", True) is False:
+                    await self._warm_up(body, lane)
+                    continue
             except ModelwireError as err:
                 await self._error(err, lane)
                 continue
@@ -199,7 +217,7 @@ class _Connection:
         chained from and nothing else keeps it (``store: false``)."""
         body["stream"] = True
         previous = body.get("previous_response_id")
-        if previous is None or body.get("store") is not False:
+        if previous is None or (body.get("store") is not False and previous not in self.warm_ups):
             return body
         history = self.recent.get(previous)
         if history is None:
@@ -215,7 +233,19 @@ class _Connection:
     def remember(self, response_id: str, items: list[dict[str, Any]]) -> None:
         self.recent[response_id] = items
         while len(self.recent) > RECENT_RESPONSES:
-            self.recent.popitem(last=False)
+            self.warm_ups.discard(self.recent.popitem(last=False)[0])
+
+    async def _warm_up(self, body: dict[str, Any], lane: str | None) -> None:
+        """``generate: false``: state prepared, nothing generated. The key must still be one allowed
+        the model; the answer is a finished response with no output and no usage."""
+        call = Call("", RESPONSES, time.monotonic(), self.sockets.client_address(self.scope))
+        await self.sockets.admission.permit(call, self.scope, body.get("model"))
+        renderer = StreamRenderer(decode_request(body))
+        events = renderer.start() + renderer.feed(Finish(stop_reason="stop"))
+        self.warm_ups.add(renderer.response_id)
+        relay = _Relay(self, lane, input_items(body))
+        await relay.send({"type": "http.response.start", "status": 200, "headers": _SSE})
+        await relay.send({"type": "http.response.body", "body": events})
 
     async def _respond(self, body: dict[str, Any], lane: str | None) -> None:
         """One response: served as the HTTP request it stands for, its events sent as frames."""
