@@ -33,8 +33,10 @@ from typing import Any, TypeVar
 import openai
 import pytest
 import redis
+import websockets.sync.client as ws_client
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import InvalidStatus
 
 from modelwire.gateway.store import Store
 
@@ -517,6 +519,59 @@ def test_limits_are_exact_across_two_replicas_sharing_redis(
     assert_exactly_admitted(sequential, "sequential")
     assert_exactly_admitted(concurrent, "concurrent")
     assert len(upstream.requests) == 2 * RPM
+
+
+def open_socket(gateway: RunningGateway, key: str = CLIENT_KEY) -> ws_client.ClientConnection:
+    url = gateway.url.replace("http://", "ws://") + "/v1/responses"
+    return ws_client.connect(url, additional_headers={"Authorization": f"Bearer {key}"})
+
+
+def socket_turn(socket: ws_client.ClientConnection, **frame: Any) -> dict[str, Any]:
+    """One response.create on an open socket; its last event (completed, failed or error)."""
+    socket.send(json.dumps({"type": "response.create", **frame}))
+    while (event := json.loads(socket.recv(timeout=20)))["type"] not in ("response.completed", "error"):
+        pass
+    return dict(event)
+
+
+def test_websockets_across_two_replicas_sharing_redis(
+    upstream: FakeUpstream, private_redis: PrivateRedis, tmp_path: Path, pg_store: str
+) -> None:
+    """Two replicas on one PostgreSQL and one Redis. A key's cap on open sockets holds across both
+    (a third socket is refused before the handshake with the documented code, on either replica,
+    until one closes; another key is not held back), and a stored response made over a socket on
+    one replica is chained from over a socket on the other."""
+    config = gateway_config(upstream, tmp_path)
+    config.update(store=pg_store, redis=private_redis.url)
+    config["server"] = {**config["server"], "websocket_sockets_per_key": 2}
+    config["keys"] = [*config["keys"], {"key": "sk-client-other-socket-key", "name": "other"}]
+    pair = start_replicas(config, tmp_path, prefix="ws-replica")
+    try:
+        upstream.script(Reply.text("First, on A."), Reply.text("Second, on B."))
+        with open_socket(pair[0]) as on_a, open_socket(pair[1]) as on_b:
+            first = socket_turn(on_a, model="stateless-resp", input="one")
+            chained = {"previous_response_id": first["response"]["id"]}
+            second = socket_turn(on_b, model="stateless-resp", input="two", **chained)
+            refusals = []
+            for gateway in pair:
+                with pytest.raises(InvalidStatus) as refused:
+                    open_socket(gateway).close()
+                refusals.append(refused.value.response)
+            with open_socket(pair[0], "sk-client-other-socket-key") as other:
+                assert socket_turn(other, model="stateless-resp", input="x")["type"] == "response.completed"
+        with open_socket(pair[0]) as again:  # both closed: places free again
+            assert socket_turn(again, model="stateless-resp", input="y")["type"] == "response.completed"
+    finally:
+        for gateway in pair:
+            gateway.stop()
+    assert second["type"] == "response.completed", second
+    sent = json.dumps(upstream.requests[1].body["input"])  # the chain, expanded on B from the store
+    assert 0 < sent.index('"one"') < sent.index("First, on A.") < sent.index('"two"'), sent
+    for response in refusals:
+        assert response.status_code == 429
+        body = json.loads(response.body)
+        assert body["error"]["code"] == "websocket_connection_limit_reached", body
+        assert "retry-after" in {name.lower() for name in response.headers}
 
 
 def test_workers_auto_is_one_per_core(upstream: FakeUpstream, tmp_path: Path) -> None:

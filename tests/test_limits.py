@@ -151,6 +151,37 @@ async def test_seed_after_spending_is_ignored(counters: Counters) -> None:
 # ---------------------------------------------------------------------------------------- rpm
 
 
+async def test_leases_cap_holders_and_lapse(counters: Counters, clock: FakeClock) -> None:
+    """A key's places (its open sockets): at most ``limit`` holders; renewing one is not a new
+    holder; a released place is free at once, an abandoned one when its lease runs out."""
+    assert await counters.lease("sockets:k", "a", 2, 60)
+    assert await counters.lease("sockets:k", "b", 2, 60)
+    assert not await counters.lease("sockets:k", "c", 2, 60)
+    assert await counters.lease("sockets:k", "a", 2, 60)  # a renewal, still within the limit
+    assert await counters.lease("sockets:other", "c", 2, 60)  # names are independent
+    await counters.release("sockets:k", "b")
+    assert await counters.lease("sockets:k", "c", 2, 60)
+    assert not await counters.lease("sockets:k", "d", 2, 60)
+    clock.advance(30)
+    assert await counters.lease("sockets:k", "a", 2, 60)  # renewed: now lasts until 90
+    clock.advance(31)  # c lapsed (held until 60), a has not
+    assert await counters.lease("sockets:k", "d", 2, 60)
+    assert not await counters.lease("sockets:k", "e", 2, 60)
+
+
+async def test_leases_of_two_replicas_never_exceed_the_limit(prefix: str, clock: FakeClock) -> None:
+    """Two replicas racing for the last places on one Redis: never more holders than the limit."""
+    replicas = [RedisCounters(REDIS_URL, prefix=prefix, clock=clock) for _ in range(2)]
+    try:
+        held = await asyncio.gather(*[replicas[n % 2].lease("sockets:k", f"h{n}", 3, 60) for n in range(12)])
+        assert 1 <= sum(held) <= 3
+        count = await replicas[0]._redis.zcard(f"{prefix}:lease:sockets:k")
+        assert count == sum(held)
+    finally:
+        for replica in replicas:
+            await replica.aclose()
+
+
 async def test_rpm_refuses_with_retry_after(limiter: Limiter, counters: Counters) -> None:
     policy = Policy("dev", rpm=3)
     for _ in range(3):

@@ -52,6 +52,10 @@ class ServerConfig(_Model):
     grace_seconds: float = Field(30.0, ge=0)
     keepalive_seconds: float = Field(10.0, gt=0, description="SSE keep-alive interval while a stream waits")
     allow_private_urls: bool = False
+    websocket_sockets_per_key: int = Field(
+        32, ge=1, description="Responses WebSockets one client key may hold open (across replicas with redis)"
+    )
+    websocket_lanes: int = Field(16, ge=1, le=256, description="stream_id lanes per Responses WebSocket")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     trusted_proxies: list[str] = Field(

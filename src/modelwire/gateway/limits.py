@@ -155,6 +155,13 @@ class Counters(Protocol):
         """Set the starting spend (from the usage store) unless a value is already counted."""
         ...
 
+    async def lease(self, name: str, holder: str, limit: int, ttl: float) -> bool:
+        """Hold (or renew) one of ``limit`` places under ``name`` for ``ttl`` seconds; False when
+        every place is held by others. Leases expire, so a replica that dies frees its places."""
+        ...
+
+    async def release(self, name: str, holder: str) -> None: ...
+
 
 def sliding_total(previous: float, current: float, fraction: float) -> float:
     """The previous bucket weighted by its overlap with a window ending now, plus the current one."""
@@ -200,6 +207,7 @@ class MemoryCounters:
         self._clock = clock
         self._windows: dict[str, _Buckets] = {}
         self._spend: dict[str, float] = {}
+        self._leases: dict[str, dict[str, float]] = {}  # name -> holder -> expiry
 
     def _roll(self, name: str, window: int) -> tuple[_Buckets, float]:
         """The name's buckets moved forward to now, and the elapsed fraction of the current one."""
@@ -237,6 +245,23 @@ class MemoryCounters:
 
     async def seed_spend(self, name: str, usd: float) -> None:
         self._spend.setdefault(name, usd)
+
+    async def lease(self, name: str, holder: str, limit: int, ttl: float) -> bool:
+        now = self._clock()
+        held = {h: until for h, until in self._leases.get(name, {}).items() if until > now}
+        if holder not in held and len(held) >= limit:
+            self._leases[name] = held
+            return False
+        held[holder] = now + ttl
+        self._leases[name] = held
+        return True
+
+    async def release(self, name: str, holder: str) -> None:
+        held = self._leases.get(name)
+        if held is not None:
+            held.pop(holder, None)
+            if not held:
+                del self._leases[name]
 
 
 def _number(raw: bytes | str | float | None) -> float:
@@ -332,6 +357,25 @@ class RedisCounters:
 
     async def seed_spend(self, name: str, usd: float) -> None:
         await self._redis.set(self._spend_key(name), repr(float(usd)), nx=True)
+
+    async def lease(self, name: str, holder: str, limit: int, ttl: float) -> bool:
+        """A sorted set of holders scored by expiry: expired ones dropped, this one added, the
+        rest counted, in one MULTI. A new holder over the limit takes itself out again; two
+        replicas racing for the last place may then both be refused, never both admitted."""
+        key, now = f"{self._prefix}:lease:{name}", self._clock()
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zremrangebyscore(key, "-inf", now)
+        pipe.zadd(key, {holder: now + ttl})
+        pipe.zcard(key)
+        pipe.expire(key, math.ceil(ttl) + 1)
+        _, added, held, _ = await pipe.execute()
+        if added and held > limit:
+            await self._redis.zrem(key, holder)
+            return False
+        return True
+
+    async def release(self, name: str, holder: str) -> None:
+        await self._redis.zrem(f"{self._prefix}:lease:{name}", holder)
 
     async def merge_spend(self, batch: Mapping[str, Unsynced]) -> dict[str, float]:
         """Add spend counted elsewhere; return the new totals.
@@ -598,6 +642,18 @@ class FallbackCounters:
         self._ledger.remember(name, spent)
         return spent
 
+    async def lease(self, name: str, holder: str, limit: int, ttl: float) -> bool:
+        """During an outage places are counted per replica (whatever ``on_error`` says: a lease
+        limits a key's open sockets, which must not all be refused because Redis is down)."""
+        held = await self._shared_call(lambda redis: redis.lease(name, holder, limit, ttl))
+        if held is _DOWN:
+            return await self._local.lease(name, holder, limit, ttl)
+        return held
+
+    async def release(self, name: str, holder: str) -> None:
+        await self._local.release(name, holder)
+        await self._shared_call(lambda redis: redis.release(name, holder))
+
     async def seed_spend(self, name: str, usd: float) -> None:
         if await self._shared_call(lambda redis: redis.seed_spend(name, usd)) is _DOWN:
             self._ledger.seed_locally(name, usd)
@@ -694,6 +750,13 @@ class Limiter:
             await self._counters.hit(f"tpm:{policy.name}", self._window, float(tokens))
         if policy.budget_usd is not None and cost:
             await self._counters.add_spend(policy.name, cost)
+
+    async def lease(self, name: str, holder: str, limit: int, ttl: float) -> bool:
+        """One of ``limit`` places under ``name`` (a key's open sockets), shared across replicas."""
+        return await self._counters.lease(name, holder, limit, ttl)
+
+    async def release(self, name: str, holder: str) -> None:
+        await self._counters.release(name, holder)
 
     async def seed_spend(self, policy: Policy, usd: float) -> None:
         """Start the budget from what the store has recorded, unless the counters already know."""

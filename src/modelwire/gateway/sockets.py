@@ -16,9 +16,11 @@ with no output whose id later turns chain from, whatever their ``store``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,16 +39,18 @@ from ..errors import (
 )
 from ..types import Finish
 from .admission import Admission
+from .auth import ClientKey
 from .call import Call
 from .chains import input_items
 from .http import Message, Receive, Scope, Send
+from .limits import Limiter
 from .metrics import Metrics
 from .surfaces import RESPONSES
 
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 SOCKET_PATHS = frozenset({"/v1/responses", "/responses"})
 MAX_SECONDS = 3600.0
-MAX_LANES = 16  # stream_id lanes per connection
+PLACE_SECONDS = 60.0  # a socket's lease on its key's place, renewed every third of it
 RECENT_RESPONSES = 32  # responses a connection remembers for store: false chains
 _LANE = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
 _SSE = [(b"content-type", b"text/event-stream")]
@@ -95,6 +99,7 @@ class ResponsesSockets:
         call = Call("", RESPONSES, time.monotonic(), self.client_address(scope))
         try:
             await self.admission.authenticate(call, scope)
+            place = await self._hold_place(call.key)
         except ModelwireError as err:
             await self._refuse(scope, send, err)
             return
@@ -104,10 +109,56 @@ class ResponsesSockets:
             await _Connection(self, scope, receive, send).run()
         finally:
             self.metrics.socket_closed()
+            if place is not None:
+                await place.release()
+
+    async def _hold_place(self, key: ClientKey | None) -> _Place | None:
+        """One of the key's places for open sockets (an open gateway's clients have no key, no cap)."""
+        if key is None:
+            return None
+        place = _Place(self.admission.state.limiter, f"sockets:{key.name}", uuid.uuid4().hex)
+        limit = self.admission.config.server.websocket_sockets_per_key
+        if not await place.hold(limit):
+            raise RateLimitError(
+                f"the key {key.name!r} already has {limit} WebSockets open; close one or wait",
+                code="websocket_connection_limit_reached",
+                retry_after=PLACE_SECONDS / 3,
+            )
+        place.keep(limit)
+        return place
 
     async def _refuse(self, scope: Scope, send: Send, err: ModelwireError) -> None:
         self.metrics.socket_refused()
         await _refuse(scope, send, err)
+
+
+@dataclass(eq=False)
+class _Place:
+    """A key's place among its open sockets: a lease renewed while the socket lives, so a replica
+    that dies frees its places within ``PLACE_SECONDS``."""
+
+    limiter: Limiter
+    name: str
+    holder: str
+    renewal: asyncio.Task[None] | None = None
+
+    async def hold(self, limit: int) -> bool:
+        return await self.limiter.lease(self.name, self.holder, limit, PLACE_SECONDS)
+
+    def keep(self, limit: int) -> None:
+        self.renewal = asyncio.ensure_future(self._renew(limit))
+
+    async def _renew(self, limit: int) -> None:
+        while True:
+            await asyncio.sleep(PLACE_SECONDS / 3)
+            with contextlib.suppress(Exception):  # a Redis hiccup: the next renewal tries again
+                await self.hold(limit)
+
+    async def release(self) -> None:
+        if self.renewal is not None:
+            self.renewal.cancel()
+        with contextlib.suppress(Exception):  # the lease then lapses by itself
+            await self.limiter.release(self.name, self.holder)
 
 
 @dataclass(eq=False)
@@ -187,9 +238,10 @@ class _Connection:
         queue.put_nowait(doc)
 
     def _open_lane(self, lane: str | None) -> asyncio.Queue[dict[str, Any] | None]:
-        if len(self.lanes) >= MAX_LANES:
+        most = self.sockets.admission.config.server.websocket_lanes
+        if len(self.lanes) >= most:
             raise RateLimitError(
-                f"this connection already has {MAX_LANES} stream_id lanes; reuse one or open another",
+                f"this connection already has {most} stream_id lanes; reuse one or open another",
                 code="websocket_stream_limit_reached",
                 param="stream_id",
             )
