@@ -7,7 +7,8 @@ loop, so sync tests, async tests and a gateway started as a subprocess can all r
 
 One server speaks every wire, so one fake can be the upstream of every backend in a test:
 
-* OpenAI under ``url`` (``root + "/v1"``), Azure under ``root + "/openai"``;
+* OpenAI under ``url`` (``root + "/v1"``), Azure under ``root + "/openai"``; Responses also over
+  WebSocket: ``GET .../responses`` upgrades (PROTOCOLS.md 2.7, see "Responses over WebSocket");
 * Anthropic Messages under ``root``: ``POST /v1/messages`` and ``/v1/messages/count_tokens``;
 * Gemini under ``root``: ``POST /v1beta/models/{model}:generateContent``,
   ``:streamGenerateContent`` (``?alt=sse``, or one streamed JSON array without it) and
@@ -31,6 +32,15 @@ content reply (text, tool calls, ...) is rendered in the dialect of the endpoint
 streamed or not according to the request (``stream`` flag, or Gemini's streaming method); on
 endpoints that generate nothing (models, stored responses, token counts) a content reply just
 means "answer normally". Failures render in the vendor's own error shape.
+
+Responses over WebSocket: each ``response.create`` frame is recorded like a request (``socket``
+numbers its connection) and answered from the same queue, its events being the SSE stream's JSON
+as text frames; failures are the WebSocket ``error`` event (details nested, with ``status``), a
+truncated reply drops the connection. The connection remembers its most recent response, so
+``previous_response_id`` chains on it with ``store: false`` (and on stored responses); a
+``function_call_output`` must answer a call in its chain or input. ``generate: false`` warms up:
+a response with no output, taking no reply. ``refuse_upgrades`` answers the next handshakes with
+HTTP failures, ``drop_sockets`` cuts every open connection.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import math
 import socket
@@ -48,7 +59,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
@@ -91,6 +102,12 @@ class Recorded:
     body: Any
     raw: bytes
     peer: str = ""  # the client's address:port, to tell kept-alive connections apart
+    socket: int = 0  # a WebSocket frame: the number of its connection (1, 2, ...); 0 over HTTP
+
+    @property
+    def websocket(self) -> bool:
+        """Whether this was a ``response.create`` frame on a WebSocket rather than an HTTP request."""
+        return self.socket > 0
 
 
 @dataclass
@@ -1194,6 +1211,43 @@ class Call:
         return self.recorded.query.get("beta") == "true" or "anthropic-beta" in self.recorded.headers
 
 
+@dataclass
+class Connection:
+    """One WebSocket connection's own state: its number and the response it remembers (its most
+    recent), with the call ids that response's chain holds."""
+
+    number: int
+    recent: tuple[str, frozenset[str]] | None = None
+
+    def remember(self, response: Json, chain_calls: frozenset[str] | None) -> None:
+        made = {i["call_id"] for i in response["output"] if i.get("type") == "function_call"}
+        self.recent = (response["id"], (chain_calls or frozenset()) | made)
+
+
+@dataclass
+class SocketRefusal:
+    """Why a ``response.create`` is answered with an error event before generating."""
+
+    status: int
+    message: str
+    code: str | None
+    param: str | None
+
+
+def metadata_problems(metadata: Any) -> list[str]:
+    """The limits the spec states in words (``Metadata``): at most 16 pairs, keys of at most 64
+    characters, values strings of at most 512."""
+    if not isinstance(metadata, dict):
+        return []
+    problems = [f"metadata has {len(metadata)} keys; at most 16 are allowed"] if len(metadata) > 16 else []
+    for key, value in metadata.items():
+        if len(key) > 64:
+            problems.append(f"metadata key {key[:20]!r}... is longer than 64 characters")
+        if not isinstance(value, str) or len(value) > 512:
+            problems.append(f"metadata value of {key!r} is not a string of at most 512 characters")
+    return problems
+
+
 REQUEST_SCHEMAS = {
     "chat": "CreateChatCompletionRequest",
     "responses": "CreateResponse",
@@ -1227,6 +1281,9 @@ class FakeUpstream:
         self.root = ""
         self._queue: deque[Reply] = deque()
         self._model_queues: dict[str, deque[Reply]] = {}
+        self._refusals: deque[Reply] = deque()  # answers to the next WebSocket handshakes
+        self._socket_numbers = itertools.count(1)
+        self._sockets: dict[int, web.Request] = {}  # open connections' upgrades (server thread only)
         self._lock = threading.Lock()
         self._ids = Ids()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -1255,6 +1312,36 @@ class FakeUpstream:
             self.violations.clear()
             self.stored.clear()
             self.extra_fields.clear()
+            self._refusals.clear()
+        self.drop_sockets()  # a socket left open by one test must not serve the next
+
+    def refuse_upgrades(self, *replies: Reply) -> None:
+        """Answer the next WebSocket handshakes with these HTTP failures (``Reply.error``,
+        ``Reply.html``, ``Reply.raw``) instead of switching protocols."""
+        with self._lock:
+            self._refusals.extend(replies)
+
+    def drop_sockets(self) -> int:
+        """Cut every open WebSocket connection, without a close frame (as a network fault or a load
+        balancer's idle timeout would); returns how many there were."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return 0
+
+        async def cut() -> int:
+            upgrades = list(self._sockets.values())
+            self._sockets.clear()
+            for upgrade in upgrades:
+                if upgrade.transport is not None:
+                    upgrade.transport.close()
+            return len(upgrades)
+
+        return asyncio.run_coroutine_threadsafe(cut(), loop).result(timeout=10)
+
+    @property
+    def sockets(self) -> list[int]:
+        """The numbers of the WebSocket connections that sent frames, in order of their first frame."""
+        return list(dict.fromkeys(r.socket for r in self.requests if r.socket))
 
     @property
     def last(self) -> Recorded:
@@ -1358,10 +1445,12 @@ class FakeUpstream:
             app.router.add_delete(f"{prefix}/responses/{{id}}", self._endpoint("delete_response"))
             app.router.add_get(f"{prefix}/models", self._endpoint("models"))
             app.router.add_get(f"{prefix}/models/{{id}}", self._endpoint("model"))
+            app.router.add_get(f"{prefix}/responses", self._serve_socket)
         deployments = "/openai/deployments/{deployment}"
         app.router.add_post(f"{deployments}/chat/completions", self._endpoint("chat"))
         app.router.add_post(f"{deployments}/embeddings", self._endpoint("embeddings"))
         app.router.add_post("/openai/responses", self._endpoint("responses"))
+        app.router.add_get("/openai/responses", self._serve_socket)
         app.router.add_post("/v1/messages", self._endpoint("messages"))
         app.router.add_post("/v1/messages/count_tokens", self._endpoint("count_tokens"))
         for version in ("v1beta", "v1"):  # google-genai 3.6 defaults to v1 once base_url is set
@@ -1457,6 +1546,8 @@ class FakeUpstream:
             and body.get("stream") is not True
         ):
             self._violation(call, "stream_options is only allowed when stream is true")
+        for problem in metadata_problems(body.get("metadata") if isinstance(body, dict) else None):
+            self._violation(call, problem)
 
     def _check_auth(self, call: Call) -> None:
         headers = call.recorded.headers
@@ -1745,6 +1836,222 @@ class FakeUpstream:
     def _not_found(self, call: Call, what: str, ident: str) -> web.Response:
         message = f"{what} with id '{ident}' not found."
         return self._json(call, error_body(message, "invalid_request_error", None), 404)
+
+    # -- Responses over WebSocket (PROTOCOLS.md 2.7) ---------------------------------------------
+
+    async def _serve_socket(self, request: web.Request) -> web.StreamResponse:
+        """``GET .../responses`` with an upgrade: a WebSocket whose ``response.create`` frames are
+        answered one at a time, in order, as the guide says a connection without lanes does."""
+        handshake = Recorded(
+            method=request.method,
+            path=request.path,
+            query=dict(request.query),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=None,
+            raw=b"",
+            peer=_peer(request),
+        )
+        call = Call(request, handshake, "socket")
+        self._check_auth(call)
+        with self._lock:
+            refusal = self._refusals.popleft() if self._refusals else None
+        if refusal is not None:
+            return self._http_failure(call, refusal)
+        ws = web.WebSocketResponse(max_msg_size=64 * 1024 * 1024)
+        if not ws.can_prepare(request).ok:
+            return self._error(call, 400, "This endpoint answers POST, or GET with a WebSocket upgrade.")
+        await ws.prepare(request)
+        request[_STARTED] = ws  # a crash from here on drops the connection (see _guard)
+        connection = Connection(next(self._socket_numbers))
+        self._sockets[connection.number] = request
+        try:
+            async for message in ws:
+                if message.type == web.WSMsgType.TEXT:
+                    await self._socket_frame(call, ws, connection, message.data)
+                elif message.type == web.WSMsgType.BINARY:
+                    self._violation(call, "binary WebSocket frame (the API takes text frames of JSON)")
+                    await self._socket_error(call, ws, None, 400, "Frames must be text.", None, None)
+        finally:
+            self._sockets.pop(connection.number, None)
+        return ws
+
+    async def _socket_frame(
+        self, upgrade: Call, ws: web.WebSocketResponse, connection: Connection, data: str
+    ) -> None:
+        raw = data.encode()
+        try:
+            body = json.loads(data)
+        except ValueError:
+            body = None
+        recorded = replace(upgrade.recorded, body=body, raw=raw, socket=connection.number)
+        with self._lock:
+            self.requests.append(recorded)
+        model = body.get("model") if isinstance(body, dict) else None
+        call = Call(upgrade.request, recorded, "socket", model if isinstance(model, str) else None)
+        if not isinstance(body, dict):
+            self._violation(call, "WebSocket frame is not a JSON object")
+            await self._socket_error(call, ws, None, 400, "We could not parse the JSON frame.", None, None)
+            return
+        self._check_socket_frame(call, body)
+        if body.get("generate") is False:
+            await self._warm_up(call, ws, connection, body)
+            return
+        reply = self._next_reply(call.model)
+        while reply.kind == "delay":
+            await asyncio.sleep(reply.seconds)
+            reply = reply.then or Reply.text(DEFAULT_TEXT)
+        await self._answer_socket(call, ws, connection, body, reply)
+
+    def _check_socket_frame(self, call: Call, body: Json) -> None:
+        """The frame must be a ``ResponsesClientEventResponseCreate``: a CreateResponse body plus
+        ``type`` and ``stream_id``, without ``stream`` or ``background``. ``generate`` is not in
+        the spec's schema but the guide documents it (PROTOCOLS.md 2.7), so it is taken as a bool."""
+        schema = "ResponsesClientEventResponseCreate"
+        checked = {k: v for k, v in body.items() if k != "generate"}
+        for message in openai_errors(schema, checked):
+            self._violation(call, f"frame not a valid {schema}: {message}")
+        for name in set(unknown_fields(schema, checked)) - self.extra_fields:
+            self._violation(call, f"frame field {name!r} is not in {schema}")
+        for name, why in (("stream", "is implied and must not be sent"), ("background", "is not supported")):
+            if name in body:
+                self._violation(call, f"{name!r} {why} over WebSocket")
+        if "generate" in body and not isinstance(body["generate"], bool):
+            self._violation(call, "'generate' must be a boolean")
+        for problem in metadata_problems(body.get("metadata")):
+            self._violation(call, problem)
+
+    async def _answer_socket(
+        self, call: Call, ws: web.WebSocketResponse, connection: Connection, body: Json, reply: Reply
+    ) -> None:
+        refused = self._resolve_chain(connection, body)
+        if isinstance(refused, SocketRefusal):
+            await self._socket_error(
+                call, ws, body, refused.status, refused.message, refused.code, refused.param
+            )
+            return
+        if reply.kind == "error":
+            await self._socket_error(
+                call, ws, body, reply.status, reply.message, reply.code, None, reply.error_type, reply.headers
+            )
+            if reply.code == "websocket_connection_limit_reached":
+                await ws.close()
+            return
+        if reply.kind == "html":  # a proxy in front failing: the connection just goes
+            self._drop_connection(call)
+            return
+        if reply.kind == "raw":
+            await ws.send_str(reply.body.decode())
+            return
+        dialect = ResponsesDialect(self._ids, call.model or "unknown", body)
+        answer = Answer.of(reply, body)
+        stream = dialect.stream(answer)
+        if await self._send_socket_frames(call, ws, body, reply, stream):
+            document = (
+                dialect.failed(reply.message) if reply.kind == "stream_error" else dialect.document(answer)
+            )
+            self._store(body, document)
+            if document["status"] != "failed":
+                connection.remember(document, refused)
+
+    async def _send_socket_frames(
+        self, call: Call, ws: web.WebSocketResponse, body: Json, reply: Reply, stream: Stream
+    ) -> bool:
+        """The stream's events as text frames; False when the reply cut the connection instead."""
+        frames = stream.frames
+        if reply.kind in ("truncated", "stream_error", "garbage"):
+            frames = frames[: reply.after if reply.kind != "garbage" else 1]
+        if reply.kind == "stream_error":
+            frames = [*frames, stream.error_frame(len(frames), reply.message)]
+        if reply.kind == "garbage":
+            frames = [*frames, stream.garbage]
+        lane = {"stream_id": body["stream_id"]} if "stream_id" in body else {}
+        for index, frame in enumerate(frames):
+            if index and reply.chunk_delay:
+                await asyncio.sleep(reply.chunk_delay)
+            self._check_frame(call, index, frame)
+            text = frame.data if isinstance(frame.data, str) else _dumps({**frame.data, **lane})
+            await ws.send_str(text)
+        if reply.kind == "truncated":
+            self._drop_connection(call)
+            return False
+        return True
+
+    def _resolve_chain(self, connection: Connection, body: Json) -> SocketRefusal | frozenset[str] | None:
+        """Where the request's ``previous_response_id`` leads: the call ids its chain holds (None when
+        it chains onto a stored response whose calls the fake did not keep), or why it is refused."""
+        previous = body.get("previous_response_id")
+        known: set[str] | None = set()
+        if previous:
+            if connection.recent is not None and connection.recent[0] == previous:
+                known = set(connection.recent[1])
+            elif previous in self.stored:
+                known = None
+            else:
+                message = f"Previous response with id '{previous}' not found."
+                return SocketRefusal(404, message, "previous_response_not_found", "previous_response_id")
+        items = body.get("input") if isinstance(body.get("input"), list) else []
+        calls = {i.get("call_id") for i in items if isinstance(i, dict) and i.get("type") == "function_call"}
+        if known is None:
+            return None
+        known |= {c for c in calls if isinstance(c, str)}
+        for item in items:
+            if not isinstance(item, dict) or item.get("type") != "function_call_output":
+                continue
+            if item.get("call_id") not in known:
+                message = f"No tool call found for function call output with call_id {item.get('call_id')}."
+                return SocketRefusal(400, message, None, "input")
+        return frozenset(known)
+
+    async def _warm_up(
+        self, call: Call, ws: web.WebSocketResponse, connection: Connection, body: Json
+    ) -> None:
+        """``generate: false``: a response with no output, which the next request may chain onto."""
+        refused = self._resolve_chain(connection, body)
+        if isinstance(refused, SocketRefusal):
+            await self._socket_error(
+                call, ws, body, refused.status, refused.message, refused.code, refused.param
+            )
+            return
+        dialect = ResponsesDialect(self._ids, call.model or "unknown", body)
+        nothing = Answer.of(Reply.text("", usage=(0, 0)), body)
+        document = dialect.response("completed", [], nothing)
+        dialect.emit("response.created", response=dialect.response("in_progress", []))
+        dialect.emit("response.completed", response=document)
+        lane = {"stream_id": body["stream_id"]} if "stream_id" in body else {}
+        for index, frame in enumerate(dialect.events):
+            self._check_frame(call, index, frame)
+            assert isinstance(frame.data, dict)
+            await ws.send_str(_dumps({**frame.data, **lane}))
+        self._store(body, document)
+        connection.remember(document, refused)
+
+    async def _socket_error(
+        self,
+        call: Call,
+        ws: web.WebSocketResponse,
+        body: Json | None,
+        status: int,
+        message: str,
+        code: str | None,
+        param: str | None,
+        type_: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """The WebSocket ``error`` event (``ResponseWsError``): details nested, with the HTTP status."""
+        error: Json = {
+            "type": type_ or _default_error_type(status),
+            "code": code,
+            "message": message,
+            "param": param,
+        }
+        if headers:
+            error["headers"] = dict(headers)
+        event: Json = {"type": "error", "status": status, "error": error}
+        if body and "stream_id" in body:
+            event["stream_id"] = body["stream_id"]
+        for problem in openai_errors("ResponseWsError", event):
+            self._violation(call, f"fake sent an invalid ResponseWsError: {problem}")
+        await ws.send_str(_dumps(event))
 
     # -- Anthropic and Gemini endpoints ---------------------------------------------------------
 

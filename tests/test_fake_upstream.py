@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +26,8 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync import client as ws_client
 
 from tests.fake_upstream import (
     DEFAULT_TEXT,
@@ -800,6 +803,227 @@ def test_azure_classic_request_without_api_version_is_flagged(upstream: FakeUpst
         "POST /openai/deployments/dep/chat/completions: Azure request without the api-version query parameter"
     ]
     upstream.violations.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses over WebSocket (PROTOCOLS.md 2.7)
+# ---------------------------------------------------------------------------------------------
+
+_ENDS = ("response.completed", "response.incomplete", "response.failed", "error")
+
+
+def ws_url(upstream: FakeUpstream, path: str = "/v1/responses") -> str:
+    return upstream.root.replace("http://", "ws://") + path
+
+
+def turns(socket: ws_client.ClientConnection, *frames: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """Send each frame on ``socket`` and collect its events, up to the one that ends it."""
+    answers = []
+    for frame in frames:
+        socket.send(json.dumps(frame))
+        events: list[dict[str, Any]] = []
+        while not events or events[-1]["type"] not in _ENDS:
+            events.append(json.loads(socket.recv(timeout=10)))
+        answers.append(events)
+    return answers
+
+
+def open_socket(
+    upstream: FakeUpstream, path: str = "/v1/responses", **headers: str
+) -> ws_client.ClientConnection:
+    return ws_client.connect(
+        ws_url(upstream, path), additional_headers=headers or {"Authorization": "Bearer sk-test"}
+    )
+
+
+def create_frame(**fields: Any) -> dict[str, Any]:
+    return {"type": "response.create", "model": "gpt-4.1", "store": False, "input": "hi", **fields}
+
+
+# openai's connect() opens its websockets connection in a way websockets 17.1+ deprecates.
+@pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
+def test_socket_serves_the_official_sdk(upstream: FakeUpstream, client: openai.OpenAI) -> None:
+    upstream.script(Reply.text("Hello over a socket"))
+    with client.responses.connect() as connection:
+        connection.response.create(model="gpt-4.1", input="hi", store=False)
+        events = []
+        for event in connection:
+            events.append(event)
+            if event.type == "response.completed":
+                break
+    assert events[-1].response.output_text == "Hello over a socket"  # type: ignore[union-attr]
+    frame = upstream.last
+    assert frame.websocket and frame.socket > 0 and frame.method == "GET" and frame.path == "/v1/responses"
+    assert frame.body["type"] == "response.create" and "stream" not in frame.body
+    assert frame.headers["authorization"] == "Bearer sk-test"
+    assert json.loads(frame.raw) == frame.body
+
+
+def test_socket_events_are_the_sse_events_as_text_frames(upstream: FakeUpstream) -> None:
+    reply = Reply.tool_calls(CALLS[:1], text="Let me check.", summary=["thinking"], usage=(12, 7))
+    upstream.script(reply, reply)
+    status, raw = post_raw(
+        upstream.url + "/responses", json.dumps({"model": "gpt-4.1", "input": "hi", "stream": True}).encode()
+    )
+    assert status == 200
+    over_http = [json.loads(data) for _, data in sse_events(raw)]
+    with open_socket(upstream) as socket:
+        [over_socket] = turns(socket, create_frame(store=True))
+
+    def shape(events: list[dict[str, Any]]) -> list[Any]:
+        # Ids and timestamps differ between two responses; everything else must be the same.
+        text = re.sub(r'"(resp|msg|fc|rs|call)_fake\w+"', '"ID"', json.dumps(events))
+        return json.loads(re.sub(r'"(created_at|completed_at)": \d+', r'"\1": 0', text))
+
+    assert len(over_socket) == len(over_http) > 10
+    assert shape(over_socket) == shape(over_http)
+    for event in over_socket:
+        assert_openai("ResponsesServerEvent", event)
+
+
+def test_socket_chains_on_its_most_recent_response_even_unstored(upstream: FakeUpstream) -> None:
+    with open_socket(upstream) as socket, open_socket(upstream) as other:
+        [first], [second] = turns(socket, create_frame()), turns(socket, create_frame(input="more"))
+        first_id, second_id = first[-1]["response"]["id"], second[-1]["response"]["id"]
+        [chained] = turns(socket, create_frame(previous_response_id=second_id, input="again"))
+        assert chained[-1]["response"]["previous_response_id"] == second_id
+        # Only the most recent response is remembered, and only on its own connection.
+        [older] = turns(socket, create_frame(previous_response_id=first_id))
+        [elsewhere] = turns(other, create_frame(previous_response_id=chained[-1]["response"]["id"]))
+    for (error,) in (older, elsewhere):
+        assert_openai("ResponseWsError", error)
+        assert error["status"] == 404 and error["error"]["code"] == "previous_response_not_found"
+        assert error["error"]["param"] == "previous_response_id"
+    assert len(upstream.sockets) == 2 and upstream.requests[-1].socket == upstream.sockets[1]
+
+
+def test_socket_chains_on_stored_responses_from_anywhere(upstream: FakeUpstream) -> None:
+    with open_socket(upstream) as socket, open_socket(upstream) as other:
+        [stored] = turns(socket, create_frame(store=True))
+        turns(socket, create_frame())
+        [chained] = turns(other, create_frame(previous_response_id=stored[-1]["response"]["id"]))
+    assert chained[-1]["type"] == "response.completed"
+    assert stored[-1]["response"]["id"] in upstream.stored
+
+
+def test_socket_tool_output_must_answer_a_call_in_its_chain(upstream: FakeUpstream) -> None:
+    upstream.script(Reply.tool_calls(CALLS[:1]), Reply.text("sunny"), Reply.tool_calls(CALLS[:1]))
+    with open_socket(upstream) as socket:
+        [first] = turns(socket, create_frame())
+        call = first[-1]["response"]["output"][0]
+        output = {"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}
+        [answered] = turns(
+            socket, create_frame(previous_response_id=first[-1]["response"]["id"], input=[output])
+        )
+        [orphan] = turns(socket, create_frame(input=[{**output, "call_id": "call_unknown"}]))
+        replayed = [{k: v for k, v in call.items() if k != "status"}, output]
+        [whole] = turns(socket, create_frame(input=replayed))
+    assert answered[-1]["response"]["output"][0]["content"][0]["text"] == "sunny"
+    assert orphan[-1]["status"] == 400 and "call_unknown" in orphan[-1]["error"]["message"]
+    assert whole[-1]["type"] == "response.completed"
+
+
+def test_socket_warm_up_generates_nothing_and_takes_no_reply(upstream: FakeUpstream) -> None:
+    upstream.script(Reply.text("the real answer"))
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}, "strict": None}]
+    with open_socket(upstream) as socket:
+        [warm] = turns(socket, create_frame(generate=False, input=[], tools=tools, instructions="Be brief."))
+        warm_id = warm[-1]["response"]["id"]
+        [real] = turns(socket, create_frame(previous_response_id=warm_id, tools=tools))
+    assert [e["type"] for e in warm] == ["response.created", "response.completed"]
+    done = warm[-1]["response"]
+    assert done["output"] == [] and done["usage"]["input_tokens"] == done["usage"]["output_tokens"] == 0
+    assert done["instructions"] == "Be brief."
+    assert real[-1]["response"]["output"][0]["content"][0]["text"] == "the real answer"
+
+
+def test_socket_failures(upstream: FakeUpstream) -> None:
+    upstream.script(
+        Reply.error(429, "slow down", headers={"retry-after": "2"}),
+        Reply.stream_error(after=3, message="exploded"),
+        Reply.text("still here"),
+        Reply.error(400, "too old", code="websocket_connection_limit_reached"),
+    )
+    with open_socket(upstream) as socket:
+        limited, failed, fine, ended = turns(socket, *[create_frame(stream_id="lane.1")] * 4)
+        with pytest.raises(ConnectionClosed):
+            socket.recv(timeout=10)
+    assert_openai("ResponseWsError", limited[0])
+    assert limited[0] == {
+        "type": "error",
+        "status": 429,
+        "stream_id": "lane.1",
+        "error": {
+            "type": "requests",
+            "code": "rate_limit_exceeded",
+            "message": "slow down",
+            "param": None,
+            "headers": {"retry-after": "2"},
+        },
+    }
+    assert len(failed) == 4 and failed[-1]["response"]["error"]["message"] == "exploded"
+    assert fine[-1]["response"]["output"][0]["content"][0]["text"] == "still here"
+    assert all(e["stream_id"] == "lane.1" for e in [*failed, *fine])
+    assert ended[0]["error"]["code"] == "websocket_connection_limit_reached"
+
+
+def test_socket_truncated_reply_drops_the_connection(upstream: FakeUpstream) -> None:
+    upstream.script(Reply.truncated(after=2))
+    with open_socket(upstream) as socket:
+        socket.send(json.dumps(create_frame()))
+        received = [json.loads(socket.recv(timeout=10)) for _ in range(2)]
+        with pytest.raises(ConnectionClosed):
+            socket.recv(timeout=10)
+    assert [e["type"] for e in received] == ["response.created", "response.in_progress"]
+
+
+def test_socket_frames_are_checked_against_the_spec(upstream: FakeUpstream) -> None:
+    metadata = {f"key{i}": "v" for i in range(17)}
+    with open_socket(upstream) as socket:
+        turns(socket, create_frame(stream=True, background=False, metadata=metadata, surprise=1))
+        socket.send("not json {")
+        assert json.loads(socket.recv(timeout=10))["status"] == 400
+        turns(socket, create_frame(type="response.cancel"))
+    violations = "\n".join(upstream.violations)
+    upstream.violations.clear()
+    assert "'stream' is implied and must not be sent over WebSocket" in violations
+    assert "'background' is not supported over WebSocket" in violations
+    assert "metadata has 17 keys; at most 16 are allowed" in violations
+    assert "frame field 'surprise' is not in ResponsesClientEventResponseCreate" in violations
+    assert "WebSocket frame is not a JSON object" in violations
+    assert "'response.cancel' is not one of ['response.create']" in violations
+    assert upstream.requests[-2].raw == b"not json {" and upstream.requests[-2].body is None
+
+
+def test_socket_handshakes(upstream: FakeUpstream) -> None:
+    upstream.refuse_upgrades(Reply.error(503, "down for a moment"))
+    with pytest.raises(InvalidStatus) as refused:
+        open_socket(upstream)
+    assert refused.value.response.status_code == 503
+    for path, headers in (
+        ("/openai/v1/responses", {"Authorization": "Bearer azure-key"}),
+        ("/openai/responses?api-version=2025-04-01-preview", {"api-key": "azure-key"}),
+    ):
+        with open_socket(upstream, path, **headers) as socket:
+            [events] = turns(socket, create_frame())
+        assert events[-1]["type"] == "response.completed"
+        assert upstream.last.path == path.partition("?")[0]
+    with open_socket(upstream, **{"X-Nothing": "1"}) as socket:
+        turns(socket, create_frame())
+    assert upstream.violations == ["GET /v1/responses: request without Authorization: Bearer"]
+    upstream.violations.clear()
+    status, _ = post_raw(upstream.url + "/responses", b"{}")  # HTTP POST still answers there
+    upstream.violations.clear()
+    assert status == 200
+
+
+def test_drop_sockets_cuts_open_connections(upstream: FakeUpstream) -> None:
+    with open_socket(upstream) as socket:
+        turns(socket, create_frame())
+        assert upstream.drop_sockets() == 1
+        with pytest.raises(ConnectionClosed):
+            socket.recv(timeout=10)
+    assert upstream.drop_sockets() == 0
 
 
 # ---------------------------------------------------------------------------------------------
