@@ -77,8 +77,12 @@ def test_a_response_over_the_socket(upstream: FakeUpstream, gateway: RunningGate
     assert final.response.output_text == "Hello over a socket."
     assert final.response.model in (model, "gpt-4.1")  # forwarded answers name the upstream's model
     assert final.response.usage is not None and final.response.usage.output_tokens > 0
-    sent = upstream.last.body
-    assert sent["stream"] is True and "type" not in sent and "stream_id" not in sent
+    sent = upstream.last
+    if model == "resp-model":  # a native OpenAI upstream: carried on over its own socket
+        assert sent.websocket and sent.body["type"] == "response.create" and "stream" not in sent.body
+    else:  # a Chat upstream: over HTTP, streamed
+        assert not sent.websocket and sent.body["stream"] is True and "type" not in sent.body
+    assert "stream_id" not in sent.body
 
 
 def test_events_are_the_streams_payloads(upstream: FakeUpstream, gateway: RunningGateway) -> None:

@@ -112,6 +112,9 @@ class Admission:
         previous = call.body.get("previous_response_id")
         if previous is None:
             return
+        if call.socket is not None and call.socket.items is not None:  # the client socket's memory
+            call.items = call.socket.items
+            return
         if not isinstance(previous, str):
             raise InvalidRequestError("previous_response_id: expected a string", param="previous_response_id")
         found = await self.state.chains.get(previous)

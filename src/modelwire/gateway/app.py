@@ -29,6 +29,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from ..errors import ModelwireError, NotFoundError, ServiceUnavailableError
@@ -61,6 +62,7 @@ from .surfaces import ANTHROPIC, CHAT, EMBEDDINGS, GEMINI, GEMINI_ARRAY, RESPONS
 from .sync import StoreSync
 from .translation import Translator
 from .upstream import Backend, Failover
+from .upstream_sockets import UpstreamSockets
 
 log = logging.getLogger("modelwire.gateway")
 Handler = Callable[[Call, Scope, Receive, Send], Awaitable[None]]
@@ -122,7 +124,13 @@ class Gateway:
         )
         self.stored = StoredResponses(backends, transport, self.state, admission, accounting)
         self.client_address = ClientAddress(config.server.trusted_proxies)
-        self.sockets = ResponsesSockets(self, admission, self.metrics, self.client_address)
+        self.sockets = ResponsesSockets(
+            self,
+            admission,
+            self.metrics,
+            self.client_address,
+            partial(UpstreamSockets, transport.session, {}),
+        )
         self.request_log = RequestLog(config.server.log_format)
         self.inflight = InFlight()
         self._background: set[asyncio.Task[Any]] = set()

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .routing import Target
     from .surfaces import Surface
     from .upstream import Backend
+    from .upstream_sockets import SocketTurn
 
 
 @dataclass(slots=True, eq=False)
@@ -43,6 +44,7 @@ class Call:
     task: asyncio.Task[Any] | None = None
     cut: bool = False  # ended by the gateway's shutdown, past the grace period
     events: int = 0  # stream events forwarded, for estimating output when a stream is cut
+    socket: SocketTurn | None = None  # a response.create from a client's WebSocket
 
     def served_by(self, target: Target, backend: Backend) -> None:
         self.backend, self.upstream_model = backend.name, target.model

@@ -5,6 +5,7 @@ bytes, a stream passing through the wire's tap, which reads usage on the way."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from .call import Call
 from .http import Send
 from .routing import Target
 from .upstream import Backend, Outcome
+from .upstream_sockets import SocketReply, SocketTurn, SocketUnavailable, websocket_url
 
 log = logging.getLogger("modelwire.gateway")
 
@@ -46,7 +48,12 @@ class Forwarder:
         return backend.passthrough and backend.wire.name == call.surface.dialect
 
     async def attempt(self, call: Call, target: Target, backend: Backend, index: int) -> Passthrough:
-        """The client's body, edited as the route says, sent; the answer whole, or its stream open."""
+        """The client's body, edited as the route says, sent; the answer whole, or its stream open.
+        A turn from a client's WebSocket goes over the upstream's own socket when it has one."""
+        turn = call.socket
+        if turn is not None and backend.profile.websocket and turn.upstream.available(backend.name):
+            with contextlib.suppress(SocketUnavailable):
+                return Passthrough(await self._over_socket(call, turn, target, backend, index))
         body = passthrough.rewrite(
             call.body, target, backend.wire, backend.options, stream=call.stream, items=call.items
         )
@@ -55,6 +62,31 @@ class Forwarder:
             return Passthrough(reply)
         payload = await reply.read()
         return Passthrough(reply, payload, passthrough.json_object(payload))
+
+    async def _over_socket(
+        self, call: Call, turn: SocketTurn, target: Target, backend: Backend, index: int
+    ) -> SocketReply:
+        """Only the new items when the upstream socket made the response this turn continues;
+        otherwise (and when the socket is reopened) the whole conversation."""
+        where = (backend.name, turn.lane)
+        continues = turn.upstream.knows(*where, call.body.get("previous_response_id"))
+
+        def frame(items: list[dict[str, Any]] | None) -> bytes:
+            body = passthrough.rewrite(
+                call.body, target, backend.wire, backend.options, stream=True, items=items
+            )
+            body.pop("stream", None)
+            payload = orjson.dumps({"type": "response.create", **body})
+            if self.accounting.capture is not None:
+                self.accounting.record("upstream_request", call, payload, url=url, backend=backend.name)
+            return payload
+
+        url = websocket_url(backend.url(target.model))
+        headers = backend.headers(index, call.headers)
+        headers["X-Client-Request-Id"] = call.request_id
+        first = frame(None if continues else call.items)
+        replay = lambda: frame(call.items)  # noqa: E731
+        return await turn.upstream.send(where, url, headers, first, replay, backend.config.timeout)
 
     async def count(self, call: Call, target: Target, backend: Backend, index: int) -> bytes:
         """A token count request forwarded to the upstream's own counter; its answer as it came."""

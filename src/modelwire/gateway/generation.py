@@ -22,6 +22,7 @@ from .routing import Route, Target
 from .surfaces import ANTHROPIC
 from .translation import Translated, Translator
 from .upstream import Backend, Failover, Outcome
+from .upstream_sockets import SOCKET_TURN
 
 
 @dataclass(eq=False)
@@ -42,6 +43,7 @@ class Generation:
         send: Send,
         from_path: tuple[str, bool] | None = None,
     ) -> None:
+        call.socket = scope.get(SOCKET_TURN)
         try:
             route = await self.admission.admit(call, scope, receive, from_path)
             if call.surface.chains:

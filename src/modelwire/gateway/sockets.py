@@ -46,6 +46,7 @@ from .http import Message, Receive, Scope, Send
 from .limits import Limiter
 from .metrics import Metrics
 from .surfaces import RESPONSES
+from .upstream_sockets import SOCKET_TURN, SocketTurn, UpstreamSockets
 
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 SOCKET_PATHS = frozenset({"/v1/responses", "/responses"})
@@ -84,6 +85,7 @@ class ResponsesSockets:
     admission: Admission
     metrics: Metrics
     client_address: Callable[[Scope], str]
+    upstream: Callable[[], UpstreamSockets]  # a client socket's own sockets to native upstreams
     max_seconds: float = MAX_SECONDS
 
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -175,8 +177,10 @@ class _Connection:
     # with store: false chains from (on its own lane or another).
     recent: OrderedDict[str, list[dict[str, Any]]] = field(default_factory=OrderedDict)
     warm_ups: set[str] = field(default_factory=set)  # ids only this connection knows, whatever store said
+    upstream: UpstreamSockets | None = None
 
     async def run(self) -> None:
+        self.upstream = self.sockets.upstream()
         reader = asyncio.ensure_future(self._read())
         deadline = time.monotonic() + self.sockets.max_seconds
         try:
@@ -196,6 +200,7 @@ class _Connection:
                 lane.put_nowait(None)  # each lane ends its answer in flight (a 499 once closed)
             await asyncio.gather(*self.workers, return_exceptions=True)
             reader.cancel()
+            await self.upstream.aclose()
 
     async def _read(self) -> None:
         while True:
@@ -254,55 +259,58 @@ class _Connection:
         while (doc := await queue.get()) is not None:
             if self.closed.is_set():
                 continue  # nobody is listening: queued frames are dropped, not run
+            doc["stream"] = True
             try:
-                body = self._expanded(doc)
-                if body.pop("generate", True) is False:
-                    await self._warm_up(body, lane)
+                turn = self._turn(doc, lane)
+                if doc.pop("generate", True) is False:
+                    await self._warm_up(doc, turn)
                     continue
             except ModelwireError as err:
                 await self._error(err, lane)
                 continue
-            await self._respond(body, lane)
+            await self._respond(doc, turn)
 
-    def _expanded(self, body: dict[str, Any]) -> dict[str, Any]:
-        """The request, with a response this connection remembers expanded when it is the one
-        chained from and nothing else keeps it (``store: false``)."""
-        body["stream"] = True
+    def _turn(self, body: dict[str, Any], lane: str | None) -> _Turn:
+        """The turn, with the whole conversation so far when this connection remembers the response
+        it continues; expanded when nothing else keeps that response (``store: false``, or a
+        warm-up only this connection knows)."""
+        assert self.upstream is not None
         previous = body.get("previous_response_id")
+        history = self.recent.get(previous) if isinstance(previous, str) else None
+        everything = [*history, *input_items(body)] if history is not None else input_items(body)
+        turn = _Turn(SocketTurn(lane, self.upstream), everything)
         if previous is None or (body.get("store") is not False and previous not in self.warm_ups):
-            return body
-        history = self.recent.get(previous)
+            return turn
         if history is None:
             raise PreviousResponseNotFound(
                 f"Previous response with id '{previous}' not found.",
                 code="previous_response_not_found",
                 param="previous_response_id",
             )
-        body["input"] = [*history, *input_items(body)]
-        del body["previous_response_id"]
-        return body
+        turn.socket.items = everything
+        return turn
 
     def remember(self, response_id: str, items: list[dict[str, Any]]) -> None:
         self.recent[response_id] = items
         while len(self.recent) > RECENT_RESPONSES:
             self.warm_ups.discard(self.recent.popitem(last=False)[0])
 
-    async def _warm_up(self, body: dict[str, Any], lane: str | None) -> None:
+    async def _warm_up(self, body: dict[str, Any], turn: _Turn) -> None:
         """``generate: false``: state prepared, nothing generated. The key must still be one allowed
         the model; the answer is a finished response with no output and no usage."""
         call = Call("", RESPONSES, time.monotonic(), self.sockets.client_address(self.scope))
         await self.sockets.admission.permit(call, self.scope, body.get("model"))
-        renderer = StreamRenderer(decode_request(body))
+        renderer = StreamRenderer(decode_request({**body, "previous_response_id": None}))
         events = renderer.start() + renderer.feed(Finish(stop_reason="stop"))
         self.warm_ups.add(renderer.response_id)
-        relay = _Relay(self, lane, input_items(body))
+        relay = _Relay(self, turn.socket.lane, turn.everything)
         await relay.send({"type": "http.response.start", "status": 200, "headers": _SSE})
         await relay.send({"type": "http.response.body", "body": events})
 
-    async def _respond(self, body: dict[str, Any], lane: str | None) -> None:
+    async def _respond(self, body: dict[str, Any], turn: _Turn) -> None:
         """One response: served as the HTTP request it stands for, its events sent as frames."""
         payload = orjson.dumps(body)
-        relay = _Relay(self, lane, input_items(body))
+        relay = _Relay(self, turn.socket.lane, turn.everything)
         sent = False
 
         async def receive() -> Message:
@@ -313,10 +321,10 @@ class _Connection:
             await self.closed.wait()
             return {"type": "http.disconnect"}
 
-        await self.sockets.app(self._http_scope(len(payload)), receive, relay.send)
+        await self.sockets.app(self._http_scope(len(payload), turn.socket), receive, relay.send)
         await relay.finish()
 
-    def _http_scope(self, length: int) -> Scope:
+    def _http_scope(self, length: int, turn: SocketTurn) -> Scope:
         headers = [(k, v) for k, v in self.scope["headers"] if k not in _DROPPED_HEADERS]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
         return {
@@ -328,6 +336,7 @@ class _Connection:
             "query_string": b"",
             "headers": headers,
             "http_version": "1.1",
+            SOCKET_TURN: turn,
         }
 
     async def _error(self, err: ModelwireError, lane: str | None) -> None:
@@ -343,6 +352,12 @@ class _Connection:
             await self.send({"type": "websocket.send", "text": text})
         except OSError:  # the client went away mid-answer: the answer ends as cut (499)
             self.closed.set()
+
+
+@dataclass(slots=True, eq=False)
+class _Turn:
+    socket: SocketTurn  # what goes with the request to the forwarding path
+    everything: list[dict[str, Any]]  # the conversation up to this turn, remembered with its answer
 
 
 @dataclass(eq=False)

@@ -1,0 +1,153 @@
+"""A client's Responses WebSocket carried on over the native upstream's own WebSocket.
+
+The route ``resp-model`` goes to a native OpenAI backend (``type: openai``), which offers
+WebSocket mode, so each client socket gets its own upstream socket: a follow-up turn chained on it
+travels as only its new items plus ``previous_response_id``. When the upstream will not hold a
+socket, turns go over HTTPS with the whole conversation; a Chat route always goes over HTTP.
+The fake upstream records each frame with the number of its connection (``Recorded.socket``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import websockets.sync.client as ws_client
+
+from .fake_upstream import FakeUpstream, Reply
+from .gateway_fixtures import CLIENT_KEY, RunningGateway
+
+TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "strict": False,
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+ENDS = ("response.completed", "response.incomplete", "response.failed", "error")
+
+
+@pytest.fixture
+def client_socket(gateway: RunningGateway) -> Iterator[ws_client.ClientConnection]:
+    url = gateway.url.replace("http://", "ws://") + "/v1/responses"
+    with ws_client.connect(url, additional_headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as socket:
+        yield socket
+
+
+def turn(socket: ws_client.ClientConnection, **frame: Any) -> list[dict[str, Any]]:
+    """One ``response.create``; every event until the turn's last."""
+    socket.send(json.dumps({"type": "response.create", **frame}))
+    events = []
+    while True:
+        events.append(json.loads(socket.recv(timeout=20)))
+        if events[-1]["type"] in ENDS:
+            return events
+
+
+def generations(upstream: FakeUpstream) -> list[Any]:
+    return [r for r in upstream.requests if r.path.endswith("/responses") and r.body is not None]
+
+
+def test_a_tool_loop_sends_only_new_items_on_the_upstream_socket(
+    upstream: FakeUpstream, client_socket: ws_client.ClientConnection
+) -> None:
+    """Three turns with ``store: false`` on one client socket: all three on one upstream socket,
+    the second and third carrying ``previous_response_id`` and only their new items."""
+    upstream.script(
+        Reply.tool_calls([("get_weather", '{"city":"Paris"}')]),
+        Reply.tool_calls([("get_weather", '{"city":"Rome"}')]),
+        Reply.text("Sunny in both."),
+    )
+    first = turn(client_socket, model="resp-model", input="weather?", tools=[TOOL], store=False)
+    done = first[-1]["response"]
+    call = done["output"][0]
+    second = turn(
+        client_socket,
+        model="resp-model",
+        store=False,
+        tools=[TOOL],
+        previous_response_id=done["id"],
+        input=[{"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}],
+    )
+    done2 = second[-1]["response"]
+    third = turn(
+        client_socket,
+        model="resp-model",
+        store=False,
+        tools=[TOOL],
+        previous_response_id=done2["id"],
+        input=[{"type": "function_call_output", "call_id": done2["output"][0]["call_id"], "output": "sunny"}],
+    )
+    assert third[-1]["type"] == "response.completed", third[-1]
+    assert third[-1]["response"]["output"][0]["content"][0]["text"] == "Sunny in both."
+    sent = generations(upstream)
+    assert [r.socket for r in sent] == [sent[0].socket] * 3 and sent[0].socket > 0
+    assert "previous_response_id" not in sent[0].body and sent[0].body["input"] == "weather?"
+    for frame, answered in ((sent[1].body, done), (sent[2].body, done2)):
+        assert frame["previous_response_id"] == answered["id"]
+        assert [item["type"] for item in frame["input"]] == ["function_call_output"]
+        assert "stream" not in frame and frame["type"] == "response.create"
+    assert len(sent[2].raw) < 2 * len(sent[1].raw)  # the frames do not grow with the chain
+
+
+def test_a_dropped_upstream_socket_is_reopened_with_the_whole_conversation(
+    upstream: FakeUpstream, client_socket: ws_client.ClientConnection
+) -> None:
+    """The upstream cuts its socket between turns: the next turn opens another and, since that one
+    never saw the chain, sends the whole conversation without ``previous_response_id``."""
+    upstream.script(Reply.text("First."), Reply.text("Second."))
+    first = turn(client_socket, model="resp-model", input="one", store=False)
+    assert upstream.drop_sockets() == 1
+    second = turn(
+        client_socket,
+        model="resp-model",
+        input="two",
+        store=False,
+        previous_response_id=first[-1]["response"]["id"],
+    )
+    assert second[-1]["type"] == "response.completed", second[-1]
+    one, two = generations(upstream)
+    assert one.socket and two.socket and one.socket != two.socket
+    assert "previous_response_id" not in two.body
+    texts = json.dumps(two.body["input"])
+    assert texts.index('"one"') < texts.index("First.") < texts.index('"two"'), texts
+
+
+def test_an_upstream_that_refuses_sockets_is_served_over_https(
+    upstream: FakeUpstream, client_socket: ws_client.ClientConnection
+) -> None:
+    """Two refused handshakes (the first try and its one retry): the turn goes over HTTPS, and so
+    do the next turns while the backend's sockets rest, without another handshake."""
+    upstream.refuse_upgrades(*[Reply.error(503, "no sockets here")] * 3)
+    upstream.script(Reply.text("Over HTTPS."), Reply.text("Still HTTPS."))
+    first = turn(client_socket, model="resp-model", input="hello")
+    second = turn(client_socket, model="resp-model", input="again")
+    assert first[-1]["type"] == "response.completed", first[-1]
+    assert second[-1]["response"]["output"][0]["content"][0]["text"] == "Still HTTPS."
+    sent = generations(upstream)
+    assert [r.socket for r in sent] == [0, 0]
+    assert len(upstream._refusals) == 1  # two handshakes tried, none while the sockets rest
+
+
+def test_an_upstream_error_event_is_the_clients_error_event(
+    upstream: FakeUpstream, client_socket: ws_client.ClientConnection
+) -> None:
+    """A 400 from the upstream socket, before any output: the client's socket gets the same error
+    (its status and code), and the next turn is served on the same client socket."""
+    upstream.script(Reply.error(400, "bad tool schema", code="invalid_tools"), Reply.text("Fine now."))
+    (error,) = turn(client_socket, model="resp-model", input="x")
+    assert error["type"] == "error" and error["status"] == 400, error
+    assert error["error"]["code"] == "invalid_tools" and "bad tool schema" in error["error"]["message"]
+    assert turn(client_socket, model="resp-model", input="y")[-1]["type"] == "response.completed"
+
+
+def test_a_chat_route_stays_on_http(
+    upstream: FakeUpstream, client_socket: ws_client.ClientConnection
+) -> None:
+    """Only hosts that offer WebSocket mode get an upstream socket."""
+    upstream.script(Reply.text("From Chat."))
+    events = turn(client_socket, model="chat-model", input="hi")
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "From Chat."
+    (sent,) = upstream.requests
+    assert sent.socket == 0 and sent.path.endswith("/chat/completions")
