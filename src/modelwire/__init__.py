@@ -30,6 +30,7 @@ from .errors import (
 from .providers.catalog import Catalog, ModelProfile, Price
 from .providers.openai import Embeddings, OpenAI
 from .providers.retry import RetryPolicy
+from .providers.websocket import SocketPolicy, TransportMode
 from .types import (
     Audio,
     BlockDelta,
@@ -95,6 +96,7 @@ __all__ = [
     "Response",
     "ResponseFormat",
     "RetryPolicy",
+    "SocketPolicy",
     "Start",
     "StreamError",
     "StreamEvent",
@@ -104,6 +106,7 @@ __all__ = [
     "ToolCall",
     "ToolName",
     "ToolResult",
+    "TransportMode",
     "UpstreamUnavailableError",
     "Usage",
     "UsageUpdate",
