@@ -58,12 +58,14 @@ def kinds(record: Recorded) -> list[str]:
     return [item["type"] for item in record.body["input"]]
 
 
-async def tool_loop(client: mw.OpenAI, turns: int = 3, **kw: Any) -> list[mw.Response]:
+async def tool_loop(client: mw.OpenAI | mw.Session, turns: int = 3, **kw: Any) -> list[mw.Response]:
     """An agent's loop: each answer calls the tool, the tool answers, until a last plain answer."""
     messages = [mw.system("Use the tool."), mw.user("Weather in Paris, three times?")]
     replies = []
+    if isinstance(client, mw.OpenAI):
+        kw = {"model": "gpt-5.1", "tools": [WEATHER], **kw}
     for _ in range(turns):
-        reply = await client.complete(model="gpt-5.1", messages=messages, tools=[WEATHER], **kw)
+        reply = await client.complete(messages=messages, **kw)
         replies.append(reply)
         messages += [reply.message(), *[mw.tool_result(c.id, "sunny") for c in reply.tool_calls]]
     return replies
@@ -218,6 +220,35 @@ async def test_dropped_socket_is_replaced_by_a_new_one_with_the_whole_transcript
     assert call["call_id"] == first.tool_calls[0].id
     assert replayed.body["metadata"][ATTEMPT_KEY] == "2"  # the dead socket's try was the first
     assert not events.of(FellBack) and not client.sockets.cooldown.active
+    await client.aclose()
+
+
+async def test_a_session_keeps_its_socket_while_other_calls_run(upstream: FakeUpstream) -> None:
+    script_loop(upstream, turns=2)
+    client = ws_driver(upstream)
+    async with client.session(model="gpt-5.1", tools=[WEATHER]) as session:
+        messages = [mw.user("Weather?")]
+        first = await session.complete(messages=messages)
+        upstream.for_model("gpt-4.1", Reply.text("an unrelated answer"))
+        other = await client.complete(model="gpt-4.1", messages=[mw.user("something else")])
+        messages += [first.message(), mw.tool_result(first.tool_calls[0].id, "sunny")]
+        streamed = await collect(session.stream(messages=messages))
+    assert "".join(e.text for e in streamed if isinstance(e, BlockDelta)) == "Sunny all week."
+    assert other.text == "an unrelated answer"
+    turn_one, elsewhere, turn_two = frames(upstream)
+    assert turn_one.socket == turn_two.socket != elsewhere.socket
+    assert turn_two.body["previous_response_id"] == first.id and kinds(turn_two) == ["function_call_output"]
+    assert turn_two.body["tools"][0]["name"] == "get_weather"  # the session's default
+    await client.aclose()
+
+
+async def test_a_session_runs_over_sse_where_there_is_no_socket(upstream: FakeUpstream) -> None:
+    script_loop(upstream, turns=2)
+    client = driver(upstream, host="openai-compatible", transport="auto")
+    async with client.session(model="gpt-5.1", tools=[WEATHER]) as session:
+        replies = await tool_loop(session, turns=2)
+    assert replies[-1].text == "Sunny all week." and not frames(upstream)
+    assert kinds(upstream.last) == ["message", "function_call", "function_call_output"]  # replayed whole
     await client.aclose()
 
 
@@ -382,6 +413,22 @@ async def test_the_servers_connection_limit_is_met_with_a_new_socket(upstream: F
 
 
 # ------------------------------------------------------------------------------------- warm-up
+
+
+async def test_warm_up_primes_the_socket_the_first_turn_chains_onto(upstream: FakeUpstream) -> None:
+    upstream.script(Reply.text("warm answer"))
+    client = ws_driver(upstream)
+    defaults = {"model": "gpt-5.1", "tools": [WEATHER], "messages": [mw.system("Be brief.")]}
+    async with client.session(warmup=True, **defaults) as session:
+        reply = await session.complete(messages=[mw.system("Be brief."), mw.user("hi")])
+    assert reply.text == "warm answer"
+    warm, turn = frames(upstream)
+    assert warm.socket == turn.socket
+    assert warm.body["generate"] is False and warm.body["input"] == []
+    assert warm.body["instructions"] == "Be brief." and warm.body["tools"][0]["name"] == "get_weather"
+    assert turn.body["previous_response_id"] and turn.body["previous_response_id"] != reply.id
+    assert turn.body["input"] == [{"type": "message", "role": "user", "content": "hi"}]
+    await client.aclose()
 
 
 async def test_a_failed_or_slow_warm_up_is_no_error(upstream: FakeUpstream) -> None:

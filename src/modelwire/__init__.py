@@ -30,6 +30,7 @@ from .errors import (
 from .providers.catalog import Catalog, ModelProfile, Price
 from .providers.openai import Embeddings, OpenAI
 from .providers.retry import RetryPolicy
+from .providers.session import Session
 from .providers.websocket import SocketPolicy, TransportMode
 from .types import (
     Audio,
@@ -96,6 +97,7 @@ __all__ = [
     "Response",
     "ResponseFormat",
     "RetryPolicy",
+    "Session",
     "SocketPolicy",
     "Start",
     "StreamError",

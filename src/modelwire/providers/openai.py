@@ -66,6 +66,7 @@ from .driver import observed_call, raising, read_events, read_json
 from .hosts import Endpoint, Host, HostKind, WireAPI
 from .planning import Plan, Planner
 from .retry import RetryPolicy
+from .session import Session
 from .strict import StopScanner, cut_at_stop
 from .transport import AiohttpTransport, Reply, Transport, default_transport
 from .websocket import BETA, MODES, Lease, Route, SocketPolicy, Sockets, TransportMode
@@ -90,8 +91,8 @@ class OpenAI:
     ``transport`` is how Responses calls travel: ``"auto"`` (the default) uses WebSocket on hosts
     that offer it (native OpenAI, Azure's ``/openai/v1``, Codex) and SSE elsewhere, falling back
     to SSE for a while when sockets fail; ``"sse"`` never opens a socket; ``"websocket"`` always
-    does, without fallback. Any call can override it (``transport=`` among its settings)
-    (:mod:`.websocket`). ``http`` is the HTTP
+    does, without fallback. Any call can override it (``transport=`` among its settings), and
+    :meth:`session` keeps one socket for a conversation (:mod:`.websocket`). ``http`` is the HTTP
     client (a :class:`Transport`; one passed as ``transport`` is taken as that too), ``sockets``
     the WebSocket policy.
     """
@@ -190,12 +191,18 @@ class OpenAI:
         async for event in self._events_on(None, request, settings):
             yield event
 
+    def session(self, *, warmup: bool = False, **defaults: Any) -> Session:
+        """A conversation on one WebSocket: ``async with client.session(model=...) as s:`` then
+        ``await s.complete(messages=...)`` or ``s.stream(...)``. ``defaults`` are settings every
+        call takes unless it names its own; ``warmup`` primes the socket on entry."""
+        return Session(self, warmup=warmup, defaults=defaults)
+
     async def warmup(self, request: Request | None = None, /, **settings: Any) -> bool:
         """Open a pooled socket ahead of the first call and prime it with ``generate: false``
         (instructions and tools, no input). Whether it worked; a failure is not raised."""
         return await self._warmup_on(None, request, settings)
 
-    # ---------------------------------------------------------------------- calls on a lease
+    # ------------------------------------------------------------- calls on a lease (sessions)
 
     async def _complete_on(
         self, lease: Lease | None, request: Request | None, settings: dict[str, Any]
