@@ -242,6 +242,23 @@ async def test_a_session_keeps_its_socket_while_other_calls_run(upstream: FakeUp
     await client.aclose()
 
 
+async def test_a_session_turn_abandoned_mid_stream_leaves_the_session_usable(upstream: FakeUpstream) -> None:
+    upstream.script(
+        Reply.text("a long answer that nobody reads to the end", chunk_delay=0.01), Reply.text("ok")
+    )
+    client = ws_driver(upstream)
+    async with client.session(model="gpt-4.1") as session:
+        messages = [mw.user("talk")]
+        async for event in session.stream(messages=messages):
+            if isinstance(event, BlockDelta):
+                break
+        reply = await session.complete(messages=[*messages, mw.user("shorter, please")])
+    assert reply.text == "ok"
+    abandoned, next_turn = frames(upstream)
+    assert abandoned.socket != next_turn.socket and "previous_response_id" not in next_turn.body
+    await client.aclose()
+
+
 async def test_a_session_runs_over_sse_where_there_is_no_socket(upstream: FakeUpstream) -> None:
     script_loop(upstream, turns=2)
     client = driver(upstream, host="openai-compatible", transport="auto")

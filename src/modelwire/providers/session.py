@@ -57,8 +57,8 @@ class Session:
             return await self.client._warmup_on(self._socket, request, self._settings(request, settings))
 
     async def aclose(self) -> None:
-        async with self._turn:
-            await self._socket.aclose()
+        # Not behind the turn lock: a stream abandoned but still referenced would hold it forever.
+        await self._socket.aclose()
 
     async def __aenter__(self) -> Session:
         if self._warmup:

@@ -297,7 +297,7 @@ class Sockets:
         warmed = False
         try:
             async with asyncio.timeout(self.policy.warmup_timeout):
-                socket = lease.take(None) or await self._open()
+                socket = await self._socket(lease, None, fresh=False)
                 instructions = plan.transcript[: leading_instructions(plan.transcript)]
                 req = dataclasses.replace(plan.req, messages=instructions)
                 await socket.send(self._frame(dataclasses.replace(plan, req=req), generate=False))
