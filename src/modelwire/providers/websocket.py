@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import dataclasses
 import time
 import uuid
@@ -74,7 +75,7 @@ _SOCKET_CODES = frozenset({"websocket_connection_limit_reached"})
 Connect: TypeAlias = Callable[
     [str, Mapping[str, str], float], Awaitable["aiohttp.ClientWebSocketResponse[bool]"]
 ]
-SSE: TypeAlias = Callable[[Plan], AsyncIterator[StreamEvent]]
+SSE: TypeAlias = Callable[[Plan], AsyncGenerator[StreamEvent, None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,8 +273,12 @@ class Sockets:
         error: ModelwireError | None = None
         for attempt in (1, 2):
             try:
-                async for event in self._attempt(self._stamped(plan, turn, attempt), route.lease, attempt):
-                    yield event
+                # Closed with this generator: a caller stopping early gives the socket up now.
+                async with contextlib.aclosing(
+                    self._attempt(self._stamped(plan, turn, attempt), route.lease, attempt)
+                ) as events:
+                    async for event in events:
+                        yield event
                 return
             except ModelwireError as err:  # raised only before any event reached the caller
                 if not _maybe_the_socket(err):
@@ -286,8 +291,9 @@ class Sockets:
             raise error
         self.cooldown.start()
         self.observer.emit(FellBack(error=error, cooldown=self.cooldown.seconds))
-        async for event in sse(self._stamped(plan, turn, 3)):
-            yield event
+        async with contextlib.aclosing(sse(self._stamped(plan, turn, 3))) as fallback:
+            async for event in fallback:
+                yield event
 
     async def warm_up(self, plan: Plan, lease: Lease) -> bool:
         """Open a socket and prime it with ``generate: false`` (instructions and tools, no input),
@@ -318,7 +324,7 @@ class Sockets:
 
     # ------------------------------------------------------------------------------ one attempt
 
-    async def _attempt(self, plan: Plan, lease: Lease, attempt: int) -> AsyncIterator[StreamEvent]:
+    async def _attempt(self, plan: Plan, lease: Lease, attempt: int) -> AsyncGenerator[StreamEvent, None]:
         """One try on one socket. A failure before any event is yielded is raised (the caller may
         try again); after that it is yielded as a :class:`StreamError`. ``Start`` is held back
         until output begins, so that an error right after ``response.created`` is still early."""
