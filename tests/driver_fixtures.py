@@ -29,8 +29,10 @@ class Recorder:
 
 
 def driver(upstream: FakeUpstream, *, host: str = "openai", api: str = "responses", **kw: Any) -> OpenAI:
+    """A driver on the fake, over SSE unless ``transport=`` says otherwise (the WebSocket tests do)."""
     kw.setdefault("retry", FAST_RETRY)
-    kw.setdefault("transport", AiohttpTransport())
+    kw.setdefault("http", AiohttpTransport())
+    kw.setdefault("transport", "sse")
     return OpenAI(
         api_key="sk-test-key-123456",
         base_url=kw.pop("base_url", upstream.url),

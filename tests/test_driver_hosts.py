@@ -226,7 +226,7 @@ async def test_codex_route_uses_chatgpt_tokens(
         )
     )
     monkeypatch.setenv("CODEX_HOME", str(home))
-    client = mw.OpenAI(host="codex", base_url=upstream.url, api_key="")
+    client = mw.OpenAI(host="codex", base_url=upstream.url, api_key="", transport="sse")
     upstream.script(Reply.text("from codex"))
     reply = await client.complete(
         model="gpt-5.5", messages=[mw.user("q")], temperature=0.2, max_output_tokens=99

@@ -171,7 +171,7 @@ async def test_garbage_answer_is_a_protocol_error(upstream: FakeUpstream) -> Non
 
 async def test_one_pooled_session_per_event_loop(upstream: FakeUpstream) -> None:
     transport = AiohttpTransport()
-    client = driver(upstream, transport=transport)
+    client = driver(upstream, http=transport)
     await client.complete(model="gpt-4.1", messages=[mw.user("q")])
     session = transport.session()
     await asyncio.gather(*[client.complete(model="gpt-4.1", messages=[mw.user("q")]) for _ in range(5)])

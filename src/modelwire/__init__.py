@@ -30,6 +30,8 @@ from .errors import (
 from .providers.catalog import Catalog, ModelProfile, Price
 from .providers.openai import Embeddings, OpenAI
 from .providers.retry import RetryPolicy
+from .providers.session import Session
+from .providers.websocket import SocketPolicy, TransportMode
 from .types import (
     Audio,
     BlockDelta,
@@ -95,6 +97,8 @@ __all__ = [
     "Response",
     "ResponseFormat",
     "RetryPolicy",
+    "Session",
+    "SocketPolicy",
     "Start",
     "StreamError",
     "StreamEvent",
@@ -104,6 +108,7 @@ __all__ = [
     "ToolCall",
     "ToolName",
     "ToolResult",
+    "TransportMode",
     "UpstreamUnavailableError",
     "Usage",
     "UsageUpdate",

@@ -71,6 +71,22 @@ class ChainInvalidated:
 
 
 @dataclass(slots=True, kw_only=True)
+class SocketOpened:
+    """A WebSocket to the host was opened (Responses over WebSocket)."""
+
+    url: str
+
+
+@dataclass(slots=True, kw_only=True)
+class FellBack:
+    """A call's WebSocket attempts failed early; it went over SSE, and so will calls to this host
+    for ``cooldown`` seconds."""
+
+    error: Exception
+    cooldown: float
+
+
+@dataclass(slots=True, kw_only=True)
 class StreamStarted:
     model: str
 
@@ -92,6 +108,8 @@ Event: TypeAlias = (
     | Continued
     | Repaired
     | ChainInvalidated
+    | SocketOpened
+    | FellBack
     | StreamStarted
     | StreamEnded
     | StreamAborted

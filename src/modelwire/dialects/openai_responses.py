@@ -441,6 +441,10 @@ class StreamDecoder:
             self._b.error(ProtocolError(f"upstream sent an event that is not JSON: {data[:80]!r}"))
             self._finished = True
             return self._b.take()
+        return self.feed_event(event)
+
+    def feed_event(self, event: Any) -> list[StreamEvent]:
+        """One event already parsed (a WebSocket frame holds the same JSON as an SSE event's data)."""
         kind = event.get("type") if isinstance(event, dict) else None
         handler = self._handlers.get(kind) if isinstance(kind, str) else None
         if handler is None:

@@ -167,7 +167,10 @@ class Backend:
             continuations=0,
             compaction=False,
             catalog=self.catalog,
-            transport=self.transport,
+            # Over SSE: the gateway's failover decides retries, which the socket's fallback would
+            # duplicate, and its taps and captures read HTTP streams.
+            transport="sse",
+            http=self.transport,
             headers=self.config.headers,
             tap=self.tap,
         )

@@ -77,7 +77,8 @@ class HostProfile:
     strict_tools: bool = False  # function schemas made strict
     compaction: bool = False  # server-side context compaction
     service_tiers: bool = False  # "fast" means the priority tier
-    websocket: bool = False  # offers Responses over WebSocket
+    websocket: bool = False  # offers Responses over WebSocket (PROTOCOLS.md 2.7)
+    metadata: bool = True  # takes the request's ``metadata`` (the Codex route refuses it)
     forwards_bodies: bool = True  # a client's body can go as it came (Codex needs rewriting)
     embeddings: bool = False
     lists_models: bool = True  # GET /models in OpenAI's shape
@@ -116,6 +117,7 @@ PROFILES: dict[HostKind, HostProfile] = {
         strict_tools=True,
         compaction=True,
         service_tiers=True,
+        websocket=True,  # on the /openai/v1 surface (Azure's WebSocket-mode guide); see Host
         embeddings=True,
         filter_chunks=True,
     ),
@@ -128,6 +130,8 @@ PROFILES: dict[HostKind, HostProfile] = {
         strict_tools=True,
         service_tiers=True,
         websocket=True,
+        # "Unsupported parameter: metadata" (third-party reports of the subscription backend)
+        metadata=False,
         forwards_bodies=False,
         lists_models=False,
         streams_only=True,
@@ -203,6 +207,19 @@ class Host:
     def deployment_paths(self) -> bool:
         """Classic Azure: models are deployments named in the path, with ``api-version``."""
         return self.api_version is not None
+
+    @property
+    def offers_websocket(self) -> bool:
+        """Whether ``transport="auto"`` tries Responses over WebSocket here. Azure documents its
+        WebSocket mode on the ``/openai/v1`` surface only, so classic deployment paths use SSE."""
+        return self.profile.websocket and not self.deployment_paths
+
+    @property
+    def websocket_url(self) -> str:
+        """The Responses URL with ``ws``/``wss`` for ``http``/``https``, query kept, as the official
+        SDK builds it from its base URL (PROTOCOLS.md 2.7)."""
+        url = self.url("responses")
+        return "ws" + url.removeprefix("http") if url.startswith("http") else url
 
     def url(self, endpoint: Endpoint, model: str = "", suffix: str = "") -> str:
         """The full URL of ``endpoint`` (for ``response``, ``suffix`` is the id and sub-path)."""

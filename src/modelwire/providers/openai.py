@@ -14,6 +14,7 @@ import array
 import asyncio
 import base64
 import builtins
+import contextlib
 import dataclasses
 import os
 import time
@@ -26,6 +27,7 @@ import orjson
 from .._version import __version__
 from ..dialects.stream import ResponseAccumulator, events_from_response
 from ..errors import (
+    InvalidRequestError,
     ModelwireError,
     PreviousResponseNotFound,
     ProtocolError,
@@ -64,8 +66,10 @@ from .driver import observed_call, raising, read_events, read_json
 from .hosts import Endpoint, Host, HostKind, WireAPI
 from .planning import Plan, Planner
 from .retry import RetryPolicy
+from .session import Session
 from .strict import StopScanner, cut_at_stop
-from .transport import Reply, Transport, default_transport
+from .transport import AiohttpTransport, Reply, Transport, default_transport
+from .websocket import BETA, MODES, Lease, Route, SocketPolicy, Sockets, TransportMode
 
 
 @dataclass(slots=True, kw_only=True)
@@ -83,6 +87,14 @@ class OpenAI:
     ``continuations`` bounds how many times a cut-off answer is continued (0 disables it).
     ``store`` decides Responses statefulness on native hosts: the default (False) replays the
     transcript with encrypted reasoning; True stores responses and chains by id.
+
+    ``transport`` is how Responses calls travel: ``"auto"`` (the default) uses WebSocket on hosts
+    that offer it (native OpenAI, Azure's ``/openai/v1``, Codex) and SSE elsewhere, falling back
+    to SSE for a while when sockets fail; ``"sse"`` never opens a socket; ``"websocket"`` always
+    does, without fallback. Any call can override it (``transport=`` among its settings), and
+    :meth:`session` keeps one socket for a conversation (:mod:`.websocket`). ``http`` is the HTTP
+    client (a :class:`Transport`; one passed as ``transport`` is taken as that too), ``sockets``
+    the WebSocket policy.
     """
 
     def __init__(
@@ -103,7 +115,9 @@ class OpenAI:
         compaction: bool = True,
         store: bool | None = None,
         catalog: Catalog | None = None,
-        transport: Transport | None = None,
+        transport: TransportMode | Transport | None = None,
+        http: Transport | None = None,
+        sockets: SocketPolicy | None = None,
         headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         on_event: Hook | None = None,
@@ -123,7 +137,9 @@ class OpenAI:
         self.deadline = deadline
         self.retry = retry or RetryPolicy(max_retries=max_retries)
         self.catalog = catalog or Catalog()
-        self.transport: Transport = transport or default_transport()
+        mode, client = (transport, http) if isinstance(transport, str) else ("auto", http or transport)
+        self.mode: TransportMode = _mode(mode)
+        self.transport: Transport = client or default_transport()
         self.observer = Observer(on_event, debug=debug, raw=raw, tap=tap)
         self.planner = Planner(
             host=self.host,
@@ -144,14 +160,59 @@ class OpenAI:
         if credentials is None and self.host.profile.signs_in and not self.api_key:
             credentials = CodexCredentials(transport=self.transport)
         self.credentials = credentials
+        sockets_client = (
+            self.transport if isinstance(self.transport, AiohttpTransport) else default_transport()
+        )
+        self.sockets = Sockets(
+            url=self.host.websocket_url,
+            planner=self.planner,
+            observer=self.observer,
+            headers=self._socket_headers,
+            connect=sockets_client.connect_socket,
+            timeout=timeout,
+            policy=sockets or SocketPolicy(),
+            metadata=self.host.profile.metadata,
+        )
 
     # ------------------------------------------------------------------------------- public API
 
     async def complete(self, request: Request | None = None, /, **settings: Any) -> Response:
         """One answer, whole. Cut-off answers are continued and merged; usage is summed and priced."""
+        return await self._complete_on(None, request, settings)
+
+    async def stream(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
+        """The answer as neutral events. A failure after the stream started raises a typed error."""
+        async for event in raising(self._events_on(None, request, settings)):
+            yield event
+
+    async def events(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
+        """Like :meth:`stream`, but a failure after the stream started arrives as a
+        :class:`StreamError` event rather than an exception (what a gateway needs to render it)."""
+        async for event in self._events_on(None, request, settings):
+            yield event
+
+    def session(self, *, warmup: bool = False, **defaults: Any) -> Session:
+        """A conversation on one WebSocket: ``async with client.session(model=...) as s:`` then
+        ``await s.complete(messages=...)`` or ``s.stream(...)``. ``defaults`` are settings every
+        call takes unless it names its own; ``warmup`` primes the socket on entry."""
+        return Session(self, warmup=warmup, defaults=defaults)
+
+    async def warmup(self, request: Request | None = None, /, **settings: Any) -> bool:
+        """Open a pooled socket ahead of the first call and prime it with ``generate: false``
+        (instructions and tools, no input). Whether it worked; a failure is not raised."""
+        return await self._warmup_on(None, request, settings)
+
+    # ------------------------------------------------------------- calls on a lease (sessions)
+
+    async def _complete_on(
+        self, lease: Lease | None, request: Request | None, settings: dict[str, Any]
+    ) -> Response:
+        """:meth:`complete` with its socket taken from ``lease`` (a session's; None: the pool)."""
+        mode = _call_mode(settings)
         plan = self.planner.plan(request, settings, stream=False)
+        route = self._route(plan, mode, lease)
         async with _deadline(self.deadline):
-            response = await self._call(plan)
+            response = await self._call(plan, route)
             continued = 0
             while self.planner.should_continue(response, continued):
                 continued += 1
@@ -159,19 +220,17 @@ class OpenAI:
                     Continued(count=continued, reason="max_output_tokens", response_id=response.id)
                 )
                 plan = self.planner.continuation(plan, response)
-                response = _merge(response, await self._call(plan))
+                response = _merge(response, await self._call(plan, route))
         response.usage.cost = self.catalog.cost(response.model or plan.req.model, response.usage)
         return response
 
-    async def stream(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
-        """The answer as neutral events. A failure after the stream started raises a typed error."""
-        async for event in raising(self.events(request, **settings)):
-            yield event
-
-    async def events(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
-        """Like :meth:`stream`, but a failure after the stream started arrives as a
-        :class:`StreamError` event rather than an exception (what a gateway needs to render it)."""
+    async def _events_on(
+        self, lease: Lease | None, request: Request | None, settings: dict[str, Any]
+    ) -> AsyncIterator[StreamEvent]:
+        """:meth:`events` with its socket taken from ``lease`` (a session's; None: the pool)."""
+        mode = _call_mode(settings)
         plan = self.planner.plan(request, settings, stream=True)
+        route = self._route(plan, mode, lease)
         self.observer.emit(StreamStarted(model=plan.req.model))
         total = Usage()
         offset = continued = 0
@@ -179,7 +238,7 @@ class OpenAI:
             while True:
                 acc = ResponseAccumulator()
                 finish: Finish | None = None
-                async for event in self._stream_call(plan):
+                async for event in self._stream_call(plan, route):
                     if isinstance(event, Finish):
                         finish = event
                     elif isinstance(event, StreamError):
@@ -210,6 +269,15 @@ class OpenAI:
             self.observer.emit(StreamAborted(error=exc))
             raise
 
+    async def _warmup_on(
+        self, lease: Lease | None, request: Request | None, settings: dict[str, Any]
+    ) -> bool:
+        """:meth:`warmup` for ``lease`` (a session's; None: the pool)."""
+        mode = _call_mode(settings)
+        plan = self.planner.plan(request, settings, stream=True)
+        route = self._route(plan, mode, lease)
+        return route is not None and await self.sockets.warm_up(plan, route.lease)
+
     def complete_sync(self, request: Request | None = None, /, **settings: Any) -> Response:
         """:meth:`complete` for code without an event loop."""
 
@@ -217,7 +285,7 @@ class OpenAI:
             try:
                 return await self.complete(request, **settings)
             finally:
-                await self.transport.aclose()
+                await self.aclose()
 
         return asyncio.run(run())
 
@@ -233,7 +301,7 @@ class OpenAI:
                         return
             finally:
                 runner.run(events.aclose())
-                runner.run(self.transport.aclose())
+                runner.run(self.aclose())
 
     async def embed(self, input: str | list[str], *, model: str, dimensions: int | None = None) -> Embeddings:
         """Embedding vectors for ``input``, fetched as base64 float32 (a quarter of the JSON size)."""
@@ -256,6 +324,7 @@ class OpenAI:
         return ids
 
     async def aclose(self) -> None:
+        await self.sockets.aclose()
         await self.transport.aclose()
 
     async def __aenter__(self) -> OpenAI:
@@ -266,10 +335,23 @@ class OpenAI:
 
     # -------------------------------------------------------------------------------------- calls
 
-    async def _call(self, plan: Plan) -> Response:
-        if self.host.profile.streams_only:
+    def _route(self, plan: Plan, mode: TransportMode | None, lease: Lease | None) -> Route | None:
+        """Whether a call goes over WebSocket (and with which socket), or over HTTP (None)."""
+        mode = mode or self.mode
+        if mode == "sse":
+            return None
+        if plan.wire.name != "openai_responses":
+            if mode == "websocket":
+                raise InvalidRequestError("transport='websocket' needs the Responses API", param="transport")
+            return None
+        if mode == "auto" and (not self.host.offers_websocket or self.sockets.cooldown.active):
+            return None
+        return Route(lease=lease or self.sockets.pool, forced=mode == "websocket")
+
+    async def _call(self, plan: Plan, route: Route | None = None) -> Response:
+        if self.host.profile.streams_only or route is not None:
             acc = ResponseAccumulator()
-            async for event in self._stream_call(dataclasses.replace(plan, req=_streaming(plan.req))):
+            async for event in self._stream_call(dataclasses.replace(plan, req=_streaming(plan.req)), route):
                 if isinstance(event, StreamError):
                     raise event.error
                 acc.feed(event)
@@ -296,8 +378,20 @@ class OpenAI:
         )
         return response
 
-    async def _stream_call(self, plan: Plan) -> AsyncIterator[StreamEvent]:
-        """Events of one streamed call. Failures before the first event are retried by ``_send``;
+    async def _stream_call(self, plan: Plan, route: Route | None) -> AsyncIterator[StreamEvent]:
+        """Events of one streamed call, over WebSocket when ``route`` says so, else SSE."""
+        if route is None:
+            events = self._sse_call(plan)
+        else:
+            events = self.sockets.events(plan, route, sse=self._sse_call)
+        # Closed at once when the caller stops early (a stop sequence, a break): a socket with
+        # frames still coming must be given up now, not whenever the generator is collected.
+        async with contextlib.aclosing(events):
+            async for event in _stop_stream(events, plan.stops) if plan.stops else events:
+                yield event
+
+    async def _sse_call(self, plan: Plan) -> AsyncGenerator[StreamEvent, None]:
+        """Events of one call over SSE. Failures before the first event are retried by ``_send``;
         after it, they arrive as a :class:`StreamError`."""
         try:
             reply = await self._post(plan, stream=True)
@@ -310,10 +404,7 @@ class OpenAI:
             for event in events_from_response(plan.wire.decode_response(await read_json(reply))):
                 yield event
             return
-        events = read_events(reply, plan.wire.stream_decoder(), self.observer)
-        if plan.stops:
-            events = _stop_stream(events, plan.stops)
-        async for event in events:
+        async for event in read_events(reply, plan.wire.stream_decoder(), self.observer):
             yield event
 
     async def _post(self, plan: Plan, *, stream: bool) -> Reply:
@@ -326,8 +417,7 @@ class OpenAI:
     ) -> Reply:
         """One request with retries; returns a reply whose status is a success."""
         url = self.host.url(endpoint, model)
-        auth = await self.credentials.headers() if self.credentials else self.host.auth_headers(self.api_key)
-        headers = {**self._headers, **auth}
+        headers = {**self._headers, **await self._auth()}
         if stream:
             headers["Accept"] = "text/event-stream"
         self.observer.payload("request", url, headers, body or b"")
@@ -346,11 +436,38 @@ class OpenAI:
                 await asyncio.sleep(wait)
                 attempt += 1
 
+    async def _auth(self) -> dict[str, str]:
+        return await self.credentials.headers() if self.credentials else self.host.auth_headers(self.api_key)
+
+    async def _socket_headers(self) -> dict[str, str]:
+        """The handshake's headers: the HTTP ones (auth included) with the WebSocket beta, which
+        replaces the Codex route's HTTP-only ``responses=experimental`` as the Codex CLI does, and
+        joins a beta of the caller's own."""
+        headers = {**self._headers, **await self._auth()}
+        headers.pop("Content-Type", None)
+        own = self._headers.get("OpenAI-Beta")
+        headers["OpenAI-Beta"] = f"{own}, {BETA}" if own else BETA
+        return headers
+
     async def _attempt(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> Reply:
         return await observed_call(self.transport, self.observer, method, url, headers, body, self.timeout)
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+def _mode(mode: Any) -> TransportMode:
+    if mode not in MODES:
+        raise InvalidRequestError(
+            f"transport must be one of {', '.join(MODES)}, not {mode!r}", param="transport"
+        )
+    return cast(TransportMode, mode)
+
+
+def _call_mode(settings: dict[str, Any]) -> TransportMode | None:
+    """A call's own ``transport=`` (taken out of its settings: it is no request field)."""
+    mode = settings.pop("transport", None)
+    return None if mode is None else _mode(mode)
 
 
 def _apply_stops(response: Response, stops: list[str]) -> None:

@@ -137,6 +137,8 @@ class Planner:
                 )
         if not host.forwards_bodies:
             _fit_codex(body)
+        if not host.metadata:
+            body.pop("metadata", None)
         body.update(self.extra_body)
         return body
 
@@ -156,6 +158,27 @@ class Planner:
         if self.chains(plan.wire) and req.store:
             _chain(new)
         return new
+
+    def on_socket(self, plan: Plan, remembered: str | None, warm: bool) -> Plan:
+        """The plan as sent on a WebSocket whose connection remembers response ``remembered`` (its
+        most recent; ``warm``: a warm-up, holding none of the conversation).
+
+        A caller's own ``previous_response_id`` is kept. Otherwise a transcript that continues the
+        remembered response is chained onto it, sending only what follows (the connection keeps
+        it even with ``store: false``); failing that, the planner's chain onto a stored response
+        is kept (any connection finds those), and anything else goes whole: reasoning items with
+        their ``encrypted_content``, call ids as they were, no ``previous_response_id``.
+        """
+        if plan.req.previous_response_id is not None and not plan.chained:
+            return plan
+        rest = _after(plan.transcript, remembered, warm) if remembered else None
+        if rest is not None:
+            req = dataclasses.replace(plan.req, messages=rest, previous_response_id=remembered)
+            return dataclasses.replace(plan, req=req, chained=True)
+        if plan.chained:
+            return plan
+        req = dataclasses.replace(plan.req, messages=plan.transcript, previous_response_id=None)
+        return dataclasses.replace(plan, req=req)
 
     def unchain(self, plan: Plan) -> Plan:
         """The stored response we chained from is gone: replay the whole transcript instead."""
@@ -207,9 +230,7 @@ def _fit_codex(body: dict[str, Any]) -> None:
 def _chain(plan: Plan) -> None:
     """Send only what follows the last stored response in the transcript, chained by its id."""
     messages = plan.req.messages
-    lead = 0  # instructions are not inherited through a chain: keep sending them
-    while lead < len(messages) and messages[lead].role in ("system", "developer"):
-        lead += 1
+    lead = leading_instructions(messages)  # not inherited through a chain: keep sending them
     for i in range(len(messages) - 1, lead - 1, -1):
         msg = messages[i]
         if msg.role == "assistant" and msg.id and msg.id.startswith("resp_"):
@@ -217,6 +238,32 @@ def _chain(plan: Plan) -> None:
             plan.req.previous_response_id = msg.id
             plan.chained = True
             return
+
+
+def _after(messages: list[Message], response_id: str | None, warm: bool) -> list[Message] | None:
+    """The instructions and what follows response ``response_id`` in the transcript (everything
+    after the instructions for a warm-up), or None when that is nothing new or not found."""
+    lead = leading_instructions(messages)
+    start = lead if warm else _answered_at(messages, response_id, lead)
+    if start is None or start >= len(messages):
+        return None
+    return messages[:lead] + messages[start:]
+
+
+def _answered_at(messages: list[Message], response_id: str | None, lead: int) -> int | None:
+    """The index after the last assistant message that is response ``response_id``."""
+    for i in range(len(messages) - 1, lead - 1, -1):
+        if messages[i].role == "assistant" and messages[i].id == response_id:
+            return i + 1
+    return None
+
+
+def leading_instructions(messages: list[Message]) -> int:
+    """How many system/developer messages lead: they go as instructions, never inherited."""
+    lead = 0
+    while lead < len(messages) and messages[lead].role in ("system", "developer"):
+        lead += 1
+    return lead
 
 
 def prompt_cache_key(req: Request) -> str:

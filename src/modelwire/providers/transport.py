@@ -105,6 +105,11 @@ class _AiohttpReply:
         self._resp.close()
 
 
+# How long closing a socket waits for the server's close frame: a socket is closed after a failure
+# or with frames still in flight, where waiting aiohttp's default 10 s would only stall the caller.
+_SOCKET_CLOSE_WAIT = 1.0
+
+
 class AiohttpTransport:
     """Pooled keep-alive connections, one session per event loop."""
 
@@ -162,6 +167,33 @@ class AiohttpTransport:
         except BaseException as exc:
             raise translate(exc) from exc
         return _AiohttpReply(resp)
+
+    async def connect_socket(
+        self, url: str, headers: Mapping[str, str], within: float
+    ) -> aiohttp.ClientWebSocketResponse[bool]:
+        """A WebSocket to ``url`` on this loop's pooled session (Responses over WebSocket).
+
+        ``within`` bounds the whole handshake, in seconds, which the session's timeouts would not (they
+        bound only the TCP connect). Text frames arrive as bytes (``decode_text=False``): they are
+        JSON, which orjson reads from bytes, so decoding them to ``str`` first would be wasted.
+        Frames have no size limit here, as HTTP bodies have none: a finished response can be big.
+        """
+        try:
+            async with asyncio.timeout(within):
+                return await self.session().ws_connect(
+                    url,
+                    headers=headers,
+                    max_msg_size=0,
+                    decode_text=False,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=_SOCKET_CLOSE_WAIT),
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            # Refused upgrades are the socket's failure, not the request's: HTTP may still serve it.
+            raise UpstreamUnavailableError(
+                f"the upstream refused the WebSocket upgrade (HTTP {exc.status})", status=502
+            ) from exc
+        except BaseException as exc:
+            raise translate(exc) from exc
 
     async def aclose(self) -> None:
         """Close the current event loop's session."""
