@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 
 from modelwire.errors import AuthenticationError
-from modelwire.providers.codex import CLIENT_ID, CodexCredentials, Tokens, login
+from modelwire.providers.codex import CLIENT_ID, CodexCredentials, FileTokenStore, Tokens
+from modelwire.providers.codex_login import login
 from modelwire.providers.transport import AiohttpTransport
 
 from .gateway_fixtures import free_port
@@ -71,7 +72,9 @@ async def test_browser_sign_in_saves_tokens(issuer: tuple[str, list[dict[str, st
         shown.append(link)
         listening.set()
 
-    task = asyncio.create_task(login(issuer=url, port=port, path=tmp_path / "auth.json", show=show))
+    task = asyncio.create_task(
+        login(store=FileTokenStore(tmp_path / "auth.json"), issuer=url, port=port, show=show)
+    )
     await asyncio.wait_for(listening.wait(), 10)
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(shown[0]).query))
     assert query["client_id"] == CLIENT_ID and query["code_challenge_method"] == "S256"
@@ -98,7 +101,7 @@ async def test_stale_tokens_are_refreshed_and_written_back(
 ) -> None:
     url, seen = issuer
     creds = CodexCredentials(tmp_path / "auth.json", issuer=url, transport=AiohttpTransport())
-    creds.save(
+    FileTokenStore(tmp_path / "auth.json").save(
         Tokens(
             access_token=jwt({"exp": time.time() - 10}),
             refresh_token="rt-old",
@@ -119,7 +122,9 @@ async def test_stale_tokens_are_refreshed_and_written_back(
 async def test_revoked_login_says_so(issuer: tuple[str, list[dict[str, str]]], tmp_path: Path) -> None:
     url, _ = issuer
     creds = CodexCredentials(tmp_path / "auth.json", issuer=url, transport=AiohttpTransport())
-    creds.save(Tokens(access_token=jwt({"exp": 1}), refresh_token="revoked", last_refresh=0))
+    FileTokenStore(tmp_path / "auth.json").save(
+        Tokens(access_token=jwt({"exp": 1}), refresh_token="revoked", last_refresh=0)
+    )
     with pytest.raises(AuthenticationError, match="modelwire login"):
         await creds.headers()
     await creds.transport.aclose()
@@ -127,4 +132,4 @@ async def test_revoked_login_says_so(issuer: tuple[str, list[dict[str, str]]], t
 
 def test_no_login_yet(tmp_path: Path) -> None:
     with pytest.raises(AuthenticationError, match="modelwire login"):
-        CodexCredentials(tmp_path / "missing.json").load()
+        FileTokenStore(tmp_path / "missing.json").load()

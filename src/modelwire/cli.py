@@ -716,19 +716,20 @@ def login(
     import webbrowser
 
     from .errors import ModelwireError
-    from .providers.codex import codex_home
-    from .providers.codex import login as run_login
+    from .providers.codex import FileTokenStore
+    from .providers.codex_login import login as run_login
 
     def show(url: str) -> None:
         err.print(f"Open this link to sign in:\n{url}")
         if not no_browser:
             webbrowser.open(url)
 
+    store = FileTokenStore()
     try:
-        tokens = asyncio.run(run_login(issuer=issuer, port=port, show=show))
+        tokens = asyncio.run(run_login(store=store, issuer=issuer, port=port, show=show))
     except TimeoutError:
         _fail("no sign-in arrived within 5 minutes")
     except (ModelwireError, OSError) as exc:
         _fail(str(exc))
     account = f" (account {tokens.account_id})" if tokens.account_id else ""
-    err.print(f"Signed in{account}; tokens saved to {codex_home() / 'auth.json'}")
+    err.print(f"Signed in{account}; tokens saved to {escape(store.where)}")

@@ -26,6 +26,7 @@ import orjson
 from .._version import __version__
 from ..dialects.stream import ResponseAccumulator, events_from_response
 from ..errors import (
+    AuthenticationError,
     ModelwireError,
     PreviousResponseNotFound,
     ProtocolError,
@@ -113,11 +114,9 @@ class OpenAI:
         tap: Tap | None = None,
     ) -> None:
         self.host = Host.create(host, base_url or os.environ.get("OPENAI_BASE_URL") or None, api_version)
-        self.api_key = (
-            api_key
-            if api_key is not None
-            else os.environ.get(self.host.profile.key_env) or os.environ.get("OPENAI_API_KEY")
-        )
+        self.api_key = api_key
+        if api_key is None and not self.host.profile.signs_in:  # a signed-in route takes no env key
+            self.api_key = os.environ.get(self.host.profile.key_env) or os.environ.get("OPENAI_API_KEY")
         self.api: WireAPI = api
         self.timeout = timeout
         self.deadline = deadline
@@ -324,7 +323,12 @@ class OpenAI:
     async def _send(
         self, endpoint: Endpoint, model: str, body: bytes | None, *, stream: bool, method: str = "POST"
     ) -> Reply:
-        """One request with retries; returns a reply whose status is a success."""
+        """One request with retries; returns a reply whose status is a success.
+
+        A signed-in route's 401 renews the token and sends again, once: the token may have been
+        revoked early, or refreshed by another process. That resend is not a retry (no backoff,
+        no attempt counted), and a second 401 is the answer.
+        """
         url = self.host.url(endpoint, model)
         auth = await self.credentials.headers() if self.credentials else self.host.auth_headers(self.api_key)
         headers = {**self._headers, **auth}
@@ -332,12 +336,19 @@ class OpenAI:
             headers["Accept"] = "text/event-stream"
         self.observer.payload("request", url, headers, body or b"")
         attempt = 0
+        renewed = False
         while True:
             self.observer.emit(
                 RequestSent(url=url, model=model, api=endpoint, attempt=attempt, stream=stream)
             )
             try:
                 return await self._attempt(method, url, headers, body)
+            except AuthenticationError:
+                if self.credentials is None or renewed:
+                    raise
+                renewed = True
+                rejected = headers["Authorization"].removeprefix("Bearer ")
+                headers.update(await self.credentials.renew(rejected))
             except ModelwireError as err:
                 wait = self.retry.delay(attempt, err)
                 if wait is None:
