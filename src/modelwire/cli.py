@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from .gateway.routing import Router
     from .gateway.store import KeyRecord, Store, UsageRow
     from .providers.catalog import Catalog
+    from .providers.codex import Tokens, TokenStore
+    from .providers.codex_login import DeviceCode
 
 app = typer.Typer(
     name="modelwire",
@@ -706,30 +708,59 @@ def _patterns(models: list[str] | None) -> list[str]:
 
 @app.command()
 def login(
+    device_code: Annotated[
+        bool,
+        typer.Option(
+            "--device-code", help="Sign in on any other device with a one-time code (no browser here)."
+        ),
+    ] = False,
     issuer: Annotated[str, typer.Option(help="The OAuth issuer.")] = "https://auth.openai.com",
-    port: Annotated[int, typer.Option(help="Local port for the sign-in redirect.")] = 1455,
+    port: Annotated[int, typer.Option(help="Local port for the browser sign-in's redirect.")] = 1455,
     no_browser: Annotated[
         bool, typer.Option("--no-browser", help="Print the link instead of opening it.")
     ] = False,
 ) -> None:
-    """Sign in with a ChatGPT plan for the Codex route (backends of type codex)."""
-    import webbrowser
+    """Sign in with a ChatGPT plan for the Codex route (backends of type codex).
 
+    The tokens go to $CODEX_HOME/auth.json (mode 0600), where the Codex CLI keeps them too.
+    """
     from .errors import ModelwireError
     from .providers.codex import FileTokenStore
-    from .providers.codex_login import login as run_login
-
-    def show(url: str) -> None:
-        err.print(f"Open this link to sign in:\n{url}")
-        if not no_browser:
-            webbrowser.open(url)
 
     store = FileTokenStore()
     try:
-        tokens = asyncio.run(run_login(store=store, issuer=issuer, port=port, show=show))
+        tokens = asyncio.run(_sign_in(store, device_code, issuer, port, no_browser))
     except TimeoutError:
         _fail("no sign-in arrived within 5 minutes")
     except (ModelwireError, OSError) as exc:
         _fail(str(exc))
     account = f" (account {tokens.account_id})" if tokens.account_id else ""
     err.print(f"Signed in{account}; tokens saved to {escape(store.where)}")
+
+
+async def _sign_in(store: TokenStore, device_code: bool, issuer: str, port: int, no_browser: bool) -> Tokens:
+    from .providers import codex_login
+
+    if device_code:
+        return await codex_login.device_login(store=store, issuer=issuer, show=_show_device_code)
+
+    def show(url: str) -> None:
+        err.print(f"Open this link to sign in:\n{escape(url)}")
+        if not no_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+
+    return await codex_login.login(store=store, issuer=issuer, port=port, show=show)
+
+
+def _show_device_code(code: DeviceCode) -> None:
+    from .providers.codex_login import DEVICE_WAIT
+
+    minutes = f"{DEVICE_WAIT / 60:g}"
+    err.print(
+        f"To sign in, open this link on any device:\n  {escape(code.verification_url)}\n"
+        f"and enter this one-time code (it expires in {minutes} minutes):\n  "
+        f"[bold]{escape(code.user_code)}[/bold]\n"
+        "Never share this code: device codes are a phishing target. Waiting for the sign-in…"
+    )
