@@ -714,6 +714,7 @@ def login(
             "--device-code", help="Sign in on any other device with a one-time code (no browser here)."
         ),
     ] = False,
+    config: StateConfig = None,
     issuer: Annotated[str, typer.Option(help="The OAuth issuer.")] = "https://auth.openai.com",
     port: Annotated[int, typer.Option(help="Local port for the browser sign-in's redirect.")] = 1455,
     no_browser: Annotated[
@@ -722,18 +723,19 @@ def login(
 ) -> None:
     """Sign in with a ChatGPT plan for the Codex route (backends of type codex).
 
-    The tokens go to $CODEX_HOME/auth.json (mode 0600), where the Codex CLI keeps them too.
+    The tokens go to $CODEX_HOME/auth.json (mode 0600), where the Codex CLI keeps them too; when
+    the config's store is PostgreSQL, into that store instead, encrypted with
+    MODELWIRE_CREDENTIALS_KEY, for every replica of the gateway to share.
     """
     from .errors import ModelwireError
-    from .providers.codex import FileTokenStore
 
-    store = FileTokenStore()
-    try:
-        tokens = asyncio.run(_sign_in(store, device_code, issuer, port, no_browser))
-    except TimeoutError:
-        _fail("no sign-in arrived within 5 minutes")
-    except (ModelwireError, OSError) as exc:
-        _fail(str(exc))
+    with _token_store(config) as store:
+        try:
+            tokens = asyncio.run(_sign_in(store, device_code, issuer, port, no_browser))
+        except TimeoutError:
+            _fail("no sign-in arrived within 5 minutes")
+        except (ModelwireError, OSError) as exc:
+            _fail(str(exc))
     account = f" (account {tokens.account_id})" if tokens.account_id else ""
     err.print(f"Signed in{account}; tokens saved to {escape(store.where)}")
 
@@ -764,3 +766,30 @@ def _show_device_code(code: DeviceCode) -> None:
         f"[bold]{escape(code.user_code)}[/bold]\n"
         "Never share this code: device codes are a phishing target. Waiting for the sign-in…"
     )
+
+
+@contextmanager
+def _token_store(config: str | None) -> Iterator[TokenStore]:
+    """Where a sign-in goes: the gateway's PostgreSQL store (sealed), else the Codex CLI's file."""
+    from .gateway.config import ConfigError, load_store
+    from .gateway.store import parse_store_url
+    from .providers.codex import FileTokenStore
+
+    try:
+        url = load_store(config)
+        shared = parse_store_url(url).get_backend_name() == "postgresql"
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc), code=2)
+    if not shared:
+        yield FileTokenStore()
+        return
+    from .gateway.credentials import Cipher, CredentialsKeyError, DatabaseTokenStore
+
+    try:
+        cipher = Cipher.from_env()
+    except CredentialsKeyError as exc:
+        _fail(str(exc), code=2)
+    location = _Location.of(url)
+    err.print(f"[dim]store: {escape(location.shown())}[/dim]")
+    with _opened(location) as store:
+        yield DatabaseTokenStore(store.engine, cipher)

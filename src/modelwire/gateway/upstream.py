@@ -29,6 +29,7 @@ from ..errors import (
 )
 from ..observe import Tap, redact
 from ..providers.catalog import Catalog
+from ..providers.codex import CodexCredentials
 from ..providers.driver import WireDriver
 from ..providers.hosts import Host
 from ..providers.openai import OpenAI
@@ -91,6 +92,11 @@ class Backend:
         self.transport = transport
         self.passthrough = self.profile.forwards_bodies
         self.missing_key = missing_key(config)  # set only for the zero-config default without a key
+        # A signed-in route's tokens: one set per backend, shared by its drivers (and moved to the
+        # store at start-up when replicas share it).
+        self.credentials = (
+            CodexCredentials(transport=transport) if self.profile.signs_in and not config.keys() else None
+        )
         self._headers = {"Content-Type": "application/json", **config.headers}
         self._drivers: dict[int, Driver] = {}
         self._key_headers: dict[int, dict[str, str]] = {}
@@ -170,6 +176,7 @@ class Backend:
             transport=self.transport,
             headers=self.config.headers,
             tap=self.tap,
+            credentials=self.credentials,
         )
 
 
