@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .errors import AuthenticationError, ModelwireError, UpstreamUnavailableError
-from .providers.hosts import PROFILES, HostKind, WireAPI
+from .providers.hosts import CODEX_REF, PROFILES, HostKind, WireAPI
 from .providers.openai import OpenAI
 from .types import BlockDelta, BlockStart, Finish, Message, Reasoning, Text, Usage
 
@@ -101,9 +101,13 @@ def chat(
     text = prompt if prompt not in (None, "-") else sys.stdin.read()
     if not text or not text.strip():
         _fail("nothing to ask: give a prompt or pipe one on stdin", code=2)
-    key = api_key or os.environ.get("OPENAI_API_KEY") or os.environ.get("AZURE_OPENAI_API_KEY")
     kind = _host(host)
-    if not key and not (kind is not None and PROFILES[kind].signs_in):
+    signs_in = model.startswith(CODEX_REF) or (kind is not None and PROFILES[kind].signs_in)
+    # A signed-in route takes only a key given here: one from the environment is for the API.
+    key = api_key or (
+        None if signs_in else os.environ.get("OPENAI_API_KEY") or os.environ.get("AZURE_OPENAI_API_KEY")
+    )
+    if not key and not signs_in:
         _fail("no API key: set OPENAI_API_KEY or pass --api-key", code=2)
     client = OpenAI(api_key=key, base_url=base_url, host=kind, api=_api(api), max_retries=2)
     messages = [Message(role="system", content=[Text(text=system)])] if system else []

@@ -234,7 +234,7 @@ class Config(_Model):
 
 def check_references(config: Config) -> None:
     """Every backend a rule or setting names exists; key names are unique."""
-    from .routing import parse_ref  # routing validates refs; config only locates the problem
+    from .routing import CODEX_ALIAS, NO_CODEX_BACKEND, parse_ref, resolve_alias  # routing validates refs
 
     names = set(config.backends)
     if config.default_backend is not None and config.default_backend not in names:
@@ -243,9 +243,13 @@ def check_references(config: Config) -> None:
         for j, entry in enumerate(rule.route):
             ref = entry if isinstance(entry, str) else entry.to
             try:
-                target = parse_ref(ref)
+                target = resolve_alias(parse_ref(ref), config)
             except ValueError as exc:
                 raise _located(f"models[{i}].route[{j}]", str(exc), names) from None
+            if target.backend == CODEX_ALIAS and target.backend not in names:
+                raise _located(
+                    f"models[{i}].route[{j}]", f"{NO_CODEX_BACKEND} (add one: `type: codex`)", set()
+                )
             if target.backend not in names:
                 raise _located(f"models[{i}].route[{j}]", f"unknown backend {target.backend!r}", names)
     seen: set[str] = set()

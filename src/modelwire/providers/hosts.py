@@ -41,6 +41,7 @@ Auth: TypeAlias = Literal["bearer", "azure", "x-api-key", "x-goog-api-key"]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 CODEX_BASE_URL = "https://chatgpt.com/backend-api/codex"
+CODEX_REF = "openai-codex/"  # a model ref that picks the Codex route: openai-codex/gpt-5.5
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
 ANTHROPIC_VERSION = "2023-06-01"

@@ -62,7 +62,7 @@ from ..types import (
 from .catalog import Catalog
 from .codex import CodexCredentials
 from .driver import observed_call, raising, read_events, read_json
-from .hosts import Endpoint, Host, HostKind, WireAPI
+from .hosts import CODEX_REF, Endpoint, Host, HostKind, WireAPI
 from .planning import Plan, Planner
 from .retry import RetryPolicy
 from .strict import StopScanner, cut_at_stop
@@ -84,6 +84,10 @@ class OpenAI:
     ``continuations`` bounds how many times a cut-off answer is continued (0 disables it).
     ``store`` decides Responses statefulness on native hosts: the default (False) replays the
     transcript with encrypted reasoning; True stores responses and chains by id.
+
+    A model written ``openai-codex/<model>`` goes by the Codex subscription route whatever the
+    client's own host, signed in with ``credentials`` (default: the Codex CLI's ``auth.json``) at
+    ``codex_base_url``.
     """
 
     def __init__(
@@ -112,6 +116,7 @@ class OpenAI:
         raw: bool = False,
         credentials: CodexCredentials | None = None,
         tap: Tap | None = None,
+        codex_base_url: str | None = None,
     ) -> None:
         self.host = Host.create(host, base_url or os.environ.get("OPENAI_BASE_URL") or None, api_version)
         self.api_key = api_key
@@ -142,12 +147,33 @@ class OpenAI:
         self._headers.update(headers or {})
         if credentials is None and self.host.profile.signs_in and not self.api_key:
             credentials = CodexCredentials(transport=self.transport)
-        self.credentials = credentials
+        # Only a signed-in host sends them; another keeps them for its openai-codex/ refs.
+        self.credentials = credentials if self.host.profile.signs_in else None
+        # What a Codex-route sibling (for openai-codex/ refs) is built from, when one is needed.
+        self._codex_settings: dict[str, Any] = {
+            "base_url": codex_base_url,
+            "timeout": timeout,
+            "deadline": deadline,
+            "retry": self.retry,
+            "continuations": continuations,
+            "compaction": compaction,
+            "catalog": self.catalog,
+            "transport": self.transport,
+            "on_event": on_event,
+            "debug": debug,
+            "raw": raw,
+            "tap": tap,
+            "credentials": credentials,
+        }
+        self._codex: OpenAI | None = None
 
     # ------------------------------------------------------------------------------- public API
 
     async def complete(self, request: Request | None = None, /, **settings: Any) -> Response:
         """One answer, whole. Cut-off answers are continued and merged; usage is summed and priced."""
+        route, settings = self._route(request, settings)
+        if route is not self:
+            return await route.complete(request, **settings)
         plan = self.planner.plan(request, settings, stream=False)
         async with _deadline(self.deadline):
             response = await self._call(plan)
@@ -170,6 +196,11 @@ class OpenAI:
     async def events(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
         """Like :meth:`stream`, but a failure after the stream started arrives as a
         :class:`StreamError` event rather than an exception (what a gateway needs to render it)."""
+        route, settings = self._route(request, settings)
+        if route is not self:
+            async for event in route.events(request, **settings):
+                yield event
+            return
         plan = self.planner.plan(request, settings, stream=True)
         self.observer.emit(StreamStarted(model=plan.req.model))
         total = Usage()
@@ -256,6 +287,19 @@ class OpenAI:
 
     async def aclose(self) -> None:
         await self.transport.aclose()
+
+    def _route(self, request: Request | None, settings: dict[str, Any]) -> tuple[OpenAI, dict[str, Any]]:
+        """The driver for a call's model, and the settings it takes: an ``openai-codex/`` ref goes
+        to the Codex route, with the ref's model name."""
+        model = settings.get("model", request.model if request is not None else None)
+        if not isinstance(model, str) or not model.startswith(CODEX_REF):
+            return self, settings
+        settings = {**settings, "model": model.removeprefix(CODEX_REF)}
+        if self.host.profile.signs_in:
+            return self, settings
+        if self._codex is None:
+            self._codex = OpenAI(host="codex", **self._codex_settings)
+        return self._codex, settings
 
     async def __aenter__(self) -> OpenAI:
         return self

@@ -1,0 +1,134 @@
+"""Using the Codex route: ``openai-codex/`` refs in the library and the gateway's routing; the
+upstream is the scripted account of tests/fake_codex.py (issuer and Codex backend)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import modelwire as mw
+from modelwire.gateway.config import ConfigError, parse_config
+from modelwire.gateway.routing import Router
+from modelwire.providers.codex import CodexCredentials
+from modelwire.providers.transport import AiohttpTransport
+
+from .fake_codex import FakeAccount
+from .fake_upstream import FakeUpstream, Reply
+from .gateway_fixtures import CLIENT_KEY
+
+
+@pytest.fixture
+def account() -> Iterator[FakeAccount]:
+    fake = FakeAccount().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[AiohttpTransport]:
+    client = AiohttpTransport()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def signed_in(account: FakeAccount, tmp_path: Path) -> Path:
+    path = tmp_path / "auth.json"
+    path.write_text(json.dumps(account.auth_json()))
+    return path
+
+
+def access_token(path: Path) -> str:
+    return str(json.loads(path.read_text())["tokens"]["access_token"])
+
+
+def codex_client(account: FakeAccount, path: Path, transport: AiohttpTransport, **settings: Any) -> mw.OpenAI:
+    credentials = CodexCredentials(path, issuer=account.issuer, transport=transport)
+    return mw.OpenAI(
+        host="codex", base_url=account.codex_url, credentials=credentials, transport=transport, **settings
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# openai-codex/ refs
+# ----------------------------------------------------------------------------------------------
+
+
+async def test_a_codex_ref_takes_the_codex_route_from_any_client(
+    account: FakeAccount, signed_in: Path, upstream: FakeUpstream, transport: AiohttpTransport
+) -> None:
+    credentials = CodexCredentials(signed_in, issuer=account.issuer, transport=transport)
+    client = mw.OpenAI(
+        api_key="sk-native",
+        base_url=upstream.url,
+        transport=transport,
+        credentials=credentials,
+        codex_base_url=account.codex_url,
+    )
+    reply = await client.complete(model="openai-codex/gpt-5.5", messages="hi")
+    assert reply.text == "codex says hi to gpt-5.5"
+    (call,) = account.responses()
+    assert call.body["model"] == "gpt-5.5" and call.bearer == access_token(signed_in)
+    assert upstream.requests == []  # the native host never saw it
+    upstream.script(Reply.text("native"))
+    request_ = mw.Request(model="gpt-4.1", messages=[mw.user("hi")])
+    assert (await client.complete(request_)).text == "native"
+    assert upstream.last.headers["authorization"] == "Bearer sk-native"
+    events = [e async for e in client.stream(request_, model="openai-codex/gpt-5.4")]
+    assert isinstance(events[-1], mw.Finish) and account.responses()[-1].body["model"] == "gpt-5.4"
+
+
+async def test_a_codex_ref_on_a_codex_client_names_the_model(
+    account: FakeAccount, signed_in: Path, transport: AiohttpTransport
+) -> None:
+    client = codex_client(account, signed_in, transport)
+    await client.complete(model="openai-codex/gpt-5.4-mini", messages="hi")
+    assert account.responses()[-1].body["model"] == "gpt-5.4-mini"
+
+
+def test_a_signed_in_route_takes_no_api_key_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-for-the-api")
+    monkeypatch.setenv("CODEX_HOME", str(tmp_path))
+    client = mw.OpenAI(host="codex")
+    assert client.api_key is None and client.credentials is not None
+
+
+def gateway_config(**backends: dict[str, Any]) -> dict[str, Any]:
+    return {"backends": backends, "keys": [{"key": CLIENT_KEY, "name": "all"}]}
+
+
+def test_gateway_codex_refs_go_to_the_codex_backend() -> None:
+    config = parse_config(
+        {
+            **gateway_config(api={"type": "openai", "api_key": "sk-x"}, sub={"type": "codex"}),
+            "models": [{"name": "mine", "route": ["openai-codex/gpt-5.5", "api/gpt-5.5"]}],
+        }
+    )
+    router = Router(config)
+    assert [t.ref for t in router.resolve("openai-codex/gpt-5.4").targets] == ["sub/gpt-5.4"]
+    assert [t.ref for t in router.resolve("mine").targets] == ["sub/gpt-5.5", "api/gpt-5.5"]
+    assert router.is_direct("openai-codex/gpt-5.4")
+
+
+def test_a_backend_named_openai_codex_wins() -> None:
+    config = parse_config(gateway_config(sub={"type": "codex"}, **{"openai-codex": {"type": "codex"}}))
+    assert [t.ref for t in Router(config).resolve("openai-codex/gpt-5.5").targets] == ["openai-codex/gpt-5.5"]
+
+
+def test_codex_refs_without_a_codex_backend_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"models\[0\]\.route\[0\]: openai-codex/… refs need a backend"):
+        parse_config(
+            {
+                **gateway_config(api={"type": "openai", "api_key": "sk-x"}),
+                "models": [{"name": "x", "route": "openai-codex/gpt-5.5"}],
+            }
+        )
+    router = Router(parse_config(gateway_config(api={"type": "openai", "api_key": "sk-x"})))
+    with pytest.raises(mw.NotFoundError, match="none is configured"):
+        router.resolve("openai-codex/gpt-5.5")  # not handed to the default backend as a model name
