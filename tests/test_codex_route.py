@@ -1,5 +1,6 @@
-"""Using the Codex route: ``openai-codex/`` refs in the library and the gateway's routing; the
-upstream is the scripted account of tests/fake_codex.py (issuer and Codex backend)."""
+"""Using the Codex route: ``openai-codex/`` refs in the library and the gateway's routing, and its
+context cap; the upstream is the scripted account of tests/fake_codex.py (issuer and Codex
+backend)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ import pytest
 import modelwire as mw
 from modelwire.gateway.config import ConfigError, parse_config
 from modelwire.gateway.routing import Router
+from modelwire.gateway.upstream import Backend
+from modelwire.providers.catalog import Catalog
 from modelwire.providers.codex import CodexCredentials
 from modelwire.providers.transport import AiohttpTransport
 
 from .fake_codex import FakeAccount
 from .fake_upstream import FakeUpstream, Reply
 from .gateway_fixtures import CLIENT_KEY
+
+LONG = "lorem ipsum dolor sit amet " * 1500  # about 7,500 tokens
 
 
 @pytest.fixture
@@ -132,3 +137,42 @@ def test_codex_refs_without_a_codex_backend_are_refused() -> None:
     router = Router(parse_config(gateway_config(api={"type": "openai", "api_key": "sk-x"})))
     with pytest.raises(mw.NotFoundError, match="none is configured"):
         router.resolve("openai-codex/gpt-5.5")  # not handed to the default backend as a model name
+
+
+# ----------------------------------------------------------------------------------------------
+# The context cap
+# ----------------------------------------------------------------------------------------------
+
+
+def test_the_codex_route_caps_gpt_5_5_at_272k(tmp_path: Path) -> None:
+    catalog = Catalog()
+    assert catalog.profile("gpt-5.5").context_window == 1_050_000
+    codex = mw.OpenAI(host="codex", credentials=CodexCredentials(tmp_path / "auth.json"), catalog=catalog)
+    assert codex.planner.window("gpt-5.5") == 272_000
+    assert codex.planner.window("gpt-4.1") == 272_000 and catalog.profile("gpt-4.1").context_window > 272_000
+    assert mw.OpenAI(api_key="sk", catalog=catalog).planner.window("gpt-5.5") == 1_050_000
+    lifted = mw.OpenAI(host="codex", credentials=CodexCredentials(tmp_path / "a"), context_cap=400_000)
+    assert lifted.planner.window("gpt-5.5") == 400_000
+    backend = Backend(
+        "sub",
+        parse_config(gateway_config(sub={"type": "codex"})).backends["sub"],
+        catalog,
+        AiohttpTransport(),
+    )
+    assert backend.context_window("gpt-5.5") == 272_000
+
+
+async def test_a_request_over_the_cap_is_refused_before_it_is_sent(
+    account: FakeAccount, signed_in: Path, transport: AiohttpTransport
+) -> None:
+    client = codex_client(account, signed_in, transport, context_cap=4096)
+    with pytest.raises(
+        mw.ContextLengthError, match="maximum context length on this route is 4096 tokens"
+    ) as info:
+        await client.complete(model="gpt-5.5", messages=LONG)
+    assert info.value.code == "context_length_exceeded" and info.value.status == 400
+    assert "the model itself takes 1050000" in info.value.message
+    assert account.responses() == []
+    near = "lorem ipsum dolor sit amet " * 200  # over the cap in bytes, under it in tokens: counted
+    assert len(near) > 4096
+    assert (await client.complete(model="gpt-5.5", messages=near)).text.startswith("codex says hi")

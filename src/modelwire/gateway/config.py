@@ -88,6 +88,9 @@ class BackendConfig(_Model):
     headers: dict[str, str] = Field(default_factory=dict)
     weight: float = Field(1.0, gt=0)
     inline_media: bool = Field(False, description="fetch image and file URLs and send their bytes")
+    context_cap: int | None = Field(
+        None, ge=1024, description="tokens of context any model may use here (default: the host's cap)"
+    )
 
     @property
     def wire(self) -> Dialect:

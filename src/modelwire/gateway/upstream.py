@@ -97,6 +97,7 @@ class Backend:
         self.credentials = (
             CodexCredentials(transport=transport) if self.profile.signs_in and not config.keys() else None
         )
+        self.context_cap = config.context_cap if config.context_cap is not None else self.profile.context_cap
         self._headers = {"Content-Type": "application/json", **config.headers}
         self._drivers: dict[int, Driver] = {}
         self._key_headers: dict[int, dict[str, str]] = {}
@@ -143,6 +144,10 @@ class Backend:
             driver = self._drivers[key_index] = self._new_driver(self.keys.keys[key_index])
         return driver
 
+    def context_window(self, model: str) -> int | None:
+        """The context ``model`` may use through this backend (its window under any cap)."""
+        return self.catalog.context_window(model, self.context_cap)
+
     async def list_models(self) -> list[str]:
         """The upstream's own model list, where its host has one in OpenAI's shape."""
         driver = self.driver(0)
@@ -177,6 +182,7 @@ class Backend:
             headers=self.config.headers,
             tap=self.tap,
             credentials=self.credentials,
+            context_cap=self.context_cap,
         )
 
 

@@ -87,7 +87,8 @@ class OpenAI:
 
     A model written ``openai-codex/<model>`` goes by the Codex subscription route whatever the
     client's own host, signed in with ``credentials`` (default: the Codex CLI's ``auth.json``) at
-    ``codex_base_url``.
+    ``codex_base_url``. ``context_cap`` bounds the context every model may use (default: the host's
+    own cap, 272,000 tokens on the Codex route); a request over it is refused before it is sent.
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class OpenAI:
         raw: bool = False,
         credentials: CodexCredentials | None = None,
         tap: Tap | None = None,
+        context_cap: int | None = None,
         codex_base_url: str | None = None,
     ) -> None:
         self.host = Host.create(host, base_url or os.environ.get("OPENAI_BASE_URL") or None, api_version)
@@ -138,6 +140,7 @@ class OpenAI:
             compaction=compaction,
             continuations=continuations,
             extra_body=dict(extra_body or {}),
+            context_cap=context_cap,
         )
         self._headers = {"Content-Type": "application/json", "User-Agent": f"modelwire/{__version__}"}
         if organization:
@@ -164,6 +167,7 @@ class OpenAI:
             "raw": raw,
             "tap": tap,
             "credentials": credentials,
+            "context_cap": context_cap,
         }
         self._codex: OpenAI | None = None
 
@@ -360,9 +364,9 @@ class OpenAI:
             yield event
 
     async def _post(self, plan: Plan, *, stream: bool) -> Reply:
-        return await self._send(
-            plan.wire.endpoint, plan.req.model, orjson.dumps(self.planner.body(plan)), stream=stream
-        )
+        body = orjson.dumps(self.planner.body(plan))
+        await self.planner.check_fits(plan, body)
+        return await self._send(plan.wire.endpoint, plan.req.model, body, stream=stream)
 
     async def _send(
         self, endpoint: Endpoint, model: str, body: bytes | None, *, stream: bool, method: str = "POST"
