@@ -1,10 +1,11 @@
-"""Using the Codex route: ``openai-codex/`` refs in the library and the gateway's routing, and its
-context cap; the upstream is the scripted account of tests/fake_codex.py (issuer and Codex
-backend)."""
+"""Using the Codex route: ``openai-codex/`` refs, its context cap, and its model listing, in the
+library and through a real gateway process; the upstream is the scripted account of
+tests/fake_codex.py (issuer and Codex backend)."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,12 @@ from modelwire.gateway.config import ConfigError, parse_config
 from modelwire.gateway.routing import Router
 from modelwire.gateway.upstream import Backend
 from modelwire.providers.catalog import Catalog
-from modelwire.providers.codex import CodexCredentials
+from modelwire.providers.codex import REFRESH_URL_ENV, CodexCredentials
 from modelwire.providers.transport import AiohttpTransport
 
 from .fake_codex import FakeAccount
 from .fake_upstream import FakeUpstream, Reply
-from .gateway_fixtures import CLIENT_KEY
+from .gateway_fixtures import CLIENT_KEY, RunningGateway, request, start_gateway
 
 LONG = "lorem ipsum dolor sit amet " * 1500  # about 7,500 tokens
 
@@ -176,3 +177,102 @@ async def test_a_request_over_the_cap_is_refused_before_it_is_sent(
     near = "lorem ipsum dolor sit amet " * 200  # over the cap in bytes, under it in tokens: counted
     assert len(near) > 4096
     assert (await client.complete(model="gpt-5.5", messages=near)).text.startswith("codex says hi")
+
+
+# ----------------------------------------------------------------------------------------------
+# The model listing
+# ----------------------------------------------------------------------------------------------
+
+
+async def test_the_listing_adds_the_models_the_catalog_omits(
+    account: FakeAccount, signed_in: Path, transport: AiohttpTransport
+) -> None:
+    account.catalog = ["gpt-5.4", "gpt-5.4-mini"]
+    client = codex_client(account, signed_in, transport)
+    assert await client.list_models() == ["gpt-5.4", "gpt-5.4-mini", "gpt-5.5"]
+    (call,) = account.calls
+    assert call.path.endswith("/models") and call.bearer
+    account.catalog = ["gpt-5.5", "gpt-5.4"]
+    assert await client.list_models() == ["gpt-5.5", "gpt-5.4"]  # listed once, in the catalog's order
+    assert set(client.catalog.models()) == {"gpt-5.4", "gpt-5.4-mini", "gpt-5.5"}  # the catalog learnt them
+
+
+async def test_the_listing_needs_a_sign_in(
+    account: FakeAccount, tmp_path: Path, transport: AiohttpTransport
+) -> None:
+    with pytest.raises(mw.AuthenticationError, match="modelwire login"):
+        await codex_client(account, tmp_path / "missing.json", transport).list_models()
+    account.refuse_all = True  # signed in on our side, refused by the backend: nothing is served
+    path = tmp_path / "auth.json"
+    path.write_text(json.dumps(account.auth_json()))
+    with pytest.raises(mw.AuthenticationError):
+        await codex_client(account, path, transport).list_models()
+
+
+# ----------------------------------------------------------------------------------------------
+# Through a gateway process
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def codex_gateway(account: FakeAccount, tmp_path: Path) -> Iterator[tuple[RunningGateway, Path]]:
+    home = tmp_path / "codex"
+    home.mkdir()
+    (home / "auth.json").write_text(json.dumps(account.auth_json()))
+    config = {
+        "store": f"sqlite:///{tmp_path}/state.db",
+        "backends": {"sub": {"type": "codex", "base_url": account.codex_url, "context_cap": 4096}},
+        "keys": [{"key": CLIENT_KEY, "name": "all"}],
+        "usage": {"flush_seconds": 0.1},
+    }
+    env = {"CODEX_HOME": str(home), REFRESH_URL_ENV: f"{account.issuer}/oauth/token"}
+    running = start_gateway(config, tmp_path, env=env)
+    try:
+        yield running, home / "auth.json"
+    finally:
+        running.stop()
+
+
+def chat(gateway: RunningGateway, model: str, text: str = "hi") -> tuple[int, dict[str, Any]]:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": text}]}).encode()
+    status, _, payload = request(
+        gateway, "POST", "/v1/chat/completions", body, {"Content-Type": "application/json"}
+    )
+    return status, json.loads(payload)
+
+
+def test_the_gateway_serves_the_codex_route(
+    account: FakeAccount, codex_gateway: tuple[RunningGateway, Path]
+) -> None:
+    gateway, auth = codex_gateway
+    account.catalog = ["gpt-5.4"]
+    status, _, payload = request(gateway, "GET", "/v1/models")
+    assert status == 200
+    assert [m["id"] for m in json.loads(payload)["data"]] == ["gpt-5.4", "gpt-5.5"]
+
+    status, answer = chat(gateway, "gpt-5.5")  # omitted by the catalog, served all the same
+    assert status == 200 and answer["choices"][0]["message"]["content"] == "codex says hi to gpt-5.5"
+    status, answer = chat(gateway, "openai-codex/gpt-5.4")
+    assert status == 200 and answer["choices"][0]["message"]["content"] == "codex says hi to gpt-5.4"
+
+    sent = len(account.responses())
+    status, answer = chat(gateway, "gpt-5.5", LONG)
+    assert status == 400 and answer["error"]["code"] == "context_length_exceeded"
+    assert "4096 tokens" in answer["error"]["message"] and len(account.responses()) == sent
+    body = {"model": "gpt-5.5", "max_tokens": 64, "messages": [{"role": "user", "content": LONG}]}
+    headers = {"Content-Type": "application/json", "anthropic-version": "2023-06-01"}
+    status, _, payload = request(gateway, "POST", "/v1/messages", json.dumps(body).encode(), headers)
+    error = json.loads(payload)["error"]
+    assert status == 400 and error["type"] == "invalid_request_error"
+    assert re.fullmatch(r"prompt is too long: \d+ tokens > 4096 maximum", error["message"]), error
+    assert len(account.responses()) == sent
+
+    first = json.loads(auth.read_text())["tokens"]
+    account.revoke(first["access_token"])
+    status, answer = chat(gateway, "gpt-5.5")
+    assert status == 200 and len(account.refreshes()) == 1
+    assert json.loads(auth.read_text())["tokens"]["access_token"] == account.responses()[-1].bearer
+    assert auth.stat().st_mode & 0o777 == 0o600
+    log = gateway.log()
+    for secret in (*first.values(), account.responses()[-1].bearer):
+        assert secret not in log

@@ -149,9 +149,9 @@ class Backend:
         return self.catalog.context_window(model, self.context_cap)
 
     async def list_models(self) -> list[str]:
-        """The upstream's own model list, where its host has one in OpenAI's shape."""
+        """The upstream's own model list, where its host has one (OpenAI's, or the Codex catalog)."""
         driver = self.driver(0)
-        if not (self.profile.lists_models and isinstance(driver, OpenAI)):
+        if not ((self.profile.lists_models or self.profile.codex_catalog) and isinstance(driver, OpenAI)):
             return []
         return await driver.list_models()
 

@@ -83,6 +83,7 @@ class HostProfile:
     forwards_bodies: bool = True  # a client's body can go as it came (Codex needs rewriting)
     embeddings: bool = False
     lists_models: bool = True  # GET /models in OpenAI's shape
+    codex_catalog: bool = False  # GET /models?client_version= in the Codex backend's shape
     context_cap: int | None = None  # the context every model gets here, below its own window
     streams_only: bool = False  # answers only streamed requests
     signs_in: bool = False  # OAuth tokens from a sign-in rather than a key
@@ -133,6 +134,7 @@ PROFILES: dict[HostKind, HostProfile] = {
         websocket=True,
         forwards_bodies=False,
         lists_models=False,
+        codex_catalog=True,
         # The route runs models at this window (gpt-5.5 takes about 1M tokens on the API).
         context_cap=CODEX_CONTEXT_CAP,
         streams_only=True,

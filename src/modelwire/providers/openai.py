@@ -28,6 +28,7 @@ from ..dialects.stream import ResponseAccumulator, events_from_response
 from ..errors import (
     AuthenticationError,
     ModelwireError,
+    PermissionDeniedError,
     PreviousResponseNotFound,
     ProtocolError,
     TimeoutError,
@@ -61,6 +62,7 @@ from ..types import (
 )
 from .catalog import Catalog
 from .codex import CodexCredentials
+from .codex_models import CATALOG_QUERY, catalog_models, with_served
 from .driver import observed_call, raising, read_events, read_json
 from .hosts import CODEX_REF, Endpoint, Host, HostKind, WireAPI
 from .planning import Plan, Planner
@@ -282,12 +284,29 @@ class OpenAI:
         return Embeddings(vectors=vectors, model=data.get("model") or model, usage=usage)
 
     async def list_models(self) -> list[str]:
-        """The upstream's model ids (``GET /models``); the catalog learns them too."""
-        reply = await self._send("models", "", None, stream=False, method="GET")
-        listed = (await read_json(reply)).get("data") or []
-        ids = [m["id"] for m in listed if isinstance(m, dict) and "id" in m]
+        """The upstream's model ids (``GET /models``); the catalog learns them too.
+
+        On the Codex route: its catalog, plus the models it serves that the catalog omits
+        (:mod:`.codex_models`), listed only while the account is signed in.
+        """
+        if self.host.profile.codex_catalog:
+            ids = await self._codex_models()
+        else:
+            reply = await self._send("models", "", None, stream=False, method="GET")
+            listed = (await read_json(reply)).get("data") or []
+            ids = [m["id"] for m in listed if isinstance(m, dict) and "id" in m]
         self.catalog.discover(ids)
         return ids
+
+    async def _codex_models(self) -> list[str]:
+        try:
+            reply = await self._send("models", "", None, stream=False, method="GET", suffix=CATALOG_QUERY)
+            listed = catalog_models(await read_json(reply))
+        except (AuthenticationError, PermissionDeniedError):
+            raise  # not signed in (or not any more): nothing is served, so nothing is listed
+        except ModelwireError:
+            listed = []  # signed in, but the catalog is out of reach: what we know is still served
+        return with_served(listed)
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -369,7 +388,14 @@ class OpenAI:
         return await self._send(plan.wire.endpoint, plan.req.model, body, stream=stream)
 
     async def _send(
-        self, endpoint: Endpoint, model: str, body: bytes | None, *, stream: bool, method: str = "POST"
+        self,
+        endpoint: Endpoint,
+        model: str,
+        body: bytes | None,
+        *,
+        stream: bool,
+        method: str = "POST",
+        suffix: str = "",
     ) -> Reply:
         """One request with retries; returns a reply whose status is a success.
 
@@ -377,7 +403,7 @@ class OpenAI:
         revoked early, or refreshed by another process. That resend is not a retry (no backoff,
         no attempt counted), and a second 401 is the answer.
         """
-        url = self.host.url(endpoint, model)
+        url = self.host.url(endpoint, model, suffix)
         auth = await self.credentials.headers() if self.credentials else self.host.auth_headers(self.api_key)
         headers = {**self._headers, **auth}
         if stream:
