@@ -11,8 +11,9 @@ event stream, and ``GET /models`` with a catalog in the Codex shape.
 Device-code sign-in: ``device`` sets how the user behaves on the verification page: approve after
 some polls, decline, let the code expire, or device sign-in turned off (404).
 
-It runs in a thread with its own loop, so a gateway subprocess can reach it. Written from the
-wire notes in ``modelwire.providers.codex_login`` and docs/research, never from modelwire's code.
+It runs in a thread with its own loop, so a gateway subprocess can reach it. It is written from
+the wire as docs/research/codex-and-azure.md records it and imports nothing from modelwire, so a
+misreading of the wire cannot hide on both sides of it.
 """
 
 from __future__ import annotations
