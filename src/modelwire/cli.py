@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .errors import AuthenticationError, ModelwireError, UpstreamUnavailableError
-from .providers.hosts import PROFILES, HostKind, WireAPI
+from .providers.hosts import CODEX_REF, PROFILES, HostKind, WireAPI
 from .providers.openai import OpenAI
 from .types import BlockDelta, BlockStart, Finish, Message, Reasoning, Text, Usage
 
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from .gateway.routing import Router
     from .gateway.store import KeyRecord, Store, UsageRow
     from .providers.catalog import Catalog
+    from .providers.codex import Tokens, TokenStore
+    from .providers.codex_login import DeviceCode
 
 app = typer.Typer(
     name="modelwire",
@@ -99,9 +101,13 @@ def chat(
     text = prompt if prompt not in (None, "-") else sys.stdin.read()
     if not text or not text.strip():
         _fail("nothing to ask: give a prompt or pipe one on stdin", code=2)
-    key = api_key or os.environ.get("OPENAI_API_KEY") or os.environ.get("AZURE_OPENAI_API_KEY")
     kind = _host(host)
-    if not key and not (kind is not None and PROFILES[kind].signs_in):
+    signs_in = model.startswith(CODEX_REF) or (kind is not None and PROFILES[kind].signs_in)
+    # A signed-in route takes only a key given here: one from the environment is for the API.
+    key = api_key or (
+        None if signs_in else os.environ.get("OPENAI_API_KEY") or os.environ.get("AZURE_OPENAI_API_KEY")
+    )
+    if not key and not signs_in:
         _fail("no API key: set OPENAI_API_KEY or pass --api-key", code=2)
     client = OpenAI(api_key=key, base_url=base_url, host=kind, api=_api(api), max_retries=2)
     messages = [Message(role="system", content=[Text(text=system)])] if system else []
@@ -706,29 +712,88 @@ def _patterns(models: list[str] | None) -> list[str]:
 
 @app.command()
 def login(
+    device_code: Annotated[
+        bool,
+        typer.Option(
+            "--device-code", help="Sign in on any other device with a one-time code (no browser here)."
+        ),
+    ] = False,
+    config: StateConfig = None,
     issuer: Annotated[str, typer.Option(help="The OAuth issuer.")] = "https://auth.openai.com",
-    port: Annotated[int, typer.Option(help="Local port for the sign-in redirect.")] = 1455,
+    port: Annotated[int, typer.Option(help="Local port for the browser sign-in's redirect.")] = 1455,
     no_browser: Annotated[
         bool, typer.Option("--no-browser", help="Print the link instead of opening it.")
     ] = False,
 ) -> None:
-    """Sign in with a ChatGPT plan for the Codex route (backends of type codex)."""
-    import webbrowser
+    """Sign in with a ChatGPT plan for the Codex route (backends of type codex).
 
+    The tokens go to $CODEX_HOME/auth.json (mode 0600), where the Codex CLI keeps them too; when
+    the config's store is PostgreSQL, into that store instead, encrypted with
+    MODELWIRE_CREDENTIALS_KEY, for every replica of the gateway to share.
+    """
     from .errors import ModelwireError
-    from .providers.codex import codex_home
-    from .providers.codex import login as run_login
+
+    with _token_store(config) as store:
+        try:
+            tokens = asyncio.run(_sign_in(store, device_code, issuer, port, no_browser))
+        except TimeoutError:
+            _fail("no sign-in arrived within 5 minutes")
+        except (ModelwireError, OSError) as exc:
+            _fail(str(exc))
+    account = f" (account {tokens.account_id})" if tokens.account_id else ""
+    err.print(f"Signed in{account}; tokens saved to {escape(store.where)}")
+
+
+async def _sign_in(store: TokenStore, device_code: bool, issuer: str, port: int, no_browser: bool) -> Tokens:
+    from .providers import codex_login
+
+    if device_code:
+        return await codex_login.device_login(store=store, issuer=issuer, show=_show_device_code)
 
     def show(url: str) -> None:
-        err.print(f"Open this link to sign in:\n{url}")
+        err.print(f"Open this link to sign in:\n{escape(url)}")
         if not no_browser:
+            import webbrowser
+
             webbrowser.open(url)
 
+    return await codex_login.login(store=store, issuer=issuer, port=port, show=show)
+
+
+def _show_device_code(code: DeviceCode) -> None:
+    from .providers.codex_login import DEVICE_WAIT
+
+    minutes = f"{DEVICE_WAIT / 60:g}"
+    err.print(
+        f"To sign in, open this link on any device:\n  {escape(code.verification_url)}\n"
+        f"and enter this one-time code (it expires in {minutes} minutes):\n  "
+        f"[bold]{escape(code.user_code)}[/bold]\n"
+        "Never share this code: device codes are a phishing target. Waiting for the sign-in…"
+    )
+
+
+@contextmanager
+def _token_store(config: str | None) -> Iterator[TokenStore]:
+    """Where a sign-in goes: the gateway's PostgreSQL store (sealed), else the Codex CLI's file."""
+    from .gateway.config import ConfigError, load_store
+    from .gateway.store import parse_store_url
+    from .providers.codex import FileTokenStore
+
     try:
-        tokens = asyncio.run(run_login(issuer=issuer, port=port, show=show))
-    except TimeoutError:
-        _fail("no sign-in arrived within 5 minutes")
-    except (ModelwireError, OSError) as exc:
-        _fail(str(exc))
-    account = f" (account {tokens.account_id})" if tokens.account_id else ""
-    err.print(f"Signed in{account}; tokens saved to {codex_home() / 'auth.json'}")
+        url = load_store(config)
+        shared = parse_store_url(url).get_backend_name() == "postgresql"
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc), code=2)
+    if not shared:
+        yield FileTokenStore()
+        return
+    from .gateway.credentials import Cipher, CredentialsKeyError, DatabaseTokenStore
+
+    try:
+        cipher = Cipher.from_env()
+    except CredentialsKeyError as exc:
+        _fail(str(exc), code=2)
+    location = _Location.of(url)
+    err.print(f"[dim]store: {escape(location.shown())}[/dim]")
+    with _opened(location) as store:
+        yield DatabaseTokenStore(store.engine, cipher)

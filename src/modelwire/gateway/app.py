@@ -44,6 +44,7 @@ from .capture import Capture
 from .chains import Chains
 from .clients import ClientAddress, is_loopback
 from .config import Config
+from .credentials import share_credentials
 from .forwarding import Forwarder
 from .generation import Generation
 from .health import Dependencies
@@ -85,7 +86,7 @@ class Gateway:
         )
         self.state = State.in_memory(KeyBook(config.keys, None, loopback=is_loopback(config.server.host)))
         self.accounting = accounting = Accounting(self.state, self.metrics, self.capture, catalog)
-        backends = {
+        self.backends = backends = {
             name: Backend(
                 name, b, catalog, transport, tap=accounting.driver_tap(name) if self.capture else None
             )
@@ -161,6 +162,8 @@ class Gateway:
     async def startup(self) -> None:
         state, config = self.state, self.config
         state.store = store = await asyncio.to_thread(Store, config.store)
+        if store.dialect == "postgresql":  # replicas share sign-ins through the store (encrypted)
+            share_credentials(store.engine, [b.credentials for b in self.backends.values() if b.credentials])
         state.keys = KeyBook(config.keys, store, loopback=state.keys.loopback)
         await asyncio.to_thread(state.keys.sync)
         self.dependencies.watch("store")

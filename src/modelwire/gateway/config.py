@@ -92,6 +92,9 @@ class BackendConfig(_Model):
     headers: dict[str, str] = Field(default_factory=dict)
     weight: float = Field(1.0, gt=0)
     inline_media: bool = Field(False, description="fetch image and file URLs and send their bytes")
+    context_cap: int | None = Field(
+        None, ge=1024, description="tokens of context any model may use here (default: the host's cap)"
+    )
 
     @property
     def wire(self) -> Dialect:
@@ -238,7 +241,7 @@ class Config(_Model):
 
 def check_references(config: Config) -> None:
     """Every backend a rule or setting names exists; key names are unique."""
-    from .routing import parse_ref  # routing validates refs; config only locates the problem
+    from .routing import CODEX_ALIAS, NO_CODEX_BACKEND, parse_ref, resolve_alias  # routing validates refs
 
     names = set(config.backends)
     if config.default_backend is not None and config.default_backend not in names:
@@ -247,9 +250,13 @@ def check_references(config: Config) -> None:
         for j, entry in enumerate(rule.route):
             ref = entry if isinstance(entry, str) else entry.to
             try:
-                target = parse_ref(ref)
+                target = resolve_alias(parse_ref(ref), config)
             except ValueError as exc:
                 raise _located(f"models[{i}].route[{j}]", str(exc), names) from None
+            if target.backend == CODEX_ALIAS and target.backend not in names:
+                raise _located(
+                    f"models[{i}].route[{j}]", f"{NO_CODEX_BACKEND} (add one: `type: codex`)", set()
+                )
             if target.backend not in names:
                 raise _located(f"models[{i}].route[{j}]", f"unknown backend {target.backend!r}", names)
     seen: set[str] = set()

@@ -128,7 +128,9 @@ class Generation:
 
     async def _too_long(self, call: Call, err: ContextLengthError) -> ContextLengthError:
         """The overflow in Anthropic's own words, which Claude Code recognises (and then compacts)."""
-        window = self.catalog.context_window(call.upstream_model or call.model)
+        backend = self.failover.backends.get(call.backend or "")
+        model = call.upstream_model or call.model
+        window = backend.context_window(model) if backend else self.catalog.context_window(model)
         try:
             tokens = await asyncio.to_thread(count_request_tokens, call.decoded())
         except ModelwireError:

@@ -4,10 +4,16 @@ A route target is written ``backend/model`` (or ``backend:model``), optionally f
 parameters that override what the client sent: ``openai/gpt-5.4-mini?reasoning_effort=low``.
 Parameters are typed and checked when the config loads, so a typo fails at start-up, not on the
 thousandth request.
+
+``openai-codex/<model>`` names the Codex subscription route, as the same ref does in the library:
+it goes to the backend named ``openai-codex`` if there is one, else to the first backend of
+``type: codex``. With none configured such a ref is a config error in a rule and "not found" in a
+request, never a name some other upstream is asked about.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from collections.abc import Callable
@@ -17,6 +23,7 @@ from urllib.parse import parse_qsl
 
 from ..errors import InvalidRequestError, NotFoundError
 from ..providers.catalog import EFFORT_ORDER
+from ..providers.hosts import CODEX_REF
 
 if TYPE_CHECKING:
     from .config import Config
@@ -99,6 +106,25 @@ def parse_ref(ref: str, weight: float = 1.0) -> Target:
     return Target(backend=base[:cut], model=base[cut + 1 :], params=tuple(params), weight=weight)
 
 
+CODEX_ALIAS = CODEX_REF.rstrip("/")
+
+
+def codex_backend(config: Config) -> str | None:
+    """The backend ``openai-codex/`` refs go to: one so named, else the first of type codex."""
+    if CODEX_ALIAS in config.backends:
+        return CODEX_ALIAS
+    return next((name for name, b in config.backends.items() if b.type == "codex"), None)
+
+
+def resolve_alias(target: Target, config: Config) -> Target:
+    """``target`` with an ``openai-codex`` ref pointed at the Codex backend (unchanged without one)."""
+    if target.backend != CODEX_ALIAS:
+        return target
+    backend = codex_backend(config)
+    return dataclasses.replace(target, backend=backend) if backend else target
+
+
+NO_CODEX_BACKEND = "openai-codex/… refs need a backend of type codex, and none is configured"
 _rng = random.Random()
 
 
@@ -135,7 +161,8 @@ class Router:
     def __post_init__(self) -> None:
         for rule in self.config.models:
             targets = tuple(
-                parse_ref(e) if isinstance(e, str) else parse_ref(e.to, e.weight) for e in rule.route
+                resolve_alias(parse_ref(e) if isinstance(e, str) else parse_ref(e.to, e.weight), self.config)
+                for e in rule.route
             )
             names = frozenset([rule.name, *rule.aliases]) if rule.name else frozenset(rule.aliases)
             pattern = re.compile(rule.match) if rule.match else None
@@ -172,11 +199,17 @@ class Router:
 
     def _direct(self, model: str) -> Target | None:
         try:
-            target = parse_ref(model)
+            target = resolve_alias(parse_ref(model), self.config)
         except ValueError as exc:
             if "URI parameter" in str(exc):
                 raise InvalidRequestError(str(exc), code="invalid_value", param="model") from None
             return None
+        if target.backend == CODEX_ALIAS and CODEX_ALIAS not in self.config.backends:
+            raise NotFoundError(
+                f"The model {model!r} does not exist on this gateway: {NO_CODEX_BACKEND}",
+                code="model_not_found",
+                param="model",
+            )
         return target if target.backend in self.config.backends else None
 
     def public_models(self) -> list[str]:

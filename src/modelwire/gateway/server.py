@@ -25,6 +25,7 @@ from .app import Gateway
 from .auth import KeyBook
 from .clients import is_loopback
 from .config import Config, ConfigError, load_config, missing_key, with_overrides
+from .credentials import CredentialsKeyError, check_credentials_key
 from .metrics import prepare_multiprocess
 from .migrations import HEAD, fast_revision
 from .requestlog import configure_logging
@@ -88,6 +89,14 @@ except Exception as exc:
 """
 
 
+def check_credentials(config: Config) -> None:
+    """Replicas that share a sign-in keep it encrypted in the store: no key, no start (fail closed)."""
+    try:
+        check_credentials_key(config)
+    except CredentialsKeyError as exc:
+        raise ConfigError(config.source, "store", str(exc)) from None
+
+
 def check_bind(config: Config, keys: KeyBook) -> None:
     """No client keys anywhere means anyone who can connect may spend: loopback only, then."""
     if keys.has_keys or keys.loopback:
@@ -146,6 +155,7 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> None:
     server = config.server
     configure_logging(server.log_level, server.log_format)
     keys = load_keys(config)
+    check_credentials(config)
     check_bind(config, keys)
     check_workers(config, keys)
     warn_missing_keys(config)

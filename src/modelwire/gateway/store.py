@@ -41,6 +41,7 @@ from sqlalchemy import (
     Engine,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -279,6 +280,19 @@ state_table = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("version", BigInteger, nullable=False),
+)
+
+
+# Sign-in credentials (the Codex route's OAuth tokens) that replicas share, sealed with a key from
+# the environment (:mod:`.credentials`): ``secret`` is never plaintext. ``version`` moves with
+# every write; a refresh holds the row's lock, so replicas spend a single-use refresh token once.
+credentials_table = Table(
+    "mw_credentials",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    Column("secret", LargeBinary, nullable=False),
+    Column("updated_at", Double, nullable=False),
 )
 
 

@@ -29,6 +29,7 @@ from ..errors import (
 )
 from ..observe import Tap, redact
 from ..providers.catalog import Catalog
+from ..providers.codex import CodexCredentials
 from ..providers.driver import WireDriver
 from ..providers.hosts import Host
 from ..providers.openai import OpenAI
@@ -91,6 +92,12 @@ class Backend:
         self.transport = transport
         self.passthrough = self.profile.forwards_bodies
         self.missing_key = missing_key(config)  # set only for the zero-config default without a key
+        # A signed-in route's tokens: one set per backend, shared by its drivers (and moved to the
+        # store at start-up when replicas share it).
+        self.credentials = (
+            CodexCredentials(transport=transport) if self.profile.signs_in and not config.keys() else None
+        )
+        self.context_cap = config.context_cap if config.context_cap is not None else self.profile.context_cap
         self._headers = {"Content-Type": "application/json", **config.headers}
         self._drivers: dict[int, Driver] = {}
         self._key_headers: dict[int, dict[str, str]] = {}
@@ -137,10 +144,14 @@ class Backend:
             driver = self._drivers[key_index] = self._new_driver(self.keys.keys[key_index])
         return driver
 
+    def context_window(self, model: str) -> int | None:
+        """The context ``model`` may use through this backend (its window under any cap)."""
+        return self.catalog.context_window(model, self.context_cap)
+
     async def list_models(self) -> list[str]:
-        """The upstream's own model list, where its host has one in OpenAI's shape."""
+        """The upstream's own model list, where its host has one (OpenAI's, or the Codex catalog)."""
         driver = self.driver(0)
-        if not (self.profile.lists_models and isinstance(driver, OpenAI)):
+        if not ((self.profile.lists_models or self.profile.codex_catalog) and isinstance(driver, OpenAI)):
             return []
         return await driver.list_models()
 
@@ -173,6 +184,8 @@ class Backend:
             http=self.transport,
             headers=self.config.headers,
             tap=self.tap,
+            credentials=self.credentials,
+            context_cap=self.context_cap,
         )
 
 

@@ -145,11 +145,18 @@ class Catalog:
             return dataclasses.replace(self._profiles[best], id=model)
         return ModelProfile(id=model, known=False)
 
-    def context_window(self, model: str) -> int | None:
+    def context_window(self, model: str, cap: int | None = None) -> int | None:
+        """The context ``model`` may use: its window, under this catalog's cap and ``cap`` (a
+        route's own, such as the Codex route's)."""
         window = self.profile(model).context_window
-        if self.context_cap is not None:
-            return min(window, self.context_cap) if window else self.context_cap
+        for limit in (self.context_cap, cap):
+            if limit is not None:
+                window = min(window, limit) if window else limit
         return window
+
+    def capped(self, cap: int | None = None) -> bool:
+        """Whether a cap (this catalog's, or ``cap``) bounds context windows."""
+        return self.context_cap is not None or cap is not None
 
     def cost(self, model: str, usage: Usage) -> float | None:
         return cost(self.profile(model), usage)

@@ -41,6 +41,8 @@ Auth: TypeAlias = Literal["bearer", "azure", "x-api-key", "x-goog-api-key"]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 CODEX_BASE_URL = "https://chatgpt.com/backend-api/codex"
+CODEX_CONTEXT_CAP = 272_000
+CODEX_REF = "openai-codex/"  # a model ref that picks the Codex route: openai-codex/gpt-5.5
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
 ANTHROPIC_VERSION = "2023-06-01"
@@ -82,6 +84,8 @@ class HostProfile:
     forwards_bodies: bool = True  # a client's body can go as it came (Codex needs rewriting)
     embeddings: bool = False
     lists_models: bool = True  # GET /models in OpenAI's shape
+    codex_catalog: bool = False  # GET /models?client_version= in the Codex backend's shape
+    context_cap: int | None = None  # the context every model gets here, below its own window
     streams_only: bool = False  # answers only streamed requests
     signs_in: bool = False  # OAuth tokens from a sign-in rather than a key
     filter_chunks: bool = False  # stream chunks carrying only content-filter verdicts
@@ -134,6 +138,9 @@ PROFILES: dict[HostKind, HostProfile] = {
         metadata=False,
         forwards_bodies=False,
         lists_models=False,
+        codex_catalog=True,
+        # The route runs models at this window (gpt-5.5 takes about 1M tokens on the API).
+        context_cap=CODEX_CONTEXT_CAP,
         streams_only=True,
         signs_in=True,
     ),

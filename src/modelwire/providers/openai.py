@@ -27,8 +27,10 @@ import orjson
 from .._version import __version__
 from ..dialects.stream import ResponseAccumulator, events_from_response
 from ..errors import (
+    AuthenticationError,
     InvalidRequestError,
     ModelwireError,
+    PermissionDeniedError,
     PreviousResponseNotFound,
     ProtocolError,
     TimeoutError,
@@ -62,8 +64,9 @@ from ..types import (
 )
 from .catalog import Catalog
 from .codex import CodexCredentials
+from .codex_models import CATALOG_QUERY, catalog_models, with_served
 from .driver import observed_call, raising, read_events, read_json
-from .hosts import Endpoint, Host, HostKind, WireAPI
+from .hosts import CODEX_REF, Endpoint, Host, HostKind, WireAPI
 from .planning import Plan, Planner
 from .retry import RetryPolicy
 from .session import Session
@@ -95,6 +98,11 @@ class OpenAI:
     :meth:`session` keeps one socket for a conversation (:mod:`.websocket`). ``http`` is the HTTP
     client (a :class:`Transport`; one passed as ``transport`` is taken as that too), ``sockets``
     the WebSocket policy.
+
+    A model written ``openai-codex/<model>`` goes by the Codex subscription route whatever the
+    client's own host, signed in with ``credentials`` (default: the Codex CLI's ``auth.json``) at
+    ``codex_base_url``. ``context_cap`` bounds the context every model may use (default: the host's
+    own cap, 272,000 tokens on the Codex route); a request over it is refused before it is sent.
     """
 
     def __init__(
@@ -125,13 +133,13 @@ class OpenAI:
         raw: bool = False,
         credentials: CodexCredentials | None = None,
         tap: Tap | None = None,
+        context_cap: int | None = None,
+        codex_base_url: str | None = None,
     ) -> None:
         self.host = Host.create(host, base_url or os.environ.get("OPENAI_BASE_URL") or None, api_version)
-        self.api_key = (
-            api_key
-            if api_key is not None
-            else os.environ.get(self.host.profile.key_env) or os.environ.get("OPENAI_API_KEY")
-        )
+        self.api_key = api_key
+        if api_key is None and not self.host.profile.signs_in:  # a signed-in route takes no env key
+            self.api_key = os.environ.get(self.host.profile.key_env) or os.environ.get("OPENAI_API_KEY")
         self.api: WireAPI = api
         self.timeout = timeout
         self.deadline = deadline
@@ -150,6 +158,7 @@ class OpenAI:
             compaction=compaction,
             continuations=continuations,
             extra_body=dict(extra_body or {}),
+            context_cap=context_cap,
         )
         self._headers = {"Content-Type": "application/json", "User-Agent": f"modelwire/{__version__}"}
         if organization:
@@ -159,7 +168,8 @@ class OpenAI:
         self._headers.update(headers or {})
         if credentials is None and self.host.profile.signs_in and not self.api_key:
             credentials = CodexCredentials(transport=self.transport)
-        self.credentials = credentials
+        # Only a signed-in host sends them; another keeps them for its openai-codex/ refs.
+        self.credentials = credentials if self.host.profile.signs_in else None
         sockets_client = (
             self.transport if isinstance(self.transport, AiohttpTransport) else default_transport()
         )
@@ -173,22 +183,44 @@ class OpenAI:
             policy=sockets or SocketPolicy(),
             metadata=self.host.profile.metadata,
         )
+        # What a Codex-route sibling (for openai-codex/ refs) is built from, when one is needed.
+        self._codex_settings: dict[str, Any] = {
+            "base_url": codex_base_url,
+            "timeout": timeout,
+            "deadline": deadline,
+            "retry": self.retry,
+            "continuations": continuations,
+            "compaction": compaction,
+            "catalog": self.catalog,
+            "transport": self.mode,
+            "http": self.transport,
+            "sockets": sockets,
+            "on_event": on_event,
+            "debug": debug,
+            "raw": raw,
+            "tap": tap,
+            "credentials": credentials,
+            "context_cap": context_cap,
+        }
+        self._codex: OpenAI | None = None
 
     # ------------------------------------------------------------------------------- public API
 
     async def complete(self, request: Request | None = None, /, **settings: Any) -> Response:
         """One answer, whole. Cut-off answers are continued and merged; usage is summed and priced."""
-        return await self._complete_on(None, request, settings)
+        driver, settings = self._by_ref(request, settings)
+        return await driver._complete_on(None, request, settings)
 
     async def stream(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
         """The answer as neutral events. A failure after the stream started raises a typed error."""
-        async for event in raising(self._events_on(None, request, settings)):
+        async for event in raising(self.events(request, **settings)):
             yield event
 
     async def events(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
         """Like :meth:`stream`, but a failure after the stream started arrives as a
         :class:`StreamError` event rather than an exception (what a gateway needs to render it)."""
-        async for event in self._events_on(None, request, settings):
+        driver, settings = self._by_ref(request, settings)
+        async for event in driver._events_on(None, request, settings):
             yield event
 
     def session(self, *, warmup: bool = False, **defaults: Any) -> Session:
@@ -200,7 +232,8 @@ class OpenAI:
     async def warmup(self, request: Request | None = None, /, **settings: Any) -> bool:
         """Open a pooled socket ahead of the first call and prime it with ``generate: false``
         (instructions and tools, no input). Whether it worked; a failure is not raised."""
-        return await self._warmup_on(None, request, settings)
+        driver, settings = self._by_ref(request, settings)
+        return await driver._warmup_on(None, request, settings)
 
     # ------------------------------------------------------------- calls on a lease (sessions)
 
@@ -316,16 +349,46 @@ class OpenAI:
         return Embeddings(vectors=vectors, model=data.get("model") or model, usage=usage)
 
     async def list_models(self) -> list[str]:
-        """The upstream's model ids (``GET /models``); the catalog learns them too."""
-        reply = await self._send("models", "", None, stream=False, method="GET")
-        listed = (await read_json(reply)).get("data") or []
-        ids = [m["id"] for m in listed if isinstance(m, dict) and "id" in m]
+        """The upstream's model ids (``GET /models``); the catalog learns them too.
+
+        On the Codex route: its catalog, plus the models it serves that the catalog omits
+        (:mod:`.codex_models`), listed only while the account is signed in.
+        """
+        if self.host.profile.codex_catalog:
+            ids = await self._codex_models()
+        else:
+            reply = await self._send("models", "", None, stream=False, method="GET")
+            listed = (await read_json(reply)).get("data") or []
+            ids = [m["id"] for m in listed if isinstance(m, dict) and "id" in m]
         self.catalog.discover(ids)
         return ids
+
+    async def _codex_models(self) -> list[str]:
+        try:
+            reply = await self._send("models", "", None, stream=False, method="GET", suffix=CATALOG_QUERY)
+            listed = catalog_models(await read_json(reply))
+        except (AuthenticationError, PermissionDeniedError):
+            raise  # not signed in (or not any more): nothing is served, so nothing is listed
+        except ModelwireError:
+            listed = []  # signed in, but the catalog is out of reach: what we know is still served
+        return with_served(listed)
 
     async def aclose(self) -> None:
         await self.sockets.aclose()
         await self.transport.aclose()
+
+    def _by_ref(self, request: Request | None, settings: dict[str, Any]) -> tuple[OpenAI, dict[str, Any]]:
+        """The driver for a call's model, and the settings it takes: an ``openai-codex/`` ref goes
+        to the Codex route, with the ref's model name."""
+        model = settings.get("model", request.model if request is not None else None)
+        if not isinstance(model, str) or not model.startswith(CODEX_REF):
+            return self, settings
+        settings = {**settings, "model": model.removeprefix(CODEX_REF)}
+        if self.host.profile.signs_in:
+            return self, settings
+        if self._codex is None:
+            self._codex = OpenAI(host="codex", **self._codex_settings)
+        return self._codex, settings
 
     async def __aenter__(self) -> OpenAI:
         return self
@@ -408,26 +471,45 @@ class OpenAI:
             yield event
 
     async def _post(self, plan: Plan, *, stream: bool) -> Reply:
-        return await self._send(
-            plan.wire.endpoint, plan.req.model, orjson.dumps(self.planner.body(plan)), stream=stream
-        )
+        body = orjson.dumps(self.planner.body(plan))
+        await self.planner.check_fits(plan, body)
+        return await self._send(plan.wire.endpoint, plan.req.model, body, stream=stream)
 
     async def _send(
-        self, endpoint: Endpoint, model: str, body: bytes | None, *, stream: bool, method: str = "POST"
+        self,
+        endpoint: Endpoint,
+        model: str,
+        body: bytes | None,
+        *,
+        stream: bool,
+        method: str = "POST",
+        suffix: str = "",
     ) -> Reply:
-        """One request with retries; returns a reply whose status is a success."""
-        url = self.host.url(endpoint, model)
+        """One request with retries; returns a reply whose status is a success.
+
+        A signed-in route's 401 renews the token and sends again, once: the token may have been
+        revoked early, or refreshed by another process. That resend is not a retry (no backoff,
+        no attempt counted), and a second 401 is the answer.
+        """
+        url = self.host.url(endpoint, model, suffix)
         headers = {**self._headers, **await self._auth()}
         if stream:
             headers["Accept"] = "text/event-stream"
         self.observer.payload("request", url, headers, body or b"")
         attempt = 0
+        renewed = False
         while True:
             self.observer.emit(
                 RequestSent(url=url, model=model, api=endpoint, attempt=attempt, stream=stream)
             )
             try:
                 return await self._attempt(method, url, headers, body)
+            except AuthenticationError:
+                if self.credentials is None or renewed:
+                    raise
+                renewed = True
+                rejected = headers["Authorization"].removeprefix("Bearer ")
+                headers.update(await self.credentials.renew(rejected))
             except ModelwireError as err:
                 wait = self.retry.delay(attempt, err)
                 if wait is None:

@@ -3,6 +3,7 @@ goes on, the body it becomes, and how a cut-off answer is continued or a lost ch
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 from collections import OrderedDict
@@ -11,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from ..errors import ContextLengthError
 from ..observe import ChainInvalidated, Observer, Repaired
 from ..types import Message, Request, Response, ToolName
 from ..wires import OPENAI_APIS, WIRES, Wire
@@ -53,10 +55,13 @@ class Planner:
         compaction: bool,
         continuations: int,
         extra_body: dict[str, Any],
+        context_cap: int | None = None,
     ) -> None:
         self.host, self.api, self.catalog, self.observer = host, api, catalog, observer
         self.store, self.compaction, self.continuations = store, compaction, continuations
         self.extra_body = extra_body
+        # A route's cap on context (given, else the host's own): see :meth:`window`.
+        self.context_cap = context_cap if context_cap is not None else host.profile.context_cap
         self._reported_repairs: OrderedDict[str, None] = OrderedDict()
 
     def plan(self, request: Request | None, settings: dict[str, Any], *, stream: bool) -> Plan:
@@ -82,6 +87,33 @@ class Planner:
         if self.chains(wire) and req.store and req.previous_response_id is None:
             _chain(plan)
         return plan
+
+    def window(self, model: str) -> int | None:
+        """The context ``model`` may use on this route: its window under any cap."""
+        return self.catalog.context_window(model, self.context_cap)
+
+    async def check_fits(self, plan: Plan, body: bytes) -> None:
+        """Refuse, before it goes upstream, a request over a capped window (a cap is this side's
+        promise, so it is kept here rather than left to an upstream whose window may be larger).
+
+        Counting is O(input), so it runs only when the body could be over: a body's bytes bound
+        its text tokens from above (every token is at least one byte).
+        """
+        window = self.window(plan.req.model)
+        if window is None or not self.catalog.capped(self.context_cap) or len(body) <= window:
+            return
+        from ..tokens import count_request_tokens
+
+        tokens = await asyncio.to_thread(count_request_tokens, plan.req)
+        if tokens > window:
+            native = plan.profile.context_window
+            raise ContextLengthError(
+                f"This model's maximum context length on this route is {window} tokens (a context cap"
+                f"{f'; the model itself takes {native}' if native and native > window else ''}), but "
+                f"the request has {tokens} input tokens. Shorten the input or compact the conversation.",
+                code="context_length_exceeded",
+                param="input",
+            )
 
     def chains(self, wire: Wire) -> bool:
         """Whether calls on ``wire`` chain by stored response id on this host."""
@@ -130,7 +162,7 @@ class Planner:
             if include:
                 body["include"] = sorted(set(include))
             if host.compaction and self.compaction:
-                window = self.catalog.context_window(req.model) or DEFAULT_CONTEXT_WINDOW
+                window = self.window(req.model) or DEFAULT_CONTEXT_WINDOW
                 threshold = max(1000, int(window * COMPACTION_SHARE))
                 body.setdefault(
                     "context_management", [{"type": "compaction", "compact_threshold": threshold}]
