@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets.sync.client as ws_client
 
 from .fake_upstream import FakeUpstream, Reply
-from .gateway_fixtures import CLIENT_KEY, RunningGateway
+from .gateway_fixtures import CLIENT_KEY, RunningGateway, base_config, start_gateway
 
 TOOL = {
     "type": "function",
@@ -115,14 +116,21 @@ def test_a_dropped_upstream_socket_is_reopened_with_the_whole_conversation(
 
 
 def test_an_upstream_that_refuses_sockets_is_served_over_https(
-    upstream: FakeUpstream, client_socket: ws_client.ClientConnection
+    upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     """Two refused handshakes (the first try and its one retry): the turn goes over HTTPS, and so
-    do the next turns while the backend's sockets rest, without another handshake."""
+    do the next turns while the backend's sockets rest, without another handshake. (A gateway of
+    its own: the rest would outlast this test.)"""
     upstream.refuse_upgrades(*[Reply.error(503, "no sockets here")] * 3)
     upstream.script(Reply.text("Over HTTPS."), Reply.text("Still HTTPS."))
-    first = turn(client_socket, model="resp-model", input="hello")
-    second = turn(client_socket, model="resp-model", input="again")
+    gateway = start_gateway(base_config(upstream, tmp_path), tmp_path, name="resting")
+    try:
+        url = gateway.url.replace("http://", "ws://") + "/v1/responses"
+        with ws_client.connect(url, additional_headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as socket:
+            first = turn(socket, model="resp-model", input="hello")
+            second = turn(socket, model="resp-model", input="again")
+    finally:
+        gateway.stop()
     assert first[-1]["type"] == "response.completed", first[-1]
     assert second[-1]["response"]["output"][0]["content"][0]["text"] == "Still HTTPS."
     sent = generations(upstream)
@@ -151,3 +159,21 @@ def test_a_chat_route_stays_on_http(
     assert events[-1]["response"]["output"][0]["content"][0]["text"] == "From Chat."
     (sent,) = upstream.requests
     assert sent.socket == 0 and sent.path.endswith("/chat/completions")
+
+
+def test_failover_between_targets_before_any_output(
+    upstream: FakeUpstream, client_socket: ws_client.ClientConnection
+) -> None:
+    """The route's first target (native, over its socket) answers 503 error events, to its retries
+    too: the turn fails over to the next target (a Chat upstream, over HTTP) and the client sees
+    one answer."""
+    overloaded = Reply.error(503, "overloaded", code="server_is_overloaded")
+    upstream.for_model("failing-model", *[overloaded] * 3)  # the try and the backend's two retries
+    upstream.for_model("backup-model", Reply.text("From the backup."))
+    events = turn(client_socket, model="failover-translated", input="hi")
+    assert events[-1]["type"] == "response.completed", events[-1]
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "From the backup."
+    assert [e["type"] for e in events].count("response.created") == 1
+    *tried, served = upstream.requests
+    assert [(r.websocket, r.body["model"]) for r in tried] == [(True, "failing-model")] * 3
+    assert not served.websocket and served.path.endswith("/chat/completions")
