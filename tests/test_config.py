@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+import yaml
 
 from modelwire.errors import InvalidRequestError, NotFoundError
 from modelwire.gateway.config import (
@@ -154,9 +155,41 @@ def test_parse_ref_forms() -> None:
     target = parse_ref("a/m?max_output_tokens=100&temperature=1&verbosity=low")
     assert target.overrides() == {"max_output_tokens": 100, "temperature": 1.0, "verbosity": "low"}
     assert isinstance(target.overrides()["max_output_tokens"], int)
-    for bad in ("nomodel", "/m", "a/", "a/m?max_output_tokens=0", "a/m?reasoning_effort=ultra"):
+    assert parse_ref("claude") == Target(backend="claude", model="")  # the client's model, filled in later
+    for bad in ("", "/m", "a/", "a/m?max_output_tokens=0", "a/m?reasoning_effort=ultra"):
         with pytest.raises(ValueError):
             parse_ref(bad)
+
+
+def test_the_readme_configuration_reference_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's annotated configuration parses as written (every setting it shows exists)."""
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY"):
+        monkeypatch.setenv(name, "sk-from-env")
+    monkeypatch.setenv("MODELWIRE_KEY", "mw-client-key")
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    start = readme.index("backends:                    # name -> upstream")
+    block = readme[start : readme.index("```", start)]
+    config = parse_config(yaml.safe_load(block))
+    assert {"openai", "codex", "claude", "gemini"} <= set(config.backends)
+    route = Router(config).resolve("claude-sonnet-4-5")
+    assert [t.ref for t in route.targets] == ["claude/claude-sonnet-4-5", "openai/gpt-5.5"]
+
+
+def test_a_bare_backend_in_a_route_keeps_the_model_asked_for() -> None:
+    """``route: [claude, openai/gpt-5.5]`` under a ``match`` rule: Anthropic with the client's own
+    model name, then a fixed fallback; a bare name is never a direct ref for clients."""
+    config = parse_config(
+        {
+            "backends": {"claude": {"type": "anthropic"}, "openai": {}},
+            "models": [{"match": "^claude-", "route": ["claude?temperature=0.5", "openai/gpt-5.5"]}],
+        }
+    )
+    router = Router(config)
+    first, second = router.resolve("claude-opus-4-1").targets
+    assert first.ref == "claude/claude-opus-4-1" and first.params == (("temperature", 0.5),)
+    assert second.ref == "openai/gpt-5.5"
+    with pytest.raises(NotFoundError):
+        router.resolve("claude")  # a backend's name alone is not a model
 
 
 def test_rules_in_order_direct_refs_and_default_backend() -> None:

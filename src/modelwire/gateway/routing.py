@@ -88,11 +88,14 @@ class Target:
 
 
 def parse_ref(ref: str, weight: float = 1.0) -> Target:
-    """``backend/model?param=value`` (or ``backend:model``) as a :class:`Target`."""
+    """``backend/model?param=value`` (or ``backend:model``) as a :class:`Target`; a bare ``backend``
+    is that backend with the model the client asked for (``model`` empty until a request fills it)."""
     base, _, query = ref.partition("?")
     slash, colon = base.find("/"), base.find(":")
     cut = slash if slash != -1 and (colon == -1 or slash < colon) else colon
-    if cut <= 0 or cut == len(base) - 1:
+    if cut == -1 and base:
+        cut = len(base)
+    elif cut <= 0 or cut == len(base) - 1:
         raise ValueError(f"{ref!r} is not a backend/model reference")
     params: list[tuple[str, Any]] = []
     for name, raw in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
@@ -184,7 +187,8 @@ class Router:
             return Route(public=model, targets=route.targets, weighted=route.weighted)
         for _, pattern, names, targets in self._rules:
             if model in names or (pattern is not None and pattern.search(model)):
-                return _route(model, targets)
+                kept = tuple(t if t.model else dataclasses.replace(t, model=model) for t in targets)
+                return _route(model, kept)
         direct = self._direct(model)
         if direct is not None:
             return Route(public=model, targets=(direct,))
@@ -210,7 +214,7 @@ class Router:
                 code="model_not_found",
                 param="model",
             )
-        return target if target.backend in self.config.backends else None
+        return target if target.model and target.backend in self.config.backends else None
 
     def public_models(self) -> list[str]:
         names = [
