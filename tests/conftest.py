@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from modelwire.providers.transport import AiohttpTransport
+from tests.fake_codex import FakeAccount
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_fixtures import RunningGateway, base_config, start_gateway
 from tests.services import PrivatePostgres, PrivateRedis, shared_services_problem
@@ -109,3 +111,22 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 
 # ---------------------------------------------------------------------------------------------- end
+
+
+# ----------------------------------------------------------------------------------------------
+# The Codex route: a scripted OpenAI account (issuer and Codex backend), and an HTTP client
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def account() -> Iterator[FakeAccount]:
+    fake = FakeAccount().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[AiohttpTransport]:
+    client = AiohttpTransport()
+    yield client
+    await client.aclose()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,20 +19,6 @@ from modelwire.providers.codex import REFRESH_MARGIN, CodexCredentials, FileToke
 from modelwire.providers.transport import AiohttpTransport
 
 from .fake_codex import ACCOUNT, FakeAccount
-
-
-@pytest.fixture
-def account() -> Iterator[FakeAccount]:
-    fake = FakeAccount().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-async def transport() -> AsyncIterator[AiohttpTransport]:
-    client = AiohttpTransport()
-    yield client
-    await client.aclose()
 
 
 def signed_in(account: FakeAccount, path: Path, **grant: float) -> dict[str, str]:

@@ -9,7 +9,7 @@ import os
 import subprocess
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -147,20 +147,6 @@ def test_no_login_yet(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 # Device-code sign-in against the scripted account (tests/fake_codex.py)
 # ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def account() -> Iterator[FakeAccount]:
-    fake = FakeAccount().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-async def transport() -> AsyncIterator[AiohttpTransport]:
-    client = AiohttpTransport()
-    yield client
-    await client.aclose()
 
 
 class Clock:

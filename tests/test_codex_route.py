@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +25,6 @@ from .fake_upstream import FakeUpstream, Reply
 from .gateway_fixtures import CLIENT_KEY, RunningGateway, request, start_gateway
 
 LONG = "lorem ipsum dolor sit amet " * 1500  # about 7,500 tokens
-
-
-@pytest.fixture
-def account() -> Iterator[FakeAccount]:
-    fake = FakeAccount().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-async def transport() -> AsyncIterator[AiohttpTransport]:
-    client = AiohttpTransport()
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

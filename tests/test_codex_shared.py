@@ -12,7 +12,7 @@ import base64
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +33,6 @@ from .services import SHARED_POSTGRES_URL, drop_schema, new_schema_name, postgre
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 OTHER_KEY = base64.urlsafe_b64encode(bytes(range(1, 33))).decode()
-
-
-@pytest.fixture
-def account() -> Iterator[FakeAccount]:
-    fake = FakeAccount().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-async def transport() -> AsyncIterator[AiohttpTransport]:
-    client = AiohttpTransport()
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
