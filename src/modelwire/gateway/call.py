@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,15 @@ class Call:
                 body = {**body, "input": self.items, "previous_response_id": None}
             self.request = self.surface.decode_request(body)
         return self.request
+
+    def echoed(self) -> Request:
+        """The request as its answer repeats it back: with the ``previous_response_id`` the client
+        named, which :meth:`decoded` leaves out once the gateway expanded the chain itself."""
+        req = self.decoded()
+        previous = self.body.get("previous_response_id")
+        if self.items is None or not isinstance(previous, str):
+            return req
+        return dataclasses.replace(req, previous_response_id=previous)
 
 
 class InFlight:

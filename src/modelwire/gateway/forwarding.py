@@ -17,7 +17,7 @@ from ..errors import ModelwireError, ProtocolError
 from ..providers.transport import Reply, Transport
 from ..providers.transport import call as upstream_call
 from ..types import Usage
-from . import http, passthrough
+from . import http, lineage, passthrough
 from .accounting import Accounting
 from .call import Call
 from .http import Send
@@ -92,6 +92,9 @@ class Forwarder:
         """A whole forwarded answer: its status, its bytes, its usage."""
         value = outcome.value
         self.accounting.record("upstream_response", call, value.payload)
+        previous = lineage.named(call)
+        if previous is not None and value.doc is not None:
+            value.payload = orjson.dumps(lineage.mend(value.doc, previous))
         await self.accounting.remember(call, value.doc, outcome.backend, translated=False)
         usage = outcome.backend.wire.usage_of(value.doc) if value.doc is not None else None
         return value.reply.status, value.payload, usage
@@ -107,6 +110,8 @@ class Forwarder:
             call.body, filter_chunks=backend.profile.filter_chunks, json_array=call.surface.json_array
         )
         call.failing_end = tap.fail
+        previous = lineage.named(call)
+        mender = lineage.StreamMender(previous) if previous is not None else None
         # A stored response must be in the store before the client can name it: hold the final event.
         hold = self.accounting.keeps(call, backend, translated=False)
         capture = self.accounting.capture is not None
@@ -117,6 +122,10 @@ class Forwarder:
                 if capture:
                     self.accounting.record("upstream_chunk", call, chunk)
                 if out:
+                    if mender is not None:
+                        out = mender.feed(out)
+                        if tap.response is not None:
+                            lineage.mend(tap.response, mender.previous)
                     if hold and tap.response is not None:
                         hold = False
                         await self.accounting.remember(call, tap.response, backend, translated=False)
@@ -139,7 +148,7 @@ class Forwarder:
         doc = passthrough.json_object(await outcome.value.reply.read())
         response = outcome.backend.wire.decode_response(doc)
         response.model = call.model
-        renderer = call.surface.stream_renderer(call.decoded(), call.body)
+        renderer = call.surface.stream_renderer(call.echoed(), call.body)
         body = b"".join(renderer.feed(e) for e in events_from_response(response)) + renderer.end()
         await http.stream_chunk(send, body)
         return response.usage, 200
