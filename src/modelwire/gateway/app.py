@@ -11,8 +11,9 @@ built once here:
 - :class:`~.accounting.Accounting`: answers and errors in the client's dialect, usage rows,
   metrics, capture;
 - :class:`~.sideroutes.SideRoutes` (embeddings, model listings, token counts),
-  :class:`~.stored.StoredResponses`, and :class:`~.sockets.ResponsesSockets` (Responses over
-  WebSocket, each response served through this same dispatch).
+  :class:`~.compaction.Compaction`, :class:`~.stored.StoredResponses`, and
+  :class:`~.sockets.ResponsesSockets` (Responses over WebSocket, each response served through this
+  same dispatch).
 
 Every API request goes through :meth:`Gateway._serve`: tracked while in flight, ended cleanly if
 cut at shutdown, its errors said in its own dialect, one log line at the end.
@@ -42,6 +43,7 @@ from .call import Call, InFlight
 from .capture import Capture
 from .chains import Chains
 from .clients import ClientAddress, is_loopback
+from .compaction import Compaction
 from .config import Config
 from .forwarding import Forwarder
 from .generation import Generation
@@ -121,6 +123,7 @@ class Gateway:
             config, router, catalog, backends, failover, transport, admission, accounting, forwarder
         )
         self.stored = StoredResponses(backends, transport, self.state, admission, accounting)
+        self.compaction = Compaction(backends, failover, transport, admission, accounting)
         self.client_address = ClientAddress(config.server.trusted_proxies)
         self.sockets = ResponsesSockets(self, admission, self.client_address)
         self.request_log = RequestLog(config.server.log_format)
@@ -145,6 +148,7 @@ class Gateway:
             routes[("GET", prefix + "/models")] = (side.list_models, CHAT)
         routes[("POST", "/v1/messages")] = (generate, ANTHROPIC)
         routes[("POST", "/v1/responses/input_tokens")] = (side.responses_tokens, RESPONSES)
+        routes[("POST", "/v1/responses/compact")] = (self.compaction.compact, RESPONSES)
         routes[("POST", "/v1/messages/count_tokens")] = (side.anthropic_tokens, ANTHROPIC)
         return routes
 
