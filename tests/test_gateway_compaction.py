@@ -4,18 +4,14 @@ process, passing through to a native upstream, refused with a 400 wherever no up
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
-from sqlalchemy import select
-
-from modelwire.gateway.store import Store, usage_table
 
 from .fake_upstream import FakeUpstream, Reply
-from .gateway_fixtures import CLIENT_KEY, RunningGateway
+from .gateway_fixtures import CLIENT_KEY, RunningGateway, usage_rows
 from .spec import assert_openai
 
 CONVERSATION: list[Any] = [
@@ -38,19 +34,6 @@ def client(gateway: RunningGateway) -> Iterator[openai.OpenAI]:
         yield sdk
 
 
-def usage_row(gateway: RunningGateway, request_id: str) -> dict[str, Any]:
-    """The request's usage row, once the batch writer has written it."""
-    deadline = time.monotonic() + 10
-    while True:
-        with Store(gateway.config["store"]) as store, store.engine.connect() as conn:
-            stmt = select(usage_table).where(usage_table.c.request_id == request_id)
-            rows = [dict(row) for row in conn.execute(stmt).mappings()]
-        if rows or time.monotonic() > deadline:
-            assert len(rows) == 1, rows
-            return rows[0]
-        time.sleep(0.05)
-
-
 def test_compact_passes_through_to_a_native_upstream(
     upstream: FakeUpstream, client: openai.OpenAI, gateway: RunningGateway
 ) -> None:
@@ -66,7 +49,7 @@ def test_compact_passes_through_to_a_native_upstream(
     assert (sent.method, sent.path) == ("POST", "/v1/responses/compact")
     assert sent.body == {"model": "gpt-4.1", "input": CONVERSATION}  # only the model changed
     assert raw.headers["x-modelwire-backend"] == "oai"
-    row = usage_row(gateway, raw.headers["x-request-id"])
+    [row] = usage_rows(gateway, raw.headers["x-request-id"])
     assert (row["input_tokens"], row["output_tokens"], row["status"]) == (139, 438, 200)
     assert row["public_model"] == "resp-model" and row["backend"] == "oai"
 

@@ -10,6 +10,7 @@ built once here:
   wire, bytes pass through a usage tap) or translated (:class:`~.translation.Translator`);
 - :class:`~.accounting.Accounting`: answers and errors in the client's dialect, usage rows,
   metrics, capture;
+- :class:`~.background.Background`: background responses the gateway runs itself;
 - :class:`~.sideroutes.SideRoutes` (embeddings, model listings, token counts),
   :class:`~.compaction.Compaction`, :class:`~.stored.StoredResponses`, and
   :class:`~.sockets.ResponsesSockets` (Responses over WebSocket, each response served through this
@@ -39,6 +40,7 @@ from . import http
 from .accounting import Accounting
 from .admission import Admission
 from .auth import KeyBook
+from .background import Background
 from .call import Call, InFlight
 from .capture import Capture
 from .chains import Chains
@@ -122,7 +124,9 @@ class Gateway:
         self.side = SideRoutes(
             config, router, catalog, backends, failover, transport, admission, accounting, forwarder
         )
-        self.stored = StoredResponses(backends, transport, self.state, admission, accounting)
+        self.background = Background(config, self.generation, backends, self.state, accounting)
+        self.generation.background = self.background
+        self.stored = StoredResponses(backends, transport, self.state, admission, accounting, self.background)
         self.compaction = Compaction(backends, failover, transport, admission, accounting)
         self.client_address = ClientAddress(config.server.trusted_proxies)
         self.sockets = ResponsesSockets(self, admission, self.client_address)
@@ -186,6 +190,7 @@ class Gateway:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.background.stop()  # before the usage and stored responses are written out
         await self.accounting.drain()
         state = self.state
         await state.chains.drain()
@@ -200,8 +205,10 @@ class Gateway:
         self.request_log.flush()
 
     def begin_shutdown(self) -> None:
-        """A stop signal arrived: in-flight requests get the grace period, then are cut cleanly."""
+        """A stop signal arrived: in-flight requests and background responses get the grace period,
+        then are cut cleanly."""
         self.inflight.cut_after(self.config.server.grace_seconds)
+        self.background.cut_after(self.config.server.grace_seconds)
 
     def _hook_stop_signals(self) -> None:
         """Learn of SIGTERM/SIGINT alongside the server (which stops accepting and waits): the server
@@ -337,7 +344,7 @@ class Gateway:
         )
         with contextlib.suppress(OSError):  # the client may be gone too
             await self.accounting.error(call, send, err)
-        if call.model:
+        if call.model and not call.detached:
             self.accounting.account(call, await self.accounting.estimate(call), call.status)
 
     # ------------------------------------------------------------------------------ plain routes

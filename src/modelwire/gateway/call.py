@@ -44,6 +44,7 @@ class Call:
     task: asyncio.Task[Any] | None = None
     cut: bool = False  # ended by the gateway's shutdown, past the grace period
     events: int = 0  # stream events forwarded, for estimating output when a stream is cut
+    detached: bool = False  # handed to a background run, which accounts its usage instead
 
     def served_by(self, target: Target, backend: Backend) -> None:
         self.backend, self.upstream_model = backend.name, target.model
