@@ -318,15 +318,31 @@ def test_deleting_a_running_response_stops_it_for_good(upstream: FakeUpstream, c
 # ----------------------------------------------------------------------------------------------
 
 
-def test_a_native_upstream_runs_it_and_answers_for_it(upstream: FakeUpstream, client: openai.OpenAI) -> None:
-    created = client.responses.create(model="resp-model", input="q", background=True)
+def test_a_native_upstream_runs_it_and_answers_for_it(
+    upstream: FakeUpstream, client: openai.OpenAI, gateway: RunningGateway
+) -> None:
+    upstream.script(Reply.text("upstream did it", usage=(21, 8)))
+    raw = client.responses.with_raw_response.create(model="resp-model", input="q", background=True)
+    created = raw.parse()
     assert created.status == "queued" and created.id.startswith("resp_fake")  # the upstream's own
     assert upstream.last.body["background"] is True
     done = client.responses.retrieve(created.id)  # the fake finishes at its first poll
     assert done.status == "completed" and upstream.last.path == f"/v1/responses/{created.id}"
-    other = client.responses.create(model="resp-model", input="q", background=True)
+    # The usage row waits for the end upstream (the gateway polls for it), then counts it once.
+    rows = usage_rows(gateway, raw.headers["x-request-id"])
+    assert [(r["input_tokens"], r["output_tokens"], r["status"]) for r in rows] == [(21, 8, 200)]
+    polls = [
+        r for r in upstream.requests if r.headers.get("x-client-request-id") == raw.headers["x-request-id"]
+    ]
+    assert [r.method for r in polls][:2] == ["POST", "GET"]  # with the key that created it
+    assert {r.headers["authorization"] for r in polls} == {polls[0].headers["authorization"]}
+
+    raw = client.responses.with_raw_response.create(model="resp-model", input="cancel me", background=True)
+    other = raw.parse()
     assert client.responses.cancel(other.id).status == "cancelled"
     assert (upstream.last.method, upstream.last.path) == ("POST", f"/v1/responses/{other.id}/cancel")
+    [row] = usage_rows(gateway, raw.headers["x-request-id"])  # no usage upstream: the input, offline
+    assert row["input_tokens"] > 0 and row["output_tokens"] == 0
 
 
 def test_a_native_upstreams_stream_resumes_upstream(upstream: FakeUpstream, client: openai.OpenAI) -> None:

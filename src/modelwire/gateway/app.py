@@ -65,6 +65,7 @@ from .surfaces import ANTHROPIC, CHAT, EMBEDDINGS, GEMINI, GEMINI_ARRAY, RESPONS
 from .sync import StoreSync
 from .translation import Translator
 from .upstream import Backend, Failover
+from .upstream_runs import UpstreamRuns
 
 log = logging.getLogger("modelwire.gateway")
 Handler = Callable[[Call, Scope, Receive, Send], Awaitable[None]]
@@ -112,6 +113,7 @@ class Gateway:
             accounting,
         )
         forwarder = Forwarder(transport, accounting)
+        self.upstream_runs = UpstreamRuns(transport, accounting)
         self.generation = Generation(
             config,
             catalog,
@@ -120,6 +122,7 @@ class Gateway:
             accounting,
             forwarder,
             Translator(config, catalog, transport, accounting),
+            self.upstream_runs,
         )
         self.side = SideRoutes(
             config, router, catalog, backends, failover, transport, admission, accounting, forwarder
@@ -190,7 +193,9 @@ class Gateway:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self.background.stop()  # before the usage and stored responses are written out
+        # Before the usage rows and stored responses are written out: these end by writing theirs.
+        await self.background.stop()
+        await self.upstream_runs.stop()
         await self.accounting.drain()
         state = self.state
         await state.chains.drain()

@@ -34,6 +34,7 @@ class Passthrough:
     reply: Reply
     payload: bytes = b""
     doc: dict[str, Any] | None = None
+    key_index: int = 0  # which of the backend's keys asked (only its project sees what it created)
 
 
 @dataclass(eq=False)
@@ -52,9 +53,9 @@ class Forwarder:
         )
         reply = await self._send(call, backend, index, backend.url(target.model, call.stream), body)
         if call.stream:
-            return Passthrough(reply)
+            return Passthrough(reply, key_index=index)
         payload = await reply.read()
-        return Passthrough(reply, payload, passthrough.json_object(payload))
+        return Passthrough(reply, payload, passthrough.json_object(payload), index)
 
     async def count(self, call: Call, target: Target, backend: Backend, index: int) -> bytes:
         """A token count request forwarded to the upstream's own counter; its answer as it came."""

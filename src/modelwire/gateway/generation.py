@@ -22,6 +22,7 @@ from .routing import Route, Target
 from .surfaces import ANTHROPIC
 from .translation import Translated, Translator
 from .upstream import Backend, Failover, Outcome
+from .upstream_runs import UpstreamRuns
 
 if TYPE_CHECKING:
     from .background import Background
@@ -36,6 +37,7 @@ class Generation:
     accounting: Accounting
     forwarder: Forwarder
     translator: Translator
+    upstream_runs: UpstreamRuns
     # Runs background responses through serve(), so it is set once both exist.
     background: Background | None = None
 
@@ -100,6 +102,11 @@ class Generation:
         await self.accounting.respond(call, send, status, payload, headers)
         self.accounting.record("client_response", call, payload)
         call.ttft = time.monotonic() - call.started
+        value = outcome.value
+        if isinstance(value, Passthrough) and self.upstream_runs.settle_later(
+            call, outcome.backend, value.key_index, value.doc
+        ):
+            return  # running upstream in the background: accounted when it ends
         self.accounting.account(call, usage, status)
 
     async def _stream(self, call: Call, route: Route, receive: Receive, send: Send) -> None:
