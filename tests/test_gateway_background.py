@@ -10,8 +10,10 @@ document and event the gateway renders is checked against the official OpenAPI s
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import openai
@@ -23,10 +25,13 @@ from .fake_upstream import FakeUpstream, Reply
 from .gateway_fixtures import (
     CLIENT_KEY,
     RunningGateway,
+    base_config,
     request,
     sse_events,
+    start_gateway,
     usage_rows,
 )
+from .services import postgres_schema
 from .spec import assert_openai
 
 T = TypeVar("T")
@@ -352,3 +357,116 @@ def test_a_native_upstreams_stream_resumes_upstream(upstream: FakeUpstream, clie
     assert upstream.last.query == {"stream": "true", "starting_after": "3"}
     assert [e.sequence_number for e in rest] == [e.sequence_number for e in events[4:]]
     assert rest[-1].type == "response.completed"
+
+
+# ----------------------------------------------------------------------------------------------
+# Restarts and replicas
+# ----------------------------------------------------------------------------------------------
+
+
+def sdk(gateway: RunningGateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.v1, api_key=CLIENT_KEY, max_retries=0)
+
+
+def test_only_finished_responses_outlive_a_restart(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """A finished response is in the store and any later process answers it; one still running at
+    a stop gets the grace period, then ends as failed (and is accounted as cut)."""
+    config = base_config(upstream, tmp_path)
+    config["server"] = {**config["server"], "grace_seconds": 1}
+    before = start_gateway(config, tmp_path, name="before")
+    try:
+        with sdk(before) as client:
+            upstream.script(Reply.text("made before the restart"))
+            done = finished(
+                client, client.responses.create(model="chat-model", input="q", background=True).id
+            )
+            upstream.script(slow(delay=1.0))  # about fourteen seconds of answer
+            raw = client.responses.with_raw_response.create(model="chat-model", input="long", background=True)
+            running = raw.parse()
+    finally:
+        started = time.monotonic()
+        assert before.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 8  # the grace period, not the answer's fourteen seconds
+    assert "Traceback" not in before.log()
+    after = start_gateway(config, tmp_path, name="after")
+    try:
+        with sdk(after) as client:
+            kept = client.responses.retrieve(done.id)
+            assert (kept.status, kept.output_text) == ("completed", "made before the restart")
+            cut = client.responses.retrieve(running.id)
+            assert cut.status == "failed" and cut.error is not None and "shut down" in cut.error.message
+            status, _, body = request(after, "GET", f"/v1/responses/{done.id}?stream=true&starting_after=9")
+            [(name, data)] = sse_events(body)  # its events died with the process: the end alone
+            event = json.loads(data)
+            assert (status, name, event["sequence_number"]) == (200, "response.completed", 10)
+            assert_openai("ResponseStreamEvent", event)
+        [row] = usage_rows(after, raw.headers["x-request-id"])
+        assert (row["status"], row["error"]) == (503, "shutdown")
+    finally:
+        after.stop()
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    upstream_server: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[RunningGateway]]:
+    """Two gateways on one PostgreSQL store (a schema of this module's own)."""
+    tmp = tmp_path_factory.mktemp("background-replicas")
+    with postgres_schema() as url:
+        config = {**base_config(upstream_server, tmp), "store": url}
+        running = [start_gateway(config, tmp, name=f"replica-{n}") for n in range(2)]
+        try:
+            yield running
+        finally:
+            for gateway in running:
+                gateway.stop()
+            for gateway in running:
+                assert "Traceback" not in gateway.log(), gateway.log()[-4000:]
+
+
+def test_another_replica_polls_and_cancels_a_run(
+    upstream: FakeUpstream, replicas: list[RunningGateway]
+) -> None:
+    a, b = replicas
+    upstream.script(slow(delay=0.5))  # about seven seconds of answer
+    with sdk(a) as on_a, sdk(b) as on_b:
+        raw = on_a.responses.with_raw_response.create(model="chat-model", input="long", background=True)
+        created = raw.parse()
+        assert on_b.responses.retrieve(created.id).status == "in_progress"  # the stored row says so
+        status, doc = raw_json(b, "GET", f"/v1/responses/{created.id}?stream=true")
+        assert (status, doc["error"]["code"]) == (409, "response_in_progress_elsewhere")
+        assert on_b.responses.cancel(created.id).status == "cancelled"
+        stopped = until(lambda: on_a.responses.retrieve(created.id).status, lambda s: s == "cancelled", 5)
+        assert stopped == "cancelled"  # the run read the cancel from the store within a second or so
+        [row] = usage_rows(a, raw.headers["x-request-id"])
+        assert (row["status"], row["error"]) == (499, "cancelled")
+        assert on_b.responses.cancel(created.id).status == "cancelled"
+
+
+def test_another_replica_deletes_a_run_for_good(
+    upstream: FakeUpstream, replicas: list[RunningGateway]
+) -> None:
+    a, b = replicas
+    upstream.script(slow(delay=0.3))
+    with sdk(a) as on_a, sdk(b) as on_b:
+        created = on_a.responses.create(model="chat-model", input="long", background=True)
+        on_b.responses.delete(created.id)
+        time.sleep(6)  # past the answer's end: the run stopped, and wrote nothing back
+        for client in (on_a, on_b):
+            with pytest.raises(openai.NotFoundError):
+                client.responses.retrieve(created.id)
+
+
+def test_another_replica_answers_a_finished_run(
+    upstream: FakeUpstream, replicas: list[RunningGateway]
+) -> None:
+    a, b = replicas
+    upstream.script(Reply.text("finished on a"))
+    with sdk(a) as on_a, sdk(b) as on_b:
+        created = on_a.responses.create(model="stateless-resp", input="q", background=True)
+        done = finished(on_b, created.id)
+        assert (done.status, done.output_text) == ("completed", "finished on a")
+        events = list(on_b.responses.retrieve(created.id, stream=True))
+        assert [e.type for e in events] == ["response.completed"]
+        assert events[0].response.output_text == "finished on a"  # type: ignore[union-attr]
+        assert len(list(on_a.responses.retrieve(created.id, stream=True))) > 3  # all of them, where it ran

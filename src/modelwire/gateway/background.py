@@ -223,7 +223,7 @@ class Background:
         self._runs: dict[str, Run] = {}
         self._finished: OrderedDict[str, Run] = OrderedDict()
         self._finished_size = 0  # bytes of events the finished runs keep
-        self._timer: asyncio.TimerHandle | None = None
+        self._grace_ends: float | None = None  # loop time the shutdown's grace period ends
 
     # ------------------------------------------------------------------------------- starting
 
@@ -307,6 +307,9 @@ class Background:
         run.settle(recorder.http_error())
         await self._keep(run, call)
         run.finish()
+        if run.outcome == "deleted":  # gone everywhere: this replica forgets it too
+            self._runs.pop(run.id, None)
+            return
         self._finished[run.id] = run
         self._finished_size += run.size
 
@@ -451,14 +454,21 @@ class Background:
     # ------------------------------------------------------------------------------ shutdown
 
     def cut_after(self, seconds: float) -> None:
-        """From now, give the runs ``seconds`` (the grace period) to finish, then cut the rest."""
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(seconds, self._cut_all)
+        """A stop signal came: the runs have ``seconds`` (the grace period) to finish, then are cut,
+        whether or not clients are still following them."""
+        if self._grace_ends is None:
+            loop = asyncio.get_running_loop()
+            self._grace_ends = loop.time() + seconds
+            loop.call_later(seconds, self._cut_all)
 
     async def stop(self) -> None:
-        """At shutdown: cut what still runs, and wait until each has stored its end."""
+        """At shutdown: let the runs finish within what is left of the grace period, cut the rest,
+        and wait until each has stored its end."""
+        tasks = {run.task for run in self._runs.values() if run.task is not None and not run.task.done()}
+        left = self._grace_ends - asyncio.get_running_loop().time() if self._grace_ends is not None else 0
+        if tasks and left > 0:
+            await asyncio.wait(tasks, timeout=left)
         self._cut_all()
-        tasks = [run.task for run in self._runs.values() if run.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _cut_all(self) -> None:
