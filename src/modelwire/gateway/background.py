@@ -129,13 +129,15 @@ class Run:
         kind = str(event.get("type"))
         response = event.get("response")
         if isinstance(response, dict):
-            response.update(id=self.id, background=True)
+            # The response the client was first told of: its id, its time of creation.
+            response.update(id=self.id, background=True, created_at=self.doc["created_at"])
             self.doc = response
             if kind in ("response.created", "response.in_progress"):
                 return  # the run said both itself when it began
             self.terminal = kind in ("response.completed", "response.incomplete", "response.failed")
         elif kind == "response.output_item.done" and isinstance(event.get("item"), dict):
-            self.items[int(event.get("output_index") or 0)] = event["item"]
+            index = event.get("output_index")
+            self.items[index if isinstance(index, int) else len(self.items)] = event["item"]
         elif kind == "error":
             self.error = {"code": _error_code(event.get("code"), 502), "message": str(event.get("message"))}
         self.emit(kind, {k: v for k, v in event.items() if k not in ("type", "sequence_number")})
@@ -374,6 +376,9 @@ class Background:
                 param="starting_after",
             )
         call.responding = True
+        # Should this request be cut (a shutdown), its stream ends with an error event that follows
+        # the run's own numbering, not with a response of another id.
+        call.failing_end = lambda err: _error_event(err.code or "server_error", err.message, run.next_seq)
         await http.start_stream(send, [(b"x-request-id", call.request_id.encode())])
         gone = asyncio.ensure_future(http.disconnected(receive))
         try:
@@ -386,7 +391,11 @@ class Background:
         keepalive = self.config.server.keepalive_seconds
         while True:
             if seq < run.offset:  # a slow reader fell behind what is kept: say so, and stop
-                await http.stream_chunk(send, _expired(run, seq))
+                message = (
+                    f"this stream fell behind the events of response {run.id} kept in memory; "
+                    "poll GET /v1/responses/{id} for the response"
+                )
+                await http.stream_chunk(send, _error_event("stream_events_expired", message, seq))
                 return
             for event in run.since(seq):
                 await http.stream_chunk(send, event)
@@ -560,15 +569,9 @@ def _event_data(event: bytes) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _expired(run: Run, seq: int) -> bytes:
-    event = {
-        "type": "error",
-        "code": "stream_events_expired",
-        "message": f"this stream fell behind the events of response {run.id} kept in memory; "
-        "poll GET /v1/responses/{id} for the response",
-        "param": None,
-        "sequence_number": seq,
-    }
+def _error_event(code: str, message: str, seq: int) -> bytes:
+    """A stream's ``error`` event (its fields at the top level, as in an SSE stream)."""
+    event = {"type": "error", "code": code, "message": message, "param": None, "sequence_number": seq}
     return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
