@@ -40,6 +40,7 @@ T = TypeVar("T")
 # upstream (translated). The gateway runs background responses for both.
 RUN_HERE = ["stateless-resp", "chat-model"]
 CHAT_ONLY_KEY = "sk-client-chat-only-0000"
+RPM_KEY = "sk-client-rpm-000000000"
 TEXT = "one two three four five six"
 
 
@@ -188,6 +189,16 @@ def test_another_key_cannot_see_follow_or_cancel_it(upstream: FakeUpstream, gate
         assert finished(owner, created.id).status == "completed"  # untouched by any of that
 
 
+def test_background_requests_count_against_the_keys_limits(
+    upstream: FakeUpstream, gateway: RunningGateway
+) -> None:
+    with openai.OpenAI(base_url=gateway.v1, api_key=RPM_KEY, max_retries=0) as limited:
+        created = [limited.responses.create(model="chat-model", input="q", background=True) for _ in range(2)]
+        with pytest.raises(openai.RateLimitError):  # rpm: 2
+            limited.responses.create(model="chat-model", input="q", background=True)
+        assert [finished(limited, r.id).status for r in created] == ["completed", "completed"]
+
+
 def test_a_bad_starting_after_is_a_400(client: openai.OpenAI, gateway: RunningGateway) -> None:
     created = client.responses.create(model="chat-model", input="q", background=True)
     finished(client, created.id)
@@ -249,7 +260,7 @@ def test_a_finished_runs_events_are_the_specs_and_start_over(
 def test_a_follower_gets_keepalives_while_the_upstream_thinks(
     upstream: FakeUpstream, client: openai.OpenAI, gateway: RunningGateway
 ) -> None:
-    upstream.script(Reply.delay(1.0, Reply.text("late")))
+    upstream.script(Reply.delay(3.0, Reply.text("late")))
     created = client.responses.create(model="chat-model", input="q", background=True)
     status, _, body = request(gateway, "GET", f"/v1/responses/{created.id}?stream=true&starting_after=1")
     assert status == 200
@@ -309,11 +320,11 @@ def test_only_background_responses_can_be_cancelled(upstream: FakeUpstream, clie
 
 
 def test_deleting_a_running_response_stops_it_for_good(upstream: FakeUpstream, client: openai.OpenAI) -> None:
-    upstream.script(slow(delay=0.3))
+    upstream.script(slow(delay=0.1))  # about a second and a half of answer
     created = client.responses.create(model="chat-model", input="q", background=True)
     deleted = client.responses.delete(created.id)
     assert deleted is None or getattr(deleted, "deleted", True)
-    time.sleep(2.5)  # longer than the answer would have taken: the run does not write it back
+    time.sleep(3)  # longer than the answer would have taken: the run does not write it back
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(created.id)
 
@@ -404,6 +415,7 @@ def test_only_finished_responses_outlive_a_restart(upstream: FakeUpstream, tmp_p
         assert (row["status"], row["error"]) == (503, "shutdown")
     finally:
         after.stop()
+    assert "Traceback" not in after.log()
 
 
 @pytest.fixture(scope="module")
