@@ -36,8 +36,9 @@ def named(call: Call) -> str | None:
 
 
 def mend(doc: dict[str, Any], previous: str) -> dict[str, Any]:
-    """``doc`` (a response object), saying ``previous`` as its ``previous_response_id``."""
-    doc["previous_response_id"] = previous
+    """``doc``, when it is a response object, saying ``previous`` as its ``previous_response_id``."""
+    if doc.get("object") == "response":
+        doc["previous_response_id"] = previous
     return doc
 
 
