@@ -520,7 +520,7 @@ class ResponsesDialect:
             "created_at": self.created,
             "status": status,
             "completed_at": int(time.time()) if status == "completed" else None,
-            "background": False,
+            "background": _or(body.get("background"), False),
             "error": None,
             "incomplete_details": {"reason": incomplete} if incomplete else None,
             "instructions": body.get("instructions"),
@@ -1257,6 +1257,7 @@ REQUEST_SCHEMAS = {
     "gemini_generate": "GenerateContentRequest",
     "gemini_stream": "GenerateContentRequest",
     "gemini_count": "CountTokensRequest",
+    "compact": "CompactResponseMethodPublicBody",
 }
 VENDORS = {
     "messages": "anthropic",
@@ -1265,6 +1266,27 @@ VENDORS = {
     "gemini_stream": "gemini",
     "gemini_count": "gemini",
 }
+
+
+class NativeBackground:
+    """What a native upstream keeps of its background responses: whole ones waiting to finish (at
+    their first poll), and the events of streamed ones (for ``GET …?stream=true&starting_after=N``)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Json] = {}
+        self.events: dict[str, list[Frame]] = {}
+
+    def finish(self, response_id: str, stored: dict[str, Json]) -> None:
+        final = self.pending.pop(response_id, None)
+        if final is not None:
+            stored[response_id] = final
+
+    def cancel(self, response_id: str, stored: dict[str, Json]) -> Json | None:
+        """The response cancelled if still running; finished ones stay as they are (as the API does)."""
+        response = stored.get(response_id)
+        if response is not None and self.pending.pop(response_id, None) is not None:
+            response = stored[response_id] = {**response, "status": "cancelled"}
+        return response
 
 
 class FakeUpstream:
@@ -1276,6 +1298,7 @@ class FakeUpstream:
         self.requests: list[Recorded] = []
         self.violations: list[str] = []
         self.stored: dict[str, Json] = {}
+        self.background = NativeBackground()
         self.extra_fields: set[str] = set()  # vendor extensions an OpenAI-compatible server accepts
         self.url = ""
         self.root = ""
@@ -1311,6 +1334,7 @@ class FakeUpstream:
             self.requests.clear()
             self.violations.clear()
             self.stored.clear()
+            self.background = NativeBackground()
             self.extra_fields.clear()
             self._refusals.clear()
         self.drop_sockets()  # a socket left open by one test must not serve the next
@@ -1446,6 +1470,8 @@ class FakeUpstream:
             app.router.add_get(f"{prefix}/models", self._endpoint("models"))
             app.router.add_get(f"{prefix}/models/{{id}}", self._endpoint("model"))
             app.router.add_get(f"{prefix}/responses", self._serve_socket)
+            app.router.add_post(f"{prefix}/responses/compact", self._endpoint("compact"))
+            app.router.add_post(f"{prefix}/responses/{{id}}/cancel", self._endpoint("cancel_response"))
         deployments = "/openai/deployments/{deployment}"
         app.router.add_post(f"{deployments}/chat/completions", self._endpoint("chat"))
         app.router.add_post(f"{deployments}/embeddings", self._endpoint("embeddings"))
@@ -1790,6 +1816,8 @@ class FakeUpstream:
         failed = reply.kind == "stream_error"
         document = dialect.failed(reply.message) if failed else dialect.document(answer)
         self._store(body, document)
+        if body.get("background") is True:
+            return await self._answer_background(call, reply, dialect, answer, document)
         if call.streaming:
             return await self._send_stream(call, reply, dialect.stream(answer))
         if failed:  # a model failure on a non-streamed request: 200 with status "failed"
@@ -1802,7 +1830,12 @@ class FakeUpstream:
                 self.stored[response["id"]] = response
 
     async def _answer_get_response(self, call: Call, reply: Reply) -> web.StreamResponse:
-        response = self.stored.get(call.request.match_info["id"])
+        response_id = call.request.match_info["id"]
+        if call.recorded.query.get("stream") == "true":
+            return await self._resume_background(call, reply, response_id)
+        with self._lock:
+            self.background.finish(response_id, self.stored)
+        response = self.stored.get(response_id)
         if response is None:
             return self._not_found(call, "Response", call.request.match_info["id"])
         return await self._document(call, reply, response, "Response")
@@ -1816,6 +1849,54 @@ class FakeUpstream:
         return await self._document(
             call, reply, {"id": response_id, "object": "response", "deleted": True}, ""
         )
+
+    # -- background responses, cancel and compaction (OpenAI) --------------------------------------
+
+    async def _answer_background(
+        self, call: Call, reply: Reply, dialect: ResponsesDialect, answer: Answer, document: Json
+    ) -> web.StreamResponse:
+        """Streamed: the events as usual, kept for a resume. Whole: the response queued, finishing
+        at its first poll (or cancelled before it)."""
+        if call.streaming:
+            stream = dialect.stream(answer)
+            with self._lock:
+                self.background.events[document["id"]] = stream.frames
+            return await self._send_stream(call, reply, stream)
+        queued = dialect.response("queued", [])
+        with self._lock:
+            self.background.pending[document["id"]] = document
+            self.stored[document["id"]] = queued
+        return self._json(call, queued, schema="Response")
+
+    async def _resume_background(self, call: Call, reply: Reply, response_id: str) -> web.StreamResponse:
+        frames = self.background.events.get(response_id)
+        if frames is None:
+            return self._not_found(call, "Response", response_id)
+        after = int(call.recorded.query.get("starting_after", "-1"))
+        rest = [f for f in frames if isinstance(f.data, dict) and f.data["sequence_number"] > after]
+        broken = Frame("this is not json {")  # a resumed stream is never scripted to break
+        stream = Stream(rest, None, lambda _seq, _msg: broken, broken)
+        return await self._send_stream(call, reply, stream)
+
+    async def _answer_cancel_response(self, call: Call, reply: Reply) -> web.StreamResponse:
+        response_id = call.request.match_info["id"]
+        with self._lock:
+            response = self.background.cancel(response_id, self.stored)
+        if response is None:
+            return self._not_found(call, "Response", response_id)
+        return await self._document(call, reply, response, "Response")
+
+    async def _answer_compact(self, call: Call, reply: Reply) -> web.StreamResponse:
+        body = call.body if isinstance(call.body, dict) else {}
+        compacted = {"id": self._ids.make("cmp_fake"), "type": "compaction", "encrypted_content": "gAAAA-x"}
+        document = {
+            "id": self._ids.make("resp_fake"),
+            "object": "response.compaction",
+            "created_at": int(time.time()),
+            "output": [compacted],
+            "usage": ResponsesDialect(self._ids, call.model or "unknown", body).usage(reply),
+        }
+        return await self._document(call, reply, document, "CompactResource")
 
     async def _answer_embeddings(self, call: Call, reply: Reply) -> web.StreamResponse:
         body = call.body if isinstance(call.body, dict) else {}

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy import select
+
+from modelwire.gateway.store import Store, usage_table
 
 from .fake_upstream import FakeUpstream
 
@@ -179,6 +182,18 @@ def request(
             return reply.status, {k.lower(): v for k, v in reply.headers.items()}, reply.read()
     except urllib.error.HTTPError as err:
         return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
+
+
+def usage_rows(gateway: RunningGateway, request_id: str, count: int = 1) -> list[dict[str, Any]]:
+    """The request's usage rows once the batch writer has written ``count`` of them (or 10 s on)."""
+    deadline = time.monotonic() + 10
+    while True:
+        with Store(gateway.config["store"]) as store, store.engine.connect() as conn:
+            stmt = select(usage_table).where(usage_table.c.request_id == request_id)
+            rows = [dict(row) for row in conn.execute(stmt).mappings()]
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
 
 
 def sse_events(body: bytes) -> list[tuple[str | None, str]]:

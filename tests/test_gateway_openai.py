@@ -297,6 +297,37 @@ def test_previous_response_id_with_a_chat_upstream(upstream: FakeUpstream, clien
     assert roles == ["user", "assistant", "user"]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("model", ["stateless-resp", "chat-model"])
+def test_an_expanded_chain_says_the_previous_response_id_it_was_given(
+    upstream: FakeUpstream, client: openai.OpenAI, model: str, stream: bool
+) -> None:
+    """The upstream never saw the id (the gateway sent the history instead), yet the answer, its
+    lifecycle events and the stored copy all name it, as OpenAI's own answer does."""
+    first = client.responses.create(model=model, input="My name is Ada.")
+    upstream.script(Reply.text("You are Ada."))
+    if stream:
+        follow_up = client.responses.create(
+            model=model, input="Who am I?", previous_response_id=first.id, stream=True
+        )
+        events = list(follow_up)
+        lifecycle = [e for e in events if e.type in ("response.created", "response.completed")]
+        assert [e.type for e in lifecycle] == ["response.created", "response.completed"]
+        assert [e.response.previous_response_id for e in lifecycle] == [first.id, first.id]  # type: ignore[union-attr]
+        second = lifecycle[-1].response  # type: ignore[union-attr]
+    else:
+        raw = client.responses.with_raw_response.create(
+            model=model, input="Who am I?", previous_response_id=first.id
+        )
+        assert_openai("Response", json.loads(raw.content))
+        second = raw.parse()
+        assert second.previous_response_id == first.id
+    assert second.output_text == "You are Ada."
+    assert "previous_response_id" not in (upstream.last.body or {})  # the upstream still never saw it
+    assert client.responses.retrieve(second.id).previous_response_id == first.id
+    assert first.previous_response_id is None
+
+
 def test_store_false_is_honoured(
     upstream: FakeUpstream, client: openai.OpenAI, gateway: RunningGateway
 ) -> None:

@@ -108,6 +108,7 @@ def test_a_dropped_upstream_socket_is_reopened_with_the_whole_conversation(
         previous_response_id=first[-1]["response"]["id"],
     )
     assert second[-1]["type"] == "response.completed", second[-1]
+    assert second[-1]["response"]["previous_response_id"] == first[-1]["response"]["id"]
     one, two = generations(upstream)
     assert one.socket and two.socket and one.socket != two.socket
     assert "previous_response_id" not in two.body

@@ -116,6 +116,7 @@ def test_a_tool_loop_chains_on_the_connection_with_store_false(
         )
         second = events_until_done(connection)[-1]
     assert second.type == "response.completed" and second.response.output_text == "Sunny in Paris."
+    assert second.response.previous_response_id == first.id  # expanded here, reported as given
     messages = upstream.last.body["messages"]  # the Chat upstream got the whole conversation
     assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
     assert messages[1]["tool_calls"][0]["function"]["name"] == "get_weather"
@@ -354,3 +355,21 @@ def test_a_warm_up_is_only_for_a_key_allowed_the_model(
     assert error["type"] == "error" and error["status"] == 403, error
     assert error["error"]["code"] == "model_not_allowed"
     assert upstream.requests == []
+
+
+def test_background_is_refused_over_the_socket(upstream: FakeUpstream, gateway: RunningGateway) -> None:
+    """WebSocket mode has no background responses (PROTOCOLS.md 2.7): a 400 error event, nothing
+    sent upstream, and the socket still serves the next frame."""
+    upstream.script(Reply.text("After the refusal."))
+    frames = raw_frames(
+        ws_url(gateway),
+        [
+            {"type": "response.create", "model": "resp-model", "input": "x", "background": True},
+            {"type": "response.create", "model": "resp-model", "input": "y"},
+        ],
+    )
+    error, *rest = frames
+    assert error["type"] == "error" and error["status"] == 400, error
+    assert error["error"]["param"] == "background"
+    assert rest[-1]["type"] == "response.completed"
+    assert len(upstream.requests) == 1 and upstream.last.body["input"] == "y"

@@ -10,9 +10,11 @@ built once here:
   wire, bytes pass through a usage tap) or translated (:class:`~.translation.Translator`);
 - :class:`~.accounting.Accounting`: answers and errors in the client's dialect, usage rows,
   metrics, capture;
+- :class:`~.background.Background`: background responses the gateway runs itself;
 - :class:`~.sideroutes.SideRoutes` (embeddings, model listings, token counts),
-  :class:`~.stored.StoredResponses`, and :class:`~.sockets.ResponsesSockets` (Responses over
-  WebSocket, each response served through this same dispatch).
+  :class:`~.compaction.Compaction`, :class:`~.stored.StoredResponses`, and
+  :class:`~.sockets.ResponsesSockets` (Responses over WebSocket, each response served through this
+  same dispatch).
 
 Every API request goes through :meth:`Gateway._serve`: tracked while in flight, ended cleanly if
 cut at shutdown, its errors said in its own dialect, one log line at the end.
@@ -39,10 +41,12 @@ from . import http
 from .accounting import Accounting
 from .admission import Admission
 from .auth import KeyBook
+from .background import Background
 from .call import Call, InFlight
 from .capture import Capture
 from .chains import Chains
 from .clients import ClientAddress, is_loopback
+from .compaction import Compaction
 from .config import Config
 from .credentials import share_credentials
 from .forwarding import Forwarder
@@ -63,6 +67,7 @@ from .surfaces import ANTHROPIC, CHAT, EMBEDDINGS, GEMINI, GEMINI_ARRAY, RESPONS
 from .sync import StoreSync
 from .translation import Translator
 from .upstream import Backend, Failover
+from .upstream_runs import UpstreamRuns
 from .upstream_sockets import UpstreamSockets
 
 log = logging.getLogger("modelwire.gateway")
@@ -111,6 +116,7 @@ class Gateway:
             accounting,
         )
         forwarder = Forwarder(transport, accounting)
+        self.upstream_runs = UpstreamRuns(transport, accounting)
         self.generation = Generation(
             config,
             catalog,
@@ -119,11 +125,15 @@ class Gateway:
             accounting,
             forwarder,
             Translator(config, catalog, transport, accounting),
+            self.upstream_runs,
         )
         self.side = SideRoutes(
             config, router, catalog, backends, failover, transport, admission, accounting, forwarder
         )
-        self.stored = StoredResponses(backends, transport, self.state, admission, accounting)
+        self.background = Background(config, self.generation, backends, self.state, accounting)
+        self.generation.background = self.background
+        self.stored = StoredResponses(backends, transport, self.state, admission, accounting, self.background)
+        self.compaction = Compaction(backends, failover, transport, admission, accounting)
         self.client_address = ClientAddress(config.server.trusted_proxies)
         self.sockets = ResponsesSockets(
             self,
@@ -154,6 +164,7 @@ class Gateway:
             routes[("GET", prefix + "/models")] = (side.list_models, CHAT)
         routes[("POST", "/v1/messages")] = (generate, ANTHROPIC)
         routes[("POST", "/v1/responses/input_tokens")] = (side.responses_tokens, RESPONSES)
+        routes[("POST", "/v1/responses/compact")] = (self.compaction.compact, RESPONSES)
         routes[("POST", "/v1/messages/count_tokens")] = (side.anthropic_tokens, ANTHROPIC)
         return routes
 
@@ -193,6 +204,9 @@ class Gateway:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        # Before the usage rows and stored responses are written out: these end by writing theirs.
+        await self.background.stop()
+        await self.upstream_runs.stop()
         await self.accounting.drain()
         state = self.state
         await state.chains.drain()
@@ -207,8 +221,10 @@ class Gateway:
         self.request_log.flush()
 
     def begin_shutdown(self) -> None:
-        """A stop signal arrived: in-flight requests get the grace period, then are cut cleanly."""
+        """A stop signal arrived: in-flight requests and background responses get the grace period,
+        then are cut cleanly."""
         self.inflight.cut_after(self.config.server.grace_seconds)
+        self.background.cut_after(self.config.server.grace_seconds)
 
     def _hook_stop_signals(self) -> None:
         """Learn of SIGTERM/SIGINT alongside the server (which stops accepting and waits): the server
@@ -344,7 +360,7 @@ class Gateway:
         )
         with contextlib.suppress(OSError):  # the client may be gone too
             await self.accounting.error(call, send, err)
-        if call.model:
+        if call.model and not call.detached:
             self.accounting.account(call, await self.accounting.estimate(call), call.status)
 
     # ------------------------------------------------------------------------------ plain routes

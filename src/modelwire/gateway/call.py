@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ class Call:
     cut: bool = False  # ended by the gateway's shutdown, past the grace period
     events: int = 0  # stream events forwarded, for estimating output when a stream is cut
     socket: SocketTurn | None = None  # a response.create from a client's WebSocket
+    detached: bool = False  # handed to a background run, which accounts its usage instead
 
     def served_by(self, target: Target, backend: Backend) -> None:
         self.backend, self.upstream_model = backend.name, target.model
@@ -56,6 +58,15 @@ class Call:
                 body = {**body, "input": self.items, "previous_response_id": None}
             self.request = self.surface.decode_request(body)
         return self.request
+
+    def echoed(self) -> Request:
+        """The request as its answer repeats it back: with the ``previous_response_id`` the client
+        named, which :meth:`decoded` leaves out once the gateway expanded the chain itself."""
+        req = self.decoded()
+        previous = self.body.get("previous_response_id")
+        if self.items is None or not isinstance(previous, str):
+            return req
+        return dataclasses.replace(req, previous_response_id=previous)
 
 
 class InFlight:

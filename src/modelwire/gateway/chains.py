@@ -136,6 +136,11 @@ class Chains:
         """False from a failed or overdue write until a write succeeds again."""
         return self._healthy
 
+    @property
+    def shared(self) -> bool:
+        """Whether another process may serve requests on the same store (a replica, a worker)."""
+        return self._shared
+
     # -- reading ------------------------------------------------------------------------------------
 
     async def get(self, response_id: str) -> StoredResponse | None:
@@ -152,6 +157,13 @@ class Chains:
         except SQLAlchemyError as exc:
             log.debug("store read failed: %s", describe_error(exc))
             raise ServiceUnavailableError(STORE_DOWN, code="store_unavailable", retry_after=1.0) from None
+
+    async def fresh(self, response_id: str) -> StoredResponse | None:
+        """What the store itself holds now, past this replica's memory: another replica may have
+        changed it since (cancelled or deleted a background response). Raises what the store raises."""
+        if self.store is None:
+            return self._in_memory(response_id)
+        return await self._call(self.store.get_response, response_id)
 
     def note_deletions(self, counter: int) -> None:
         """The store's deletion counter, as the gateway polls it: when another replica deleted a

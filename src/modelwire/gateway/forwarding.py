@@ -18,7 +18,7 @@ from ..errors import ModelwireError, ProtocolError
 from ..providers.transport import Reply, Transport
 from ..providers.transport import call as upstream_call
 from ..types import Usage
-from . import http, passthrough
+from . import http, lineage, passthrough
 from .accounting import Accounting
 from .call import Call
 from .http import Send
@@ -36,6 +36,7 @@ class Passthrough:
     reply: Reply
     payload: bytes = b""
     doc: dict[str, Any] | None = None
+    key_index: int = 0  # which of the backend's keys asked (only its project sees what it created)
 
 
 @dataclass(eq=False)
@@ -59,9 +60,9 @@ class Forwarder:
         )
         reply = await self._send(call, backend, index, backend.url(target.model, call.stream), body)
         if call.stream:
-            return Passthrough(reply)
+            return Passthrough(reply, key_index=index)
         payload = await reply.read()
-        return Passthrough(reply, payload, passthrough.json_object(payload))
+        return Passthrough(reply, payload, passthrough.json_object(payload), index)
 
     async def _over_socket(
         self, call: Call, turn: SocketTurn, target: Target, backend: Backend, index: int
@@ -124,6 +125,9 @@ class Forwarder:
         """A whole forwarded answer: its status, its bytes, its usage."""
         value = outcome.value
         self.accounting.record("upstream_response", call, value.payload)
+        previous = lineage.named(call)
+        if previous is not None and value.doc is not None:
+            value.payload = orjson.dumps(lineage.mend(value.doc, previous))
         await self.accounting.remember(call, value.doc, outcome.backend, translated=False)
         usage = outcome.backend.wire.usage_of(value.doc) if value.doc is not None else None
         return value.reply.status, value.payload, usage
@@ -139,6 +143,8 @@ class Forwarder:
             call.body, filter_chunks=backend.profile.filter_chunks, json_array=call.surface.json_array
         )
         call.failing_end = tap.fail
+        previous = lineage.named(call)
+        mender = lineage.StreamMender(previous) if previous is not None else None
         # A stored response must be in the store before the client can name it: hold the final event.
         hold = self.accounting.keeps(call, backend, translated=False)
         capture = self.accounting.capture is not None
@@ -149,6 +155,10 @@ class Forwarder:
                 if capture:
                     self.accounting.record("upstream_chunk", call, chunk)
                 if out:
+                    if mender is not None:
+                        out = mender.feed(out)
+                        if tap.response is not None:
+                            lineage.mend(tap.response, mender.previous)
                     if hold and tap.response is not None:
                         hold = False
                         await self.accounting.remember(call, tap.response, backend, translated=False)
@@ -171,7 +181,7 @@ class Forwarder:
         doc = passthrough.json_object(await outcome.value.reply.read())
         response = outcome.backend.wire.decode_response(doc)
         response.model = call.model
-        renderer = call.surface.stream_renderer(call.decoded(), call.body)
+        renderer = call.surface.stream_renderer(call.echoed(), call.body)
         body = b"".join(renderer.feed(e) for e in events_from_response(response)) + renderer.end()
         await http.stream_chunk(send, body)
         return response.usage, 200

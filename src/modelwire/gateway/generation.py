@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ContextLengthError, ModelwireError, PreviousResponseNotFound
 from ..providers.catalog import Catalog
@@ -22,7 +22,11 @@ from .routing import Route, Target
 from .surfaces import ANTHROPIC
 from .translation import Translated, Translator
 from .upstream import Backend, Failover, Outcome
+from .upstream_runs import UpstreamRuns
 from .upstream_sockets import SOCKET_TURN
+
+if TYPE_CHECKING:
+    from .background import Background
 
 
 @dataclass(eq=False)
@@ -34,6 +38,9 @@ class Generation:
     accounting: Accounting
     forwarder: Forwarder
     translator: Translator
+    upstream_runs: UpstreamRuns
+    # Runs background responses through serve(), so it is set once both exist.
+    background: Background | None = None
 
     async def generate(
         self,
@@ -48,16 +55,29 @@ class Generation:
             route = await self.admission.admit(call, scope, receive, from_path)
             if call.surface.chains:
                 await self.admission.expand_chain(call)
+                if self.background is not None and await self.background.detach(call, route, receive, send):
+                    return
+        except ModelwireError as err:
+            await self._failed(call, send, err)
+            return
+        await self.serve(call, route, receive, send)
+
+    async def serve(self, call: Call, route: Route, receive: Receive, send: Send) -> None:
+        """An admitted request's answer, or its error in the client's dialect; accounted either way."""
+        try:
             if call.stream:
                 await self._stream(call, route, receive, send)
             else:
                 await self._complete(call, route, send)
         except ModelwireError as err:
-            call.backend, call.upstream_model = err.backend, err.upstream_model
-            if isinstance(err, ContextLengthError) and call.surface is ANTHROPIC:
-                err = await self._too_long(call, err)
-            await self.accounting.error(call, send, err)
-            self.accounting.account(call, None, call.status)
+            await self._failed(call, send, err)
+
+    async def _failed(self, call: Call, send: Send, err: ModelwireError) -> None:
+        call.backend, call.upstream_model = err.backend, err.upstream_model
+        if isinstance(err, ContextLengthError) and call.surface is ANTHROPIC:
+            err = await self._too_long(call, err)
+        await self.accounting.error(call, send, err)
+        self.accounting.account(call, None, call.status)
 
     async def _attempt(
         self, call: Call, target: Target, backend: Backend, index: int
@@ -84,6 +104,11 @@ class Generation:
         await self.accounting.respond(call, send, status, payload, headers)
         self.accounting.record("client_response", call, payload)
         call.ttft = time.monotonic() - call.started
+        value = outcome.value
+        if isinstance(value, Passthrough) and self.upstream_runs.settle_later(
+            call, outcome.backend, value.key_index, value.doc
+        ):
+            return  # running upstream in the background: accounted when it ends
         self.accounting.account(call, usage, status)
 
     async def _stream(self, call: Call, route: Route, receive: Receive, send: Send) -> None:

@@ -73,6 +73,12 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     return doc
 
 
+async def disconnected(receive: Receive) -> None:
+    """Returns when the client has gone away (a request body still unread is skipped over)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 async def respond(send: Send, status: int, body: bytes, headers: Headers, content_type: bytes = JSON) -> None:
     await send(
         {

@@ -233,6 +233,11 @@ class _Connection:
                 raise InvalidRequestError(
                     f"unknown event type {kind!r}: this socket takes response.create", param="type"
                 )
+            if doc.get("background"):
+                raise InvalidRequestError(
+                    "background responses are not supported over WebSocket; use POST /v1/responses",
+                    param="background",
+                )
             queue = self.lanes.get(lane) or self._open_lane(lane)
         except orjson.JSONDecodeError:
             await self._error(InvalidRequestError("a frame must be JSON text"), None)

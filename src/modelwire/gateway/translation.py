@@ -68,7 +68,7 @@ class Translator:
         # The client's own model name: clients compare it with what they asked for (Claude Code
         # drops thinking blocks from turns "by another model"); x-modelwire-model names the real one.
         response.model = call.model
-        doc = call.surface.render_response(response, call.decoded())
+        doc = call.surface.render_response(response, call.echoed())
         await self.accounting.remember(call, doc, outcome.backend, translated=True)
         return 200, orjson.dumps(doc), response.usage
 
@@ -78,7 +78,7 @@ class Translator:
         """The neutral events rendered to the client; their usage and the status to record."""
         events = outcome.value.events
         assert events is not None
-        renderer = call.surface.stream_renderer(call.decoded(), call.body)
+        renderer = call.surface.stream_renderer(call.echoed(), call.body)
         call.failing_end = lambda err: renderer.feed(StreamError(error=err)) + renderer.end()
         hold = self.accounting.keeps(call, outcome.backend, translated=True)
         usage: Usage | None = None
