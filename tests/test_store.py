@@ -148,6 +148,7 @@ def test_postgres_schemas_isolate_stores() -> None:
                     "mw_usage",
                     "mw_responses",
                     "mw_state",
+                    "mw_credentials",
                     "mw_alembic_version",
                 }
     finally:
