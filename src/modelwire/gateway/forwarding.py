@@ -24,7 +24,7 @@ from .call import Call
 from .http import Send
 from .routing import Target
 from .upstream import Backend, Outcome
-from .upstream_sockets import SocketReply, SocketTurn, SocketUnavailable, websocket_url
+from .upstream_sockets import SocketReply, SocketTurn, SocketUnavailable
 
 log = logging.getLogger("modelwire.gateway")
 
@@ -52,7 +52,7 @@ class Forwarder:
         """The client's body, edited as the route says, sent; the answer whole, or its stream open.
         A turn from a client's WebSocket goes over the upstream's own socket when it has one."""
         turn = call.socket
-        if turn is not None and backend.profile.websocket and turn.upstream.available(backend.name):
+        if turn is not None and backend.host.offers_websocket and turn.upstream.available(backend.name):
             with contextlib.suppress(SocketUnavailable):
                 return Passthrough(await self._over_socket(call, turn, target, backend, index))
         body = passthrough.rewrite(
@@ -82,7 +82,7 @@ class Forwarder:
                 self.accounting.record("upstream_request", call, payload, url=url, backend=backend.name)
             return payload
 
-        url = websocket_url(backend.url(target.model))
+        url = backend.host.websocket_url
         headers = backend.headers(index, call.headers)
         headers["X-Client-Request-Id"] = call.request_id
         first = frame(None if continues else call.items)

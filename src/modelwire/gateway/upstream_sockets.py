@@ -225,8 +225,3 @@ class SocketTurn:
     lane: str | None
     upstream: UpstreamSockets
     items: list[dict[str, Any]] | None = None  # the whole conversation, when the connection expanded it
-
-
-def websocket_url(url: str) -> str:
-    """An HTTP endpoint's WebSocket twin: the same URL with ``ws``/``wss``."""
-    return "ws" + url.removeprefix("http") if url.startswith("http") else url
