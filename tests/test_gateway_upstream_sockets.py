@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 import websockets.sync.client as ws_client
 
+from modelwire.providers.codex import REFRESH_URL_ENV
+
+from .fake_codex import FakeAccount
 from .fake_upstream import FakeUpstream, Reply
 from .gateway_fixtures import CLIENT_KEY, RunningGateway, base_config, start_gateway
 
@@ -178,3 +181,51 @@ def test_failover_between_targets_before_any_output(
     *tried, served = upstream.requests
     assert [(r.websocket, r.body["model"]) for r in tried] == [(True, "failing-model")] * 3
     assert not served.websocket and served.path.endswith("/chat/completions")
+
+
+def test_the_codex_route_keeps_its_conversation_on_one_upstream_socket(
+    upstream: FakeUpstream, account: FakeAccount, tmp_path: Path
+) -> None:
+    """A Codex backend (signed in, bodies fitted by the driver, never forwarded as they came): a
+    client socket's turns go on over one upstream socket of the driver's, the follow-up sending
+    only its new item and the id of the answer that socket made."""
+    home = tmp_path / "codex"
+    home.mkdir()
+    (home / "auth.json").write_text(json.dumps(account.auth_json()))
+    config = {
+        "store": f"sqlite:///{tmp_path}/state.db",
+        "backends": {"plan": {"type": "codex", "base_url": upstream.url}},
+        "models": [{"name": "codex-model", "route": "plan/gpt-5.4"}],
+        "keys": [{"key": CLIENT_KEY, "name": "all"}],
+    }
+    env = {"CODEX_HOME": str(home), REFRESH_URL_ENV: f"{account.issuer}/oauth/token"}
+    upstream.script(Reply.tool_calls([("get_weather", '{"city":"Oslo"}')]), Reply.text("Snow in Oslo."))
+    gateway = start_gateway(config, tmp_path, env=env, name="codex-sockets")
+    try:
+        url = gateway.url.replace("http://", "ws://") + "/v1/responses"
+        with ws_client.connect(url, additional_headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as socket:
+            first = turn(socket, model="codex-model", input="weather?", tools=[TOOL], store=False)
+            done = first[-1]["response"]
+            output = {
+                "type": "function_call_output",
+                "call_id": done["output"][0]["call_id"],
+                "output": "snow",
+            }
+            second = turn(
+                socket,
+                model="codex-model",
+                store=False,
+                tools=[TOOL],
+                previous_response_id=done["id"],
+                input=[output],
+            )
+    finally:
+        gateway.stop()
+    assert second[-1]["type"] == "response.completed", second[-1]
+    assert second[-1]["response"]["output"][0]["content"][0]["text"] == "Snow in Oslo."
+    one, two = generations(upstream)
+    assert one.websocket and two.socket == one.socket
+    assert one.headers["authorization"].startswith("Bearer ")
+    assert two.body["previous_response_id"] and [i["type"] for i in two.body["input"]] == [
+        "function_call_output"
+    ]

@@ -869,6 +869,8 @@ class StreamRenderer:
     def feed(self, event: StreamEvent) -> bytes:
         if isinstance(event, Start):
             self._resp["model"] = event.model or self._resp["model"]
+            if not self._started and event.id.startswith("resp_"):
+                self._resp["id"] = event.id  # the upstream's own, as a whole answer keeps it
             return self.start()
         out = self.start()
         if isinstance(event, BlockDelta):

@@ -5,6 +5,7 @@ rendered back in the client's dialect."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,16 +13,18 @@ from typing import Any
 import orjson
 
 from ..providers.catalog import Catalog, unsupported_settings
+from ..providers.openai import OpenAI
 from ..providers.transport import Transport
-from ..types import Finish, Response, Start, StreamError, StreamEvent, Usage
+from ..types import Finish, Request, Response, Start, StreamError, StreamEvent, Usage
 from . import http
 from .accounting import Accounting, safe
 from .call import Call
+from .chains import input_items
 from .config import Config
 from .fetch import inline_media
 from .http import Send
 from .routing import Target
-from .upstream import Backend, Outcome
+from .upstream import Backend, Driver, Outcome
 
 
 @dataclass(slots=True)
@@ -50,7 +53,7 @@ class Translator:
         dropped = unsupported_settings(req, self.catalog.profile(target.model), backend.wire)
         if not call.stream:
             return Translated(dropped, response=await driver.complete(req, **overrides))
-        events = driver.events(req, **overrides)
+        events = self._events(call, backend, driver, req, overrides)
         opening: list[StreamEvent] = []
         async for event in events:
             if isinstance(event, StreamError):
@@ -60,6 +63,18 @@ class Translator:
             if not isinstance(event, Start):
                 break
         return Translated(dropped, opening=opening, events=events)
+
+    @staticmethod
+    def _events(
+        call: Call, backend: Backend, driver: Driver, req: Request, overrides: dict[str, Any]
+    ) -> AsyncIterator[StreamEvent]:
+        """The driver's events; a turn from a client's socket to a host that offers WebSocket mode
+        goes on over a socket of its own, kept for the conversation (SSE if the host will not)."""
+        turn = call.socket
+        if turn is None or not backend.host.offers_websocket or not isinstance(driver, OpenAI):
+            return driver.events(req, **overrides)
+        session = turn.upstream.conversation((backend.name, turn.lane), driver)
+        return session.events(_continuing(req, call), transport="auto", **overrides)
 
     async def finish(self, call: Call, outcome: Outcome[Any]) -> tuple[int, bytes, Usage | None]:
         """A whole translated answer: its status, its bytes, its usage."""
@@ -105,6 +120,22 @@ class Translator:
         finally:
             await events.aclose()
         return usage, status
+
+
+def _continuing(req: Request, call: Call) -> Request:
+    """The expanded transcript with its last answer named by the id the client chained from: the
+    driver's socket that made that answer then sends only what follows it. (Not when the client's
+    new input holds answers of its own: the last one would not be that response.)"""
+    previous = call.body.get("previous_response_id")
+    new = input_items(call.body)
+    if not isinstance(previous, str) or call.items is None or any(i.get("role") == "assistant" for i in new):
+        return req
+    messages = list(req.messages)
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].role == "assistant":
+            messages[index] = dataclasses.replace(messages[index], id=previous)
+            return dataclasses.replace(req, messages=messages)
+    return req
 
 
 async def _resume(opening: list[StreamEvent], rest: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:

@@ -29,6 +29,8 @@ import aiohttp
 import orjson
 
 from ..errors import ModelwireError, from_response
+from ..providers.openai import OpenAI
+from ..providers.session import Session
 
 SOCKET_TURN = "modelwire.socket_turn"  # the HTTP scope key a socket's response.create travels under
 BETA = "responses_websockets=2026-02-06"
@@ -156,6 +158,8 @@ class UpstreamSockets:
     session: Callable[[], aiohttp.ClientSession]
     resting: dict[str, float]  # backend name -> until when its sockets rest (shared by all clients)
     lines: dict[tuple[str, str | None], UpstreamSocket] = field(default_factory=dict)
+    # Translated upstreams (the Codex route) keep their conversation on a driver session instead.
+    sessions: dict[tuple[str, str | None], Session] = field(default_factory=dict)
 
     def available(self, backend: str) -> bool:
         return self.resting.get(backend, 0.0) <= time.monotonic()
@@ -213,9 +217,21 @@ class UpstreamSockets:
             with contextlib.suppress(Exception):
                 await line.socket.close()
 
+    def conversation(self, where: tuple[str, str | None], driver: OpenAI) -> Session:
+        """The driver session of a translated upstream for this client socket and lane: its own
+        upstream socket, kept for the conversation (the first turn's upstream key keeps it)."""
+        session = self.sessions.get(where)
+        if session is None:
+            session = self.sessions[where] = driver.session()
+        return session
+
     async def aclose(self) -> None:
         for where in list(self.lines):
             await self._drop(where)
+        for session in self.sessions.values():
+            with contextlib.suppress(Exception):
+                await session.aclose()
+        self.sessions.clear()
 
 
 @dataclass(slots=True, eq=False)

@@ -45,9 +45,15 @@ class Session:
             return await self.client._complete_on(self._socket, request, self._settings(request, settings))
 
     async def stream(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
+        async for event in raising(self.events(request, **settings)):
+            yield event
+
+    async def events(self, request: Request | None = None, /, **settings: Any) -> AsyncIterator[StreamEvent]:
+        """Like :meth:`stream`, but a failure after the stream started is a :class:`StreamError`
+        event (as :meth:`OpenAI.events` says it), for a caller that renders it (a gateway)."""
         async with self._turn:
             events = self.client._events_on(self._socket, request, self._settings(request, settings))
-            async for event in raising(events):
+            async for event in events:
                 yield event
 
     async def warmup(self, request: Request | None = None, /, **settings: Any) -> bool:
