@@ -229,3 +229,20 @@ def test_the_codex_route_keeps_its_conversation_on_one_upstream_socket(
     assert two.body["previous_response_id"] and [i["type"] for i in two.body["input"]] == [
         "function_call_output"
     ]
+
+
+@pytest.mark.parametrize("broken", [Reply.truncated("cut off in the middle", after=3), Reply.garbage()])
+def test_a_broken_upstream_socket_ends_the_turn_cleanly(
+    upstream: FakeUpstream, gateway: RunningGateway, client_socket: ws_client.ClientConnection, broken: Reply
+) -> None:
+    """The upstream's socket cuts a turn after some output, or sends garbage: the client's turn
+    ends with an error event (never tried elsewhere, it had output), no traceback is logged, and
+    the next turn is served on a new upstream socket."""
+    upstream.script(broken, Reply.text("Whole again."))
+    events = turn(client_socket, model="resp-model", input="x")
+    assert events[-1]["type"] == "error", events[-1]
+    after = turn(client_socket, model="resp-model", input="y")
+    assert after[-1]["response"]["output"][0]["content"][0]["text"] == "Whole again."
+    first, second = generations(upstream)
+    assert first.socket != second.socket
+    assert "Traceback" not in gateway.log()

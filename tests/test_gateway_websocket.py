@@ -373,3 +373,26 @@ def test_background_is_refused_over_the_socket(upstream: FakeUpstream, gateway: 
     assert error["error"]["param"] == "background"
     assert rest[-1]["type"] == "response.completed"
     assert len(upstream.requests) == 1 and upstream.last.body["input"] == "y"
+
+
+ENDINGS = [("chat-model", "response.failed"), ("stateless-resp", "error")]
+
+
+@pytest.mark.parametrize(("model", "ending"), ENDINGS)
+def test_upstream_garbage_never_reaches_the_socket(
+    upstream: FakeUpstream, gateway: RunningGateway, model: str, ending: str
+) -> None:
+    """An upstream over HTTP sends garbage mid-stream, translated (Chat) or forwarded as it came
+    (a stateless Responses host): every frame the client gets is still a JSON object, the turn
+    ends failed, and the socket serves the next turn."""
+    upstream.script(Reply.garbage(), Reply.text("Clean again."))
+    frames = raw_frames(
+        ws_url(gateway),
+        [
+            {"type": "response.create", "model": model, "input": "x"},
+            {"type": "response.create", "model": model, "input": "y"},
+        ],
+    )  # raw_frames parses every frame as JSON: garbage would fail here
+    ends = [f for f in frames if f["type"] in ("error", "response.failed", "response.completed")]
+    assert [f["type"] for f in ends] == [ending, "response.completed"], ends
+    assert "Traceback" not in gateway.log()

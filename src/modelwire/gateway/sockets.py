@@ -391,8 +391,8 @@ class _Relay:
                 await self._event(event.event, event.data)
 
     async def _event(self, name: str | None, data: str) -> None:
-        if not data:
-            return
+        if not (data.startswith("{") and data.endswith("}")):
+            return  # nothing, or an upstream's garbage: a frame must be a JSON object
         if name == "error" or data.startswith('{"type":"error"'):
             flat = orjson.loads(data)
             error = {k: flat.get(k) for k in ("code", "message", "param")}

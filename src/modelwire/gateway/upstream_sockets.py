@@ -28,12 +28,12 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ..errors import ModelwireError, from_response
+from ..errors import ModelwireError
 from ..providers.openai import OpenAI
 from ..providers.session import Session
+from ..providers.websocket import BETA, socket_error
 
 SOCKET_TURN = "modelwire.socket_turn"  # the HTTP scope key a socket's response.create travels under
-BETA = "responses_websockets=2026-02-06"
 REST_SECONDS = 60.0  # a backend's sockets rest this long after one failed
 _ENDS = frozenset({b"response.completed", b"response.incomplete", b"response.failed", b"error"})
 _TYPE = re.compile(rb'"type"\s*:\s*"([^"]+)"')  # the event's type comes first in each event
@@ -93,10 +93,21 @@ def _kind(event: bytes) -> bytes:
     return found.group(1) if found else b""
 
 
+def _json(event: bytes) -> dict[str, Any]:
+    """An event's object; an empty one for garbage (what the stream's tap then reports)."""
+    try:
+        doc = orjson.loads(event)
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def _flat_error(event: bytes) -> bytes:
     """A socket's error event (details nested under ``error``) as the SSE stream says one (flat)."""
-    doc = orjson.loads(event)
-    detail = doc.get("error") if isinstance(doc.get("error"), dict) else {}
+    doc = _json(event)
+    detail = doc.get("error")
+    if not isinstance(detail, dict):
+        detail = {"message": "the upstream's socket sent an error event it did not explain"}
     flat = {"type": "error", **{k: detail.get(k) for k in ("code", "message", "param")}}
     if isinstance(doc.get("sequence_number"), int):
         flat["sequence_number"] = doc["sequence_number"]
@@ -105,9 +116,10 @@ def _flat_error(event: bytes) -> bytes:
 
 def _error(event: bytes) -> ModelwireError:
     """A WebSocket error event as the HTTP error it stands for (details nested, status beside)."""
-    doc = orjson.loads(event)
-    detail = doc.get("error") if isinstance(doc.get("error"), dict) else doc
-    return from_response(int(doc.get("status") or 500), orjson.dumps({"error": detail}))
+    doc = _json(event)
+    if not isinstance(doc.get("error"), dict):
+        doc["error"] = {"type": "server_error", "message": "the upstream's socket sent a bare error event"}
+    return socket_error(doc)
 
 
 @dataclass(eq=False)
@@ -122,7 +134,7 @@ class SocketReply:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         event: bytes | None = self.first
-        while event is not None:
+        while event is not None and event.startswith(b"{") and event.endswith(b"}"):
             kind = _kind(event)
             yield b"data: " + (_flat_error(event) if kind == b"error" else event) + b"\n\n"
             if kind in _ENDS:
@@ -132,14 +144,14 @@ class SocketReply:
                 event = await self.line._next()
             except (TimeoutError, aiohttp.ClientError, ConnectionError):
                 event = None
-        self.close()  # cut mid-turn: the stream ends unfinished, which the tap reports
+        self.close()  # cut mid-turn, or garbage: the stream ends unfinished, which the tap reports
 
     def _finish(self, event: bytes, kind: bytes) -> None:
         self.done = True
         self.line.busy = False
         if kind != b"error":
-            response = orjson.loads(event).get("response") or {}
-            self.line.last_response = response.get("id")
+            response = _json(event).get("response")
+            self.line.last_response = response.get("id") if isinstance(response, dict) else None
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.chunks()])
