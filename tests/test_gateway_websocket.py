@@ -395,3 +395,38 @@ def test_upstream_garbage_never_reaches_the_socket(
     assert [f["type"] for f in ends[1:]] == ["response.completed"], ends
     assert ends[0]["type"] in ("error", "response.failed"), ends
     assert "Traceback" not in gateway.log()
+
+
+def test_a_key_revoked_while_its_socket_is_open_gets_nothing_more(
+    upstream: FakeUpstream, gateway: RunningGateway
+) -> None:
+    """Fail closed: the key is checked on every response.create, not just on the upgrade. Once it
+    is revoked (in the store, by the CLI), its open socket's next turn is a 401 error event and
+    nothing more reaches the upstream."""
+    created = gateway.cli("keys", "create", "--name", "short-lived-socket")
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    upstream.script(Reply.text("Before the revocation."))
+    headers = {"Authorization": f"Bearer {secret}"}
+    frame = json.dumps({"type": "response.create", "model": "chat-model", "input": "x"})
+    with ws_client.connect(ws_url(gateway), additional_headers=headers) as socket:
+        socket.send(frame)
+        while (event := json.loads(socket.recv(timeout=20)))["type"] != "response.completed":
+            pass
+        revoked = gateway.cli("keys", "revoke", "short-lived-socket")
+        assert revoked.returncode == 0, revoked.stderr
+        deadline = time.monotonic() + 5
+        while True:  # gateways learn of a revocation within a second
+            socket.send(frame)
+            event = json.loads(socket.recv(timeout=20))
+            if event["type"] == "error" or time.monotonic() > deadline:
+                break
+            while event["type"] != "response.completed":
+                event = json.loads(socket.recv(timeout=20))
+        sent = len(upstream.requests)
+        socket.send(frame)
+        again = json.loads(socket.recv(timeout=20))
+    assert event["type"] == "error" and event["status"] == 401, event
+    assert event["error"]["code"] == "invalid_api_key"
+    assert again["type"] == "error" and again["status"] == 401, again
+    assert len(upstream.requests) == sent  # the refused turns went nowhere
