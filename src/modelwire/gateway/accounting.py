@@ -115,6 +115,20 @@ class Accounting:
         if self.capture is not None:
             self.record("client_chunk", call, out)
 
+    async def failed(self, call: Call, send: Send, err: ModelwireError) -> None:
+        """A request that ends in ``err``: said to the client, accounted against whoever failed it."""
+        call.backend, call.upstream_model = err.backend, err.upstream_model
+        await self.error(call, send, err)
+        self.account(call, None, call.status)
+
+    async def served(
+        self, call: Call, send: Send, outcome: Outcome[Any], payload: bytes, usage: Usage | None
+    ) -> None:
+        """A whole forwarded answer (embeddings, compaction): sent with the served headers, accounted."""
+        call.served_by(outcome.target, outcome.backend)
+        await self.respond(call, send, 200, payload, self.served_headers(call, outcome))
+        self.account(call, usage, 200)
+
     async def error(self, call: Call, send: Send, err: ModelwireError) -> None:
         """``err`` in the client's dialect: an error response, or the stream's own error event when
         the response has begun."""

@@ -60,17 +60,12 @@ class Compaction:
                 )
             outcome = await self.failover.run(targets, lambda t, b, i: self._attempt(call, t, b, i))
         except ModelwireError as err:
-            call.backend, call.upstream_model = err.backend, err.upstream_model
-            await self.accounting.error(call, send, err)
-            self.accounting.account(call, None, call.status)
+            await self.accounting.failed(call, send, err)
             return
         payload, doc = outcome.value
-        call.served_by(outcome.target, outcome.backend)
-        await self.accounting.respond(call, send, 200, payload, self.accounting.served_headers(call, outcome))
         usage = doc.get("usage")
-        self.accounting.account(
-            call, openai_responses.decode_usage(usage if isinstance(usage, dict) else None), 200
-        )
+        decoded = openai_responses.decode_usage(usage if isinstance(usage, dict) else None)
+        await self.accounting.served(call, send, outcome, payload, decoded)
 
     async def _attempt(
         self, call: Call, target: Target, backend: Backend, index: int

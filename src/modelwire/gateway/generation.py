@@ -73,11 +73,9 @@ class Generation:
             await self._failed(call, send, err)
 
     async def _failed(self, call: Call, send: Send, err: ModelwireError) -> None:
-        call.backend, call.upstream_model = err.backend, err.upstream_model
         if isinstance(err, ContextLengthError) and call.surface is ANTHROPIC:
             err = await self._too_long(call, err)
-        await self.accounting.error(call, send, err)
-        self.accounting.account(call, None, call.status)
+        await self.accounting.failed(call, send, err)
 
     async def _attempt(
         self, call: Call, target: Target, backend: Backend, index: int
@@ -153,8 +151,8 @@ class Generation:
 
     async def _too_long(self, call: Call, err: ContextLengthError) -> ContextLengthError:
         """The overflow in Anthropic's own words, which Claude Code recognises (and then compacts)."""
-        backend = self.failover.backends.get(call.backend or "")
-        model = call.upstream_model or call.model
+        backend = self.failover.backends.get(err.backend or "")
+        model = err.upstream_model or call.model
         window = backend.context_window(model) if backend else self.catalog.context_window(model)
         try:
             tokens = await asyncio.to_thread(count_request_tokens, call.decoded())

@@ -57,15 +57,11 @@ class SideRoutes:
             route = await self.admission.admit(call, scope, receive)
             outcome = await self.failover.run(route.order(), lambda t, b, i: self._embed(call, t, b, i))
         except ModelwireError as err:
-            call.backend, call.upstream_model = err.backend, err.upstream_model
-            await self.accounting.error(call, send, err)
-            self.accounting.account(call, None, call.status)
+            await self.accounting.failed(call, send, err)
             return
         payload, doc = outcome.value
-        call.served_by(outcome.target, outcome.backend)
-        await self.accounting.respond(call, send, 200, payload, self.accounting.served_headers(call, outcome))
         tokens = (doc.get("usage") or {}).get("prompt_tokens") or 0
-        self.accounting.account(call, Usage(input_tokens=int(tokens)), 200)
+        await self.accounting.served(call, send, outcome, payload, Usage(input_tokens=int(tokens)))
 
     async def _embed(
         self, call: Call, target: Target, backend: Backend, index: int
