@@ -17,6 +17,7 @@ Redis key prefix is fixed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -572,6 +573,30 @@ def test_websockets_across_two_replicas_sharing_redis(
         body = json.loads(response.body)
         assert body["error"]["code"] == "websocket_connection_limit_reached", body
         assert "retry-after" in {name.lower() for name in response.headers}
+
+
+def test_several_workers_without_redis_never_allow_more_sockets_than_the_cap(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Fail closed: two workers and no Redis cannot count a key's sockets together, so each allows
+    its share (cap 2: one each). However the kernel spreads the upgrades, never more than 2 open."""
+    config = gateway_config(upstream, tmp_path, workers=2)
+    config["server"] = {**config["server"], "websocket_sockets_per_key": 2}
+    gateway = start_gateway(config, tmp_path, name="socket-share")
+    opened: list[ws_client.ClientConnection] = []
+    refused = 0
+    try:
+        wait_for_workers(gateway)
+        with contextlib.ExitStack() as stack:
+            for _ in range(8):
+                try:
+                    opened.append(stack.enter_context(open_socket(gateway)))
+                except InvalidStatus as exc:
+                    assert exc.response.status_code == 429
+                    refused += 1
+    finally:
+        gateway.stop()
+    assert 1 <= len(opened) <= 2 and refused == 8 - len(opened), (len(opened), refused)
 
 
 def test_workers_auto_is_one_per_core(upstream: FakeUpstream, tmp_path: Path) -> None:

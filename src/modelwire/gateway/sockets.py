@@ -119,15 +119,24 @@ class ResponsesSockets:
         if key is None:
             return None
         place = _Place(self.admission.state.limiter, f"sockets:{key.name}", uuid.uuid4().hex)
-        limit = self.admission.config.server.websocket_sockets_per_key
+        limit = self._cap()
         if not await place.hold(limit):
+            cap = self.admission.config.server.websocket_sockets_per_key
             raise RateLimitError(
-                f"the key {key.name!r} already has {limit} WebSockets open; close one or wait",
+                f"the key {key.name!r} already has as many WebSockets open as it may ({cap} in all); "
+                "close one or wait",
                 code="websocket_connection_limit_reached",
                 retry_after=PLACE_SECONDS / 3,
             )
         place.keep(limit)
         return place
+
+    def _cap(self) -> int:
+        """This process's share of a key's open sockets: all of them when Redis counts for every
+        worker, else an equal part per worker, so that together they never allow more."""
+        config = self.admission.config
+        cap, workers = config.server.websocket_sockets_per_key, config.server.workers
+        return cap if config.redis or workers == 1 else max(1, cap // workers)
 
     async def _refuse(self, scope: Scope, send: Send, err: ModelwireError) -> None:
         self.metrics.socket_refused()
