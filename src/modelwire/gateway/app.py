@@ -140,7 +140,7 @@ class Gateway:
             admission,
             self.metrics,
             self.client_address,
-            partial(UpstreamSockets, transport.session, {}),
+            partial(UpstreamSockets, transport.connect_socket, {}),
         )
         self.request_log = RequestLog(config.server.log_format)
         self.inflight = InFlight()

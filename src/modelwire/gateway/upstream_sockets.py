@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,8 @@ from ..providers.websocket import BETA, socket_error
 
 SOCKET_TURN = "modelwire.socket_turn"  # the HTTP scope key a socket's response.create travels under
 REST_SECONDS = 60.0  # a backend's sockets rest this long after one failed
+HANDSHAKE_SECONDS = 10.0  # the longest an upstream may take to open a socket
+Connect = Callable[[str, Mapping[str, str], float], Awaitable[aiohttp.ClientWebSocketResponse[bool]]]
 _ENDS = frozenset({b"response.completed", b"response.incomplete", b"response.failed", b"error"})
 _TYPE = re.compile(rb'"type"\s*:\s*"([^"]+)"')  # the event's type comes first in each event
 _SSE_HEADERS = {"content-type": "text/event-stream"}
@@ -48,7 +50,7 @@ class SocketUnavailable(Exception):
 class UpstreamSocket:
     """One open upstream socket: one turn at a time, and the id of the last response it made."""
 
-    socket: aiohttp.ClientWebSocketResponse
+    socket: aiohttp.ClientWebSocketResponse[bool]
     timeout: float  # the longest wait for the next event, as for an HTTP read
     last_response: str | None = None
     busy: bool = False
@@ -63,7 +65,7 @@ class UpstreamSocket:
         before any output is raised, classified like the HTTP error it stands for)."""
         self.busy = True
         try:
-            await self.socket.send_str(frame.decode())
+            await self.socket.send_frame(frame, aiohttp.WSMsgType.TEXT)
             first = await self._next()
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             self.busy = False
@@ -81,8 +83,8 @@ class UpstreamSocket:
 
     async def _next(self) -> bytes | None:
         message = await self.socket.receive(timeout=self.timeout)
-        if message.type is aiohttp.WSMsgType.TEXT:
-            return message.data.encode() if isinstance(message.data, str) else bytes(message.data)
+        if message.type is aiohttp.WSMsgType.TEXT:  # bytes: the transport does not decode text
+            return message.data if isinstance(message.data, bytes) else str(message.data).encode()
         if message.type is aiohttp.WSMsgType.BINARY:
             return bytes(message.data)
         return None  # closed, closing or an error: the socket is done
@@ -167,7 +169,7 @@ class SocketReply:
 class UpstreamSockets:
     """The upstream sockets of one client socket."""
 
-    session: Callable[[], aiohttp.ClientSession]
+    connect: Connect  # the transport's one way to open a socket (handshake bounded, frames as bytes)
     resting: dict[str, float]  # backend name -> until when its sockets rest (shared by all clients)
     lines: dict[tuple[str, str | None], UpstreamSocket] = field(default_factory=dict)
     # Translated upstreams (the Codex route) keep their conversation on a driver session instead.
@@ -215,11 +217,9 @@ class UpstreamSockets:
             return line
         await self._drop(where)
         try:
-            socket = await self.session().ws_connect(
-                url, headers={**headers, "OpenAI-Beta": BETA}, autoping=True, max_msg_size=0
-            )
-        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-            raise SocketUnavailable(str(exc) or type(exc).__name__) from None
+            socket = await self.connect(url, {**headers, "OpenAI-Beta": BETA}, HANDSHAKE_SECONDS)
+        except ModelwireError as exc:
+            raise SocketUnavailable(exc.message) from None
         line = self.lines[where] = UpstreamSocket(socket, read_seconds)
         return line
 
