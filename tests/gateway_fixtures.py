@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import websockets.sync.client as ws_client
 import yaml
 from sqlalchemy import select
 
@@ -209,3 +210,9 @@ def sse_events(body: bytes) -> list[tuple[str | None, str]]:
         if data:
             events.append((name, "\n".join(data)))
     return events
+
+
+def open_socket(gateway: RunningGateway, key: str = CLIENT_KEY) -> ws_client.ClientConnection:
+    """A Responses WebSocket to ``gateway`` with ``key`` on the upgrade (use it with ``with``)."""
+    url = gateway.url.replace("http://", "ws://") + "/v1/responses"
+    return ws_client.connect(url, additional_headers={"Authorization": f"Bearer {key}"})

@@ -48,6 +48,7 @@ from .gateway_fixtures import (
     RunningGateway,
     base_config,
     free_port,
+    open_socket,
     request,
     start_gateway,
 )
@@ -520,11 +521,6 @@ def test_limits_are_exact_across_two_replicas_sharing_redis(
     assert_exactly_admitted(sequential, "sequential")
     assert_exactly_admitted(concurrent, "concurrent")
     assert len(upstream.requests) == 2 * RPM
-
-
-def open_socket(gateway: RunningGateway, key: str = CLIENT_KEY) -> ws_client.ClientConnection:
-    url = gateway.url.replace("http://", "ws://") + "/v1/responses"
-    return ws_client.connect(url, additional_headers={"Authorization": f"Bearer {key}"})
 
 
 def socket_turn(socket: ws_client.ClientConnection, **frame: Any) -> dict[str, Any]:

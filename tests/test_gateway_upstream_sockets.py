@@ -21,7 +21,7 @@ from modelwire.providers.codex import REFRESH_URL_ENV
 
 from .fake_codex import FakeAccount
 from .fake_upstream import FakeUpstream, Reply
-from .gateway_fixtures import CLIENT_KEY, RunningGateway, base_config, start_gateway
+from .gateway_fixtures import CLIENT_KEY, RunningGateway, base_config, open_socket, start_gateway
 
 TOOL = {
     "type": "function",
@@ -34,8 +34,7 @@ ENDS = ("response.completed", "response.incomplete", "response.failed", "error")
 
 @pytest.fixture
 def client_socket(gateway: RunningGateway) -> Iterator[ws_client.ClientConnection]:
-    url = gateway.url.replace("http://", "ws://") + "/v1/responses"
-    with ws_client.connect(url, additional_headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as socket:
+    with open_socket(gateway) as socket:
         yield socket
 
 
@@ -129,8 +128,7 @@ def test_an_upstream_that_refuses_sockets_is_served_over_https(
     upstream.script(Reply.text("Over HTTPS."), Reply.text("Still HTTPS."))
     gateway = start_gateway(base_config(upstream, tmp_path), tmp_path, name="resting")
     try:
-        url = gateway.url.replace("http://", "ws://") + "/v1/responses"
-        with ws_client.connect(url, additional_headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as socket:
+        with open_socket(gateway) as socket:
             first = turn(socket, model="resp-model", input="hello")
             second = turn(socket, model="resp-model", input="again")
     finally:
@@ -202,8 +200,7 @@ def test_the_codex_route_keeps_its_conversation_on_one_upstream_socket(
     upstream.script(Reply.tool_calls([("get_weather", '{"city":"Oslo"}')]), Reply.text("Snow in Oslo."))
     gateway = start_gateway(config, tmp_path, env=env, name="codex-sockets")
     try:
-        url = gateway.url.replace("http://", "ws://") + "/v1/responses"
-        with ws_client.connect(url, additional_headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as socket:
+        with open_socket(gateway) as socket:
             first = turn(socket, model="codex-model", input="weather?", tools=[TOOL], store=False)
             done = first[-1]["response"]
             output = {
