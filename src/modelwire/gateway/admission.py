@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import (
     AuthenticationError,
@@ -53,10 +54,7 @@ class Admission:
         call.body = body = http.parse_json(raw)
         if from_path is not None:
             body["model"], body["stream"] = from_path
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise InvalidRequestError("model: is required (a string naming the model)", param="model")
-        call.model = model
+        call.model = model = _model_of(body)
         stream = body.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise InvalidRequestError("stream: expected a boolean", param="stream")
@@ -67,12 +65,11 @@ class Admission:
         await self._limit(call.key)
         return route
 
-    async def permit(self, call: Call, scope: Scope, model: object) -> None:
+    async def permit(self, call: Call, scope: Scope, body: dict[str, Any]) -> None:
         """A request that goes nowhere upstream (a WebSocket warm-up) is still only for a valid key
         allowed its model."""
         await self.authenticate(call, scope)
-        if not isinstance(model, str) or not model:
-            raise InvalidRequestError("model: is required (a string naming the model)", param="model")
+        model = _model_of(body)
         self._authorize(call.key, model, self.router.resolve(model))
 
     async def authenticate(self, call: Call, scope: Scope) -> dict[bytes, bytes]:
@@ -163,3 +160,10 @@ class Admission:
             ) from None
         await self.state.limiter.seed_spend(key.policy, spent)
         self._budget_seeded.add(key.name)
+
+
+def _model_of(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("model: is required (a string naming the model)", param="model")
+    return model

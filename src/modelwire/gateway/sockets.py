@@ -313,7 +313,7 @@ class _Connection:
         """``generate: false``: state prepared, nothing generated. The key must still be one allowed
         the model; the answer is a finished response with no output and no usage."""
         call = Call("", RESPONSES, time.monotonic(), self.sockets.client_address(self.scope))
-        await self.sockets.admission.permit(call, self.scope, body.get("model"))
+        await self.sockets.admission.permit(call, self.scope, body)
         renderer = StreamRenderer(decode_request({**body, "previous_response_id": None}))
         events = renderer.start() + renderer.feed(Finish(stop_reason="stop"))
         self.warm_ups.add(renderer.response_id)
