@@ -64,6 +64,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fake_realtime import FakeRealtime
 from tests.spec import (
     anthropic_errors,
     anthropic_unknown_fields,
@@ -1312,6 +1313,7 @@ class FakeUpstream:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self.realtime = FakeRealtime(self._lock, self.violations)  # the Realtime API (fake_realtime.py)
 
     # -- scripting API -------------------------------------------------------------------------
 
@@ -1337,6 +1339,7 @@ class FakeUpstream:
             self.background = NativeBackground()
             self.extra_fields.clear()
             self._refusals.clear()
+        self.realtime.reset()
         self.drop_sockets()  # a socket left open by one test must not serve the next
 
     def refuse_upgrades(self, *replies: Reply) -> None:
@@ -1461,6 +1464,7 @@ class FakeUpstream:
         self.url = self.root + self.base
 
     def _add_routes(self, app: web.Application) -> None:
+        self.realtime.mount(app, self.base)
         for prefix in (self.base, "/openai/v1"):
             app.router.add_post(f"{prefix}/chat/completions", self._endpoint("chat"))
             app.router.add_post(f"{prefix}/responses", self._endpoint("responses"))

@@ -167,11 +167,13 @@ class Accounting:
 
     # ------------------------------------------------------------------------------ usage
 
-    def account(self, call: Call, usage: Usage | None, status: int) -> None:
-        """Record usage and metrics without making the client wait for either."""
+    def account(self, call: Call, usage: Usage | None, status: int, cost: float | None = None) -> None:
+        """Record usage and metrics without making the client wait for either. ``cost``: when the
+        caller priced the usage itself (Realtime prices audio apart from text)."""
         backend, upstream_model = call.backend, call.upstream_model
         usage = usage or Usage()
-        cost = self.catalog.cost(upstream_model or call.model, usage) if usage.total_tokens else None
+        if cost is None and usage.total_tokens:
+            cost = self.catalog.cost(upstream_model or call.model, usage)
         call.status, call.usage, call.cost = status, usage, cost
         if self.state.usage is not None:
             self.state.usage.add(_usage_record(call, usage, cost, status))

@@ -65,6 +65,19 @@ class Admission:
         await self._limit(call.key)
         return route
 
+    async def allow_model(self, call: Call, model: Any) -> Route:
+        """An authenticated request whose model is not in a JSON body (a Realtime socket's
+        ``?model=``, a client secret's ``session.model``): its route, if the key may use it now."""
+        call.model = model = _model_of({"model": model})
+        route = self.router.resolve(model)
+        self._authorize(call.key, model, route)
+        await self.limit(call.key)
+        return route
+
+    async def limit(self, key: ClientKey | None) -> None:
+        """The key's rpm, tpm and budget, for one more request (a Realtime ``response.create``)."""
+        await self._limit(key)
+
     async def permit(self, call: Call, scope: Scope, body: dict[str, Any]) -> None:
         """A request that goes nowhere upstream (a WebSocket warm-up) is still only for a valid key
         allowed its model."""

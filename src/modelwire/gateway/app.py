@@ -56,6 +56,8 @@ from .http import Receive, Scope, Send
 from .limits import Limiter
 from .lockout import Lockout
 from .metrics import Metrics, forget_dead_workers
+from .realtime import SOCKET_PATHS as REALTIME_PATHS
+from .realtime import Realtime
 from .requestlog import RequestLog
 from .routing import Router
 from .sideroutes import SideRoutes
@@ -142,6 +144,16 @@ class Gateway:
             self.client_address,
             partial(UpstreamSockets, transport.connect_socket, {}),
         )
+        self.realtime = Realtime(
+            admission,
+            failover,
+            accounting,
+            self.metrics,
+            transport,
+            transport.connect_socket,
+            self.sockets,
+            self.client_address,
+        )
         self.request_log = RequestLog(config.server.log_format)
         self.inflight = InFlight()
         self._background: set[asyncio.Task[Any]] = set()
@@ -166,6 +178,7 @@ class Gateway:
         routes[("POST", "/v1/responses/input_tokens")] = (side.responses_tokens, RESPONSES)
         routes[("POST", "/v1/responses/compact")] = (self.compaction.compact, RESPONSES)
         routes[("POST", "/v1/messages/count_tokens")] = (side.anthropic_tokens, ANTHROPIC)
+        routes[("POST", "/v1/realtime/client_secrets")] = (self.realtime.client_secrets, RESPONSES)
         return routes
 
     # --------------------------------------------------------------------------------- lifecycle
@@ -284,7 +297,8 @@ class Gateway:
             endpoint = self._routes.get((scope["method"], scope["path"])) or self._dynamic(scope)
             await self._serve(endpoint, scope, receive, send)
         elif kind == "websocket":
-            await self.sockets.serve(scope, receive, send)
+            serve = self.realtime.serve if scope["path"] in REALTIME_PATHS else self.sockets.serve
+            await serve(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 

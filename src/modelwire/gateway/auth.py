@@ -38,6 +38,8 @@ class ClientKey:
     patterns: tuple[str, ...]
     policy: Policy
     expires_at: float | None = None
+    # May mint Realtime client secrets. Config keys only: keys in the store have no such column yet.
+    realtime_secrets: bool = False
     _allowed: dict[str, bool] = field(default_factory=dict)
 
     def allows(self, *models: str) -> bool:
@@ -58,7 +60,9 @@ class ClientKey:
 
 def from_config(entry: KeyConfig) -> ClientKey:
     policy = Policy(name=entry.name, rpm=entry.rpm, tpm=entry.tpm, budget_usd=entry.budget_usd)
-    return ClientKey(name=entry.name, patterns=tuple(entry.models), policy=policy)
+    return ClientKey(
+        name=entry.name, patterns=tuple(entry.models), policy=policy, realtime_secrets=entry.realtime_secrets
+    )
 
 
 def from_record(record: KeyRecord) -> ClientKey:

@@ -171,6 +171,7 @@ class KeyConfig(_Model):
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     budget_usd: float | None = Field(None, ge=0)
+    realtime_secrets: bool = False  # may mint ephemeral Realtime client secrets (docs/realtime.md)
 
     @field_validator("key", "name")
     @classmethod

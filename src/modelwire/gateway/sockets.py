@@ -101,7 +101,7 @@ class ResponsesSockets:
         call = Call("", RESPONSES, time.monotonic(), self.client_address(scope))
         try:
             await self.admission.authenticate(call, scope)
-            place = await self._hold_place(call.key)
+            place = await self.hold_place(call.key)
         except ModelwireError as err:
             await self._refuse(scope, send, err)
             return
@@ -114,7 +114,7 @@ class ResponsesSockets:
             if place is not None:
                 await place.release()
 
-    async def _hold_place(self, key: ClientKey | None) -> _Place | None:
+    async def hold_place(self, key: ClientKey | None) -> _Place | None:
         """One of the key's places for open sockets (an open gateway's clients have no key, no cap)."""
         if key is None:
             return None
@@ -140,7 +140,7 @@ class ResponsesSockets:
 
     async def _refuse(self, scope: Scope, send: Send, err: ModelwireError) -> None:
         self.metrics.socket_refused()
-        await _refuse(scope, send, err)
+        await refuse_upgrade(scope, send, err)
 
 
 @dataclass(eq=False)
@@ -449,7 +449,7 @@ def _error_event(status: int, error: dict[str, Any], lane: str | None) -> dict[s
     return event
 
 
-async def _refuse(scope: Scope, send: Send, err: ModelwireError) -> None:
+async def refuse_upgrade(scope: Scope, send: Send, err: ModelwireError) -> None:
     """An HTTP error instead of the handshake (a bare close, a 403, where the server cannot)."""
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": 1008})

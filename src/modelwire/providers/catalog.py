@@ -34,6 +34,15 @@ class LongContext:
 
 
 @dataclass(frozen=True, slots=True)
+class AudioPrice:
+    """US dollars per million audio tokens (Realtime models price audio apart from text)."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Price:
     """US dollars per million tokens."""
 
@@ -42,6 +51,7 @@ class Price:
     cached_input: float | None = None
     cache_write: float | None = None
     long_context: LongContext | None = None
+    audio: AudioPrice | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +84,14 @@ def _price(raw: dict[str, Any] | None) -> Price | None:
     if not raw:
         return None
     long = raw.get("long_context")
+    audio = raw.get("audio")
     return Price(
         input=raw["input"],
         output=raw["output"],
         cached_input=raw.get("cached_input"),
         cache_write=raw.get("cache_write"),
         long_context=LongContext(long["threshold"], long["input"], long["output"]) if long else None,
+        audio=AudioPrice(audio["input"], audio["output"], audio.get("cached_input")) if audio else None,
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from ..dialects.options import COMPATIBLE, NATIVE, WireOptions
 from ..types import Dialect
@@ -80,6 +80,7 @@ class HostProfile:
     compaction: bool = False  # server-side context compaction
     service_tiers: bool = False  # "fast" means the priority tier
     websocket: bool = False  # offers Responses over WebSocket (PROTOCOLS.md 2.7)
+    realtime: bool = False  # serves the Realtime API (``/realtime`` WebSocket, client secrets)
     metadata: bool = True  # takes the request's ``metadata`` (the Codex route refuses it)
     forwards_bodies: bool = True  # a client's body can go as it came (Codex needs rewriting)
     embeddings: bool = False
@@ -109,6 +110,7 @@ PROFILES: dict[HostKind, HostProfile] = {
         compaction=True,
         service_tiers=True,
         websocket=True,
+        realtime=True,
         embeddings=True,
     ),
     "azure": HostProfile(
@@ -122,6 +124,7 @@ PROFILES: dict[HostKind, HostProfile] = {
         compaction=True,
         service_tiers=True,
         websocket=True,  # on the /openai/v1 surface (Azure's WebSocket-mode guide); see Host
+        realtime=True,
         embeddings=True,
         filter_chunks=True,
     ),
@@ -227,6 +230,21 @@ class Host:
         SDK builds it from its base URL (PROTOCOLS.md 2.7)."""
         url = self.url("responses")
         return "ws" + url.removeprefix("http") if url.startswith("http") else url
+
+    def realtime_url(self, model: str) -> str:
+        """The Realtime WebSocket for ``model`` (docs/realtime.md): ``/realtime?model=``, or on
+        classic Azure ``/openai/realtime?api-version=&deployment=``, with ``ws``/``wss``."""
+        name = quote(model, safe="")
+        if self.deployment_paths:
+            url = f"{self.base_url}/openai/realtime?api-version={self.api_version}&deployment={name}"
+        else:
+            url = f"{self.base_url}/realtime?model={name}"
+        return "ws" + url.removeprefix("http") if url.startswith("http") else url
+
+    def realtime_secrets_url(self) -> str:
+        """Where ephemeral Realtime client secrets are minted (Azure: on its ``/openai/v1`` surface)."""
+        base = f"{self.base_url}/openai/v1" if self.deployment_paths else self.base_url
+        return base + "/realtime/client_secrets"
 
     def url(self, endpoint: Endpoint, model: str = "", suffix: str = "") -> str:
         """The full URL of ``endpoint`` (for ``response``, ``suffix`` is the id and sub-path)."""

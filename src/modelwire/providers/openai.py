@@ -68,6 +68,7 @@ from .codex_models import CATALOG_QUERY, catalog_models, with_served
 from .driver import observed_call, raising, read_events, read_json
 from .hosts import CODEX_REF, Endpoint, Host, HostKind, WireAPI
 from .planning import Plan, Planner
+from .realtime import Realtime
 from .retry import RetryPolicy
 from .session import Session
 from .strict import StopScanner, cut_at_stop
@@ -183,6 +184,7 @@ class OpenAI:
             policy=sockets or SocketPolicy(),
             metadata=self.host.profile.metadata,
         )
+        self.realtime = Realtime(self.host, self._realtime_headers, sockets_client.connect_socket)
         # What a Codex-route sibling (for openai-codex/ refs) is built from, when one is needed.
         self._codex_settings: dict[str, Any] = {
             "base_url": codex_base_url,
@@ -520,6 +522,11 @@ class OpenAI:
 
     async def _auth(self) -> dict[str, str]:
         return await self.credentials.headers() if self.credentials else self.host.auth_headers(self.api_key)
+
+    async def _realtime_headers(self) -> dict[str, str]:
+        headers = {**self._headers, **await self._auth()}
+        headers.pop("Content-Type", None)
+        return headers
 
     async def _socket_headers(self) -> dict[str, str]:
         """The handshake's headers: the HTTP ones (auth included) with the WebSocket beta, which
