@@ -8,7 +8,8 @@ Written from ``tests/specs/openai-openapi.yml`` only, and mounted by ``tests/fak
 HTTP bodies against their request/response schemas; problems go to the shared ``violations`` list.
 
 Scripting, in the fake's style: ``script(*RealtimeReply)`` queues what the next ``response.create``
-(or, in a transcription session, the next ``input_audio_buffer.commit``) produces: text, audio
+(or, in a transcription session or with ``server_vad`` turn detection, the next
+``input_audio_buffer.commit``) produces: text, audio
 chunks with their transcript, function calls, a realtime ``error`` event, or a dropped connection.
 ``refuse_upgrades(*statuses)`` answers the next handshakes with HTTP errors. ``connections``
 records each socket's handshake and when it ended, so a test can tell that a proxy closed it.
@@ -82,6 +83,7 @@ class RealtimeSocket:
     calls: set[str] = field(default_factory=set)  # call ids this connection's responses made
     audio: bytearray = field(default_factory=bytearray)  # the input audio buffer
     session_type: str = "realtime"
+    voice_activity: bool = False  # server_vad: a committed buffer starts a response by itself
 
 
 class FakeRealtime:
@@ -324,8 +326,11 @@ class FakeRealtime:
     async def _session_update(
         self, ws: web.WebSocketResponse, conn: RealtimeSocket, model: str, event: Json
     ) -> None:
-        kind = event.get("session", {}).get("type", conn.session_type)
+        session = event.get("session", {})
+        kind = session.get("type", conn.session_type)
         conn.session_type = kind
+        turns = (session.get("audio") or {}).get("input", {}).get("turn_detection")
+        conn.voice_activity = isinstance(turns, dict) and turns.get("type") == "server_vad"
         await self._emit(ws, {"type": "session.updated", "session": self._session(kind, model)})
 
     async def _item_create(
@@ -365,6 +370,8 @@ class FakeRealtime:
         await self._emit(ws, {"type": "conversation.item.added", "item": item})
         await self._emit(ws, {"type": "conversation.item.done", "item": item})
         if conn.session_type != "transcription":
+            if conn.voice_activity:  # the server answers the turn it heard without being asked
+                await self._respond(ws, conn, model, {})
             return
         with self._lock:
             reply = self._queue.popleft() if self._queue else RealtimeReply.say()

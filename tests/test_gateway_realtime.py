@@ -30,6 +30,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 SECRETS_KEY = "sk-client-secrets-000000"
 RPM_KEY = "sk-client-rpm-000000000"
+VAD_KEY = "sk-client-rpm-vad-0000000"
 CHAT_ONLY_KEY = "sk-client-chat-only-0000"
 TOOL = {
     "type": "function",
@@ -64,7 +65,11 @@ def rt_gateway(
         {"name": "realtime-azure", "route": "az/my-realtime-deployment"},
         *config["models"],
     ]
-    config["keys"] = [*config["keys"], {"key": SECRETS_KEY, "name": "secrets", "realtime_secrets": True}]
+    config["keys"] = [
+        *config["keys"],
+        {"key": SECRETS_KEY, "name": "secrets", "realtime_secrets": True},
+        {"key": VAD_KEY, "name": "vad", "rpm": 2},
+    ]
     running = start_gateway(config, tmp)
     try:
         yield running
@@ -260,6 +265,35 @@ def test_rpm_exceeded_mid_session_is_an_error_event(
     assert kinds == ["response.create", "session.update"]  # the refused one never went upstream
 
 
+def test_a_response_the_server_starts_itself_is_limited_too(
+    rt_gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    """With voice activity detection the server starts responses without a response.create: the
+    gateway checks the key when one is created, and cancels it when the key is over its limits."""
+    vad = {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad"}}}}
+    audio = json.dumps(
+        {"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\x01" * 64).decode()}
+    )
+    turn = [audio, json.dumps({"type": "input_audio_buffer.commit"})]
+    with raw_socket(rt_gateway, key=VAD_KEY) as socket:  # rpm 2: the handshake is one request
+        socket.send(json.dumps({"type": "session.update", "session": vad}))
+        for frame in turn:
+            socket.send(frame)
+        first = raw_until(socket, "response.done")  # the second request: allowed
+        assert first[-1]["type"] == "response.done"
+        for frame in turn:
+            socket.send(frame)
+        second = []
+        while not second or second[-1]["type"] != "response.done":
+            second.append(json.loads(socket.recv(timeout=20)))
+    refusals = [e for e in second if e["type"] == "error"]
+    assert len(refusals) == 1 and refusals[0]["error"]["type"] == "rate_limit_exceeded"
+    cancelled = next(e for e in second if e["type"] == "response.created")["response"]["id"]
+    sent = upstream.realtime.connections[-1].events
+    assert {"type": "response.cancel", "response_id": cancelled} in sent
+    assert not any(e["type"] == "response.create" for e in sent)  # both started by the server
+
+
 def test_a_client_that_drops_closes_the_upstream_socket(
     rt_gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
@@ -274,11 +308,15 @@ def test_an_upstream_that_drops_closes_the_client_socket(
     rt_gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
     upstream.realtime.script(RealtimeReply.dropped())
+    frames = []
     with raw_socket(rt_gateway) as socket:
         socket.send(json.dumps({"type": "response.create"}))
         with pytest.raises(ConnectionClosed):
             while True:
-                socket.recv(timeout=20)
+                frames.append(json.loads(socket.recv(timeout=20)))
+    created = next(f for f in frames if f["type"] == "response.created")["response"]["id"]
+    row = usage_rows(rt_gateway, created)[0]  # cut before its end: recorded, its usage unknown
+    assert (row["status"], row["error"], row["output_tokens"]) == (499, "cut", 0)
 
 
 def test_a_refused_upstream_upgrade_fails_over(rt_gateway: RunningGateway, upstream: FakeUpstream) -> None:

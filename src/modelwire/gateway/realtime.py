@@ -42,7 +42,7 @@ from ..errors import (
 from ..providers.realtime import SUBPROTOCOL, key_from_subprotocols, realtime_usage
 from ..providers.transport import Transport
 from ..providers.transport import call as transport_call
-from ..types import Dialect
+from ..types import Dialect, Usage
 from . import http
 from .accounting import Accounting
 from .admission import Admission
@@ -59,6 +59,9 @@ Socket = aiohttp.ClientWebSocketResponse[bool]
 Connect = Callable[[str, Mapping[str, str], float], Awaitable[Socket]]
 # Realtime errors, rows and metrics say OpenAI's shape under their own label.
 REALTIME = dataclasses.replace(RESPONSES, dialect=cast(Dialect, "openai_realtime"), chains=False)
+# Upstream events the gateway reads (every other frame passes unread): a marker found is confirmed
+# by parsing, since it could stand inside an item's content.
+_LIFECYCLE = (b'"response.created"', b'"response.done"', b'"error"')
 _FORWARDED = (b"openai-beta", b"openai-organization", b"openai-project")  # client headers passed on
 
 
@@ -183,14 +186,20 @@ class Realtime:
 
 @dataclass(eq=False)
 class _Session:
-    """One open realtime socket: the client's and the upstream's frames, each pumped to the other."""
+    """One open realtime socket: the client's and the upstream's frames, each pumped to the other.
+
+    Responses are followed by their lifecycle events only (``response.created``, ``response.done``,
+    and ``error``): a response the client asked for was checked against the key's limits when
+    asked; one the server started itself (voice activity) is checked when created, and cancelled
+    upstream when the key is over its limits."""
 
     realtime: Realtime
     call: Call  # the socket's own: key, client, public model
     outcome: Outcome[Socket]
     receive: Receive
     send: Send
-    asked: list[float] = field(default_factory=list)  # when each response in flight was asked for
+    asked: int = 0  # client response.create frames let through whose response is not created yet
+    live: dict[str, float] = field(default_factory=dict)  # response id -> started: created, not done
 
     @property
     def upstream(self) -> Socket:
@@ -212,6 +221,8 @@ class _Session:
             with contextlib.suppress(Exception):  # the client may be gone already
                 code = self.upstream.close_code or 1000
                 await self.send({"type": "websocket.close", "code": code if 1000 <= code < 5000 else 1011})
+            for response_id, started in self.live.items():  # cut before their end: usage unknown
+                self._record(response_id, started, Usage(), None, 499, "cut")
 
     async def _from_client(self) -> None:
         while True:
@@ -240,7 +251,7 @@ class _Session:
         except ModelwireError as err:
             await self._error_event(err, event.get("event_id"))
             return False
-        self.asked.append(time.monotonic())
+        self.asked += 1
         return True
 
     async def _from_upstream(self) -> None:
@@ -248,43 +259,77 @@ class _Session:
             message = await self.upstream.receive()
             if message.type is aiohttp.WSMsgType.TEXT:
                 data = message.data if isinstance(message.data, bytes) else str(message.data).encode()
-                if b'"response.done"' in data:
-                    self._account(data)
+                if any(marker in data for marker in _LIFECYCLE):
+                    await self._lifecycle(data)
                 await self.send({"type": "websocket.send", "text": data.decode("utf-8", "replace")})
             elif message.type is aiohttp.WSMsgType.BINARY:
                 await self.send({"type": "websocket.send", "bytes": bytes(message.data)})
             else:
                 return  # closed, closing, or broken: the session ends
 
-    def _account(self, data: bytes) -> None:
-        """One usage row per ``response.done``: its tokens, priced audio and text apart."""
+    async def _lifecycle(self, data: bytes) -> None:
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError:
             return
-        response = event.get("response") if isinstance(event, dict) else None
-        if (
-            not isinstance(event, dict)
-            or event.get("type") != "response.done"
-            or not isinstance(response, dict)
-        ):
+        if not isinstance(event, dict):
             return
-        outcome, socket_call = self.outcome, self.call
-        started = self.asked.pop(0) if self.asked else time.monotonic()
-        rid = response.get("id")
-        call = Call(
-            rid if isinstance(rid, str) and rid else _socket_id(), REALTIME, started, socket_call.client
-        )
-        call.key, call.model, call.stream = socket_call.key, socket_call.model, True
-        call.served_by(outcome.target, outcome.backend)
-        usage, cost = realtime_usage(
-            response.get("usage"), self.realtime.accounting.catalog.profile(outcome.target.model).price
-        )
-        status = 200 if response.get("status") in ("completed", "incomplete", "cancelled") else 502
-        if status != 200:
-            call.error = str(response.get("status") or "failed")[:64]
-        self.realtime.accounting.account(call, usage, status, cost)
+        kind, response = event.get("type"), event.get("response")
+        if kind == "error":
+            # Perhaps a refused response.create: count it as answered, so that a response the
+            # server starts later is checked (fail closed: at worst a response is counted twice).
+            self.asked = max(0, self.asked - 1)
+            return
+        if not isinstance(response, dict) or not isinstance(response.get("id"), str):
+            return
+        if kind == "response.created":
+            await self._created(response["id"])
+        elif kind == "response.done":
+            self._done(response)
+
+    async def _created(self, response_id: str) -> None:
+        self.live[response_id] = time.monotonic()
         self.realtime.metrics.request_started(REALTIME.dialect)
+        if self.asked:
+            self.asked -= 1
+            return
+        try:  # started by the server itself: checked now, cancelled when the key is over its limits
+            await self.realtime.admission.limit(self.call.key)
+        except ModelwireError as err:
+            cancel = orjson.dumps({"type": "response.cancel", "response_id": response_id})
+            with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+                await self.upstream.send_frame(cancel, aiohttp.WSMsgType.TEXT)
+            await self._error_event(err, None)
+
+    def _done(self, response: dict[str, Any]) -> None:
+        """One usage row per ``response.done``: its tokens, priced audio and text apart."""
+        started = self.live.pop(response["id"], None)
+        if started is None:
+            started = time.monotonic()
+            self.realtime.metrics.request_started(REALTIME.dialect)
+        price = self.realtime.accounting.catalog.profile(self.outcome.target.model).price
+        usage, cost = realtime_usage(response.get("usage"), price)
+        state = response.get("status")
+        ok = state in ("completed", "incomplete", "cancelled")
+        self._record(
+            response["id"], started, usage, cost, 200 if ok else 502, None if ok else str(state)[:64]
+        )
+
+    def _record(
+        self,
+        response_id: str,
+        started: float,
+        usage: Usage,
+        cost: float | None,
+        status: int,
+        error: str | None,
+    ) -> None:
+        """A response's usage row (its request id is the response's id) and its metrics."""
+        outcome, socket_call = self.outcome, self.call
+        call = Call(response_id, REALTIME, started, socket_call.client)
+        call.key, call.model, call.stream, call.error = socket_call.key, socket_call.model, True, error
+        call.served_by(outcome.target, outcome.backend)
+        self.realtime.accounting.account(call, usage, status, cost)
         self.realtime.metrics.request_finished(
             REALTIME.dialect, call.model, outcome.backend.name, status, time.monotonic() - started, None
         )
