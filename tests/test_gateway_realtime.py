@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.filterwarnings(
 SECRETS_KEY = "sk-client-secrets-000000"
 RPM_KEY = "sk-client-rpm-000000000"
 VAD_KEY = "sk-client-rpm-vad-0000000"
+BUDGET_KEY = "sk-client-budget-00000000"
 CHAT_ONLY_KEY = "sk-client-chat-only-0000"
 TOOL = {
     "type": "function",
@@ -69,6 +71,7 @@ def rt_gateway(
         *config["keys"],
         {"key": SECRETS_KEY, "name": "secrets", "realtime_secrets": True},
         {"key": VAD_KEY, "name": "vad", "rpm": 2},
+        {"key": BUDGET_KEY, "name": "budget", "budget_usd": 0.001},
     ]
     running = start_gateway(config, tmp)
     try:
@@ -263,6 +266,56 @@ def test_rpm_exceeded_mid_session_is_an_error_event(
         assert raw_until(socket, "session.updated")[-1]["type"] == "session.updated"  # still open
     kinds = [e["type"] for e in upstream.realtime.connections[-1].events]
     assert kinds == ["response.create", "session.update"]  # the refused one never went upstream
+
+
+def test_a_spent_budget_stops_the_next_response_and_the_next_handshake(
+    rt_gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.realtime.script(RealtimeReply.speak([b"\x00"], "pricey", output_audio=100_000))  # $6.40
+    with raw_socket(rt_gateway, key=BUDGET_KEY) as socket:
+        socket.send(json.dumps({"type": "response.create"}))
+        done = raw_until(socket, "response.done")[-1]
+        assert usage_rows(rt_gateway, done["response"]["id"])[0]["cost"] > 0.001
+        deadline = time.monotonic() + 10
+        while True:  # the spend reaches the key's counters just after the row is queued
+            socket.send(json.dumps({"type": "response.create"}))
+            event = raw_until(socket, "response.done")[-1]
+            if event["type"] == "error" or time.monotonic() > deadline:
+                break
+        assert event["type"] == "error" and event["error"]["code"] == "budget_exceeded"
+    with pytest.raises(InvalidStatus) as refused:
+        raw_socket(rt_gateway, key=BUDGET_KEY)
+    status, doc = refusal(refused.value)
+    assert status == 429 and doc["error"]["code"] == "budget_exceeded"
+
+
+def test_realtime_and_responses_sockets_share_the_key_cap(
+    upstream_server: FakeUpstream, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    config = base_config(upstream_server, tmp_path)
+    config["server"] = {**config["server"], "websocket_sockets_per_key": 1}
+    config["backends"]["rt"] = {"type": "openai", "base_url": upstream_server.url, "api_key": "sk-up-rt"}
+    config["models"] = [{"name": "realtime", "route": "rt/gpt-realtime"}, *config["models"]]
+    gateway = start_gateway(config, tmp_path, name="capped")
+    try:
+        with raw_socket(gateway) as first:
+            assert json.loads(first.recv(timeout=20))["type"] == "session.created"
+            for url in (ws_url(gateway), gateway.url.replace("http://", "ws://") + "/v1/responses"):
+                with pytest.raises(InvalidStatus) as refused:
+                    ws_client.connect(url, additional_headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+                status, doc = refusal(refused.value)
+                assert status == 429 and doc["error"]["code"] == "websocket_connection_limit_reached"
+        deadline = time.monotonic() + 10
+        while True:  # the place is freed once the gateway has seen the close
+            try:
+                with raw_socket(gateway) as again:
+                    assert json.loads(again.recv(timeout=20))["type"] == "session.created"
+                break
+            except InvalidStatus:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        gateway.stop()
 
 
 def test_a_response_the_server_starts_itself_is_limited_too(
