@@ -214,12 +214,12 @@ def test_usage_is_priced_audio_and_text_apart(rt_gateway: RunningGateway, upstre
 def test_a_browser_authenticates_with_the_key_subprotocol(
     rt_gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
-    offered = ["realtime", f"openai-insecure-api-key.{CLIENT_KEY}"]
+    offered = ["realtime", f"openai-insecure-api-key.{CLIENT_KEY}", "openai-beta.realtime-v1"]
     with ws_client.connect(ws_url(rt_gateway), subprotocols=offered) as socket:  # type: ignore[arg-type]
         assert socket.subprotocol == "realtime"  # never the key
         assert json.loads(socket.recv(timeout=20))["type"] == "session.created"
     headers = upstream.realtime.connections[-1].headers
-    assert headers["authorization"] == "Bearer sk-up-rt"
+    assert headers["authorization"] == "Bearer sk-up-rt" and headers["openai-beta"] == "realtime=v1"
     assert CLIENT_KEY not in json.dumps(headers)
     bad = ["realtime", "openai-insecure-api-key.sk-wrong-key-123456"]
     with pytest.raises(InvalidStatus) as refused:

@@ -59,6 +59,7 @@ Socket = aiohttp.ClientWebSocketResponse[bool]
 Connect = Callable[[str, Mapping[str, str], float], Awaitable[Socket]]
 # Realtime errors, rows and metrics say OpenAI's shape under their own label.
 REALTIME = dataclasses.replace(RESPONSES, dialect=cast(Dialect, "openai_realtime"), chains=False)
+BETA_SUBPROTOCOL = "openai-beta.realtime-v1"  # a browser's stand-in for ``OpenAI-Beta: realtime=v1``
 # Upstream events the gateway reads (every other frame passes unread): a marker found is confirmed
 # by parsing, since it could stand inside an item's content.
 _LIFECYCLE = (b'"response.created"', b'"response.done"', b'"error"')
@@ -120,6 +121,8 @@ class Realtime:
 
     def _opener(self, scope: Scope) -> Callable[[Any, Backend, int], Awaitable[Socket]]:
         client = dict(scope["headers"])
+        client_names = {name.decode("latin-1") for name in client}
+        offered = scope.get("subprotocols") or ()
         query = _query(scope)
 
         async def open_socket(target: Any, backend: Backend, index: int) -> Socket:
@@ -133,6 +136,8 @@ class Realtime:
                 url += "&intent=transcription"
             headers = {k: v for k, v in backend.headers(index).items() if k.lower() != "content-type"}
             headers.update({k.decode(): client[k].decode("latin-1") for k in _FORWARDED if k in client})
+            if BETA_SUBPROTOCOL in offered and "openai-beta" not in client_names:
+                headers["OpenAI-Beta"] = "realtime=v1"  # a browser's way of asking for the beta events
             try:
                 return await self.connect(url, headers, HANDSHAKE_SECONDS)
             except UpstreamUnavailableError as err:
