@@ -138,8 +138,9 @@ class FakeRealtime:
     def mount(self, app: web.Application, base: str) -> None:
         app.router.add_get(f"{base}/realtime", self._serve)
         app.router.add_get("/openai/realtime", self._serve)
-        app.router.add_post(f"{base}/realtime/client_secrets", self._client_secret)
-        app.router.add_post(f"{base}/realtime/transcription_sessions", self._transcription_session)
+        for prefix in (base, "/openai/v1"):
+            app.router.add_post(f"{prefix}/realtime/client_secrets", self._client_secret)
+            app.router.add_post(f"{prefix}/realtime/transcription_sessions", self._transcription_session)
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from modelwire import OpenAI
-from modelwire.errors import AuthenticationError, RateLimitError, TimeoutError, UpstreamUnavailableError
+from modelwire.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    RateLimitError,
+    TimeoutError,
+    UpstreamUnavailableError,
+)
 from modelwire.providers.catalog import Catalog
 from modelwire.providers.realtime import key_from_subprotocols, realtime_usage
 
@@ -106,6 +112,12 @@ async def test_iteration_ends_when_the_server_drops(upstream: FakeUpstream) -> N
         await conn.send({"type": "response.create"})
         kinds = [e["type"] async for e in conn]
     assert kinds == ["session.created", "response.created"]
+
+
+def test_hosts_without_a_realtime_api_say_so() -> None:
+    client = OpenAI(api_key="sk-ant", host="anthropic", base_url="http://127.0.0.1:9")
+    with pytest.raises(InvalidRequestError):
+        client.realtime.connect(model="claude")
 
 
 def test_the_browser_key_subprotocol() -> None:

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .fake_realtime import RealtimeReply
 from .fake_upstream import FakeUpstream
-from .gateway_fixtures import CLIENT_KEY, RunningGateway, base_config, start_gateway, usage_rows
+from .gateway_fixtures import CLIENT_KEY, RunningGateway, base_config, request, start_gateway, usage_rows
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:connect\\(\\) must be used as a context manager:DeprecationWarning"
@@ -430,6 +430,30 @@ async def test_client_secrets_only_for_keys_allowed_to_mint_them(
         await sdk(rt_gateway, CHAT_ONLY_KEY).realtime.client_secrets.create(
             session={"type": "realtime", "model": "realtime"}
         )
+    assert len(upstream.realtime.secrets) == 1
+
+
+def test_transcription_sessions_are_minted_like_client_secrets(
+    rt_gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    body = json.dumps({"input_audio_transcription": {"model": "realtime"}}).encode()
+    status, _, answer = request(
+        rt_gateway,
+        "POST",
+        "/v1/realtime/transcription_sessions",
+        body,
+        {"Authorization": f"Bearer {SECRETS_KEY}"},
+    )
+    assert status == 200 and json.loads(answer)["client_secret"]["value"].startswith("ek_")
+    headers, sent = upstream.realtime.secrets[-1]
+    assert headers["authorization"] == "Bearer sk-up-rt"
+    assert sent["input_audio_transcription"]["model"] == "gpt-realtime"
+    status, _, answer = request(rt_gateway, "POST", "/v1/realtime/transcription_sessions", body)
+    assert status == 403 and json.loads(answer)["error"]["code"] == "client_secrets_not_allowed"
+    status, _, answer = request(
+        rt_gateway, "POST", "/v1/realtime/client_secrets", b"{}", {"Authorization": f"Bearer {SECRETS_KEY}"}
+    )
+    assert status == 400 and json.loads(answer)["error"]["param"] == "session"
     assert len(upstream.realtime.secrets) == 1
 
 

@@ -56,6 +56,7 @@ from .http import Receive, Scope, Send
 from .limits import Limiter
 from .lockout import Lockout
 from .metrics import Metrics, forget_dead_workers
+from .realtime import MINTED as REALTIME_MINTED
 from .realtime import SOCKET_PATHS as REALTIME_PATHS
 from .realtime import Realtime
 from .requestlog import RequestLog
@@ -178,7 +179,8 @@ class Gateway:
         routes[("POST", "/v1/responses/input_tokens")] = (side.responses_tokens, RESPONSES)
         routes[("POST", "/v1/responses/compact")] = (self.compaction.compact, RESPONSES)
         routes[("POST", "/v1/messages/count_tokens")] = (side.anthropic_tokens, ANTHROPIC)
-        routes[("POST", "/v1/realtime/client_secrets")] = (self.realtime.client_secrets, RESPONSES)
+        for path in REALTIME_MINTED:
+            routes[("POST", path)] = (self.realtime.mint, RESPONSES)
         return routes
 
     # --------------------------------------------------------------------------------- lifecycle

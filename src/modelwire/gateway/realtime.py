@@ -2,12 +2,14 @@
 ``POST /v1/realtime/client_secrets`` (docs/realtime.md has the wire).
 
 A realtime socket is a proxy, not a translation: every event goes through both ways as the frame it
-came in (text stays text, binary stays binary, nothing is parsed on the way but the two events the
-gateway must see). Before the handshake is answered, exactly as for an HTTP request: the client key
-(``Authorization``, or the ``openai-insecure-api-key.<key>`` subprotocol browsers send, never echoed
-back), the model against the key's globs, rpm and budget, a place among the key's open sockets
-(shared with Responses sockets), and an upstream socket opened through the route's failover (a
-refused upgrade, 429 or 5xx, moves to the next backend). Refusals are HTTP errors in OpenAI's shape.
+came in (text stays text, binary stays binary; nothing is parsed on the way but the few events the
+gateway must see: a client's ``response.create``, an upstream's ``response.created``,
+``response.done`` and ``error``). Before the handshake is answered, exactly as for an HTTP
+request: the client key (``Authorization``, or the ``openai-insecure-api-key.<key>`` subprotocol
+browsers send, never echoed back), the model against the key's globs, rpm and budget, a place
+among the key's open sockets (shared with Responses sockets), and an upstream socket opened
+through the route's failover (a refused upgrade, 429 or 5xx, moves to the next backend).
+Refusals are HTTP errors in OpenAI's shape.
 
 Once open there is no failover: the conversation lives on that upstream socket. A client
 ``response.create`` is checked against the key's limits first and, if refused, answered with a
@@ -49,11 +51,18 @@ from .admission import Admission
 from .call import Call
 from .http import Receive, Scope, Send
 from .metrics import Metrics
+from .routing import Target
 from .sockets import MAX_SECONDS, ResponsesSockets, refuse_upgrade
 from .surfaces import RESPONSES
 from .upstream import Backend, Failover, Outcome
 
 SOCKET_PATHS = frozenset({"/v1/realtime", "/realtime"})
+# What mints an ephemeral secret: path -> (upstream endpoint under /realtime, the body field whose
+# ``model`` is routed).
+MINTED = {
+    "/v1/realtime/client_secrets": ("client_secrets", "session"),
+    "/v1/realtime/transcription_sessions": ("transcription_sessions", "input_audio_transcription"),
+}
 HANDSHAKE_SECONDS = 10.0  # the longest an upstream may take to open a realtime socket
 Socket = aiohttp.ClientWebSocketResponse[bool]
 Connect = Callable[[str, Mapping[str, str], float], Awaitable[Socket]]
@@ -89,43 +98,49 @@ class Realtime:
             )
             return
         call = Call(_socket_id(), REALTIME, time.monotonic(), self.client_address(scope))
-        place = None
         try:
             await self.admission.authenticate(call, _with_subprotocol_key(scope))
             route = await self.admission.allow_model(call, _query(scope).get("model"))
             place = await self.sockets.hold_place(call.key)
-            outcome = await self.failover.run(route.order(), self._opener(scope))
         except ModelwireError as err:
+            await self._refuse(scope, send, err)
+            return
+        try:
+            await self._open(call, route.order(), scope, receive, send)
+        finally:
             if place is not None:
                 await place.release()
+
+    async def _open(
+        self, call: Call, targets: list[Target], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """The upstream socket through failover, then the client's handshake, then the session."""
+        try:
+            outcome = await self.failover.run(targets, self._opener(scope))
+        except ModelwireError as err:
             await self._refuse(scope, send, err)
             return
         accept: dict[str, Any] = {"type": "websocket.accept"}
         if SUBPROTOCOL in scope.get("subprotocols", ()):
             accept["subprotocol"] = SUBPROTOCOL  # never the key's subprotocol: that would echo it
-        session = _Session(self, call, outcome, receive, send)
         try:
             await send(accept)
-        except OSError:
+        except OSError:  # the client left while the upstream opened
             await outcome.value.close()
-            if place is not None:
-                await place.release()
             return
         self.metrics.socket_opened()
         try:
-            await session.run()
+            await _Session(self, call, outcome, receive, send).run()
         finally:
             self.metrics.socket_closed()
-            if place is not None:
-                await place.release()
 
-    def _opener(self, scope: Scope) -> Callable[[Any, Backend, int], Awaitable[Socket]]:
+    def _opener(self, scope: Scope) -> Callable[[Target, Backend, int], Awaitable[Socket]]:
         client = dict(scope["headers"])
         client_names = {name.decode("latin-1") for name in client}
         offered = scope.get("subprotocols") or ()
         query = _query(scope)
 
-        async def open_socket(target: Any, backend: Backend, index: int) -> Socket:
+        async def open_socket(target: Target, backend: Backend, index: int) -> Socket:
             if not backend.host.profile.realtime:
                 raise InvalidRequestError(
                     f"the backend {backend.name!r} does not serve the Realtime API",
@@ -151,9 +166,11 @@ class Realtime:
 
     # -------------------------------------------------------------------- client secrets (HTTP)
 
-    async def client_secrets(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
-        """``POST /v1/realtime/client_secrets``: passed through, with the upstream's key, for keys
-        allowed to mint secrets (``realtime_secrets: true``); the session's model is routed."""
+    async def mint(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/realtime/client_secrets`` (and the older ``/transcription_sessions``):
+        passed through with the upstream's key, only for keys allowed to mint ephemeral secrets
+        (``realtime_secrets: true``); the model the body names is routed and checked."""
+        endpoint, where = MINTED[scope["path"]]
         call.headers = await self.admission.authenticate(call, scope)
         if call.key is not None and not call.key.realtime_secrets:
             raise PermissionDeniedError(
@@ -165,24 +182,24 @@ class Realtime:
             receive, self.admission.config.server.max_body_bytes, call.headers.get(b"content-length")
         )
         body = http.parse_json(raw)
-        session = body.get("session")
-        if not isinstance(session, dict):
-            raise InvalidRequestError("session: is required (an object naming the model)", param="session")
-        route = await self.admission.allow_model(call, session.get("model"))
+        holder = body.get(where)
+        if not isinstance(holder, dict):
+            raise InvalidRequestError(f"{where}: is required (an object naming the model)", param=where)
+        route = await self.admission.allow_model(call, holder.get("model"))
 
-        async def mint(target: Any, backend: Backend, index: int) -> bytes:
+        async def forward(target: Target, backend: Backend, index: int) -> bytes:
             if not backend.host.profile.realtime:
                 raise InvalidRequestError(
                     f"the backend {backend.name!r} does not serve the Realtime API",
                     code="realtime_unsupported",
                 )
-            payload = orjson.dumps({**body, "session": {**session, "model": target.model}})
-            url = backend.host.realtime_secrets_url()
+            payload = orjson.dumps({**body, where: {**holder, "model": target.model}})
+            url = backend.host.realtime_secrets_url(endpoint)
             reply = await transport_call(self.transport, "POST", url, backend.headers(index), payload)
             return await reply.read()
 
         try:
-            outcome = await self.failover.run(route.order(), mint)
+            outcome = await self.failover.run(route.order(), forward)
         except ModelwireError as err:
             await self.accounting.failed(call, send, err)
             return

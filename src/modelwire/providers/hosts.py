@@ -152,6 +152,7 @@ PROFILES: dict[HostKind, HostProfile] = {
         auth="bearer",
         default_base_url=OPENAI_BASE_URL,
         key_env="OPENAI_API_KEY",
+        realtime=True,  # a server that speaks OpenAI's wire may serve its Realtime API too
         embeddings=True,
     ),
     "anthropic": HostProfile(
@@ -241,10 +242,11 @@ class Host:
             url = f"{self.base_url}/realtime?model={name}"
         return "ws" + url.removeprefix("http") if url.startswith("http") else url
 
-    def realtime_secrets_url(self) -> str:
-        """Where ephemeral Realtime client secrets are minted (Azure: on its ``/openai/v1`` surface)."""
+    def realtime_secrets_url(self, endpoint: str = "client_secrets") -> str:
+        """Where ephemeral Realtime secrets are minted (``client_secrets``, or the older
+        ``transcription_sessions``); Azure: on its ``/openai/v1`` surface."""
         base = f"{self.base_url}/openai/v1" if self.deployment_paths else self.base_url
-        return base + "/realtime/client_secrets"
+        return f"{base}/realtime/{endpoint}"
 
     def url(self, endpoint: Endpoint, model: str = "", suffix: str = "") -> str:
         """The full URL of ``endpoint`` (for ``response``, ``suffix`` is the id and sub-path)."""

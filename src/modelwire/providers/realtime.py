@@ -25,7 +25,13 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ..errors import ModelwireError, ProtocolError, UpstreamUnavailableError, from_response
+from ..errors import (
+    InvalidRequestError,
+    ModelwireError,
+    ProtocolError,
+    UpstreamUnavailableError,
+    from_response,
+)
 from ..types import Usage
 from .catalog import Price
 from .hosts import Host
@@ -102,6 +108,8 @@ class Realtime:
     def connect(self, *, model: str, transcription: bool = False) -> RealtimeConnection:
         """A session with ``model`` (an Azure deployment on classic Azure), to use with
         ``async with``; ``transcription=True`` opens a transcription session."""
+        if not self.host.profile.realtime:
+            raise InvalidRequestError(f"the {self.host.kind} host does not serve the Realtime API")
         url = self.host.realtime_url(model)
         if transcription:
             url += "&intent=transcription"
