@@ -1312,6 +1312,9 @@ class FakeUpstream:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        from tests.fake_media import FakeMedia  # the media endpoints (its own module; it imports this one)
+
+        self.media = FakeMedia(self)
 
     # -- scripting API -------------------------------------------------------------------------
 
@@ -1337,6 +1340,7 @@ class FakeUpstream:
             self.background = NativeBackground()
             self.extra_fields.clear()
             self._refusals.clear()
+            self.media.reset()
         self.drop_sockets()  # a socket left open by one test must not serve the next
 
     def refuse_upgrades(self, *replies: Reply) -> None:
@@ -1472,6 +1476,7 @@ class FakeUpstream:
             app.router.add_get(f"{prefix}/responses", self._serve_socket)
             app.router.add_post(f"{prefix}/responses/compact", self._endpoint("compact"))
             app.router.add_post(f"{prefix}/responses/{{id}}/cancel", self._endpoint("cancel_response"))
+        self.media.add_routes(app, (self.base, "/openai/v1"))
         deployments = "/openai/deployments/{deployment}"
         app.router.add_post(f"{deployments}/chat/completions", self._endpoint("chat"))
         app.router.add_post(f"{deployments}/embeddings", self._endpoint("embeddings"))
