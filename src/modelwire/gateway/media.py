@@ -21,6 +21,7 @@ import orjson
 
 from ..dialects.check import fail
 from ..errors import ModelwireError
+from ..media_types import MediaUsage
 from ..providers.catalog import Catalog
 from ..providers.transport import Transport
 from . import relay
@@ -30,7 +31,7 @@ from .call import Call
 from .codex_images import CodexImages
 from .config import Config
 from .http import Receive, Scope, Send
-from .media_usage import MediaUse, measure
+from .media_usage import measure, token_usage
 from .relay import Endpoints, Operation, Sent, media_url
 from .routing import Route, Target
 from .uploads import Upload
@@ -243,12 +244,11 @@ class Media:
         use = measure(op, call.body, relayed)
         self.account(call, use)
 
-    def account(self, call: Call, use: MediaUse) -> None:
+    def account(self, call: Call, use: MediaUsage) -> None:
         """The request's usage row, priced by the catalog's media prices."""
         status = call.status if call.error else 200
-        self.accounting.account(
-            call, use.tokens, status, use.cost(self.catalog, call.upstream_model or call.model)
-        )
+        cost = self.catalog.media_cost(call.upstream_model or call.model, use)
+        self.accounting.account(call, token_usage(use), status, cost)
 
 
 # ------------------------------------------------------------------------------------- checks
@@ -349,7 +349,7 @@ def check_form(op: Operation, body: dict[str, Any], upload: Upload) -> None:
         if names.count("mask") > 1:
             fail("mask", "give one mask at most")
         check_image_options(body)
-    else:
+    elif op in ("transcription", "translation"):
         if names and names[0] != "file":
             fail(names[0], "is not a file field of this endpoint (send the audio as 'file')")
         if not names and upload.done:

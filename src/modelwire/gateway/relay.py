@@ -106,10 +106,12 @@ class Endpoints:
                 await check_public(url, self.allow_private)
                 self._vetted[url] = None
             except InvalidRequestError as err:
-                self._vetted[url] = UpstreamUnavailableError(
+                closed = UpstreamUnavailableError(
                     f"backend {backend.name!r}: its {PATHS[operation][0]} endpoint is refused: {err.message}",
                     code="private_endpoint",
                 )
+                closed.retryable = False  # the operator must act; trying again changes nothing
+                self._vetted[url] = closed
         refused = self._vetted[url]
         if refused is not None:
             raise refused

@@ -19,7 +19,6 @@ import aiohttp
 from ..errors import ModelwireError, ProtocolError, TimeoutError, UpstreamUnavailableError, from_response
 from .retry import retry_after, should_retry_header
 
-
 Body = bytes | AsyncIterable[bytes] | None
 """A request body: bytes, or chunks produced as they are sent (a relayed upload)."""
 
