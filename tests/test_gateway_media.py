@@ -428,3 +428,28 @@ def test_a_cut_chunked_speech_stream_fails_at_the_client(
             response.read()
     finally:
         connection.close()
+
+
+def test_capture_records_media_by_size_and_digest_never_the_bytes(
+    upstream_server: FakeUpstream, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    config = {**media_config(upstream_server, tmp_path), "capture": {"path": str(tmp_path / "capture.jsonl")}}
+    running = start_gateway(config, tmp_path, name="captured")
+    try:
+        with sdk(running, CLIENT_KEY) as client:
+            image = client.images.generate(prompt="a kite", model="gpt-image-1").data or []
+            wav = b"RIFF" + bytes(range(256)) * 64
+            client.audio.transcriptions.create(file=("a.wav", wav, "audio/wav"), model="whisper-1")
+            upstream.script(Body(size=30_000))
+            speech = client.audio.speech.create(model="tts-1", input="hi", voice="alloy").content
+    finally:
+        running.stop()
+    text = (tmp_path / "capture.jsonl").read_text()
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert image[0].b64_json and image[0].b64_json[:200] not in text
+    assert hashlib.sha256(wav).hexdigest() in text and hashlib.sha256(speech).hexdigest() in text
+    uploads = [
+        line["payload"] for line in lines if line["direction"] == "client_request" and "files" in str(line)
+    ]
+    assert uploads and uploads[0]["files"][0]["bytes"] == len(wav)
+    assert "sk-up-oai" not in text and CLIENT_KEY not in text

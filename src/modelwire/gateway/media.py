@@ -156,12 +156,12 @@ class Media:
         except ModelwireError as err:
             await self.accounting.failed(call, send, err)
             if upload is not None:
-                upload.close()
+                self.done_with(call, scope, upload)
             return
         try:
             await self._answer(call, send, op, outcome)
         finally:
-            upload.close()
+            self.done_with(call, scope, upload)
 
     async def admit_form(
         self, call: Call, scope: Scope, receive: Receive, op: Operation, limit: int
@@ -185,11 +185,16 @@ class Media:
         except BaseException:
             upload.close()
             raise
-        files = [f.summary() for f in upload.files]
-        self.accounting.record(
-            "client_request", call, {**call.body, "files": files}, url=scope["path"], client=call.client
-        )
         return route, upload
+
+    def done_with(self, call: Call, scope: Scope, upload: Upload) -> None:
+        """An upload's end: captured (its fields, its files' sizes and digests, never their bytes)
+        now that the digests are known, and its spool removed."""
+        files = [f.summary() for f in upload.files]
+        if self.accounting.capture is not None:
+            payload = {**call.body, "files": files, "complete": upload.done}
+            self.accounting.record("client_request", call, payload, url=scope["path"], client=call.client)
+        upload.close()
 
     async def _post_json(
         self, call: Call, op: Operation, target: Target, backend: Backend, index: int

@@ -163,7 +163,7 @@ class Videos:
             await self.accounting.failed(call, send, err)
         finally:
             if upload is not None:
-                upload.close()
+                self.media.done_with(call, scope, upload)
 
     async def _answer_job(self, call: Call, send: Send, outcome: Outcome[Sent]) -> None:
         """A new job's answer, sent once the store knows where the job lives."""
