@@ -6,7 +6,7 @@ from in ``raw``, so fields the API adds later are not lost.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 Json = dict[str, Any]
@@ -48,3 +48,80 @@ class MediaUsage:
             + self.audio_input_tokens
             + self.audio_output_tokens
         )
+
+
+@dataclass(slots=True, kw_only=True)
+class GeneratedImage:
+    """One image of an answer: its bytes (``b64_json`` decoded) or, from DALL·E, a URL."""
+
+    data: bytes | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class ImageResult:
+    """``images.generate`` / ``images.edit``: the images and the settings the API applied."""
+
+    images: list[GeneratedImage]
+    model: str
+    created: int = 0
+    size: str | None = None
+    quality: str | None = None
+    background: str | None = None
+    output_format: str | None = None
+    usage: MediaUsage = field(default_factory=MediaUsage)
+    cost: float | None = None
+    raw: Json = field(default_factory=dict)
+
+
+@dataclass(slots=True, kw_only=True)
+class Transcript:
+    """``audio.transcribe`` / ``audio.translate``. For ``text``, ``srt`` and ``vtt`` the body is
+    ``text`` as sent; for the JSON formats the fields are filled from the document."""
+
+    text: str
+    model: str
+    format: str = "json"
+    language: str | None = None
+    duration: float | None = None
+    segments: list[Json] = field(default_factory=list)
+    words: list[Json] = field(default_factory=list)
+    usage: MediaUsage = field(default_factory=MediaUsage)
+    cost: float | None = None
+    raw: Json = field(default_factory=dict)
+
+
+@dataclass(slots=True, kw_only=True)
+class Video:
+    """A video job (``VideoResource``): ``status`` is queued, in_progress, completed or failed."""
+
+    id: str
+    status: str
+    model: str
+    progress: int = 0
+    prompt: str | None = None
+    size: str | None = None
+    seconds: str | None = None
+    created_at: int = 0
+    completed_at: int | None = None
+    expires_at: int | None = None
+    remixed_from_video_id: str | None = None
+    error: Json | None = None
+    usage: MediaUsage = field(default_factory=MediaUsage)
+    cost: float | None = None
+    raw: Json = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("completed", "failed")
+
+
+@dataclass(slots=True, kw_only=True)
+class VideoPage:
+    """One page of ``videos.list``; pass ``last_id`` as ``after`` for the next."""
+
+    videos: list[Video]
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None

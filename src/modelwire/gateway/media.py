@@ -214,12 +214,29 @@ class Media:
         if upload is None:
             check_for_backend(op, model, backend, call.body)
             body = orjson.dumps({**call.body, "model": model})
-            reply = await relay.send(self.transport, call, backend, index, "POST", url, body)
+            reply = await relay.send(
+                self.transport,
+                call,
+                backend,
+                index,
+                "POST",
+                url,
+                body,
+                read_for=relay.read_timeout(backend, op),
+            )
             return Sent(reply, model, key_index=index)
         content_type = call.headers.get(b"content-type", b"").decode("latin-1")
         try:
             reply = await relay.send(
-                self.transport, call, backend, index, "POST", url, upload.body(model), content_type
+                self.transport,
+                call,
+                backend,
+                index,
+                "POST",
+                url,
+                upload.body(model),
+                content_type,
+                relay.read_timeout(backend, op),
             )
         except ModelwireError:
             if upload.error is not None:  # the client's upload failed, not the upstream

@@ -26,33 +26,32 @@ from typing import Any, Literal
 import orjson
 
 from ..errors import InvalidRequestError, ModelwireError, ProtocolError, UpstreamUnavailableError
+from ..providers.addresses import refuse_private
+from ..providers.hosts import AZURE_IMAGE_TIMEOUT, Host, MediaEndpoint
 from ..providers.transport import Body, Reply, Transport
 from ..providers.transport import call as upstream_call
 from . import http
 from .accounting import Accounting
 from .call import Call
 from .config import MediaKind
-from .fetch import check_public
 from .http import Headers, Send
 from .upstream import Backend
 
 log = logging.getLogger("modelwire.gateway")
 
 Operation = Literal["image_generation", "image_edit", "speech", "transcription", "translation", "video"]
-# Each operation: the modality whose base URL it uses, and its path under an OpenAI base URL.
-PATHS: dict[Operation, tuple[MediaKind, str]] = {
-    "image_generation": ("images", "/images/generations"),
-    "image_edit": ("images", "/images/edits"),
-    "speech": ("speech", "/audio/speech"),
-    "transcription": ("transcription", "/audio/transcriptions"),
-    "translation": ("transcription", "/audio/translations"),
-    "video": ("video", "/videos"),
+# Each operation: the modality whose base URL it may have, and its endpoint on a host.
+PATHS: dict[Operation, tuple[MediaKind, MediaEndpoint]] = {
+    "image_generation": ("images", "images.generations"),
+    "image_edit": ("images", "images.edits"),
+    "speech": ("speech", "audio.speech"),
+    "transcription": ("transcription", "audio.transcriptions"),
+    "translation": ("transcription", "audio.translations"),
+    "video": ("video", "videos"),
 }
 # The kinds of host that serve OpenAI's media endpoints over HTTP (the Codex route serves images
 # through its Responses backend instead: see :mod:`.codex_images`).
 MEDIA_HOSTS = frozenset({"openai", "azure", "openai-compatible"})
-# Azure's video jobs live on its v1 surface, not under a deployment.
-AZURE_VIDEO_PATH = "/openai/v1/videos"
 TAP_LIMIT = 64 * 1024 * 1024  # an event bigger than this is not searched for usage
 _CUT = {
     "type": "error",
@@ -66,18 +65,19 @@ CUT_EVENT = b"event: error\ndata: " + orjson.dumps(_CUT) + b"\n\n"
 
 
 def media_url(backend: Backend, operation: Operation, model: str, suffix: str = "") -> str:
-    """The URL of ``operation`` for ``model`` on ``backend``: its own base URL for the modality
-    when configured, deployment-scoped on classic Azure, else under the backend's base URL."""
-    kind, path = PATHS[operation]
+    """The URL of ``operation`` for ``model`` on ``backend``: under its own base URL for the
+    modality when it has one, else where the host serves it (deployment-scoped on classic Azure)."""
+    kind, endpoint = PATHS[operation]
     custom = backend.config.media_base_urls.get(kind)
-    if custom is not None:
-        return custom.rstrip("/") + path + suffix
-    host = backend.host
-    if not host.deployment_paths:
-        return host.base_url + path + suffix
-    if operation == "video":
-        return host.base_url + AZURE_VIDEO_PATH + suffix
-    return f"{host.base_url}/openai/deployments/{model}{path}{suffix}?api-version={host.api_version}"
+    host = backend.host if custom is None else Host.create("openai-compatible", custom)
+    return host.media_url(endpoint, model, suffix)
+
+
+def read_timeout(backend: Backend, operation: Operation) -> float:
+    """Seconds to wait for each read: Azure sends nothing until an image is done."""
+    if operation.startswith("image") and backend.host.kind == "azure":
+        return max(backend.config.timeout, AZURE_IMAGE_TIMEOUT)
+    return backend.config.timeout
 
 
 def serves(backend: Backend, operation: Operation) -> None:
@@ -103,7 +103,9 @@ class Endpoints:
             return
         if url not in self._vetted:
             try:
-                await check_public(url, self.allow_private)
+                await refuse_private(
+                    url, allow=self.allow_private, hint="set server.allow_private_urls to allow it"
+                )
                 self._vetted[url] = None
             except InvalidRequestError as err:
                 closed = UpstreamUnavailableError(
@@ -139,11 +141,13 @@ async def send(
     url: str,
     body: Body,
     content_type: str | None = "application/json",
+    read_for: float | None = None,
 ) -> Reply:
     """One upstream request; an error answer raised as the upstream's own error."""
     sent = await headers(backend, index, content_type)
     sent["X-Client-Request-Id"] = call.request_id
-    return await upstream_call(transport, method, url, sent, body, read_timeout=backend.config.timeout)
+    wait = read_for if read_for is not None else backend.config.timeout
+    return await upstream_call(transport, method, url, sent, body, read_timeout=wait)
 
 
 # ----------------------------------------------------------------------------------- answers

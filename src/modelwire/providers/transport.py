@@ -12,15 +12,14 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 import aiohttp
 
 from ..errors import ModelwireError, ProtocolError, TimeoutError, UpstreamUnavailableError, from_response
 from .retry import retry_after, should_retry_header
 
-Body = bytes | AsyncIterable[bytes] | None
-"""A request body: bytes, or chunks produced as they are sent (a relayed upload)."""
+Body: TypeAlias = bytes | AsyncIterable[bytes] | None  # an iterable is streamed (media uploads)
 
 
 class Reply(Protocol):
