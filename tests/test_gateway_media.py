@@ -7,6 +7,7 @@ field, a cut download, a key without the model, failover on a 500."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
@@ -19,6 +20,8 @@ from typing import Any
 import openai
 import pytest
 
+from modelwire.providers.codex import REFRESH_URL_ENV
+from tests.fake_codex import FakeAccount
 from tests.fake_media import Body, media_sha256, png
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.gateway_fixtures import CLIENT_KEY, RunningGateway, start_gateway, usage_rows
@@ -63,6 +66,8 @@ def media_config(upstream: FakeUpstream, tmp: Path) -> dict[str, Any]:
             {"name": "az-image", "route": "az/my-image-deployment"},
             {"name": "compat-image", "route": "compat/gpt-image-2"},
             {"name": "private-tts", "route": "tts_private/gpt-4o-mini-tts"},
+            {"name": "az-tts", "route": "az/my-tts"},
+            {"name": "az-stt", "route": "az/my-whisper"},
         ],
         "keys": [
             {"key": CLIENT_KEY, "name": "all"},
@@ -453,3 +458,77 @@ def test_capture_records_media_by_size_and_digest_never_the_bytes(
     ]
     assert uploads and uploads[0]["files"][0]["bytes"] == len(wav)
     assert "sk-up-oai" not in text and CLIENT_KEY not in text
+
+
+# -------------------------------------------------------------------------------- Codex route
+
+
+def test_the_codex_route_makes_images_with_the_plans_token_through_the_tool(
+    account: FakeAccount, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    home = tmp_path / "codex"
+    home.mkdir()
+    (home / "auth.json").write_text(json.dumps(account.auth_json()))
+    config = {
+        "store": f"sqlite:///{tmp_path}/state.db",
+        "backends": {
+            "sub": {"type": "codex", "base_url": account.codex_url},
+            "oai": {"type": "openai", "base_url": upstream.url, "api_key": "sk-up-oai-1"},
+        },
+        "models": [{"name": "plan-image", "route": "sub/gpt-image-2"}],
+        "keys": [{"key": CLIENT_KEY, "name": "all"}],
+        "usage": {"flush_seconds": 0.1},
+    }
+    env = {"CODEX_HOME": str(home), REFRESH_URL_ENV: f"{account.issuer}/oauth/token"}
+    running = start_gateway(config, tmp_path, env=env, name="codex-media")
+    try:
+        with sdk(running, CLIENT_KEY) as client:
+            raw = client.images.with_raw_response.generate(
+                model="plan-image", prompt="a fox", background="transparent", output_format="png", n=2
+            )
+            images = raw.parse()
+            edited = client.images.edit(model="plan-image", image=("a.png", PNG, "image/png"), prompt="hat")
+            with pytest.raises(openai.BadRequestError) as caught:
+                client.audio.speech.create(model="sub/gpt-4o-mini-tts", input="hi", voice="alloy")
+    finally:
+        running.stop()
+    # gpt-image-2 refuses transparency: the tool was asked for gpt-image-1.5, and the answer says so.
+    assert [base64.b64decode(d.b64_json or "") for d in images.data or []] == [b"image by gpt-image-1.5"] * 2
+    assert raw.headers["x-modelwire-model"] == "gpt-image-1.5"
+    calls = account.responses()
+    token = json.loads((home / "auth.json").read_text())["tokens"]["access_token"]
+    assert [c.bearer for c in calls] == [token] * 3  # the plan's token, never an API key
+    tool = calls[0].body["tools"][0]
+    assert (tool["type"], tool["model"], tool["background"]) == (
+        "image_generation",
+        "gpt-image-1.5",
+        "transparent",
+    )
+    assert calls[2].body["input"][0]["content"][1]["image_url"].startswith("data:image/png;base64,")
+    assert edited.data
+    assert caught.value.code == "unsupported_operation"
+    assert upstream.requests == []  # nothing fell back to the API backend
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the SDK's translations
+def test_azure_audio_uses_deployment_paths_and_metrics_name_each_modality(
+    gateway: RunningGateway, client: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    assert client.images.generate(prompt="x").data
+    speech = client.audio.speech.create(model="az-tts", input="hello", voice="alloy")
+    assert speech.content and upstream.last.path == "/openai/deployments/my-tts/audio/speech"
+    assert upstream.last.headers["api-key"] == "az-key-123"
+    translated = client.audio.translations.create(
+        file=("a.wav", b"RIFF" + bytes(8000), "audio/wav"), model="az-stt"
+    )
+    assert translated.text and upstream.last.path == "/openai/deployments/my-whisper/audio/translations"
+    assert upstream.last.query["api-version"] == "2025-04-01-preview"
+    status, payload = post(
+        gateway, "/v1/videos", b'{"prompt": "json body", "seconds": "4"}', "application/json"
+    )
+    assert status == 200 and payload["model"] == "sora-2"
+    with urllib.request.urlopen(gateway.url + "/metrics", timeout=10) as reply:
+        metrics = reply.read().decode()
+    counted = [line for line in metrics.splitlines() if line.startswith("modelwire_requests_total{")]
+    for label in ("images", "audio", "videos"):
+        assert any(f'surface="{label}"' in line for line in counted), label
