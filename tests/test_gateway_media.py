@@ -11,6 +11,7 @@ import base64
 import hashlib
 import http.client
 import json
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -532,3 +533,29 @@ def test_azure_audio_uses_deployment_paths_and_metrics_name_each_modality(
     counted = [line for line in metrics.splitlines() if line.startswith("modelwire_requests_total{")]
     for label in ("images", "audio", "videos"):
         assert any(f'surface="{label}"' in line for line in counted), label
+
+
+def test_a_client_gone_mid_upload_leaves_no_traceback(
+    gateway: RunningGateway, client: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    boundary = "b0undary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode() + bytes(200_000)
+    port = int(gateway.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {CLIENT_KEY}\r\n".encode()
+            + f"Content-Type: multipart/form-data; boundary={boundary}\r\n".encode()
+            + f"Content-Length: {len(head) + 5_000_000}\r\n\r\n".encode()
+            + head
+        )
+        time.sleep(0.5)
+    time.sleep(0.5)
+    assert client.audio.transcriptions.create(
+        file=("a.wav", b"RIFF" + bytes(100), "audio/wav"), model="whisper-1"
+    ).text
+    assert "Traceback" not in gateway.log()

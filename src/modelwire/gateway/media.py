@@ -148,20 +148,19 @@ class Media:
     ) -> None:
         upload: Upload | None = None
         try:
-            route, upload = await self.admit_form(call, scope, receive, op, limit)
-            form = upload
-            outcome = await self.failover.run(
-                route.order(), lambda t, b, i: self.attempt(call, op, form, t, b, i)
-            )
-        except ModelwireError as err:
-            await self.accounting.failed(call, send, err)
-            if upload is not None:
-                self.done_with(call, scope, upload)
-            return
-        try:
+            try:
+                route, upload = await self.admit_form(call, scope, receive, op, limit)
+                form = upload
+                outcome = await self.failover.run(
+                    route.order(), lambda t, b, i: self.attempt(call, op, form, t, b, i)
+                )
+            except ModelwireError as err:
+                await self.accounting.failed(call, send, err)
+                return
             await self._answer(call, send, op, outcome)
         finally:
-            self.done_with(call, scope, upload)
+            if upload is not None:
+                self.done_with(call, scope, upload)
 
     async def admit_form(
         self, call: Call, scope: Scope, receive: Receive, op: Operation, limit: int

@@ -175,14 +175,12 @@ class Relayed:
     finished: bool = True
 
 
-async def relay(
-    accounting: Accounting, call: Call, send: Send, reply: Reply, served: Headers, *, json_only: bool = False
-) -> Relayed:
+async def relay(accounting: Accounting, call: Call, send: Send, reply: Reply, served: Headers) -> Relayed:
     """The upstream's answer to the client, as its content type says (see the module docstring)."""
     content_type = reply.headers.get("content-type", "")
     if "event-stream" in content_type:
         return await _events(accounting, call, send, reply, served)
-    if "json" in content_type or json_only:
+    if "json" in content_type:
         payload = await reply.read()
         doc = json_document(payload)
         accounting.record("upstream_response", call, scrubbed(doc))

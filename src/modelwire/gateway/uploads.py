@@ -188,7 +188,9 @@ class Upload:
         self.model_span: tuple[int, int] | None = None  # where the client's model value lies
         self.size = 0
         self.done = False
-        self.error: ModelwireError | None = None  # what ended the client's body early, for the attempt
+        # What ended the client's body early (too large, malformed, the client gone), for the attempt
+        # to raise instead of the upstream error it causes.
+        self.error: BaseException | None = None
         self._receive = receive
         self._parser = _Parser(boundary, self)
         self._spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115
@@ -305,7 +307,7 @@ class Upload:
                 if pos >= self.size and not self.done:
                     try:
                         await self._pull()
-                    except ModelwireError as err:
+                    except (ModelwireError, ConnectionResetError) as err:
                         self.error = err
                         raise
 
