@@ -559,3 +559,23 @@ def test_a_client_gone_mid_upload_leaves_no_traceback(
         file=("a.wav", b"RIFF" + bytes(100), "audio/wav"), model="whisper-1"
     ).text
     assert "Traceback" not in gateway.log()
+
+
+def test_a_client_that_leaves_a_download_stops_it_upstream(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.script(Body(size=2_000_000, chunk=20_000, chunk_delay=0.05))  # 5 s in all
+    connection = http.client.HTTPConnection("127.0.0.1", int(gateway.url.rsplit(":", 1)[1]), timeout=30)
+    body = json.dumps({"model": "tts-1", "input": "hello", "voice": "alloy", "response_format": "pcm"})
+    headers = {"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"}
+    started = time.monotonic()
+    try:
+        connection.request("POST", "/v1/audio/speech", body=body, headers=headers)
+        response = connection.getresponse()
+        assert response.read(1000)
+        request_id = response.getheader("x-request-id") or ""
+    finally:
+        connection.close()
+    [row] = usage_rows(gateway, request_id)
+    assert (row["status"], row["error"]) == (499, "client_closed")
+    assert time.monotonic() - started < 4  # recorded long before the upstream would have finished

@@ -141,7 +141,7 @@ class Media:
         except ModelwireError as err:
             await self.accounting.failed(call, send, err)
             return
-        await self._answer(call, send, op, outcome)
+        await self._answer(call, send, op, outcome, receive)
 
     async def _form_request(
         self, call: Call, scope: Scope, receive: Receive, send: Send, op: Operation, limit: int
@@ -157,7 +157,7 @@ class Media:
             except ModelwireError as err:
                 await self.accounting.failed(call, send, err)
                 return
-            await self._answer(call, send, op, outcome)
+            await self._answer(call, send, op, outcome, receive if upload.done else None)
         finally:
             if upload is not None:
                 self.done_with(call, scope, upload)
@@ -249,7 +249,9 @@ class Media:
 
     # ---------------------------------------------------------------------------- answers
 
-    async def _answer(self, call: Call, send: Send, op: Operation, outcome: Outcome[Sent]) -> None:
+    async def _answer(
+        self, call: Call, send: Send, op: Operation, outcome: Outcome[Sent], receive: Receive | None
+    ) -> None:
         sent = outcome.value
         if sent.model != outcome.target.model:  # rewritten (a transparent background): say so
             outcome.target = dataclasses.replace(outcome.target, model=sent.model)
@@ -261,7 +263,7 @@ class Media:
             relayed = relay.Relayed(doc=sent.doc, size=len(payload))
         else:
             assert sent.reply is not None
-            relayed = await relay.relay(self.accounting, call, send, sent.reply, served)
+            relayed = await relay.relay(self.accounting, call, send, sent.reply, served, receive)
         use = measure(op, call.body, relayed)
         self.account(call, use)
 

@@ -16,6 +16,7 @@ An answer comes back in one of three ways, by its content type:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -34,7 +35,7 @@ from . import http
 from .accounting import Accounting
 from .call import Call
 from .config import MediaKind
-from .http import Headers, Send
+from .http import Headers, Receive, Send
 from .upstream import Backend
 
 log = logging.getLogger("modelwire.gateway")
@@ -175,18 +176,35 @@ class Relayed:
     finished: bool = True
 
 
-async def relay(accounting: Accounting, call: Call, send: Send, reply: Reply, served: Headers) -> Relayed:
-    """The upstream's answer to the client, as its content type says (see the module docstring)."""
+async def relay(
+    accounting: Accounting, call: Call, send: Send, reply: Reply, served: Headers, receive: Receive | None
+) -> Relayed:
+    """The upstream's answer to the client, as its content type says (see the module docstring).
+    ``receive`` (once the request body is read) tells when the client leaves: a stream stops then."""
     content_type = reply.headers.get("content-type", "")
-    if "event-stream" in content_type:
-        return await _events(accounting, call, send, reply, served)
     if "json" in content_type:
         payload = await reply.read()
         doc = json_document(payload)
         accounting.record("upstream_response", call, scrubbed(doc))
         await accounting.respond(call, send, 200, payload, served)
         return Relayed(doc=doc, size=len(payload))
-    return await _bytes(accounting, call, send, reply, served, content_type)
+    gone = asyncio.ensure_future(http.disconnected(receive)) if receive is not None else None
+    try:
+        if "event-stream" in content_type:
+            return await _events(call, send, reply, served, gone)
+        return await _bytes(accounting, call, send, reply, served, content_type, gone)
+    finally:
+        if gone is not None:
+            gone.cancel()
+
+
+def _left(call: Call, reply: Reply, gone: asyncio.Future[None] | None) -> bool:
+    """Whether the client went away: then the upstream's answer is dropped, not read to its end."""
+    if gone is None or not gone.done():
+        return False
+    reply.close()
+    call.status, call.error = 499, "client_closed"
+    return True
 
 
 def json_document(payload: bytes) -> dict[str, Any]:
@@ -204,7 +222,9 @@ async def _start(call: Call, send: Send, status: int, head: Headers) -> None:
     await send({"type": "http.response.start", "status": status, "headers": head})
 
 
-async def _events(accounting: Accounting, call: Call, send: Send, reply: Reply, served: Headers) -> Relayed:
+async def _events(
+    call: Call, send: Send, reply: Reply, served: Headers, gone: asyncio.Future[None] | None
+) -> Relayed:
     await _start(call, send, 200, [*http.SSE_HEADERS, *served])
     tap = UsageTap()
     out = Relayed()
@@ -215,6 +235,8 @@ async def _events(accounting: Accounting, call: Call, send: Send, reply: Reply, 
             tap.feed(chunk)
             out.size += len(chunk)
             await http.stream_chunk(send, chunk)
+            if _left(call, reply, gone):
+                return out
     except ModelwireError as err:
         log.debug("upstream event stream broke: %s", err)
         out.finished = False
@@ -228,7 +250,13 @@ async def _events(accounting: Accounting, call: Call, send: Send, reply: Reply, 
 
 
 async def _bytes(
-    accounting: Accounting, call: Call, send: Send, reply: Reply, served: Headers, content_type: str
+    accounting: Accounting,
+    call: Call,
+    send: Send,
+    reply: Reply,
+    served: Headers,
+    content_type: str,
+    gone: asyncio.Future[None] | None,
 ) -> Relayed:
     length = _honoured_length(reply.headers)
     head: Headers = [(b"content-type", (content_type or "application/octet-stream").encode("latin-1"))]
@@ -245,6 +273,8 @@ async def _bytes(
             if digest is not None:
                 digest.update(chunk)
             await http.stream_chunk(send, chunk)
+            if _left(call, reply, gone):
+                return out
     except ModelwireError as err:
         log.warning(
             "request %s: the upstream cut a download after %d bytes: %s", call.request_id, out.size, err

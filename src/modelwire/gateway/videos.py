@@ -221,14 +221,14 @@ class Videos:
     async def _retrieve(
         self, call: Call, scope: Scope, receive: Receive, send: Send, record: VideoRecord, backend: Backend
     ) -> None:
-        await self._relay(call, send, record, backend, "GET", f"/{record.id}")
+        await self._relay(call, receive, send, record, backend, "GET", f"/{record.id}")
 
     async def _content(
         self, call: Call, scope: Scope, receive: Receive, send: Send, record: VideoRecord, backend: Backend
     ) -> None:
         variant = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("variant")
         query = "?" + urlencode({"variant": variant[0]}) if variant else ""
-        await self._relay(call, send, record, backend, "GET", f"/{record.id}/content", query=query)
+        await self._relay(call, receive, send, record, backend, "GET", f"/{record.id}/content", query=query)
 
     async def _delete(
         self, call: Call, scope: Scope, receive: Receive, send: Send, record: VideoRecord, backend: Backend
@@ -271,6 +271,7 @@ class Videos:
     async def _relay(
         self,
         call: Call,
+        receive: Receive,
         send: Send,
         record: VideoRecord,
         backend: Backend,
@@ -281,7 +282,8 @@ class Videos:
         url = self._url(backend, record, path) + query
         reply = await relay.send(self.transport, call, backend, record.upstream_key, method, url, None, None)
         call.backend = backend.name
-        await relay.relay(self.accounting, call, send, reply, [(b"x-request-id", call.request_id.encode())])
+        served = [(b"x-request-id", call.request_id.encode())]
+        await relay.relay(self.accounting, call, send, reply, served, receive)
         self.accounting.account(call, None, call.status if call.error else 200)
 
     def _url(self, backend: Backend, record: VideoRecord, suffix: str) -> str:
