@@ -247,6 +247,7 @@ class Form:
 
     fields: dict[str, list[str | Upload]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    malformed: bool = False  # the body is not the multipart it claims (answered 400)
 
     @property
     def uploads(self) -> list[Upload]:
@@ -266,7 +267,17 @@ class Form:
 
 
 async def read_form(request: web.Request) -> Form:
+    """The form, or what could be read of it with a problem saying why the rest could not."""
     form = Form()
+    try:
+        await _read_parts(request, form)
+    except ValueError as exc:  # aiohttp's word for a body that is not the multipart it claims
+        form.problems.append(f"malformed multipart body: {exc}")
+        form.malformed = True
+    return form
+
+
+async def _read_parts(request: web.Request, form: Form) -> None:
     reader = await request.multipart()
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader) or part.name is None:
@@ -278,7 +289,6 @@ async def read_form(request: web.Request) -> Form:
             form.problems.append(f"form field {part.name!r} is longer than {FIELD_LIMIT} bytes")
             continue
         form.fields.setdefault(part.name, []).append(value)
-    return form
 
 
 @functools.cache
@@ -599,6 +609,8 @@ class FakeMedia:
             instance, problems = form_instance(schema, form)
             for problem in problems:
                 self.up._violation(call, problem)
+            if form.malformed:
+                return self.up._error(call, 400, "Could not parse multipart form.")
             self._check_schema(call, schema, instance)
             return None
         if call.endpoint in MULTIPART_ONLY:

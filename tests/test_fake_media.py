@@ -150,6 +150,14 @@ def test_an_image_edit_form_is_checked_field_by_field(upstream: FakeUpstream) ->
     assert "is too long" in found  # 17 images, the spec allows 16
 
 
+def test_a_malformed_multipart_body_is_flagged_not_a_crash(upstream: FakeUpstream) -> None:
+    body = b'--abc\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n--abc'  # no end
+    status, _ = post(upstream.url + "/audio/transcriptions", body, "multipart/form-data; boundary=zzz")
+    found = take_violations(upstream)
+    assert "malformed multipart body" in found and "fake crashed" not in found
+    assert status == 400
+
+
 def test_a_json_body_on_a_multipart_endpoint_is_refused(upstream: FakeUpstream) -> None:
     status, _ = post(upstream.url + "/audio/transcriptions", b'{"model": "whisper-1"}', "application/json")
     assert status == 400

@@ -170,6 +170,27 @@ async def test_an_allowed_modality_base_url_receives_that_modality(
     assert [r.path for r in upstream.requests] == ["/v1/images/generations", "/openai/v1/audio/speech"]
 
 
+@pytest.mark.parametrize("url", ["http://169.254.169.254/v1", "http://10.0.0.8/v1", "http://[::1]:8080/v1"])
+async def test_metadata_and_private_literals_are_refused_without_a_lookup(
+    upstream: FakeUpstream, url: str
+) -> None:
+    async with OpenAI(api_key="k", base_url=upstream.url, base_urls={"videos": url}) as driver:
+        with pytest.raises(InvalidRequestError, match="allow_private_urls=True"):
+            await driver.videos.create("x")
+        await driver.images.generate("x", model="gpt-image-1")  # the main host is the operator's own
+    assert [r.path for r in upstream.requests] == ["/v1/images/generations"]
+
+
+async def test_an_azure_modality_host_gets_the_key_as_api_key(upstream: FakeUpstream) -> None:
+    """A modality sent to an Azure resource authenticates the Azure way, whatever the main host."""
+    driver = OpenAI(api_key="k", base_url=upstream.url)
+    media = driver._media
+    azure = Host.create(None, "https://res.openai.azure.com")
+    media.custom.add("images")
+    assert await media._auth("images", azure) == {"api-key": "k"}
+    assert await media._auth("audio.speech", driver.host) == {"Authorization": "Bearer k"}
+
+
 def test_unknown_base_url_keys_are_refused() -> None:
     driver = OpenAI(api_key="k", base_urls={"speech": "http://example.com"})
     with pytest.raises(InvalidRequestError, match="unknown base_urls keys"):

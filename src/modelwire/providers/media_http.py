@@ -239,6 +239,13 @@ class MediaHTTP:
             self._checked.add(modality)
         return host
 
+    async def _auth(self, modality: Modality, host: Host) -> dict[str, str]:
+        """The driver's own auth, or the driver's key in the way a modality's own host takes it
+        (``api-key`` for an Azure resource)."""
+        if modality in self.custom:
+            return host.auth_headers(self.driver.api_key)
+        return await self.driver._auth()
+
     def timeout(self, modality: Modality, host: Host, timeout: float | None) -> float:
         if timeout is not None:
             return timeout
@@ -263,7 +270,7 @@ class MediaHTTP:
         """One request, retried on the driver's policy until an answer with a success status."""
         host = await self._host(modality)
         url = host.media_url(endpoint, model, suffix)
-        headers = {**self.driver._headers, **await self.driver._auth()}
+        headers = {**self.driver._headers, **await self._auth(modality, host)}
         payload: bytes | None = orjson.dumps(json) if json is not None else None
         if form is not None:
             headers["Content-Type"] = form.content_type
