@@ -270,12 +270,35 @@ class FakeAccount:
             return web.json_response(
                 {"detail": "Stream must be true, store false, instructions set"}, status=400
             )
+        if any(isinstance(t, dict) and t.get("type") == "image_generation" for t in body.get("tools") or []):
+            return await self._image_call(request, body)
         dialect = ResponsesDialect(self._ids, body["model"], body)
         stream = dialect.stream(Answer.of(Reply.text(f"codex says hi to {body['model']}"), body))
         reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await reply.prepare(request)
         for index, frame in enumerate(stream.frames):
             await reply.write(stream.encode(index, frame))
+        await reply.write_eof()
+        return reply
+
+    async def _image_call(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        """The image_generation tool's answer: one finished image_generation_call item (its result
+        names the tool's model, in base64) and the response's completion."""
+        tool = next(t for t in body["tools"] if t.get("type") == "image_generation")
+        result = base64.b64encode(f"image by {tool.get('model', 'gpt-image-1')}".encode()).decode()
+        item = {"type": "image_generation_call", "id": "ig_1", "status": "completed", "result": result}
+        events = [
+            {"type": "response.output_item.done", "output_index": 0, "item": item, "sequence_number": 1},
+            {
+                "type": "response.completed",
+                "sequence_number": 2,
+                "response": {"id": "resp_img", "status": "completed"},
+            },
+        ]
+        reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await reply.prepare(request)
+        for event in events:
+            await reply.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
         await reply.write_eof()
         return reply
 

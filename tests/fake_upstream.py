@@ -1314,6 +1314,9 @@ class FakeUpstream:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self.realtime = FakeRealtime(self._lock, self.violations)  # the Realtime API (fake_realtime.py)
+        from tests.fake_media import FakeMedia  # the media endpoints (its own module; it imports this one)
+
+        self.media = FakeMedia(self)
 
     # -- scripting API -------------------------------------------------------------------------
 
@@ -1339,6 +1342,7 @@ class FakeUpstream:
             self.background = NativeBackground()
             self.extra_fields.clear()
             self._refusals.clear()
+            self.media.reset()
         self.realtime.reset()
         self.drop_sockets()  # a socket left open by one test must not serve the next
 
@@ -1476,6 +1480,7 @@ class FakeUpstream:
             app.router.add_get(f"{prefix}/responses", self._serve_socket)
             app.router.add_post(f"{prefix}/responses/compact", self._endpoint("compact"))
             app.router.add_post(f"{prefix}/responses/{{id}}/cancel", self._endpoint("cancel_response"))
+        self.media.add_routes(app, (self.base, "/openai/v1"))
         deployments = "/openai/deployments/{deployment}"
         app.router.add_post(f"{deployments}/chat/completions", self._endpoint("chat"))
         app.router.add_post(f"{deployments}/embeddings", self._endpoint("embeddings"))

@@ -27,6 +27,7 @@ from .errors import (
     TimeoutError,
     UpstreamUnavailableError,
 )
+from .media_types import GeneratedImage, ImageResult, MediaUsage, Transcript, Video, VideoPage
 from .providers.catalog import Catalog, ModelProfile, Price
 from .providers.openai import Embeddings, OpenAI
 from .providers.retry import RetryPolicy
@@ -77,8 +78,11 @@ __all__ = [
     "Embeddings",
     "File",
     "Finish",
+    "GeneratedImage",
     "Image",
+    "ImageResult",
     "InvalidRequestError",
+    "MediaUsage",
     "Message",
     "ModelProfile",
     "ModelwireError",
@@ -108,10 +112,13 @@ __all__ = [
     "ToolCall",
     "ToolName",
     "ToolResult",
+    "Transcript",
     "TransportMode",
     "UpstreamUnavailableError",
     "Usage",
     "UsageUpdate",
+    "Video",
+    "VideoPage",
     "__version__",
     "assistant",
     "developer",

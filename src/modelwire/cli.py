@@ -797,3 +797,6 @@ def _token_store(config: str | None) -> Iterator[TokenStore]:
     err.print(f"[dim]store: {escape(location.shown())}[/dim]")
     with _opened(location) as store:
         yield DatabaseTokenStore(store.engine, cipher)
+
+
+from . import cli_media  # noqa: E402, F401 - registers image, speak, transcribe and video

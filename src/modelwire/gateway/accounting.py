@@ -134,7 +134,7 @@ class Accounting:
         the response has begun."""
         err = safe(err)
         call.status, call.error = err.status, call.error or _error_code(err)  # a stream's HTTP status was 200
-        self.metrics.error(call.surface.dialect, type(err).__name__)
+        self.metrics.error(call.surface.label, type(err).__name__)
         if call.responding:
             end = call.failing_end or (lambda e: call.surface.stream_error(e, None, call.body))
             await http.stream_chunk(send, end(err))
@@ -168,8 +168,9 @@ class Accounting:
     # ------------------------------------------------------------------------------ usage
 
     def account(self, call: Call, usage: Usage | None, status: int, cost: float | None = None) -> None:
-        """Record usage and metrics without making the client wait for either. ``cost``: when the
-        caller priced the usage itself (Realtime prices audio apart from text)."""
+        """Record usage and metrics without making the client wait for either. ``cost`` is given
+        when tokens do not price the request (media priced per image, second or
+        character; Realtime prices audio apart from text)."""
         backend, upstream_model = call.backend, call.upstream_model
         usage = usage or Usage()
         if cost is None and usage.total_tokens:
@@ -177,7 +178,7 @@ class Accounting:
         call.status, call.usage, call.cost = status, usage, cost
         if self.state.usage is not None:
             self.state.usage.add(_usage_record(call, usage, cost, status))
-        if usage.total_tokens:
+        if usage.total_tokens or cost:
             self.metrics.usage(
                 call.model,
                 backend or "",
@@ -218,7 +219,7 @@ def _usage_record(call: Call, usage: Usage, cost: float | None, status: int) -> 
         public_model=call.model,
         backend=call.backend,
         upstream_model=call.upstream_model,
-        dialect=call.surface.dialect,
+        dialect=call.surface.label,
         input_tokens=usage.input_tokens,
         cached_tokens=usage.cached_input_tokens,
         output_tokens=usage.output_tokens,

@@ -43,10 +43,16 @@ class Admission:
     _budget_seeded: set[str] = field(default_factory=set, init=False)
 
     async def admit(
-        self, call: Call, scope: Scope, receive: Receive, from_path: tuple[str, bool] | None = None
+        self,
+        call: Call,
+        scope: Scope,
+        receive: Receive,
+        from_path: tuple[str, bool] | None = None,
+        default_model: str | None = None,
     ) -> Route:
         """Authenticate, read and check the request; the route it will take. ``from_path`` is the
-        model and stream flag of dialects that say them in the URL (Gemini)."""
+        model and stream flag of dialects that say them in the URL (Gemini); ``default_model`` is
+        the endpoint's own when the body names none (media)."""
         call.headers = headers = await self.authenticate(call, scope)
         raw = await http.read_body(receive, self.config.server.max_body_bytes, headers.get(b"content-length"))
         self.accounting.bind(call)
@@ -54,6 +60,13 @@ class Admission:
         call.body = body = http.parse_json(raw)
         if from_path is not None:
             body["model"], body["stream"] = from_path
+        if default_model is not None and body.get("model") is None:
+            body["model"] = default_model
+        return await self.route(call, body)
+
+    async def route(self, call: Call, body: dict[str, Any]) -> Route:
+        """A read request's route, once its fields are checked, its key may use its model and its
+        limits let it through."""
         call.model = model = _model_of(body)
         stream = body.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:

@@ -46,6 +46,7 @@ from .call import Call, InFlight
 from .capture import Capture
 from .chains import Chains
 from .clients import ClientAddress, is_loopback
+from .codex_images import CodexImages
 from .compaction import Compaction
 from .config import Config
 from .credentials import share_credentials
@@ -55,10 +56,12 @@ from .health import Dependencies
 from .http import Receive, Scope, Send
 from .limits import Limiter
 from .lockout import Lockout
+from .media import Media
 from .metrics import Metrics, forget_dead_workers
 from .realtime import MINTED as REALTIME_MINTED
 from .realtime import SOCKET_PATHS as REALTIME_PATHS
 from .realtime import Realtime
+from .relay import Endpoints
 from .requestlog import RequestLog
 from .routing import Router
 from .sideroutes import SideRoutes
@@ -66,12 +69,24 @@ from .sockets import ResponsesSockets
 from .state import State
 from .store import Store, UsageWriter, describe_error
 from .stored import StoredResponses
-from .surfaces import ANTHROPIC, CHAT, EMBEDDINGS, GEMINI, GEMINI_ARRAY, RESPONSES, Surface
+from .surfaces import (
+    ANTHROPIC,
+    AUDIO,
+    CHAT,
+    EMBEDDINGS,
+    GEMINI,
+    GEMINI_ARRAY,
+    IMAGES,
+    RESPONSES,
+    VIDEOS,
+    Surface,
+)
 from .sync import StoreSync
 from .translation import Translator
 from .upstream import Backend, Failover
 from .upstream_runs import UpstreamRuns
 from .upstream_sockets import UpstreamSockets
+from .videos import VideoBook, Videos
 
 log = logging.getLogger("modelwire.gateway")
 Handler = Callable[[Call, Scope, Receive, Send], Awaitable[None]]
@@ -137,6 +152,19 @@ class Gateway:
         self.generation.background = self.background
         self.stored = StoredResponses(backends, transport, self.state, admission, accounting, self.background)
         self.compaction = Compaction(backends, failover, transport, admission, accounting)
+        self.media = Media(
+            config,
+            catalog,
+            failover,
+            transport,
+            admission,
+            accounting,
+            Endpoints(config.server.allow_private_urls),
+            CodexImages(transport),
+        )
+        self.videos = Videos(
+            config, backends, failover, transport, admission, accounting, self.media, VideoBook(self.state)
+        )
         self.client_address = ClientAddress(config.server.trusted_proxies)
         self.sockets = ResponsesSockets(
             self,
@@ -175,6 +203,13 @@ class Gateway:
             routes[("POST", prefix + "/responses")] = (generate, RESPONSES)
             routes[("POST", prefix + "/embeddings")] = (side.embeddings, EMBEDDINGS)
             routes[("GET", prefix + "/models")] = (side.list_models, CHAT)
+            routes[("POST", prefix + "/images/generations")] = (self.media.images_generate, IMAGES)
+            routes[("POST", prefix + "/images/edits")] = (self.media.images_edit, IMAGES)
+            routes[("POST", prefix + "/audio/speech")] = (self.media.speech, AUDIO)
+            routes[("POST", prefix + "/audio/transcriptions")] = (self.media.transcription, AUDIO)
+            routes[("POST", prefix + "/audio/translations")] = (self.media.translation, AUDIO)
+            routes[("POST", prefix + "/videos")] = (self.videos.create, VIDEOS)
+            routes[("GET", prefix + "/videos")] = (self.videos.list, VIDEOS)
         routes[("POST", "/v1/messages")] = (generate, ANTHROPIC)
         routes[("POST", "/v1/responses/input_tokens")] = (side.responses_tokens, RESPONSES)
         routes[("POST", "/v1/responses/compact")] = (self.compaction.compact, RESPONSES)
@@ -314,6 +349,8 @@ class Gateway:
         path = full.removeprefix("/v1")
         if path.startswith("/responses/"):
             return self.stored.serve, RESPONSES
+        if path.startswith("/videos/"):
+            return self.videos.serve, VIDEOS
         if path.startswith("/models/") and method == "GET":
             return self.side.get_model, CHAT
         return self._not_found, CHAT
@@ -338,7 +375,7 @@ class Gateway:
         """Every API request: tracked while in flight, ended cleanly if cut, one log line at the end."""
         handler, surface = endpoint
         call = Call(_request_id(scope), surface, time.monotonic(), self.client_address(scope))
-        label = surface.dialect
+        label = surface.label
         self.metrics.request_started(label)
         self.inflight.enter(call)
         try:

@@ -30,6 +30,7 @@ from ..wires import OPENAI_APIS
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 DEFAULT_STORE = "sqlite:///.modelwire/state.db"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+MediaKind = Literal["images", "speech", "transcription", "video"]
 
 
 class ConfigError(Exception):
@@ -94,6 +95,9 @@ class BackendConfig(_Model):
     inline_media: bool = Field(False, description="fetch image and file URLs and send their bytes")
     context_cap: int | None = Field(
         None, ge=1024, description="tokens of context any model may use here (default: the host's cap)"
+    )
+    media_base_urls: dict[MediaKind, str] = Field(
+        default_factory=dict, description="a base URL per modality (images, speech, transcription, video)"
     )
 
     @property
@@ -205,6 +209,14 @@ class UsageConfig(_Model):
     batch: int = Field(500, ge=1)
 
 
+class MediaConfig(_Model):
+    """Upload limits per media endpoint, each under ``server.max_body_bytes``."""
+
+    images_max_bytes: int = Field(50 * 1024 * 1024, ge=1024, description="images/edits: all files together")
+    audio_max_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="an audio upload (OpenAI's own cap)")
+    video_max_bytes: int = Field(50 * 1024 * 1024, ge=1024, description="a video's input_reference")
+
+
 class LimitsConfig(_Model):
     on_shared_error: Literal["local", "deny"] = Field(
         "local", description="Redis unreachable: count per replica (local) or refuse limited keys (deny)"
@@ -225,6 +237,7 @@ class Config(_Model):
     capture: CaptureConfig | None = None
     usage: UsageConfig = Field(default_factory=UsageConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
     source: str = Field("<defaults>", exclude=True)
 
     @field_validator("store")

@@ -9,11 +9,9 @@ any other non-public range is refused unless the operator allows it. Redirects a
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
-from urllib.parse import urlsplit
 
 from ..errors import InvalidRequestError, ModelwireError
+from ..providers.addresses import refuse_private
 from ..providers.transport import Transport
 from ..types import File, Image, Request, ToolResult
 
@@ -70,20 +68,5 @@ async def _inline(part: Image | File, transport: Transport, allow_private: bool)
 
 async def check_public(url: str, allow_private: bool) -> None:
     """Refuse URLs whose host resolves to any non-public address (unless allowed)."""
-    host = urlsplit(url).hostname
-    if not host:
-        raise InvalidRequestError(f"{url!r} has no host", code="invalid_image_url")
-    if allow_private:
-        return
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError:
-        raise InvalidRequestError(f"cannot resolve the host of {url}", code="invalid_image_url") from None
-    for *_, sockaddr in infos:
-        address = ipaddress.ip_address(sockaddr[0])
-        if not address.is_global:
-            raise InvalidRequestError(
-                f"refusing to fetch {url}: {host} is a private or loopback address "
-                "(set server.allow_private_urls to allow it)",
-                code="invalid_image_url",
-            )
+    hint = "set server.allow_private_urls to allow it"
+    await refuse_private(url, allow=allow_private, hint=hint, code="invalid_image_url")

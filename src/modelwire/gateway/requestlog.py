@@ -91,7 +91,7 @@ class RequestLog:
             "request_id": self._client_text(call.request_id),
             "client": call.client,  # an IP address (or "unknown"): never needs quoting
             "key": call.key.name if call.key else None,
-            "surface": call.surface.dialect,
+            "surface": call.surface.label,
             "model": self._redacted(call.model) if call.model else None,
             "backend": call.backend,
             "upstream_model": self._redacted(call.upstream_model) if call.upstream_model else None,
@@ -112,7 +112,7 @@ class RequestLog:
         it, repeat from request to request: that part of the line is made once and remembered."""
         route = (
             call.key.name if call.key else None,
-            call.surface.dialect,
+            call.surface.label,
             call.model,
             call.backend,
             call.upstream_model,

@@ -296,6 +296,21 @@ credentials_table = Table(
 )
 
 
+# Which backend holds each video job the gateway created, and which client key (and upstream key)
+# created it: polls and downloads reach the job from any replica, and only its own key sees it.
+videos_table = Table(
+    "mw_videos",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("key_name", String(200)),
+    Column("backend", String(200), nullable=False),
+    Column("upstream_key", Integer, nullable=False),
+    Column("model", String(300), nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+Index("mw_videos_key_time", videos_table.c.key_name, videos_table.c.created_at)
+
+
 def _bump(counter: str) -> Any:
     """The statement that moves a change counter, run in the transaction of the change itself."""
     return update(state_table).where(state_table.c.name == counter).values(version=state_table.c.version + 1)

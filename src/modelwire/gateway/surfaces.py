@@ -44,6 +44,11 @@ class Surface:
     stream_headers: tuple[tuple[bytes, bytes], ...] = SSE_HEADERS
     json_array: bool = False  # streams one JSON array rather than SSE events
     chains: bool = False  # clients name earlier answers by previous_response_id
+    name: str = ""  # what metrics and usage rows call it, when not its dialect (a media modality)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.dialect
 
     def check(self, body: dict[str, Any]) -> None:
         """Missing or wrong top-level fields fail here, before a body is forwarded undecoded."""
@@ -136,3 +141,8 @@ RESPONSES = Surface(
     field_types=openai_responses.FIELD_TYPES,
     chains=True,
 )
+# The media endpoints answer in OpenAI's shape and only ever pass through; each is its own label
+# in metrics and usage rows.
+IMAGES = dataclasses.replace(CHAT, required=("prompt",), field_types={}, name="images")
+AUDIO = dataclasses.replace(CHAT, required=(), field_types={}, name="audio")
+VIDEOS = dataclasses.replace(CHAT, required=(), field_types={}, name="videos")

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from ..media_types import MediaUsage
 from ..types import Request, Usage
+from .media_pricing import MediaPrice, media_cost
 
 if TYPE_CHECKING:
     from ..wires import Wire
@@ -73,6 +75,7 @@ class ModelProfile:
     price: Price | None = None
     embedding_dimensions: int | None = None
     known: bool = True
+    media_price: MediaPrice | None = None
 
 
 def _flag(raw: dict[str, Any], name: str) -> bool:
@@ -111,6 +114,7 @@ def _profile(model_id: str, raw: dict[str, Any]) -> ModelProfile:
         chat_tools=raw.get("chat_tools") or "yes",
         price=_price(raw.get("price")),
         embedding_dimensions=raw.get("embedding_dimensions"),
+        media_price=MediaPrice(**raw["media_price"]) if raw.get("media_price") else None,
     )
 
 
@@ -172,6 +176,11 @@ class Catalog:
 
     def cost(self, model: str, usage: Usage) -> float | None:
         return cost(self.profile(model), usage)
+
+    def media_cost(self, model: str, usage: MediaUsage) -> float | None:
+        """Dollars for an image, audio or video call (None when the model has no media price)."""
+        price = self.profile(model).media_price
+        return media_cost(price, usage) if price is not None else None
 
 
 def cost(profile: ModelProfile, usage: Usage) -> float | None:

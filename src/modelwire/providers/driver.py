@@ -23,7 +23,7 @@ from ..wires import StreamDecoder, Wire
 from .catalog import Catalog, adapt
 from .hosts import Host
 from .repair import repair
-from .transport import Reply, Transport, call
+from .transport import Body, Reply, Transport, call
 
 
 class WireDriver:
@@ -101,7 +101,7 @@ async def observed_call(
     method: str,
     url: str,
     headers: Mapping[str, str],
-    body: bytes | None,
+    body: Body,
     read_timeout: float,
 ) -> Reply:
     """:func:`~.transport.call`, an error's body shown to the driver's observer (its capture tap)."""

@@ -38,6 +38,14 @@ Endpoint: TypeAlias = Literal[
     "count_gemini_tokens",
 ]
 Auth: TypeAlias = Literal["bearer", "azure", "x-api-key", "x-goog-api-key"]
+MediaEndpoint: TypeAlias = Literal[
+    "images.generations",
+    "images.edits",
+    "audio.speech",
+    "audio.transcriptions",
+    "audio.translations",
+    "videos",
+]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 CODEX_BASE_URL = "https://chatgpt.com/backend-api/codex"
@@ -64,6 +72,18 @@ _PATHS: dict[Endpoint, str] = {
     "stream_generate": "/v1beta/models/{model}:streamGenerateContent?alt=sse",
     "count_gemini_tokens": "/v1beta/models/{model}:countTokens",
 }
+
+# Media endpoints (docs/media.md). Azure serves images and audio on deployment paths like chat,
+# and videos only on its /openai/v1 surface.
+_MEDIA_PATHS: dict[MediaEndpoint, str] = {
+    "images.generations": "/images/generations",
+    "images.edits": "/images/edits",
+    "audio.speech": "/audio/speech",
+    "audio.transcriptions": "/audio/transcriptions",
+    "audio.translations": "/audio/translations",
+    "videos": "/videos",
+}
+AZURE_IMAGE_TIMEOUT = 600.0  # Azure image calls send nothing until the image is done
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +287,17 @@ class Host:
             ):
                 version = AZURE_RESPONSES_VERSION
         return f"{self.base_url}{path}?api-version={version}"
+
+    def media_url(self, endpoint: MediaEndpoint, model: str, suffix: str = "") -> str:
+        """The URL of a media endpoint (``suffix``: an id, a sub-path, a query)."""
+        path = _MEDIA_PATHS[endpoint] + suffix
+        if not self.deployment_paths:
+            return self.base_url + path
+        if endpoint == "videos":
+            return f"{self.base_url}/openai/v1{path}"
+        path, _, query = path.partition("?")
+        query = f"&{query}" if query else ""
+        return f"{self.base_url}/openai/deployments/{model}{path}?api-version={self.api_version}{query}"
 
     def auth_headers(self, key: str | None) -> dict[str, str]:
         profile = self.profile

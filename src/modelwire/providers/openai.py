@@ -67,6 +67,7 @@ from .codex import CodexCredentials
 from .codex_models import CATALOG_QUERY, catalog_models, with_served
 from .driver import observed_call, raising, read_events, read_json
 from .hosts import CODEX_REF, Endpoint, Host, HostKind, WireAPI
+from .media import MediaAPIs
 from .planning import Plan, Planner
 from .realtime import Realtime
 from .retry import RetryPolicy
@@ -83,7 +84,7 @@ class Embeddings:
     usage: Usage
 
 
-class OpenAI:
+class OpenAI(MediaAPIs):
     """A driver for one OpenAI host.
 
     ``host`` is inferred from ``base_url`` when not given (``api.openai.com`` is native OpenAI,
@@ -104,6 +105,10 @@ class OpenAI:
     client's own host, signed in with ``credentials`` (default: the Codex CLI's ``auth.json``) at
     ``codex_base_url``. ``context_cap`` bounds the context every model may use (default: the host's
     own cap, 272,000 tokens on the Codex route); a request over it is refused before it is sent.
+
+    ``images``, ``audio`` and ``videos`` are the media APIs (:mod:`.media`); ``base_urls`` sends
+    a modality elsewhere (``{"audio.speech": url}``; also ``OPENAI_TTS_BASE_URL`` and friends),
+    refused on private addresses unless ``allow_private_urls``.
     """
 
     def __init__(
@@ -136,7 +141,10 @@ class OpenAI:
         tap: Tap | None = None,
         context_cap: int | None = None,
         codex_base_url: str | None = None,
+        base_urls: Mapping[str, str] | None = None,
+        allow_private_urls: bool = False,
     ) -> None:
+        self.base_urls, self.allow_private_urls = base_urls, allow_private_urls  # media (.media)
         self.host = Host.create(host, base_url or os.environ.get("OPENAI_BASE_URL") or None, api_version)
         self.api_key = api_key
         if api_key is None and not self.host.profile.signs_in:  # a signed-in route takes no env key

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Protocol
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from typing import Protocol, TypeAlias
 
 import aiohttp
 
 from ..errors import ModelwireError, ProtocolError, TimeoutError, UpstreamUnavailableError, from_response
 from .retry import retry_after, should_retry_header
+
+Body: TypeAlias = bytes | AsyncIterable[bytes] | None  # an iterable is streamed (media uploads)
 
 
 class Reply(Protocol):
@@ -37,7 +39,7 @@ class Transport(Protocol):
         method: str,
         url: str,
         headers: Mapping[str, str],
-        body: bytes | None = None,
+        body: Body = None,
         *,
         read_timeout: float | None = None,
     ) -> Reply: ...
@@ -50,7 +52,7 @@ async def call(
     method: str,
     url: str,
     headers: Mapping[str, str],
-    body: bytes | None = None,
+    body: Body = None,
     *,
     read_timeout: float | None = None,
     on_error: Callable[[bytes, Mapping[str, str]], None] | None = None,
@@ -149,7 +151,7 @@ class AiohttpTransport:
         method: str,
         url: str,
         headers: Mapping[str, str],
-        body: bytes | None = None,
+        body: Body = None,
         *,
         read_timeout: float | None = None,
     ) -> _AiohttpReply:
