@@ -3,10 +3,12 @@ upstream, which checks every request against the OpenAI spec (tests/fake_media.p
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import itertools
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -25,6 +27,7 @@ from modelwire.errors import (
     UpstreamUnavailableError,
 )
 from modelwire.providers.hosts import Host
+from modelwire.providers.media_http import stream_to_file
 from modelwire.providers.openai import OpenAI
 from tests.fake_media import Body, media_sha256, png
 from tests.fake_upstream import FakeUpstream, Reply
@@ -424,3 +427,20 @@ async def test_list_remix_and_delete(upstream: FakeUpstream, client: OpenAI) -> 
         await client.videos.retrieve(ids[0])
     with pytest.raises(NotFoundError, match=r"Video with id '\.\./models' not found"):
         await client.videos.retrieve("../models")  # escaped: a video id, not a walk to /v1/models
+
+
+async def test_a_download_into_a_pipe_writes_through_it_and_leaves_it_a_pipe(tmp_path: Path) -> None:
+    """``-o /dev/null`` once renamed a ``.part`` file over the device: a target that is not a
+    regular file is written in place (a FIFO stands in for the device here)."""
+    fifo = tmp_path / "sink"
+    os.mkfifo(fifo)
+    received = asyncio.get_running_loop().run_in_executor(None, fifo.read_bytes)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"abc"
+        yield b"def"
+
+    assert await stream_to_file(chunks(), fifo, total=6) == 6
+    assert await received == b"abcdef"
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert not (tmp_path / "sink.part").exists()

@@ -313,9 +313,11 @@ async def stream_to_file(
     on_progress: Progress | None = None,
 ) -> int:
     """Write a streamed answer to ``path`` through a ``.part`` file renamed at the end, so a cut
-    download never leaves a file that looks whole; returns the bytes written."""
+    download never leaves a file that looks whole; returns the bytes written. A path that is not a
+    regular file (``/dev/null``, a pipe) is written in place: renaming over it would replace it."""
     target = Path(path)
-    partial = target.with_name(target.name + ".part")
+    in_place = _not_a_regular_file(target)
+    partial = target if in_place else target.with_name(target.name + ".part")
     written = 0
     try:
         with partial.open("wb") as file:
@@ -326,11 +328,17 @@ async def stream_to_file(
                     on_progress(written, total)
         if total is not None and written != total:
             raise ProtocolError(f"the upstream's answer was cut off after {written} of {total} bytes")
-        partial.replace(target)
+        if not in_place:
+            partial.replace(target)
     except BaseException:
-        partial.unlink(missing_ok=True)
+        if not in_place:
+            partial.unlink(missing_ok=True)
         raise
     return written
+
+
+def _not_a_regular_file(path: Path) -> bool:
+    return path.exists() and not path.is_file()
 
 
 def content_length(reply: Reply) -> int | None:
