@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
 from .cli import _fail, _host, app, err
 from .errors import AuthenticationError, ModelwireError, UpstreamUnavailableError
@@ -65,10 +64,18 @@ def _run(client: OpenAI, work: Callable[[OpenAI], Awaitable[T]]) -> T:
 @contextmanager
 def _transfer(label: str) -> Iterator[Callable[[int, int | None], None]]:
     """A progress bar on stderr for an upload or download; the callback takes (done, total)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )  # not loaded by `serve`
+
     with Progress(
         TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True
     ) as bar:
-        task: TaskID = bar.add_task(label, total=None)
+        task = bar.add_task(label, total=None)
 
         def advance(done: int, total: int | None) -> None:
             bar.update(task, completed=done, total=total)
@@ -232,6 +239,8 @@ def video(
     host: HostOption = None,
 ) -> None:
     """Create a video, follow its progress, and download it."""
+
+    from rich.progress import BarColumn, Progress, TextColumn  # not loaded by `serve`
 
     async def work(client: OpenAI) -> None:
         job = await client.videos.create(
