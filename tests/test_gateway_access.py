@@ -204,9 +204,10 @@ def test_key_changes_take_effect_within_a_second(upstream: FakeUpstream, tmp_pat
         assert gateway.cli("keys", "revoke", "alice").returncode == 0
         revoked = until(lambda: chat(gateway.url, key=secret)[0] == 401, 1.0)
         assert revoked is not None, "a revoked key must stop working within a second"
-        expiring = gateway.cli("keys", "create", "--name", "brief", "--expires", "2s").stdout.strip()
+        # Long enough to outlast a slow CLI start on a loaded machine; the sleep below ends it.
+        expiring = gateway.cli("keys", "create", "--name", "brief", "--expires", "6s").stdout.strip()
         assert until(lambda: chat(gateway.url, key=expiring)[0] == 200, 1.0) is not None
-        time.sleep(2.0)
+        time.sleep(6.0)
         status, _, body = chat(gateway.url, key=expiring)
         assert status == 401 and b"expired" in body, body
     finally:
