@@ -149,6 +149,7 @@ def test_postgres_schemas_isolate_stores() -> None:
                     "mw_responses",
                     "mw_state",
                     "mw_credentials",
+                    "mw_sessions",
                     "mw_alembic_version",
                 }
     finally:

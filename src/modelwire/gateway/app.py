@@ -39,6 +39,8 @@ from ..providers.catalog import Catalog
 from ..providers.transport import AiohttpTransport
 from . import http
 from .accounting import Accounting
+from .admin import AdminAPI, Operations
+from .admin_auth import AdminGate
 from .admission import Admission
 from .auth import KeyBook
 from .background import Background
@@ -49,6 +51,7 @@ from .clients import ClientAddress, is_loopback
 from .compaction import Compaction
 from .config import Config
 from .credentials import share_credentials
+from .dashboard import Dashboard
 from .forwarding import Forwarder
 from .generation import Generation
 from .health import Dependencies
@@ -74,6 +77,7 @@ log = logging.getLogger("modelwire.gateway")
 Handler = Callable[[Call, Scope, Receive, Send], Awaitable[None]]
 Endpoint = tuple[Handler, Surface]
 PlainHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
+OPERATOR_PATHS = ("/admin/", "/ui")  # the admin API and dashboard, reached only when no API route matched
 
 
 class Gateway:
@@ -143,6 +147,9 @@ class Gateway:
             partial(UpstreamSockets, transport.connect_socket, {}),
         )
         self.request_log = RequestLog(config.server.log_format)
+        operations = Operations(config, self.state, backends, self.metrics)
+        gate = AdminGate(self.state, admission.lockout, self.sync, self.client_address)
+        self.admin, self.dashboard = AdminAPI(operations, gate), Dashboard(operations, gate)
         self.inflight = InFlight()
         self._background: set[asyncio.Task[Any]] = set()
         self._plain: dict[tuple[str, str], PlainHandler] = {
@@ -281,12 +288,27 @@ class Gateway:
             if plain is not None:
                 await plain(scope, receive, send)
                 return
-            endpoint = self._routes.get((scope["method"], scope["path"])) or self._dynamic(scope)
-            await self._serve(endpoint, scope, receive, send)
+            endpoint = self._routes.get((scope["method"], scope["path"]))
+            if endpoint is None and scope["path"].startswith(OPERATOR_PATHS):
+                await self._operator(scope, receive, send)
+                return
+            await self._serve(endpoint or self._dynamic(scope), scope, receive, send)
         elif kind == "websocket":
             await self.sockets.serve(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _operator(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The admin API or the dashboard; an unexpected failure is logged, never shown."""
+        try:
+            if scope["path"].startswith("/admin/"):
+                await self.admin(scope, receive, send)
+            else:
+                await self.dashboard(scope, receive, send)
+        except Exception:
+            log.exception("admin request %s %s failed", scope["method"], scope["path"])
+            with contextlib.suppress(Exception):
+                await http.respond_json(send, 500, {"error": {"message": "internal gateway error"}}, [])
 
     def _dynamic(self, scope: Scope) -> Endpoint:
         full: str = scope["path"]

@@ -171,6 +171,7 @@ class KeyConfig(_Model):
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     budget_usd: float | None = Field(None, ge=0)
+    admin: bool = Field(False, description="an operator's key: the admin API and /ui only, never the proxy")
 
     @field_validator("key", "name")
     @classmethod
