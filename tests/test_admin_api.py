@@ -5,6 +5,7 @@ replicas on PostgreSQL seeing the same keys and usage."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ from modelwire.gateway.admin import ROUTES
 
 from .fake_upstream import FakeUpstream, Reply
 from .gateway_fixtures import CLIENT_KEY, MODELWIRE, RunningGateway, base_config, request, start_gateway
-from .services import postgres_schema
+from .services import PrivatePostgres, postgres_schema
 
 ADMIN_KEY = "sk-admin-config-0123456789abcdef"
 SPECS = Path(__file__).parent / "specs"
@@ -413,6 +414,46 @@ def test_cli_reports_an_unreachable_gateway(tmp_path: Path) -> None:
     assert result.returncode == 1 and "cannot reach" in result.stderr and "Traceback" not in result.stderr
 
 
+def raw(
+    gw: RunningGateway, method: str, path: str, body: bytes | None = None, **headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    """One request, redirects not followed (urllib would follow a 303)."""
+    connection = http.client.HTTPConnection(gw.url.removeprefix("http://"), timeout=30)
+    try:
+        connection.request(method, path, body, {k.replace("_", "-"): v for k, v in headers.items()})
+        reply = connection.getresponse()
+        return reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
+    finally:
+        connection.close()
+
+
+def sign_in(gw: RunningGateway) -> str:
+    """A dashboard session's cookie (``name=value``)."""
+    form = "application/x-www-form-urlencoded"
+    status, headers, _ = raw(gw, "POST", "/ui/login", f"key={ADMIN_KEY}".encode(), Content_Type=form)
+    assert status == 303, status
+    return headers["set-cookie"].split(";")[0]
+
+
+def test_a_store_outage_is_a_503_not_a_traceback(
+    upstream_server: FakeUpstream, private_postgres: PrivatePostgres, tmp_path: Path
+) -> None:
+    config = admin_config(upstream_server, tmp_path)
+    config["store"] = private_postgres.url
+    running = start_gateway(config, tmp_path, name="outage")
+    try:
+        cookie = sign_in(running)
+        private_postgres.stop()
+        status, doc = call(running, "GET", "/admin/v1/usage")
+        assert status == 503 and doc["error"]["code"] == "store_unavailable"
+        assert call(running, "GET", "/admin/v1/backends")[0] == 200  # from memory: still answers
+        status, _, page = raw(running, "GET", "/ui/keys", Cookie=cookie)
+        assert status == 503 and b"store is unreachable" in page
+    finally:
+        running.stop()
+    assert "Traceback" not in running.log()
+
+
 # ----------------------------------------------------------------------------------------------
 # Two replicas on PostgreSQL
 # ----------------------------------------------------------------------------------------------
@@ -446,6 +487,10 @@ def test_two_replicas_on_postgres_share_keys_and_usage(upstream_server: FakeUpst
                     == [9]
                 )
             )
+            # A dashboard session made on one is known to two (sessions live in the store).
+            cookie = sign_in(one)
+            status, _, page = raw(two, "GET", "/ui/keys", Cookie=cookie)
+            assert status == 200 and b"shared" in page
             assert call(two, "DELETE", "/admin/v1/keys/shared")[0] == 200
             assert wait_for(lambda: _refused(one, secret), 2.0)
         finally:

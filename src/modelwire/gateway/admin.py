@@ -14,6 +14,7 @@ table missed, and every store read runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -26,8 +27,9 @@ from urllib.parse import parse_qsl
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import InvalidRequestError, ModelwireError, NotFoundError
+from ..errors import InvalidRequestError, ModelwireError, NotFoundError, ServiceUnavailableError
 from ..observe import redact
 from . import http
 from .admin_auth import AdminGate
@@ -35,9 +37,10 @@ from .config import Config
 from .http import Receive, Scope, Send
 from .metrics import Metrics
 from .state import State
-from .store import GROUPINGS, NO_GROUP, KeyRecord, UsageRow
+from .store import GROUPINGS, NO_GROUP, KeyRecord, UsageRow, describe_error, error_cause
 from .upstream import Backend
 
+log = logging.getLogger("modelwire.gateway")
 PREFIX = "/admin/v1"
 MAX_BODY = 64 * 1024
 MASK = "****"
@@ -597,6 +600,9 @@ class AdminAPI:
         except ModelwireError as err:
             await respond_error(send, err)
             return
+        except SQLAlchemyError as exc:
+            await respond_error(send, store_unreachable(exc))
+            return
         await http.respond(send, route.status, _encode(answer), [(b"cache-control", b"no-store")])
 
     async def openapi(self, req: AdminRequest) -> Any:
@@ -608,10 +614,10 @@ class AdminAPI:
         return ListOf(data=await self.ops.keys(include_revoked=req.query.get("all") == "true"))
 
     async def create_key(self, req: AdminRequest) -> Any:
-        return await self.ops.create_key(_parse(KeyCreate, req.body))
+        return await self.ops.create_key(parse_body(KeyCreate, req.body))
 
     async def update_key(self, req: AdminRequest) -> Any:
-        return await self.ops.update_key(req.params["key"], _parse(KeyUpdate, req.body))
+        return await self.ops.update_key(req.params["key"], parse_body(KeyUpdate, req.body))
 
     async def revoke_key(self, req: AdminRequest) -> Any:
         return await self.ops.revoke_key(req.params["key"])
@@ -644,7 +650,7 @@ def _find(method: str, path: str) -> tuple[Route, dict[str, str]]:
     raise NotFoundError(f"no admin route {method} {path}", code="unknown_url")
 
 
-def _parse(model: type[M], body: dict[str, Any] | None) -> M:
+def parse_body(model: type[M], body: dict[str, Any] | None) -> M:
     try:
         return model.model_validate(body or {})
     except ValidationError as exc:
@@ -657,6 +663,12 @@ def _encode(answer: Any) -> bytes:
     if isinstance(answer, BaseModel):
         return answer.model_dump_json().encode()
     return orjson.dumps(answer)
+
+
+def store_unreachable(exc: SQLAlchemyError) -> ServiceUnavailableError:
+    """A store that failed an admin read or write: a 503 and one log line, never a traceback."""
+    log.warning("admin request: the store failed: %s", describe_error(exc))
+    return ServiceUnavailableError(f"the store is unreachable: {error_cause(exc)}", code="store_unavailable")
 
 
 async def respond_error(send: Send, err: ModelwireError) -> None:

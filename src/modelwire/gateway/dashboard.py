@@ -21,10 +21,20 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 import orjson
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import ModelwireError
 from . import charts, http
-from .admin import KeyCreate, KeyUpdate, KeyView, Operations, RequestView, UsageView, _parse
+from .admin import (
+    KeyCreate,
+    KeyUpdate,
+    KeyView,
+    Operations,
+    RequestView,
+    UsageView,
+    parse_body,
+    store_unreachable,
+)
 from .admin_auth import SESSION_SECONDS, AdminGate, Session
 from .http import Receive, Scope, Send
 
@@ -79,9 +89,9 @@ class Dashboard:
         if path == "/ui/style.css":
             await http.respond(send, 200, self._css, [(b"cache-control", b"max-age=3600")], b"text/css")
             return
-        cookies = _cookies(scope)
-        visit = Visit(scope, await self.gate.session(cookies.get(COOKIE)))
+        visit = Visit(scope, None)
         try:
+            visit.session = await self.gate.session(_cookies(scope).get(COOKIE))
             if method == "POST":
                 visit.form = await _read_form(receive, scope)
             status, body = await self._route(method, path, visit)
@@ -91,7 +101,8 @@ class Dashboard:
                 headers.append((b"set-cookie", moved.cookie.encode()))
             await http.respond(send, 303, b"", headers, HTML)
             return
-        except ModelwireError as err:
+        except (ModelwireError, SQLAlchemyError) as exc:
+            err = store_unreachable(exc) if isinstance(exc, SQLAlchemyError) else exc
             status, body = (
                 err.status,
                 self._layout(visit, "Error", f'<p class="error">{escape(err.message)}</p>'),
@@ -153,14 +164,14 @@ class Dashboard:
             await self.gate.sign_out(visit.session)
             raise Redirect("/ui/login", _session_cookie("", visit.https, 0))
         if path == "/ui/keys":
-            created = await self.ops.create_key(_parse(KeyCreate, _key_form(form, creating=True)))
+            created = await self.ops.create_key(parse_body(KeyCreate, _key_form(form, creating=True)))
             return await self.keys_page(visit, created.secret)
         name, _, action = path.removeprefix("/ui/keys/").partition("/")
         if path.startswith("/ui/keys/") and action == "revoke":
             await self.ops.revoke_key(name)
             raise Redirect("/ui/keys")
         if path.startswith("/ui/keys/") and action == "edit":
-            await self.ops.update_key(name, _parse(KeyUpdate, _key_form(form, creating=False)))
+            await self.ops.update_key(name, parse_body(KeyUpdate, _key_form(form, creating=False)))
             raise Redirect("/ui/keys")
         raise ModelwireError("there is no such form", status=404)
 
