@@ -19,7 +19,7 @@ import openai
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from .fake_upstream import FakeUpstream
+from .fake_upstream import FakeUpstream, Reply
 from .gateway_fixtures import CLIENT_KEY, RunningGateway, start_gateway
 from .test_admin_api import ADMIN_KEY, USER, admin_config
 
@@ -95,13 +95,15 @@ def sign_in(page: Page, gw: RunningGateway, key: str = ADMIN_KEY) -> None:
     page.click("button[type=submit]")
 
 
-def chat(gw: RunningGateway, key: str) -> str:
+def chat(gw: RunningGateway, key: str, model: str = "chat-model") -> str:
     client = openai.OpenAI(base_url=gw.v1, api_key=key, max_retries=0)
-    reply = client.chat.completions.with_raw_response.create(model="chat-model", messages=USER)  # type: ignore[arg-type]
+    reply = client.chat.completions.with_raw_response.create(model=model, messages=USER)  # type: ignore[arg-type]
     return str(reply.headers["x-request-id"])
 
 
-def test_an_operators_round_trip(gw: RunningGateway, page: Page, tmp_path: Path) -> None:
+def test_an_operators_round_trip(
+    gw: RunningGateway, upstream: FakeUpstream, page: Page, tmp_path: Path
+) -> None:
     page.goto(gw.url + "/ui/login")
     shot(page, "login", tmp_path)
     sign_in(page, gw)
@@ -126,7 +128,13 @@ def test_an_operators_round_trip(gw: RunningGateway, page: Page, tmp_path: Path)
     assert secret not in page.content()
     expect(page.locator("tr", has_text="browser-made")).to_contain_text("$2.5")
 
-    # A request with it shows up in the log, in its detail and on the overview chart.
+    # A request with it shows up in the log, in its detail and on the overview chart (beside some
+    # traffic of another key, one request of it failing).
+    for model in ("resp-model", "native-chat", "tuned"):
+        chat(gw, CLIENT_KEY, model)
+    upstream.script(Reply.error(400, "refused", code="refused"))
+    with pytest.raises(openai.BadRequestError):
+        chat(gw, CLIENT_KEY, "native-chat")
     request_id = chat(gw, secret)
     page.goto(gw.url + "/ui/requests?key=browser-made")
     row = page.locator("tr", has_text=request_id)
@@ -142,7 +150,7 @@ def test_an_operators_round_trip(gw: RunningGateway, page: Page, tmp_path: Path)
     expect(page.locator("dl")).to_contain_text("upstream attempts (failover hops)")
     expect(page.locator("details").first).to_be_attached()  # the wire capture is on
     shot(page, "request", tmp_path)
-    page.goto(gw.url + "/ui/overview?since=1h")
+    page.goto(gw.url + "/ui/overview?since=6h")
     bars = page.locator("rect[data-series=requests]")
     assert sum(float(v or 0) for v in bars.evaluate_all("els => els.map(e => e.dataset.value)")) >= 1
     expect(page.locator("section", has_text="Top keys")).to_contain_text("browser-made")

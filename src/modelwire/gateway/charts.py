@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-WIDTH, HEIGHT, PAD_LEFT, PAD_BOTTOM, PAD_TOP = 640, 180, 48, 22, 10
+WIDTH, HEIGHT, PAD_LEFT, PAD_BOTTOM, PAD_TOP = 640, 180, 70, 22, 10
 COLOURS = ("#3b6fd8", "#d8553b", "#3ba86b", "#a03bd8")
 
 
@@ -54,6 +54,8 @@ def bars(
     parts = []
     for s, (name, values) in enumerate(series):
         for i, value in enumerate(values):
+            if not value:
+                continue
             h = plot_h * value / top
             x = PAD_LEFT + i * slot + slot * 0.1 + s * width
             parts.append(
@@ -92,7 +94,7 @@ def lines(
 
 def _legend(series: Sequence[tuple[str, Sequence[float | None]]]) -> str:
     return "".join(
-        f'<text x="{WIDTH - 8}" y="{PAD_TOP + 12 + 14 * s}" text-anchor="end" class="legend" '
+        f'<text x="{PAD_LEFT + 8}" y="{PAD_TOP + 12 + 14 * s}" class="legend" '
         f'fill="{COLOURS[s % len(COLOURS)]}">{escape(name)}</text>'
         for s, (name, _) in enumerate(series)
     )

@@ -13,6 +13,7 @@ write is a form post carrying the session's CSRF token, checked before anything 
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from html import escape
@@ -37,6 +38,7 @@ from .admin import (
 )
 from .admin_auth import SESSION_SECONDS, AdminGate, Session
 from .http import Receive, Scope, Send
+from .store import TIME_BUCKETS
 
 COOKIE = "mw_session"
 MAX_FORM = 16 * 1024
@@ -51,6 +53,13 @@ SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
 ]
+# The overview's windows: how far back, and the width of a chart's bar (a UTC hour or day).
+WINDOWS = {
+    "6h": (6 * 3600.0, "hour"),
+    "24h": (86400.0, "hour"),
+    "7d": (7 * 86400.0, "day"),
+    "30d": (30 * 86400.0, "day"),
+}
 NAV = (("overview", "Overview"), ("requests", "Requests"), ("keys", "Keys"), ("backends", "Backends"))
 Page = Callable[["Dashboard", "Visit"], Awaitable[str]]
 
@@ -179,29 +188,32 @@ class Dashboard:
 
     async def overview(self, visit: Visit) -> str:
         window = visit.query.get("since", "24h")
-        by = "hour" if window.endswith(("h", "m")) or window in ("1d", "2d") else "day"
-        query = {"since": window, "by": by}
-        hours = await self.ops.usage(query)
+        span, by = WINDOWS.get(window) or WINDOWS[window := "24h"]
+        now = time.time()
+        query = {"since": f"{now - span:.3f}", "by": by}
+        labels, buckets = _buckets(await self.ops.usage(query), by, now - span, now)
         keys = await self.ops.usage({**query, "by": "key"})
         models = await self.ops.usage({**query, "by": "model"})
-        labels = [h.group for h in hours]
-        picker = " ".join(
-            f'<a href="/ui/overview?since={w}"{_current(w == window)}>{w}</a>'
-            for w in ("1h", "24h", "7d", "30d")
-        )
-        totals = _totals(hours)
+        picker = " ".join(f'<a href="/ui/overview?since={w}"{_current(w == window)}>{w}</a>' for w in WINDOWS)
+
+        def series(name: str, value: Callable[[UsageView], float | None]) -> tuple[str, list[float | None]]:
+            return name, [value(b) if b is not None else None for b in buckets]
+
+        def counts(name: str, value: Callable[[UsageView], float]) -> tuple[str, list[float]]:
+            return name, [value(b) if b is not None else 0.0 for b in buckets]
+
         body = (
-            f'<p class="picker">Window: {picker}</p>{totals}<div class="charts">'
+            f'<p class="picker">Window: {picker}</p>{_totals([b for b in buckets if b])}<div class="charts">'
             + charts.bars(
                 "Requests and errors",
                 labels,
-                [("requests", [h.requests for h in hours]), ("errors", [h.errors for h in hours])],
+                [counts("requests", lambda b: b.requests), counts("errors", lambda b: b.errors)],
             )
-            + charts.bars("Cost", labels, [("cost $", [h.cost_usd for h in hours])], " $")
+            + charts.bars("Cost", labels, [counts("cost $", lambda b: b.cost_usd)], " $")
             + charts.lines(
                 "Latency",
                 labels,
-                [("p50", [h.p50_ms for h in hours]), ("p95", [h.p95_ms for h in hours])],
+                [series("p50", lambda b: b.p50_ms), series("p95", lambda b: b.p95_ms)],
                 " ms",
             )
             + '</div><div class="columns">'
@@ -477,6 +489,17 @@ def _key_cells(k: KeyView, csrf: str) -> tuple[str, ...]:
         k.state,
         Markup(actions),
     )
+
+
+def _buckets(
+    rows: list[UsageView], by: str, since: float, now: float
+) -> tuple[list[str], list[UsageView | None]]:
+    """Every bucket of the window, in order, with its row or None: quiet hours show as gaps."""
+    width, layout = TIME_BUCKETS[by]
+    first, last = int(since // width), int(now // width)
+    labels = [datetime.fromtimestamp(i * width, UTC).strftime(layout) for i in range(first, last + 1)]
+    found = {row.group: row for row in rows}
+    return labels, [found.get(label) for label in labels]
 
 
 def _key_state(key: dict[str, Any]) -> str:
