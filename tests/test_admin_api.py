@@ -297,7 +297,7 @@ def test_backends_report_cooldowns_and_counts(gw: RunningGateway, upstream: Fake
     upstream.script(Reply.error(401, "bad key"), Reply.text("fine"))
     chat(gw, CLIENT_KEY, "resp-model")  # oai has two keys: the first cools down, the second answers
     status, doc = call(gw, "GET", "/admin/v1/backends")
-    assert status == 200
+    assert status == 200 and doc["dependencies"] == {"store": "up"}
     oai = next(b for b in doc["data"] if b["name"] == "oai")
     cooling = [k for k in oai["keys"] if k["cooldown_seconds"] > 0]
     assert len(cooling) == 1 and oai["circuit"] == "degraded" and oai["cooldowns"] >= 1

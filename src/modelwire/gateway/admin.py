@@ -34,6 +34,7 @@ from ..observe import redact
 from . import http
 from .admin_auth import AdminGate
 from .config import Config
+from .health import Dependencies
 from .http import Receive, Scope, Send
 from .metrics import Metrics
 from .state import State
@@ -158,6 +159,7 @@ class Operations:
     state: State
     backends: dict[str, Backend]
     metrics: Metrics
+    dependencies: Dependencies
 
     def _store(self) -> Any:
         store = self.state.store
@@ -254,7 +256,8 @@ class Operations:
         counts = _backend_counts(self.metrics)
         now = time.monotonic()
         items = [_backend_view(name, b, now, counts.get(name, {})) for name, b in self.backends.items()]
-        return {"replica": f"{socket.gethostname()}:{os.getpid()}", "data": items}
+        replica = f"{socket.gethostname()}:{os.getpid()}"
+        return {"replica": replica, "dependencies": self.dependencies.report(), "data": items}
 
     def config_report(self) -> dict[str, Any]:
         """The loaded config with every secret masked: keys, upstream keys, headers, passwords."""

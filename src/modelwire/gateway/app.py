@@ -39,8 +39,6 @@ from ..providers.catalog import Catalog
 from ..providers.transport import AiohttpTransport
 from . import http
 from .accounting import Accounting
-from .admin import AdminAPI, Operations
-from .admin_auth import AdminGate
 from .admission import Admission
 from .auth import KeyBook
 from .background import Background
@@ -51,7 +49,6 @@ from .clients import ClientAddress, is_loopback
 from .compaction import Compaction
 from .config import Config
 from .credentials import share_credentials
-from .dashboard import Dashboard
 from .forwarding import Forwarder
 from .generation import Generation
 from .health import Dependencies
@@ -147,9 +144,7 @@ class Gateway:
             partial(UpstreamSockets, transport.connect_socket, {}),
         )
         self.request_log = RequestLog(config.server.log_format)
-        operations = Operations(config, self.state, backends, self.metrics)
-        gate = AdminGate(self.state, admission.lockout, self.sync, self.client_address)
-        self.admin, self.dashboard = AdminAPI(operations, gate), Dashboard(operations, gate)
+        self._operators: tuple[PlainHandler, PlainHandler] | None = None  # built on first use
         self.inflight = InFlight()
         self._background: set[asyncio.Task[Any]] = set()
         self._plain: dict[tuple[str, str], PlainHandler] = {
@@ -301,14 +296,24 @@ class Gateway:
     async def _operator(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The admin API or the dashboard; an unexpected failure is logged, never shown."""
         try:
-            if scope["path"].startswith("/admin/"):
-                await self.admin(scope, receive, send)
-            else:
-                await self.dashboard(scope, receive, send)
+            api, dashboard = self._operators or self._build_operators()
+            await (api if scope["path"].startswith("/admin/") else dashboard)(scope, receive, send)
         except Exception:
             log.exception("admin request %s %s failed", scope["method"], scope["path"])
             with contextlib.suppress(Exception):
                 await http.respond_json(send, 500, {"error": {"message": "internal gateway error"}}, [])
+
+    def _build_operators(self) -> tuple[PlainHandler, PlainHandler]:
+        """The admin API and dashboard, imported and built when first asked for: a gateway no
+        operator looks at pays nothing for them, not even at start-up."""
+        from .admin import AdminAPI, Operations
+        from .admin_auth import AdminGate
+        from .dashboard import Dashboard
+
+        operations = Operations(self.config, self.state, self.backends, self.metrics, self.dependencies)
+        gate = AdminGate(self.state, self.admission.lockout, self.sync, self.client_address)
+        self._operators = AdminAPI(operations, gate), Dashboard(operations, gate)
+        return self._operators
 
     def _dynamic(self, scope: Scope) -> Endpoint:
         full: str = scope["path"]

@@ -343,7 +343,11 @@ class Dashboard:
             ("backend", "type", "wire", "circuit", "upstream keys", "retries", "failovers", "cool-downs"),
             rows,
         )
-        note = f'<p class="note">Cool-downs and counts of this replica ({escape(report["replica"])}).</p>'
+        health = ", ".join(f"{name} {state}" for name, state in report["dependencies"].items())
+        note = (
+            f'<p class="note">Store and Redis: {escape(health)}. Cool-downs and counts of this replica '
+            f"({escape(report['replica'])}).</p>"
+        )
         return self._layout(visit, "Backends", note + table)
 
     # ----------------------------------------------------------------------------- layout
