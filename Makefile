@@ -37,8 +37,10 @@ unit: $(VENV)/.installed-test $(CLIENTS)
 
 test: lint typecheck unit
 
+# Side by side with the floor and the peers (nginx + wrk from apt, peers under .bench/, on first use).
+BENCH_ARGS ?= --floor --peers litellm,portkey --rounds 2 --seconds 6
 bench: $(VENV)/.installed
-	$(BIN)/python bench/gateway_bench.py
+	$(BIN)/python bench/compare.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
