@@ -47,8 +47,10 @@ test: lint typecheck unit
 screenshots: $(VENV)/.installed-test $(CHROMIUM)
 	MODELWIRE_SCREENSHOTS=1 $(BIN)/pytest -p no:xdist -q tests/test_dashboard.py -k round_trip
 
+# Side by side with the floor and the peers (nginx + wrk from apt, peers under .bench/, on first use).
+BENCH_ARGS ?= --floor --peers litellm,portkey --rounds 2 --seconds 6
 bench: $(VENV)/.installed
-	$(BIN)/python bench/gateway_bench.py
+	$(BIN)/python bench/compare.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

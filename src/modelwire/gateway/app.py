@@ -36,7 +36,7 @@ from typing import Any
 
 from ..errors import ModelwireError, NotFoundError, ServiceUnavailableError
 from ..providers.catalog import Catalog
-from ..providers.transport import AiohttpTransport
+from ..providers.http1 import Http1Transport
 from . import http
 from .accounting import Accounting
 from .admission import Admission
@@ -101,7 +101,7 @@ class Gateway:
         self._hook_signals = hook_signals
         router = Router(config)
         catalog = Catalog()
-        self.transport = transport = AiohttpTransport()
+        self.transport = transport = Http1Transport()
         self.metrics = Metrics()
         self.capture = (
             Capture(config.capture.path, max_bytes=config.capture.max_bytes, backups=config.capture.backups)
