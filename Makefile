@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck unit bench clean fmt
+.PHONY: run test lint typecheck unit bench clean fmt screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,13 +32,25 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-test $(CLIENTS)
+# Headless Chromium for the dashboard's browser tests, from Debian (installed once; we run as root).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null)
+
+unit: $(VENV)/.installed-test $(CLIENTS) $(CHROMIUM)
 	$(BIN)/pytest -n 2
 
 test: lint typecheck unit
 
+# The dashboard's pictures in docs/screenshots/ (the README shows them), taken by its browser test.
+screenshots: $(VENV)/.installed-test $(CHROMIUM)
+	MODELWIRE_SCREENSHOTS=1 $(BIN)/pytest -p no:xdist -q tests/test_dashboard.py -k round_trip
+
+# Side by side with the floor and the peers (nginx + wrk from apt, peers under .bench/, on first use).
+BENCH_ARGS ?= --floor --peers litellm,portkey --rounds 2 --seconds 6
 bench: $(VENV)/.installed
-	$(BIN)/python bench/gateway_bench.py
+	$(BIN)/python bench/compare.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -487,6 +487,7 @@ KEY_COLUMNS = [
     "created_at",
     "expires_at",
     "state",
+    "admin",
 ]
 USAGE_COLUMNS = [
     "requests",

@@ -150,6 +150,7 @@ def test_postgres_schemas_isolate_stores() -> None:
                     "mw_state",
                     "mw_credentials",
                     "mw_videos",
+                    "mw_sessions",
                     "mw_alembic_version",
                 }
     finally:

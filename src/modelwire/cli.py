@@ -25,6 +25,7 @@ from .providers.openai import OpenAI
 from .types import BlockDelta, BlockStart, Finish, Message, Reasoning, Text, Usage
 
 if TYPE_CHECKING:
+    from .admin_client import AdminClient
     from .gateway.config import Config
     from .gateway.listing import ServedModels
     from .gateway.routing import Router
@@ -434,7 +435,38 @@ KEY_FIELDS = (
     _Field("created_at"),
     _Field("expires_at", "expires", _when),
     _Field("state", "state"),
+    _Field("admin"),
 )
+RemoteUrl = Annotated[
+    str | None,
+    typer.Option("--url", envvar="MODELWIRE_URL", help="A remote gateway: use its admin API, not a store."),
+]
+AdminKey = Annotated[
+    str | None,
+    typer.Option(
+        "--admin-key", envvar="MODELWIRE_ADMIN_KEY", show_default=False, help="An admin key, with --url."
+    ),
+]
+
+
+def _remote(url: str, admin_key: str | None) -> AdminClient:
+    from .admin_client import AdminClient, AdminError
+
+    try:
+        return AdminClient(url, admin_key or "")
+    except AdminError as exc:
+        _fail(str(exc), code=2)
+
+
+@contextmanager
+def _admin_errors() -> Iterator[None]:
+    """The gateway's own words for a refusal, or why it could not be reached, and exit 1."""
+    from .admin_client import AdminError
+
+    try:
+        yield
+    except AdminError as exc:
+        _fail(str(exc))
 
 
 @keys_app.command("create")
@@ -449,9 +481,25 @@ def keys_create(
         float | None, typer.Option("--budget-usd", help="Spending cap in US dollars.")
     ] = None,
     expires: Annotated[str | None, typer.Option(help="Lifetime, e.g. 30d, 12h, 90m.")] = None,
+    admin: Annotated[
+        bool, typer.Option("--admin", help="An operator's key: admin API and /ui only.")
+    ] = False,
     config: StateConfig = None,
+    url: RemoteUrl = None,
+    admin_key: AdminKey = None,
 ) -> None:
     """Create a client key and print it once (alone on stdout)."""
+    if url:
+        body = {"name": name, "models": _patterns(models), "rpm": rpm, "tpm": tpm, "budget_usd": budget_usd}
+        body |= {"expires_in_seconds": _duration(expires) if expires else None, "admin": admin}
+        with _admin_errors():
+            created = _remote(url, admin_key).create_key(body)
+        _console().print(created["secret"])
+        err.print(
+            f"[dim]key {created['key']['name']!r} ({created['key']['id']}) created; "
+            "it is shown only now, so keep it safe.[/dim]"
+        )
+        return
     expires_at = time.time() + _duration(expires) if expires else None
     location = _locate(config)
     new = location.file is not None and not location.file.exists()
@@ -464,6 +512,7 @@ def keys_create(
                 tpm=tpm,
                 budget_usd=budget_usd,
                 expires_at=expires_at,
+                admin=admin,
             )
         except ValueError as exc:
             _fail(str(exc), code=2)
@@ -479,9 +528,16 @@ def keys_list(
     as_json: JsonOption = False,
     as_csv: CsvOption = False,
     config: StateConfig = None,
+    url: RemoteUrl = None,
+    admin_key: AdminKey = None,
 ) -> None:
     """List client keys (never their secrets) and what each has spent, all time, in US dollars."""
     fmt = _format(as_json, as_csv)
+    if url:
+        with _admin_errors():
+            views = _remote(url, admin_key).keys(include_revoked=all_keys)
+        _emit([{f.name: view.get(f.name) for f in KEY_FIELDS} for view in views], KEY_FIELDS, fmt)
+        return
     with _opened(_existing(config)) as store:
         records = store.list_keys(include_revoked=all_keys)
         spent = store.spent_by_key()
@@ -503,14 +559,27 @@ def _key_row(record: KeyRecord, spent: float, now: float) -> dict[str, Any]:
         "created_at": record.created_at,
         "expires_at": record.expires_at,
         "state": state,
+        "admin": record.admin,
     }
 
 
 @keys_app.command("revoke")
 def keys_revoke(
-    name: Annotated[str, typer.Argument(help="The key's name or id.")], config: StateConfig = None
+    name: Annotated[str, typer.Argument(help="The key's name or id.")],
+    config: StateConfig = None,
+    url: RemoteUrl = None,
+    admin_key: AdminKey = None,
 ) -> None:
     """Revoke a client key; running gateways refuse it within a second."""
+    if url:
+        from .admin_client import AdminError
+
+        try:
+            _remote(url, admin_key).revoke_key(name)
+        except AdminError as exc:
+            _fail(f"no active key named {name!r}" if exc.status == 404 else str(exc))
+        err.print(f"key {name!r} revoked")
+        return
     with _opened(_existing(config)) as store:
         if not store.revoke_key(name):
             _fail(f"no active key named {name!r}", code=1)
@@ -531,12 +600,19 @@ def usage(
     as_json: JsonOption = False,
     as_csv: CsvOption = False,
     config: StateConfig = None,
+    url: RemoteUrl = None,
+    admin_key: AdminKey = None,
 ) -> None:
     """Requests, tokens, cost (US dollars), error rate and latency from the usage records."""
     fmt = _format(as_json, as_csv)
     if by not in GROUPINGS:
         _fail(f"--by must be one of {', '.join(GROUPINGS)}", code=2)
     start = time.time() - _duration(since)
+    if url:
+        with _admin_errors():
+            views = _remote(url, admin_key).usage(by=by, since=start)
+        _emit([{by: v["group"], **_remote_totals(v)} for v in views], _usage_fields(by), fmt)
+        return
     with _opened(_existing(config)) as store:
         rows = store.usage_summary(since=start, by=by)
     _emit([{by: r.group, **_usage_totals(r)} for r in rows], _usage_fields(by), fmt)
@@ -554,6 +630,23 @@ def _usage_totals(row: UsageRow) -> dict[str, Any]:
         "cost_usd": row.cost,
         "p50_ms": row.p50_ms,
         "p95_ms": row.p95_ms,
+    }
+
+
+def _remote_totals(view: dict[str, Any]) -> dict[str, Any]:
+    """An admin API usage row as the local one's columns."""
+    requests, errors = int(view["requests"]), int(view["errors"])
+    totals = {
+        name: view[name] for name in ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
+    }
+    return {
+        "requests": requests,
+        "errors": errors,
+        "error_rate": errors / requests if requests else 0.0,
+        **totals,
+        "cost_usd": view["cost_usd"],
+        "p50_ms": view["p50_ms"],
+        "p95_ms": view["p95_ms"],
     }
 
 

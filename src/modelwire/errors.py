@@ -38,6 +38,7 @@ class ModelwireError(Exception):
     # Set by the gateway: the upstream that produced the error, for accounting.
     backend: str | None = None
     upstream_model: str | None = None
+    hops: int = 0  # upstream attempts made before it, for the request log
 
     def __init__(
         self,

@@ -117,7 +117,7 @@ class Accounting:
 
     async def failed(self, call: Call, send: Send, err: ModelwireError) -> None:
         """A request that ends in ``err``: said to the client, accounted against whoever failed it."""
-        call.backend, call.upstream_model = err.backend, err.upstream_model
+        call.backend, call.upstream_model, call.hops = err.backend, err.upstream_model, err.hops
         await self.error(call, send, err)
         self.account(call, None, call.status)
 
@@ -125,7 +125,7 @@ class Accounting:
         self, call: Call, send: Send, outcome: Outcome[Any], payload: bytes, usage: Usage | None
     ) -> None:
         """A whole forwarded answer (embeddings, compaction): sent with the served headers, accounted."""
-        call.served_by(outcome.target, outcome.backend)
+        call.served_by(outcome.target, outcome.backend, outcome.hops)
         await self.respond(call, send, 200, payload, self.served_headers(call, outcome))
         self.account(call, usage, 200)
 
@@ -231,6 +231,7 @@ def _usage_record(call: Call, usage: Usage, cost: float | None, status: int) -> 
         request_id=call.request_id,
         stream=call.stream,
         error=call.error,
+        hops=call.hops,
     )
 
 

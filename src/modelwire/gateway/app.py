@@ -36,7 +36,7 @@ from typing import Any
 
 from ..errors import ModelwireError, NotFoundError, ServiceUnavailableError
 from ..providers.catalog import Catalog
-from ..providers.transport import AiohttpTransport
+from ..providers.http1 import Http1Transport
 from . import http
 from .accounting import Accounting
 from .admission import Admission
@@ -92,6 +92,7 @@ log = logging.getLogger("modelwire.gateway")
 Handler = Callable[[Call, Scope, Receive, Send], Awaitable[None]]
 Endpoint = tuple[Handler, Surface]
 PlainHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
+OPERATOR_PATHS = ("/admin/", "/ui")  # the admin API and dashboard, reached only when no API route matched
 
 
 class Gateway:
@@ -100,7 +101,7 @@ class Gateway:
         self._hook_signals = hook_signals
         router = Router(config)
         catalog = Catalog()
-        self.transport = transport = AiohttpTransport()
+        self.transport = transport = Http1Transport()
         self.metrics = Metrics()
         self.capture = (
             Capture(config.capture.path, max_bytes=config.capture.max_bytes, backups=config.capture.backups)
@@ -184,6 +185,7 @@ class Gateway:
             self.client_address,
         )
         self.request_log = RequestLog(config.server.log_format)
+        self._operators: tuple[PlainHandler, PlainHandler] | None = None  # built on first use
         self.inflight = InFlight()
         self._background: set[asyncio.Task[Any]] = set()
         self._plain: dict[tuple[str, str], PlainHandler] = {
@@ -331,13 +333,38 @@ class Gateway:
             if plain is not None:
                 await plain(scope, receive, send)
                 return
-            endpoint = self._routes.get((scope["method"], scope["path"])) or self._dynamic(scope)
-            await self._serve(endpoint, scope, receive, send)
+            endpoint = self._routes.get((scope["method"], scope["path"]))
+            if endpoint is None and scope["path"].startswith(OPERATOR_PATHS):
+                await self._operator(scope, receive, send)
+                return
+            await self._serve(endpoint or self._dynamic(scope), scope, receive, send)
         elif kind == "websocket":
             serve = self.realtime.serve if scope["path"] in REALTIME_PATHS else self.sockets.serve
             await serve(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _operator(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The admin API or the dashboard; an unexpected failure is logged, never shown."""
+        try:
+            api, dashboard = self._operators or self._build_operators()
+            await (api if scope["path"].startswith("/admin/") else dashboard)(scope, receive, send)
+        except Exception:
+            log.exception("admin request %s %s failed", scope["method"], scope["path"])
+            with contextlib.suppress(Exception):
+                await http.respond_json(send, 500, {"error": {"message": "internal gateway error"}}, [])
+
+    def _build_operators(self) -> tuple[PlainHandler, PlainHandler]:
+        """The admin API and dashboard, imported and built when first asked for: a gateway no
+        operator looks at pays nothing for them, not even at start-up."""
+        from .admin import AdminAPI, Operations
+        from .admin_auth import AdminGate
+        from .dashboard import Dashboard
+
+        operations = Operations(self.config, self.state, self.backends, self.metrics, self.dependencies)
+        gate = AdminGate(self.state, self.admission.lockout, self.sync, self.client_address)
+        self._operators = AdminAPI(operations, gate), Dashboard(operations, gate)
+        return self._operators
 
     def _dynamic(self, scope: Scope) -> Endpoint:
         full: str = scope["path"]

@@ -93,17 +93,29 @@ class KeyBook:
     """Every client key the gateway accepts, held in memory and kept in step with the store."""
 
     def __init__(self, config_keys: Iterable[KeyConfig], store: Store | None, *, loopback: bool) -> None:
-        self._config = {hash_secret(k.key): from_config(k) for k in config_keys}
+        entries = list(config_keys)
+        self._config = {hash_secret(k.key): from_config(k) for k in entries if not k.admin}
+        # Admin keys live apart: the proxy never looks in here, the admin API never looks elsewhere.
+        self._config_admin = {hash_secret(k.key): from_config(k) for k in entries if k.admin}
         self._store = store
         self._stored: dict[str, ClientKey] = {}
+        self._stored_admin: dict[str, ClientKey] = {}
         self._version: int | None = None
         self._ever_stored = False  # a key was created in the store, even if since revoked
         self.loopback = loopback
 
     @property
     def has_keys(self) -> bool:
-        """Whether auth is on: a key was configured or created, whether or not any is still live."""
-        return bool(self._config or self._stored or self._ever_stored)
+        """Whether auth is on: a key (an admin key too) was configured or created, whether or not
+        any is still live."""
+        return bool(
+            self._config or self._stored or self._config_admin or self._stored_admin or self._ever_stored
+        )
+
+    @property
+    def has_admin(self) -> bool:
+        """Whether any admin key is in force; without one the admin API and dashboard stay shut."""
+        return bool(self._config_admin or self._stored_admin)
 
     @property
     def open(self) -> bool:
@@ -116,6 +128,10 @@ class KeyBook:
     def lookup(self, secret: str) -> ClientKey | None:
         digest = hash_secret(secret)
         return self._config.get(digest) or self._stored.get(digest)
+
+    def lookup_admin(self, digest: str) -> ClientKey | None:
+        """The admin key whose secret has this SHA-256 (sessions keep the digest, never the key)."""
+        return self._config_admin.get(digest) or self._stored_admin.get(digest)
 
     def outdated(self, version: int) -> bool:
         """Whether the store's key counter moved since the keys were loaded."""
@@ -134,7 +150,9 @@ class KeyBook:
             version = self._store.keys_version()
         if version == self._version:
             return False
-        self._stored = {digest: from_record(r) for digest, r in self._store.live_keys()}
+        live = self._store.live_keys()
+        self._stored = {digest: from_record(r) for digest, r in live if not r.admin}
+        self._stored_admin = {digest: from_record(r) for digest, r in live if r.admin}
         if not self._ever_stored:
             self._ever_stored = bool(self._stored) or bool(self._store.list_keys(include_revoked=True))
         self._version = version

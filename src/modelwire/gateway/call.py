@@ -47,9 +47,10 @@ class Call:
     events: int = 0  # stream events forwarded, for estimating output when a stream is cut
     socket: SocketTurn | None = None  # a response.create from a client's WebSocket
     detached: bool = False  # handed to a background run, which accounts its usage instead
+    hops: int = 0  # upstream attempts made (failover and retries included)
 
-    def served_by(self, target: Target, backend: Backend) -> None:
-        self.backend, self.upstream_model = backend.name, target.model
+    def served_by(self, target: Target, backend: Backend, hops: int = 1) -> None:
+        self.backend, self.upstream_model, self.hops = backend.name, target.model, hops
 
     def decoded(self) -> Request:
         if self.request is None:

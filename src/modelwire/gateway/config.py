@@ -176,6 +176,7 @@ class KeyConfig(_Model):
     tpm: int | None = Field(None, ge=1)
     budget_usd: float | None = Field(None, ge=0)
     realtime_secrets: bool = False  # may mint ephemeral Realtime client secrets (docs/realtime.md)
+    admin: bool = Field(False, description="an operator's key: the admin API and /ui only, never the proxy")
 
     @field_validator("key", "name")
     @classmethod

@@ -93,7 +93,7 @@ class Generation:
 
     async def _complete(self, call: Call, route: Route, send: Send) -> None:
         outcome = await self.failover.run(route.order(), lambda t, b, i: self._attempt(call, t, b, i))
-        call.served_by(outcome.target, outcome.backend)
+        call.served_by(outcome.target, outcome.backend, outcome.hops)
         headers = self.accounting.served_headers(call, outcome)
         if isinstance(outcome.value, Passthrough):
             status, payload, usage = await self.forwarder.finish(call, outcome)
@@ -117,7 +117,7 @@ class Generation:
             outcome = await self._first_answer(call, task, send)
         finally:
             task.cancel()  # a no-op once done; stops the search when this request is cut
-        call.served_by(outcome.target, outcome.backend)
+        call.served_by(outcome.target, outcome.backend, outcome.hops)
         if not call.responding:
             call.responding = True
             headers = self.accounting.served_headers(call, outcome)

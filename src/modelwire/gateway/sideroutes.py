@@ -182,7 +182,7 @@ class SideRoutes:
         backend = self.backends[target.backend]
         if backend.wire.count_endpoint and self._forwards(call, backend):
             outcome = await self.failover.run([target], lambda t, b, i: self.forwarder.count(call, t, b, i))
-            call.served_by(outcome.target, outcome.backend)
+            call.served_by(outcome.target, outcome.backend, outcome.hops)
             headers = self.accounting.served_headers(call, outcome)
             await self.accounting.respond(call, send, 200, outcome.value, headers)
             return

@@ -46,6 +46,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     case,
     cast,
     create_engine,
@@ -76,6 +77,7 @@ TIME_BUCKETS = {"day": (86400, "%Y-%m-%d"), "hour": (3600, "%Y-%m-%d %H:00")}
 GROUPINGS = (*GROUP_COLUMNS, *TIME_BUCKETS)
 KEYS_COUNTER = "keys"
 RESPONSES_COUNTER = "responses"
+KEY_CHANGES = frozenset({"models", "rpm", "tpm", "budget_usd", "expires_at"})
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -99,6 +101,7 @@ class KeyRecord:
     expires_at: float | None
     revoked: bool
     source: str = "store"
+    admin: bool = False  # an operator's key: the admin API and dashboard only, never the proxy
 
     def expired(self, now: float | None = None) -> bool:
         """Whether the key is past its expiry; the store returns expired keys and lets callers decide."""
@@ -126,6 +129,7 @@ class UsageRecord:
     request_id: str = ""
     stream: bool = False
     error: str | None = None  # why it did not succeed: shutdown, client_closed, an upstream code
+    hops: int = 0  # upstream attempts made (retries and failovers included); 0: none was made
 
 
 USAGE_FIELDS = tuple(f.name for f in fields(UsageRecord))
@@ -221,6 +225,7 @@ keys_table = Table(
     Column("expires_at", Double),
     Column("revoked", Boolean, nullable=False, default=False),
     Column("revoked_at", Double),
+    Column("admin", Boolean, nullable=False, default=False, server_default=false()),
 )
 # Names are unique among live keys only, so a revoked key's name can be reused; a partial unique
 # index makes that atomic across replicas instead of a check-then-insert race.
@@ -253,10 +258,13 @@ usage_table = Table(
     Column("request_id", String(200), nullable=False, default=""),
     Column("stream", Boolean, nullable=False, default=False),
     Column("error", String(64)),
+    Column("hops", Integer, nullable=False, default=0, server_default="0"),
 )
-# Every summary reads a time window; spent_usd(key, since) reads one key's window.
+# Every summary reads a time window; spent_usd(key, since) reads one key's window; the admin
+# request log finds a request by its id.
 Index("mw_usage_time", usage_table.c.time)
 Index("mw_usage_key_time", usage_table.c.key_name, usage_table.c.time)
+Index("mw_usage_request_id", usage_table.c.request_id)
 
 responses_table = Table(
     "mw_responses",
@@ -309,6 +317,18 @@ videos_table = Table(
     Column("created_at", Double, nullable=False),
 )
 Index("mw_videos_key_time", videos_table.c.key_name, videos_table.c.created_at)
+
+# Dashboard sign-ins, shared by replicas: the cookie holds a random session id, the table only its
+# SHA-256, the admin key's SHA-256 (a revoked key ends its sessions) and the session's CSRF token.
+sessions_table = Table(
+    "mw_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("key_hash", String(64), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+)
 
 
 def _bump(counter: str) -> Any:
@@ -510,8 +530,10 @@ class Store:
         tpm: int | None = None,
         budget_usd: float | None = None,
         expires_at: float | None = None,
+        admin: bool = False,
     ) -> tuple[str, KeyRecord]:
-        """A new key: the secret (returned once, never stored) and its record.
+        """A new key: the secret (returned once, never stored) and its record. An ``admin`` key
+        opens the admin API and dashboard and nothing else.
 
         A name already held by a live (unrevoked) key raises :class:`ValueError`.
         """
@@ -528,6 +550,7 @@ class Store:
             created_at=time.time(),
             expires_at=expires_at,
             revoked=False,
+            admin=admin,
         )
         try:
             with self.engine.begin() as conn:
@@ -562,6 +585,29 @@ class Store:
                     conn.execute(_BUMP_KEYS)
                     return True
         return False
+
+    def update_key(self, name_or_id: str, changes: dict[str, Any]) -> KeyRecord | None:
+        """Change a live key's models, limits or expiry (a value of None lifts a limit); the
+        changed record, or None when no live key has this id or name. Every replica reloads it
+        within a second (the key counter moves in the same transaction)."""
+        unknown = set(changes) - KEY_CHANGES
+        if unknown:
+            raise ValueError(f"a key's {', '.join(sorted(unknown))} cannot be changed")
+        live = keys_table.c.revoked == false()
+        with self.engine.begin() as conn:
+            for column in (keys_table.c.id, keys_table.c.name):
+                row = conn.execute(select(keys_table).where(column == name_or_id, live)).mappings().first()
+                if row is not None:
+                    break
+            else:
+                return None
+            record = _key_record({**row, **changes})
+            _validate_key_fields(
+                record.name, changes.get("models"), record.rpm, record.tpm, record.budget_usd
+            )
+            conn.execute(update(keys_table).where(keys_table.c.id == record.id).values(**changes))
+            conn.execute(_BUMP_KEYS)
+        return record
 
     def versions(self) -> dict[str, int]:
         """Every change counter: ``keys`` (a key created, revoked or changed) and ``responses``
@@ -599,9 +645,12 @@ class Store:
         with self.engine.begin() as conn:
             self._usage_rows.write(conn, records)
 
-    def usage_summary(self, *, since: float, by: str = "model") -> list[UsageRow]:
+    def usage_summary(
+        self, *, since: float, by: str = "model", until: float | None = None, **only: str | None
+    ) -> list[UsageRow]:
         """Totals per key, model or backend since ``since``, costliest first (then busiest); or per
-        UTC day or hour (``2026-12-01``, ``2026-12-01 13:00``), oldest first.
+        UTC day or hour (``2026-12-01``, ``2026-12-01 13:00``), oldest first. ``until`` ends the
+        window; ``only`` keeps the records of one ``key``, ``model`` or ``backend`` (None: all).
 
         Errors are records with status >= 400. p50/p95 latency use the nearest-rank method (the
         smallest observed latency with at least p% of the group at or below it), computed in Python
@@ -610,7 +659,7 @@ class Store:
         if by not in GROUPINGS:
             raise ValueError(f"by must be one of {', '.join(GROUPINGS)}, got {by!r}")
         group = self._bucket(by) if by in TIME_BUCKETS else usage_table.c[GROUP_COLUMNS[by]]
-        window = usage_table.c.time >= since
+        window = _window(since, until, only)
         with self.engine.connect() as conn:
             totals = conn.execute(_summary_query(group, window)).all()
             latencies = _latencies_by_group(
@@ -636,6 +685,35 @@ class Store:
             return cast(func.floor(quotient), BigInteger)
         return cast(quotient, Integer)
 
+    def requests(
+        self,
+        *,
+        limit: int = 100,
+        before: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        status: str | None = None,
+        request_id: str | None = None,
+        **only: str | None,
+    ) -> list[dict[str, Any]]:
+        """The request log: usage records newest first, each with its row ``id`` (pass the last one
+        as ``before`` for the next page). ``status`` is ``ok``, ``error`` or one HTTP status;
+        ``only`` keeps one ``key``, ``model`` or ``backend``."""
+        c = usage_table.c
+        stmt = select(usage_table).where(_window(since, until, only)).order_by(c.id.desc()).limit(limit)
+        if before is not None:
+            stmt = stmt.where(c.id < before)
+        if request_id:
+            stmt = stmt.where(c.request_id == request_id)
+        if status == "ok":
+            stmt = stmt.where(c.status < 400)
+        elif status == "error":
+            stmt = stmt.where(c.status >= 400)
+        elif status:
+            stmt = stmt.where(c.status == int(status))
+        with self.engine.connect() as conn:
+            return [dict(row) for row in conn.execute(stmt).mappings()]
+
     def spent_usd(self, key_name: str, *, since: float | None = None) -> float:
         """What a key has cost, all time or since ``since``; unpriced requests count as zero."""
         stmt = select(func.coalesce(func.sum(usage_table.c.cost), 0.0)).where(
@@ -655,6 +733,38 @@ class Store:
             stmt = stmt.where(usage_table.c.time >= since)
         with self.engine.connect() as conn:
             return {name: float(total) for name, total in conn.execute(stmt)}
+
+    # -- dashboard sessions --------------------------------------------------------------------
+
+    def create_session(self, key_hash: str, *, ttl: float) -> tuple[str, str]:
+        """A new session for the admin key with this hash: (session id, CSRF token). Sessions past
+        their expiry are cleared on the way."""
+        session_id, csrf, now = secrets.token_urlsafe(32), secrets.token_urlsafe(24), time.time()
+        row = {
+            "id_hash": hash_secret(session_id),
+            "key_hash": key_hash,
+            "csrf": csrf,
+            "created_at": now,
+            "expires_at": now + ttl,
+        }
+        with self.engine.begin() as conn:
+            conn.execute(sessions_table.delete().where(sessions_table.c.expires_at < now))
+            conn.execute(insert(sessions_table).values(**row))
+        return session_id, csrf
+
+    def session(self, session_id: str) -> tuple[str, str] | None:
+        """(admin key hash, CSRF token) of a live session, or None."""
+        c = sessions_table.c
+        stmt = select(c.key_hash, c.csrf).where(
+            c.id_hash == hash_secret(session_id), c.expires_at > time.time()
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        return (str(row[0]), str(row[1])) if row is not None else None
+
+    def end_session(self, session_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sessions_table.delete().where(sessions_table.c.id_hash == hash_secret(session_id)))
 
     # -- stored responses ----------------------------------------------------------------------
 
@@ -750,6 +860,7 @@ def _key_row(record: KeyRecord) -> dict[str, Any]:
         "created_at": record.created_at,
         "expires_at": record.expires_at,
         "revoked": record.revoked,
+        "admin": record.admin,
     }
 
 
@@ -765,7 +876,25 @@ def _key_record(row: Any) -> KeyRecord:
         created_at=row["created_at"],
         expires_at=row["expires_at"],
         revoked=bool(row["revoked"]),
+        admin=bool(row["admin"]),
     )
+
+
+def _window(since: float | None, until: float | None, only: dict[str, str | None]) -> ColumnElement[bool]:
+    """The usage records from ``since`` up to (not including) ``until``, of one key, model or
+    backend per ``only`` (a key of ``(none)`` means requests made without one)."""
+    c = usage_table.c
+    clauses: list[ColumnElement[bool]] = [c.time >= (since or 0.0)]
+    if until is not None:
+        clauses.append(c.time < until)
+    for name, value in only.items():
+        if name not in GROUP_COLUMNS:
+            raise ValueError(f"cannot filter usage by {name!r}")
+        if value is None:
+            continue
+        column = c[GROUP_COLUMNS[name]]
+        clauses.append(column.is_(None) if value == NO_GROUP else column == value)
+    return and_(*clauses)
 
 
 def _summary_query(group: ColumnElement[Any], window: ColumnElement[bool]) -> Any:

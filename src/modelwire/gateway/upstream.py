@@ -73,6 +73,10 @@ class KeyRing:
     def available(self, now: float) -> int:
         return sum(1 for until in self._until if until <= now)
 
+    def cooling(self, now: float) -> list[float]:
+        """Seconds each key has left in a cool-down (0: usable now), for the admin view."""
+        return [max(0.0, until - now) for until in self._until]
+
 
 class Backend:
     """One configured upstream: where it is, how it authenticates, which wire it speaks."""
@@ -248,7 +252,7 @@ class Failover:
                 try:
                     return Outcome(await attempt(target, backend, index), target, backend, hops)
                 except ModelwireError as err:
-                    err.backend, err.upstream_model = backend.name, target.model
+                    err.backend, err.upstream_model, err.hops = backend.name, target.model, hops
                     last = err
                     # A client's mistake goes straight back (raised here) and is in its request's
                     # log line; only a failure the gateway works around gets a line of its own.
@@ -269,6 +273,7 @@ class Failover:
                 if delay > 0:
                     await asyncio.sleep(delay)
         final = _final(last, hops)
+        final.hops = hops
         if previous is not None:
             final.backend = previous
             final.upstream_model = next((t.model for t in targets if t.backend == previous), None)

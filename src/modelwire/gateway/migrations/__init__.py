@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from alembic.runtime.migration import MigrationContext
 
 VERSION_TABLE = "mw_alembic_version"
-REVISIONS = ("0001", "0002", "0003", "0005")  # oldest first; keep in step with versions/ (tests compare them)
+# Oldest first; keep in step with versions/ (tests compare them).
+REVISIONS = ("0001", "0002", "0003", "0004", "0005")
 HEAD = REVISIONS[-1]
 BASELINE = "0001"  # the schema ``metadata.create_all`` made before versioning
 BASELINE_TABLES = frozenset({"mw_keys", "mw_usage", "mw_responses"})

@@ -5,7 +5,7 @@ and the next request may reach any replica. Each row names the backend (and whic
 that holds the job, and the client key that created it, which alone may see or delete it.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

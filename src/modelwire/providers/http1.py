@@ -1,0 +1,484 @@
+"""A lean HTTP/1.1 client for the upstream leg: asyncio protocols, a keep-alive pool, httptools.
+
+The gateway spends most of a forwarded request's CPU in the two HTTP stacks it sits between; the
+aiohttp client alone measured about a third of it (request objects, header multidicts, stream
+readers, payload writers: general machinery a proxy sending one JSON body does not need). This
+client does only what the gateway's upstream calls need: one request head written with its body
+in one write, the answer parsed by httptools (llhttp, already a dependency through uvicorn), the
+body handed over as the bytes arrived, the connection kept for the next request. It sits behind
+the same :class:`~.transport.Transport` interface, so no caller changes.
+
+What it leaves to aiohttp (the class extends :class:`~.transport.AiohttpTransport`): WebSockets
+(``connect_socket``), ``HEAD`` (whose answer has a length but no body, which the response parser
+cannot know) and bodies that are not bytes.
+
+Behaviour matched with the aiohttp transport, and tested in ``tests/test_http1.py``: the same
+errors for the same failures (refused connection, upstream closing, an answer cut off, a read that
+stalls past ``read_timeout``); gzip and deflate answers decompressed; no cookies kept; no proxy
+from the environment. A pooled connection the upstream closed while it was idle is retried once on
+a new connection, since the upstream never saw the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import collections
+import ssl
+import time
+import weakref
+import zlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+
+from ..errors import ModelwireError, ProtocolError, TimeoutError, UpstreamUnavailableError
+from .transport import AiohttpTransport, Reply
+
+Origin = tuple[str, str, int]  # scheme, host, port
+
+_HIGH_WATER = 256 * 1024  # unread body bytes at which the socket stops reading (a slow consumer)
+_LOW_WATER = 64 * 1024
+_SKIPPED = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
+class Headers(dict[str, str]):
+    """An answer's headers, names lower-cased, looked up in any case (as aiohttp's are)."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return dict.get(self, key.lower(), default)
+
+    def __getitem__(self, key: str) -> str:
+        return dict.__getitem__(self, key.lower())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and dict.__contains__(self, key.lower())
+
+
+class _Stale(Exception):
+    """A pooled connection was closed by the upstream before it answered a byte."""
+
+
+class _Target:
+    """What a URL means to the pool: where to connect, and the request line's path and Host."""
+
+    __slots__ = ("host", "origin", "path", "tls")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UpstreamUnavailableError(f"cannot connect to the upstream: unsupported URL {url!r}")
+        self.tls = parts.scheme == "https"
+        port = parts.port or (443 if self.tls else 80)
+        self.origin: Origin = (parts.scheme, parts.hostname, port)
+        self.host = parts.netloc.rpartition("@")[2]
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; it carries one exchange at a time."""
+
+    def __init__(self, origin: Origin) -> None:
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.reply: Http1Reply | None = None
+        self.head: asyncio.Future[None] | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._names: list[bytes] = []
+        self._values: list[bytes] = []
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.reply is None:  # nothing was asked: an idle connection talking is broken
+            self.abort()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ProtocolError("the upstream switched protocols unasked"))
+        except httptools.HttpParserError as exc:
+            self._fail(ProtocolError(f"the upstream answered something that is not HTTP: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        reply, head = self.reply, self.head
+        if head is not None and not head.done():
+            head.set_exception(_Stale())
+        elif reply is not None and not reply.complete:
+            if reply.until_eof and exc is None:
+                reply.finish(reusable=False)
+            else:
+                reply.fail(ProtocolError("the upstream's answer was cut off"))
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    # httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._names.append(name)
+        self._values.append(value)
+
+    def on_headers_complete(self) -> None:
+        headers = Headers()
+        for name, value in zip(self._names, self._values, strict=True):
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        self._names.clear()
+        self._values.clear()
+        status = self.parser.get_status_code()
+        if status < 200:  # 1xx: an interim answer; the real one follows
+            return
+        assert self.reply is not None and self.head is not None
+        self.reply.begin(status, headers)
+        if not self.head.done():
+            self.head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self.reply is not None:
+            self.reply.feed(body)
+
+    def on_message_complete(self) -> None:
+        if self.reply is not None and self.reply.status >= 200:
+            self.reply.finish(reusable=self.parser.should_keep_alive())
+
+    # the exchange
+
+    def _fail(self, err: ModelwireError) -> None:
+        head, reply = self.head, self.reply
+        if head is not None and not head.done():
+            head.set_exception(err)
+        elif reply is not None:
+            reply.fail(err)
+        self.abort()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Http1Reply:
+    """An answer being read: its body arrives as the socket delivers it, handed over as bytes."""
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_conn",
+        "_decoder",
+        "_error",
+        "_pool",
+        "_read_timeout",
+        "_reusable",
+        "_waiter",
+        "complete",
+        "headers",
+        "status",
+        "until_eof",
+    )
+
+    def __init__(self, conn: _Connection, pool: _Pool, read_timeout: float | None) -> None:
+        self._conn: _Connection | None = conn
+        self._pool = pool
+        self._read_timeout = read_timeout
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._reusable = False
+        self._decoder: Any = None
+        self.complete = False
+        self.until_eof = False
+        self.status = 0
+        self.headers: Mapping[str, str] = Headers()
+
+    # fed by the connection
+
+    def begin(self, status: int, headers: Headers) -> None:
+        self.status = status
+        self.headers = headers
+        self.until_eof = "content-length" not in headers and "chunked" not in headers.get(
+            "transfer-encoding", ""
+        )
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            self._decoder = zlib.decompressobj(47 if encoding != "deflate" else 15)
+
+    def feed(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        conn = self._conn
+        if self._buffered > _HIGH_WATER and conn is not None and conn.transport is not None:
+            conn.transport.pause_reading()
+        self._wake()
+
+    def finish(self, *, reusable: bool) -> None:
+        self.complete = True
+        self._reusable = reusable
+        self._wake()
+
+    def fail(self, err: BaseException) -> None:
+        if not self.complete:
+            self._error = err
+            self.complete = True
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # read by the caller
+
+    async def read(self) -> bytes:
+        try:
+            while not self.complete:
+                await self._wait()
+        except BaseException:
+            self.close()
+            raise
+        self._release()
+        if self._error is not None:
+            raise self._error
+        body = b"".join(self._chunks)
+        self._chunks.clear()
+        return self._decode(body, final=True)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                if self._chunks:
+                    yield self._take()
+                elif self.complete:
+                    if self._error is not None:
+                        raise self._error
+                    tail = self._decode(b"", final=True)
+                    if tail:
+                        yield tail
+                    return
+                else:
+                    await self._wait()
+        finally:
+            if self.complete and not self._chunks and self._error is None:
+                self._release()
+            else:
+                self.close()
+
+    def close(self) -> None:
+        """Stop reading: the connection is dropped (what is left of the answer is not wanted)."""
+        if self._conn is not None:
+            self._conn.abort()
+            self._pool.forget(self._conn)
+            self._conn = None
+
+    def _take(self) -> bytes:
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        was = self._buffered
+        self._buffered = 0
+        conn = self._conn
+        if was > _HIGH_WATER and conn is not None and conn.transport is not None and not self.complete:
+            conn.transport.resume_reading()
+        return self._decode(data, final=False)
+
+    def _decode(self, data: bytes, *, final: bool) -> bytes:
+        decoder = self._decoder
+        if decoder is None:
+            return data
+        try:
+            out: bytes = decoder.decompress(data)
+            return out + decoder.flush() if final else out
+        except zlib.error:
+            raise ProtocolError("the upstream's compressed answer could not be decompressed") from None
+
+    async def _wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = None
+        if self._read_timeout is not None:
+            timer = loop.call_later(self._read_timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _release(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        self._conn = None
+        conn.reply = None
+        conn.head = None
+        if self._reusable and not conn.closed:
+            self._pool.put(conn)
+        else:
+            conn.abort()
+            self._pool.forget(conn)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("the upstream did not answer in time"))
+
+
+class _Pool:
+    """Idle keep-alive connections of one event loop, per origin; the most recently used first."""
+
+    def __init__(self, keepalive: float) -> None:
+        self.keepalive = keepalive
+        self.idle: dict[Origin, list[_Connection]] = {}
+
+    def take(self, origin: Origin) -> _Connection | None:
+        idle = self.idle.get(origin)
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle and now - idle[0].idle_since > self.keepalive:  # the oldest first: expired
+            idle.pop(0).abort()
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    def put(self, conn: _Connection) -> None:
+        conn.idle_since = time.monotonic()
+        self.idle.setdefault(conn.origin, []).append(conn)
+
+    def forget(self, conn: _Connection) -> None:
+        idle = self.idle.get(conn.origin)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def close(self) -> None:
+        for idle in self.idle.values():
+            for conn in idle:
+                conn.abort()
+        self.idle.clear()
+
+
+class Http1Transport(AiohttpTransport):
+    """Pooled keep-alive HTTP/1.1 connections, one pool per event loop; WebSockets through aiohttp."""
+
+    def __init__(self, *, keepalive: float = 75.0, connect_timeout: float = 10.0) -> None:
+        super().__init__(keepalive=keepalive, connect_timeout=connect_timeout)
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = weakref.WeakKeyDictionary()
+        self._targets: dict[str, _Target] = {}
+        self._tls: ssl.SSLContext | None = None
+
+    async def send(  # type: ignore[override]
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None = None,
+        *,
+        read_timeout: float | None = None,
+    ) -> Reply:
+        if method == "HEAD" or not (body is None or isinstance(body, bytes)):
+            return await super().send(method, url, headers, body, read_timeout=read_timeout)
+        target = self._targets.get(url)
+        if target is None:
+            target = _Target(url)
+            if len(self._targets) >= 4096:
+                self._targets.clear()
+            self._targets[url] = target
+        request = _request_head(method, target, headers, body)
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None:
+            pool = self._pools[loop] = _Pool(self._keepalive)
+        conn = pool.take(target.origin)
+        if conn is not None:
+            try:
+                return await self._exchange(conn, pool, request, read_timeout)
+            except _Stale:
+                pass  # closed by the upstream while idle: it never saw this request
+        conn = await self._connect(loop, target)
+        try:
+            return await self._exchange(conn, pool, request, read_timeout)
+        except _Stale:
+            raise UpstreamUnavailableError("the upstream closed the connection") from None
+
+    async def _exchange(
+        self, conn: _Connection, pool: _Pool, request: bytes, read_timeout: float | None
+    ) -> Http1Reply:
+        loop = asyncio.get_running_loop()
+        reply = conn.reply = Http1Reply(conn, pool, read_timeout)
+        head = conn.head = loop.create_future()
+        assert conn.transport is not None
+        conn.transport.write(request)
+        timer = loop.call_later(read_timeout, _expire, head) if read_timeout is not None else None
+        try:
+            await head
+        except BaseException:
+            conn.abort()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return reply
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, target: _Target) -> _Connection:
+        _, host, port = target.origin
+        tls = self._tls_context() if target.tls else None
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(target.origin), host, port, ssl=tls
+                )
+        except ModelwireError:
+            raise
+        except OSError as exc:  # refused, unreachable, TLS, and the timeout (builtins.TimeoutError)
+            reason = "timed out" if isinstance(exc, builtins.TimeoutError) else str(exc) or type(exc).__name__
+            raise UpstreamUnavailableError(f"cannot connect to the upstream: {reason}") from exc
+        return conn
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
+    async def aclose(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        pool = self._pools.pop(loop, None)
+        if pool is not None:
+            pool.close()
+        await super().aclose()
+
+
+def _request_head(method: str, target: _Target, headers: Mapping[str, str], body: bytes | None) -> bytes:
+    """The request line, headers and body as one buffer (one write, one segment on the wire)."""
+    lines = [f"{method} {target.path} HTTP/1.1", f"Host: {target.host}"]
+    encoding = False
+    for name, value in headers.items():
+        low = name.lower()
+        if low in _SKIPPED:
+            continue
+        encoding = encoding or low == "accept-encoding"
+        lines.append(f"{name}: {value}")
+    if not encoding:
+        lines.append("Accept-Encoding: gzip, deflate")
+    if body is not None or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body) if body else 0}")
+    head = "\r\n".join(lines)
+    if head.count("\n") != len(lines) - 1 or head.count("\r") != len(lines) - 1:
+        # A line break inside a name or value would split the request (header injection).
+        raise UpstreamUnavailableError("refusing to send a header with a line break in it", status=500)
+    data = (head + "\r\n\r\n").encode()
+    return data + body if body else data

@@ -1,0 +1,240 @@
+"""The lean HTTP/1.1 upstream client against real loopback servers: what it sends, how it reads
+answers (whole, streamed, chunked, compressed, until EOF), keep-alive, and every failure said as the
+aiohttp transport says it."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+import modelwire as mw
+from modelwire.providers.http1 import Http1Transport
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
+    """A bare TCP server scripted per test, for answers no HTTP framework would give."""
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: Handler) -> str:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head, await reader.readexactly(length)
+
+
+@pytest.fixture
+async def app_server() -> AsyncIterator[tuple[str, list[web.Request]]]:
+    seen: list[web.Request] = []
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        seen.append(request)
+        body = await request.read()
+        if request.path == "/gzip":
+            return web.Response(body=gzip.compress(b"x" * 5000), headers={"Content-Encoding": "gzip"})
+        if request.path == "/stream":
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for i in range(3):
+                await response.write(f"data: {i}\n\n".encode())
+                await asyncio.sleep(0.05)
+            await response.write_eof()
+            return response
+        peer = request.transport.get_extra_info("peername")[1]  # type: ignore[union-attr]
+        return web.json_response({"got": body.decode(), "peer": peer})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}", seen
+    await runner.cleanup()
+
+
+async def test_a_body_goes_up_and_the_answer_comes_back_on_a_kept_connection(
+    app_server: tuple[str, list[web.Request]],
+) -> None:
+    base, seen = app_server
+    transport = Http1Transport()
+    peers = []
+    for i in range(3):
+        reply = await transport.send(
+            "POST", f"{base}/v1/x?q=1", {"Content-Type": "application/json", "X-Id": str(i)}, b'{"a":1}'
+        )
+        assert reply.status == 200 and reply.headers["CONTENT-TYPE"].startswith("application/json")
+        assert reply.headers.get("Content-Type") == reply.headers.get("content-type")
+        doc = await reply.read()
+        assert b'"got": "{\\"a\\":1}"' in doc or b'"got":"{\\"a\\":1}"' in doc
+        peers.append(int(doc.rsplit(b":", 1)[1].rstrip(b"}")))
+    assert len(set(peers)) == 1, "sequential requests reuse one pooled connection"
+    assert seen[0].path_qs == "/v1/x?q=1" and seen[2].headers["X-Id"] == "2"
+    assert seen[0].headers["Content-Length"] == "7" and seen[0].headers["Host"] == base.split("//")[1]
+    await transport.aclose()
+
+
+async def test_a_stream_arrives_as_it_is_sent(app_server: tuple[str, list[web.Request]]) -> None:
+    base, _ = app_server
+    transport = Http1Transport()
+    reply = await transport.send("POST", f"{base}/stream", {}, b"{}")
+    loop = asyncio.get_running_loop()
+    arrivals = []
+    async for chunk in reply.chunks():
+        arrivals.append((loop.time(), chunk))
+    assert b"".join(c for _, c in arrivals) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    assert len(arrivals) >= 3 and arrivals[-1][0] - arrivals[0][0] >= 0.08, "not buffered to the end"
+    await transport.aclose()
+
+
+async def test_a_gzip_answer_is_decompressed(app_server: tuple[str, list[web.Request]]) -> None:
+    base, seen = app_server
+    transport = Http1Transport()
+    assert await (await transport.send("GET", f"{base}/gzip", {})).read() == b"x" * 5000
+    assert "gzip" in seen[0].headers["Accept-Encoding"]
+    await transport.aclose()
+
+
+async def test_chunked_and_until_eof_answers_are_read_whole(
+    raw_server: Callable[[Handler], Awaitable[str]],
+) -> None:
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        await reader.read()  # stays open: the client keeps the connection
+
+    async def until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+        writer.close()
+
+    transport = Http1Transport()
+    assert await (await transport.send("POST", await raw_server(chunked), {}, b"")).read() == b"abcde"
+    assert await (await transport.send("POST", await raw_server(until_eof), {}, b"")).read() == b"all of it"
+    await transport.aclose()
+
+
+async def test_a_cut_answer_is_a_protocol_error(raw_server: Callable[[Handler], Awaitable[str]]) -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await writer.drain()
+        writer.close()
+
+    transport = Http1Transport()
+    url = await raw_server(cut)
+    with pytest.raises(mw.ProtocolError, match="cut off"):
+        await (await transport.send("POST", url, {}, b"")).read()
+    reply = await transport.send("POST", url, {}, b"")
+    with pytest.raises(mw.ProtocolError, match="cut off"):
+        async for _ in reply.chunks():
+            pass
+    await transport.aclose()
+
+
+async def test_a_closed_connection_and_garbage_are_said_as_such(
+    raw_server: Callable[[Handler], Awaitable[str]],
+) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.close()
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"SMTP ready\r\n\r\n")
+        await reader.read()
+
+    transport = Http1Transport()
+    with pytest.raises(mw.UpstreamUnavailableError, match="closed the connection"):
+        await transport.send("POST", await raw_server(hang_up), {}, b"")
+    with pytest.raises(mw.ProtocolError, match="not HTTP"):
+        await transport.send("POST", await raw_server(garbage), {}, b"")
+    await transport.aclose()
+
+
+async def test_a_connection_closed_while_idle_is_replaced_without_failing(
+    raw_server: Callable[[Handler], Awaitable[str]],
+) -> None:
+    served = 0
+
+    async def once_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        await read_request(reader)
+        served += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()  # keep-alive promised, then the idle connection is dropped
+
+    transport = Http1Transport()
+    url = await raw_server(once_per_connection)
+    assert await (await transport.send("POST", url, {}, b"")).read() == b"ok"
+    await asyncio.sleep(0.2)
+    assert await (await transport.send("POST", url, {}, b"")).read() == b"ok"
+    assert served == 2
+    await transport.aclose()
+
+
+async def test_a_stalled_upstream_times_out(raw_server: Callable[[Handler], Awaitable[str]]) -> None:
+    async def stall_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    async def stall_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await asyncio.sleep(5)
+
+    transport = Http1Transport()
+    with pytest.raises(mw.TimeoutError):
+        await transport.send("POST", await raw_server(stall_head), {}, b"", read_timeout=0.2)
+    reply = await transport.send("POST", await raw_server(stall_body), {}, b"", read_timeout=0.2)
+    with pytest.raises(mw.TimeoutError):
+        await reply.read()
+    await transport.aclose()
+
+
+async def test_refused_connections_and_bad_headers_fail_before_sending() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    transport = Http1Transport()
+    with pytest.raises(mw.UpstreamUnavailableError, match="cannot connect"):
+        await transport.send("POST", f"http://127.0.0.1:{port}/v1", {}, b"")
+    with pytest.raises(mw.ModelwireError, match="line break"):
+        await transport.send("POST", f"http://127.0.0.1:{port}/v1", {"X-A": "1\r\nX-Injected: 2"}, b"")
+    await transport.aclose()
+
+
+async def test_closing_a_stream_early_drops_its_connection(app_server: tuple[str, list[web.Request]]) -> None:
+    base, seen = app_server
+    transport = Http1Transport()
+    reply = await transport.send("POST", f"{base}/stream", {}, b"{}")
+    async for _ in reply.chunks():
+        break
+    reply.close()
+    doc = await (await transport.send("POST", f"{base}/after", {}, b"x")).read()
+    assert b'"got": "x"' in doc or b'"got":"x"' in doc
+    assert len(seen) == 2
+    await transport.aclose()
