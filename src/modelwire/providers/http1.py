@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from ..errors import ModelwireError, ProtocolError, TimeoutError, UpstreamUnavailableError
-from .transport import AiohttpTransport, Reply
+from .transport import AiohttpTransport, Body, Reply
 
 Origin = tuple[str, str, int]  # scheme, host, port
 
@@ -378,12 +378,12 @@ class Http1Transport(AiohttpTransport):
         self._targets: dict[str, _Target] = {}
         self._tls: ssl.SSLContext | None = None
 
-    async def send(  # type: ignore[override]
+    async def send(  # type: ignore[override]  # its own Reply, not aiohttp's
         self,
         method: str,
         url: str,
         headers: Mapping[str, str],
-        body: bytes | None = None,
+        body: Body = None,
         *,
         read_timeout: float | None = None,
     ) -> Reply:
