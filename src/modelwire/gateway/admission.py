@@ -63,6 +63,8 @@ class Admission:
         route = self.router.resolve(model)
         self._authorize(call.key, model, route)
         await self._limit(call.key)
+        if call.trace is not None:
+            call.trace.admitted(call)
         return route
 
     async def permit(self, call: Call, scope: Scope, body: dict[str, Any]) -> None:

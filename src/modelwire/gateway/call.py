@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .auth import ClientKey
     from .routing import Target
     from .surfaces import Surface
+    from .tracing import RequestTrace
     from .upstream import Backend
     from .upstream_sockets import SocketTurn
 
@@ -47,6 +48,7 @@ class Call:
     events: int = 0  # stream events forwarded, for estimating output when a stream is cut
     socket: SocketTurn | None = None  # a response.create from a client's WebSocket
     detached: bool = False  # handed to a background run, which accounts its usage instead
+    trace: RequestTrace | None = None  # its spans, when tracing is on (gateway/tracing.py)
 
     def served_by(self, target: Target, backend: Backend) -> None:
         self.backend, self.upstream_model = backend.name, target.model

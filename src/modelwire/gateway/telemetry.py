@@ -1,0 +1,100 @@
+"""Whether the gateway traces its requests, and where the traces go: the ``telemetry:`` section of
+the config and the standard ``OTEL_*`` variables.
+
+Nothing here imports OpenTelemetry. With tracing off the gateway never loads it, and the request
+path pays one ``None`` check per hook; :mod:`.tracing` (which needs the ``modelwire[otel]`` extra)
+is imported only once tracing is on.
+
+Tracing is on when the config has a ``telemetry:`` section or an OTLP endpoint variable is set,
+unless ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none``. A setting in the section wins
+over its variable; a setting left out is the variable's, read by the OpenTelemetry SDK itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from .tracing import Tracer
+
+ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+PROTOCOL_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+CAPTURE_VARIABLE = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+SUPPORTED_PROTOCOL = "http/protobuf"
+EXTRA = "pip install 'modelwire[otel]'"
+
+
+@dataclass(frozen=True, slots=True)
+class TraceSettings:
+    endpoint: str | None  # the traces URL; None: the SDK's (from the variables, else localhost:4318)
+    headers: dict[str, str] | None  # None: $OTEL_EXPORTER_OTLP_HEADERS
+    service_name: str
+    sample_ratio: float | None  # None: $OTEL_TRACES_SAMPLER / _ARG (default: parent-based, always on)
+    capture_content: bool
+
+
+def settings(config: Config, env: Mapping[str, str] = os.environ) -> TraceSettings | None:
+    """How to trace, or None when tracing is off."""
+    if _true(env.get("OTEL_SDK_DISABLED")) or env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return None
+    section = config.telemetry
+    if section is None and not any(env.get(name) for name in ENDPOINT_VARIABLES):
+        return None
+    protocol = next((env[name] for name in PROTOCOL_VARIABLES if env.get(name)), SUPPORTED_PROTOCOL)
+    if protocol.strip() != SUPPORTED_PROTOCOL:
+        raise ConfigError(
+            config.source,
+            "telemetry",
+            f"OTLP protocol {protocol!r} is not supported: the gateway exports traces over "
+            f"{SUPPORTED_PROTOCOL} (unset OTEL_EXPORTER_OTLP_PROTOCOL or set it to {SUPPORTED_PROTOCOL})",
+        )
+    endpoint = headers = ratio = None
+    capture = False
+    service = None
+    if section is not None:
+        endpoint = section.endpoint.rstrip("/") + "/v1/traces" if section.endpoint else None
+        headers = dict(section.headers) or None
+        service, ratio, capture = section.service_name, section.sample_ratio, section.capture_content
+    return TraceSettings(
+        endpoint=endpoint,
+        headers=headers,
+        service_name=service or env.get("OTEL_SERVICE_NAME") or "modelwire",
+        sample_ratio=ratio,
+        capture_content=capture or _true(env.get(CAPTURE_VARIABLE)),
+    )
+
+
+def require(config: Config) -> None:
+    """Start-up check: tracing configured means the extra is installed (a clear error if not)."""
+    if settings(config) is not None:
+        _tracer_class(config)
+
+
+def tracer(config: Config) -> Tracer | None:
+    """The gateway's tracer, or None when tracing is off (then OpenTelemetry is never imported)."""
+    found = settings(config)
+    if found is None:
+        return None
+    return _tracer_class(config)(found)
+
+
+def _tracer_class(config: Config) -> type[Tracer]:
+    try:
+        from .tracing import Tracer
+    except ImportError as exc:
+        raise ConfigError(
+            config.source,
+            "telemetry",
+            f"tracing is configured but the OpenTelemetry packages are not installed "
+            f"({exc.name or exc}): install the otel extra, {EXTRA}",
+        ) from None
+    return Tracer
+
+
+def _true(value: str | None) -> bool:
+    return (value or "").strip().lower() == "true"

@@ -1,0 +1,517 @@
+"""OpenTelemetry traces end to end: a real ``modelwire serve`` process exporting OTLP/HTTP to a real
+receiver (``tests/otlp_receiver.py``, decoding with ``opentelemetry-proto``), the official SDKs as
+clients, the fake upstream recording the trace context it is sent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+import yaml
+
+from modelwire.gateway.config import ConfigError, parse_config
+from modelwire.gateway.telemetry import settings
+
+from .fake_upstream import FakeUpstream, Reply
+from .gateway_fixtures import (
+    CLIENT_KEY,
+    RunningGateway,
+    base_config,
+    free_port,
+    open_socket,
+    request,
+    start_gateway,
+)
+from .otlp_receiver import OtlpReceiver, ReceivedSpan
+
+ANTHROPIC_KEY = "sk-ant-up-trace-0123456789"
+UPSTREAM_KEYS = ["sk-up-oai-1", "sk-up-oai-2", "sk-up-compat", "sk-up-cr", "sk-up-flaky", "sk-up-nc"]
+# Exports every 50 ms instead of every 5 s, so that a test waits little for its spans.
+FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "50"}
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OtlpReceiver]:
+    server = OtlpReceiver().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def traced_config(
+    upstream: FakeUpstream, tmp: Path, receiver: OtlpReceiver, **telemetry: Any
+) -> dict[str, Any]:
+    config = base_config(upstream, tmp)
+    config["backends"]["claude"] = {"type": "anthropic", "base_url": upstream.root, "api_key": ANTHROPIC_KEY}
+    config["models"].insert(0, {"name": "anthro", "route": "claude/claude-up"})
+    config["telemetry"] = {"endpoint": receiver.url, **telemetry}
+    return config
+
+
+def _start_with_env(config: dict[str, Any], tmp: Path, name: str, env: dict[str, str]) -> RunningGateway:
+    """``start_gateway`` with exactly ``env`` as its environment (none of the caller's OTEL_*)."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        return start_gateway(config, tmp, name=name)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def traced(
+    upstream_server: FakeUpstream, receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningGateway]:
+    tmp = tmp_path_factory.mktemp("traced")
+    gateway = _start_with_env(
+        traced_config(upstream_server, tmp, receiver), tmp, "traced", {**CLEAN_ENV, **FAST_EXPORT}
+    )
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def sdk(gateway: RunningGateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.v1, api_key=CLIENT_KEY, max_retries=0)
+
+
+def one(spans: list[ReceivedSpan], kind: str, name: str | None = None) -> ReceivedSpan:
+    found = [s for s in spans if s.kind == kind and (name is None or s.name == name)]
+    assert len(found) == 1, [(s.kind, s.name) for s in spans]
+    return found[0]
+
+
+def sent_context(headers: dict[str, str]) -> tuple[str, str, bool]:
+    """The (trace id, parent span id, sampled) of a ``traceparent`` header."""
+    version, trace_id, span_id, flags = headers["traceparent"].split("-")
+    assert version == "00"
+    return trace_id, span_id, bool(int(flags, 16) & 1)
+
+
+def attempts(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+    return sorted((s for s in spans if s.kind == "client"), key=lambda s: s.attributes["modelwire.hop"])
+
+
+# ------------------------------------------------------------------------------------ the spans
+
+
+def test_a_chat_request_is_one_trace_of_server_admission_and_attempt_spans(
+    upstream: FakeUpstream, traced: RunningGateway, receiver: OtlpReceiver
+) -> None:
+    upstream.script(Reply.text("Bonjour.", usage=(20, 4)))
+    with sdk(traced) as client:
+        client.chat.completions.create(
+            model="chat-model",
+            messages=[{"role": "user", "content": "Say hello in French."}],
+            max_tokens=50,
+            temperature=0.5,
+            extra_headers={"x-request-id": "trace-chat-1"},
+        )
+    spans = receiver.trace_of("trace-chat-1", 3)
+    server = one(spans, "server")
+    assert server.name == "chat chat-model" and server.parent_id == ""
+    assert server.resource["service.name"] == "modelwire"
+    attrs = server.attributes
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.provider.name"] == "openai"
+    assert attrs["gen_ai.request.model"] == "chat-model"
+    assert attrs["gen_ai.request.max_tokens"] == 50 and attrs["gen_ai.request.temperature"] == 0.5
+    assert attrs["gen_ai.response.model"] == "gpt-4.1"
+    assert attrs["gen_ai.response.id"].startswith("chatcmpl")
+    assert attrs["gen_ai.response.finish_reasons"] == ["stop"]
+    assert (attrs["gen_ai.usage.input_tokens"], attrs["gen_ai.usage.output_tokens"]) == (20, 4)
+    assert attrs["http.request.method"] == "POST" and attrs["url.path"] == "/v1/chat/completions"
+    assert attrs["http.response.status_code"] == 200
+    assert attrs["modelwire.key_name"] == "all" and attrs["modelwire.backend"] == "compat"
+    assert attrs["modelwire.dialect"] == "openai_chat" and attrs["modelwire.stream"] is False
+    assert server.status != "error" and "error.type" not in attrs
+
+    admission = one(spans, "internal", "admission")
+    assert admission.parent_id == server.span_id and admission.status != "error"
+    (attempt,) = attempts(spans)
+    assert attempt.name == "chat gpt-4.1" and attempt.parent_id == server.span_id
+    upstream_port = int(upstream.url.rsplit(":", 1)[1].split("/")[0])
+    assert attempt.attributes["server.address"] == "127.0.0.1"
+    assert attempt.attributes["server.port"] == upstream_port
+    assert attempt.attributes["http.response.status_code"] == 200
+    assert attempt.attributes["gen_ai.provider.name"] == "openai"
+    assert attempt.attributes["gen_ai.request.model"] == "gpt-4.1"
+    assert (attempt.attributes["modelwire.hop"], attempt.attributes["modelwire.retry"]) == (1, 0)
+    # the upstream was sent the attempt span's context
+    assert sent_context(upstream.last.headers) == (server.trace_id, attempt.span_id, True)
+
+
+def test_a_streamed_request_has_a_stream_span_with_its_first_token(
+    upstream: FakeUpstream, traced: RunningGateway, receiver: OtlpReceiver
+) -> None:
+    upstream.script(Reply.text("one two three", usage=(12, 3)))
+    with sdk(traced) as client:
+        stream = client.chat.completions.create(
+            model="chat-model",
+            messages=[{"role": "user", "content": "count"}],
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={"x-request-id": "trace-stream-1"},
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "one two three"
+    spans = receiver.trace_of("trace-stream-1", 4)
+    server = one(spans, "server")
+    stream_span = one(spans, "internal", "stream")
+    assert stream_span.parent_id == server.span_id
+    assert stream_span.events == ["first_token"]
+    assert server.attributes["modelwire.stream"] is True
+    assert 0 < server.attributes["modelwire.ttft_ms"] < 10_000
+    assert (
+        server.attributes["gen_ai.usage.input_tokens"],
+        server.attributes["gen_ai.usage.output_tokens"],
+    ) == (
+        12,
+        3,
+    )
+    assert len(attempts(spans)) == 1
+
+
+def test_failover_has_a_span_per_attempt_the_failed_ones_in_error(
+    upstream: FakeUpstream, traced: RunningGateway, receiver: OtlpReceiver
+) -> None:
+    upstream.for_model("flaky-model", Reply.error(503), Reply.error(502))  # max_retries: 1 → two tries
+    upstream.for_model("backup-model", Reply.text("from the backup"))
+    with sdk(traced) as client:
+        client.chat.completions.create(
+            model="failover",
+            messages=[{"role": "user", "content": "q"}],
+            extra_headers={"x-request-id": "trace-failover-1"},
+        )
+    spans = receiver.trace_of("trace-failover-1", 5)
+    server = one(spans, "server")
+    first, second, third = attempts(spans)
+    assert [s.attributes["modelwire.hop"] for s in (first, second, third)] == [1, 2, 3]
+    assert [s.attributes["modelwire.retry"] for s in (first, second, third)] == [0, 1, 0]
+    assert [s.attributes["modelwire.backend"] for s in (first, second, third)] == ["flaky", "flaky", "compat"]
+    assert [s.name for s in (first, second, third)] == ["chat flaky-model"] * 2 + ["chat backup-model"]
+    for failed, status in ((first, 503), (second, 502)):
+        assert failed.status == "error"
+        assert failed.attributes["http.response.status_code"] == status
+        assert failed.attributes["error.type"] == "UpstreamUnavailableError"
+    assert third.status != "error" and "error.type" not in third.attributes
+    assert all(s.parent_id == server.span_id for s in (first, second, third))
+    # each attempt sent its own span's context
+    sent = [sent_context(r.headers) for r in upstream.requests]
+    assert sent == [(server.trace_id, s.span_id, True) for s in (first, second, third)]
+    assert server.attributes["modelwire.backend"] == "compat" and server.status != "error"
+
+
+def test_an_anthropic_request_says_its_operation_and_provider(
+    upstream: FakeUpstream, traced: RunningGateway, receiver: OtlpReceiver
+) -> None:
+    upstream.script(Reply.text("Bonjour.", usage=(9, 2)))
+    with anthropic.Anthropic(base_url=traced.url, api_key=CLIENT_KEY, max_retries=0) as client:
+        client.messages.create(
+            model="anthro",
+            max_tokens=64,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-request-id": "trace-anthropic-1"},
+        )
+    spans = receiver.trace_of("trace-anthropic-1", 3)
+    server = one(spans, "server")
+    assert server.name == "chat anthro"
+    attrs = server.attributes
+    assert attrs["gen_ai.operation.name"] == "chat" and attrs["gen_ai.provider.name"] == "anthropic"
+    assert attrs["modelwire.dialect"] == "anthropic_messages" and attrs["url.path"] == "/v1/messages"
+    assert attrs["gen_ai.request.max_tokens"] == 64
+    assert attrs["gen_ai.response.finish_reasons"] == ["end_turn"]
+    assert attrs["gen_ai.response.id"].startswith("msg_")
+    assert (attrs["gen_ai.usage.input_tokens"], attrs["gen_ai.usage.output_tokens"]) == (9, 2)
+    (attempt,) = attempts(spans)
+    assert attempt.name == "chat claude-up"
+    assert attempt.attributes["gen_ai.provider.name"] == "anthropic"
+    assert upstream.last.headers["x-api-key"] == ANTHROPIC_KEY  # sent, and (below) never exported
+
+
+def test_a_client_error_is_not_a_server_error(
+    upstream: FakeUpstream, traced: RunningGateway, receiver: OtlpReceiver
+) -> None:
+    status, _, _ = request(
+        traced,
+        "POST",
+        "/v1/chat/completions",
+        b'{"model": "no-such-model", "messages": []}',
+        {"Content-Type": "application/json", "x-request-id": "trace-unknown-1"},
+    )
+    assert status == 404
+    spans = receiver.trace_of("trace-unknown-1", 2)
+    server = one(spans, "server")
+    assert server.attributes["http.response.status_code"] == 404 and server.status != "error"
+    admission = one(spans, "internal", "admission")
+    assert admission.status == "error" and admission.attributes["error.type"]
+    assert attempts(spans) == [] and upstream.requests == []
+
+
+# ------------------------------------------------------------------------------ trace context
+
+
+def test_the_clients_trace_is_continued_and_passed_upstream(
+    upstream: FakeUpstream, traced: RunningGateway, receiver: OtlpReceiver
+) -> None:
+    upstream.script(Reply.text("ok"))
+    status, _, _ = request(
+        traced,
+        "POST",
+        "/v1/chat/completions",
+        json.dumps({"model": "chat-model", "messages": [{"role": "user", "content": "q"}]}).encode(),
+        {
+            "Content-Type": "application/json",
+            "x-request-id": "trace-parent-1",
+            "traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-01",
+            "tracestate": "vendor=abc",
+        },
+    )
+    assert status == 200
+    spans = receiver.trace_of("trace-parent-1", 3)
+    server = one(spans, "server")
+    assert server.trace_id == TRACE_ID and server.parent_id == CLIENT_SPAN
+    (attempt,) = attempts(spans)
+    headers = upstream.last.headers
+    assert sent_context(headers) == (TRACE_ID, attempt.span_id, True)
+    assert headers["tracestate"] == "vendor=abc"
+
+
+def test_an_upstream_websocket_gets_the_trace_context_on_its_handshake(
+    upstream: FakeUpstream, traced: RunningGateway, receiver: OtlpReceiver
+) -> None:
+    upstream.script(Reply.text("over the socket"))
+    with open_socket(traced) as socket:
+        socket.send(
+            json.dumps({"type": "response.create", "model": "resp-model", "input": "q", "store": False})
+        )
+        while json.loads(socket.recv(timeout=20))["type"] not in ("response.completed", "error"):
+            pass
+    frames = [r for r in upstream.requests if r.socket]
+    assert len(frames) == 1, [(r.method, r.path) for r in upstream.requests]
+    trace_id, span_id, _ = sent_context(frames[0].headers)
+    spans = receiver.wait_for(lambda s: any(x.span_id == span_id for x in s))
+    attempt = next(s for s in spans if s.span_id == span_id)
+    assert attempt.kind == "client" and attempt.trace_id == trace_id
+    assert attempt.attributes["modelwire.backend"] == "oai"
+
+
+# ---------------------------------------------------------------------------------- content
+
+
+def test_content_is_absent_by_default(
+    upstream: FakeUpstream, traced: RunningGateway, receiver: OtlpReceiver
+) -> None:
+    upstream.script(Reply.text("an answer about Zanzibar"))
+    with sdk(traced) as client:
+        client.chat.completions.create(
+            model="chat-model",
+            messages=[{"role": "user", "content": "a question about Tuvalu"}],
+            extra_headers={"x-request-id": "trace-default-1"},
+        )
+    spans = receiver.trace_of("trace-default-1", 3)
+    assert not any(
+        k.startswith(("gen_ai.input", "gen_ai.output", "gen_ai.system")) for s in spans for k in s.attributes
+    )
+    assert not any(b"Tuvalu" in body or b"Zanzibar" in body for body in receiver.bodies)
+
+
+def test_content_when_enabled_is_recorded_redacted_and_no_secret_is_ever_exported(
+    upstream: FakeUpstream, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    config = traced_config(upstream, tmp_path, receiver)
+    env = {**CLEAN_ENV, **FAST_EXPORT, "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}
+    gateway = _start_with_env(config, tmp_path, "content", env)
+    try:
+        upstream.script(Reply.text("Here it is: sk-proj-leakedleakedleaked"))
+        with sdk(gateway) as client:
+            client.chat.completions.create(
+                model="chat-model",
+                messages=[
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": f"My key is {CLIENT_KEY}; what is the capital of France?"},
+                ],
+                extra_headers={"x-request-id": "trace-content-1"},
+            )
+        upstream.script(Reply.text("ok"))
+        with anthropic.Anthropic(base_url=gateway.url, api_key=CLIENT_KEY, max_retries=0) as anthropic_client:
+            anthropic_client.messages.create(
+                model="anthro",
+                max_tokens=10,
+                messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"x-request-id": "trace-content-2"},
+            )
+        spans = receiver.trace_of("trace-content-1", 3)
+        receiver.trace_of("trace-content-2", 3)
+    finally:
+        gateway.stop()
+    server = one(spans, "server")
+    inputs = json.loads(server.attributes["gen_ai.input.messages"])
+    assert inputs == [
+        {
+            "role": "user",
+            "parts": [{"type": "text", "content": "My key is [REDACTED]; what is the capital of France?"}],
+        }
+    ]
+    assert json.loads(server.attributes["gen_ai.system_instructions"]) == [
+        {"type": "text", "content": "Be brief."}
+    ]
+    outputs = json.loads(server.attributes["gen_ai.output.messages"])
+    assert outputs == [
+        {"role": "assistant", "parts": [{"type": "text", "content": "Here it is: [REDACTED]"}]}
+    ]
+    exported = b"".join(receiver.bodies)
+    for secret in [CLIENT_KEY, ANTHROPIC_KEY, *UPSTREAM_KEYS, "sk-proj-leakedleakedleaked"]:
+        assert secret.encode() not in exported, secret
+
+
+def test_no_secret_in_anything_the_traced_gateway_exported(
+    upstream: FakeUpstream, traced: RunningGateway, receiver: OtlpReceiver
+) -> None:
+    """Every export of this module's gateway so far (chat, stream, failover, Anthropic, errors)."""
+    upstream.script(Reply.text("ok"))
+    with sdk(traced) as client:
+        client.chat.completions.create(
+            model="chat-model",
+            messages=[{"role": "user", "content": "q"}],
+            extra_headers={"x-request-id": "trace-last-1"},
+        )
+    receiver.trace_of("trace-last-1", 3)
+    exported = b"".join(receiver.bodies)
+    assert len(receiver.bodies) >= 2
+    for secret in [CLIENT_KEY, ANTHROPIC_KEY, *UPSTREAM_KEYS]:
+        assert secret.encode() not in exported, secret
+
+
+# ---------------------------------------------------------------------- on, off and configuration
+
+
+def _importtime_gateway(
+    upstream: FakeUpstream, tmp: Path, name: str, env: dict[str, str], config: dict[str, Any] | None = None
+) -> str:
+    """A gateway run with ``-X importtime`` (every module it ever imports is in its log), a plain and
+    a streamed request through it, then stopped: its log."""
+    gateway = _start_with_env(
+        config or base_config(upstream, tmp), tmp, name, {**CLEAN_ENV, "PYTHONPROFILEIMPORTTIME": "1", **env}
+    )
+    try:
+        upstream.script(Reply.text("plain"), Reply.text("streamed"))
+        with sdk(gateway) as client:
+            client.chat.completions.create(model="chat-model", messages=[{"role": "user", "content": "q"}])
+            list(
+                client.chat.completions.create(
+                    model="chat-model", messages=[{"role": "user", "content": "q"}], stream=True
+                )
+            )
+    finally:
+        assert gateway.stop() == 0
+    return gateway.log()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"OTEL_SDK_DISABLED": "true"}, {"OTEL_TRACES_EXPORTER": "none"}],
+    ids=["not-configured", "sdk-disabled", "exporter-none"],
+)
+def test_tracing_off_sends_nothing_and_never_imports_opentelemetry(
+    upstream: FakeUpstream, receiver: OtlpReceiver, tmp_path: Path, env: dict[str, str]
+) -> None:
+    receiver.clear()
+    if env:  # an endpoint is set too: only the switch keeps tracing off
+        env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}
+    log = _importtime_gateway(upstream, tmp_path, "off", {**FAST_EXPORT, **env})
+    assert "modelwire.gateway.app" in log and "import time:" in log  # the probe works
+    assert "opentelemetry" not in log
+    assert upstream.requests and all("traceparent" not in r.headers for r in upstream.requests)
+    assert receiver.bodies == []
+
+
+def test_tracing_from_the_standard_variables_alone(
+    upstream: FakeUpstream, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    receiver.clear()
+    env = {
+        **FAST_EXPORT,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_SERVICE_NAME": "gateway-from-env",
+        "OTEL_EXPORTER_OTLP_HEADERS": "x-collector-token=tok123",
+    }
+    log = _importtime_gateway(upstream, tmp_path, "env", env)
+    assert "opentelemetry" in log  # the same probe sees it when tracing is on
+    servers = receiver.wait_for(lambda spans: len([s for s in spans if s.kind == "server"]) >= 2)
+    assert {s.resource["service.name"] for s in servers} == {"gateway-from-env"}
+    assert all(post["x-collector-token"] == "tok123" for post in receiver.posts)
+    assert all("traceparent" in r.headers for r in upstream.requests)
+
+
+def test_a_zero_sample_ratio_exports_nothing_but_still_passes_the_context(
+    upstream: FakeUpstream, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    receiver.clear()
+    gateway = _start_with_env(
+        traced_config(upstream, tmp_path, receiver, sample_ratio=0.0),
+        tmp_path,
+        "sampled",
+        {**CLEAN_ENV, **FAST_EXPORT},
+    )
+    try:
+        upstream.script(Reply.text("ok"))
+        with sdk(gateway) as client:
+            client.chat.completions.create(model="chat-model", messages=[{"role": "user", "content": "q"}])
+    finally:
+        gateway.stop()
+    assert sent_context(upstream.last.headers)[2] is False  # not sampled, and said so upstream
+    assert receiver.spans == []
+
+
+def test_tracing_configured_without_the_extra_fails_at_start_naming_it(
+    upstream: FakeUpstream, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    config = traced_config(upstream, tmp_path, receiver)
+    config["server"] = {**config["server"], "port": free_port()}
+    path = tmp_path / "modelwire.yaml"
+    path.write_text(yaml.safe_dump(config))
+    # The packages made unimportable, as in an install without the extra.
+    probe = (
+        "import sys; sys.modules['opentelemetry'] = None; from modelwire.cli import main; "
+        f"sys.argv = ['modelwire', 'serve', '--config', {str(path)!r}]; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=CLEAN_ENV
+    )
+    assert done.returncode == 2, done.stderr
+    assert "modelwire[otel]" in done.stderr and "telemetry" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_settings_from_the_section_and_the_variables() -> None:
+    config = parse_config({"telemetry": {"endpoint": "http://collector:4318/", "sample_ratio": 0.25}})
+    found = settings(config, {})
+    assert found is not None and found.endpoint == "http://collector:4318/v1/traces"
+    assert found.sample_ratio == 0.25 and found.service_name == "modelwire" and not found.capture_content
+    assert settings(parse_config({}), {}) is None
+    assert (
+        settings(parse_config({}), {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c/v1/traces"}) is not None
+    )
+    assert settings(config, {"OTEL_SDK_DISABLED": "true"}) is None
+    named = settings(parse_config({"telemetry": {}}), {"OTEL_SERVICE_NAME": "svc"})
+    assert named is not None and named.service_name == "svc" and named.endpoint is None
+    with pytest.raises(ConfigError, match="http/protobuf"):
+        settings(config, {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    with pytest.raises(ConfigError, match="sample_ratio"):
+        parse_config({"telemetry": {"sample_ratio": 2}})
