@@ -462,6 +462,8 @@ def test_tracing_from_the_standard_variables_alone(
 def test_a_zero_sample_ratio_exports_nothing_but_still_passes_the_context(
     upstream: FakeUpstream, receiver: OtlpReceiver, tmp_path: Path
 ) -> None:
+    """Left out by the ratio: nothing exported, the upstream told so. A client's sampled context
+    is followed either way: unsampled stays unsampled, sampled is traced whatever the ratio."""
     receiver.clear()
     gateway = _start_with_env(
         traced_config(upstream, tmp_path, receiver, sample_ratio=0.0),
@@ -469,14 +471,28 @@ def test_a_zero_sample_ratio_exports_nothing_but_still_passes_the_context(
         "sampled",
         {**CLEAN_ENV, **FAST_EXPORT},
     )
-    try:
+    body = json.dumps({"model": "chat-model", "messages": [{"role": "user", "content": "q"}]}).encode()
+
+    def ask(request_id: str, traceparent: str | None = None) -> dict[str, str]:
         upstream.script(Reply.text("ok"))
-        with sdk(gateway) as client:
-            client.chat.completions.create(model="chat-model", messages=[{"role": "user", "content": "q"}])
+        headers = {"Content-Type": "application/json", "x-request-id": request_id}
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
+        assert request(gateway, "POST", "/v1/chat/completions", body, headers)[0] == 200
+        return upstream.last.headers
+
+    try:
+        trace_id, _, sampled = sent_context(ask("ratio-zero-1"))
+        assert not sampled and trace_id != "0" * 32
+        unsampled_parent = f"00-{TRACE_ID}-{CLIENT_SPAN}-00"
+        assert sent_context(ask("ratio-zero-2", unsampled_parent))[::2] == (TRACE_ID, False)
+        sampled_parent = f"00-{TRACE_ID}-{CLIENT_SPAN}-01"
+        ask("ratio-zero-3", sampled_parent)
+        spans = receiver.trace_of("ratio-zero-3", 3)
     finally:
         gateway.stop()
-    assert sent_context(upstream.last.headers)[2] is False  # not sampled, and said so upstream
-    assert receiver.spans == []
+    assert one(spans, "server").parent_id == CLIENT_SPAN
+    assert {s.attributes.get("modelwire.request_id") for s in receiver.spans} == {"ratio-zero-3", None}
 
 
 def test_tracing_configured_without_the_extra_fails_at_start_naming_it(
@@ -511,6 +527,14 @@ def test_settings_from_the_section_and_the_variables() -> None:
     assert settings(config, {"OTEL_SDK_DISABLED": "true"}) is None
     named = settings(parse_config({"telemetry": {}}), {"OTEL_SERVICE_NAME": "svc"})
     assert named is not None and named.service_name == "svc" and named.endpoint is None
+    assert named.sample_ratio == 1.0 and named.follow_parent
+    ratio = settings(
+        parse_config({"telemetry": {}}),
+        {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.3"},
+    )
+    assert ratio is not None and (ratio.sample_ratio, ratio.follow_parent) == (0.3, False)
+    off = settings(parse_config({"telemetry": {}}), {"OTEL_TRACES_SAMPLER": "parentbased_always_off"})
+    assert off is not None and (off.sample_ratio, off.follow_parent) == (0.0, True)
     with pytest.raises(ConfigError, match="http/protobuf"):
         settings(config, {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
     with pytest.raises(ConfigError, match="sample_ratio"):

@@ -34,7 +34,8 @@ class TraceSettings:
     endpoint: str | None  # the traces URL; None: the SDK's (from the variables, else localhost:4318)
     headers: dict[str, str] | None  # None: $OTEL_EXPORTER_OTLP_HEADERS
     service_name: str
-    sample_ratio: float | None  # None: $OTEL_TRACES_SAMPLER / _ARG (default: parent-based, always on)
+    sample_ratio: float  # of the requests that come without a sampled/unsampled client context
+    follow_parent: bool  # a client's traceparent decides whether its request is sampled
     capture_content: bool
 
 
@@ -60,13 +61,32 @@ def settings(config: Config, env: Mapping[str, str] = os.environ) -> TraceSettin
         endpoint = section.endpoint.rstrip("/") + "/v1/traces" if section.endpoint else None
         headers = dict(section.headers) or None
         service, ratio, capture = section.service_name, section.sample_ratio, section.capture_content
+    ratio, follow = (ratio, True) if ratio is not None else _sampler(env)
     return TraceSettings(
         endpoint=endpoint,
         headers=headers,
         service_name=service or env.get("OTEL_SERVICE_NAME") or "modelwire",
         sample_ratio=ratio,
+        follow_parent=follow,
         capture_content=capture or _true(env.get(CAPTURE_VARIABLE)),
     )
+
+
+def _sampler(env: Mapping[str, str]) -> tuple[float, bool]:
+    """``OTEL_TRACES_SAMPLER`` (and ``_ARG``) as a ratio, and whether a client's context decides.
+    The gateway samples itself (a request left out then costs next to nothing), so it reads the
+    standard samplers here: ``[parentbased_]always_on``, ``…always_off``, ``…traceidratio``."""
+    name = env.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
+    kind = name.removeprefix("parentbased_")
+    follow = kind != name
+    if kind == "always_off":
+        return 0.0, follow
+    if kind == "traceidratio":
+        try:
+            return min(1.0, max(0.0, float(env.get("OTEL_TRACES_SAMPLER_ARG", "1.0")))), follow
+        except ValueError:
+            return 1.0, follow
+    return 1.0, follow
 
 
 def require(config: Config) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import random
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -31,8 +32,8 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .. import __version__
@@ -77,11 +78,10 @@ class Tracer:
     """The gateway's tracer: one per process, built at start-up, shut down (flushed) at the end."""
 
     def __init__(self, settings: TraceSettings) -> None:
-        sampler = (
-            None if settings.sample_ratio is None else ParentBased(TraceIdRatioBased(settings.sample_ratio))
-        )
         resource = Resource.create({"service.name": settings.service_name, "service.version": __version__})
-        self.provider = TracerProvider(sampler=sampler, resource=resource, shutdown_on_exit=False)
+        # The gateway decides which requests are sampled (begin): the SDK records what it is given.
+        self.provider = TracerProvider(sampler=ALWAYS_ON, resource=resource, shutdown_on_exit=False)
+        self.ratio, self.follow_parent = settings.sample_ratio, settings.follow_parent
         exporter = OTLPSpanExporter(endpoint=settings.endpoint, headers=settings.headers)
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer("modelwire.gateway", __version__)
@@ -97,9 +97,13 @@ class Tracer:
         starts: the failover search's attempts go under it)."""
         parent = _client_context(scope)
         operation = _operation(call.surface)
+        if not self._sampled(parent):  # nothing recorded; the context still goes upstream, unsampled
+            request = RequestTrace(self, _unsampled(parent), None, operation, recording=False)
+            request.token = _REQUEST.set(request)
+            return request
         span = self.tracer.start_span(
             operation,
-            context=parent,
+            context=trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None,
             kind=SpanKind.SERVER,
             attributes={
                 "gen_ai.operation.name": operation,
@@ -114,18 +118,21 @@ class Tracer:
         request.token = _REQUEST.set(request)
         return request
 
-    def attempt(self, target: Target, backend: Backend, hop: int, retry: int) -> Attempt:
-        """A client span for one upstream attempt, under the current request's span."""
+    def attempt(self, target: Target, backend: Backend, hop: int, retry: int) -> Attempt | None:
+        """A client span for one upstream attempt, under the current request's span (None when
+        that request is not sampled)."""
+        request = _REQUEST.get()
+        if request is None or not request.recording:
+            return None
         known = self.backends.get(backend.name)
         if known is None:
             known = self.backends[backend.name] = _backend_attributes(backend)
-        request = _REQUEST.get()
         operation = OPERATIONS.get(backend.wire.name, "chat")
-        if request is not None and request.operation == "embeddings":
+        if request.operation == "embeddings":
             operation = "embeddings"
         span = self.tracer.start_span(
             f"{operation} {target.model}",
-            _under(request.span) if request is not None else None,
+            _under(request.span),
             kind=SpanKind.CLIENT,
             attributes={
                 **known,
@@ -139,6 +146,11 @@ class Tracer:
         attempt.token = _ATTEMPT.set(attempt)
         return attempt
 
+    def _sampled(self, parent: SpanContext | None) -> bool:
+        if parent is not None and self.follow_parent:
+            return parent.trace_flags.sampled
+        return self.ratio >= 1.0 or random.random() < self.ratio
+
     def shutdown(self) -> None:
         """Export what is left and stop the exporter's thread (blocks: run it off the loop)."""
         self.provider.shutdown()
@@ -147,16 +159,20 @@ class Tracer:
 class RequestTrace:
     """One request's spans, fed by the hooks on its way (admitted, streaming, answered, end)."""
 
-    __slots__ = ("_admission", "_stream", "operation", "span", "token", "tracer")
+    __slots__ = ("_admission", "_stream", "operation", "recording", "span", "token", "tracer")
 
-    def __init__(self, tracer: Tracer, span: Span, admission: Span | None, operation: str) -> None:
-        self.tracer, self.span, self.operation = tracer, span, operation
+    def __init__(
+        self, tracer: Tracer, span: Span, admission: Span | None, operation: str, *, recording: bool = True
+    ) -> None:
+        self.tracer, self.span, self.operation, self.recording = tracer, span, operation, recording
         self.token: contextvars.Token[RequestTrace | None] | None = None
         self._admission = admission
         self._stream: Span | None = None
 
     def admitted(self, call: Call) -> None:
         """Admission passed: what the client asked for."""
+        if not self.recording:
+            return
         if self._admission is not None:
             self._admission.end()
             self._admission = None
@@ -181,14 +197,18 @@ class RequestTrace:
 
     def streaming(self) -> None:
         """The answer's stream opens to the client."""
-        self._stream = self.tracer.tracer.start_span("stream", _under(self.span))
+        if self.recording:
+            self._stream = self.tracer.tracer.start_span("stream", _under(self.span))
 
     def first_token(self) -> None:
         """The first answer bytes went to the client."""
-        (self._stream or self.span).add_event("first_token")
+        if self.recording:
+            (self._stream or self.span).add_event("first_token")
 
     def answered(self, outcome: Outcome[Any]) -> None:
         """A whole answer came back: its id, model and why it ended (and its text, when captured)."""
+        if not self.recording:
+            return
         value = outcome.value
         response: Response | None = getattr(value, "response", None)
         doc: dict[str, Any] | None = getattr(value, "doc", None)
@@ -217,6 +237,11 @@ class RequestTrace:
 
     def end(self, call: Call) -> None:
         """The request is over: its outcome on the server span; every span of it ended."""
+        if self.token is not None:
+            _REQUEST.reset(self.token)
+            self.token = None
+        if not self.recording:
+            return
         if self._admission is not None:  # it never got through admission
             _fail(self._admission, call.error or "rejected")
         if self._stream is not None:
@@ -252,9 +277,6 @@ class RequestTrace:
         if call.status >= 500:  # a server span errs on 5xx only: 4xx are the client's
             self.span.set_status(Status(StatusCode.ERROR))
         self.span.end()
-        if self.token is not None:
-            _REQUEST.reset(self.token)
-            self.token = None
 
 
 class Attempt:
@@ -314,11 +336,16 @@ class TracedTransport(AiohttpTransport):
 
 
 def _traced(headers: Mapping[str, str], attempt: Attempt | None) -> dict[str, str]:
-    """The headers with the attempt's trace context (outside one, a background poll: the request's)."""
-    carrier = dict(headers)
+    """The headers with the attempt's W3C trace context (outside one, as for a background poll or an
+    unsampled request: the request's)."""
     span = attempt.span if attempt is not None else _current_span()
-    if span is not None:
-        _W3C.inject(carrier, context=_under(span))
+    if span is None:
+        return dict(headers)
+    context = span.get_span_context()
+    carrier = dict(headers)
+    carrier["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    if context.trace_state:
+        carrier["tracestate"] = context.trace_state.to_header()
     return carrier
 
 
@@ -331,13 +358,29 @@ def _under(span: Span) -> otel_context.Context:
     return trace.set_span_in_context(span)
 
 
-def _client_context(scope: Scope) -> otel_context.Context | None:
-    """The client's W3C trace context, when it sent one."""
+def _client_context(scope: Scope) -> SpanContext | None:
+    """The client's W3C trace context, when it sent a valid one."""
     carrier: dict[str, str] = {}
     for name, value in scope["headers"]:
         if name in _TRACE_HEADERS:
             carrier[name.decode()] = value.decode("latin-1")
-    return _W3C.extract(carrier) if carrier else None
+    if not carrier:
+        return None
+    context = trace.get_current_span(_W3C.extract(carrier)).get_span_context()
+    return context if context.is_valid else None
+
+
+def _unsampled(parent: SpanContext | None) -> Span:
+    """A span that records nothing and says so upstream: the client's trace, or a new one."""
+    return NonRecordingSpan(
+        SpanContext(
+            parent.trace_id if parent is not None else random.getrandbits(128) or 1,
+            random.getrandbits(64) or 1,
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.DEFAULT),
+            trace_state=parent.trace_state if parent is not None else None,
+        )
+    )
 
 
 def _operation(surface: Surface) -> str:
