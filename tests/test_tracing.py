@@ -244,6 +244,45 @@ def test_an_anthropic_request_says_its_operation_and_provider(
     assert upstream.last.headers["x-api-key"] == ANTHROPIC_KEY  # sent, and (below) never exported
 
 
+def test_gemini_and_embeddings_name_their_operations(
+    upstream: FakeUpstream, traced: RunningGateway, receiver: OtlpReceiver
+) -> None:
+    """A Gemini request (its key in the query, as Google's clients may send it) translated to a Chat
+    upstream, and an embeddings request."""
+    upstream.script(Reply.text("ok"))
+    status, _, _ = request(
+        traced,
+        "POST",
+        f"/v1beta/models/chat-model:generateContent?key={CLIENT_KEY}",
+        json.dumps({"contents": [{"parts": [{"text": "q"}]}]}).encode(),
+        {"Content-Type": "application/json", "Authorization": "", "x-request-id": "trace-gemini-1"},
+    )
+    assert status == 200
+    spans = receiver.trace_of("trace-gemini-1", 3)
+    server = one(spans, "server")
+    assert server.name == "generate_content chat-model"
+    assert server.attributes["gen_ai.operation.name"] == "generate_content"
+    assert server.attributes["url.path"] == "/v1beta/models/chat-model:generateContent"
+    (attempt,) = attempts(spans)
+    assert attempt.name == "chat gpt-4.1"  # the upstream speaks Chat
+
+    with sdk(traced) as client:
+        client.embeddings.create(
+            model="chat-model", input=["hello"], extra_headers={"x-request-id": "trace-embed-1"}
+        )
+    spans = receiver.trace_of("trace-embed-1", 2)
+    server = one(spans, "server")
+    assert server.attributes["gen_ai.operation.name"] == "embeddings"
+    (attempt,) = attempts(spans)
+    assert attempt.name == "embeddings gpt-4.1"
+    assert attempt.attributes["gen_ai.operation.name"] == "embeddings"
+
+    status, _, _ = request(traced, "GET", "/v1/models", headers={"x-request-id": "trace-list-1"})
+    assert status == 200
+    spans = receiver.trace_of("trace-list-1", 2)
+    assert one(spans, "internal", "admission").status != "error"  # a listing authenticates only
+
+
 def test_a_client_error_is_not_a_server_error(
     upstream: FakeUpstream, traced: RunningGateway, receiver: OtlpReceiver
 ) -> None:

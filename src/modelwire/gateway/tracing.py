@@ -242,8 +242,11 @@ class RequestTrace:
             self.token = None
         if not self.recording:
             return
-        if self._admission is not None:  # it never got through admission
-            _fail(self._admission, call.error or "rejected")
+        if self._admission is not None:  # refused, or a route that only authenticates (listings)
+            if call.status < 400:
+                self._admission.end()
+            else:
+                _fail(self._admission, call.error or str(call.status))
         if self._stream is not None:
             self._stream.end()
         attributes: dict[str, Any] = {"http.response.status_code": call.status}
