@@ -428,12 +428,12 @@ def test_no_secret_in_anything_the_traced_gateway_exported(
         client.chat.completions.create(
             model="chat-model",
             messages=[{"role": "user", "content": "q"}],
-            extra_headers={"x-request-id": "trace-last-1"},
+            extra_headers={"x-request-id": "trace-last-sk-pastedpastedpasted"},  # a key by mistake
         )
-    receiver.trace_of("trace-last-1", 3)
+    receiver.trace_of("trace-last-[REDACTED]", 3)
     exported = b"".join(receiver.bodies)
     assert len(receiver.bodies) >= 2
-    for secret in [CLIENT_KEY, ANTHROPIC_KEY, *UPSTREAM_KEYS]:
+    for secret in [CLIENT_KEY, ANTHROPIC_KEY, *UPSTREAM_KEYS, "sk-pastedpastedpasted"]:
         assert secret.encode() not in exported, secret
 
 

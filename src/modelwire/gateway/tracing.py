@@ -108,9 +108,11 @@ class Tracer:
             attributes={
                 "gen_ai.operation.name": operation,
                 "http.request.method": scope["method"],
-                "url.path": scope["path"],
+                # What the client chose (its request id, the path naming a model) may hold a key
+                # pasted by mistake: redacted, as in the request log.
+                "url.path": redact(scope["path"]),
                 "client.address": call.client,
-                "modelwire.request_id": call.request_id,
+                "modelwire.request_id": redact(call.request_id),
                 "modelwire.dialect": call.surface.dialect,
             },
         )
@@ -131,13 +133,13 @@ class Tracer:
         if request.operation == "embeddings":
             operation = "embeddings"
         span = self.tracer.start_span(
-            f"{operation} {target.model}",
+            f"{operation} {redact(target.model)}",
             _under(request.span),
             kind=SpanKind.CLIENT,
             attributes={
                 **known,
                 "gen_ai.operation.name": operation,
-                "gen_ai.request.model": target.model,
+                "gen_ai.request.model": redact(target.model),
                 "modelwire.hop": hop,
                 "modelwire.retry": retry,
             },
@@ -177,7 +179,8 @@ class RequestTrace:
             self._admission.end()
             self._admission = None
         body = call.body
-        attributes: dict[str, Any] = {"gen_ai.request.model": call.model, "modelwire.stream": call.stream}
+        model = redact(call.model)
+        attributes: dict[str, Any] = {"gen_ai.request.model": model, "modelwire.stream": call.stream}
         if call.key is not None:
             attributes["modelwire.key_name"] = call.key.name
         limit = next((body[k] for k in MAX_TOKENS if isinstance(body.get(k), int)), None)
@@ -193,7 +196,7 @@ class RequestTrace:
         if self.tracer.capture_content:
             attributes.update(_input_content(call))
         self.span.set_attributes(attributes)
-        self.span.update_name(f"{self.operation} {call.model}")
+        self.span.update_name(f"{self.operation} {model}")
 
     def streaming(self) -> None:
         """The answer's stream opens to the client."""
@@ -217,7 +220,7 @@ class RequestTrace:
             attributes.update(
                 {
                     "gen_ai.response.id": response.id,
-                    "gen_ai.response.model": outcome.target.model,
+                    "gen_ai.response.model": redact(outcome.target.model),
                     "gen_ai.response.finish_reasons": [response.stop_reason],
                 }
             )
@@ -260,8 +263,9 @@ class RequestTrace:
                 }
             )
         if call.upstream_model is not None:
-            attributes["modelwire.upstream_model"] = call.upstream_model
-            attributes.setdefault("gen_ai.response.model", call.upstream_model)
+            upstream_model = redact(call.upstream_model)
+            attributes["modelwire.upstream_model"] = upstream_model
+            attributes.setdefault("gen_ai.response.model", upstream_model)
         usage = call.usage
         if usage is not None and usage.total_tokens:
             attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
