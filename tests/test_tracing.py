@@ -475,6 +475,7 @@ def test_tracing_off_sends_nothing_and_never_imports_opentelemetry(
         env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}
     log = _importtime_gateway(upstream, tmp_path, "off", {**FAST_EXPORT, **env})
     assert "modelwire.gateway.app" in log and "import time:" in log  # the probe works
+    assert "modelwire.gateway.tracing" not in log and "modelwire.gateway.otlp" not in log
     assert "opentelemetry" not in log
     assert upstream.requests and all("traceparent" not in r.headers for r in upstream.requests)
     assert receiver.bodies == []
@@ -491,7 +492,8 @@ def test_tracing_from_the_standard_variables_alone(
         "OTEL_EXPORTER_OTLP_HEADERS": "x-collector-token=tok123",
     }
     log = _importtime_gateway(upstream, tmp_path, "env", env)
-    assert "opentelemetry" in log  # the same probe sees it when tracing is on
+    assert "modelwire.gateway.tracing" in log  # the same probe sees the tracer when tracing is on
+    assert "opentelemetry" not in log  # and no OpenTelemetry package, even then
     servers = receiver.wait_for(lambda spans: len([s for s in spans if s.kind == "server"]) >= 2)
     assert {s.resource["service.name"] for s in servers} == {"gateway-from-env"}
     assert all(post["x-collector-token"] == "tok123" for post in receiver.posts)
@@ -534,23 +536,22 @@ def test_a_zero_sample_ratio_exports_nothing_but_still_passes_the_context(
     assert {s.attributes.get("modelwire.request_id") for s in receiver.spans} == {"ratio-zero-3", None}
 
 
-def test_tracing_configured_without_the_extra_fails_at_start_naming_it(
+def test_an_unknown_otlp_protocol_fails_at_start_naming_it(
     upstream: FakeUpstream, receiver: OtlpReceiver, tmp_path: Path
 ) -> None:
     config = traced_config(upstream, tmp_path, receiver)
     config["server"] = {**config["server"], "port": free_port()}
     path = tmp_path / "modelwire.yaml"
     path.write_text(yaml.safe_dump(config))
-    # The packages made unimportable, as in an install without the extra.
-    probe = (
-        "import sys; sys.modules['opentelemetry'] = None; from modelwire.cli import main; "
-        f"sys.argv = ['modelwire', 'serve', '--config', {str(path)!r}]; main()"
-    )
     done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=CLEAN_ENV
+        [sys.executable, "-c", "from modelwire.cli import main; main()", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**CLEAN_ENV, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
     )
     assert done.returncode == 2, done.stderr
-    assert "modelwire[otel]" in done.stderr and "telemetry" in done.stderr
+    assert "grpc" in done.stderr and "http/protobuf" in done.stderr and "telemetry" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -159,7 +159,7 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> None:
     check_credentials(config)
     check_bind(config, keys)
     check_workers(config, keys)
-    telemetry.require(config)  # tracing configured without its extra: say so before binding
+    telemetry.settings(config)  # a bad telemetry setting (an unknown OTLP protocol): say so before binding
     warn_missing_keys(config)
     options: dict[str, Any] = {
         "host": server.host,

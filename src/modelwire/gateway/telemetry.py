@@ -1,13 +1,13 @@
 """Whether the gateway traces its requests, and where the traces go: the ``telemetry:`` section of
 the config and the standard ``OTEL_*`` variables.
 
-Nothing here imports OpenTelemetry. With tracing off the gateway never loads it, and the request
-path pays one ``None`` check per hook; :mod:`.tracing` (which needs the ``modelwire[otel]`` extra)
-is imported only once tracing is on.
+Nothing here imports the tracer. With tracing off the gateway never loads it, and the request
+path pays one ``None`` check per hook; :mod:`.tracing` (with :mod:`.spans` and :mod:`.otlp`) is
+imported only once tracing is on.
 
 Tracing is on when the config has a ``telemetry:`` section or an OTLP endpoint variable is set,
 unless ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none``. A setting in the section wins
-over its variable; a setting left out is the variable's, read by the OpenTelemetry SDK itself.
+over its variable; a setting left out is the variable's (read by :mod:`.otlp`).
 """
 
 from __future__ import annotations
@@ -25,18 +25,18 @@ if TYPE_CHECKING:
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 PROTOCOL_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
 CAPTURE_VARIABLE = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
-SUPPORTED_PROTOCOL = "http/protobuf"
-EXTRA = "pip install 'modelwire[otel]'"
+PROTOCOLS = ("http/protobuf", "http/json")  # the first is OTLP's default
 
 
 @dataclass(frozen=True, slots=True)
 class TraceSettings:
-    endpoint: str | None  # the traces URL; None: the SDK's (from the variables, else localhost:4318)
+    endpoint: str | None  # the traces URL; None: the variables' (else localhost:4318)
     headers: dict[str, str] | None  # None: $OTEL_EXPORTER_OTLP_HEADERS
     service_name: str
     sample_ratio: float  # of the requests that come without a sampled/unsampled client context
     follow_parent: bool  # a client's traceparent decides whether its request is sampled
     capture_content: bool
+    protocol: str = PROTOCOLS[0]
 
 
 def settings(config: Config, env: Mapping[str, str] = os.environ) -> TraceSettings | None:
@@ -46,13 +46,13 @@ def settings(config: Config, env: Mapping[str, str] = os.environ) -> TraceSettin
     section = config.telemetry
     if section is None and not any(env.get(name) for name in ENDPOINT_VARIABLES):
         return None
-    protocol = next((env[name] for name in PROTOCOL_VARIABLES if env.get(name)), SUPPORTED_PROTOCOL)
-    if protocol.strip() != SUPPORTED_PROTOCOL:
+    protocol = next((env[name] for name in PROTOCOL_VARIABLES if env.get(name)), PROTOCOLS[0]).strip()
+    if protocol not in PROTOCOLS:
         raise ConfigError(
             config.source,
             "telemetry",
             f"OTLP protocol {protocol!r} is not supported: the gateway exports traces over "
-            f"{SUPPORTED_PROTOCOL} (unset OTEL_EXPORTER_OTLP_PROTOCOL or set it to {SUPPORTED_PROTOCOL})",
+            f"{' or '.join(PROTOCOLS)} (unset OTEL_EXPORTER_OTLP_PROTOCOL or set it to one of them)",
         )
     endpoint = headers = ratio = None
     capture = False
@@ -69,6 +69,7 @@ def settings(config: Config, env: Mapping[str, str] = os.environ) -> TraceSettin
         sample_ratio=ratio,
         follow_parent=follow,
         capture_content=capture or _true(env.get(CAPTURE_VARIABLE)),
+        protocol=protocol,
     )
 
 
@@ -89,31 +90,14 @@ def _sampler(env: Mapping[str, str]) -> tuple[float, bool]:
     return 1.0, follow
 
 
-def require(config: Config) -> None:
-    """Start-up check: tracing configured means the extra is installed (a clear error if not)."""
-    if settings(config) is not None:
-        _tracer_class(config)
-
-
 def tracer(config: Config) -> Tracer | None:
-    """The gateway's tracer, or None when tracing is off (then OpenTelemetry is never imported)."""
+    """The gateway's tracer, or None when tracing is off (then the tracer is never imported)."""
     found = settings(config)
     if found is None:
         return None
-    return _tracer_class(config)(found)
+    from .tracing import Tracer
 
-
-def _tracer_class(config: Config) -> type[Tracer]:
-    try:
-        from .tracing import Tracer
-    except ImportError as exc:
-        raise ConfigError(
-            config.source,
-            "telemetry",
-            f"tracing is configured but the OpenTelemetry packages are not installed "
-            f"({exc.name or exc}): install the otel extra, {EXTRA}",
-        ) from None
-    return Tracer
+    return Tracer(found)
 
 
 def _true(value: str | None) -> bool:

@@ -1,5 +1,5 @@
-"""OpenTelemetry traces of the gateway's requests, exported over OTLP/HTTP by a batch processor
-(a thread of the SDK's: export is never on the request path). Imported only when tracing is on
+"""OpenTelemetry traces of the gateway's requests, as lean spans (:mod:`.spans`) exported over
+OTLP/HTTP by a thread (:mod:`.otlp`: export is never on the request path). Imported only when tracing is on
 (:mod:`.telemetry`); the request path reaches it through ``Call.trace`` and ``Failover.tracer``.
 
 One trace per request, continuing the client's ``traceparent`` when it sent one::
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import random
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -26,15 +27,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .. import __version__
 from ..errors import ModelwireError
@@ -42,6 +34,8 @@ from ..observe import redact
 from ..providers.transport import AiohttpTransport
 from ..types import Message, Part, Reasoning, Refusal, Response, Text, ToolCall, ToolResult
 from .http import Scope
+from .otlp import Destination, Exporter, resource_attributes
+from .spans import CLIENT, ERROR, INTERNAL, SERVER, Context, Span, parse, unsampled
 from .surfaces import EMBEDDINGS, Surface
 
 if TYPE_CHECKING:
@@ -64,8 +58,6 @@ PROVIDERS = {
 OPERATIONS = {"gemini": "generate_content"}
 # Where each dialect's body says how many tokens it may produce.
 MAX_TOKENS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-_W3C = TraceContextTextMapPropagator()
-_TRACE_HEADERS = (b"traceparent", b"tracestate")
 # The request this task serves (the parent of its attempts), and the upstream attempt it is making
 # (for the transport to send its traceparent and record the upstream's status on it).
 _REQUEST: contextvars.ContextVar[RequestTrace | None] = contextvars.ContextVar(
@@ -77,14 +69,18 @@ _ATTEMPT: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar("model
 class Tracer:
     """The gateway's tracer: one per process, built at start-up, shut down (flushed) at the end."""
 
-    def __init__(self, settings: TraceSettings) -> None:
-        resource = Resource.create({"service.name": settings.service_name, "service.version": __version__})
-        # The gateway decides which requests are sampled (begin): the SDK records what it is given.
-        self.provider = TracerProvider(sampler=ALWAYS_ON, resource=resource, shutdown_on_exit=False)
+    def __init__(self, settings: TraceSettings, env: Mapping[str, str] = os.environ) -> None:
+        resource = {
+            "telemetry.sdk.name": "modelwire",
+            "telemetry.sdk.language": "python",
+            **resource_attributes(env),
+            "service.name": settings.service_name,
+            "service.version": __version__,
+        }
+        destination = Destination.of(settings.endpoint, settings.headers, settings.protocol, env)
+        self.exporter = Exporter(destination, resource, ("modelwire.gateway", __version__))
+        self.sink = self.exporter.add
         self.ratio, self.follow_parent = settings.sample_ratio, settings.follow_parent
-        exporter = OTLPSpanExporter(endpoint=settings.endpoint, headers=settings.headers)
-        self.provider.add_span_processor(BatchSpanProcessor(exporter))
-        self.tracer = self.provider.get_tracer("modelwire.gateway", __version__)
         self.capture_content = settings.capture_content
         self.backends: dict[str, dict[str, Any]] = {}  # each backend's attributes, worked out once
 
@@ -98,14 +94,15 @@ class Tracer:
         parent = _client_context(scope)
         operation = _operation(call.surface)
         if not self._sampled(parent):  # nothing recorded; the context still goes upstream, unsampled
-            request = RequestTrace(self, _unsampled(parent), None, operation, recording=False)
+            request = RequestTrace(self, unsampled(parent), None, None, operation)
             request.token = _REQUEST.set(request)
             return request
-        span = self.tracer.start_span(
+        span = Span(
+            self.sink,
             operation,
-            context=trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None,
-            kind=SpanKind.SERVER,
-            attributes={
+            SERVER,
+            parent,
+            {
                 "gen_ai.operation.name": operation,
                 "http.request.method": scope["method"],
                 # What the client chose (its request id, the path naming a model) may hold a key
@@ -116,7 +113,7 @@ class Tracer:
                 "modelwire.dialect": call.surface.dialect,
             },
         )
-        request = RequestTrace(self, span, self.tracer.start_span("admission", _under(span)), operation)
+        request = RequestTrace(self, span, span, Span(self.sink, "admission", INTERNAL, span), operation)
         request.token = _REQUEST.set(request)
         return request
 
@@ -124,7 +121,7 @@ class Tracer:
         """A client span for one upstream attempt, under the current request's span (None when
         that request is not sampled)."""
         request = _REQUEST.get()
-        if request is None or not request.recording:
+        if request is None or request.span is None:
             return None
         known = self.backends.get(backend.name)
         if known is None:
@@ -132,11 +129,12 @@ class Tracer:
         operation = OPERATIONS.get(backend.wire.name, "chat")
         if request.operation == "embeddings":
             operation = "embeddings"
-        span = self.tracer.start_span(
+        span = Span(
+            self.sink,
             f"{operation} {redact(target.model)}",
-            _under(request.span),
-            kind=SpanKind.CLIENT,
-            attributes={
+            CLIENT,
+            request.span,
+            {
                 **known,
                 "gen_ai.operation.name": operation,
                 "gen_ai.request.model": redact(target.model),
@@ -148,32 +146,34 @@ class Tracer:
         attempt.token = _ATTEMPT.set(attempt)
         return attempt
 
-    def _sampled(self, parent: SpanContext | None) -> bool:
+    def _sampled(self, parent: Context | None) -> bool:
         if parent is not None and self.follow_parent:
-            return parent.trace_flags.sampled
+            return parent.sampled
         return self.ratio >= 1.0 or random.random() < self.ratio
 
     def shutdown(self) -> None:
         """Export what is left and stop the exporter's thread (blocks: run it off the loop)."""
-        self.provider.shutdown()
+        self.exporter.shutdown()
 
 
 class RequestTrace:
     """One request's spans, fed by the hooks on its way (admitted, streaming, answered, end)."""
 
-    __slots__ = ("_admission", "_stream", "operation", "recording", "span", "token", "tracer")
+    __slots__ = ("_admission", "_stream", "context", "operation", "span", "token", "tracer")
 
     def __init__(
-        self, tracer: Tracer, span: Span, admission: Span | None, operation: str, *, recording: bool = True
+        self, tracer: Tracer, context: Context, span: Span | None, admission: Span | None, operation: str
     ) -> None:
-        self.tracer, self.span, self.operation, self.recording = tracer, span, operation, recording
+        # context goes upstream; span is None when the request is not sampled (nothing recorded)
+        self.tracer, self.context, self.span, self.operation = tracer, context, span, operation
         self.token: contextvars.Token[RequestTrace | None] | None = None
         self._admission = admission
         self._stream: Span | None = None
 
     def admitted(self, call: Call) -> None:
         """Admission passed: what the client asked for."""
-        if not self.recording:
+        span = self.span
+        if span is None:
             return
         if self._admission is not None:
             self._admission.end()
@@ -195,22 +195,24 @@ class RequestTrace:
                 attributes[f"gen_ai.request.{name}"] = value
         if self.tracer.capture_content:
             attributes.update(_input_content(call))
-        self.span.set_attributes(attributes)
-        self.span.update_name(f"{self.operation} {model}")
+        span.attributes.update(attributes)
+        span.name = f"{self.operation} {model}"
 
     def streaming(self) -> None:
         """The answer's stream opens to the client."""
-        if self.recording:
-            self._stream = self.tracer.tracer.start_span("stream", _under(self.span))
+        if self.span is not None:
+            self._stream = Span(self.tracer.sink, "stream", INTERNAL, self.span)
 
     def first_token(self) -> None:
         """The first answer bytes went to the client."""
-        if self.recording:
-            (self._stream or self.span).add_event("first_token")
+        span = self._stream or self.span
+        if span is not None:
+            span.event("first_token")
 
     def answered(self, outcome: Outcome[Any]) -> None:
         """A whole answer came back: its id, model and why it ended (and its text, when captured)."""
-        if not self.recording:
+        span = self.span
+        if span is None:
             return
         value = outcome.value
         response: Response | None = getattr(value, "response", None)
@@ -236,20 +238,21 @@ class RequestTrace:
                 attributes["gen_ai.output.messages"] = _messages(
                     [Message(role="assistant", content=response.content)]
                 )
-        self.span.set_attributes({k: v for k, v in attributes.items() if v})
+        span.attributes.update({k: v for k, v in attributes.items() if v})
 
     def end(self, call: Call) -> None:
         """The request is over: its outcome on the server span; every span of it ended."""
         if self.token is not None:
             _REQUEST.reset(self.token)
             self.token = None
-        if not self.recording:
+        span = self.span
+        if span is None:
             return
         if self._admission is not None:  # refused, or a route that only authenticates (listings)
             if call.status < 400:
                 self._admission.end()
             else:
-                _fail(self._admission, call.error or str(call.status))
+                self._admission.fail(call.error or str(call.status))
         if self._stream is not None:
             self._stream.end()
         attributes: dict[str, Any] = {"http.response.status_code": call.status}
@@ -280,10 +283,10 @@ class RequestTrace:
             attributes["modelwire.ttft_ms"] = round(call.ttft * 1000, 3)
         if call.error is not None:
             attributes["error.type"] = call.error
-        self.span.set_attributes(attributes)
+        span.attributes.update(attributes)
         if call.status >= 500:  # a server span errs on 5xx only: 4xx are the client's
-            self.span.set_status(Status(StatusCode.ERROR))
-        self.span.end()
+            span.status = ERROR
+        span.end()
 
 
 class Attempt:
@@ -297,11 +300,11 @@ class Attempt:
         self._failed = False
 
     def replied(self, status: int) -> None:
-        self.span.set_attribute("http.response.status_code", status)
+        self.span.attributes["http.response.status_code"] = status
 
     def failed(self, err: ModelwireError) -> None:
         self._failed = True
-        _fail(self.span, type(err).__name__, redact(err.message))
+        self.span.fail(type(err).__name__, redact(err.message))
 
     def close(self) -> None:
         """The attempt is over (answered, failed, or cut short: then its error is ``cancelled``)."""
@@ -312,7 +315,7 @@ class Attempt:
             return  # ended by failed()
         task = asyncio.current_task()
         if task is not None and task.cancelling():
-            _fail(self.span, "cancelled")
+            self.span.fail("cancelled")
         else:
             self.span.end()
 
@@ -345,49 +348,31 @@ class TracedTransport(AiohttpTransport):
 def _traced(headers: Mapping[str, str], attempt: Attempt | None) -> dict[str, str]:
     """The headers with the attempt's W3C trace context (outside one, as for a background poll or an
     unsampled request: the request's)."""
-    span = attempt.span if attempt is not None else _current_span()
-    if span is None:
+    context = attempt.span if attempt is not None else _current_context()
+    if context is None:
         return dict(headers)
-    context = span.get_span_context()
     carrier = dict(headers)
-    carrier["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    carrier["traceparent"] = context.traceparent()
     if context.trace_state:
-        carrier["tracestate"] = context.trace_state.to_header()
+        carrier["tracestate"] = context.trace_state
     return carrier
 
 
-def _current_span() -> Span | None:
+def _current_context() -> Context | None:
     request = _REQUEST.get()
-    return request.span if request is not None else None
+    return request.context if request is not None else None
 
 
-def _under(span: Span) -> otel_context.Context:
-    return trace.set_span_in_context(span)
-
-
-def _client_context(scope: Scope) -> SpanContext | None:
-    """The client's W3C trace context, when it sent a valid one."""
-    carrier: dict[str, str] = {}
+def _client_context(scope: Scope) -> Context | None:
+    """The client's W3C trace context, when it sent a valid one (several tracestate headers are one list)."""
+    traceparent: str | None = None
+    states: list[str] = []
     for name, value in scope["headers"]:
-        if name in _TRACE_HEADERS:
-            carrier[name.decode()] = value.decode("latin-1")
-    if not carrier:
-        return None
-    context = trace.get_current_span(_W3C.extract(carrier)).get_span_context()
-    return context if context.is_valid else None
-
-
-def _unsampled(parent: SpanContext | None) -> Span:
-    """A span that records nothing and says so upstream: the client's trace, or a new one."""
-    return NonRecordingSpan(
-        SpanContext(
-            parent.trace_id if parent is not None else random.getrandbits(128) or 1,
-            random.getrandbits(64) or 1,
-            is_remote=False,
-            trace_flags=TraceFlags(TraceFlags.DEFAULT),
-            trace_state=parent.trace_state if parent is not None else None,
-        )
-    )
+        if name == b"traceparent":
+            traceparent = value.decode("latin-1")
+        elif name == b"tracestate":
+            states.append(value.decode("latin-1"))
+    return parse(traceparent, ",".join(states)) if traceparent is not None else None
 
 
 def _operation(surface: Surface) -> str:
@@ -405,12 +390,6 @@ def _backend_attributes(backend: Backend) -> dict[str, Any]:
         attributes["server.address"] = parts.hostname
         attributes["server.port"] = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
     return attributes
-
-
-def _fail(span: Span, kind: str, message: str | None = None) -> None:
-    span.set_attribute("error.type", kind)
-    span.set_status(Status(StatusCode.ERROR, message))
-    span.end()
 
 
 def _answer_attributes(doc: dict[str, Any]) -> dict[str, Any]:
