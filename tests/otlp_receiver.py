@@ -1,10 +1,12 @@
 """A real OTLP/HTTP trace receiver for the tests: an aiohttp server on loopback, in a thread, that
-accepts ``POST /v1/traces`` (protobuf, decoded with ``opentelemetry-proto``, the collector's own
-message types) and keeps every span it is sent. It never imports modelwire."""
+accepts ``POST /v1/traces`` (protobuf or OTLP JSON, decoded with ``opentelemetry-proto``, the
+collector's own message types) and keeps every span it is sent. It never imports modelwire."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -45,6 +48,7 @@ class OtlpReceiver:
         self.posts: list[dict[str, str]] = []  # each export's request headers
         self.bodies: list[bytes] = []  # each export as it came, for searches over every byte
         self.url = ""
+        self.refusals: list[int] = []  # statuses to answer the next exports with, before accepting
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -54,6 +58,7 @@ class OtlpReceiver:
             self.spans.clear()
             self.posts.clear()
             self.bodies.clear()
+            self.refusals.clear()
 
     def wait_for(
         self, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float = 15
@@ -81,10 +86,19 @@ class OtlpReceiver:
 
     async def _traces(self, request: web.Request) -> web.Response:
         body = await request.read()
-        if request.content_type != "application/x-protobuf":
-            return web.Response(status=415, text="protobuf only")
+        with self._lock:
+            refusal = self.refusals.pop(0) if self.refusals else None
+            if refusal is not None:
+                self.posts.append({k.lower(): v for k, v in request.headers.items()})
+        if refusal is not None:
+            return web.Response(status=refusal, headers={"Retry-After": "0"})
         message = ExportTraceServiceRequest()
-        message.ParseFromString(body)
+        if request.content_type == "application/x-protobuf":
+            message.ParseFromString(body)
+        elif request.content_type == "application/json":
+            json_format.Parse(_base64_ids(body), message)
+        else:
+            return web.Response(status=415, text="protobuf or JSON only")
         received = []
         for resource_spans in message.resource_spans:
             resource = _attributes(resource_spans.resource.attributes)
@@ -94,6 +108,8 @@ class OtlpReceiver:
             self.spans.extend(received)
             self.posts.append({k.lower(): v for k, v in request.headers.items()})
             self.bodies.append(body)
+        if request.content_type == "application/json":
+            return web.Response(body=b"{}", content_type="application/json")
         reply = ExportTraceServiceResponse().SerializeToString()
         return web.Response(body=reply, content_type="application/x-protobuf")
 
@@ -128,6 +144,21 @@ class OtlpReceiver:
         loop.run_forever()
         loop.run_until_complete(runner.cleanup())
         loop.close()
+
+
+def _base64_ids(body: bytes) -> bytes:
+    """OTLP JSON writes ids in hex where protobuf's JSON mapping has base64 (the one departure the
+    OTLP spec makes from it): a wrong-length or non-hex id fails here, as a collector would refuse it."""
+    doc = json.loads(body)
+    for resource_spans in doc.get("resourceSpans", []):
+        for scope_spans in resource_spans.get("scopeSpans", []):
+            for span in scope_spans.get("spans", []):
+                for name, size in (("traceId", 16), ("spanId", 8), ("parentSpanId", 8)):
+                    if name in span:
+                        raw = bytes.fromhex(span[name])
+                        assert len(raw) == size, (name, span[name])
+                        span[name] = base64.b64encode(raw).decode()
+    return json.dumps(doc).encode()
 
 
 def _trace(spans: list[ReceivedSpan], request_id: str) -> list[ReceivedSpan]:

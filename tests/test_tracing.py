@@ -17,7 +17,9 @@ import openai
 import pytest
 import yaml
 
+from modelwire.gateway import spans as w3c
 from modelwire.gateway.config import ConfigError, parse_config
+from modelwire.gateway.otlp import Destination, Exporter
 from modelwire.gateway.telemetry import settings
 
 from .fake_upstream import FakeUpstream, Reply
@@ -435,6 +437,116 @@ def test_no_secret_in_anything_the_traced_gateway_exported(
     assert len(receiver.bodies) >= 2
     for secret in [CLIENT_KEY, ANTHROPIC_KEY, *UPSTREAM_KEYS, "sk-pastedpastedpasted"]:
         assert secret.encode() not in exported, secret
+
+
+def test_an_invalid_client_traceparent_starts_a_new_trace(
+    upstream: FakeUpstream, traced: RunningGateway, receiver: OtlpReceiver
+) -> None:
+    upstream.script(Reply.text("ok"))
+    body = json.dumps({"model": "chat-model", "messages": [{"role": "user", "content": "q"}]}).encode()
+    zero_trace = f"00-{'0' * 32}-{CLIENT_SPAN}-01"
+    headers = {"Content-Type": "application/json", "x-request-id": "trace-bad-parent-1"}
+    assert (
+        request(traced, "POST", "/v1/chat/completions", body, {**headers, "traceparent": zero_trace})[0]
+        == 200
+    )
+    server = one(receiver.trace_of("trace-bad-parent-1", 3), "server")
+    assert server.parent_id == "" and server.trace_id not in (TRACE_ID, "0" * 32)
+    trace_id, _, sampled = sent_context(upstream.last.headers)
+    assert trace_id == server.trace_id and sampled
+
+
+@pytest.mark.parametrize(
+    ("header", "valid"),
+    [
+        (f"00-{TRACE_ID}-{CLIENT_SPAN}-01", True),
+        (f"  00-{TRACE_ID}-{CLIENT_SPAN}-00 ", True),
+        (f"01-{TRACE_ID}-{CLIENT_SPAN}-01-future", True),  # a later version: its first four fields
+        (f"00-{TRACE_ID}-{CLIENT_SPAN}-01-extra", False),  # version 00 has exactly four
+        (f"ff-{TRACE_ID}-{CLIENT_SPAN}-01", False),
+        (f"00-{'0' * 32}-{CLIENT_SPAN}-01", False),
+        (f"00-{TRACE_ID}-{'0' * 16}-01", False),
+        (f"00-{TRACE_ID.upper()}-{CLIENT_SPAN}-01", False),
+        (f"00-{TRACE_ID[:-1]}-{CLIENT_SPAN}-01", False),
+        (f"00-{TRACE_ID}-{CLIENT_SPAN}-1", False),
+        (f"00-{TRACE_ID}-{CLIENT_SPAN}-zz", False),
+        ("garbage", False),
+        ("", False),
+    ],
+)
+def test_traceparent_is_read_as_w3c_trace_context_says(header: str, valid: bool) -> None:
+    context = w3c.parse(header, "vendor=abc")
+    assert (context is not None) == valid
+    if context is not None:
+        assert context.traceparent()[3:52] == f"{TRACE_ID}-{CLIENT_SPAN}"
+        assert context.trace_state == "vendor=abc"
+        assert context.sampled == header.strip().endswith(("01", "future"))
+
+
+def test_exporter_queue_is_bounded_and_every_value_type_survives_the_wire(receiver: OtlpReceiver) -> None:
+    """Spans past the queue's bound are dropped and counted (never waited for); what is queued goes
+    out once the thread starts and stops, and the collector's own decoder reads back every value
+    type, event and status."""
+    receiver.clear()
+    # The queue holds 3 spans.
+    env = {
+        "OTEL_BSP_SCHEDULE_DELAY": "600000",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "3",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "3",
+    }
+    destination = Destination.of(receiver.url + "/v1/traces", {}, "http/protobuf", env)
+    exporter = Exporter(destination, {"service.name": "unit"}, ("scope", "1"))
+    values = {"s": "text", "b": True, "i": -7, "big": 2**40, "f": 0.25, "l": ["a", "b"], "none": None}
+    root = w3c.Span(exporter.add, "root", w3c.SERVER, None, dict(values))
+    child = w3c.Span(exporter.add, "child", w3c.CLIENT, root)
+    child.event("first_token")
+    child.fail("UpstreamError", "it broke")
+    root.end()
+    for n in range(3):  # the queue holds 3: the two above and one more
+        w3c.Span(exporter.add, f"extra {n}", w3c.INTERNAL, root).end()
+    assert exporter.dropped == 2 and len(exporter.queue) == 3
+    exporter.start()
+    exporter.shutdown()
+    got = {s.name: s for s in receiver.wait_for(lambda spans: len(spans) >= 3)}
+    assert set(got) == {"root", "child", "extra 0"}
+    assert got["root"].attributes == {k: v for k, v in values.items() if v is not None}
+    assert got["root"].resource == {"service.name": "unit"} and got["root"].parent_id == ""
+    assert got["child"].parent_id == got["root"].span_id and got["child"].trace_id == got["root"].trace_id
+    assert (got["child"].status, got["child"].events) == ("error", ["first_token"])
+    assert got["child"].attributes == {"error.type": "UpstreamError"} and got["root"].status == "unset"
+
+
+def test_a_collector_refusing_for_now_is_retried_and_json_is_spoken_on_request(
+    upstream: FakeUpstream, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    """OTEL_EXPORTER_OTLP_PROTOCOL=http/json: the same trace in the OTLP JSON mapping (hex ids), read
+    back by the collector's decoder; a 503 and a 429 before it are retried, not dropped."""
+    receiver.clear()
+    receiver.refusals[:] = [503, 429]
+    gateway = _start_with_env(
+        traced_config(upstream, tmp_path, receiver),
+        tmp_path,
+        "json",
+        {**CLEAN_ENV, **FAST_EXPORT, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
+    )
+    try:
+        upstream.script(Reply.text("ok"))
+        body = json.dumps({"model": "chat-model", "messages": [{"role": "user", "content": "q"}]}).encode()
+        headers = {"Content-Type": "application/json", "x-request-id": "trace-json-1"}
+        assert request(gateway, "POST", "/v1/chat/completions", body, headers)[0] == 200
+        spans = receiver.trace_of("trace-json-1", 3)
+    finally:
+        gateway.stop()
+    server = one(spans, "server")
+    (attempt,) = attempts(spans)
+    assert (
+        attempt.parent_id == server.span_id
+        and one(spans, "internal", "admission").parent_id == server.span_id
+    )
+    assert server.attributes["http.response.status_code"] == 200 and attempt.attributes["modelwire.hop"] == 1
+    assert sent_context(upstream.last.headers)[:2] == (server.trace_id, attempt.span_id)
+    assert len(receiver.posts) >= 3 and receiver.refusals == []
+    assert all(post["content-type"] == "application/json" for post in receiver.posts)
 
 
 # ---------------------------------------------------------------------- on, off and configuration

@@ -78,8 +78,8 @@ class Destination:
 
 
 class Exporter:
-    """The queue of ended spans and the thread that sends them (started at once, stopped by
-    :meth:`shutdown`, which sends what is left)."""
+    """The queue of ended spans and the thread that sends them (:meth:`start`; :meth:`shutdown`
+    sends what is left and stops it)."""
 
     def __init__(self, destination: Destination, resource: Mapping[str, Any], scope: tuple[str, str]) -> None:
         self.destination = destination
@@ -95,8 +95,7 @@ class Exporter:
         self._stop = False
         parts = urlsplit(destination.url)
         self._where = f"{parts.hostname}:{parts.port or ''}{parts.path}"  # never its credentials or query
-        self._thread = self._start()
-        os.register_at_fork(after_in_child=self._restart)
+        self._thread: threading.Thread | None = None
 
     def add(self, span: Span) -> None:
         """The sink of every ended span (request path: never blocks)."""
@@ -108,21 +107,23 @@ class Exporter:
         if len(queue) == self.destination.batch_size:
             self._wake.set()
 
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="modelwire-trace-export", daemon=True)
+        self._thread.start()
+        os.register_at_fork(after_in_child=self._restart)
+
     def shutdown(self) -> None:
         """Send what is queued and stop the thread (blocks up to the export timeout: run off the loop)."""
         self._stop = True
         self._wake.set()
-        self._thread.join(self.destination.timeout + 1)
-
-    def _start(self) -> threading.Thread:
-        thread = threading.Thread(target=self._run, name="modelwire-trace-export", daemon=True)
-        thread.start()
-        return thread
+        if self._thread is not None:
+            self._thread.join(self.destination.timeout + 1)
 
     def _restart(self) -> None:  # a forked worker has the queue but not the thread
         self.queue.clear()
         self._wake = threading.Event()
-        self._thread = self._start()
+        self._thread = threading.Thread(target=self._run, name="modelwire-trace-export", daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
         while not self._stop:
@@ -223,30 +224,42 @@ def _value(value: Any) -> bytes:
     return _field(1, str(value).encode())
 
 
+def _attribute(number: int, key: str, value: Any) -> bytes:
+    """A ``KeyValue`` as field ``number`` of its message."""
+    return _field(number, _field(1, key.encode()) + _field(2, _value(value)))
+
+
 class Protobuf:
     """Batches as ``ExportTraceServiceRequest`` protobuf bytes."""
 
+    CACHED = 4096  # encoded attributes kept: most repeat (operation, path, model, backend, status …)
+
     def __init__(self, resource: Mapping[str, Any], scope: tuple[str, str]) -> None:
-        self._keys: dict[str, bytes] = {}  # a KeyValue's key field, by key (a few dozen names)
-        self._resource = _field(1, self._attributes(resource, 1))
+        self._cache: dict[tuple[str, Any, type], bytes] = {}
+        self._resource = _field(1, b"".join(_attribute(1, k, v) for k, v in resource.items()))
         self._scope = _field(1, _field(1, scope[0].encode()) + _field(2, scope[1].encode()))
 
     def encode(self, spans: Iterable[Span]) -> bytes:
         scope_spans = _field(2, self._scope + b"".join(_field(2, self._span(s)) for s in spans))
         return _field(1, self._resource + scope_spans)
 
-    def _attributes(self, attributes: Mapping[str, Any], number: int) -> bytes:
+    def _attributes(self, attributes: Mapping[str, Any]) -> bytes:
         out = []
-        keys = self._keys
-        tag = _varint(number << 3 | 2)
+        cache = self._cache
         for key, value in attributes.items():
-            if value is None:
+            kind = value.__class__
+            if kind is list or kind is tuple:
+                out.append(_attribute(9, key, value))
                 continue
-            head = keys.get(key)
-            if head is None:
-                head = keys[key] = _field(1, key.encode())
-            pair = head + _field(2, _value(value))
-            out.append(tag + _varint(len(pair)) + pair)
+            pair = cache.get((key, value, kind))  # the type too: True == 1, but they encode apart
+            if pair is None:
+                if value is None:
+                    continue
+                pair = _attribute(9, key, value)
+                if len(cache) >= self.CACHED:  # one-off values (request ids) filled it: start over
+                    cache.clear()
+                cache[key, value, kind] = pair
+            out.append(pair)
         return b"".join(out)
 
     def _span(self, span: Span) -> bytes:
@@ -263,7 +276,7 @@ class Protobuf:
             b"\x30" + _SMALL[span.kind],
             b"\x39" + struct.pack("<Q", span.start_ns),
             b"\x41" + struct.pack("<Q", span.end_ns),
-            self._attributes(span.attributes, 9),
+            self._attributes(span.attributes),
         )
         for at, name in span.events:
             parts.append(_field(11, b"\x09" + struct.pack("<Q", at) + _field(2, name.encode())))

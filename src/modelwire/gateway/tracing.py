@@ -79,6 +79,7 @@ class Tracer:
         }
         destination = Destination.of(settings.endpoint, settings.headers, settings.protocol, env)
         self.exporter = Exporter(destination, resource, ("modelwire.gateway", __version__))
+        self.exporter.start()
         self.sink = self.exporter.add
         self.ratio, self.follow_parent = settings.sample_ratio, settings.follow_parent
         self.capture_content = settings.capture_content
