@@ -8,7 +8,7 @@ a lower ratio, side by side in one run, exporting to a local OTLP/HTTP sink.
 Rounds interleave the variants, and while one is measured the others are stopped (SIGSTOP), so
 machine drift and idle loops hit all alike. CPU µs per request is the gateway process's user +
 system time over the round (the exporter's thread included) divided by the requests served.
-Needs the otel extra (``pip install -e '.[otel]'``), nginx and wrk.
+Needs nginx and wrk.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""Ended spans to an OTLP/HTTP collector: a bounded queue the request path appends to (a full queue
-drops and counts, never waits), and a thread that every ``OTEL_BSP_SCHEDULE_DELAY`` ms (1 s), or
-as soon as a batch is full, encodes a batch as an ``ExportTraceServiceRequest`` (protobuf by hand,
-or OTLP JSON) and POSTs it. 429, 502, 503 and 504 are retried with backoff (``Retry-After``
-respected) within the export timeout; whatever fails is dropped with one log line per failing
-spell, naming the collector by host only. Nothing here raises into the gateway.
+"""Ended spans to an OTLP/HTTP collector. A span is encoded as it ends (protobuf by hand, or OTLP
+JSON) into a bounded queue of bytes (a full queue drops and counts, never waits); a thread, every
+``OTEL_BSP_SCHEDULE_DELAY`` ms (1 s) or as soon as a batch is full, wraps a batch of them in an
+``ExportTraceServiceRequest`` and POSTs it. (Encoding in the thread instead cost twice as much:
+span objects kept alive until export, and the thread contending for the GIL.) 429, 502, 503 and
+504 are retried with backoff (``Retry-After`` respected) within the export timeout; whatever fails
+is dropped with one log line per failing spell, naming the collector by host only. Nothing here
+raises into the gateway.
 
 Field numbers are those of opentelemetry-proto's ``trace.proto``, ``common.proto`` and
 ``resource.proto`` (v1).
@@ -20,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -83,12 +85,10 @@ class Exporter:
 
     def __init__(self, destination: Destination, resource: Mapping[str, Any], scope: tuple[str, str]) -> None:
         self.destination = destination
-        self.encode: Callable[[list[Span]], bytes] = (
-            Protobuf(resource, scope).encode
-            if destination.protocol == "http/protobuf"
-            else Json(resource, scope).encode
+        self.encoding: Protobuf | Json = (
+            Protobuf(resource, scope) if destination.protocol == "http/protobuf" else Json(resource, scope)
         )
-        self.queue: deque[Span] = deque()
+        self.queue: deque[bytes] = deque()  # ended spans, encoded
         self.dropped = 0  # spans lost to a full queue or a failed export
         self._failing = False
         self._wake = threading.Event()
@@ -103,7 +103,7 @@ class Exporter:
         if len(queue) >= self.destination.queue_size:
             self.dropped += 1
             return
-        queue.append(span)
+        queue.append(self.encoding.span(span))
         if len(queue) == self.destination.batch_size:
             self._wake.set()
 
@@ -137,7 +137,7 @@ class Exporter:
         while queue:
             batch = [queue.popleft() for _ in range(min(size, len(queue)))]
             try:
-                problem = self._post(self.encode(batch))
+                problem = self._post(self.encoding.batch(batch))
             except Exception as exc:  # an encoding bug must not kill the thread
                 problem = type(exc).__name__
             if problem is None:
@@ -202,6 +202,12 @@ def _varint(n: int) -> bytes:
 
 
 _SMALL = [bytes((n,)) for n in range(0x80)]
+_LOW64 = (1 << 64) - 1
+# A span's fixed-size fields in one pack each: trace_id 1 + span_id 2 (bytes, big-endian as the
+# ids read in hex), parent_span_id 4, kind 6 (a one-byte varint) + start 7 and end 8 (fixed64).
+_IDS = struct.Struct(">BBQQBBQ").pack
+_PARENT = struct.Struct(">BBQ").pack
+_KIND_TIMES = struct.Struct("<BBBQBQ").pack
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -239,9 +245,8 @@ class Protobuf:
         self._resource = _field(1, b"".join(_attribute(1, k, v) for k, v in resource.items()))
         self._scope = _field(1, _field(1, scope[0].encode()) + _field(2, scope[1].encode()))
 
-    def encode(self, spans: Iterable[Span]) -> bytes:
-        scope_spans = _field(2, self._scope + b"".join(_field(2, self._span(s)) for s in spans))
-        return _field(1, self._resource + scope_spans)
+    def batch(self, spans: list[bytes]) -> bytes:
+        return _field(1, self._resource + _field(2, self._scope + b"".join(spans)))
 
     def _attributes(self, attributes: Mapping[str, Any]) -> bytes:
         out = []
@@ -262,20 +267,17 @@ class Protobuf:
             out.append(pair)
         return b"".join(out)
 
-    def _span(self, span: Span) -> bytes:
-        parts = [
-            b"\x0a\x10" + span.trace_id.to_bytes(16, "big"),
-            b"\x12\x08" + span.span_id.to_bytes(8, "big"),
-        ]
+    def span(self, span: Span) -> bytes:
+        """The span as a ``ScopeSpans.spans`` field."""
+        trace_id = span.trace_id
+        parts = [_IDS(0x0A, 16, trace_id >> 64, trace_id & _LOW64, 0x12, 8, span.span_id)]
         if span.trace_state:
             parts.append(_field(3, span.trace_state.encode()))
         if span.parent_id:
-            parts.append(b"\x22\x08" + span.parent_id.to_bytes(8, "big"))
+            parts.append(_PARENT(0x22, 8, span.parent_id))
         parts += (
             _field(5, span.name.encode()),
-            b"\x30" + _SMALL[span.kind],
-            b"\x39" + struct.pack("<Q", span.start_ns),
-            b"\x41" + struct.pack("<Q", span.end_ns),
+            _KIND_TIMES(0x30, span.kind, 0x39, span.start_ns, 0x41, span.end_ns),
             self._attributes(span.attributes),
         )
         for at, name in span.events:
@@ -285,7 +287,7 @@ class Protobuf:
                 (_field(2, span.message.encode()) if span.message else b"") + b"\x18" + _SMALL[span.status]
             )
             parts.append(_field(15, status))
-        return b"".join(parts)
+        return _field(2, b"".join(parts))
 
 
 # -- JSON ------------------------------------------------------------------------------------------
@@ -313,15 +315,20 @@ class Json:
     """Batches in the OTLP JSON mapping (ids as hex, enums as numbers)."""
 
     def __init__(self, resource: Mapping[str, Any], scope: tuple[str, str]) -> None:
-        self._resource = {"attributes": _json_attributes(resource)}
-        self._scope = {"name": scope[0], "version": scope[1]}
+        head = {"attributes": _json_attributes(resource)}
+        self._head = (
+            b'{"resourceSpans":[{"resource":'
+            + orjson.dumps(head)
+            + b',"scopeSpans":[{"scope":'
+            + orjson.dumps({"name": scope[0], "version": scope[1]})
+            + b',"spans":['
+        )
 
-    def encode(self, spans: Iterable[Span]) -> bytes:
-        batch = {
-            "resource": self._resource,
-            "scopeSpans": [{"scope": self._scope, "spans": [_json_span(s) for s in spans]}],
-        }
-        return orjson.dumps({"resourceSpans": [batch]})
+    def span(self, span: Span) -> bytes:
+        return orjson.dumps(_json_span(span))
+
+    def batch(self, spans: list[bytes]) -> bytes:
+        return self._head + b",".join(spans) + b"]}]}]}"
 
 
 def _json_span(span: Span) -> dict[str, Any]:

@@ -9,9 +9,9 @@ four fields), ``tracestate`` is passed on as the client sent it.
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable
+from random import getrandbits
+from time import time_ns
 from typing import Any
 
 INTERNAL, SERVER, CLIENT = 1, 2, 3  # OTLP's SpanKind numbers
@@ -61,20 +61,24 @@ class Span(Context):
         parent: Context | None,
         attributes: dict[str, Any] | None = None,
     ) -> None:
+        # Context's fields set here, not through its __init__: a span is made on the request path.
         if parent is None:
-            super().__init__(new_trace_id(), new_span_id(), SAMPLED)
-            self.parent_id = 0
+            self.trace_id, self.trace_state, self.parent_id = getrandbits(128) or 1, None, 0
         else:
-            super().__init__(parent.trace_id, new_span_id(), SAMPLED, parent.trace_state)
-            self.parent_id = parent.span_id
+            self.trace_id, self.trace_state, self.parent_id = (
+                parent.trace_id,
+                parent.trace_state,
+                parent.span_id,
+            )
+        self.span_id, self.flags = getrandbits(64) or 1, SAMPLED
         self.sink, self.name, self.kind = sink, name, kind
         self.attributes = attributes if attributes is not None else {}
         self.events: list[tuple[int, str]] = []
         self.status, self.message = UNSET, ""
-        self.start_ns, self.end_ns = time.time_ns(), 0
+        self.start_ns, self.end_ns = time_ns(), 0
 
     def event(self, name: str) -> None:
-        self.events.append((time.time_ns(), name))
+        self.events.append((time_ns(), name))
 
     def fail(self, kind: str, message: str | None = None) -> None:
         """In error (``error.type`` ``kind``), and ended."""
@@ -84,16 +88,16 @@ class Span(Context):
 
     def end(self) -> None:
         if not self.end_ns:
-            self.end_ns = time.time_ns()
+            self.end_ns = time_ns()
             self.sink(self)
 
 
 def new_trace_id() -> int:
-    return random.getrandbits(128) or 1
+    return getrandbits(128) or 1
 
 
 def new_span_id() -> int:
-    return random.getrandbits(64) or 1
+    return getrandbits(64) or 1
 
 
 def parse(traceparent: str | None, tracestate: str | None = None) -> Context | None:

@@ -83,6 +83,7 @@ class Tracer:
         self.sink = self.exporter.add
         self.ratio, self.follow_parent = settings.sample_ratio, settings.follow_parent
         self.capture_content = settings.capture_content
+        self._redacted: dict[str, str] = {}
         self.backends: dict[str, dict[str, Any]] = {}  # each backend's attributes, worked out once
 
     def transport(self) -> AiohttpTransport:
@@ -108,7 +109,7 @@ class Tracer:
                 "http.request.method": scope["method"],
                 # What the client chose (its request id, the path naming a model) may hold a key
                 # pasted by mistake: redacted, as in the request log.
-                "url.path": redact(scope["path"]),
+                "url.path": self.redacted(scope["path"]),
                 "client.address": call.client,
                 "modelwire.request_id": redact(call.request_id),
                 "modelwire.dialect": call.surface.dialect,
@@ -128,17 +129,18 @@ class Tracer:
         if known is None:
             known = self.backends[backend.name] = _backend_attributes(backend)
         operation = OPERATIONS.get(backend.wire.name, "chat")
+        model = self.redacted(target.model)
         if request.operation == "embeddings":
             operation = "embeddings"
         span = Span(
             self.sink,
-            f"{operation} {redact(target.model)}",
+            f"{operation} {model}",
             CLIENT,
             request.span,
             {
                 **known,
                 "gen_ai.operation.name": operation,
-                "gen_ai.request.model": redact(target.model),
+                "gen_ai.request.model": model,
                 "modelwire.hop": hop,
                 "modelwire.retry": retry,
             },
@@ -151,6 +153,15 @@ class Tracer:
         if parent is not None and self.follow_parent:
             return parent.sampled
         return self.ratio >= 1.0 or random.random() < self.ratio
+
+    def redacted(self, text: str) -> str:
+        """``redact(text)`` for what repeats (paths, model names), worked out once each."""
+        known = self._redacted.get(text)
+        if known is None:
+            if len(self._redacted) >= 1024:  # bounded: a client may send any model name
+                self._redacted.clear()
+            known = self._redacted[text] = redact(text)
+        return known
 
     def shutdown(self) -> None:
         """Export what is left and stop the exporter's thread (blocks: run it off the loop)."""
@@ -180,7 +191,7 @@ class RequestTrace:
             self._admission.end()
             self._admission = None
         body = call.body
-        model = redact(call.model)
+        model = self.tracer.redacted(call.model)
         attributes: dict[str, Any] = {"gen_ai.request.model": model, "modelwire.stream": call.stream}
         if call.key is not None:
             attributes["modelwire.key_name"] = call.key.name
@@ -223,7 +234,7 @@ class RequestTrace:
             attributes.update(
                 {
                     "gen_ai.response.id": response.id,
-                    "gen_ai.response.model": redact(outcome.target.model),
+                    "gen_ai.response.model": self.tracer.redacted(outcome.target.model),
                     "gen_ai.response.finish_reasons": [response.stop_reason],
                 }
             )
@@ -267,7 +278,7 @@ class RequestTrace:
                 }
             )
         if call.upstream_model is not None:
-            upstream_model = redact(call.upstream_model)
+            upstream_model = self.tracer.redacted(call.upstream_model)
             attributes["modelwire.upstream_model"] = upstream_model
             attributes.setdefault("gen_ai.response.model", upstream_model)
         usage = call.usage
