@@ -211,8 +211,9 @@ _KIND_TIMES = struct.Struct("<BBBQBQ").pack
 
 
 def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    """A length-delimited field (every field number used here is under 16: its tag is one byte)."""
+    size = len(payload)
+    return _SMALL[number << 3 | 2] + (_SMALL[size] if size < 0x80 else _varint(size)) + payload
 
 
 def _value(value: Any) -> bytes:
