@@ -516,6 +516,13 @@ def test_exporter_queue_is_bounded_and_every_value_type_survives_the_wire(receiv
     assert got["child"].attributes == {"error.type": "UpstreamError"} and got["root"].status == "unset"
 
 
+def test_a_span_that_cannot_be_encoded_is_dropped_not_raised(receiver: OtlpReceiver) -> None:
+    exporter = Exporter(Destination.of(receiver.url + "/v1/traces", {}, "http/protobuf", {}), {}, ("s", "1"))
+    w3c.Span(exporter.add, "lone surrogate \ud800", w3c.SERVER, None).end()  # not encodable as UTF-8
+    w3c.Span(exporter.add, "fine", w3c.SERVER, None).end()
+    assert exporter.dropped == 1 and len(exporter.queue) == 1
+
+
 def test_a_collector_refusing_for_now_is_retried_and_json_is_spoken_on_request(
     upstream: FakeUpstream, receiver: OtlpReceiver, tmp_path: Path
 ) -> None:
@@ -687,6 +694,9 @@ def test_settings_from_the_section_and_the_variables() -> None:
     assert ratio is not None and (ratio.sample_ratio, ratio.follow_parent) == (0.3, False)
     off = settings(parse_config({"telemetry": {}}), {"OTEL_TRACES_SAMPLER": "parentbased_always_off"})
     assert off is not None and (off.sample_ratio, off.follow_parent) == (0.0, True)
+    assert found.protocol == "http/protobuf"
+    as_json = settings(config, {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"})
+    assert as_json is not None and as_json.protocol == "http/json"
     with pytest.raises(ConfigError, match="http/protobuf"):
         settings(config, {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
     with pytest.raises(ConfigError, match="sample_ratio"):

@@ -103,7 +103,10 @@ class Exporter:
         if len(queue) >= self.destination.queue_size:
             self.dropped += 1
             return
-        queue.append(self.encoding.span(span))
+        try:
+            queue.append(self.encoding.span(span))
+        except Exception:  # a value that cannot be encoded costs its span, never the request
+            self.dropped += 1
         if len(queue) == self.destination.batch_size:
             self._wake.set()
 
