@@ -110,6 +110,8 @@ class Accounting:
         """Answer bytes of an open stream."""
         if call.ttft is None:
             call.ttft = time.monotonic() - call.started
+            if call.trace is not None:
+                call.trace.first_token()
         call.events += 1
         await http.stream_chunk(send, out)
         if self.capture is not None:

@@ -76,6 +76,8 @@ class Admission:
         route = self.router.resolve(model)
         self._authorize(call.key, model, route)
         await self._limit(call.key)
+        if call.trace is not None:
+            call.trace.admitted(call)
         return route
 
     async def allow_model(self, call: Call, model: Any) -> Route:

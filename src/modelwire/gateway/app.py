@@ -37,7 +37,7 @@ from typing import Any
 from ..errors import ModelwireError, NotFoundError, ServiceUnavailableError
 from ..providers.catalog import Catalog
 from ..providers.http1 import Http1Transport
-from . import http
+from . import http, telemetry
 from .accounting import Accounting
 from .admission import Admission
 from .auth import KeyBook
@@ -101,7 +101,8 @@ class Gateway:
         self._hook_signals = hook_signals
         router = Router(config)
         catalog = Catalog()
-        self.transport = transport = Http1Transport()
+        self.tracer = tracer = telemetry.tracer(config)  # None unless tracing is configured
+        self.transport = transport = tracer.transport() if tracer else Http1Transport()
         self.metrics = Metrics()
         self.capture = (
             Capture(config.capture.path, max_bytes=config.capture.max_bytes, backups=config.capture.backups)
@@ -122,6 +123,7 @@ class Gateway:
             on_retry=self.metrics.retry,
             on_failover=self.metrics.failover,
             on_cooldown=self.metrics.cooldown,
+            tracer=tracer,
         )
         self.dependencies = Dependencies(self._dependency_changed)
         self.sync = StoreSync(self.state, self.dependencies)
@@ -268,6 +270,8 @@ class Gateway:
         await self.transport.aclose()
         if self.capture is not None:
             self.capture.close()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)
         if state.store is not None:
             state.store.close()
         self.request_log.flush()
@@ -402,6 +406,8 @@ class Gateway:
         """Every API request: tracked while in flight, ended cleanly if cut, one log line at the end."""
         handler, surface = endpoint
         call = Call(_request_id(scope), surface, time.monotonic(), self.client_address(scope))
+        if self.tracer is not None:
+            call.trace = self.tracer.begin(call, scope)
         label = surface.label
         self.metrics.request_started(label)
         self.inflight.enter(call)
@@ -430,6 +436,8 @@ class Gateway:
                 call.ttft,
             )
             self.request_log.write(call)
+            if call.trace is not None:
+                call.trace.end(call)
 
     async def _end_cut(self, call: Call, send: Send) -> None:
         """Past the grace period: the request's own error, in its dialect, and its usage row."""

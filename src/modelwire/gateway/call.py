@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .auth import ClientKey
     from .routing import Target
     from .surfaces import Surface
+    from .tracing import RequestTrace
     from .upstream import Backend
     from .upstream_sockets import SocketTurn
 
@@ -48,6 +49,7 @@ class Call:
     socket: SocketTurn | None = None  # a response.create from a client's WebSocket
     detached: bool = False  # handed to a background run, which accounts its usage instead
     hops: int = 0  # upstream attempts made (failover and retries included)
+    trace: RequestTrace | None = None  # its spans, when tracing is on (gateway/tracing.py)
 
     def served_by(self, target: Target, backend: Backend, hops: int = 1) -> None:
         self.backend, self.upstream_model, self.hops = backend.name, target.model, hops

@@ -224,6 +224,16 @@ class LimitsConfig(_Model):
     )
 
 
+class TelemetryConfig(_Model):
+    """OpenTelemetry traces over OTLP/HTTP; unset fields fall back to the standard OTEL_* variables."""
+
+    endpoint: str | None = Field(None, description="OTLP/HTTP base URL; /v1/traces is appended")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with every export")
+    service_name: str | None = None
+    sample_ratio: float | None = Field(None, ge=0, le=1, description="parent-based ratio sampler")
+    capture_content: bool = Field(False, description="prompts and completions on spans, redacted")
+
+
 class Config(_Model):
     server: ServerConfig = Field(default_factory=ServerConfig)
     store: str = DEFAULT_STORE
@@ -239,6 +249,7 @@ class Config(_Model):
     usage: UsageConfig = Field(default_factory=UsageConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     media: MediaConfig = Field(default_factory=MediaConfig)
+    telemetry: TelemetryConfig | None = None
     source: str = Field("<defaults>", exclude=True)
 
     @field_validator("store")

@@ -95,6 +95,8 @@ class Generation:
         outcome = await self.failover.run(route.order(), lambda t, b, i: self._attempt(call, t, b, i))
         call.served_by(outcome.target, outcome.backend, outcome.hops)
         headers = self.accounting.served_headers(call, outcome)
+        if call.trace is not None:
+            call.trace.answered(outcome)
         if isinstance(outcome.value, Passthrough):
             status, payload, usage = await self.forwarder.finish(call, outcome)
         else:
@@ -118,6 +120,8 @@ class Generation:
         finally:
             task.cancel()  # a no-op once done; stops the search when this request is cut
         call.served_by(outcome.target, outcome.backend, outcome.hops)
+        if call.trace is not None:
+            call.trace.streaming()
         if not call.responding:
             call.responding = True
             headers = self.accounting.served_headers(call, outcome)

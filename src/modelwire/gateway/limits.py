@@ -41,11 +41,11 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("modelwire.limits")
 
@@ -307,6 +307,8 @@ class RedisCounters:
     ) -> None:
         # Short timeouts: a request waits for its limits, so a hung Redis must fail fast rather
         # than hold every request for the client library's default of seconds.
+        from redis.asyncio import Redis  # only with Redis configured: see shared_failures
+
         self._redis: Redis = Redis.from_url(
             url, socket_connect_timeout=connect_timeout, socket_timeout=timeout
         )
@@ -393,9 +395,17 @@ class RedisCounters:
         return {name: _number(total) for name, total in zip(batch, replies[1::2], strict=True)}
 
 
-SHARED_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError, ConnectionError)
-"""What an unreachable, hung or refusing Redis raises (OSError covers the builtin ConnectionError and
-TimeoutError; they are listed to say so)."""
+def shared_failures() -> tuple[type[BaseException], ...]:
+    """What an unreachable, hung or refusing Redis raises (OSError covers the builtin ConnectionError
+    and TimeoutError; they are listed to say so).
+
+    redis-py is imported only once Redis is configured: importing it loads OpenTelemetry's SDK
+    whenever that is installed, and a gateway with tracing off must not load it.
+    """
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError, TimeoutError, ConnectionError)
+
 
 T = TypeVar("T")
 
@@ -486,6 +496,7 @@ class FallbackCounters:
         probe_timeout: float = 2.0,
     ) -> None:
         self._shared = shared
+        self._failures = shared_failures()
         self._local = local if local is not None else MemoryCounters()
         self._ledger = _SpendLedger()
         self._on_error: OnSharedError = on_error
@@ -533,7 +544,7 @@ class FallbackCounters:
                 await self._shared.ping()
                 if not self._healthy:
                     await self._push_spend()
-        except SHARED_FAILURES as exc:
+        except self._failures as exc:
             self._fail(exc)
             return False
         self._recover()
@@ -607,7 +618,7 @@ class FallbackCounters:
             return _DOWN
         try:
             return await call(self._shared)
-        except SHARED_FAILURES as exc:
+        except self._failures as exc:
             self._fail(exc)
             return _DOWN
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import uvicorn
 
+from . import telemetry
 from .app import Gateway
 from .auth import KeyBook
 from .clients import is_loopback
@@ -158,6 +159,7 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> None:
     check_credentials(config)
     check_bind(config, keys)
     check_workers(config, keys)
+    telemetry.settings(config)  # a bad telemetry setting (an unknown OTLP protocol): say so before binding
     warn_missing_keys(config)
     options: dict[str, Any] = {
         "host": server.host,

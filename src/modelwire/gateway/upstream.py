@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ..errors import (
     AuthenticationError,
@@ -38,6 +38,9 @@ from ..providers.transport import Transport
 from ..wires import WIRES
 from .config import BackendConfig, FailoverConfig, missing_key
 from .routing import Target
+
+if TYPE_CHECKING:
+    from .tracing import Tracer
 
 T = TypeVar("T")
 Driver = OpenAI | WireDriver
@@ -215,12 +218,14 @@ class Failover:
         on_retry: Callable[[str], None] | None = None,
         on_failover: Callable[[str, str], None] | None = None,
         on_cooldown: Callable[[str], None] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.backends = backends
         self.policy = policy
         self.on_retry = on_retry or (lambda backend: None)
         self.on_failover = on_failover or (lambda a, b: None)
         self.on_cooldown = on_cooldown or (lambda backend: None)
+        self.tracer = tracer  # a span per attempt, when tracing is on
 
     async def run(self, targets: list[Target], attempt: Attempt[T]) -> Outcome[T]:
         deadline = time.monotonic() + self.policy.budget_seconds
@@ -249,9 +254,12 @@ class Failover:
                     )
                     break
                 hops += 1
+                span = None if self.tracer is None else self.tracer.attempt(target, backend, hops, tries)
                 try:
                     return Outcome(await attempt(target, backend, index), target, backend, hops)
                 except ModelwireError as err:
+                    if span is not None:
+                        span.failed(err)
                     err.backend, err.upstream_model, err.hops = backend.name, target.model, hops
                     last = err
                     # A client's mistake goes straight back (raised here) and is in its request's
@@ -266,6 +274,9 @@ class Failover:
                         type(err).__name__,
                         redact(err.message),
                     )
+                finally:
+                    if span is not None:
+                        span.close()
                 if delay is None:
                     break
                 tries += 1

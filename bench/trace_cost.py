@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""What tracing costs the gateway: the same gateway with tracing off, on at 100% sampling and on at
+a lower ratio, side by side in one run, exporting to a local OTLP/HTTP sink.
+
+    .venv/bin/python bench/trace_cost.py                          # chat and chat_stream, 4 rounds
+    .venv/bin/python bench/trace_cost.py --scenarios chat --rounds 6 --ratio 0.1
+
+Rounds interleave the variants, and while one is measured the others are stopped (SIGSTOP), so
+machine drift and idle loops hit all alike. CPU µs per request is the gateway process's user +
+system time over the round (the exporter's thread included) divided by the requests served.
+Needs nginx and wrk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import gateway_bench as gb  # noqa: E402  (its canned upstream, config and wrk driver)
+
+SINK = """
+import sys
+from aiohttp import web
+
+async def traces(request):
+    await request.read()
+    return web.Response(body=b"", content_type="application/x-protobuf")
+
+app = web.Application(client_max_size=64 * 1024 * 1024)
+app.router.add_post("/v1/traces", traces)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+Gateway = tuple[subprocess.Popen[bytes], str]
+
+
+def start_gateway(root: Path, name: str, up: int, telemetry: str | None) -> Gateway:
+    port = gb.free_port()
+    config = gb.gateway_config(root, port, up)
+    text = config.read_text() + (f"telemetry: {telemetry}\n" if telemetry else "")
+    path = root / f"{name}.yaml"
+    path.write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    modelwire = str(gb.ROOT / ".venv/bin/modelwire")
+    with (root / f"{name}.log").open("w") as log:
+        proc = subprocess.Popen(
+            [modelwire, "serve", "--config", str(path)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+    base = f"http://127.0.0.1:{port}"
+    gb.wait_up(base + "/healthz")
+    return proc, base
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenarios", default="chat,chat_stream")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--seconds", type=int, default=6)
+    ap.add_argument("--ratio", type=float, default=0.1, help="the sampled variant's ratio")
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="mw-trace-bench-"))
+    root.chmod(0o755)
+    up, sink_port = gb.free_port(), gb.free_port()
+    procs = [subprocess.Popen(["nginx", "-c", str(gb.canned(root, up)), "-g", "daemon off;"])]
+    procs.append(subprocess.Popen([sys.executable, "-c", SINK, str(sink_port)]))
+    sink = f"http://127.0.0.1:{sink_port}"
+    variants: dict[str, Gateway] = {}
+    try:
+        time.sleep(1)
+        variants["off"] = start_gateway(root, "off", up, None)
+        variants["on 100%"] = start_gateway(root, "on", up, f"{{endpoint: '{sink}'}}")
+        variants[f"on {args.ratio:.0%}"] = start_gateway(
+            root, "sampled", up, f"{{endpoint: '{sink}', sample_ratio: {args.ratio}}}"
+        )
+        procs += [p for p, _ in variants.values()]
+        scenarios = [s for s in args.scenarios.split(",") if s]
+        results: dict[tuple[str, str], list[dict[str, float]]] = {}
+        for _ in range(args.rounds):
+            for scenario in scenarios:
+                path, body, conns = gb.SCENARIOS[scenario]
+                for name, (proc, base) in variants.items():
+                    for other, (p, _) in variants.items():
+                        p.send_signal(signal.SIGCONT if other == name else signal.SIGSTOP)
+                    time.sleep(0.3)
+                    before = cpu_seconds(proc.pid)
+                    row = gb.wrk(base + path, body, conns, args.seconds, root)
+                    time.sleep(0.2)  # the exporter's last batch of the round
+                    row["cpu_us"] = (cpu_seconds(proc.pid) - before) * 1e6 / max(1, row["requests"])
+                    results.setdefault((scenario, name), []).append(row)
+        for p, _ in variants.values():
+            p.send_signal(signal.SIGCONT)
+        print("| scenario | variant | rps | p50 ms | p99 ms | errors | CPU µs/req | CPU / off |")
+        print("|---|---|---|---|---|---|---|---|")
+        for scenario in scenarios:
+            off = statistics.median(r["cpu_us"] for r in results[(scenario, "off")])
+            for name in variants:
+                rows = results[(scenario, name)]
+
+                def med(key: str, rows: list[dict[str, float]] = rows) -> float:
+                    return statistics.median(r[key] for r in rows)
+
+                errors = sum(r["errors"] for r in rows)
+                print(
+                    f"| {scenario} | {name} | {med('rps'):.0f} | {med('p50_ms'):.2f} | {med('p99_ms'):.1f} "
+                    f"| {errors:.0f} | {med('cpu_us'):.0f} | {med('cpu_us') / off:.3f} |"
+                )
+            ratios = [
+                on["cpu_us"] / base["cpu_us"]
+                for on, base in zip(results[(scenario, "on 100%")], results[(scenario, "off")], strict=True)
+            ]
+            listed = ", ".join(f"{r:.3f}" for r in ratios)
+            print(f"{scenario}: CPU on 100% / off, round by round: {listed}")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGCONT)
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
