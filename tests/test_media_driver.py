@@ -94,6 +94,19 @@ async def test_a_refused_background_is_an_invalid_request(upstream: FakeUpstream
     assert len(upstream.requests) == 1  # a 400 is not retried
 
 
+async def test_a_transparent_background_is_made_by_gpt_image_1_5_on_openai_hosts_only(
+    upstream: FakeUpstream,
+) -> None:
+    """gpt-image-2 refuses transparency: where model names are OpenAI's the driver asks gpt-image-1.5
+    (and says so in the result); a compatible host's names are its own and go as given."""
+    async with OpenAI(api_key="sk-test", base_url=upstream.url, host="openai") as native:
+        result = await native.images.generate("logo", background="transparent")
+    assert result.model == "gpt-image-1.5" and upstream.last.body["model"] == "gpt-image-1.5"
+    async with OpenAI(api_key="sk-test", base_url=upstream.url, host="openai") as native:
+        opaque = await native.images.generate("logo", background="opaque")
+    assert opaque.model == "gpt-image-2" and upstream.last.body["model"] == "gpt-image-2"
+
+
 async def test_images_retry_on_429_then_succeed(upstream: FakeUpstream, client: OpenAI) -> None:
     upstream.script(Reply.error(429, headers={"retry-after-ms": "10"}), Reply.html(502))
     result = await client.images.generate("x", model="gpt-image-1")

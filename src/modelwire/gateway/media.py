@@ -23,6 +23,7 @@ from ..dialects.check import fail
 from ..errors import ModelwireError
 from ..media_types import MediaUsage
 from ..providers.catalog import Catalog
+from ..providers.images import image_model
 from ..providers.transport import Transport
 from . import relay
 from .accounting import Accounting
@@ -47,10 +48,6 @@ DEFAULT_MODELS: dict[Operation, str] = {
 }
 MAX_IMAGES = 4  # n: ours (the spec allows 10)
 MAX_EDIT_IMAGES = 5  # reference images: ours (the spec allows 16)
-# Models that refuse a transparent background, and the model such a request is sent to instead on
-# hosts where model names are OpenAI's own (on Azure and compatible hosts they are the operator's).
-NO_TRANSPARENCY = {"gpt-image-2": "gpt-image-1.5"}
-OWN_MODEL_NAMES = frozenset({"openai", "codex"})
 VOICES = frozenset(
     {
         "alloy",
@@ -280,13 +277,9 @@ class Media:
 def upstream_model(op: Operation, target: Target, backend: Backend, body: dict[str, Any]) -> str:
     """The model to ask for: the route's, unless it refuses what the request needs (a transparent
     background) and this host names models as OpenAI does."""
-    model = target.model
-    transparent = body.get("background") == "transparent"
-    if op in ("image_generation", "image_edit") and transparent and backend.host.kind in OWN_MODEL_NAMES:
-        for refuses, instead in NO_TRANSPARENCY.items():
-            if model.startswith(refuses):
-                return instead
-    return model
+    if op in ("image_generation", "image_edit"):
+        return image_model(target.model, body.get("background"), backend.host)
+    return target.model
 
 
 def check_image_options(body: dict[str, Any]) -> None:

@@ -104,6 +104,7 @@ class HostProfile:
     metadata: bool = True  # takes the request's ``metadata`` (the Codex route refuses it)
     forwards_bodies: bool = True  # a client's body can go as it came (Codex needs rewriting)
     embeddings: bool = False
+    openai_model_names: bool = False  # models go by OpenAI's names (not an operator's deployments)
     lists_models: bool = True  # GET /models in OpenAI's shape
     codex_catalog: bool = False  # GET /models?client_version= in the Codex backend's shape
     context_cap: int | None = None  # the context every model gets here, below its own window
@@ -132,6 +133,7 @@ PROFILES: dict[HostKind, HostProfile] = {
         websocket=True,
         realtime=True,
         embeddings=True,
+        openai_model_names=True,
     ),
     "azure": HostProfile(
         wires=_OPENAI_WIRES,
@@ -166,6 +168,7 @@ PROFILES: dict[HostKind, HostProfile] = {
         context_cap=CODEX_CONTEXT_CAP,
         streams_only=True,
         signs_in=True,
+        openai_model_names=True,
     ),
     "openai-compatible": HostProfile(
         wires=("openai_chat", "openai_responses"),

@@ -14,9 +14,23 @@ from typing import Any
 
 from ..errors import ProtocolError
 from ..media_types import GeneratedImage, ImageResult, MediaUsage
+from .hosts import Host
 from .media_http import FileInput, FilePart, MediaHTTP, Multipart, form_fields
 
-DEFAULT_IMAGE_MODEL = "gpt-image-1.5"
+DEFAULT_IMAGE_MODEL = "gpt-image-2"
+# Models that refuse a transparent background, and the model asked instead on hosts where model
+# names are OpenAI's own (on Azure and compatible hosts they are the operator's deployment names).
+NO_TRANSPARENCY = {"gpt-image-2": "gpt-image-1.5"}
+
+
+def image_model(model: str, background: Any, host: Host) -> str:
+    """The model to ask for: ``model``, unless it refuses a transparent background and the host
+    names models as OpenAI does."""
+    if background == "transparent" and host.profile.openai_model_names:
+        for refuses, instead in NO_TRANSPARENCY.items():
+            if model.startswith(refuses):
+                return instead
+    return model
 
 
 class Images:
@@ -36,7 +50,9 @@ class Images:
         read_timeout: float | None = None,
         **extra: Any,
     ) -> ImageResult:
-        """Images from a prompt. ``extra`` holds other API fields (``moderation``, ...)."""
+        """Images from a prompt. ``extra`` holds other API fields (``moderation``, ...). A transparent
+        background asked of ``gpt-image-2`` is made by ``gpt-image-1.5`` (the result's ``model``)."""
+        model = image_model(model, background, self.http.hosts["images"])
         body = {"prompt": prompt, "model": model, "n": n, "size": size, "quality": quality}
         body |= {"background": background, "output_format": output_format, **extra}
         body = {k: v for k, v in body.items() if v is not None}
@@ -61,6 +77,7 @@ class Images:
         **extra: Any,
     ) -> ImageResult:
         """Edit (or combine) images: one ``image``, or a list of up to 16 sent as ``image[]``."""
+        model = image_model(model, background, self.http.hosts["images"])
         images = image if isinstance(image, list) else [image]
         field = "image[]" if isinstance(image, list) else "image"
         files = [FilePart.of(field, item) for item in images]
