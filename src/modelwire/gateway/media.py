@@ -24,7 +24,7 @@ from ..errors import ModelwireError
 from ..media_types import MediaUsage
 from ..providers.catalog import Catalog
 from ..providers.images import image_model
-from ..providers.transport import Transport
+from ..providers.transport import Body, Transport
 from . import relay
 from .accounting import Accounting
 from .admission import Admission
@@ -203,39 +203,25 @@ class Media:
         """One attempt on one target: the client's JSON body, or its upload re-encoded, with the
         target's model."""
         model = upstream_model(op, target, backend, call.body)
-        if backend.host.kind == "codex":
+        if backend.host.profile.signs_in:  # the Codex route: images through its image tool
             return await self.codex.generate(call, op, model, backend, index, upload)
         await self._reachable(backend, op)
         url = media_url(backend, op, model)
+        body: Body
         if upload is None:
             check_for_backend(op, model, backend, call.body)
-            body = orjson.dumps({**call.body, "model": model})
-            reply = await relay.send(
-                self.transport,
-                call,
-                backend,
-                index,
-                "POST",
-                url,
-                body,
-                read_for=relay.read_timeout(backend, op),
-            )
-            return Sent(reply, model, key_index=index)
-        content_type = call.headers.get(b"content-type", b"").decode("latin-1")
+            body, content_type = orjson.dumps({**call.body, "model": model}), "application/json"
+        else:
+            body = upload.body(model)
+            content_type = call.headers.get(b"content-type", b"").decode("latin-1")
+        read_for = relay.read_timeout(backend, op)
         try:
             reply = await relay.send(
-                self.transport,
-                call,
-                backend,
-                index,
-                "POST",
-                url,
-                upload.body(model),
-                content_type,
-                relay.read_timeout(backend, op),
+                self.transport, call, backend, index, "POST", url, body, content_type, read_for
             )
         except ModelwireError:
-            if upload.error is not None:  # the client's upload failed, not the upstream
+            # The client's upload failed, not the upstream: say the client's error.
+            if upload is not None and upload.error is not None:
                 raise upload.error from None
             raise
         return Sent(reply, model, key_index=index)
