@@ -192,6 +192,7 @@ class Operations:
             )
         except ValueError as exc:
             raise InvalidRequestError(str(exc), code="invalid_key") from None
+        await self._keys_changed()
         return CreatedKey(secret=str(secret), key=_key_view(record, 0.0, time.time()))
 
     async def update_key(self, name_or_id: str, body: KeyUpdate) -> KeyView:
@@ -204,13 +205,20 @@ class Operations:
             raise InvalidRequestError(str(exc), code="invalid_key") from None
         if record is None:
             raise _no_key(name_or_id)
+        await self._keys_changed()
         spent = await asyncio.to_thread(self._store().spent_usd, record.name)
         return _key_view(record, spent, time.time())
 
     async def revoke_key(self, name_or_id: str) -> Revoked:
         if not await asyncio.to_thread(self._store().revoke_key, name_or_id):
             raise _no_key(name_or_id)
+        await self._keys_changed()
         return Revoked(revoked=name_or_id)
+
+    async def _keys_changed(self) -> None:
+        """This process takes its own key change before it answers (other replicas within their
+        poll): the key just made works on this replica's next request, whatever the poll's timing."""
+        await asyncio.to_thread(self.state.keys.sync)
 
     async def usage(self, query: dict[str, str]) -> list[UsageView]:
         by = query.get("by", "day")
