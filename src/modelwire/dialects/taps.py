@@ -9,6 +9,7 @@ One tap per wire; :mod:`modelwire.wires` says which.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import orjson
@@ -42,21 +43,69 @@ class StreamTap(Protocol):
 
 
 class _EventSplitter:
+    """Holds back an event cut across reads: what it gives is whole events, each ending in a blank
+    line, as one buffer. Taps look into that buffer with a few substring searches, which run in C
+    over the whole read, and slice out single events only where one of them hit; a stream of
+    token deltas passes through without being split into events at all."""
+
     __slots__ = ("_rest",)
 
     def __init__(self) -> None:
         self._rest = b""
 
-    def split(self, chunk: bytes) -> list[bytes]:
+    def complete(self, chunk: bytes) -> bytes:
         data = self._rest + chunk if self._rest else chunk
         if b"\r" in data:
             data = data.replace(b"\r\n", b"\n")
-        if data.endswith(b"\n\n"):
-            self._rest = b""
-            return data[:-2].split(b"\n\n")
-        events = data.split(b"\n\n")
-        self._rest = events.pop()
-        return events
+        end = data.rfind(b"\n\n") + 2
+        if end == 1:  # no blank line yet
+            self._rest = data
+            return b""
+        self._rest = data[end:]
+        return data[:end]
+
+
+def _events(data: bytes) -> list[bytes]:
+    """A buffer of whole events, one by one (without their blank lines)."""
+    return data[:-2].split(b"\n\n")
+
+
+def _bounds(data: bytes, at: int) -> tuple[int, int]:
+    """Where the event holding byte ``at`` starts, and where its blank line ends."""
+    before = data.rfind(b"\n\n", 0, at)
+    return before + 2 if before != -1 else 0, data.find(b"\n\n", at) + 2
+
+
+def _find_any(data: bytes, markers: tuple[bytes, ...], start: int) -> int:
+    hits = [at for at in (data.find(m, start) for m in markers) if at != -1]
+    return min(hits) if hits else -1
+
+
+def _rfind_any(data: bytes, markers: tuple[bytes, ...]) -> int:
+    """The last place of the first marker found (spelling variants: one stream uses one)."""
+    for marker in markers:
+        at = data.rfind(marker)
+        if at != -1:
+            return at
+    return -1
+
+
+def _headed_last(data: bytes, marker: bytes, within: int) -> bool:
+    """Whether the last ``marker`` in ``data`` is in its event's first ``within`` bytes."""
+    at = data.rfind(marker)
+    return at != -1 and at + len(marker) - _bounds(data, at)[0] <= within
+
+
+def _marked(data: bytes, markers: tuple[bytes, ...], within: int = 0) -> Iterator[tuple[int, int]]:
+    """The bounds of each event holding one of ``markers``, in stream order; with ``within``, only
+    where a marker is in the event's first ``within`` bytes (its name or type, not a mention of it
+    in the text)."""
+    at = _find_any(data, markers, 0)
+    while at != -1:
+        start, stop = _bounds(data, at)
+        if not within or any(m in data[start : start + within] for m in markers):
+            yield start, stop
+        at = _find_any(data, markers, stop)
 
 
 def _data(event: bytes) -> bytes | None:
@@ -66,6 +115,10 @@ def _data(event: bytes) -> bytes | None:
         return None
     payload = event[at + 5 :]
     return payload[1:] if payload.startswith(b" ") else payload
+
+
+_USAGE = (b'"usage":{', b'"usage": {')
+_FINISH = (b'"finish_reason":"', b'"finish_reason": "')
 
 
 class ChatTap:
@@ -87,22 +140,29 @@ class ChatTap:
         self.errored = False
 
     def feed(self, chunk: bytes) -> bytes:
-        events = self._split.split(chunk)
-        out = [e for e in events if self._keep(e)]
-        return b"\n\n".join(out) + b"\n\n" if out else b""
+        # Searched from the end (the events that matter close a stream), each spacing only when
+        # the compact form is absent: a read of token deltas costs a few scans, none of them split.
+        data = self._split.complete(chunk)
+        if not data:
+            return b""
+        if not self.finished:
+            self.finished = _rfind_any(data, _FINISH) != -1 or _headed_last(data, b"[DONE]", 12)
+        if data.startswith(b'data: {"error"') or b'\n\ndata: {"error"' in data:
+            self.errored = True
+        if self.filter_chunks:
+            kept = [e for e in _events(data) if self._keep(e)]
+            return b"\n\n".join(kept) + b"\n\n" if kept else b""
+        at = _rfind_any(data, _USAGE)
+        if at == -1:
+            return data
+        # Only the last usage event of a read can be usage-only: it comes just before [DONE].
+        start, stop = _bounds(data, at)
+        return data if self._keep(data[start : stop - 2]) else data[:start] + data[stop:]
 
     def _keep(self, event: bytes) -> bool:
-        if b"[DONE]" in event:
-            self.finished = True
+        if b"[DONE]" in event[:12] or event.startswith(b'data: {"error"'):
             return True
-        if event.startswith(b'data: {"error"'):
-            self.errored = True
-            return True
-        if b'"finish_reason":"' in event or b'"finish_reason": "' in event:
-            self.finished = True
-        if b'"usage":{' in event or b'"usage": {' in event or self.filter_chunks:
-            return self._inspect(event)
-        return True
+        return self._inspect(event)
 
     def _inspect(self, event: bytes) -> bool:
         doc = _parse(_data(event))
@@ -127,6 +187,9 @@ class ChatTap:
         return b""
 
 
+_TERMINAL = (b"response.completed", b"response.incomplete", b"response.failed")
+
+
 class ResponsesTap:
     """A Responses stream; keeps the final response (for usage, and for storing it)."""
 
@@ -143,17 +206,15 @@ class ResponsesTap:
         self._last = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        events = self._split.split(chunk)
-        if not events:
+        data = self._split.complete(chunk)
+        if not data:
             return b""
-        for event in events:
-            head = event[:80]
-            if b"response.completed" in head or b"response.incomplete" in head or b"response.failed" in head:
-                self._terminal(event)
-            elif b"event: error" in head or b'"type":"error"' in head:
-                self.errored = True
-        self._last = events[-1]
-        return b"\n\n".join(events) + b"\n\n"
+        for start, stop in _marked(data, _TERMINAL, 80):
+            self._terminal(data[start : stop - 2])
+        if any(_marked(data, (b"event: error", b'"type":"error"'), 80)):
+            self.errored = True
+        self._last = data
+        return data
 
     def _terminal(self, event: bytes) -> None:
         doc = _parse(_data(event))
@@ -169,7 +230,7 @@ class ResponsesTap:
 
     def fail(self, err: ModelwireError) -> bytes:
         """An error event continuing the upstream's own sequence numbers."""
-        doc = _parse(_data(self._last)) if self._last else None
+        doc = _parse(_data(_events(self._last)[-1])) if self._last else None
         number = doc.get("sequence_number") if doc else None
         event = {
             "type": "error",
@@ -204,18 +265,16 @@ class AnthropicTap:
         return anthropic_messages.decode_usage(self._usage) if self._usage else None
 
     def feed(self, chunk: bytes) -> bytes:
-        events = self._split.split(chunk)
-        if not events:
+        data = self._split.complete(chunk)
+        if not data:
             return b""
-        for event in events:
-            head = event[:40]
-            if b"message_start" in head or b"message_delta" in head:
-                self._count(event)
-            elif b"message_stop" in head:
-                self.finished = True
-            elif b"event: error" in head:
-                self.errored = True
-        return b"\n\n".join(events) + b"\n\n"
+        for start, stop in _marked(data, (b"message_start", b"message_delta"), 40):
+            self._count(data[start : stop - 2])
+        if any(_marked(data, (b"message_stop",), 40)):
+            self.finished = True
+        if any(_marked(data, (b"event: error",), 40)):
+            self.errored = True
+        return data
 
     def _count(self, event: bytes) -> None:
         doc = _parse(_data(event))
@@ -258,19 +317,20 @@ class GeminiTap:
         return gemini.decode_usage(doc.get("usageMetadata")) if doc else None
 
     def feed(self, chunk: bytes) -> bytes:
-        events = self._split.split(chunk)
-        if not events:
+        data = self._split.complete(chunk)
+        if not data:
             return b""
-        for event in events:
-            if b'"usageMetadata"' in event:
-                self._usage_event = event
-            if b'"finishReason"' in event:
-                self.finished = True
-            elif b'{"error"' in event[:16]:
-                self.errored = True
+        at = data.rfind(b'"usageMetadata"')
+        if at != -1:
+            start, stop = _bounds(data, at)
+            self._usage_event = data[start : stop - 2]
+        if b'"finishReason"' in data:
+            self.finished = True
+        elif any(_marked(data, (b'{"error"',), 16)):
+            self.errored = True
         if not self.json_array:
-            return b"\r\n\r\n".join(events) + b"\r\n\r\n"
-        return self._elements([p for p in map(_data, events) if p is not None])
+            return data.replace(b"\n\n", b"\r\n\r\n")
+        return self._elements([p for p in map(_data, _events(data)) if p is not None])
 
     def _elements(self, payloads: list[bytes]) -> bytes:
         if not payloads:
