@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 
 from modelwire.errors import ServiceUnavailableError
 from modelwire.gateway.chains import Chains
-from modelwire.gateway.store import Store, StoredResponse
+from modelwire.gateway.store import Statements, Store, StoredResponse
 
 from .services import shared_stores
 
@@ -56,15 +56,18 @@ class FlakyStore(Store):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def put_responses(self, responses: list[StoredResponse]) -> None:
+    def response_statements(self, responses: list[StoredResponse]) -> Statements:
         self.batches.append(len(responses))
+        return super().response_statements(responses)
+
+    def run_statements(self, statements: Statements) -> None:
         if self.hold:
             self.entered.set()
             self.release.wait(10)
         if self.failing or self.failing_writes:
             self.failing_writes = max(0, self.failing_writes - 1)
             raise _down()
-        super().put_responses(responses)
+        super().run_statements(statements)
 
     def get_response(self, id: str) -> StoredResponse | None:
         self.reads += 1

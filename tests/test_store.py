@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from modelwire.gateway.store import (
     KeyRecord,
+    Statements,
     Store,
     StoredResponse,
     UsageRecord,
@@ -404,7 +405,7 @@ def test_usage_error_defaults_to_null(store: Store) -> None:
 
 
 def test_write_usage_is_one_transaction(store: Store) -> None:
-    with pytest.raises(IntegrityError):
+    with pytest.raises(store.engine.dialect.loaded_dbapi.IntegrityError):  # straight from the driver
         store.write_usage([usage(), usage(public_model=None)])
     assert usage_count(store) == 0
     store.write_usage([])
@@ -614,11 +615,11 @@ class FlakyStore(Store):
     failing = False
     attempts = 0
 
-    def write_usage(self, records: list[UsageRecord]) -> None:
+    def run_statements(self, statements: Statements) -> None:
         self.attempts += 1
         if self.failing:
             raise ConnectionError("database is down")
-        super().write_usage(records)
+        super().run_statements(statements)
 
 
 @pytest.fixture

@@ -44,9 +44,6 @@ log = logging.getLogger("modelwire.gateway")
 T = TypeVar("T")
 
 STORE_DOWN = "the gateway's store is unreachable, so previous_response_id cannot be resolved; retry shortly"
-# Responses written to SQLite per transaction when the write runs on the event loop, so one turn of
-# the loop never stalls requests for long.
-LOOP_SLICE = 100
 
 
 def owned(found: StoredResponse, key: ClientKey | None) -> bool:
@@ -109,9 +106,9 @@ class Chains:
         self._max_backoff = max(max_backoff, retry_seconds)
         self._shared = shared  # another process may serve a follow-up: puts wait for the commit
         self._linger = linger
-        # SQLite writes run on the loop: measured cheaper than a worker thread (see _call).
+        # SQLite reads run on the loop: measured cheaper than a worker thread (see _call).
         self._on_loop = store is not None and store.dialect == "sqlite"
-        self._max_batch = min(max_batch, LOOP_SLICE) if self._on_loop else max_batch
+        self._max_batch = max_batch
         self._recent: OrderedDict[str, StoredResponse] = OrderedDict()
         self._deletions: int | None = None  # the store's deletion counter, as last seen
         self._queue: OrderedDict[str, _Entry] = OrderedDict()
@@ -262,7 +259,10 @@ class Chains:
         batch = self._take_batch()
         self._flight_done = done = asyncio.Event()
         try:
-            await self._call(self.store.put_responses, [e.response for e in batch])
+            # Built here, run in a thread with the GIL released: a write and its fsync on the loop
+            # stalled every request for milliseconds.
+            statements = self.store.response_statements([e.response for e in batch])
+            await asyncio.to_thread(self.store.run_statements, statements)
         except Exception as exc:
             self._requeue(batch)
             self._mark_unhealthy(describe_error(exc))
@@ -316,14 +316,12 @@ class Chains:
             )
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a store call: on the loop for SQLite, in a worker thread for PostgreSQL.
+        """Run a store read or delete: on the loop for SQLite, in a worker thread for PostgreSQL.
 
-        A small SQLite statement on a local file costs less than handing it to a thread: an awaited
-        put measured 0.25-0.33 ms on the loop against 0.43-0.58 ms via a thread, with equal or better
-        throughput (GIL contention again, as in UsageWriter._write_batch), and a 100-response slice
-        holds the loop for about 3 ms. The price: a SQLite file locked by another process blocks the
-        loop for up to sqlite3's busy timeout. A PostgreSQL round trip waits on the network, which
-        the loop must not.
+        A small SQLite statement on a local file costs less than handing it to a thread (0.25-0.33 ms
+        against 0.43-0.58 ms, measured on an awaited put). The price: a SQLite file locked by another
+        process blocks the loop for up to sqlite3's busy timeout. A PostgreSQL round trip waits on
+        the network, which the loop must not. Batched writes always go to a thread (_write_batch).
         """
         if self._on_loop:
             return fn(*args)

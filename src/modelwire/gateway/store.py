@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,7 @@ class UsageRecord:
 
 USAGE_FIELDS = tuple(f.name for f in fields(UsageRecord))
 _usage_row_values = operator.attrgetter(*USAGE_FIELDS)
+Statements = list[tuple[str, tuple[Any, ...]]]  # SQL in the driver's parameter style, and its values
 
 
 @dataclass(slots=True, kw_only=True)
@@ -633,17 +635,43 @@ class Store:
 
     # -- usage ---------------------------------------------------------------------------------
 
-    def write_usage(self, records: list[UsageRecord]) -> None:
-        """All records in one transaction: a batch lands whole or not at all.
+    def write_usage(self, records: Sequence[UsageRecord]) -> None:
+        """All records in one transaction: a batch lands whole or not at all."""
+        if records:
+            self.run_statements(self.usage_statements(records))
 
-        Rows go straight to the driver as one multi-row INSERT per chunk. SQLAlchemy's per-row
-        parameter processing, and sqlite3's executemany (which gives up and retakes the GIL for
-        every row, stalling the gateway's event loop each time), cost more than the write itself.
+    def usage_statements(self, records: Sequence[UsageRecord]) -> Statements:
+        """The multi-row INSERTs that write ``records``, for :meth:`run_statements`.
+
+        Their parameters are gathered in C (attribute getters chained), so building them on the
+        event loop costs microseconds; SQLAlchemy's per-row parameter processing, and sqlite3's
+        executemany (which gives up and retakes the GIL for every row), cost more than the write.
         """
-        if not records:
-            return
-        with self.engine.begin() as conn:
-            self._usage_rows.write(conn, records)
+        return self._usage_rows.statements(records)
+
+    def run_statements(self, statements: Statements) -> None:
+        """``statements`` in one transaction on a bare driver connection.
+
+        Meant for a worker thread: the driver runs the statements and the commit in C with the GIL
+        released, so the event loop keeps running through the write and its fsync (a write on the
+        loop stalled it for milliseconds, the gateway's p99 at one connection), and no Python code
+        (SQLAlchemy's) competes with the loop for the GIL meanwhile.
+        """
+        conn = self.engine.raw_connection()
+        try:
+            cursor = conn.cursor()
+            try:
+                for sql, params in statements:
+                    cursor.execute(sql, params)
+            finally:
+                cursor.close()
+            conn.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            raise
+        finally:
+            conn.close()
 
     def usage_summary(
         self, *, since: float, by: str = "model", until: float | None = None, **only: str | None
@@ -773,17 +801,16 @@ class Store:
         self.put_responses([response])
 
     def put_responses(self, responses: list[StoredResponse]) -> None:
-        """Insert or replace many in one transaction (the gateway writes them in batches).
+        """Insert or replace many in one transaction (the gateway writes them in batches)."""
+        if responses:
+            self.run_statements(self.response_statements(responses))
 
-        As for usage rows, one multi-row statement goes straight to the driver: the gateway awaits
-        this before a stored response's last event reaches its client, so SQLAlchemy's per-row
-        processing (which cost more than the write itself) would be paid on the request path.
-        """
-        if not responses:
-            return
+    def response_statements(self, responses: list[StoredResponse]) -> Statements:
+        """The upserts that write ``responses``, for :meth:`run_statements` (see
+        :meth:`usage_statements`: the gateway awaits this write before a stored response's last
+        event reaches its client, so it must cost little)."""
         unique = list({r.id: r for r in responses}.values())  # one statement may not upsert an id twice
-        with self.engine.begin() as conn:
-            self._response_rows.write(conn, unique)
+        return self._response_rows.statements(unique)
 
     def get_response(self, id: str) -> StoredResponse | None:
         stmt = select(responses_table).where(responses_table.c.id == id)
@@ -818,11 +845,21 @@ class _RowWriter:
         self._values = values
         self._per_statement = min(1000, 30_000 // len(columns))
 
+    def statements(self, rows: Sequence[Any]) -> Statements:
+        values = self._values
+        return [
+            (
+                self._head + ", ".join([self._row] * len(chunk)) + self._suffix,
+                tuple(chain.from_iterable(map(values, chunk))),
+            )
+            for chunk in (
+                rows[at : at + self._per_statement] for at in range(0, len(rows), self._per_statement)
+            )
+        ]
+
     def write(self, conn: Any, rows: Sequence[Any]) -> None:
-        for start in range(0, len(rows), self._per_statement):
-            chunk = rows[start : start + self._per_statement]
-            sql = self._head + ", ".join([self._row] * len(chunk)) + self._suffix
-            conn.exec_driver_sql(sql, tuple(v for row in chunk for v in self._values(row)))
+        for sql, params in self.statements(rows):
+            conn.exec_driver_sql(sql, params)
 
 
 def hash_secret(secret: str) -> str:
@@ -968,9 +1005,6 @@ def percentile(sorted_values: Sequence[float], pct: int) -> float | None:
 # ----------------------------------------------------------------------------------------------
 
 
-LOOP_SLICE = 200  # usage rows written to SQLite per turn of the event loop
-
-
 class UsageWriter:
     """Batches usage records off the request path: add() never blocks or awaits; a background task
     flushes every `interval` seconds or when `max_batch` records are waiting, running the store write in a
@@ -1075,18 +1109,10 @@ class UsageWriter:
             return True
 
     async def _write_batch(self) -> bool:
-        local = self.store.dialect == "sqlite"
-        size = min(self.max_batch, LOOP_SLICE if local else self.max_batch, len(self._queue))
-        batch = [self._queue.popleft() for _ in range(size)]
+        batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
         self._in_flight = len(batch)
         try:
-            if local:
-                # A local file write of a slice takes ~1.5 ms: cheaper on the loop than in a
-                # worker thread, whose GIL contention with the loop measured 20% of throughput.
-                self.store.write_usage(batch)
-                await asyncio.sleep(0)  # let requests in between slices
-            else:
-                await asyncio.to_thread(self.store.write_usage, batch)
+            await asyncio.to_thread(self.store.run_statements, self.store.usage_statements(batch))
         except Exception as exc:
             self._in_flight = 0  # the batch is back in the queue; count it once
             self._keep(batch)
@@ -1136,6 +1162,7 @@ def _first_line(cause: BaseException) -> str:
 __all__ = [
     "KeyRecord",
     "SchemaError",
+    "Statements",
     "Store",
     "StoredResponse",
     "Upgrade",
