@@ -241,11 +241,19 @@ http {{
     return path
 
 
-def modelwire_config(root: str, port: int, up: int) -> str:
-    path = os.path.join(root, "modelwire.yaml")
+REDIS_URL = os.environ.get("MODELWIRE_BENCH_REDIS", "redis://127.0.0.1:6379/15")
+
+
+def modelwire_config(root: str, port: int, up: int, workers: int = 0) -> str:
+    """The default target's config; with ``workers``, that many workers sharing limits through
+    Redis (the key has an rpm limit the run cannot reach, so every request is counted)."""
+    name = f"modelwire-{workers}w" if workers else "modelwire"
+    path = os.path.join(root, f"{name}.yaml")
+    shared = f"redis: {REDIS_URL}\n" if workers else ""
+    limit = ", rpm: 100000000" if workers else ""
     with open(path, "w") as f:
-        f.write(f"""server: {{host: 127.0.0.1, port: {port}, workers: 1}}
-store: sqlite:///{root}/modelwire-state.db
+        f.write(f"""server: {{host: 127.0.0.1, port: {port}, workers: {workers or 1}}}
+{shared}store: sqlite:///{root}/{name}-state.db
 backends:
   plain: {{type: openai-compatible, api: chat, base_url: "http://127.0.0.1:{up}/plain/v1", api_key: {UPSTREAM_KEY}}}
   stream: {{type: openai-compatible, api: chat, base_url: "http://127.0.0.1:{up}/stream/v1", api_key: {UPSTREAM_KEY}}}
@@ -257,7 +265,7 @@ models:
   - {{name: bench-slow, route: slow/bench-model}}
   - {{name: bench-resp, route: plainr/bench-model}}
 keys:
-  - {{key: {CLIENT_KEY}, name: bench, models: ["*"]}}
+  - {{key: {CLIENT_KEY}, name: bench, models: ["*"]{limit}}}
 """)
     return path
 
@@ -408,6 +416,13 @@ def print_ratios(results: dict, scenarios: list[str], med: Callable[[list[dict],
             print(
                 f"  {scen}: rps ÷ chat passthrough = {ratio(fig('modelwire', scen, 'rps'), fig('modelwire', 'chat', 'rps'))}"
             )
+    many = sorted((t for t in results if t.startswith("modelwire-") and t != "modelwire-1w"), key=len)
+    for target in many:
+        for scen in scenarios:
+            print(
+                f"  {scen}: {target} rps ÷ modelwire-1w's = "
+                f"{ratio(fig(target, scen, 'rps'), fig('modelwire-1w', scen, 'rps'))}"
+            )
     for peer in ("portkey", "litellm"):
         if peer in results and "chat" in scenarios:
             print(
@@ -430,6 +445,13 @@ def main() -> int:
         action="store_true",
         help="also measure floor_proxy.py, the leanest Python "
         "passthrough on the same stack (needs the modelwire venv's python: uvicorn, aiohttp)",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="also run modelwire with 1 and with N workers, limits shared through Redis "
+        f"(MODELWIRE_BENCH_REDIS, default {REDIS_URL}), and report the scaling",
     )
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--rounds", type=int, default=2)
@@ -485,20 +507,21 @@ def main() -> int:
                 if args.modelwire_cmd
                 else [os.path.join(ROOT, ".venv/bin/modelwire")]
             )
-            port = free_port()
-            cfg = modelwire_config(root, port, up)
-            start("modelwire", [*cmd, "serve", "--config", cfg])
-            if not wait_http(
-                f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"}
-            ):
-                print(open(logs["modelwire"]).read()[-2000:], file=sys.stderr)
-                raise SystemExit("modelwire did not start")
-            targets["modelwire"] = {
-                "base": f"http://127.0.0.1:{port}",
-                "auth": f"Authorization: Bearer {CLIENT_KEY}",
-                "extra": "",
-                "paths": {},
-            }
+            scaling = sorted({1, args.workers}) if args.workers else []
+            for name, workers in [("modelwire", 0)] + [(f"modelwire-{n}w", n) for n in scaling]:
+                port = free_port()
+                start(name, [*cmd, "serve", "--config", modelwire_config(root, port, up, workers)])
+                if not wait_http(
+                    f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"}
+                ):
+                    print(open(logs[name]).read()[-2000:], file=sys.stderr)
+                    raise SystemExit(f"{name} did not start")
+                targets[name] = {
+                    "base": f"http://127.0.0.1:{port}",
+                    "auth": f"Authorization: Bearer {CLIENT_KEY}",
+                    "extra": "",
+                    "paths": {},
+                }
 
         if args.floor:
             cmd = (

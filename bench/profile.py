@@ -36,7 +36,9 @@ def collapsed(path: str) -> collections.Counter[str]:
     return stacks
 
 
-def tables(stacks: collections.Counter[str]) -> tuple[collections.Counter[str], collections.Counter[str], int]:
+def tables(
+    stacks: collections.Counter[str],
+) -> tuple[collections.Counter[str], collections.Counter[str], int]:
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
     for stack, count in stacks.items():
@@ -78,7 +80,9 @@ def main() -> int:
     try:
         base = f"http://127.0.0.1:{port}"
         auth = f"Authorization: Bearer {compare.CLIENT_KEY}"
-        if not compare.wait_http(base + "/v1/models", headers={"Authorization": f"Bearer {compare.CLIENT_KEY}"}):
+        if not compare.wait_http(
+            base + "/v1/models", headers={"Authorization": f"Bearer {compare.CLIENT_KEY}"}
+        ):
             raise SystemExit(f"the gateway did not start; see {log.name}")
         path, body, conns = compare.SCENARIOS[args.scenario]
         compare.run_wrk(base + path, body, conns, 2, auth)  # warm up
@@ -86,7 +90,22 @@ def main() -> int:
         spy = os.path.join(compare.ROOT, ".venv/bin/py-spy")
         sampler = threading.Thread(
             target=subprocess.run,
-            args=([spy, "record", "-r", "250", "-d", str(args.seconds), "-f", "raw", "-o", raw, "-p", str(gateway.pid)],),
+            args=(
+                [
+                    spy,
+                    "record",
+                    "-r",
+                    "250",
+                    "-d",
+                    str(args.seconds),
+                    "-f",
+                    "raw",
+                    "-o",
+                    raw,
+                    "-p",
+                    str(gateway.pid),
+                ],
+            ),
             kwargs={"capture_output": True},
         )
         sampler.start()

@@ -10,6 +10,8 @@ shutdown. uvicorn's own deadline is set a little later, so it never has to cance
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -148,7 +150,19 @@ def create_app() -> Gateway:
         os.environ.get(CONFIG_ENV) or None, json.loads(os.environ.get(OVERRIDES_ENV) or "{}")
     )
     configure_logging(config.server.log_level, config.server.log_format)
+    limit_malloc_arenas()
     return Gateway(config, hook_signals=True)
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def limit_malloc_arenas() -> None:
+    """At most two glibc heaps. Each thread that allocates (the store writer, token counting,
+    tracing) otherwise gets its own heap, kept at its peak: ~15 MiB of RSS after a burst of cut
+    streams, for contention that a mostly single-threaded process does not have."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
 
 
 def serve(config_path: str | None, overrides: dict[str, Any]) -> None:
@@ -161,6 +175,7 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> None:
     check_workers(config, keys)
     telemetry.settings(config)  # a bad telemetry setting (an unknown OTLP protocol): say so before binding
     warn_missing_keys(config)
+    limit_malloc_arenas()
     options: dict[str, Any] = {
         "host": server.host,
         "port": server.port,
