@@ -111,9 +111,9 @@ def check_types(body: dict[str, Any], table: dict[str, tuple[type, ...]]) -> Non
     The passthrough path forwards bodies it never decodes; this keeps a wrong type a 400 that
     names the field, as on the translated path, for the price of a few dict lookups.
     """
-    for name, kinds in table.items():
-        value = body.get(name)
-        if value is None:
+    for name, value in body.items():  # a body has a few fields, the table a few dozen
+        kinds = table.get(name)
+        if kinds is None or value is None:
             continue
         if (type(value) is bool and bool not in kinds) or not isinstance(value, kinds):
             allowed = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
