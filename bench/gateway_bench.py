@@ -175,7 +175,7 @@ keys:
 
 
 def wait_up(url: str) -> None:
-    deadline = time.time() + 30
+    deadline = time.time() + 120
     while time.time() < deadline:
         try:
             urllib.request.urlopen(url, timeout=1).read()

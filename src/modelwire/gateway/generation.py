@@ -112,13 +112,8 @@ class Generation:
         self.accounting.account(call, usage, status)
 
     async def _stream(self, call: Call, route: Route, receive: Receive, send: Send) -> None:
-        task = asyncio.ensure_future(
-            self.failover.run(route.order(), lambda t, b, i: self._attempt(call, t, b, i))
-        )
-        try:  # a failure is said by generate: as an error response, or in the stream once it is open
-            outcome = await self._first_answer(call, task, send)
-        finally:
-            task.cancel()  # a no-op once done; stops the search when this request is cut
+        # A failure is said by generate: as an error response, or in the stream once it is open.
+        outcome = await self._first_answer(call, route, send)
         call.served_by(outcome.target, outcome.backend, outcome.hops)
         if call.trace is not None:
             call.trace.streaming()
@@ -140,18 +135,37 @@ class Generation:
             usage = usage or await self.accounting.estimate(call)
         self.accounting.account(call, usage, status)
 
-    async def _first_answer(self, call: Call, task: asyncio.Future[Outcome[Any]], send: Send) -> Outcome[Any]:
-        """Wait for the failover search; while the wait is long, open the stream and keep it alive."""
+    async def _first_answer(self, call: Call, route: Route, send: Send) -> Outcome[Any]:
+        """The failover search; while it runs long, the stream is opened and kept alive.
+
+        The keep-alive is a timer that starts a task only when the search outlasts it: most
+        answers come first, and then a stream pays for a timer, not for a task and a wait.
+        """
+        loop = asyncio.get_running_loop()
+        pinger: list[asyncio.Future[None]] = []
+        every = self.config.server.keepalive_seconds
+        timer = loop.call_later(
+            every, lambda: pinger.append(asyncio.ensure_future(self._keep_alive(call, send)))
+        )
+        try:
+            return await self.failover.run(route.order(), lambda t, b, i: self._attempt(call, t, b, i))
+        finally:
+            timer.cancel()
+            if pinger:
+                pinger[0].cancel()
+                await asyncio.wait(pinger)  # never mid-write when the answer starts
+                if not pinger[0].cancelled():
+                    pinger[0].exception()  # a client gone mid-ping: the stream's watcher says so
+
+    async def _keep_alive(self, call: Call, send: Send) -> None:
+        if not call.responding:
+            call.responding = True
+            await http.start_stream(
+                send, [(b"x-request-id", call.request_id.encode())], call.surface.stream_headers
+            )
         while True:
-            done, _ = await asyncio.wait({task}, timeout=self.config.server.keepalive_seconds)
-            if done:
-                return task.result()
-            if not call.responding:
-                call.responding = True
-                await http.start_stream(
-                    send, [(b"x-request-id", call.request_id.encode())], call.surface.stream_headers
-                )
             await http.stream_chunk(send, call.surface.keepalive)
+            await asyncio.sleep(self.config.server.keepalive_seconds)
 
     async def _too_long(self, call: Call, err: ContextLengthError) -> ContextLengthError:
         """The overflow in Anthropic's own words, which Claude Code recognises (and then compacts)."""
