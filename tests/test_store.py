@@ -8,6 +8,7 @@ store's own ``search_path`` handling is what is exercised; the schema is dropped
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import inspect
 import logging
@@ -402,6 +403,21 @@ def test_usage_error_defaults_to_null(store: Store) -> None:
         "None",
         "upstream_unavailable",
     ]
+
+
+def test_usage_batches_of_any_size_use_a_few_statement_shapes(store: Store) -> None:
+    """The driver caches a prepared statement per SQL text: every batch size must not make one."""
+    shapes: set[str] = set()
+    for size in (1, 3, 17, 255, 500, 1000):
+        records = [usage(request_id=f"r{size}-{n}") for n in range(size)]
+        statements = store.usage_statements(records)
+        shapes |= {sql for sql, _ in statements}
+        values = [v for _, params in statements for v in params]
+        assert len(values) == size * len(dataclasses.fields(UsageRecord))
+        assert values[:: len(dataclasses.fields(UsageRecord))] == [r.time for r in records]
+    assert len(shapes) <= 5
+    store.run_statements(store.usage_statements([usage(request_id=f"w{n}") for n in range(300)]))
+    assert usage_count(store) == 300
 
 
 def test_write_usage_is_one_transaction(store: Store) -> None:
