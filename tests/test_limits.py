@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from modelwire.gateway.limits import (
     Counters,
@@ -24,9 +23,9 @@ from modelwire.gateway.limits import (
     Policy,
     RedisCounters,
     WindowState,
-    redacted,
     seconds_until,
 )
+from modelwire.gateway.resp import RedisError, redacted
 
 from .services import SHARED_REDIS_URL as REDIS_URL
 
@@ -169,13 +168,15 @@ async def test_leases_cap_holders_and_lapse(counters: Counters, clock: FakeClock
     assert not await counters.lease("sockets:k", "e", 2, 60)
 
 
-async def test_leases_of_two_replicas_never_exceed_the_limit(prefix: str, clock: FakeClock) -> None:
+async def test_leases_of_two_replicas_never_exceed_the_limit(
+    prefix: str, clock: FakeClock, redis_client: Redis
+) -> None:
     """Two replicas racing for the last places on one Redis: never more holders than the limit."""
     replicas = [RedisCounters(REDIS_URL, prefix=prefix, clock=clock) for _ in range(2)]
     try:
         held = await asyncio.gather(*[replicas[n % 2].lease("sockets:k", f"h{n}", 3, 60) for n in range(12)])
         assert 1 <= sum(held) <= 3
-        count = await replicas[0]._redis.zcard(f"{prefix}:lease:sockets:k")
+        count = await redis_client.zcard(f"{prefix}:lease:sockets:k")
         assert count == sum(held)
     finally:
         for replica in replicas:

@@ -41,11 +41,9 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from typing import Literal, NamedTuple, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
+from modelwire.gateway.resp import RedisError, Reply, RespClient, redacted
 
 log = logging.getLogger("modelwire.limits")
 
@@ -264,18 +262,19 @@ class MemoryCounters:
                 del self._leases[name]
 
 
-def _number(raw: bytes | str | float | None) -> float:
-    return 0.0 if raw is None else float(raw)
+def _number(reply: Reply) -> float:
+    """A counter's value from its reply: a missing key counts as zero."""
+    if reply is None:
+        return 0.0
+    if isinstance(reply, bytes | str | int):
+        return float(reply)
+    raise RedisError(f"Redis sent {type(reply).__name__} where a number was expected")
 
 
-def redacted(url: str) -> str:
-    """A Redis URL without user, password or query (which may carry a password too)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+def _integer(reply: Reply) -> int:
+    if not isinstance(reply, int):
+        raise RedisError(f"Redis sent {type(reply).__name__} where an integer was expected")
+    return reply
 
 
 class Unsynced(NamedTuple):
@@ -306,12 +305,8 @@ class RedisCounters:
         timeout: float = 1.0,
     ) -> None:
         # Short timeouts: a request waits for its limits, so a hung Redis must fail fast rather
-        # than hold every request for the client library's default of seconds.
-        from redis.asyncio import Redis  # only with Redis configured: see shared_failures
-
-        self._redis: Redis = Redis.from_url(
-            url, socket_connect_timeout=connect_timeout, socket_timeout=timeout
-        )
+        # than hold every request for seconds.
+        self._redis = RespClient(url, connect_timeout=connect_timeout, timeout=timeout)
         self._prefix = prefix
         self._clock = clock
         self.address = redacted(url)
@@ -322,7 +317,7 @@ class RedisCounters:
 
     async def ping(self) -> None:
         """Raise unless Redis answers."""
-        await self._redis.ping()
+        await self._redis.call("PING")
 
     def _keys(self, name: str, window: int) -> tuple[str, str, float]:
         """The current and previous bucket keys, and the elapsed fraction of the current bucket."""
@@ -333,11 +328,9 @@ class RedisCounters:
 
     async def hit(self, name: str, window: int, amount: float = 1.0) -> float:
         current, previous, fraction = self._keys(name, window)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.incrbyfloat(current, amount)
-        pipe.expire(current, 2 * window)
-        pipe.get(previous)
-        now, _, before = await pipe.execute()
+        now, _, before = await self._redis.pipeline(
+            ("INCRBYFLOAT", current, amount), ("EXPIRE", current, 2 * window), ("GET", previous)
+        )
         return sliding_total(_number(before), _number(now), fraction)
 
     async def total(self, name: str, window: int) -> float:
@@ -345,39 +338,42 @@ class RedisCounters:
 
     async def state(self, name: str, window: int) -> WindowState:
         current, previous, fraction = self._keys(name, window)
-        now, before = await self._redis.mget(current, previous)
+        replies = await self._redis.call("MGET", current, previous)
+        if not isinstance(replies, list) or len(replies) != 2:
+            raise RedisError("Redis sent an unexpected reply to MGET")
+        now, before = replies
         return WindowState(_number(before), _number(now), fraction)
 
     def _spend_key(self, name: str) -> str:
         return f"{self._prefix}:spend:{name}"
 
     async def add_spend(self, name: str, usd: float) -> float:
-        return _number(await self._redis.incrbyfloat(self._spend_key(name), usd))
+        return _number(await self._redis.call("INCRBYFLOAT", self._spend_key(name), usd))
 
     async def spend(self, name: str) -> float:
-        return _number(await self._redis.get(self._spend_key(name)))
+        return _number(await self._redis.call("GET", self._spend_key(name)))
 
     async def seed_spend(self, name: str, usd: float) -> None:
-        await self._redis.set(self._spend_key(name), repr(float(usd)), nx=True)
+        await self._redis.call("SET", self._spend_key(name), float(usd), "NX")
 
     async def lease(self, name: str, holder: str, limit: int, ttl: float) -> bool:
         """A sorted set of holders scored by expiry: expired ones dropped, this one added, the
         rest counted, in one MULTI. A new holder over the limit takes itself out again; two
         replicas racing for the last place may then both be refused, never both admitted."""
         key, now = f"{self._prefix}:lease:{name}", self._clock()
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.zremrangebyscore(key, "-inf", now)
-        pipe.zadd(key, {holder: now + ttl})
-        pipe.zcard(key)
-        pipe.expire(key, math.ceil(ttl) + 1)
-        _, added, held, _ = await pipe.execute()
-        if added and held > limit:
-            await self._redis.zrem(key, holder)
+        _, added, held, _ = await self._redis.transaction(
+            ("ZREMRANGEBYSCORE", key, "-inf", now),
+            ("ZADD", key, now + ttl, holder),
+            ("ZCARD", key),
+            ("EXPIRE", key, math.ceil(ttl) + 1),
+        )
+        if _integer(added) and _integer(held) > limit:
+            await self._redis.call("ZREM", key, holder)
             return False
         return True
 
     async def release(self, name: str, holder: str) -> None:
-        await self._redis.zrem(f"{self._prefix}:lease:{name}", holder)
+        await self._redis.call("ZREM", f"{self._prefix}:lease:{name}", holder)
 
     async def merge_spend(self, batch: Mapping[str, Unsynced]) -> dict[str, float]:
         """Add spend counted elsewhere; return the new totals.
@@ -386,24 +382,18 @@ class RedisCounters:
         spend was added to, so the budget continues rather than restarting from zero. MULTI/EXEC
         makes the batch all or nothing, so a retry after a failure cannot count part of it twice.
         """
-        pipe = self._redis.pipeline(transaction=True)
+        commands: list[tuple[str | float, ...]] = []
         for name, unsynced in batch.items():
             key = self._spend_key(name)
-            pipe.set(key, repr(unsynced.baseline), nx=True)
-            pipe.incrbyfloat(key, unsynced.added)
-        replies = await pipe.execute()
+            commands += [("SET", key, unsynced.baseline, "NX"), ("INCRBYFLOAT", key, unsynced.added)]
+        replies = await self._redis.transaction(*commands)
         return {name: _number(total) for name, total in zip(batch, replies[1::2], strict=True)}
 
 
 def shared_failures() -> tuple[type[BaseException], ...]:
-    """What an unreachable, hung or refusing Redis raises (OSError covers the builtin ConnectionError
-    and TimeoutError; they are listed to say so).
-
-    redis-py is imported only once Redis is configured: importing it loads OpenTelemetry's SDK
-    whenever that is installed, and a gateway with tracing off must not load it.
-    """
-    from redis.exceptions import RedisError
-
+    """What an unreachable, hung or refusing Redis raises: :class:`RedisError` (error replies,
+    timeouts, lost connections, malformed replies) and whatever OSError a socket may still raise
+    (OSError covers the builtin ConnectionError and TimeoutError; they are listed to say so)."""
     return (RedisError, OSError, TimeoutError, ConnectionError)
 
 
