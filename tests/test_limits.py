@@ -25,7 +25,7 @@ from modelwire.gateway.limits import (
     WindowState,
     seconds_until,
 )
-from modelwire.gateway.resp import RedisError, redacted
+from modelwire.gateway.resp import RedisError
 
 from .services import SHARED_REDIS_URL as REDIS_URL
 
@@ -701,4 +701,4 @@ async def test_a_black_holed_redis_fails_within_the_timeout() -> None:
     ],
 )
 def test_logged_addresses_carry_no_credentials(url: str, shown: str) -> None:
-    assert redacted(url) == shown
+    assert RedisCounters(url).address == shown

@@ -4,10 +4,14 @@ MULTI/EXEC, error replies, timeouts that drop the connection, reconnects, and lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
+import ipaddress
 import os
 import shutil
 import signal
 import socket
+import ssl
 import tempfile
 import time
 import uuid
@@ -15,6 +19,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from modelwire.gateway.resp import (
     Endpoint,
@@ -416,3 +424,69 @@ async def test_a_wrong_password_fails_clearly_without_echoing_it(password_redis:
     assert "Wrong-Guess" not in message and PASSWORD not in message
     with pytest.raises(ReplyError, match="NOAUTH"):
         await call_once(f"redis://127.0.0.1:{port}/0", "PING")
+
+
+# ---------------------------------------------------------------------------------------- TLS
+
+
+LOOPBACK = ipaddress.ip_address("127.0.0.1")
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that signs itself, and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "modelwire test Redis")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
+    """A TLS server answering +PONG to every command, and the certificate to trust it by."""
+    cert_path, key_path = self_signed_certificate(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = Parser()
+        with contextlib.suppress(OSError):
+            while data := await reader.read(4096):
+                writer.write(b"+PONG\r\n" * len(parser.feed(data)))
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
+    yield server.sockets[0].getsockname()[1], cert_path
+    server.close()
+    await server.wait_closed()
+
+
+async def test_rediss_speaks_tls_and_checks_the_certificate(
+    tls_server: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, cert_path = tls_server
+    with pytest.raises(RedisConnectionError, match="cannot connect") as refused:
+        await call_once(f"rediss://127.0.0.1:{port}/0", "PING")  # not signed by a trusted CA
+    assert "certificate verify failed" in str(refused.value), refused.value
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_path))  # now it is
+    assert await call_once(f"rediss://127.0.0.1:{port}/0", "PING") == "PONG"

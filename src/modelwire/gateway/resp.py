@@ -284,6 +284,11 @@ class _Connection(asyncio.Protocol):
                 return
             self._deliver(reply)
 
+    def eof_received(self) -> bool:
+        """Redis closed its side (a restart, CLIENT KILL, an idle timeout): nothing more will come."""
+        self._fail(RedisConnectionError(f"Redis at {self._address} closed the connection"))
+        return False
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(RedisConnectionError(f"lost the connection to Redis at {self._address}"))
 
