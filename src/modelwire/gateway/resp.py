@@ -74,16 +74,21 @@ def encode_command(args: Sequence[Arg]) -> bytes:
     """One command as a RESP array of bulk strings."""
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
-        if isinstance(arg, str):
-            data = arg.encode()
-        elif isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, int | float) and not isinstance(arg, bool):
-            data = repr(arg).encode()
-        else:
-            raise TypeError(f"a Redis command argument must be str, bytes, int or float, not {type(arg)}")
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        data = _bulk(arg)
+        out += (b"$%d\r\n" % len(data), data, b"\r\n")
     return b"".join(out)
+
+
+def _bulk(arg: Arg) -> bytes:
+    if isinstance(arg, str):
+        return arg.encode()
+    if isinstance(arg, bytes):
+        return arg
+    if isinstance(arg, float):
+        return repr(float(arg)).encode()
+    if isinstance(arg, int) and not isinstance(arg, bool):
+        return b"%d" % arg
+    raise TypeError(f"a Redis command argument must be str, bytes, int or float, not {type(arg).__name__}")
 
 
 def encode_commands(commands: Iterable[Sequence[Arg]]) -> bytes:
