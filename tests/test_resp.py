@@ -268,6 +268,18 @@ async def test_a_caller_giving_up_does_not_shift_the_replies(client: RespClient,
     assert await client.call("ECHO", "mine") == b"mine", "the cancelled call's reply went to the next one"
 
 
+async def test_a_connection_redis_closed_while_idle_is_replaced_without_an_error(client: RespClient) -> None:
+    first_id = await client.call("CLIENT", "ID")
+    killer = RespClient(SHARED_REDIS_URL)
+    try:
+        assert await killer.call("CLIENT", "KILL", "ID", str(first_id)) == 1
+    finally:
+        await killer.aclose()
+    await asyncio.sleep(0.05)  # the end of the stream reaches the loop
+    assert await client.call("PING") == "PONG"
+    assert await client.call("CLIENT", "ID") != first_id
+
+
 # ---------------------------------------------------------------------------------------- failures
 
 

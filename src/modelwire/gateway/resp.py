@@ -257,14 +257,21 @@ class _Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ calls
 
+    @property
+    def usable(self) -> bool:
+        """Whether a call may be written: not failed, and not being closed by the event loop (a
+        transport closes itself on a socket error a moment before telling the protocol)."""
+        return not self.broken and self._transport is not None and not self._transport.is_closing()
+
     def request(self, payload: bytes, count: int) -> asyncio.Future[Reply]:
         """Write ``payload`` (``count`` commands) and return the future of their replies."""
-        if self.broken or self._transport is None:
+        transport = self._transport
+        if transport is None or not self.usable:
             raise RedisConnectionError(f"the connection to Redis at {self._address} is closed")
         future: asyncio.Future[Reply] = self._loop.create_future()
         waiter = _Waiter(future, count, self._loop.time() + self._timeout)
         self._waiters.append(waiter)
-        self._transport.write(payload)
+        transport.write(payload)
         if self._timer is None:
             self._timer = self._loop.call_at(waiter.deadline, self._check_deadline)
         return future
@@ -334,8 +341,8 @@ class _Connection(asyncio.Protocol):
                 self._transport.abort()
         while self._waiters:
             future = self._waiters.popleft().future
-            if not future.done():
-                future.set_exception(exc)
+            if not future.done():  # an instance each: a raised exception collects its traceback
+                future.set_exception(type(exc)(*exc.args))
 
 
 # ---------------------------------------------------------------------------------------- client
@@ -359,7 +366,7 @@ class RespClient:
     async def call(self, *args: Arg) -> Reply:
         """One command's reply; a :class:`ReplyError` reply is raised."""
         connection = self._connection
-        if connection is None or connection.broken:
+        if connection is None or not connection.usable:
             connection = await self._connect()
         reply = await connection.request(encode_command(args), 1)
         if isinstance(reply, ReplyError):
@@ -397,7 +404,7 @@ class RespClient:
 
     async def _batch(self, payload: bytes, count: int) -> list[Reply]:
         connection = self._connection
-        if connection is None or connection.broken:
+        if connection is None or not connection.usable:
             connection = await self._connect()
         return _as_list(await connection.request(payload, count), count)
 
