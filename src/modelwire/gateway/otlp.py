@@ -274,7 +274,11 @@ _EVENT_TIME = struct.Struct("<BQ").pack  # an event's time_unix_nano, field 1 (f
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (every field number used here is under 16: its tag is one byte)."""
     size = len(payload)
-    return _SMALL[number << 3 | 2] + (_SMALL[size] if size < 0x80 else _varint(size)) + payload
+    if size < 0x80:
+        return _SMALL[number << 3 | 2] + _SMALL[size] + payload
+    if size < 0x4000:  # a span, mostly: a two-byte size without the loop
+        return bytes((number << 3 | 2, size & 0x7F | 0x80, size >> 7)) + payload
+    return _SMALL[number << 3 | 2] + _varint(size) + payload
 
 
 def _value(value: Any) -> bytes:
@@ -319,8 +323,11 @@ class Protobuf:
             _bounded(self._shared)[key] = known
         return known
 
-    def attributes(self, pairs: Pairs) -> bytes:
-        """Attributes of one span; a value seen before (a status, a token count) is encoded once."""
+    def attributes(self, pairs: Pairs, cached: bool = True) -> bytes:
+        """Attributes of one span: a value seen before (an address, a token count) encoded once,
+        unless they are one-offs (ids, times)."""
+        if not cached:
+            return b"".join([_attribute(9, k, v) for k, v in pairs if v is not None])
         out = []
         cache = self._pairs
         for key, value in pairs:
@@ -413,7 +420,7 @@ class Json:
     def shared(self, key: Hashable, pairs: Callable[[], Pairs]) -> list[dict[str, Any]]:
         return _json_attributes(pairs())
 
-    def attributes(self, pairs: Pairs) -> list[dict[str, Any]]:
+    def attributes(self, pairs: Pairs, cached: bool = True) -> list[dict[str, Any]]:
         return _json_attributes(pairs)
 
     def span(

@@ -116,7 +116,7 @@ class Tracer:
         the failover search's attempts go under it)."""
         parent = _client_context(scope)
         request = RequestTrace(self, parent, self._sampled(parent), _operation(call.surface))
-        if request.sampled:
+        if request.recorded:
             request.began(call, scope)
         request.token = _REQUEST.set(request)
         return request
@@ -125,7 +125,7 @@ class Tracer:
         """A client span for one upstream attempt, under the current request's span (None when
         that request is not sampled)."""
         request = _REQUEST.get()
-        if request is None or not request.sampled:
+        if request is None or not request.recorded:
             return None
         known = self.backends.get(backend.name)
         if known is None:
@@ -166,6 +166,7 @@ class RequestTrace(Context):
         "admission_id",
         "admitted_ns",
         "answer",
+        "answer_id",
         "asked",
         "backend",
         "client",
@@ -179,6 +180,7 @@ class RequestTrace(Context):
         "operation",
         "parent_id",
         "path",
+        "recorded",
         "request_id",
         "start_ns",
         "status",
@@ -192,12 +194,16 @@ class RequestTrace(Context):
     )
 
     def __init__(self, tracer: Tracer, parent: Context | None, sampled: bool, operation: str) -> None:
+        # Context's fields set here, not through its __init__: this runs for every request.
         if parent is None:
-            super().__init__(new_trace_id(), new_span_id(), SAMPLED if sampled else 0)
-            self.parent_id = 0
+            self.trace_id, self.trace_state, self.parent_id = new_trace_id(), None, 0
         else:
-            super().__init__(parent.trace_id, new_span_id(), SAMPLED if sampled else 0, parent.trace_state)
-            self.parent_id = parent.span_id
+            self.trace_id, self.trace_state, self.parent_id = (
+                parent.trace_id,
+                parent.trace_state,
+                parent.span_id,
+            )
+        self.span_id, self.flags, self.recorded = new_span_id(), SAMPLED if sampled else 0, sampled
         self.tracer, self.operation = tracer, operation
         self.token: contextvars.Token[RequestTrace | None] | None = None
         self.end_ns = 0
@@ -213,48 +219,57 @@ class RequestTrace(Context):
         self.request_id, self.dialect = call.request_id, call.surface.dialect
         self.admission_id, self.admitted_ns = new_span_id(), 0
         self.admission_error: str | None = None
-        self.asked: tuple[str, bool, str | None, Any, Any, Any] | None = None
-        self.answer: tuple[Any, Any, Any] | None = None
+        self.asked: tuple[Any, ...] | None = None  # model, stream, key name, max tokens, temperature, top_p …
+        self.answer_id: Any = None
+        self.answer: tuple[Any, tuple[str, ...]] | None = None  # the model that answered, why it ended
         self.content: dict[str, Any] | None = None
         self.stream_id = self.stream_ns = self.first_token_ns = 0
 
     def admitted(self, call: Call) -> None:
         """Admission passed: what the client asked for."""
-        if not self.sampled:
+        if not self.recorded:
             return
         if not self.admitted_ns:
             self.admitted_ns = time_ns()
         body = call.body
-        limit = next((body[k] for k in MAX_TOKENS if isinstance(body.get(k), int)), None)
-        settings = body.get("generationConfig")
-        if limit is None and isinstance(settings, dict):
-            limit = settings.get("maxOutputTokens")
         key = call.key.name if call.key is not None else None
-        self.asked = (call.model, call.stream, key, limit, body.get("temperature"), body.get("top_p"))
+        temperature, top_p = body.get("temperature"), body.get("top_p")
+        # their types too, as they key a cache: 1 == 1.0, but one is an int, the other a double
+        self.asked = (
+            call.model,
+            call.stream,
+            key,
+            _max_tokens(body),
+            temperature,
+            top_p,
+            type(temperature),
+            type(top_p),
+        )
         if self.tracer.capture_content:
             self.content = _input_content(call)
 
     def streaming(self) -> None:
         """The answer's stream opens to the client."""
-        if self.sampled:
+        if self.recorded:
             self.stream_id, self.stream_ns = new_span_id(), time_ns()
 
     def first_token(self) -> None:
         """The first answer bytes went to the client."""
-        if self.sampled and not self.first_token_ns:
+        if self.recorded and not self.first_token_ns:
             self.first_token_ns = time_ns()
 
     def answered(self, outcome: Outcome[Any]) -> None:
         """A whole answer came back: its id, model and why it ended (and its text, when captured)."""
-        if not self.sampled:
+        if not self.recorded:
             return
         value = outcome.value
         response: Response | None = getattr(value, "response", None)
         doc: dict[str, Any] | None = getattr(value, "doc", None)
         if response is not None:
-            self.answer = (response.id, self.tracer.redacted(outcome.target.model), (response.stop_reason,))
+            self.answer_id = response.id
+            self.answer = (self.tracer.redacted(outcome.target.model), (response.stop_reason,))
         elif doc is not None:
-            self.answer = _answer(doc)
+            self.answer_id, self.answer = _answer(doc)
         if self.tracer.capture_content:
             output = _output_content(outcome, response, doc)
             if output is not None:
@@ -265,7 +280,7 @@ class RequestTrace(Context):
         if self.token is not None:
             _REQUEST.reset(self.token)
             self.token = None
-        if not self.sampled or self.end_ns:
+        if not self.recorded or self.end_ns:
             return
         self.end_ns = time_ns()
         if not self.admitted_ns and call.status >= 400:  # refused (a listing only authenticates)
@@ -303,27 +318,17 @@ class RequestTrace(Context):
     def _server_attributes(self, encoding: Encoding, model: str | None) -> list[Any]:
         """What the server span says: what repeats from request to request (the route, model, key,
         outcome) shared, the rest (ids, counts, times) its own."""
-        tracer = self.tracer
-        answer = self.answer or (None, None, None)
-        upstream = tracer.redacted(self.upstream_model) if self.upstream_model is not None else None
-        provider = None
-        if self.backend is not None:
-            provider = dict(tracer.backends.get(self.backend, ())).get("gen_ai.provider.name")
-        asked = self.asked or (None, None, None, None, None, None)
-        shared_key = (self.operation, self.method, self.path, self.dialect, model, *asked[1:], self.status)
-        shared_key += (self.backend, provider, upstream, answer[1] or upstream, answer[2], self.error)
-        out = [encoding.shared(shared_key, lambda: _server_shared(shared_key, tracer))]
-        out.append(encoding.attributes(self._counts()))
-        if self.content:
-            out.append(encoding.attributes(self.content.items()))
-        return out
+        shared_key: tuple[Any, ...] = (self.operation, self.method, self.path, self.dialect, self.asked)
+        shared_key += (self.status, self.backend, self.upstream_model, self.answer, self.error)
+        return [
+            encoding.shared(shared_key, lambda: _server_shared(self, model)),
+            encoding.attributes(self._counts()),
+            encoding.attributes(self._own(), cached=False),
+        ]
 
     def _counts(self) -> Iterator[tuple[str, Any]]:
-        """The server span's attributes of this request only."""
+        """The server span's attributes that repeat from time to time (encoded once each)."""
         yield "client.address", self.client
-        yield "modelwire.request_id", redact(self.request_id)
-        if self.answer is not None and self.answer[0]:
-            yield "gen_ai.response.id", self.answer[0]
         usage = self.usage
         if usage is not None and usage.total_tokens:
             yield "gen_ai.usage.input_tokens", usage.input_tokens
@@ -332,9 +337,17 @@ class RequestTrace(Context):
                 yield "modelwire.usage.cached_input_tokens", usage.cached_input_tokens
             if usage.reasoning_tokens:
                 yield "modelwire.usage.reasoning_tokens", usage.reasoning_tokens
+
+    def _own(self) -> Iterator[tuple[str, Any]]:
+        """The server span's attributes of this request only (ids, times, content)."""
+        yield "modelwire.request_id", redact(self.request_id)
+        if self.answer_id:
+            yield "gen_ai.response.id", self.answer_id
         yield "modelwire.cost_usd", self.cost
         if self.ttft is not None:
             yield "modelwire.ttft_ms", round(self.ttft * 1000, 3)
+        if self.content:
+            yield from self.content.items()
 
     def _admission(self, encoding: Encoding) -> bytes:
         failed = self.admission_error
@@ -373,7 +386,6 @@ class Attempt(Context):
         "parent_id",
         "reply",
         "retry",
-        "sink",
         "start_ns",
         "token",
         "tracer",
@@ -389,8 +401,8 @@ class Attempt(Context):
         hop: int,
         retry: int,
     ) -> None:
-        super().__init__(request.trace_id, new_span_id(), SAMPLED, request.trace_state)
-        self.parent_id, self.tracer, self.sink = request.span_id, request.tracer, request.tracer.sink
+        self.trace_id, self.span_id, self.flags = request.trace_id, new_span_id(), SAMPLED
+        self.trace_state, self.parent_id, self.tracer = request.trace_state, request.span_id, request.tracer
         self.backend, self.operation, self.model, self.hop, self.retry = backend, operation, model, hop, retry
         self.token: contextvars.Token[Attempt | None] | None = None
         self.reply: int | None = None
@@ -418,7 +430,7 @@ class Attempt(Context):
         if not self.end_ns:
             self.end_ns = time_ns()
             self.error, self.message = error, message
-            self.sink(self)
+            self.tracer.sink(self)
 
     def write(self, encoding: Encoding) -> list[bytes]:
         model = self.tracer.redacted(self.model)
@@ -508,46 +520,66 @@ def _backend_attributes(backend: Backend) -> tuple[tuple[str, Any], ...]:
     return tuple(attributes)
 
 
-def _server_shared(key: tuple[Any, ...], tracer: Tracer) -> Pairs:
-    """The server span's shared attributes, from the key :meth:`RequestTrace._server_attributes`
-    made of them."""
-    operation, method, path, dialect, model, stream, key_name, limit, temperature, top_p = key[:10]
-    status, backend, provider, upstream, response_model, reasons, error = key[10:]
-    yield "gen_ai.operation.name", operation
-    yield "http.request.method", method
+def _server_shared(request: RequestTrace, model: str | None) -> Pairs:
+    """The server span's attributes that many requests share (the route, the model, the key, the
+    outcome): worked out once per distinct set, by the exporter's thread."""
+    tracer = request.tracer
+    yield "gen_ai.operation.name", request.operation
+    yield "http.request.method", request.method
     # What the client chose (the path naming a model) may hold a key pasted by mistake: redacted.
-    yield "url.path", tracer.redacted(path)
-    yield "modelwire.dialect", dialect
-    yield "gen_ai.request.model", model
-    yield "modelwire.stream", stream
-    yield "modelwire.key_name", key_name
-    if isinstance(limit, int):
-        yield "gen_ai.request.max_tokens", limit
-    for name, value in (("temperature", temperature), ("top_p", top_p)):
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            yield f"gen_ai.request.{name}", value
-    yield "http.response.status_code", status
-    yield "modelwire.backend", backend
-    yield "gen_ai.provider.name", provider
+    yield "url.path", tracer.redacted(request.path)
+    yield "modelwire.dialect", request.dialect
+    if request.asked is not None:
+        _, stream, key_name, limit, temperature, top_p = request.asked[:6]
+        yield "gen_ai.request.model", model
+        yield "modelwire.stream", stream
+        yield "modelwire.key_name", key_name
+        if isinstance(limit, int):
+            yield "gen_ai.request.max_tokens", limit
+        for name, value in (("temperature", temperature), ("top_p", top_p)):
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                yield f"gen_ai.request.{name}", value
+    yield "http.response.status_code", request.status
+    if request.backend is not None:
+        yield "modelwire.backend", request.backend
+        yield from ((k, v) for k, v in tracer.backends.get(request.backend, ()) if k.startswith("gen_ai."))
+    upstream = tracer.redacted(request.upstream_model) if request.upstream_model is not None else None
     yield "modelwire.upstream_model", upstream
-    yield "gen_ai.response.model", response_model or None
+    response_model, reasons = request.answer or (None, ())
+    yield "gen_ai.response.model", response_model or upstream
     if reasons:
         yield "gen_ai.response.finish_reasons", list(reasons)
-    yield "error.type", error
+    yield "error.type", request.error
 
 
-def _answer(doc: dict[str, Any]) -> tuple[Any, Any, tuple[str, ...]]:
+def _answer(doc: dict[str, Any]) -> tuple[Any, tuple[Any, tuple[str, ...]]]:
     """A forwarded answer's id, model and finish reasons, in whichever wire it came."""
     choices = doc.get("choices") or doc.get("candidates")
+    reasons: list[str] = []
     if isinstance(choices, list):
-        reasons = [c.get("finish_reason") or c.get("finishReason") for c in choices if isinstance(c, dict)]
+        for choice in choices:
+            if isinstance(choice, dict):
+                reason = choice.get("finish_reason") or choice.get("finishReason")
+                if reason:
+                    reasons.append(str(reason))
     else:
-        reasons = [doc.get("stop_reason") or doc.get("status")]
-    return (
-        doc.get("id") or doc.get("responseId"),
+        reason = doc.get("stop_reason") or doc.get("status")
+        if reason:
+            reasons.append(str(reason))
+    return doc.get("id") or doc.get("responseId"), (
         doc.get("model") or doc.get("modelVersion"),
-        tuple(str(r) for r in reasons if r),
+        tuple(reasons),
     )
+
+
+def _max_tokens(body: dict[str, Any]) -> Any:
+    """How many tokens the request may produce, as its dialect says it (None when it does not)."""
+    for name in MAX_TOKENS:
+        value = body.get(name)
+        if isinstance(value, int):
+            return value
+    settings = body.get("generationConfig")
+    return settings.get("maxOutputTokens") if isinstance(settings, dict) else None
 
 
 def _output_content(
