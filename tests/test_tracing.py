@@ -517,16 +517,14 @@ def test_exporter_queue_is_bounded_and_every_value_type_survives_the_wire(receiv
 
 
 def test_a_span_that_cannot_be_encoded_is_dropped_not_raised(receiver: OtlpReceiver) -> None:
-    """Spans are encoded by the exporter's thread: one that cannot be costs itself only."""
     receiver.clear()
     exporter = Exporter(Destination.of(receiver.url + "/v1/traces", {}, "http/protobuf", {}), {}, ("s", "1"))
     w3c.Span(exporter.add, "lone surrogate \ud800", w3c.SERVER, None).end()  # not encodable as UTF-8
     w3c.Span(exporter.add, "fine", w3c.SERVER, None).end()
-    assert exporter.dropped == 0 and len(exporter.queue) == 2  # nothing encoded on the request path
+    assert exporter.dropped == 1 and len(exporter.queue) == 1
     exporter.start()
     exporter.shutdown()
     assert [s.name for s in receiver.wait_for(lambda spans: len(spans) >= 1)] == ["fine"]
-    assert exporter.dropped == 1 and not exporter.queue
 
 
 def test_a_collector_refusing_for_now_is_retried_and_json_is_spoken_on_request(

@@ -1,11 +1,12 @@
-"""Ended spans to an OTLP/HTTP collector. The request path only appends a record (:mod:`.spans`)
-to a bounded queue (a full queue drops and counts, never waits); a thread, every
-``OTEL_BSP_SCHEDULE_DELAY`` ms (1 s) or as soon as a batch is full, writes a batch of them as OTLP
-(protobuf by hand, or OTLP JSON) in one ``ExportTraceServiceRequest`` and POSTs it over one kept-alive
-connection. Most attribute bytes are encoded once and reused (what a backend, a route, a model says
-repeats from span to span). 429, 502, 503 and 504 are retried with backoff (``Retry-After``
-respected) within the export timeout; whatever fails is dropped with one log line per failing spell,
-naming the collector by host only. Nothing here raises into the gateway.
+"""Ended spans to an OTLP/HTTP collector. A record of ended spans (:mod:`.spans`) is encoded as it
+is handed over (protobuf by hand, or OTLP JSON; most attribute bytes encoded once and reused, as what
+a backend, a route and a model say repeats from span to span) into a bounded queue (a full queue
+drops and counts, never waits). A thread POSTs them, in batches of ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``
+(512) as soon as one is full, and whatever is left every ``OTEL_BSP_SCHEDULE_DELAY`` ms (1 s), each
+an ``ExportTraceServiceRequest`` over one kept-alive connection. 429, 502, 503 and 504 are retried
+with backoff (``Retry-After`` respected) within the export timeout; whatever fails is dropped with
+one log line per failing spell, naming the collector by host only. Nothing here raises into the
+gateway.
 
 Field numbers are those of opentelemetry-proto's ``trace.proto``, ``common.proto`` and
 ``resource.proto`` (v1).
@@ -28,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from .spans import UNSET, Context, Pairs, Record
+from .spans import UNSET, Pairs, Record
 
 log = logging.getLogger("modelwire.gateway.traces")
 
@@ -87,10 +88,10 @@ class Exporter:
         self.encoding: Protobuf | Json = (
             Protobuf(resource, scope) if destination.protocol == "http/protobuf" else Json(resource, scope)
         )
-        self.queue: deque[Record] = deque()  # ended, not yet written
+        self.queue: deque[list[bytes]] = deque()  # each ended record's spans, encoded
         # Spans queued = added - taken, each counter written by one thread only (no lock needed).
         self._added = self._taken = 0
-        self._refused = self._lost = 0  # spans dropped: by add() (a full queue), by the thread
+        self._refused = self._lost = 0  # spans dropped: by add() (a full queue, a bad value), by the thread
         self._failing = False
         self._wake = threading.Event()
         self._stop = False
@@ -105,14 +106,21 @@ class Exporter:
         return self._refused + self._lost
 
     def add(self, record: Record) -> None:
-        """The sink of every ended span or request (request path: never blocks, never encodes)."""
+        """The sink of every ended span or request (request path: never blocks). It is encoded here,
+        on the caller's thread: in the exporter's thread the same work cost three times the CPU, as
+        the two threads handed the GIL back and forth."""
+        spans = record.spans
         queued = self._added - self._taken
-        if queued + record.spans > self.destination.queue_size:
-            self._refused += record.spans
+        if queued + spans > self.destination.queue_size:
+            self._refused += spans
             return
-        self.queue.append(record)
-        self._added += record.spans
-        if queued + record.spans >= self.destination.batch_size and not self._wake.is_set():
+        try:
+            self.queue.append(record.write(self.encoding))
+        except Exception:  # a value that cannot be encoded costs its span, never the request
+            self._refused += spans
+            return
+        self._added += spans
+        if queued + spans >= self.destination.batch_size and not self._wake.is_set():
             self._wake.set()
 
     def start(self) -> None:
@@ -137,27 +145,22 @@ class Exporter:
         self._thread.start()
 
     def _run(self) -> None:
+        """Whole batches as soon as there are some; every span queued once the delay has passed
+        without a batch filling up (the thread wakes a few times a second at most)."""
         while not self._stop:
-            self._wake.wait(self.destination.delay)
+            filled = self._wake.wait(self.destination.delay)
             self._wake.clear()
-            self._send_queued()
-        self._send_queued()
+            self._send_queued(whole=filled and not self._stop)
+        self._send_queued(whole=False)
 
-    def _send_queued(self) -> None:
+    def _send_queued(self, whole: bool) -> None:
         queue, size = self.queue, self.destination.batch_size
-        while queue:
-            spans: list[bytes] = []
-            count = 0
-            while queue and count < size:
-                record = queue.popleft()
-                count += record.spans
-                try:
-                    spans += record.write(self.encoding)
-                except Exception:  # a value that cannot be encoded costs its spans, never the rest
-                    self._lost += record.spans
-            self._taken += count
-            if spans:
-                self._export(spans)
+        while queue and (not whole or self._added - self._taken >= size):
+            batch: list[bytes] = []
+            while queue and (not batch or len(batch) + len(queue[0]) <= size):
+                batch += queue.popleft()
+            self._taken += len(batch)
+            self._export(batch)
 
     def _export(self, spans: list[bytes]) -> None:
         try:
@@ -327,7 +330,7 @@ class Protobuf:
         """Attributes of one span: a value seen before (an address, a token count) encoded once,
         unless they are one-offs (ids, times)."""
         if not cached:
-            return b"".join([_attribute(9, k, v) for k, v in pairs if v is not None])
+            return b"".join([_one_off(k, v) for k, v in pairs if v is not None])
         out = []
         cache = self._pairs
         for key, value in pairs:
@@ -345,7 +348,8 @@ class Protobuf:
 
     def span(
         self,
-        context: Context,
+        trace: tuple[int, str | None],
+        span_id: int,
         parent_id: int,
         name: str,
         kind: int,
@@ -355,10 +359,10 @@ class Protobuf:
         status: tuple[int, str] = (UNSET, ""),
     ) -> bytes:
         """The span as a ``ScopeSpans.spans`` field."""
-        trace_id = context.trace_id
-        parts = [_IDS(0x0A, 16, trace_id >> 64, trace_id & _LOW64, 0x12, 8, context.span_id)]
-        if context.trace_state:
-            parts.append(_field(3, context.trace_state.encode()))
+        trace_id, trace_state = trace
+        parts = [_IDS(0x0A, 16, trace_id >> 64, trace_id & _LOW64, 0x12, 8, span_id)]
+        if trace_state:
+            parts.append(_field(3, trace_state.encode()))
         if parent_id:
             parts.append(_PARENT(0x22, 8, parent_id))
         encoded_name = self._names.get(name)
@@ -373,6 +377,25 @@ class Protobuf:
                 _field(15, (_field(2, message.encode()) if message else b"") + b"\x18" + _SMALL[code])
             )
         return _field(2, b"".join(parts))
+
+
+def _one_off(key: str, value: Any) -> bytes:
+    """A span's ``KeyValue`` (field 9) seen once (an id): a short string's nested sizes in one go."""
+    if value.__class__ is not str:
+        return _attribute(9, key, value)
+    text = value.encode()
+    size = len(text)
+    if size > 0x7D:
+        return _attribute(9, key, value)
+    key_field = _KEYS.get(key)
+    if key_field is None:
+        key_field = _bounded(_KEYS)[key] = _field(1, key.encode())
+    # KeyValue{key 1, value 2: AnyValue{string_value 1}}: the value field's size is size + 2
+    pair = key_field + bytes((0x12, size + 2, 0x0A, size)) + text
+    return _field(9, pair)
+
+
+_KEYS: dict[str, bytes] = {}  # attribute names, as a KeyValue's key field
 
 
 def _bounded(cache: dict[Any, Any]) -> dict[Any, Any]:
@@ -425,7 +448,8 @@ class Json:
 
     def span(
         self,
-        context: Context,
+        trace: tuple[int, str | None],
+        span_id: int,
         parent_id: int,
         name: str,
         kind: int,
@@ -435,8 +459,8 @@ class Json:
         status: tuple[int, str] = (UNSET, ""),
     ) -> bytes:
         out: dict[str, Any] = {
-            "traceId": f"{context.trace_id:032x}",
-            "spanId": f"{context.span_id:016x}",
+            "traceId": f"{trace[0]:032x}",
+            "spanId": f"{span_id:016x}",
             "name": name,
             "kind": kind,
             "startTimeUnixNano": str(times[0]),
@@ -445,8 +469,8 @@ class Json:
         }
         if parent_id:
             out["parentSpanId"] = f"{parent_id:016x}"
-        if context.trace_state:
-            out["traceState"] = context.trace_state
+        if trace[1]:
+            out["traceState"] = trace[1]
         if events:
             out["events"] = [{"timeUnixNano": str(at), "name": event} for at, event in events]
         if status[0]:

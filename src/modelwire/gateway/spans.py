@@ -1,7 +1,7 @@
 """The gateway's spans and their W3C trace context. The request path only notes what happened
-(ids, clock readings, a few values) in small records; a record is written out as OTLP spans later,
-by the exporter's thread (:mod:`.otlp`), through an :class:`Encoding`. No OpenTelemetry SDK: noting
-a span costs a few slot writes, where the SDK's cost the gateway hundreds of microseconds.
+(ids, clock readings, a few values) in small records; a record is written out as OTLP spans once it
+ends, through an :class:`Encoding` (:mod:`.otlp`). No OpenTelemetry SDK: noting a span costs a few
+slot writes, where the SDK's cost the gateway hundreds of microseconds.
 
 Trace context follows W3C Trace Context level 1: ``traceparent`` is ``00-<trace id>-<span id>-<flags>``
 (lowercase hex; all-zero ids and version ``ff`` are invalid; a later version is read by its first
@@ -35,7 +35,8 @@ class Encoding(Protocol):
 
     def span(
         self,
-        context: Context,
+        trace: tuple[int, str | None],  # the trace's id and tracestate
+        span_id: int,
         parent_id: int,
         name: str,
         kind: int,
@@ -131,7 +132,17 @@ class Span(Context):
         times = (self.start_ns, self.end_ns)
         status = (self.status, self.message)
         return [
-            encoding.span(self, self.parent_id, self.name, self.kind, times, attributes, self.events, status)
+            encoding.span(
+                (self.trace_id, self.trace_state),
+                self.span_id,
+                self.parent_id,
+                self.name,
+                self.kind,
+                times,
+                attributes,
+                self.events,
+                status,
+            )
         ]
 
 

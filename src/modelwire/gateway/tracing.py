@@ -10,10 +10,10 @@ One trace per request, continuing the client's ``traceparent`` when it sent one:
     │                               gets this span's traceparent (HTTP and WebSocket handshakes)
     └── stream            INTERNAL  the answer streaming to the client; ``first_token`` event
 
-What it costs: on the request path a request's hooks only note clock readings, ids and the values
-the spans will say, in two records (:class:`RequestTrace` for the server, admission and stream
-spans; an :class:`Attempt` per upstream attempt); the exporter's thread turns them into attributes
-and OTLP bytes, most of them encoded once per backend, route and model and reused.
+What it costs: a request's hooks only note clock readings, ids and the values its spans will say, in
+two records (:class:`RequestTrace` for the server, admission and stream spans; an :class:`Attempt`
+per upstream attempt), written out as OTLP bytes once each ends, most of them encoded once per
+backend, route and model and reused; a thread sends them in batches (:mod:`.otlp`).
 
 Attribute names follow the OpenTelemetry GenAI and HTTP semantic conventions; the gateway's own
 are under ``modelwire.*``. A client key appears only by name. Prompts and completions are recorded
@@ -127,13 +127,12 @@ class Tracer:
         request = _REQUEST.get()
         if request is None or not request.recorded:
             return None
-        known = self.backends.get(backend.name)
-        if known is None:
-            known = self.backends[backend.name] = _backend_attributes(backend)
+        if backend.name not in self.backends:
+            self.backends[backend.name] = _backend_attributes(backend)
         operation = (
             "embeddings" if request.operation == "embeddings" else OPERATIONS.get(backend.wire.name, "chat")
         )
-        attempt = Attempt(request, known, operation, target.model, hop, retry)
+        attempt = Attempt(request, backend.name, operation, target.model, hop, retry)
         attempt.token = _ATTEMPT.set(attempt)
         return attempt
 
@@ -158,8 +157,8 @@ class Tracer:
 
 class RequestTrace(Context):
     """One request's trace context, and (when sampled) what its server, admission and stream spans
-    will say, noted by the hooks on its way (admitted, streaming, answered, end) and written out by
-    the exporter's thread (:meth:`write`). Unsampled, it is only the context sent upstream."""
+    will say, noted by the hooks on its way (admitted, streaming, answered, end) and written out
+    once it ends (:meth:`write`). Unsampled, it is only the context sent upstream."""
 
     __slots__ = (
         "admission_error",
@@ -294,7 +293,7 @@ class RequestTrace(Context):
         )
         self.tracer.sink(self)
 
-    # -- written by the exporter's thread
+    # -- written out once ended
 
     def write(self, encoding: Encoding) -> list[bytes]:
         """The request's spans, as ``encoding`` writes them."""
@@ -303,8 +302,10 @@ class RequestTrace(Context):
         model = tracer.redacted(asked[0]) if asked is not None else None
         name = f"{self.operation} {model}" if model is not None else self.operation
         events = ((self.first_token_ns, "first_token"),) if self.first_token_ns and not self.stream_ns else ()
+        trace = (self.trace_id, self.trace_state)
         server = encoding.span(
-            self,
+            trace,
+            self.span_id,
             self.parent_id,
             name,
             SERVER,
@@ -313,7 +314,7 @@ class RequestTrace(Context):
             events,
             (ERROR if self.status >= 500 else UNSET, ""),  # a server span errs on 5xx only
         )
-        return [server, self._admission(encoding), *self._stream(encoding)]
+        return [server, self._admission(encoding, trace), *self._stream(encoding, trace)]
 
     def _server_attributes(self, encoding: Encoding, model: str | None) -> list[Any]:
         """What the server span says: what repeats from request to request (the route, model, key,
@@ -349,31 +350,44 @@ class RequestTrace(Context):
         if self.content:
             yield from self.content.items()
 
-    def _admission(self, encoding: Encoding) -> bytes:
+    def _admission(self, encoding: Encoding, trace: tuple[int, str | None]) -> bytes:
         failed = self.admission_error
         shared = encoding.shared(("admission", failed), lambda: (("error.type", failed),))
         end = self.admitted_ns or self.end_ns
         status = (ERROR, "") if failed is not None else (UNSET, "")
-        context = Context(self.trace_id, self.admission_id, SAMPLED, self.trace_state)
         return encoding.span(
-            context, self.span_id, "admission", INTERNAL, (self.start_ns, end), [shared], (), status
+            trace,
+            self.admission_id,
+            self.span_id,
+            "admission",
+            INTERNAL,
+            (self.start_ns, end),
+            [shared],
+            (),
+            status,
         )
 
-    def _stream(self, encoding: Encoding) -> list[bytes]:
+    def _stream(self, encoding: Encoding, trace: tuple[int, str | None]) -> list[bytes]:
         if not self.stream_ns:
             return []
         events = ((self.first_token_ns, "first_token"),) if self.first_token_ns else ()
-        context = Context(self.trace_id, self.stream_id, SAMPLED, self.trace_state)
         return [
             encoding.span(
-                context, self.span_id, "stream", INTERNAL, (self.stream_ns, self.end_ns), [], events
+                trace,
+                self.stream_id,
+                self.span_id,
+                "stream",
+                INTERNAL,
+                (self.stream_ns, self.end_ns),
+                [],
+                events,
             )
         ]
 
 
 class Attempt(Context):
     """One upstream attempt's client span, current for its task until :meth:`close`; then handed to
-    the exporter, whose thread writes it (:meth:`write`)."""
+    the exporter, which writes it (:meth:`write`)."""
 
     __slots__ = (
         "backend",
@@ -395,7 +409,7 @@ class Attempt(Context):
     def __init__(
         self,
         request: RequestTrace,
-        backend: tuple[tuple[str, Any], ...],
+        backend: str,
         operation: str,
         model: str,
         hop: int,
@@ -439,11 +453,14 @@ class Attempt(Context):
         status = (ERROR, self.message) if self.error is not None else (UNSET, "")
         times = (self.start_ns, self.end_ns)
         name = f"{self.operation} {model}"
-        return [encoding.span(self, self.parent_id, name, CLIENT, times, attributes, (), status)]
+        trace = (self.trace_id, self.trace_state)
+        return [
+            encoding.span(trace, self.span_id, self.parent_id, name, CLIENT, times, attributes, (), status)
+        ]
 
     def _attributes(self, model: str) -> Pairs:
         return (
-            *self.backend,
+            *self.tracer.backends[self.backend],
             ("gen_ai.operation.name", self.operation),
             ("gen_ai.request.model", model),
             ("modelwire.hop", self.hop),
@@ -522,7 +539,7 @@ def _backend_attributes(backend: Backend) -> tuple[tuple[str, Any], ...]:
 
 def _server_shared(request: RequestTrace, model: str | None) -> Pairs:
     """The server span's attributes that many requests share (the route, the model, the key, the
-    outcome): worked out once per distinct set, by the exporter's thread."""
+    outcome): worked out once per distinct set."""
     tracer = request.tracer
     yield "gen_ai.operation.name", request.operation
     yield "http.request.method", request.method
