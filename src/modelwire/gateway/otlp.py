@@ -305,11 +305,11 @@ def _varint(n: int) -> bytes:
 
 _SMALL = [bytes((n,)) for n in range(0x80)]
 _LOW64 = (1 << 64) - 1
-# A span's fixed-size fields in one pack each: trace_id 1 + span_id 2 (bytes, big-endian as the
-# ids read in hex), parent_span_id 4, kind 6 (a one-byte varint) + start 7 and end 8 (fixed64).
+# A span's fixed-size fields in one pack each: trace_id 1 + span_id 2 (+ parent_span_id 4) (bytes,
+# big-endian as the ids read in hex), start 7 and end 8 (fixed64).
 _IDS = struct.Struct(">BBQQBBQ").pack
-_PARENT = struct.Struct(">BBQ").pack
-_KIND_TIMES = struct.Struct("<BBBQBQ").pack
+_IDS_PARENT = struct.Struct(">BBQQBBQBBQ").pack
+_TIMES = struct.Struct("<BQBQ").pack
 _EVENT_TIME = struct.Struct("<BQ").pack  # an event's time_unix_nano, field 1 (fixed64)
 
 
@@ -351,7 +351,7 @@ class Protobuf:
     def __init__(self, resource: Mapping[str, Any], scope: tuple[str, str]) -> None:
         self._shared: dict[Hashable, bytes] = {}
         self._pairs: dict[tuple[str, Any, type], bytes] = {}
-        self._names: dict[str, bytes] = {}
+        self._shapes: dict[tuple[str, int, tuple[int, str]], bytes] = {}
         self._resource = _field(1, b"".join(_attribute(1, k, v) for k, v in resource.items()))
         self._scope = _field(1, _field(1, scope[0].encode()) + _field(2, scope[1].encode()))
 
@@ -397,25 +397,35 @@ class Protobuf:
         events: Sequence[tuple[int, str]] = (),
         status: tuple[int, str] = (UNSET, ""),
     ) -> bytes:
-        """The span as a ``ScopeSpans.spans`` field."""
+        """The span as a ``ScopeSpans.spans`` field: its ids and times packed in one go each, its
+        name, kind and status from a cache (the same few repeat), its attributes as given."""
         trace_id, trace_state = trace
-        parts = [_IDS(0x0A, 16, trace_id >> 64, trace_id & _LOW64, 0x12, 8, span_id)]
+        if parent_id:
+            ids = _IDS_PARENT(
+                0x0A, 16, trace_id >> 64, trace_id & _LOW64, 0x12, 8, span_id, 0x22, 8, parent_id
+            )
+        else:
+            ids = _IDS(0x0A, 16, trace_id >> 64, trace_id & _LOW64, 0x12, 8, span_id)
+        parts = [ids, _TIMES(0x39, times[0], 0x41, times[1]), self._shape(name, kind, status), *attributes]
         if trace_state:
             parts.append(_field(3, trace_state.encode()))
-        if parent_id:
-            parts.append(_PARENT(0x22, 8, parent_id))
-        encoded_name = self._names.get(name)
-        if encoded_name is None:
-            encoded_name = _bounded(self._names)[name] = _field(5, name.encode())
-        parts += (encoded_name, _KIND_TIMES(0x30, kind, 0x39, times[0], 0x41, times[1]), *attributes)
         for at, event in events:
             parts.append(_field(11, _EVENT_TIME(0x09, at) + _field(2, event.encode())))
-        code, message = status
-        if code:
-            parts.append(
-                _field(15, (_field(2, message.encode()) if message else b"") + b"\x18" + _SMALL[code])
-            )
         return _field(2, b"".join(parts))
+
+    def _shape(self, name: str, kind: int, status: tuple[int, str]) -> bytes:
+        """A span's name, kind and status fields."""
+        known = self._shapes.get((name, kind, status))
+        if known is None:
+            code, message = status
+            known = _field(5, name.encode()) + bytes((0x30, kind))
+            if code:
+                known += _field(
+                    15, (_field(2, message.encode()) if message else b"") + b"\x18" + _SMALL[code]
+                )
+            if len(message) < 64:  # an error's message may be one of a kind: not kept
+                _bounded(self._shapes)[name, kind, status] = known
+        return known
 
 
 def _one_off(key: str, value: Any) -> bytes:
