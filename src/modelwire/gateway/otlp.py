@@ -358,10 +358,10 @@ class Protobuf:
     def batch(self, spans: list[bytes]) -> bytes:
         return _field(1, self._resource + _field(2, self._scope + b"".join(spans)))
 
-    def shared(self, key: Hashable, pairs: Callable[[], Pairs]) -> bytes:
+    def shared(self, key: Hashable, pairs: Callable[..., Pairs], *args: Any) -> bytes:
         known = self._shared.get(key)
         if known is None:
-            known = b"".join(_attribute(9, k, v) for k, v in pairs() if v is not None)
+            known = b"".join(_attribute(9, k, v) for k, v in pairs(*args) if v is not None)
             _bounded(self._shared)[key] = known
         return known
 
@@ -489,8 +489,8 @@ class Json:
             + b',"spans":['
         )
 
-    def shared(self, key: Hashable, pairs: Callable[[], Pairs]) -> list[dict[str, Any]]:
-        return _json_attributes(pairs())
+    def shared(self, key: Hashable, pairs: Callable[..., Pairs], *args: Any) -> list[dict[str, Any]]:
+        return _json_attributes(pairs(*args))
 
     def attributes(self, pairs: Pairs, cached: bool = True) -> list[dict[str, Any]]:
         return _json_attributes(pairs)

@@ -29,7 +29,8 @@ class Encoding(Protocol):
     shared by many spans (a backend's, a route's), encoded once per distinct ``key`` and reused,
     and those of one span only."""
 
-    def shared(self, key: Hashable, pairs: Callable[[], Pairs]) -> Any: ...
+    def shared(self, key: Hashable, pairs: Callable[..., Pairs], *args: Any) -> Any:
+        """``pairs(*args)``, encoded once per ``key``."""
 
     def attributes(self, pairs: Pairs, cached: bool = True) -> Any: ...
 

@@ -323,7 +323,7 @@ class RequestTrace(Context):
         shared_key: tuple[Any, ...] = (self.operation, self.method, self.path, self.dialect, self.asked)
         shared_key += (self.status, self.backend, self.upstream_model, self.answer, self.error)
         return [
-            encoding.shared(shared_key, lambda: _server_shared(self, model)),
+            encoding.shared(shared_key, _server_shared, self, model),
             encoding.attributes(self._counts()),
             encoding.attributes(self._own(), cached=False),
         ]
@@ -353,7 +353,7 @@ class RequestTrace(Context):
 
     def _admission(self, encoding: Encoding, trace: tuple[int, str | None]) -> bytes:
         failed = self.admission_error
-        shared = encoding.shared(("admission", failed), lambda: (("error.type", failed),))
+        shared = encoding.shared(("admission", failed), _failure, failed)
         end = self.admitted_ns or self.end_ns
         status = (ERROR, "") if failed is not None else (UNSET, "")
         return encoding.span(
@@ -451,7 +451,7 @@ class Attempt(Context):
     def write(self, encoding: Encoding) -> list[bytes]:
         model = self.tracer.redacted(self.model)
         key = (self.backend, self.operation, model, self.hop, self.retry, self.reply, self.error)
-        attributes = [encoding.shared(key, lambda: self._attributes(model))]
+        attributes = [encoding.shared(key, self._attributes, model)]
         status = (ERROR, self.message) if self.error is not None else (UNSET, "")
         times = (self.start_ns, self.end_ns)
         name = f"{self.operation} {model}"
@@ -576,6 +576,10 @@ def _server_shared(request: RequestTrace, model: str | None) -> Pairs:
     if reasons:
         yield "gen_ai.response.finish_reasons", list(reasons)
     yield "error.type", request.error
+
+
+def _failure(kind: str | None) -> Pairs:
+    return (("error.type", kind),)
 
 
 def _answer(doc: dict[str, Any]) -> tuple[Any, tuple[Any, tuple[str, ...]]]:
