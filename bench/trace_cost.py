@@ -7,7 +7,9 @@ a lower ratio, side by side in one run, exporting to a local OTLP/HTTP sink.
 
 Rounds interleave the variants, and while one is measured the others are stopped (SIGSTOP), so
 machine drift and idle loops hit all alike. CPU µs per request is the gateway process's user +
-system time over the round (the exporter's thread included) divided by the requests served.
+system time over the round (the exporter's thread included) divided by the requests served. Each
+traced variant exports to a sink of its own, which counts the server spans it gets: the first line
+says whether the 100% variant exported one for every request (dropped spans would look cheap).
 Needs nginx and wrk.
 """
 
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -32,12 +35,18 @@ SINK = """
 import sys
 from aiohttp import web
 
+servers = [0]  # server spans received: each names its request once
+
 async def traces(request):
-    await request.read()
+    servers[0] += (await request.read()).count(b"modelwire.request_id")
     return web.Response(body=b"", content_type="application/x-protobuf")
+
+async def count(request):
+    return web.Response(text=str(servers[0]))
 
 app = web.Application(client_max_size=64 * 1024 * 1024)
 app.router.add_post("/v1/traces", traces)
+app.router.add_get("/count", count)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
 """
 
@@ -67,6 +76,13 @@ def start_gateway(root: Path, name: str, up: int, telemetry: str | None) -> Gate
     return proc, base
 
 
+def ratio_line(served: int, exported: int) -> str:
+    """Whether the 100% variant exported a trace for every request (a dropped span costs nothing,
+    so a lossy exporter would look cheap)."""
+    share = exported / max(1, served)
+    return f"on 100%: {exported} server spans exported for {served} requests served ({share:.1%})"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenarios", default="chat,chat_stream")
@@ -76,17 +92,20 @@ def main() -> int:
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mw-trace-bench-"))
     root.chmod(0o755)
-    up, sink_port = gb.free_port(), gb.free_port()
+    up = gb.free_port()
     procs = [subprocess.Popen(["nginx", "-c", str(gb.canned(root, up)), "-g", "daemon off;"])]
-    procs.append(subprocess.Popen([sys.executable, "-c", SINK, str(sink_port)]))
-    sink = f"http://127.0.0.1:{sink_port}"
+    sinks = {}  # each traced variant exports to its own, which counts what it got
+    for name in ("on", "sampled"):
+        port = gb.free_port()
+        procs.append(subprocess.Popen([sys.executable, "-c", SINK, str(port)]))
+        sinks[name] = f"http://127.0.0.1:{port}"
     variants: dict[str, Gateway] = {}
     try:
         time.sleep(1)
         variants["off"] = start_gateway(root, "off", up, None)
-        variants["on 100%"] = start_gateway(root, "on", up, f"{{endpoint: '{sink}'}}")
+        variants["on 100%"] = start_gateway(root, "on", up, f"{{endpoint: '{sinks['on']}'}}")
         variants[f"on {args.ratio:.0%}"] = start_gateway(
-            root, "sampled", up, f"{{endpoint: '{sink}', sample_ratio: {args.ratio}}}"
+            root, "sampled", up, f"{{endpoint: '{sinks['sampled']}', sample_ratio: {args.ratio}}}"
         )
         procs += [p for p, _ in variants.values()]
         scenarios = [s for s in args.scenarios.split(",") if s]
@@ -105,6 +124,10 @@ def main() -> int:
                     results.setdefault((scenario, name), []).append(row)
         for p, _ in variants.values():
             p.send_signal(signal.SIGCONT)
+        time.sleep(2)  # the exporters' last batches (sent within a second)
+        served = sum(r["requests"] for (_, name), rows in results.items() if name == "on 100%" for r in rows)
+        exported = int(urllib.request.urlopen(sinks["on"] + "/count").read())
+        print(ratio_line(served, exported))
         print("| scenario | variant | rps | p50 ms | p99 ms | errors | CPU µs/req | CPU / off |")
         print("|---|---|---|---|---|---|---|---|")
         for scenario in scenarios:

@@ -47,6 +47,9 @@ class OtlpReceiver:
         self.spans: list[ReceivedSpan] = []
         self.posts: list[dict[str, str]] = []  # each export's request headers
         self.bodies: list[bytes] = []  # each export as it came, for searches over every byte
+        self.batches: list[
+            tuple[Any, int]
+        ] = []  # each accepted export's peer (its connection) and span count
         self.url = ""
         self.refusals: list[int] = []  # statuses to answer the next exports with, before accepting
         self._lock = threading.Lock()
@@ -58,6 +61,7 @@ class OtlpReceiver:
             self.spans.clear()
             self.posts.clear()
             self.bodies.clear()
+            self.batches.clear()
             self.refusals.clear()
 
     def wait_for(
@@ -108,6 +112,9 @@ class OtlpReceiver:
             self.spans.extend(received)
             self.posts.append({k.lower(): v for k, v in request.headers.items()})
             self.bodies.append(body)
+            self.batches.append(
+                (request.transport.get_extra_info("peername") if request.transport else None, len(received))
+            )
         if request.content_type == "application/json":
             return web.Response(body=b"{}", content_type="application/json")
         reply = ExportTraceServiceResponse().SerializeToString()

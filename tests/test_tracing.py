@@ -504,7 +504,7 @@ def test_exporter_queue_is_bounded_and_every_value_type_survives_the_wire(receiv
     root.end()
     for n in range(3):  # the queue holds 3: the two above and one more
         w3c.Span(exporter.add, f"extra {n}", w3c.INTERNAL, root).end()
-    assert exporter.dropped == 2 and len(exporter.queue) == 3
+    assert exporter.dropped == 2 and exporter.held == 3
     exporter.start()
     exporter.shutdown()
     got = {s.name: s for s in receiver.wait_for(lambda spans: len(spans) >= 3)}
@@ -516,11 +516,33 @@ def test_exporter_queue_is_bounded_and_every_value_type_survives_the_wire(receiv
     assert got["child"].attributes == {"error.type": "UpstreamError"} and got["root"].status == "unset"
 
 
+def test_exports_go_in_whole_batches_over_one_kept_alive_connection(receiver: OtlpReceiver) -> None:
+    """A full batch goes at once, the rest when the exporter stops (the delay here never passes),
+    every POST on the same connection."""
+    receiver.clear()
+    env = {"OTEL_BSP_SCHEDULE_DELAY": "600000", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4"}
+    exporter = Exporter(Destination.of(receiver.url + "/v1/traces", {}, "http/protobuf", env), {}, ("s", "1"))
+    exporter.start()
+    for n in range(10):
+        w3c.Span(exporter.add, f"span {n}", w3c.INTERNAL, None).end()
+    receiver.wait_for(lambda spans: len(spans) >= 8)  # two whole batches, before any shutdown
+    exporter.shutdown()
+    spans = receiver.wait_for(lambda spans: len(spans) >= 10)
+    assert sorted(s.name for s in spans) == sorted(f"span {n}" for n in range(10))
+    assert [count for _, count in receiver.batches] == [4, 4, 2]
+    peers = {peer for peer, _ in receiver.batches}
+    assert len(peers) == 1 and None not in peers
+
+
 def test_a_span_that_cannot_be_encoded_is_dropped_not_raised(receiver: OtlpReceiver) -> None:
+    receiver.clear()
     exporter = Exporter(Destination.of(receiver.url + "/v1/traces", {}, "http/protobuf", {}), {}, ("s", "1"))
     w3c.Span(exporter.add, "lone surrogate \ud800", w3c.SERVER, None).end()  # not encodable as UTF-8
     w3c.Span(exporter.add, "fine", w3c.SERVER, None).end()
-    assert exporter.dropped == 1 and len(exporter.queue) == 1
+    exporter.start()
+    exporter.shutdown()
+    assert [s.name for s in receiver.wait_for(lambda spans: len(spans) >= 1)] == ["fine"]
+    assert exporter.dropped == 1 and exporter.held == 0
 
 
 def test_a_collector_refusing_for_now_is_retried_and_json_is_spoken_on_request(

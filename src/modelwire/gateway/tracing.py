@@ -1,6 +1,6 @@
-"""OpenTelemetry traces of the gateway's requests, as lean spans (:mod:`.spans`) exported over
-OTLP/HTTP by a thread (:mod:`.otlp`: export is never on the request path). Imported only when tracing is on
-(:mod:`.telemetry`); the request path reaches it through ``Call.trace`` and ``Failover.tracer``.
+"""OpenTelemetry traces of the gateway's requests, exported over OTLP/HTTP by a thread (:mod:`.otlp`).
+Imported only when tracing is on (:mod:`.telemetry`); the request path reaches it through
+``Call.trace`` and ``Failover.tracer``.
 
 One trace per request, continuing the client's ``traceparent`` when it sent one::
 
@@ -9,6 +9,11 @@ One trace per request, continuing the client's ``traceparent`` when it sent one:
     ├── chat gpt-4.1      CLIENT    one per upstream attempt (modelwire.hop 1, 2 …): the upstream
     │                               gets this span's traceparent (HTTP and WebSocket handshakes)
     └── stream            INTERNAL  the answer streaming to the client; ``first_token`` event
+
+What it costs: a request's hooks only note clock readings, ids and the values its spans will say, in
+two records (:class:`RequestTrace` for the server, admission and stream spans; an :class:`Attempt`
+per upstream attempt), written out as OTLP bytes once each ends, most of them encoded once per
+backend, route and model and reused; a thread sends them in batches (:mod:`.otlp`).
 
 Attribute names follow the OpenTelemetry GenAI and HTTP semantic conventions; the gateway's own
 are under ``modelwire.*``. A client key appears only by name. Prompts and completions are recorded
@@ -21,7 +26,9 @@ import asyncio
 import contextvars
 import os
 import random
-from collections.abc import Mapping
+import sys
+from collections.abc import Coroutine, Iterator, Mapping
+from time import time_ns
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -36,7 +43,20 @@ from ..providers.transport import Body
 from ..types import Message, Part, Reasoning, Refusal, Response, Text, ToolCall, ToolResult
 from .http import Scope
 from .otlp import Destination, Exporter, resource_attributes
-from .spans import CLIENT, ERROR, INTERNAL, SERVER, Context, Span, parse, unsampled
+from .spans import (
+    CLIENT,
+    ERROR,
+    INTERNAL,
+    SAMPLED,
+    SERVER,
+    UNSET,
+    Context,
+    Encoding,
+    Pairs,
+    new_span_id,
+    new_trace_id,
+    parse,
+)
 from .surfaces import EMBEDDINGS, Surface
 
 if TYPE_CHECKING:
@@ -85,38 +105,20 @@ class Tracer:
         self.ratio, self.follow_parent = settings.sample_ratio, settings.follow_parent
         self.capture_content = settings.capture_content
         self._redacted: dict[str, str] = {}
-        self.backends: dict[str, dict[str, Any]] = {}  # each backend's attributes, worked out once
+        # each backend's attributes, worked out once (a tuple: a key of the encoder's cache)
+        self.backends: dict[str, tuple[tuple[str, Any], ...]] = {}
 
     def transport(self) -> Http1Transport:
         """The upstream client that sends each attempt's trace context."""
         return TracedTransport()
 
     def begin(self, call: Call, scope: Scope) -> RequestTrace:
-        """The request's server span, current for this task from here on (and for the tasks it
-        starts: the failover search's attempts go under it)."""
+        """The request's trace, current for this task from here on (and for the tasks it starts:
+        the failover search's attempts go under it)."""
         parent = _client_context(scope)
-        operation = _operation(call.surface)
-        if not self._sampled(parent):  # nothing recorded; the context still goes upstream, unsampled
-            request = RequestTrace(self, unsampled(parent), None, None, operation)
-            request.token = _REQUEST.set(request)
-            return request
-        span = Span(
-            self.sink,
-            operation,
-            SERVER,
-            parent,
-            {
-                "gen_ai.operation.name": operation,
-                "http.request.method": scope["method"],
-                # What the client chose (its request id, the path naming a model) may hold a key
-                # pasted by mistake: redacted, as in the request log.
-                "url.path": self.redacted(scope["path"]),
-                "client.address": call.client,
-                "modelwire.request_id": redact(call.request_id),
-                "modelwire.dialect": call.surface.dialect,
-            },
-        )
-        request = RequestTrace(self, span, span, Span(self.sink, "admission", INTERNAL, span), operation)
+        request = RequestTrace(self, parent, self._sampled(parent), _operation(call.surface))
+        if request.recorded:
+            request.began(call, scope)
         request.token = _REQUEST.set(request)
         return request
 
@@ -124,29 +126,14 @@ class Tracer:
         """A client span for one upstream attempt, under the current request's span (None when
         that request is not sampled)."""
         request = _REQUEST.get()
-        if request is None or request.span is None:
+        if request is None or not request.recorded:
             return None
-        known = self.backends.get(backend.name)
-        if known is None:
-            known = self.backends[backend.name] = _backend_attributes(backend)
-        operation = OPERATIONS.get(backend.wire.name, "chat")
-        model = self.redacted(target.model)
-        if request.operation == "embeddings":
-            operation = "embeddings"
-        span = Span(
-            self.sink,
-            f"{operation} {model}",
-            CLIENT,
-            request.span,
-            {
-                **known,
-                "gen_ai.operation.name": operation,
-                "gen_ai.request.model": model,
-                "modelwire.hop": hop,
-                "modelwire.retry": retry,
-            },
+        if backend.name not in self.backends:
+            self.backends[backend.name] = _backend_attributes(backend)
+        operation = (
+            "embeddings" if request.operation == "embeddings" else OPERATIONS.get(backend.wire.name, "chat")
         )
-        attempt = Attempt(span)
+        attempt = Attempt(request, backend.name, operation, target.model, hop, retry)
         attempt.token = _ATTEMPT.set(attempt)
         return attempt
 
@@ -169,175 +156,327 @@ class Tracer:
         self.exporter.shutdown()
 
 
-class RequestTrace:
-    """One request's spans, fed by the hooks on its way (admitted, streaming, answered, end)."""
+class RequestTrace(Context):
+    """One request's trace context, and (when sampled) what its server, admission and stream spans
+    will say, noted by the hooks on its way (admitted, streaming, answered, end) and written out
+    once it ends (:meth:`write`). Unsampled, it is only the context sent upstream."""
 
-    __slots__ = ("_admission", "_stream", "context", "operation", "span", "token", "tracer")
+    __slots__ = (
+        "admission_error",
+        "admission_id",
+        "admitted_ns",
+        "answer",
+        "answer_id",
+        "asked",
+        "backend",
+        "client",
+        "content",
+        "cost",
+        "dialect",
+        "end_ns",
+        "error",
+        "first_token_ns",
+        "method",
+        "operation",
+        "parent_id",
+        "path",
+        "recorded",
+        "request_id",
+        "start_ns",
+        "status",
+        "stream_id",
+        "stream_ns",
+        "token",
+        "tracer",
+        "ttft",
+        "upstream_model",
+        "usage",
+    )
 
-    def __init__(
-        self, tracer: Tracer, context: Context, span: Span | None, admission: Span | None, operation: str
-    ) -> None:
-        # context goes upstream; span is None when the request is not sampled (nothing recorded)
-        self.tracer, self.context, self.span, self.operation = tracer, context, span, operation
+    def __init__(self, tracer: Tracer, parent: Context | None, sampled: bool, operation: str) -> None:
+        # Context's fields set here, not through its __init__: this runs for every request.
+        if parent is None:
+            self.trace_id, self.trace_state, self.parent_id = new_trace_id(), None, 0
+        else:
+            self.trace_id, self.trace_state, self.parent_id = (
+                parent.trace_id,
+                parent.trace_state,
+                parent.span_id,
+            )
+        self.span_id, self.flags, self.recorded = new_span_id(), SAMPLED if sampled else 0, sampled
+        self.tracer, self.operation = tracer, operation
         self.token: contextvars.Token[RequestTrace | None] | None = None
-        self._admission = admission
-        self._stream: Span | None = None
+        self.end_ns = 0
+
+    @property
+    def spans(self) -> int:  # server and admission, and the stream's
+        return 3 if self.stream_ns else 2
+
+    def began(self, call: Call, scope: Scope) -> None:
+        """A sampled request's first notes; every later one is given its empty value here."""
+        self.start_ns = time_ns()
+        self.method, self.path, self.client = scope["method"], scope["path"], call.client
+        self.request_id, self.dialect = call.request_id, call.surface.dialect
+        self.admission_id, self.admitted_ns = new_span_id(), 0
+        self.admission_error: str | None = None
+        self.asked: tuple[Any, ...] | None = None  # model, stream, key name, max tokens, temperature, top_p …
+        self.answer_id: Any = None
+        self.answer: tuple[Any, tuple[str, ...]] | None = None  # the model that answered, why it ended
+        self.content: dict[str, Any] | None = None
+        self.stream_id = self.stream_ns = self.first_token_ns = 0
 
     def admitted(self, call: Call) -> None:
         """Admission passed: what the client asked for."""
-        span = self.span
-        if span is None:
+        if not self.recorded:
             return
-        if self._admission is not None:
-            self._admission.end()
-            self._admission = None
+        if not self.admitted_ns:
+            self.admitted_ns = time_ns()
         body = call.body
-        model = self.tracer.redacted(call.model)
-        attributes: dict[str, Any] = {"gen_ai.request.model": model, "modelwire.stream": call.stream}
-        if call.key is not None:
-            attributes["modelwire.key_name"] = call.key.name
-        limit = next((body[k] for k in MAX_TOKENS if isinstance(body.get(k), int)), None)
-        settings = body.get("generationConfig")
-        if limit is None and isinstance(settings, dict):
-            limit = settings.get("maxOutputTokens")
-        if isinstance(limit, int):
-            attributes["gen_ai.request.max_tokens"] = limit
-        for name in ("temperature", "top_p"):
-            value = body.get(name)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                attributes[f"gen_ai.request.{name}"] = value
+        key = call.key.name if call.key is not None else None
+        temperature, top_p = body.get("temperature"), body.get("top_p")
+        # their types too, as they key a cache: 1 == 1.0, but one is an int, the other a double
+        self.asked = (
+            call.model,
+            call.stream,
+            key,
+            _max_tokens(body),
+            temperature,
+            top_p,
+            type(temperature),
+            type(top_p),
+        )
         if self.tracer.capture_content:
-            attributes.update(_input_content(call))
-        span.attributes.update(attributes)
-        span.name = f"{self.operation} {model}"
+            self.content = _input_content(call)
 
     def streaming(self) -> None:
         """The answer's stream opens to the client."""
-        if self.span is not None:
-            self._stream = Span(self.tracer.sink, "stream", INTERNAL, self.span)
+        if self.recorded:
+            self.stream_id, self.stream_ns = new_span_id(), time_ns()
 
     def first_token(self) -> None:
         """The first answer bytes went to the client."""
-        span = self._stream or self.span
-        if span is not None:
-            span.event("first_token")
+        if self.recorded and not self.first_token_ns:
+            self.first_token_ns = time_ns()
 
     def answered(self, outcome: Outcome[Any]) -> None:
         """A whole answer came back: its id, model and why it ended (and its text, when captured)."""
-        span = self.span
-        if span is None:
+        if not self.recorded:
             return
         value = outcome.value
         response: Response | None = getattr(value, "response", None)
         doc: dict[str, Any] | None = getattr(value, "doc", None)
-        attributes: dict[str, Any] = {}
         if response is not None:
-            attributes.update(
-                {
-                    "gen_ai.response.id": response.id,
-                    "gen_ai.response.model": self.tracer.redacted(outcome.target.model),
-                    "gen_ai.response.finish_reasons": [response.stop_reason],
-                }
-            )
+            self.answer_id = response.id
+            self.answer = (self.tracer.redacted(outcome.target.model), (response.stop_reason,))
         elif doc is not None:
-            attributes.update(_answer_attributes(doc))
+            self.answer_id, self.answer = _answer(doc)
         if self.tracer.capture_content:
-            if response is None and doc is not None:
-                try:
-                    response = outcome.backend.wire.decode_response(doc)
-                except ModelwireError:
-                    response = None
-            if response is not None:
-                attributes["gen_ai.output.messages"] = _messages(
-                    [Message(role="assistant", content=response.content)]
-                )
-        span.attributes.update({k: v for k, v in attributes.items() if v})
+            output = _output_content(outcome, response, doc)
+            if output is not None:
+                self.content = {**(self.content or {}), "gen_ai.output.messages": output}
 
     def end(self, call: Call) -> None:
-        """The request is over: its outcome on the server span; every span of it ended."""
+        """The request is over: its outcome noted, and the record handed to the exporter."""
         if self.token is not None:
             _REQUEST.reset(self.token)
             self.token = None
-        span = self.span
-        if span is None:
+        if not self.recorded or self.end_ns:
             return
-        if self._admission is not None:  # refused, or a route that only authenticates (listings)
-            if call.status < 400:
-                self._admission.end()
-            else:
-                self._admission.fail(call.error or str(call.status))
-        if self._stream is not None:
-            self._stream.end()
-        attributes: dict[str, Any] = {"http.response.status_code": call.status}
-        if call.backend is not None:
-            attributes["modelwire.backend"] = call.backend
-            attributes.update(
-                {
-                    k: v
-                    for k, v in self.tracer.backends.get(call.backend, {}).items()
-                    if k.startswith("gen_ai.")
-                }
-            )
-        if call.upstream_model is not None:
-            upstream_model = self.tracer.redacted(call.upstream_model)
-            attributes["modelwire.upstream_model"] = upstream_model
-            attributes.setdefault("gen_ai.response.model", upstream_model)
-        usage = call.usage
+        self.end_ns = time_ns()
+        if not self.admitted_ns and call.status >= 400:  # refused (a listing only authenticates)
+            self.admission_error = call.error or str(call.status)
+        self.status, self.error, self.backend = call.status, call.error, call.backend
+        self.upstream_model, self.usage, self.cost, self.ttft = (
+            call.upstream_model,
+            call.usage,
+            call.cost,
+            call.ttft,
+        )
+        self.tracer.sink(self)
+
+    # -- written out once ended
+
+    def write(self, encoding: Encoding) -> list[bytes]:
+        """The request's spans, as ``encoding`` writes them."""
+        tracer = self.tracer
+        asked = self.asked
+        model = tracer.redacted(asked[0]) if asked is not None else None
+        name = f"{self.operation} {model}" if model is not None else self.operation
+        events = ((self.first_token_ns, "first_token"),) if self.first_token_ns and not self.stream_ns else ()
+        trace = (self.trace_id, self.trace_state)
+        server = encoding.span(
+            trace,
+            self.span_id,
+            self.parent_id,
+            name,
+            SERVER,
+            (self.start_ns, self.end_ns),
+            self._server_attributes(encoding, model),
+            events,
+            (ERROR if self.status >= 500 else UNSET, ""),  # a server span errs on 5xx only
+        )
+        return [server, self._admission(encoding, trace), *self._stream(encoding, trace)]
+
+    def _server_attributes(self, encoding: Encoding, model: str | None) -> list[Any]:
+        """What the server span says: what repeats from request to request (the route, model, key,
+        outcome) shared, the rest (ids, counts, times) its own."""
+        shared_key: tuple[Any, ...] = (self.operation, self.method, self.path, self.dialect, self.asked)
+        shared_key += (self.status, self.backend, self.upstream_model, self.answer, self.error)
+        return [
+            encoding.shared(shared_key, _server_shared, self, model),
+            encoding.attributes(self._counts()),
+            encoding.attributes(self._own(), cached=False),
+        ]
+
+    def _counts(self) -> Iterator[tuple[str, Any]]:
+        """The server span's attributes that repeat from time to time (encoded once each)."""
+        yield "client.address", self.client
+        usage = self.usage
         if usage is not None and usage.total_tokens:
-            attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
-            attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
+            yield "gen_ai.usage.input_tokens", usage.input_tokens
+            yield "gen_ai.usage.output_tokens", usage.output_tokens
             if usage.cached_input_tokens:
-                attributes["modelwire.usage.cached_input_tokens"] = usage.cached_input_tokens
+                yield "modelwire.usage.cached_input_tokens", usage.cached_input_tokens
             if usage.reasoning_tokens:
-                attributes["modelwire.usage.reasoning_tokens"] = usage.reasoning_tokens
-        if call.cost is not None:
-            attributes["modelwire.cost_usd"] = call.cost
-        if call.ttft is not None:
-            attributes["modelwire.ttft_ms"] = round(call.ttft * 1000, 3)
-        if call.error is not None:
-            attributes["error.type"] = call.error
-        span.attributes.update(attributes)
-        if call.status >= 500:  # a server span errs on 5xx only: 4xx are the client's
-            span.status = ERROR
-        span.end()
+                yield "modelwire.usage.reasoning_tokens", usage.reasoning_tokens
+
+    def _own(self) -> Iterator[tuple[str, Any]]:
+        """The server span's attributes of this request only (ids, times, content)."""
+        yield "modelwire.request_id", redact(self.request_id)
+        if self.answer_id:
+            yield "gen_ai.response.id", self.answer_id
+        yield "modelwire.cost_usd", self.cost
+        if self.ttft is not None:
+            yield "modelwire.ttft_ms", round(self.ttft * 1000, 3)
+        if self.content:
+            yield from self.content.items()
+
+    def _admission(self, encoding: Encoding, trace: tuple[int, str | None]) -> bytes:
+        failed = self.admission_error
+        shared = encoding.shared(("admission", failed), _failure, failed)
+        end = self.admitted_ns or self.end_ns
+        status = (ERROR, "") if failed is not None else (UNSET, "")
+        return encoding.span(
+            trace,
+            self.admission_id,
+            self.span_id,
+            "admission",
+            INTERNAL,
+            (self.start_ns, end),
+            [shared],
+            (),
+            status,
+        )
+
+    def _stream(self, encoding: Encoding, trace: tuple[int, str | None]) -> list[bytes]:
+        if not self.stream_ns:
+            return []
+        events = ((self.first_token_ns, "first_token"),) if self.first_token_ns else ()
+        return [
+            encoding.span(
+                trace,
+                self.stream_id,
+                self.span_id,
+                "stream",
+                INTERNAL,
+                (self.stream_ns, self.end_ns),
+                [],
+                events,
+            )
+        ]
 
 
-class Attempt:
-    """One upstream attempt's client span, current for its task until :meth:`close`."""
+class Attempt(Context):
+    """One upstream attempt's client span, current for its task until :meth:`close`; then handed to
+    the exporter, which writes it (:meth:`write`)."""
 
-    __slots__ = ("_failed", "span", "token")
+    __slots__ = (
+        "backend",
+        "end_ns",
+        "error",
+        "hop",
+        "message",
+        "model",
+        "operation",
+        "parent_id",
+        "reply",
+        "retry",
+        "start_ns",
+        "token",
+        "tracer",
+    )
+    spans = 1
 
-    def __init__(self, span: Span) -> None:
-        self.span = span
+    def __init__(
+        self,
+        request: RequestTrace,
+        backend: str,
+        operation: str,
+        model: str,
+        hop: int,
+        retry: int,
+    ) -> None:
+        self.trace_id, self.span_id, self.flags = request.trace_id, new_span_id(), SAMPLED
+        self.trace_state, self.parent_id, self.tracer = request.trace_state, request.span_id, request.tracer
+        self.backend, self.operation, self.model, self.hop, self.retry = backend, operation, model, hop, retry
         self.token: contextvars.Token[Attempt | None] | None = None
-        self._failed = False
+        self.reply: int | None = None
+        self.error: str | None = None
+        self.message = ""
+        self.start_ns, self.end_ns = time_ns(), 0
 
     def replied(self, status: int) -> None:
-        self.span.attributes["http.response.status_code"] = status
+        self.reply = status
 
     def failed(self, err: ModelwireError) -> None:
-        self._failed = True
-        self.span.fail(type(err).__name__, redact(err.message))
+        self._end(type(err).__name__, redact(err.message))
 
     def close(self) -> None:
         """The attempt is over (answered, failed, or cut short: then its error is ``cancelled``)."""
         if self.token is not None:
             _ATTEMPT.reset(self.token)
             self.token = None
-        if self._failed:
+        if self.end_ns:
             return  # ended by failed()
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            self.span.fail("cancelled")
-        else:
-            self.span.end()
+        # close() runs in the attempt's ``finally``: a CancelledError on its way out means the attempt
+        # was cut short (cheaper to ask than the task whether it is being cancelled).
+        self._end("cancelled" if isinstance(sys.exc_info()[1], asyncio.CancelledError) else None)
+
+    def _end(self, error: str | None, message: str = "") -> None:
+        if not self.end_ns:
+            self.end_ns = time_ns()
+            self.error, self.message = error, message
+            self.tracer.sink(self)
+
+    def write(self, encoding: Encoding) -> list[bytes]:
+        model = self.tracer.redacted(self.model)
+        key = (self.backend, self.operation, model, self.hop, self.retry, self.reply, self.error)
+        attributes = [encoding.shared(key, self._attributes, model)]
+        status = (ERROR, self.message) if self.error is not None else (UNSET, "")
+        times = (self.start_ns, self.end_ns)
+        name = f"{self.operation} {model}"
+        trace = (self.trace_id, self.trace_state)
+        return [
+            encoding.span(trace, self.span_id, self.parent_id, name, CLIENT, times, attributes, (), status)
+        ]
+
+    def _attributes(self, model: str) -> Pairs:
+        return (
+            *self.tracer.backends[self.backend],
+            ("gen_ai.operation.name", self.operation),
+            ("gen_ai.request.model", model),
+            ("modelwire.hop", self.hop),
+            ("modelwire.retry", self.retry),
+            ("http.response.status_code", self.reply),
+            ("error.type", self.error),
+        )
 
 
 class TracedTransport(Http1Transport):
     """The upstream client, sending the current attempt's trace context with every request and
     WebSocket handshake, and recording each reply's status on the attempt's span."""
 
-    async def send(
+    def send(  # the same awaitable as the transport's, without a coroutine of its own
         self,
         method: str,
         url: str,
@@ -345,12 +484,12 @@ class TracedTransport(Http1Transport):
         body: Body = None,
         *,
         read_timeout: float | None = None,
-    ) -> Any:
+    ) -> Coroutine[Any, Any, Any]:
+        # Not a coroutine itself: outside a recorded attempt (an unsampled request) the transport's
+        # own is awaited directly, one frame fewer on every upstream request.
         attempt = _ATTEMPT.get()
-        reply = await super().send(method, url, _traced(headers, attempt), body, read_timeout=read_timeout)
-        if attempt is not None:
-            attempt.replied(reply.status)
-        return reply
+        sent = super().send(method, url, _traced(headers, attempt), body, read_timeout=read_timeout)
+        return sent if attempt is None else _replied(sent, attempt)
 
     async def connect_socket(
         self, url: str, headers: Mapping[str, str], within: float
@@ -358,10 +497,17 @@ class TracedTransport(Http1Transport):
         return await super().connect_socket(url, _traced(headers, _ATTEMPT.get()), within)
 
 
+async def _replied(sent: Coroutine[Any, Any, Any], attempt: Attempt) -> Any:
+    """The reply, its status recorded on the attempt's span."""
+    reply = await sent
+    attempt.replied(reply.status)
+    return reply
+
+
 def _traced(headers: Mapping[str, str], attempt: Attempt | None) -> dict[str, str]:
     """The headers with the attempt's W3C trace context (outside one, as for a background poll or an
     unsampled request: the request's)."""
-    context = attempt.span if attempt is not None else _current_context()
+    context = attempt if attempt is not None else _REQUEST.get()
     if context is None:
         return dict(headers)
     carrier = dict(headers)
@@ -369,11 +515,6 @@ def _traced(headers: Mapping[str, str], attempt: Attempt | None) -> dict[str, st
     if context.trace_state:
         carrier["tracestate"] = context.trace_state
     return carrier
-
-
-def _current_context() -> Context | None:
-    request = _REQUEST.get()
-    return request.context if request is not None else None
 
 
 def _client_context(scope: Scope) -> Context | None:
@@ -392,31 +533,97 @@ def _operation(surface: Surface) -> str:
     return "embeddings" if surface is EMBEDDINGS else OPERATIONS.get(surface.dialect, "chat")
 
 
-def _backend_attributes(backend: Backend) -> dict[str, Any]:
+def _backend_attributes(backend: Backend) -> tuple[tuple[str, Any], ...]:
     """What an attempt's span says of its backend, worked out once per backend."""
     parts = urlsplit(backend.config.base_url or "")
-    attributes: dict[str, Any] = {
-        "gen_ai.provider.name": PROVIDERS.get(backend.config.type, backend.config.type),
-        "modelwire.backend": backend.name,
-    }
+    attributes: list[tuple[str, Any]] = [
+        ("gen_ai.provider.name", PROVIDERS.get(backend.config.type, backend.config.type)),
+        ("modelwire.backend", backend.name),
+    ]
     if parts.hostname:
-        attributes["server.address"] = parts.hostname
-        attributes["server.port"] = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
-    return attributes
+        attributes.append(("server.address", parts.hostname))
+        attributes.append(("server.port", parts.port or (443 if parts.scheme in ("https", "wss") else 80)))
+    return tuple(attributes)
 
 
-def _answer_attributes(doc: dict[str, Any]) -> dict[str, Any]:
+def _server_shared(request: RequestTrace, model: str | None) -> Pairs:
+    """The server span's attributes that many requests share (the route, the model, the key, the
+    outcome): worked out once per distinct set."""
+    tracer = request.tracer
+    yield "gen_ai.operation.name", request.operation
+    yield "http.request.method", request.method
+    # What the client chose (the path naming a model) may hold a key pasted by mistake: redacted.
+    yield "url.path", tracer.redacted(request.path)
+    yield "modelwire.dialect", request.dialect
+    if request.asked is not None:
+        _, stream, key_name, limit, temperature, top_p = request.asked[:6]
+        yield "gen_ai.request.model", model
+        yield "modelwire.stream", stream
+        yield "modelwire.key_name", key_name
+        if isinstance(limit, int):
+            yield "gen_ai.request.max_tokens", limit
+        for name, value in (("temperature", temperature), ("top_p", top_p)):
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                yield f"gen_ai.request.{name}", value
+    yield "http.response.status_code", request.status
+    if request.backend is not None:
+        yield "modelwire.backend", request.backend
+        yield from ((k, v) for k, v in tracer.backends.get(request.backend, ()) if k.startswith("gen_ai."))
+    upstream = tracer.redacted(request.upstream_model) if request.upstream_model is not None else None
+    yield "modelwire.upstream_model", upstream
+    response_model, reasons = request.answer or (None, ())
+    yield "gen_ai.response.model", response_model or upstream
+    if reasons:
+        yield "gen_ai.response.finish_reasons", list(reasons)
+    yield "error.type", request.error
+
+
+def _failure(kind: str | None) -> Pairs:
+    return (("error.type", kind),)
+
+
+def _answer(doc: dict[str, Any]) -> tuple[Any, tuple[Any, tuple[str, ...]]]:
     """A forwarded answer's id, model and finish reasons, in whichever wire it came."""
     choices = doc.get("choices") or doc.get("candidates")
+    reasons: list[str] = []
     if isinstance(choices, list):
-        reasons = [c.get("finish_reason") or c.get("finishReason") for c in choices if isinstance(c, dict)]
+        for choice in choices:
+            if isinstance(choice, dict):
+                reason = choice.get("finish_reason") or choice.get("finishReason")
+                if reason:
+                    reasons.append(str(reason))
     else:
-        reasons = [doc.get("stop_reason") or doc.get("status")]
-    return {
-        "gen_ai.response.id": doc.get("id") or doc.get("responseId"),
-        "gen_ai.response.model": doc.get("model") or doc.get("modelVersion"),
-        "gen_ai.response.finish_reasons": [str(r) for r in reasons if r],
-    }
+        reason = doc.get("stop_reason") or doc.get("status")
+        if reason:
+            reasons.append(str(reason))
+    return doc.get("id") or doc.get("responseId"), (
+        doc.get("model") or doc.get("modelVersion"),
+        tuple(reasons),
+    )
+
+
+def _max_tokens(body: dict[str, Any]) -> Any:
+    """How many tokens the request may produce, as its dialect says it (None when it does not)."""
+    for name in MAX_TOKENS:
+        value = body.get(name)
+        if isinstance(value, int):
+            return value
+    settings = body.get("generationConfig")
+    return settings.get("maxOutputTokens") if isinstance(settings, dict) else None
+
+
+def _output_content(
+    outcome: Outcome[Any], response: Response | None, doc: dict[str, Any] | None
+) -> str | None:
+    """The answer's text in the conventions' JSON shape, redacted (content capture only)."""
+    if response is None and doc is not None:
+        try:
+            response = outcome.backend.wire.decode_response(doc)
+        except ModelwireError:
+            return None
+    if response is None:
+        return None
+    return _messages([Message(role="assistant", content=response.content)])
 
 
 def _input_content(call: Call) -> dict[str, str]:
