@@ -29,7 +29,6 @@ import itertools
 import logging
 import signal
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -42,7 +41,7 @@ from .accounting import Accounting
 from .admission import Admission
 from .auth import KeyBook
 from .background import Background
-from .call import Call, InFlight
+from .call import MINTED_ID_PREFIX, Call, InFlight
 from .capture import Capture
 from .chains import Chains
 from .clients import ClientAddress, is_loopback
@@ -473,7 +472,6 @@ class Gateway:
         await http.respond(send, 200, payload, [], content_type.encode())
 
 
-_ID_PREFIX = f"req_{uuid.uuid4().hex[:12]}"
 _id_counter = itertools.count(1)
 
 
@@ -482,4 +480,4 @@ def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id" and 0 < len(value) <= 128:
             return str(value.decode("latin-1"))
-    return f"{_ID_PREFIX}{next(_id_counter):012x}"
+    return f"{MINTED_ID_PREFIX}{next(_id_counter):012x}"

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..types import Request, Usage
+
+MINTED_ID_PREFIX = f"req_{uuid.uuid4().hex[:12]}"
+"""What starts the request ids this process makes up (a client may bring its own)."""
 
 if TYPE_CHECKING:
     from ..errors import ModelwireError

@@ -41,6 +41,7 @@ from ..observe import redact
 from ..providers.http1 import Http1Transport
 from ..providers.transport import Body
 from ..types import Message, Part, Reasoning, Refusal, Response, Text, ToolCall, ToolResult
+from .call import MINTED_ID_PREFIX
 from .http import Scope
 from .otlp import Destination, Exporter, resource_attributes
 from .spans import (
@@ -342,7 +343,8 @@ class RequestTrace(Context):
 
     def _own(self) -> Iterator[tuple[str, Any]]:
         """The server span's attributes of this request only (ids, times, content)."""
-        yield "modelwire.request_id", redact(self.request_id)
+        rid = self.request_id  # a client's own id may hold anything; one made here is known clean
+        yield "modelwire.request_id", rid if rid.startswith(MINTED_ID_PREFIX) else redact(rid)
         if self.answer_id:
             yield "gen_ai.response.id", self.answer_id
         yield "modelwire.cost_usd", self.cost
