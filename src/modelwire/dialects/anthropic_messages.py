@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +55,7 @@ from ..types import (
 )
 from . import check as check
 from . import replay
+from .ids import random_hex
 from .sse import frame
 from .stream import EventBuilder
 
@@ -123,7 +123,7 @@ def message_id(upstream_id: str) -> str:
     """An Anthropic-looking message id (``msg_…``) for an upstream's response id."""
     if upstream_id.startswith("msg_"):
         return upstream_id
-    return f"msg_{upstream_id or uuid.uuid4().hex}"
+    return f"msg_{upstream_id or random_hex()}"
 
 
 def tool_input(arguments: str) -> dict[str, Any]:
