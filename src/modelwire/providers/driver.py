@@ -8,7 +8,6 @@ those), decode. The OpenAI driver (:mod:`.openai`) adds what OpenAI hosts need o
 from __future__ import annotations
 
 import dataclasses
-import operator
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -19,7 +18,7 @@ from ..dialects.sse import SSEParser
 from ..dialects.stream import events_from_response
 from ..errors import InvalidRequestError, ModelwireError, ProtocolError
 from ..observe import Observer, Tap
-from ..types import Message, Request, Response, StreamError, StreamEvent, Text
+from ..types import Message, Request, Response, StreamError, StreamEvent, Text, copy_request
 from ..wires import StreamDecoder, Wire
 from .catalog import Catalog, adapt
 from .hosts import Host
@@ -121,19 +120,19 @@ async def raising(events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEve
         yield event
 
 
-_REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(Request))
-_request_values = operator.attrgetter(*_REQUEST_FIELDS)
+_REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(Request))
 
 
 def build_request(request: Request | None, settings: dict[str, Any]) -> Request:
     """A fresh request to plan with (the caller's is never changed): ``request`` with ``settings``."""
     if request is not None:
-        # What dataclasses.replace does, at half its cost (it re-inspects every field per call);
-        # an unknown setting is still refused by Request's own constructor.
-        fields = dict(zip(_REQUEST_FIELDS, _request_values(request), strict=True))
-        fields["messages"] = list(request.messages)
-        fields.update(settings)
-        return Request(**fields)
+        req = copy_request(request)  # what dataclasses.replace would do, at a tenth of the cost
+        req.messages = list(request.messages)
+        for name, value in settings.items():
+            if name not in _REQUEST_FIELDS:  # as Request(...) would refuse it
+                raise TypeError(f"Request.__init__() got an unexpected keyword argument {name!r}")
+            setattr(req, name, value)
+        return req
     messages = settings.pop("messages", [])
     if isinstance(messages, str):
         messages = [Message(role="user", content=[Text(text=messages)])]
