@@ -173,6 +173,8 @@ def end_user_id(user: str) -> str:
 
 
 def _encode_content(parts: list[Part], role: str) -> str | list[dict[str, Any]]:
+    if len(parts) == 1 and type(parts[0]) is Text:  # most turns: one text, sent as a string
+        return parts[0].text
     shown = [p for p in parts if not isinstance(p, (ToolResult, ToolCall, Reasoning, ProviderItem))]
     if all(isinstance(p, Text) for p in shown):
         return "".join(p.text for p in shown if isinstance(p, Text))
