@@ -691,9 +691,11 @@ def _decode_message(raw: Any, path: str) -> list[Message]:
     if role != "user":  # Claude Code sends system messages inside messages as well
         return [Message(role="assistant" if role == "assistant" else "system", content=parts)]
     results: list[Part] = [p for p in parts if isinstance(p, ToolResult)]
+    if not results:
+        return [Message(role="user", content=parts)]
     rest: list[Part] = [p for p in parts if not isinstance(p, ToolResult)]
-    out = [Message(role="tool", content=results)] if results else []
-    if rest or not results:
+    out = [Message(role="tool", content=results)]
+    if rest:
         out.append(Message(role="user", content=rest))
     return out
 

@@ -306,13 +306,14 @@ def decode_response(body: dict[str, Any]) -> Response:
         parts.append(Text(text=msg["content"]))
     if msg.get("refusal"):
         parts.append(Refusal(text=msg["refusal"]))
+    before_calls = len(parts)
     for call in msg.get("tool_calls") or []:
         fn = call.get("function") or {}
         parts.append(
             ToolCall(id=call.get("id") or "", name=fn.get("name") or "", arguments=fn.get("arguments") or "")
         )
     stop = _FINISH_IN.get(choice.get("finish_reason") or "stop", "stop")
-    if stop == "stop" and any(isinstance(p, ToolCall) for p in parts):
+    if stop == "stop" and len(parts) > before_calls:  # it called tools
         stop = "tool_calls"
     return Response(
         id=body.get("id") or "",
