@@ -160,6 +160,17 @@ class Observer:
         self.raw = raw
         self.tap = tap
 
+    @property
+    def listening(self) -> bool:
+        """Whether an event reaches anyone (a hook, the debug log): callers on the hot path build
+        one only then."""
+        return self.hook is not None or self.debug
+
+    @property
+    def tapped(self) -> bool:
+        """Whether a payload reaches anyone (a tap, the raw log)."""
+        return self.tap is not None or self.raw
+
     def emit(self, event: Event) -> None:
         if self.debug:
             log.debug("%s", redact(repr(event)))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +55,7 @@ from ..types import (
 )
 from . import check as check
 from . import replay
+from .ids import random_hex
 from .sse import frame
 from .stream import EventBuilder
 
@@ -123,7 +123,7 @@ def message_id(upstream_id: str) -> str:
     """An Anthropic-looking message id (``msg_…``) for an upstream's response id."""
     if upstream_id.startswith("msg_"):
         return upstream_id
-    return f"msg_{upstream_id or uuid.uuid4().hex}"
+    return f"msg_{upstream_id or random_hex()}"
 
 
 def tool_input(arguments: str) -> dict[str, Any]:
@@ -691,9 +691,11 @@ def _decode_message(raw: Any, path: str) -> list[Message]:
     if role != "user":  # Claude Code sends system messages inside messages as well
         return [Message(role="assistant" if role == "assistant" else "system", content=parts)]
     results: list[Part] = [p for p in parts if isinstance(p, ToolResult)]
+    if not results:
+        return [Message(role="user", content=parts)]
     rest: list[Part] = [p for p in parts if not isinstance(p, ToolResult)]
-    out = [Message(role="tool", content=results)] if results else []
-    if rest or not results:
+    out = [Message(role="tool", content=results)]
+    if rest:
         out.append(Message(role="user", content=rest))
     return out
 

@@ -23,7 +23,6 @@ import functools
 import hashlib
 import logging
 import mimetypes
-import uuid
 from typing import Any, Protocol
 
 import orjson
@@ -62,6 +61,7 @@ from ..types import (
 )
 from . import check as check
 from . import replay
+from .ids import random_hex
 from .stream import EventBuilder
 
 DIALECT: Dialect = "gemini"
@@ -148,7 +148,11 @@ def _key(obj: dict[str, Any], name: str) -> str:
 
 
 def _get(obj: dict[str, Any], name: str, kind: type[Any], path: str) -> Any:
-    return check.get(obj, _key(obj, name), kind, path)
+    """``check.get`` under either spelling; most fields are absent, so that case is found first."""
+    if name in obj:
+        return check.get(obj, name, kind, path)
+    snake = _snake(name)
+    return check.get(obj, snake, kind, path) if snake in obj else None
 
 
 def _need(obj: dict[str, Any], name: str, kind: type[Any], path: str) -> Any:
@@ -172,7 +176,7 @@ def _synthesized_id(n: int, name: str, arguments: str) -> str:
 
 
 def _new_response_id() -> str:
-    return uuid.uuid4().hex
+    return random_hex()
 
 
 def _args_object(arguments: str) -> dict[str, Any]:
@@ -952,10 +956,10 @@ def json_schema(schema: Any) -> Any:
 
 
 def _decode_tool_choice(tool_config: dict[str, Any]) -> ToolChoice | None:
-    path = "toolConfig." + _key(tool_config, "functionCallingConfig") + "."
     config = _get(tool_config, "functionCallingConfig", dict, "toolConfig.")
     if not config:
         return None
+    path = "toolConfig." + _key(tool_config, "functionCallingConfig") + "."
     mode = (_get(config, "mode", str, path) or "").upper()
     names = _get(config, "allowedFunctionNames", list, path) or []
     if mode in ("AUTO", "VALIDATED"):
@@ -979,11 +983,12 @@ def _decode_generation(req: Request, gen: dict[str, Any]) -> None:
     req.seed = _get(gen, "seed", int, path)
     req.stop = check.str_list(gen, _key(gen, "stopSequences"), path)
     req.response_format = _decode_format(gen, path)
-    thinking = _get(gen, "thinkingConfig", dict, path) or {}
-    thinking_path = f"{path}{_key(gen, 'thinkingConfig')}."
-    req.reasoning_effort = _decode_effort(thinking, thinking_path)
-    if _get(thinking, "includeThoughts", bool, thinking_path):
-        req.reasoning_summary = "auto"
+    thinking = _get(gen, "thinkingConfig", dict, path)
+    if thinking:
+        thinking_path = f"{path}{_key(gen, 'thinkingConfig')}."
+        req.reasoning_effort = _decode_effort(thinking, thinking_path)
+        if _get(thinking, "includeThoughts", bool, thinking_path):
+            req.reasoning_summary = "auto"
 
 
 def _decode_format(gen: dict[str, Any], path: str) -> ResponseFormat | None:

@@ -173,6 +173,8 @@ def end_user_id(user: str) -> str:
 
 
 def _encode_content(parts: list[Part], role: str) -> str | list[dict[str, Any]]:
+    if len(parts) == 1 and type(parts[0]) is Text:  # most turns: one text, sent as a string
+        return parts[0].text
     shown = [p for p in parts if not isinstance(p, (ToolResult, ToolCall, Reasoning, ProviderItem))]
     if all(isinstance(p, Text) for p in shown):
         return "".join(p.text for p in shown if isinstance(p, Text))
@@ -304,13 +306,14 @@ def decode_response(body: dict[str, Any]) -> Response:
         parts.append(Text(text=msg["content"]))
     if msg.get("refusal"):
         parts.append(Refusal(text=msg["refusal"]))
+    before_calls = len(parts)
     for call in msg.get("tool_calls") or []:
         fn = call.get("function") or {}
         parts.append(
             ToolCall(id=call.get("id") or "", name=fn.get("name") or "", arguments=fn.get("arguments") or "")
         )
     stop = _FINISH_IN.get(choice.get("finish_reason") or "stop", "stop")
-    if stop == "stop" and any(isinstance(p, ToolCall) for p in parts):
+    if stop == "stop" and len(parts) > before_calls:  # it called tools
         stop = "tool_calls"
     return Response(
         id=body.get("id") or "",

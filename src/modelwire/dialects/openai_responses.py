@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +49,7 @@ from ..types import (
 )
 from . import check as check
 from . import replay
+from .ids import random_hex
 from .openai_chat import end_user_id, error_object, openai_tier
 from .openai_chat import render_error as render_error  # the same envelope and statuses
 from .options import NATIVE, WireOptions
@@ -70,7 +70,7 @@ MIN_OUTPUT_TOKENS = 16
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    return f"{prefix}_{random_hex()}"
 
 
 # The types of the top-level fields, checked before a body is forwarded without decoding.

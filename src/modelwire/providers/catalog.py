@@ -256,7 +256,7 @@ def unsupported_settings(req: Request, profile: ModelProfile, wire: Wire) -> lis
     names = [n for n in ("temperature", "top_p") if not profile.sampling and getattr(req, n) is not None]
     if not wire.seed and req.seed is not None:
         names.append("seed")
-    if req.dialect != wire.name:
+    if req.extra and req.dialect != wire.name:  # (no extra fields: nothing foreign to look for)
         generation = req.extra.get("generationConfig")
         extra = {**req.extra, **(generation if isinstance(generation, dict) else {})}
         names += [n for n in _FOREIGN_SAMPLING if n in extra]

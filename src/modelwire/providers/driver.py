@@ -18,7 +18,7 @@ from ..dialects.sse import SSEParser
 from ..dialects.stream import events_from_response
 from ..errors import InvalidRequestError, ModelwireError, ProtocolError
 from ..observe import Observer, Tap
-from ..types import Message, Request, Response, StreamError, StreamEvent, Text
+from ..types import Message, Request, Response, StreamError, StreamEvent, Text, copy_request
 from ..wires import StreamDecoder, Wire
 from .catalog import Catalog, adapt
 from .hosts import Host
@@ -120,10 +120,19 @@ async def raising(events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEve
         yield event
 
 
+_REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(Request))
+
+
 def build_request(request: Request | None, settings: dict[str, Any]) -> Request:
     """A fresh request to plan with (the caller's is never changed): ``request`` with ``settings``."""
     if request is not None:
-        return dataclasses.replace(request, messages=list(request.messages), **settings)
+        req = copy_request(request)  # what dataclasses.replace would do, at a tenth of the cost
+        req.messages = list(request.messages)
+        for name, value in settings.items():
+            if name not in _REQUEST_FIELDS:  # as Request(...) would refuse it
+                raise TypeError(f"Request.__init__() got an unexpected keyword argument {name!r}")
+            setattr(req, name, value)
+        return req
     messages = settings.pop("messages", [])
     if isinstance(messages, str):
         messages = [Message(role="user", content=[Text(text=messages)])]
@@ -151,7 +160,7 @@ async def read_events(reply: Reply, decoder: StreamDecoder, observer: Observer) 
 
 async def read_json(reply: Reply, observer: Observer | None = None) -> dict[str, Any]:
     payload = await reply.read()
-    if observer is not None:
+    if observer is not None and observer.tapped:
         observer.payload("response", "", dict(reply.headers), payload)
     try:
         data = orjson.loads(payload)

@@ -440,15 +440,16 @@ class OpenAI(MediaAPIs):
         response = plan.wire.decode_response(data)
         if plan.stops:
             _apply_stops(response, plan.stops)
-        self.observer.emit(
-            ResponseReceived(
-                status=reply.status,
-                model=response.model,
-                latency=time.monotonic() - started,
-                request_id=reply.headers.get("x-request-id"),
-                usage=response.usage,
+        if self.observer.listening:
+            self.observer.emit(
+                ResponseReceived(
+                    status=reply.status,
+                    model=response.model,
+                    latency=time.monotonic() - started,
+                    request_id=reply.headers.get("x-request-id"),
+                    usage=response.usage,
+                )
             )
-        )
         return response
 
     async def _stream_call(self, plan: Plan, route: Route | None) -> AsyncIterator[StreamEvent]:
@@ -509,9 +510,10 @@ class OpenAI(MediaAPIs):
         attempt = 0
         renewed = False
         while True:
-            self.observer.emit(
-                RequestSent(url=url, model=model, api=endpoint, attempt=attempt, stream=stream)
-            )
+            if self.observer.listening:
+                self.observer.emit(
+                    RequestSent(url=url, model=model, api=endpoint, attempt=attempt, stream=stream)
+                )
             try:
                 return await self._attempt(method, url, headers, body)
             except AuthenticationError:
@@ -640,15 +642,19 @@ def _index(item: dict[str, Any]) -> int:
 
 
 class _deadline:
-    """``asyncio.timeout`` that raises modelwire's :class:`TimeoutError`."""
+    """``asyncio.timeout`` that raises modelwire's :class:`TimeoutError` (none at all without a
+    deadline: the gateway's drivers have none, and a timeout costs even when it never fires)."""
 
     def __init__(self, seconds: float | None) -> None:
-        self._cm = asyncio.timeout(seconds)
+        self._cm = asyncio.timeout(seconds) if seconds is not None else None
 
     async def __aenter__(self) -> None:
-        await self._cm.__aenter__()
+        if self._cm is not None:
+            await self._cm.__aenter__()
 
     async def __aexit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if self._cm is None:
+            return
         try:
             await self._cm.__aexit__(kind, exc, tb)
         except builtins.TimeoutError as err:
