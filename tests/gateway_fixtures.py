@@ -128,6 +128,9 @@ def base_config(upstream: FakeUpstream, tmp: Path) -> dict[str, Any]:
     }
 
 
+BIND_ATTEMPTS = 3
+
+
 def start_gateway(
     config: dict[str, Any],
     tmp: Path,
@@ -136,7 +139,27 @@ def start_gateway(
     name: str = "gateway",
     args: tuple[str, ...] = (),
 ) -> RunningGateway:
-    """``modelwire serve`` with ``config`` (and extra command-line ``args``), once it answers."""
+    """``modelwire serve`` with ``config`` (and extra command-line ``args``), once it answers.
+
+    The port is free when picked, but another process (or an outgoing connection's ephemeral
+    port, under a busy parallel run) can take it before the gateway binds: then it is tried again
+    on another port."""
+    for _ in range(BIND_ATTEMPTS):
+        running = _start_once(config, tmp, env=env, name=name, args=args)
+        if running is not None:
+            return running
+    raise RuntimeError(f"gateway could not bind a free port in {BIND_ATTEMPTS} attempts")
+
+
+def _start_once(
+    config: dict[str, Any],
+    tmp: Path,
+    *,
+    env: dict[str, str] | None,
+    name: str,
+    args: tuple[str, ...],
+) -> RunningGateway | None:
+    """The running gateway; None when its port was taken before it could bind."""
     config = {**config, "server": {**config.get("server", {}), "host": "127.0.0.1", "port": free_port()}}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -153,6 +176,8 @@ def start_gateway(
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            if "address already in use" in running.log():
+                return None
             raise RuntimeError(f"gateway exited with {proc.returncode}:\n{running.log()}")
         try:
             with urllib.request.urlopen(url + "/healthz", timeout=1) as reply:

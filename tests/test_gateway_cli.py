@@ -13,8 +13,10 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -31,6 +33,7 @@ from modelwire.gateway.migrations import HEAD
 from modelwire.gateway.store import Store, UsageRecord, keys_table, open_engine, usage_table
 from modelwire.providers.catalog import Catalog
 
+from . import gateway_fixtures
 from .fake_upstream import DEFAULT_MODELS, FakeUpstream, Reply
 from .gateway_fixtures import CLIENT_KEY, MODELWIRE, RunningGateway, base_config, free_port, start_gateway
 from .services import SHARED_POSTGRES_URL as PG_URL
@@ -712,3 +715,23 @@ def test_models_without_its_upstream_lists_the_rules(upstream: FakeUpstream, tmp
     assert (
         len(result.stderr.splitlines()) == 1 and "cannot list the models of backend 'compat'" in result.stderr
     )
+
+
+def test_the_test_harness_starts_a_gateway_on_another_port_when_its_port_was_taken(
+    upstream: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a busy parallel run a picked free port can be taken before the gateway binds it: the
+    harness must try again rather than fail the test that wanted a gateway."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        picks = iter([port])
+        monkeypatch.setattr(gateway_fixtures, "free_port", lambda: next(picks, None) or free_port())
+        gateway = start_gateway(base_config(upstream, tmp_path), tmp_path, name="rebind")
+        try:
+            assert gateway.url != f"http://127.0.0.1:{port}"
+            with urllib.request.urlopen(gateway.url + "/healthz", timeout=5) as reply:
+                assert reply.status == 200
+        finally:
+            gateway.stop()
