@@ -8,7 +8,7 @@ what is measured is the gateway's own cost. Load comes from wrk over loopback.
     .venv/bin/python bench/gateway_bench.py --scenarios chat,chat_c1 --seconds 10
     .venv/bin/python bench/gateway_bench.py --rss 100000       # RSS every 10k requests over 100k
 
-For comparisons against peers (LiteLLM, Portkey) use ../shared/bench/compare.py.
+For comparisons against the floors and the peers (LiteLLM, Portkey) use bench/compare.py.
 """
 
 from __future__ import annotations

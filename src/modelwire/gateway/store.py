@@ -859,10 +859,6 @@ class _RowWriter:
                 at += size
         return out
 
-    def write(self, conn: Any, rows: Sequence[Any]) -> None:
-        for sql, params in self.statements(rows):
-            conn.exec_driver_sql(sql, params)
-
 
 def hash_secret(secret: str) -> str:
     """The stored form of a key secret: SHA-256, hex."""
