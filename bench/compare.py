@@ -34,6 +34,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -73,10 +74,10 @@ SLOW_RATE = "8k"  # nginx limit_rate for /slow/: the ~8 KB stream takes about a 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 60.0, headers: dict | None = None) -> bool:
+def wait_http(url: str, timeout: float = 60.0, headers: dict[str, str] | None = None) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -315,7 +316,7 @@ def ensure_peer(name: str) -> list[str] | None:
     raise SystemExit(f"unknown peer {name}")
 
 
-def run_wrk(url: str, body: str, conns: int, seconds: int, auth: str = "", extra: str = "") -> dict:
+def run_wrk(url: str, body: str, conns: int, seconds: int, auth: str = "", extra: str = "") -> dict[str, Any]:
     env = dict(os.environ, BODY_FILE=os.path.join(BODIES, body), AUTH_HEADER=auth, EXTRA_HEADERS=extra)
     out = subprocess.run(
         [
@@ -335,7 +336,8 @@ def run_wrk(url: str, body: str, conns: int, seconds: int, auth: str = "", extra
     )
     for line in reversed(out.stdout.strip().splitlines()):
         if line.startswith("{"):
-            return json.loads(line)
+            row: dict[str, Any] = json.loads(line)
+            return row
     return {"error": (out.stdout + out.stderr)[-300:]}
 
 

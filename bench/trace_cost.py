@@ -25,11 +25,13 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import gateway_bench as gb  # noqa: E402  (its canned upstream, config and wrk driver)
+import compare  # its canned upstream, config, scenarios and wrk driver
+
+AUTH = f"Authorization: Bearer {compare.CLIENT_KEY}"
 
 SINK = """
 import sys
@@ -51,29 +53,34 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
 """
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 Gateway = tuple[subprocess.Popen[bytes], str]
 
 
 def start_gateway(root: Path, name: str, up: int, telemetry: str | None) -> Gateway:
-    port = gb.free_port()
-    config = gb.gateway_config(root, port, up)
+    port = compare.free_port()
+    config = Path(compare.modelwire_config(str(root), port, up))
     text = config.read_text() + (f"telemetry: {telemetry}\n" if telemetry else "")
     path = root / f"{name}.yaml"
     path.write_text(text)
+    # Tracing must come from the config alone, not from an OTEL_ variable of the caller's shell.
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    modelwire = str(gb.ROOT / ".venv/bin/modelwire")
+    modelwire = os.path.join(compare.ROOT, ".venv/bin/modelwire")
     with (root / f"{name}.log").open("w") as log:
         proc = subprocess.Popen(
             [modelwire, "serve", "--config", str(path)], stdout=log, stderr=subprocess.STDOUT, env=env
         )
     base = f"http://127.0.0.1:{port}"
-    gb.wait_up(base + "/healthz")
+    if not compare.wait_http(base + "/healthz", timeout=120):
+        raise SystemExit(f"{name} did not start; see {root / f'{name}.log'}")
     return proc, base
+
+
+def measure(url: str, body: str, conns: int, seconds: int) -> dict[str, Any]:
+    """One wrk run; a failed run stops the benchmark rather than averaging in as zero."""
+    row = compare.run_wrk(url, body, conns, seconds, AUTH)
+    if "error" in row:
+        raise SystemExit(f"wrk failed on {url}: {row['error']}")
+    return row
 
 
 def ratio_line(served: int, exported: int) -> str:
@@ -92,16 +99,19 @@ def main() -> int:
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mw-trace-bench-"))
     root.chmod(0o755)
-    up = gb.free_port()
-    procs = [subprocess.Popen(["nginx", "-c", str(gb.canned(root, up)), "-g", "daemon off;"])]
+    up = compare.free_port()
+    nginx_conf = compare.write_upstream(str(root), up)
+    procs = [subprocess.Popen(["nginx", "-c", nginx_conf, "-g", "daemon off;"])]
     sinks = {}  # each traced variant exports to its own, which counts what it got
     for name in ("on", "sampled"):
-        port = gb.free_port()
+        port = compare.free_port()
         procs.append(subprocess.Popen([sys.executable, "-c", SINK, str(port)]))
         sinks[name] = f"http://127.0.0.1:{port}"
     variants: dict[str, Gateway] = {}
     try:
-        time.sleep(1)
+        for url in [f"http://127.0.0.1:{up}/plain/v1/models"] + [s + "/count" for s in sinks.values()]:
+            if not compare.wait_http(url):
+                raise SystemExit(f"{url} did not come up")
         variants["off"] = start_gateway(root, "off", up, None)
         variants["on 100%"] = start_gateway(root, "on", up, f"{{endpoint: '{sinks['on']}'}}")
         variants[f"on {args.ratio:.0%}"] = start_gateway(
@@ -112,20 +122,22 @@ def main() -> int:
         results: dict[tuple[str, str], list[dict[str, float]]] = {}
         for _ in range(args.rounds):
             for scenario in scenarios:
-                path, body, conns = gb.SCENARIOS[scenario]
+                path, body, conns = compare.SCENARIOS[scenario]
                 for name, (proc, base) in variants.items():
                     for other, (p, _) in variants.items():
                         p.send_signal(signal.SIGCONT if other == name else signal.SIGSTOP)
                     time.sleep(0.3)
-                    before = cpu_seconds(proc.pid)
-                    row = gb.wrk(base + path, body, conns, args.seconds, root)
+                    before = compare.cpu_seconds(proc.pid)
+                    row = measure(base + path, body, conns, args.seconds)
                     time.sleep(0.2)  # the exporter's last batch of the round
-                    row["cpu_us"] = (cpu_seconds(proc.pid) - before) * 1e6 / max(1, row["requests"])
+                    row["cpu_us"] = (compare.cpu_seconds(proc.pid) - before) * 1e6 / max(1, row["requests"])
                     results.setdefault((scenario, name), []).append(row)
         for p, _ in variants.values():
             p.send_signal(signal.SIGCONT)
         time.sleep(2)  # the exporters' last batches (sent within a second)
-        served = sum(r["requests"] for (_, name), rows in results.items() if name == "on 100%" for r in rows)
+        served = sum(
+            int(r["requests"]) for (_, name), rows in results.items() if name == "on 100%" for r in rows
+        )
         exported = int(urllib.request.urlopen(sinks["on"] + "/count").read())
         print(ratio_line(served, exported))
         print("| scenario | variant | rps | p50 ms | p99 ms | errors | CPU µs/req | CPU / off |")
