@@ -4,6 +4,7 @@ clients, the fake upstream recording the trace context it is sent."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -505,8 +506,7 @@ def test_exporter_queue_is_bounded_and_every_value_type_survives_the_wire(receiv
     for n in range(3):  # the queue holds 3: the two above and one more
         w3c.Span(exporter.add, f"extra {n}", w3c.INTERNAL, root).end()
     assert exporter.dropped == 2 and exporter.held == 3
-    exporter.start()
-    exporter.shutdown()
+    asyncio.run(_start_and_stop(exporter))
     got = {s.name: s for s in receiver.wait_for(lambda spans: len(spans) >= 3)}
     assert set(got) == {"root", "child", "extra 0"}
     assert got["root"].attributes == {k: v for k, v in values.items() if v is not None}
@@ -522,11 +522,16 @@ def test_exports_go_in_whole_batches_over_one_kept_alive_connection(receiver: Ot
     receiver.clear()
     env = {"OTEL_BSP_SCHEDULE_DELAY": "600000", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4"}
     exporter = Exporter(Destination.of(receiver.url + "/v1/traces", {}, "http/protobuf", env), {}, ("s", "1"))
-    exporter.start()
-    for n in range(10):
-        w3c.Span(exporter.add, f"span {n}", w3c.INTERNAL, None).end()
-    receiver.wait_for(lambda spans: len(spans) >= 8)  # two whole batches, before any shutdown
-    exporter.shutdown()
+
+    async def export() -> None:
+        exporter.start()
+        for n in range(10):
+            w3c.Span(exporter.add, f"span {n}", w3c.INTERNAL, None).end()
+        # two whole batches, before any shutdown
+        await asyncio.to_thread(receiver.wait_for, lambda spans: len(spans) >= 8)
+        await exporter.shutdown()
+
+    asyncio.run(export())
     spans = receiver.wait_for(lambda spans: len(spans) >= 10)
     assert sorted(s.name for s in spans) == sorted(f"span {n}" for n in range(10))
     assert [count for _, count in receiver.batches] == [4, 4, 2]
@@ -534,13 +539,17 @@ def test_exports_go_in_whole_batches_over_one_kept_alive_connection(receiver: Ot
     assert len(peers) == 1 and None not in peers
 
 
+async def _start_and_stop(exporter: Exporter) -> None:
+    exporter.start()
+    await exporter.shutdown()
+
+
 def test_a_span_that_cannot_be_encoded_is_dropped_not_raised(receiver: OtlpReceiver) -> None:
     receiver.clear()
     exporter = Exporter(Destination.of(receiver.url + "/v1/traces", {}, "http/protobuf", {}), {}, ("s", "1"))
     w3c.Span(exporter.add, "lone surrogate \ud800", w3c.SERVER, None).end()  # not encodable as UTF-8
     w3c.Span(exporter.add, "fine", w3c.SERVER, None).end()
-    exporter.start()
-    exporter.shutdown()
+    asyncio.run(_start_and_stop(exporter))
     assert [s.name for s in receiver.wait_for(lambda spans: len(spans) >= 1)] == ["fine"]
     assert exporter.dropped == 1 and exporter.held == 0
 

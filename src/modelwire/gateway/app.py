@@ -244,6 +244,8 @@ class Gateway:
             on_change=lambda up: self._shared_state("redis", up),
         )
         await state.limiter.start()
+        if self.tracer is not None:
+            self.tracer.start()
         self._spawn(self.sync.watch())
         forget_dead_workers()
         if self._hook_signals:
@@ -270,7 +272,7 @@ class Gateway:
         if self.capture is not None:
             self.capture.close()
         if self.tracer is not None:
-            await asyncio.to_thread(self.tracer.shutdown)
+            await self.tracer.shutdown()
         if state.store is not None:
             state.store.close()
         self.request_log.flush()

@@ -1,12 +1,12 @@
 """Ended spans to an OTLP/HTTP collector. A record of ended spans (:mod:`.spans`) is encoded as it
 is handed over (protobuf by hand, or OTLP JSON; most attribute bytes encoded once and reused, as what
 a backend, a route and a model say repeats from span to span) into a bounded queue (a full queue
-drops and counts, never waits). A thread POSTs them, in batches of ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``
-(512) as soon as one is full, and whatever is left every ``OTEL_BSP_SCHEDULE_DELAY`` ms (1 s), each
-an ``ExportTraceServiceRequest`` over one kept-alive connection. 429, 502, 503 and 504 are retried
-with backoff (``Retry-After`` respected) within the export timeout; whatever fails is dropped with
-one log line per failing spell, naming the collector by host only. Nothing here raises into the
-gateway.
+drops and counts, never waits). A task on the event loop POSTs them, in batches of
+``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` (512) as soon as one is full, and whatever is left every
+``OTEL_BSP_SCHEDULE_DELAY`` ms (1 s), each an ``ExportTraceServiceRequest`` over one kept-alive
+connection. 429, 502, 503 and 504 are retried with backoff (``Retry-After`` respected) within the
+export timeout; whatever fails is dropped with one log line per failing spell, naming the collector
+by host only. Nothing here raises into the gateway.
 
 Field numbers are those of opentelemetry-proto's ``trace.proto``, ``common.proto`` and
 ``resource.proto`` (v1).
@@ -14,13 +14,11 @@ Field numbers are those of opentelemetry-proto's ``trace.proto``, ``common.proto
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
-import http.client
 import logging
-import os
 import struct
-import threading
-import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +27,9 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from .spans import UNSET, Pairs, Record
+from ..errors import ModelwireError
+from ..providers.http1 import Http1Transport
+from .spans import Pairs, Record
 
 log = logging.getLogger("modelwire.gateway.traces")
 
@@ -80,8 +80,9 @@ class Destination:
 
 
 class Exporter:
-    """The queue of ended spans and the thread that sends them (:meth:`start`; :meth:`shutdown`
-    sends what is left and stops it)."""
+    """The queue of ended spans and the task that sends them, both on the gateway's event loop
+    (:meth:`start` there; :meth:`shutdown` sends what is left and stops it). No thread: a thread
+    of its own cost the loop more than the sending itself, each batch's work taking the GIL from it."""
 
     def __init__(self, destination: Destination, resource: Mapping[str, Any], scope: tuple[str, str]) -> None:
         self.destination = destination
@@ -89,19 +90,18 @@ class Exporter:
             Protobuf(resource, scope) if destination.protocol == "http/protobuf" else Json(resource, scope)
         )
         self.ended: deque[Record] = deque()  # handed over, not yet encoded
-        self.queue: deque[list[bytes]] = deque()  # each record's spans, encoded
-        # Spans held = added - taken, each counter written by one thread only (no lock needed).
-        self._added = self._taken = 0
-        self._refused = self._lost = 0  # spans dropped: by add() (a full queue), by the thread
+        self.queue: list[bytes] = []  # spans encoded, not yet sent
+        self._added = self._taken = 0  # spans held = added - taken
+        self._refused = self._lost = 0  # spans dropped: by add() (a full queue), on their way out
         self._failing = False
-        self._wake = threading.Event()
         self._stop = False
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
         parts = urlsplit(destination.url)
         self._where = f"{parts.hostname}:{parts.port or ''}{parts.path}"  # never its credentials or query
-        self._thread: threading.Thread | None = None
-        self._connection: http.client.HTTPConnection | None = None
+        self._transport = Http1Transport(connect_timeout=destination.timeout)
 
-    ENCODE_EVERY = 64  # records, encoded in one go by the thread that hands over the last of them
+    ENCODE_EVERY = 64  # records, encoded in one go: the same work cost half again one at a time
 
     @property
     def dropped(self) -> int:
@@ -114,10 +114,7 @@ class Exporter:
         return self._added - self._taken
 
     def add(self, record: Record) -> None:
-        """The sink of every ended span or request (request path: never blocks). Records are encoded
-        64 at a time on the caller's thread (the event loop's), in one loop: the same work cost half
-        again as much one record at a time between requests, and three times as much in the
-        exporter's thread, which must take the GIL from the loop for it."""
+        """The sink of every ended span or request (request path: never blocks)."""
         spans = record.spans
         held = self._added - self._taken
         if held + spans > self.destination.queue_size:
@@ -128,83 +125,68 @@ class Exporter:
         ended.append(record)
         filled = held + spans >= self.destination.batch_size
         if len(ended) >= self.ENCODE_EVERY or filled:
-            failed = self._encode()
-            self._refused += failed
-            self._added -= failed
-            if filled and not self._wake.is_set():
+            self._encode()
+            if filled and self._wake is not None:
                 self._wake.set()
 
-    def _encode(self) -> int:
-        """Encodes the records handed over so far: how many spans could not be (the caller counts
-        them, in its thread's own counters)."""
+    def _encode(self) -> None:
+        """Encodes the records handed over so far (one that cannot be encoded costs its spans only)."""
         ended, queue, encoding = self.ended, self.queue, self.encoding
-        failed = 0
         while ended:
+            record = ended.popleft()
             try:
-                record = ended.popleft()
-            except IndexError:  # the other thread took the last one
-                break
-            try:
-                queue.append(record.write(encoding))
-            except Exception:  # a value that cannot be encoded costs its spans, never the others
-                failed += record.spans
-        return failed
+                queue += record.write(encoding)
+            except Exception:
+                self._lost += record.spans
+                self._taken += record.spans
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="modelwire-trace-export", daemon=True)
-        self._thread.start()
-        os.register_at_fork(after_in_child=self._restart)
+        """Starts sending, from the running event loop."""
+        self._stop = False
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="modelwire-trace-export")
 
-    def shutdown(self) -> None:
-        """Send what is queued and stop the thread (blocks up to the export timeout: run off the loop)."""
+    async def shutdown(self) -> None:
+        """Sends what is held (within the export timeout) and stops."""
         self._stop = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(self.destination.timeout + 1)
-        self._disconnect()
+        if self._wake is not None:
+            self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(TimeoutError):  # then wait_for cancelled it: the rest is dropped
+                await asyncio.wait_for(self._task, self.destination.timeout + 1)
+        await self._transport.aclose()
 
-    def _restart(self) -> None:  # a forked worker has the queue but not the thread
-        self.ended.clear()
-        self.queue.clear()
-        self._added = self._taken = 0
-        self._connection = None  # the parent's socket
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="modelwire-trace-export", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
+    async def _run(self) -> None:
         """Whole batches as soon as there are some; everything held once the delay has passed
-        without a batch filling up (the thread wakes a few times a second at most)."""
+        without a batch filling up."""
+        assert self._wake is not None
+        wake, delay = self._wake, self.destination.delay
         while not self._stop:
-            filled = self._wake.wait(self.destination.delay)
-            self._wake.clear()
-            if not filled or self._stop:
-                self._encode_here()  # few records (traffic is low): encoded in this thread
-            self._send_queued(whole=filled and not self._stop)
-        self._encode_here()
-        self._send_queued(whole=False)
+            try:
+                async with asyncio.timeout(delay):
+                    await wake.wait()
+            except TimeoutError:
+                pass
+            filled = wake.is_set() and not self._stop
+            wake.clear()
+            if not filled:
+                self._encode()
+            await self._send_queued(whole=filled)
+        self._encode()
+        await self._send_queued(whole=False)
 
-    def _encode_here(self) -> None:
-        failed = self._encode()
-        self._lost += failed
-        self._taken += failed
-
-    def _send_queued(self, whole: bool) -> None:
+    async def _send_queued(self, whole: bool) -> None:
         """Batches of what is encoded: only whole ones (``whole``), or all of it."""
-        queue, size = self.queue, self.destination.batch_size
-        waiting = sum(len(spans) for spans in queue)
-        while queue and (not whole or waiting >= size):
-            batch: list[bytes] = []
-            while queue and (not batch or len(batch) + len(queue[0]) <= size):
-                batch += queue.popleft()
-            waiting -= len(batch)
+        size = self.destination.batch_size
+        while len(self.queue) >= size or (not whole and self.queue):
+            batch, self.queue = self.queue[:size], self.queue[size:]
             self._taken += len(batch)
-            self._export(batch)
+            await self._export(batch)
 
-    def _export(self, spans: list[bytes]) -> None:
+    async def _export(self, spans: list[bytes]) -> None:
         try:
-            problem = self._post(self.encoding.batch(spans))
-        except Exception as exc:  # an encoding bug must not kill the thread
+            problem = await self._post(self.encoding.batch(spans))
+        except Exception as exc:  # an encoding bug must not end the exports
             problem = type(exc).__name__
         if problem is None:
             self._failing = False
@@ -216,72 +198,41 @@ class Exporter:
                 "trace export to %s failed (%s); %d spans dropped so far", self._where, problem, self.dropped
             )
 
-    def _post(self, body: bytes) -> str | None:
+    async def _post(self, body: bytes) -> str | None:
         """POSTs one batch, retrying what the spec says may be retried: None when accepted, else why not."""
         target = self.destination
         headers = {**target.headers, "Content-Type": _CONTENT_TYPES[target.protocol]}
         if target.gzip:
-            body = gzip.compress(body)
+            body = await asyncio.to_thread(gzip.compress, body, 6)  # zlib lets go of the GIL
             headers["Content-Encoding"] = "gzip"
-        deadline = time.monotonic() + target.timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + target.timeout
         backoff = 0.5
         while True:
-            try:
-                status, wait, reply = self._exchange(body, headers, deadline - time.monotonic())
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                self._disconnect()
-                status, wait, reply = 0, backoff, type(exc).__name__.encode()
+            status, wait, reply = await self._exchange(body, headers, deadline - loop.time(), backoff)
             if 200 <= status < 300:
                 return _partial(reply, target.protocol)
             problem = f"status {status}" if status else reply.decode()
             if status and status not in RETRYABLE:
                 return problem
             wait = wait if wait is not None else backoff
-            if self._stop or time.monotonic() + wait >= deadline:
+            if self._stop or loop.time() + wait >= deadline:
                 return problem
-            time.sleep(wait)
+            await asyncio.sleep(wait)
             backoff = min(backoff * 2, 8)
 
-    def _exchange(self, body: bytes, headers: dict[str, str], left: float) -> tuple[int, float | None, bytes]:
-        """One POST over the kept-alive connection (a new one when the collector closed it):
-        its status, the ``Retry-After`` wait it asked for, and its body."""
-        timeout = max(0.1, left)
-        for reused in (self._connection is not None, False):
-            connection = self._connect(timeout)
-            try:
-                connection.request("POST", self._path, body, headers)
-                reply = connection.getresponse()
-                data = reply.read()
-            except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine):
-                self._disconnect()
-                if reused:  # the collector closed an idle connection: once more, on a new one
-                    continue
-                raise
-            if reply.will_close:
-                self._disconnect()
-            return reply.status, _retry_after(reply.getheader("Retry-After")), data
-        raise ConnectionError("no connection")  # not reached: the second pass returns or raises
-
-    def _connect(self, timeout: float) -> http.client.HTTPConnection:
-        connection = self._connection
-        if connection is None:
-            parts = urlsplit(self.destination.url)
-            kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-            connection = self._connection = kind(parts.hostname or "localhost", parts.port, timeout=timeout)
-        elif connection.sock is not None:
-            connection.sock.settimeout(timeout)
-        connection.timeout = timeout
-        return connection
-
-    @property
-    def _path(self) -> str:
-        parts = urlsplit(self.destination.url)
-        return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-
-    def _disconnect(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+    async def _exchange(
+        self, body: bytes, headers: dict[str, str], left: float, backoff: float
+    ) -> tuple[int, float | None, bytes]:
+        """One POST over the kept-alive connection: its status, the ``Retry-After`` wait it asked
+        for, and its body (status 0 and why, when it could not be made)."""
+        try:
+            async with asyncio.timeout(max(0.1, left)):
+                reply = await self._transport.send("POST", self.destination.url, headers, body)
+                data = await reply.read()
+        except (ModelwireError, OSError, TimeoutError) as exc:
+            return 0, backoff, type(exc).__name__.encode()
+        return reply.status, _retry_after(reply.headers.get("Retry-After")), data
 
 
 def resource_attributes(env: Mapping[str, str]) -> dict[str, str]:
@@ -311,6 +262,7 @@ _IDS = struct.Struct(">BBQQBBQ").pack
 _IDS_PARENT = struct.Struct(">BBQQBBQBBQ").pack
 _TIMES = struct.Struct("<BQBQ").pack
 _EVENT_TIME = struct.Struct("<BQ").pack  # an event's time_unix_nano, field 1 (fixed64)
+_DOUBLE_VALUE = struct.Struct("<BBBd").pack  # a KeyValue's value field holding a double
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -349,27 +301,40 @@ class Protobuf:
     CACHED = 4096  # encodings kept per cache: bounded, as a client may send any model name
 
     def __init__(self, resource: Mapping[str, Any], scope: tuple[str, str]) -> None:
-        self._shared: dict[Hashable, bytes] = {}
+        self._fixed: dict[Hashable, bytes] = {}
         self._pairs: dict[tuple[str, Any, type], bytes] = {}
-        self._shapes: dict[tuple[str, int, tuple[int, str]], bytes] = {}
         self._resource = _field(1, b"".join(_attribute(1, k, v) for k, v in resource.items()))
         self._scope = _field(1, _field(1, scope[0].encode()) + _field(2, scope[1].encode()))
 
     def batch(self, spans: list[bytes]) -> bytes:
         return _field(1, self._resource + _field(2, self._scope + b"".join(spans)))
 
-    def shared(self, key: Hashable, pairs: Callable[..., Pairs], *args: Any) -> bytes:
-        known = self._shared.get(key)
+    def fixed(
+        self,
+        key: Hashable,
+        name: str,
+        kind: int,
+        status: tuple[int, str],
+        pairs: Callable[..., Pairs],
+        *args: Any,
+    ) -> bytes:
+        """The name (5), kind (6), status (15) and attribute (9) fields, once per ``key`` (None: not kept)."""
+        known = self._fixed.get(key)
         if known is None:
-            known = b"".join(_attribute(9, k, v) for k, v in pairs(*args) if v is not None)
-            _bounded(self._shared)[key] = known
+            code, message = status
+            known = _field(5, name.encode()) + bytes((0x30, kind))
+            if code:
+                known += _field(
+                    15, (_field(2, message.encode()) if message else b"") + b"\x18" + _SMALL[code]
+                )
+            known += b"".join([_attribute(9, k, v) for k, v in pairs(*args) if v is not None])
+            if key is not None:
+                _bounded(self._fixed)[key] = known
         return known
 
     def attributes(self, pairs: Pairs, cached: bool = True) -> bytes:
-        """Attributes of one span: a value seen before (an address, a token count) encoded once,
-        unless they are one-offs (ids, times)."""
         if not cached:
-            return b"".join([_one_off(k, v) for k, v in pairs if v is not None])
+            return _one_offs(pairs)
         out = []
         cache = self._pairs
         for key, value in pairs:
@@ -390,15 +355,12 @@ class Protobuf:
         trace: tuple[int, str | None],
         span_id: int,
         parent_id: int,
-        name: str,
-        kind: int,
         times: tuple[int, int],
-        attributes: Sequence[bytes],
+        fixed: bytes,
+        attributes: Sequence[bytes] = (),
         events: Sequence[tuple[int, str]] = (),
-        status: tuple[int, str] = (UNSET, ""),
     ) -> bytes:
-        """The span as a ``ScopeSpans.spans`` field: its ids and times packed in one go each, its
-        name, kind and status from a cache (the same few repeat), its attributes as given."""
+        """The span as a ``ScopeSpans.spans`` field: its ids and times packed in one go each."""
         trace_id, trace_state = trace
         if parent_id:
             ids = _IDS_PARENT(
@@ -406,42 +368,40 @@ class Protobuf:
             )
         else:
             ids = _IDS(0x0A, 16, trace_id >> 64, trace_id & _LOW64, 0x12, 8, span_id)
-        parts = [ids, _TIMES(0x39, times[0], 0x41, times[1]), self._shape(name, kind, status), *attributes]
+        body = ids + _TIMES(0x39, times[0], 0x41, times[1]) + fixed + b"".join(attributes)
         if trace_state:
-            parts.append(_field(3, trace_state.encode()))
+            body += _field(3, trace_state.encode())
         for at, event in events:
-            parts.append(_field(11, _EVENT_TIME(0x09, at) + _field(2, event.encode())))
-        return _field(2, b"".join(parts))
-
-    def _shape(self, name: str, kind: int, status: tuple[int, str]) -> bytes:
-        """A span's name, kind and status fields."""
-        known = self._shapes.get((name, kind, status))
-        if known is None:
-            code, message = status
-            known = _field(5, name.encode()) + bytes((0x30, kind))
-            if code:
-                known += _field(
-                    15, (_field(2, message.encode()) if message else b"") + b"\x18" + _SMALL[code]
-                )
-            if len(message) < 64:  # an error's message may be one of a kind: not kept
-                _bounded(self._shapes)[name, kind, status] = known
-        return known
+            body += _field(11, _EVENT_TIME(0x09, at) + _field(2, event.encode()))
+        return _field(2, body)
 
 
-def _one_off(key: str, value: Any) -> bytes:
-    """A span's ``KeyValue`` (field 9) seen once (an id): a short string's nested sizes in one go."""
-    if value.__class__ is not str:
-        return _attribute(9, key, value)
-    text = value.encode()
-    size = len(text)
-    if size > 0x7D:
-        return _attribute(9, key, value)
-    key_field = _KEYS.get(key)
-    if key_field is None:
-        key_field = _bounded(_KEYS)[key] = _field(1, key.encode())
-    # KeyValue{key 1, value 2: AnyValue{string_value 1}}: the value field's size is size + 2
-    pair = key_field + bytes((0x12, size + 2, 0x0A, size)) + text
-    return _field(9, pair)
+def _one_offs(pairs: Pairs) -> bytes:
+    """A span's ``KeyValue`` fields (9) seen once (an id, a cost): a short string's or a double's
+    nested fields and sizes written in one go."""
+    out = []
+    for key, value in pairs:
+        kind = value.__class__
+        if kind is str:
+            text = value.encode()
+            size = len(text)
+            if size > 0x7D:
+                out.append(_attribute(9, key, value))
+                continue
+            # KeyValue{key 1, value 2: AnyValue{string_value 1}}: the value field's size is size + 2
+            value_field = bytes((0x12, size + 2, 0x0A, size)) + text
+        elif kind is float:
+            value_field = _DOUBLE_VALUE(0x12, 9, 0x21, value)  # AnyValue{double_value 4}
+        elif value is None:
+            continue
+        else:
+            out.append(_attribute(9, key, value))
+            continue
+        key_field = _KEYS.get(key)
+        if key_field is None:
+            key_field = _bounded(_KEYS)[key] = _field(1, key.encode())
+        out.append(_field(9, key_field + value_field))
+    return b"".join(out)
 
 
 _KEYS: dict[str, bytes] = {}  # attribute names, as a KeyValue's key field
@@ -489,8 +449,19 @@ class Json:
             + b',"spans":['
         )
 
-    def shared(self, key: Hashable, pairs: Callable[..., Pairs], *args: Any) -> list[dict[str, Any]]:
-        return _json_attributes(pairs(*args))
+    def fixed(
+        self,
+        key: Hashable,
+        name: str,
+        kind: int,
+        status: tuple[int, str],
+        pairs: Callable[..., Pairs],
+        *args: Any,
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": name, "kind": kind, "attributes": _json_attributes(pairs(*args))}
+        if status[0]:
+            out["status"] = {"code": status[0], "message": status[1]}
+        return out
 
     def attributes(self, pairs: Pairs, cached: bool = True) -> list[dict[str, Any]]:
         return _json_attributes(pairs)
@@ -500,21 +471,18 @@ class Json:
         trace: tuple[int, str | None],
         span_id: int,
         parent_id: int,
-        name: str,
-        kind: int,
         times: tuple[int, int],
-        attributes: Sequence[list[dict[str, Any]]],
+        fixed: dict[str, Any],
+        attributes: Sequence[list[dict[str, Any]]] = (),
         events: Sequence[tuple[int, str]] = (),
-        status: tuple[int, str] = (UNSET, ""),
     ) -> bytes:
         out: dict[str, Any] = {
             "traceId": f"{trace[0]:032x}",
             "spanId": f"{span_id:016x}",
-            "name": name,
-            "kind": kind,
+            **fixed,
             "startTimeUnixNano": str(times[0]),
             "endTimeUnixNano": str(times[1]),
-            "attributes": [a for group in attributes for a in group],
+            "attributes": fixed["attributes"] + [a for group in attributes for a in group],
         }
         if parent_id:
             out["parentSpanId"] = f"{parent_id:016x}"
@@ -522,8 +490,6 @@ class Json:
             out["traceState"] = trace[1]
         if events:
             out["events"] = [{"timeUnixNano": str(at), "name": event} for at, event in events]
-        if status[0]:
-            out["status"] = {"code": status[0], "message": status[1]}
         return orjson.dumps(out)
 
     def batch(self, spans: list[bytes]) -> bytes:

@@ -25,26 +25,35 @@ Pairs = Iterable[tuple[str, Any]]  # attributes, as (key, value); a None value i
 
 
 class Encoding(Protocol):
-    """How the exporter writes spans (OTLP protobuf or JSON). Attributes come in two kinds: those
-    shared by many spans (a backend's, a route's), encoded once per distinct ``key`` and reused,
-    and those of one span only."""
+    """How the exporter writes spans (OTLP protobuf or JSON). What many spans share (a span's name,
+    kind and status with the attributes a backend, a route or a model give it) is encoded once per
+    distinct ``key`` and reused; what is a span's own (ids, times, counts) every time."""
 
-    def shared(self, key: Hashable, pairs: Callable[..., Pairs], *args: Any) -> Any:
-        """``pairs(*args)``, encoded once per ``key``."""
+    def fixed(
+        self,
+        key: Hashable,
+        name: str,
+        kind: int,
+        status: tuple[int, str],
+        pairs: Callable[..., Pairs],
+        *args: Any,
+    ) -> Any:
+        """The span's name, kind, status and ``pairs(*args)``, encoded once per ``key`` (which must
+        tell apart everything they say)."""
 
-    def attributes(self, pairs: Pairs, cached: bool = True) -> Any: ...
+    def attributes(self, pairs: Pairs, cached: bool = True) -> Any:
+        """Attributes of one span: with ``cached``, each (key, value) is encoded once and reused (an
+        address, a token count); without, every time (ids, times)."""
 
     def span(
         self,
         trace: tuple[int, str | None],  # the trace's id and tracestate
         span_id: int,
         parent_id: int,
-        name: str,
-        kind: int,
         times: tuple[int, int],
-        attributes: Sequence[Any],  # what shared() and attributes() returned
+        fixed: Any,  # what fixed() returned
+        attributes: Sequence[Any] = (),  # what attributes() returned
         events: Sequence[tuple[int, str]] = (),
-        status: tuple[int, str] = (UNSET, ""),
     ) -> bytes: ...
 
 
@@ -129,22 +138,15 @@ class Span(Context):
             self.sink(self)
 
     def write(self, encoding: Encoding) -> list[bytes]:
-        attributes = [encoding.attributes(self.attributes.items())]
+        fixed = encoding.fixed(None, self.name, self.kind, (self.status, self.message), _none)
+        attributes = [encoding.attributes(self.attributes.items(), cached=False)]
+        trace = (self.trace_id, self.trace_state)
         times = (self.start_ns, self.end_ns)
-        status = (self.status, self.message)
-        return [
-            encoding.span(
-                (self.trace_id, self.trace_state),
-                self.span_id,
-                self.parent_id,
-                self.name,
-                self.kind,
-                times,
-                attributes,
-                self.events,
-                status,
-            )
-        ]
+        return [encoding.span(trace, self.span_id, self.parent_id, times, fixed, attributes, self.events)]
+
+
+def _none() -> Pairs:
+    return ()
 
 
 def new_trace_id() -> int:

@@ -1,4 +1,4 @@
-"""OpenTelemetry traces of the gateway's requests, exported over OTLP/HTTP by a thread (:mod:`.otlp`).
+"""OpenTelemetry traces of the gateway's requests, exported over OTLP/HTTP (:mod:`.otlp`).
 Imported only when tracing is on (:mod:`.telemetry`); the request path reaches it through
 ``Call.trace`` and ``Failover.tracer``.
 
@@ -13,7 +13,7 @@ One trace per request, continuing the client's ``traceparent`` when it sent one:
 What it costs: a request's hooks only note clock readings, ids and the values its spans will say, in
 two records (:class:`RequestTrace` for the server, admission and stream spans; an :class:`Attempt`
 per upstream attempt), written out as OTLP bytes once each ends, most of them encoded once per
-backend, route and model and reused; a thread sends them in batches (:mod:`.otlp`).
+backend, route and model and reused; a task sends them in batches (:mod:`.otlp`).
 
 Attribute names follow the OpenTelemetry GenAI and HTTP semantic conventions; the gateway's own
 are under ``modelwire.*``. A client key appears only by name. Prompts and completions are recorded
@@ -27,7 +27,7 @@ import contextvars
 import os
 import random
 import sys
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Coroutine, Mapping
 from time import time_ns
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -101,7 +101,6 @@ class Tracer:
         }
         destination = Destination.of(settings.endpoint, settings.headers, settings.protocol, env)
         self.exporter = Exporter(destination, resource, ("modelwire.gateway", __version__))
-        self.exporter.start()
         self.sink = self.exporter.add
         self.ratio, self.follow_parent = settings.sample_ratio, settings.follow_parent
         self.capture_content = settings.capture_content
@@ -152,9 +151,13 @@ class Tracer:
             known = self._redacted[text] = redact(text)
         return known
 
-    def shutdown(self) -> None:
-        """Export what is left and stop the exporter's thread (blocks: run it off the loop)."""
-        self.exporter.shutdown()
+    def start(self) -> None:
+        """Starts exporting, from the gateway's event loop."""
+        self.exporter.start()
+
+    async def shutdown(self) -> None:
+        """Exports what is left (within the export timeout) and stops."""
+        await self.exporter.shutdown()
 
 
 class RequestTrace(Context):
@@ -164,11 +167,11 @@ class RequestTrace(Context):
 
     __slots__ = (
         "admission_error",
-        "admission_id",
         "admitted_ns",
         "answer",
         "answer_id",
         "asked",
+        "attempts",
         "backend",
         "client",
         "content",
@@ -185,7 +188,6 @@ class RequestTrace(Context):
         "request_id",
         "start_ns",
         "status",
-        "stream_id",
         "stream_ns",
         "token",
         "tracer",
@@ -210,21 +212,22 @@ class RequestTrace(Context):
         self.end_ns = 0
 
     @property
-    def spans(self) -> int:  # server and admission, and the stream's
-        return 3 if self.stream_ns else 2
+    def spans(self) -> int:  # server, admission, the stream's and the attempts'
+        return (3 if self.stream_ns else 2) + len(self.attempts)
 
     def began(self, call: Call, scope: Scope) -> None:
         """A sampled request's first notes; every later one is given its empty value here."""
         self.start_ns = time_ns()
         self.method, self.path, self.client = scope["method"], scope["path"], call.client
         self.request_id, self.dialect = call.request_id, call.surface.dialect
-        self.admission_id, self.admitted_ns = new_span_id(), 0
+        self.admitted_ns = 0
         self.admission_error: str | None = None
         self.asked: tuple[Any, ...] | None = None  # model, stream, key name, max tokens, temperature, top_p …
         self.answer_id: Any = None
         self.answer: tuple[Any, tuple[str, ...]] | None = None  # the model that answered, why it ended
         self.content: dict[str, Any] | None = None
-        self.stream_id = self.stream_ns = self.first_token_ns = 0
+        self.stream_ns = self.first_token_ns = 0
+        self.attempts: list[Attempt] = []  # ended, written out with the request
 
     def admitted(self, call: Call) -> None:
         """Admission passed: what the client asked for."""
@@ -252,7 +255,7 @@ class RequestTrace(Context):
     def streaming(self) -> None:
         """The answer's stream opens to the client."""
         if self.recorded:
-            self.stream_id, self.stream_ns = new_span_id(), time_ns()
+            self.stream_ns = time_ns()
 
     def first_token(self) -> None:
         """The first answer bytes went to the client."""
@@ -298,99 +301,77 @@ class RequestTrace(Context):
     # -- written out once ended
 
     def write(self, encoding: Encoding) -> list[bytes]:
-        """The request's spans, as ``encoding`` writes them."""
-        tracer = self.tracer
-        asked = self.asked
-        model = tracer.redacted(asked[0]) if asked is not None else None
-        name = f"{self.operation} {model}" if model is not None else self.operation
-        events = ((self.first_token_ns, "first_token"),) if self.first_token_ns and not self.stream_ns else ()
+        """The request's spans, its attempts' among them, as ``encoding`` writes them."""
         trace = (self.trace_id, self.trace_state)
-        server = encoding.span(
-            trace,
-            self.span_id,
-            self.parent_id,
-            name,
+        asked = self.asked
+        model = self.tracer.redacted(asked[0]) if asked is not None else None
+        events = ((self.first_token_ns, "first_token"),) if self.first_token_ns and not self.stream_ns else ()
+        # what repeats from request to request: the route, the model, the key, the outcome
+        shared: tuple[Any, ...] = (self.operation, self.method, self.path, self.dialect, asked, self.status)
+        shared += (self.backend, self.upstream_model, self.answer, self.error)
+        server = encoding.fixed(
+            shared,
+            f"{self.operation} {model}" if model is not None else self.operation,
             SERVER,
-            (self.start_ns, self.end_ns),
-            self._server_attributes(encoding, model),
-            events,
-            (ERROR if self.status >= 500 else UNSET, ""),  # a server span errs on 5xx only
+            (ERROR, "") if self.status >= 500 else (UNSET, ""),  # a server span errs on 5xx only
+            _server_shared,
+            self,
+            model,
         )
-        return [server, self._admission(encoding, trace), *self._stream(encoding, trace)]
-
-    def _server_attributes(self, encoding: Encoding, model: str | None) -> list[Any]:
-        """What the server span says: what repeats from request to request (the route, model, key,
-        outcome) shared, the rest (ids, counts, times) its own."""
-        shared_key: tuple[Any, ...] = (self.operation, self.method, self.path, self.dialect, self.asked)
-        shared_key += (self.status, self.backend, self.upstream_model, self.answer, self.error)
-        return [
-            encoding.shared(shared_key, _server_shared, self, model),
-            encoding.attributes(self._counts()),
-            encoding.attributes(self._own(), cached=False),
-        ]
-
-    def _counts(self) -> Iterator[tuple[str, Any]]:
-        """The server span's attributes that repeat from time to time (encoded once each)."""
-        yield "client.address", self.client
-        usage = self.usage
-        if usage is not None and usage.total_tokens:
-            yield "gen_ai.usage.input_tokens", usage.input_tokens
-            yield "gen_ai.usage.output_tokens", usage.output_tokens
-            if usage.cached_input_tokens:
-                yield "modelwire.usage.cached_input_tokens", usage.cached_input_tokens
-            if usage.reasoning_tokens:
-                yield "modelwire.usage.reasoning_tokens", usage.reasoning_tokens
-
-    def _own(self) -> Iterator[tuple[str, Any]]:
-        """The server span's attributes of this request only (ids, times, content)."""
-        rid = self.request_id  # a client's own id may hold anything; one made here is known clean
-        yield "modelwire.request_id", rid if rid.startswith(MINTED_ID_PREFIX) else redact(rid)
-        if self.answer_id:
-            yield "gen_ai.response.id", self.answer_id
-        yield "modelwire.cost_usd", self.cost
-        if self.ttft is not None:
-            yield "modelwire.ttft_ms", round(self.ttft * 1000, 3)
-        if self.content:
-            yield from self.content.items()
-
-    def _admission(self, encoding: Encoding, trace: tuple[int, str | None]) -> bytes:
-        failed = self.admission_error
-        shared = encoding.shared(("admission", failed), _failure, failed)
-        end = self.admitted_ns or self.end_ns
-        status = (ERROR, "") if failed is not None else (UNSET, "")
-        return encoding.span(
-            trace,
-            self.admission_id,
-            self.span_id,
-            "admission",
-            INTERNAL,
-            (self.start_ns, end),
-            [shared],
-            (),
-            status,
-        )
-
-    def _stream(self, encoding: Encoding, trace: tuple[int, str | None]) -> list[bytes]:
-        if not self.stream_ns:
-            return []
-        events = ((self.first_token_ns, "first_token"),) if self.first_token_ns else ()
-        return [
+        own = (encoding.attributes(self._counts()), encoding.attributes(self._own(), cached=False))
+        spans = [
             encoding.span(
-                trace,
-                self.stream_id,
-                self.span_id,
-                "stream",
-                INTERNAL,
-                (self.stream_ns, self.end_ns),
-                [],
-                events,
+                trace, self.span_id, self.parent_id, (self.start_ns, self.end_ns), server, own, events
             )
         ]
+        failed = self.admission_error
+        admission = encoding.fixed(
+            ("admission", failed),
+            "admission",
+            INTERNAL,
+            (ERROR if failed is not None else UNSET, ""),
+            _failure,
+            failed,
+        )
+        admitted = (self.start_ns, self.admitted_ns or self.end_ns)
+        spans.append(encoding.span(trace, new_span_id(), self.span_id, admitted, admission))
+        if self.stream_ns:
+            events = ((self.first_token_ns, "first_token"),) if self.first_token_ns else ()
+            stream = encoding.fixed("stream", "stream", INTERNAL, (UNSET, ""), _no_pairs)
+            times = (self.stream_ns, self.end_ns)
+            spans.append(encoding.span(trace, new_span_id(), self.span_id, times, stream, (), events))
+        for attempt in self.attempts:
+            spans.append(attempt.encoded(encoding))
+        return spans
+
+    def _counts(self) -> tuple[tuple[str, Any], ...]:
+        """The server span's attributes that repeat from time to time (encoded once each)."""
+        usage = self.usage
+        if usage is None or not usage.total_tokens:
+            return (("client.address", self.client),)
+        return (
+            ("client.address", self.client),
+            ("gen_ai.usage.input_tokens", usage.input_tokens),
+            ("gen_ai.usage.output_tokens", usage.output_tokens),
+            ("modelwire.usage.cached_input_tokens", usage.cached_input_tokens or None),
+            ("modelwire.usage.reasoning_tokens", usage.reasoning_tokens or None),
+        )
+
+    def _own(self) -> tuple[tuple[str, Any], ...]:
+        """The server span's attributes of this request only (ids, times, content)."""
+        rid = self.request_id  # a client's own id may hold anything; one made here is known clean
+        own = (
+            ("modelwire.request_id", rid if rid.startswith(MINTED_ID_PREFIX) else redact(rid)),
+            ("gen_ai.response.id", self.answer_id or None),
+            ("modelwire.cost_usd", self.cost),
+            ("modelwire.ttft_ms", round(self.ttft * 1000, 3) if self.ttft is not None else None),
+        )
+        return own + tuple(self.content.items()) if self.content else own
 
 
 class Attempt(Context):
-    """One upstream attempt's client span, current for its task until :meth:`close`; then handed to
-    the exporter, which writes it (:meth:`write`)."""
+    """One upstream attempt's client span, current for its task until :meth:`close`; then written
+    out with its request (or on its own, should it end after the request)."""
 
     __slots__ = (
         "backend",
@@ -402,6 +383,7 @@ class Attempt(Context):
         "operation",
         "parent_id",
         "reply",
+        "request",
         "retry",
         "start_ns",
         "token",
@@ -420,6 +402,7 @@ class Attempt(Context):
     ) -> None:
         self.trace_id, self.span_id, self.flags = request.trace_id, new_span_id(), SAMPLED
         self.trace_state, self.parent_id, self.tracer = request.trace_state, request.span_id, request.tracer
+        self.request: RequestTrace | None = request  # until it ends: then the request holds it
         self.backend, self.operation, self.model, self.hop, self.retry = backend, operation, model, hop, retry
         self.token: contextvars.Token[Attempt | None] | None = None
         self.reply: int | None = None
@@ -448,19 +431,29 @@ class Attempt(Context):
         if not self.end_ns:
             self.end_ns = time_ns()
             self.error, self.message = error, message
-            self.tracer.sink(self)
+            request, self.request = self.request, None
+            if request is None or request.end_ns:
+                self.tracer.sink(self)
+            else:
+                request.attempts.append(self)
 
     def write(self, encoding: Encoding) -> list[bytes]:
+        return [self.encoded(encoding)]
+
+    def encoded(self, encoding: Encoding) -> bytes:
         model = self.tracer.redacted(self.model)
-        key = (self.backend, self.operation, model, self.hop, self.retry, self.reply, self.error)
-        attributes = [encoding.shared(key, self._attributes, model)]
-        status = (ERROR, self.message) if self.error is not None else (UNSET, "")
-        times = (self.start_ns, self.end_ns)
-        name = f"{self.operation} {model}"
+        message = self.message
+        key = (self.backend, self.operation, model, self.hop, self.retry, self.reply, self.error, message)
+        fixed = encoding.fixed(
+            key if len(message) < 64 else None,  # an error's message may be one of a kind: not kept
+            f"{self.operation} {model}",
+            CLIENT,
+            (ERROR, message) if self.error is not None else (UNSET, ""),
+            self._attributes,
+            model,
+        )
         trace = (self.trace_id, self.trace_state)
-        return [
-            encoding.span(trace, self.span_id, self.parent_id, name, CLIENT, times, attributes, (), status)
-        ]
+        return encoding.span(trace, self.span_id, self.parent_id, (self.start_ns, self.end_ns), fixed)
 
     def _attributes(self, model: str) -> Pairs:
         return (
@@ -582,6 +575,10 @@ def _server_shared(request: RequestTrace, model: str | None) -> Pairs:
 
 def _failure(kind: str | None) -> Pairs:
     return (("error.type", kind),)
+
+
+def _no_pairs() -> Pairs:
+    return ()
 
 
 def _answer(doc: dict[str, Any]) -> tuple[Any, tuple[Any, tuple[str, ...]]]:
