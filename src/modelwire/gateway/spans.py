@@ -138,14 +138,15 @@ class Span(Context):
             self.sink(self)
 
     def write(self, encoding: Encoding) -> list[bytes]:
-        fixed = encoding.fixed(None, self.name, self.kind, (self.status, self.message), _none)
+        fixed = encoding.fixed(None, self.name, self.kind, (self.status, self.message), no_pairs)
         attributes = [encoding.attributes(self.attributes.items(), cached=False)]
         trace = (self.trace_id, self.trace_state)
         times = (self.start_ns, self.end_ns)
         return [encoding.span(trace, self.span_id, self.parent_id, times, fixed, attributes, self.events)]
 
 
-def _none() -> Pairs:
+def no_pairs() -> Pairs:
+    """No attributes shared: a span whose fixed part is its name, kind and status only."""
     return ()
 
 

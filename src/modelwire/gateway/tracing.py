@@ -56,6 +56,7 @@ from .spans import (
     Pairs,
     new_span_id,
     new_trace_id,
+    no_pairs,
     parse,
 )
 from .surfaces import EMBEDDINGS, Surface
@@ -303,13 +304,19 @@ class RequestTrace(Context):
     def write(self, encoding: Encoding) -> list[bytes]:
         """The request's spans, its attempts' among them, as ``encoding`` writes them."""
         trace = (self.trace_id, self.trace_state)
+        spans = [self._server(encoding, trace), self._admission(encoding, trace)]
+        if self.stream_ns:
+            spans.append(self._stream(encoding, trace))
+        spans += [attempt.encoded(encoding) for attempt in self.attempts]
+        return spans
+
+    def _server(self, encoding: Encoding, trace: tuple[int, str | None]) -> bytes:
         asked = self.asked
         model = self.tracer.redacted(asked[0]) if asked is not None else None
-        events = ((self.first_token_ns, "first_token"),) if self.first_token_ns and not self.stream_ns else ()
         # what repeats from request to request: the route, the model, the key, the outcome
         shared: tuple[Any, ...] = (self.operation, self.method, self.path, self.dialect, asked, self.status)
         shared += (self.backend, self.upstream_model, self.answer, self.error)
-        server = encoding.fixed(
+        fixed = encoding.fixed(
             shared,
             f"{self.operation} {model}" if model is not None else self.operation,
             SERVER,
@@ -319,30 +326,22 @@ class RequestTrace(Context):
             model,
         )
         own = (encoding.attributes(self._counts()), encoding.attributes(self._own(), cached=False))
-        spans = [
-            encoding.span(
-                trace, self.span_id, self.parent_id, (self.start_ns, self.end_ns), server, own, events
-            )
-        ]
+        events = ((self.first_token_ns, "first_token"),) if self.first_token_ns and not self.stream_ns else ()
+        times = (self.start_ns, self.end_ns)
+        return encoding.span(trace, self.span_id, self.parent_id, times, fixed, own, events)
+
+    def _admission(self, encoding: Encoding, trace: tuple[int, str | None]) -> bytes:
         failed = self.admission_error
-        admission = encoding.fixed(
-            ("admission", failed),
-            "admission",
-            INTERNAL,
-            (ERROR if failed is not None else UNSET, ""),
-            _failure,
-            failed,
-        )
-        admitted = (self.start_ns, self.admitted_ns or self.end_ns)
-        spans.append(encoding.span(trace, new_span_id(), self.span_id, admitted, admission))
-        if self.stream_ns:
-            events = ((self.first_token_ns, "first_token"),) if self.first_token_ns else ()
-            stream = encoding.fixed("stream", "stream", INTERNAL, (UNSET, ""), _no_pairs)
-            times = (self.stream_ns, self.end_ns)
-            spans.append(encoding.span(trace, new_span_id(), self.span_id, times, stream, (), events))
-        for attempt in self.attempts:
-            spans.append(attempt.encoded(encoding))
-        return spans
+        status = (ERROR if failed is not None else UNSET, "")
+        fixed = encoding.fixed(("admission", failed), "admission", INTERNAL, status, _failure, failed)
+        times = (self.start_ns, self.admitted_ns or self.end_ns)
+        return encoding.span(trace, new_span_id(), self.span_id, times, fixed)
+
+    def _stream(self, encoding: Encoding, trace: tuple[int, str | None]) -> bytes:
+        fixed = encoding.fixed("stream", "stream", INTERNAL, (UNSET, ""), no_pairs)
+        events = ((self.first_token_ns, "first_token"),) if self.first_token_ns else ()
+        times = (self.stream_ns, self.end_ns)
+        return encoding.span(trace, new_span_id(), self.span_id, times, fixed, (), events)
 
     def _counts(self) -> tuple[tuple[str, Any], ...]:
         """The server span's attributes that repeat from time to time (encoded once each)."""
@@ -575,10 +574,6 @@ def _server_shared(request: RequestTrace, model: str | None) -> Pairs:
 
 def _failure(kind: str | None) -> Pairs:
     return (("error.type", kind),)
-
-
-def _no_pairs() -> Pairs:
-    return ()
 
 
 def _answer(doc: dict[str, Any]) -> tuple[Any, tuple[Any, tuple[str, ...]]]:
