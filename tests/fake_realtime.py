@@ -47,6 +47,7 @@ class RealtimeReply:
     usage: Json | None = None  # overrides of the token counts (see ``_usage``)
     error: tuple[str, str] | None = None  # (code, message): a realtime error event instead
     drop: bool = False  # cut the connection after response.created
+    hold: bool = False  # after response.created, nothing until a response.cancel: then its done
 
     @classmethod
     def say(cls, text: str = DEFAULT_TEXT, **usage: int) -> RealtimeReply:
@@ -68,6 +69,11 @@ class RealtimeReply:
     def dropped(cls) -> RealtimeReply:
         return cls(drop=True)
 
+    @classmethod
+    def held(cls, **usage: int) -> RealtimeReply:
+        """A response that goes on until cancelled, then is done as ``cancelled`` with ``usage``."""
+        return cls(text="", hold=True, usage=usage or None)
+
 
 @dataclass
 class RealtimeSocket:
@@ -84,6 +90,7 @@ class RealtimeSocket:
     audio: bytearray = field(default_factory=bytearray)  # the input audio buffer
     session_type: str = "realtime"
     voice_activity: bool = False  # server_vad: a committed buffer starts a response by itself
+    held: dict[str, tuple[Json, RealtimeReply]] = field(default_factory=dict)  # by response id
 
 
 class FakeRealtime:
@@ -318,11 +325,16 @@ class FakeRealtime:
             "input_audio_buffer.commit": self._commit,
             "input_audio_buffer.clear": self._clear,
             "response.create": self._respond,
-            "response.cancel": self._ignore,
+            "response.cancel": self._cancel,
         }
 
-    async def _ignore(self, ws: web.WebSocketResponse, conn: RealtimeSocket, model: str, event: Json) -> None:
-        return None
+    async def _cancel(self, ws: web.WebSocketResponse, conn: RealtimeSocket, model: str, event: Json) -> None:
+        """A held response ends, ``cancelled``, with what it used so far (others are not held: nothing)."""
+        held = conn.held.pop(event.get("response_id") or next(iter(conn.held), ""), None)
+        if held is not None:
+            shell, reply = held
+            done = {**shell, "status": "cancelled", "usage": _usage(reply)}
+            await self._emit(ws, {"type": "response.done", "response": done})
 
     async def _session_update(
         self, ws: web.WebSocketResponse, conn: RealtimeSocket, model: str, event: Json
@@ -419,6 +431,9 @@ class FakeRealtime:
         response_id = self._id("resp")
         shell = {"id": response_id, "object": "realtime.response", "status": "in_progress", "output": []}
         await self._emit(ws, {"type": "response.created", "response": shell})
+        if reply.hold:
+            conn.held[response_id] = (shell, reply)
+            return
         if reply.drop:
             request = self._open.pop(conn.number, None)
             if request is not None and request.transport is not None:

@@ -362,6 +362,30 @@ def test_a_client_that_drops_closes_the_upstream_socket(
     assert upstream.realtime.wait_ended(number)
 
 
+def test_a_client_that_leaves_mid_response_is_charged_what_it_used(
+    rt_gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    """The client goes while a response is under way: the gateway cancels it upstream and records
+    the usage its ``response.done`` (cancelled) reports, rather than a cut with nothing charged."""
+    upstream.realtime.script(RealtimeReply.held(input_text=40, output_text=70))
+    socket = raw_socket(rt_gateway)
+    assert json.loads(socket.recv(timeout=20))["type"] == "session.created"
+    socket.send(json.dumps({"type": "response.create"}))
+    created = json.loads(socket.recv(timeout=20))
+    while created["type"] != "response.created":
+        created = json.loads(socket.recv(timeout=20))
+    response_id = created["response"]["id"]
+    number = upstream.realtime.connections[-1].number
+    socket.socket.close()  # no close frame: the TCP connection just goes
+    assert upstream.realtime.wait_ended(number)
+    sent = upstream.realtime.connections[-1].events
+    assert {"type": "response.cancel", "response_id": response_id} in sent
+    row = usage_rows(rt_gateway, response_id)[0]
+    assert (row["status"], row["error"]) == (200, None)
+    assert (row["input_tokens"], row["output_tokens"]) == (40, 70)
+    assert row["cost"] > 0
+
+
 def test_an_upstream_that_drops_closes_the_client_socket(
     rt_gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:

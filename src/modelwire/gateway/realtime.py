@@ -64,6 +64,7 @@ MINTED = {
     "/v1/realtime/transcription_sessions": ("transcription_sessions", "input_audio_transcription"),
 }
 HANDSHAKE_SECONDS = 10.0  # the longest an upstream may take to open a realtime socket
+SETTLE_SECONDS = 5.0  # the longest a session's end waits for its cancelled responses' usage
 Socket = aiohttp.ClientWebSocketResponse[bool]
 Connect = Callable[[str, Mapping[str, str], float], Awaitable[Socket]]
 # Realtime errors, rows and metrics say OpenAI's shape under their own label.
@@ -238,6 +239,9 @@ class _Session:
             for pump in pumps:
                 pump.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
+            if self.live and not self.upstream.closed:
+                with contextlib.suppress(Exception):
+                    await self._settle()
             with contextlib.suppress(Exception):
                 await self.upstream.close()
             with contextlib.suppress(Exception):  # the client may be gone already
@@ -245,6 +249,22 @@ class _Session:
                 await self.send({"type": "websocket.close", "code": code if 1000 <= code < 5000 else 1011})
             for response_id, started in self.live.items():  # cut before their end: usage unknown
                 self._record(response_id, started, Usage(), None, 499, "cut")
+
+    async def _settle(self) -> None:
+        """The session ends (the client left, or its time is up) with responses under way: each
+        is cancelled upstream, and its ``response.done``, which says what it used, is awaited a few
+        seconds, so that it is charged rather than recorded as cut with nothing."""
+        for response_id in list(self.live):
+            cancel = orjson.dumps({"type": "response.cancel", "response_id": response_id})
+            await self.upstream.send_frame(cancel, aiohttp.WSMsgType.TEXT)
+        async with asyncio.timeout(SETTLE_SECONDS):
+            while self.live:
+                message = await self.upstream.receive()
+                if message.type is not aiohttp.WSMsgType.TEXT:
+                    return
+                data = message.data if isinstance(message.data, bytes) else str(message.data).encode()
+                if b'"response.done"' in data:
+                    await self._lifecycle(data)
 
     async def _from_client(self) -> None:
         while True:
