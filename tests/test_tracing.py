@@ -425,15 +425,17 @@ def test_content_when_enabled_is_recorded_redacted_and_no_secret_is_ever_exporte
 def test_no_secret_in_anything_the_traced_gateway_exported(
     upstream: FakeUpstream, traced: RunningGateway, receiver: OtlpReceiver
 ) -> None:
-    """Every export of this module's gateway so far (chat, stream, failover, Anthropic, errors)."""
-    upstream.script(Reply.text("ok"))
+    """Every export of this module's gateway so far (chat, stream, failover, Anthropic, errors, as
+    far as this worker ran them), and two of this test's own, one after the other."""
     with sdk(traced) as client:
-        client.chat.completions.create(
-            model="chat-model",
-            messages=[{"role": "user", "content": "q"}],
-            extra_headers={"x-request-id": "trace-last-sk-pastedpastedpasted"},  # a key by mistake
-        )
-    receiver.trace_of("trace-last-[REDACTED]", 3)
+        for n in (1, 2):
+            upstream.script(Reply.text("ok"))
+            client.chat.completions.create(
+                model="chat-model",
+                messages=[{"role": "user", "content": "q"}],
+                extra_headers={"x-request-id": f"trace-last-{n}-sk-pastedpastedpasted"},  # a key by mistake
+            )
+            receiver.trace_of(f"trace-last-{n}-[REDACTED]", 3)  # exported before the next one is made
     exported = b"".join(receiver.bodies)
     assert len(receiver.bodies) >= 2
     for secret in [CLIENT_KEY, ANTHROPIC_KEY, *UPSTREAM_KEYS, "sk-pastedpastedpasted"]:
