@@ -42,7 +42,7 @@ from ..errors import (
     from_response,
 )
 from ..providers.realtime import SUBPROTOCOL, key_from_subprotocols, realtime_usage
-from ..providers.transport import Transport
+from ..providers.transport import Transport, text_frame
 from ..providers.transport import call as transport_call
 from ..types import Dialect, Usage
 from . import http
@@ -262,7 +262,7 @@ class _Session:
                 message = await self.upstream.receive()
                 if message.type is not aiohttp.WSMsgType.TEXT:
                     return
-                data = message.data if isinstance(message.data, bytes) else str(message.data).encode()
+                data = text_frame(message.data)
                 if b'"response.done"' in data:
                     await self._lifecycle(data)
 
@@ -300,7 +300,7 @@ class _Session:
         while True:
             message = await self.upstream.receive()
             if message.type is aiohttp.WSMsgType.TEXT:
-                data = message.data if isinstance(message.data, bytes) else str(message.data).encode()
+                data = text_frame(message.data)
                 if any(marker in data for marker in _LIFECYCLE):
                     await self._lifecycle(data)
                 await self.send({"type": "websocket.send", "text": data.decode("utf-8", "replace")})

@@ -31,6 +31,7 @@ import orjson
 from ..errors import ModelwireError
 from ..providers.openai import OpenAI
 from ..providers.session import Session
+from ..providers.transport import text_frame
 from ..providers.websocket import BETA, socket_error
 
 SOCKET_TURN = "modelwire.socket_turn"  # the HTTP scope key a socket's response.create travels under
@@ -84,7 +85,7 @@ class UpstreamSocket:
     async def _next(self) -> bytes | None:
         message = await self.socket.receive(timeout=self.timeout)
         if message.type is aiohttp.WSMsgType.TEXT:  # bytes: the transport does not decode text
-            return message.data if isinstance(message.data, bytes) else str(message.data).encode()
+            return text_frame(message.data)
         if message.type is aiohttp.WSMsgType.BINARY:
             return bytes(message.data)
         return None  # closed, closing or an error: the socket is done

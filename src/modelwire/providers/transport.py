@@ -233,3 +233,8 @@ def default_transport() -> AiohttpTransport:
     if _default is None:
         _default = AiohttpTransport()
     return _default
+
+
+def text_frame(data: object) -> bytes:
+    """A text WebSocket message's payload as bytes (the transport does not decode text)."""
+    return data if isinstance(data, bytes) else str(data).encode()
