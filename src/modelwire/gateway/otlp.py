@@ -209,7 +209,7 @@ class Exporter:
         deadline = loop.time() + target.timeout
         backoff = 0.5
         while True:
-            status, wait, reply = await self._exchange(body, headers, deadline - loop.time(), backoff)
+            status, wait, reply = await self._exchange(body, headers, deadline - loop.time())
             if 200 <= status < 300:
                 return _partial(reply, target.protocol)
             problem = f"status {status}" if status else reply.decode()
@@ -222,7 +222,7 @@ class Exporter:
             backoff = min(backoff * 2, 8)
 
     async def _exchange(
-        self, body: bytes, headers: dict[str, str], left: float, backoff: float
+        self, body: bytes, headers: dict[str, str], left: float
     ) -> tuple[int, float | None, bytes]:
         """One POST over the kept-alive connection: its status, the ``Retry-After`` wait it asked
         for, and its body (status 0 and why, when it could not be made)."""
@@ -231,7 +231,7 @@ class Exporter:
                 reply = await self._transport.send("POST", self.destination.url, headers, body)
                 data = await reply.read()
         except (ModelwireError, OSError, TimeoutError) as exc:
-            return 0, backoff, type(exc).__name__.encode()
+            return 0, None, type(exc).__name__.encode()
         return reply.status, _retry_after(reply.headers.get("Retry-After")), data
 
 
