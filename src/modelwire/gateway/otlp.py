@@ -29,7 +29,7 @@ import orjson
 
 from ..errors import ModelwireError
 from ..providers.http1 import Http1Transport
-from .spans import Pairs, Record
+from .spans import Fixed, Pairs, Record
 
 log = logging.getLogger("modelwire.gateway.traces")
 
@@ -255,14 +255,11 @@ def _varint(n: int) -> bytes:
 
 
 _SMALL = [bytes((n,)) for n in range(0x80)]
-_LOW64 = (1 << 64) - 1
-# A span's fixed-size fields in one pack each: trace_id 1 + span_id 2 (+ parent_span_id 4) (bytes,
-# big-endian as the ids read in hex), start 7 and end 8 (fixed64).
-_IDS = struct.Struct(">BBQQBBQ").pack
-_IDS_PARENT = struct.Struct(">BBQQBBQBBQ").pack
-_TIMES = struct.Struct("<BQBQ").pack
+# A span's fixed-size fields, tags and sizes in one pack: trace_id 1 and span_id 2 (bytes), start 7
+# and end 8 (fixed64); a child's parent_span_id 4 (bytes) too.
+_SPAN_HEAD = struct.Struct("<2s16s2s8sBQBQ").pack
+_CHILD_SPAN_HEAD = struct.Struct("<2s16s2s8s2s8sBQBQ").pack
 _EVENT_TIME = struct.Struct("<BQ").pack  # an event's time_unix_nano, field 1 (fixed64)
-_DOUBLE_VALUE = struct.Struct("<BBBd").pack  # a KeyValue's value field holding a double
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -309,25 +306,17 @@ class Protobuf:
     def batch(self, spans: list[bytes]) -> bytes:
         return _field(1, self._resource + _field(2, self._scope + b"".join(spans)))
 
-    def fixed(
-        self,
-        key: Hashable,
-        name: str,
-        kind: int,
-        status: tuple[int, str],
-        pairs: Callable[..., Pairs],
-        *args: Any,
-    ) -> bytes:
+    def fixed(self, key: Hashable, describe: Callable[..., Fixed], *args: Any) -> bytes:
         """The name (5), kind (6), status (15) and attribute (9) fields, once per ``key`` (None: not kept)."""
         known = self._fixed.get(key)
         if known is None:
-            code, message = status
+            name, kind, (code, message), pairs = describe(*args)
             known = _field(5, name.encode()) + bytes((0x30, kind))
             if code:
                 known += _field(
                     15, (_field(2, message.encode()) if message else b"") + b"\x18" + _SMALL[code]
                 )
-            known += b"".join([_attribute(9, k, v) for k, v in pairs(*args) if v is not None])
+            known += b"".join([_attribute(9, k, v) for k, v in pairs if v is not None])
             if key is not None:
                 _bounded(self._fixed)[key] = known
         return known
@@ -352,23 +341,24 @@ class Protobuf:
 
     def span(
         self,
-        trace: tuple[int, str | None],
-        span_id: int,
-        parent_id: int,
+        trace: tuple[bytes, str | None],
+        span_id: bytes,
+        parent_id: bytes,
         times: tuple[int, int],
         fixed: bytes,
         attributes: Sequence[bytes] = (),
         events: Sequence[tuple[int, str]] = (),
     ) -> bytes:
-        """The span as a ``ScopeSpans.spans`` field: its ids and times packed in one go each."""
+        """The span as a ``ScopeSpans.spans`` field: its ids and times packed in one go."""
         trace_id, trace_state = trace
+        start, end = times
         if parent_id:
-            ids = _IDS_PARENT(
-                0x0A, 16, trace_id >> 64, trace_id & _LOW64, 0x12, 8, span_id, 0x22, 8, parent_id
+            head = _CHILD_SPAN_HEAD(
+                b"\n\x10", trace_id, b"\x12\x08", span_id, b'"\x08', parent_id, 0x39, start, 0x41, end
             )
         else:
-            ids = _IDS(0x0A, 16, trace_id >> 64, trace_id & _LOW64, 0x12, 8, span_id)
-        body = ids + _TIMES(0x39, times[0], 0x41, times[1]) + fixed + b"".join(attributes)
+            head = _SPAN_HEAD(b"\n\x10", trace_id, b"\x12\x08", span_id, 0x39, start, 0x41, end)
+        body = head + fixed + b"".join(attributes)
         if trace_state:
             body += _field(3, trace_state.encode())
         for at, event in events:
@@ -377,34 +367,43 @@ class Protobuf:
 
 
 def _one_offs(pairs: Pairs) -> bytes:
-    """A span's ``KeyValue`` fields (9) seen once (an id, a cost): a short string's or a double's
-    nested fields and sizes written in one go."""
+    """A span's ``KeyValue`` fields (9) seen once (an id, a cost): a string's or a double's value
+    after the field's head, which is worked out once per name (and a string's size)."""
     out = []
+    heads = _HEADS
     for key, value in pairs:
         kind = value.__class__
         if kind is str:
             text = value.encode()
-            size = len(text)
-            if size > 0x7D:
-                out.append(_attribute(9, key, value))
-                continue
-            # KeyValue{key 1, value 2: AnyValue{string_value 1}}: the value field's size is size + 2
-            value_field = bytes((0x12, size + 2, 0x0A, size)) + text
+            head = heads.get((key, len(text)))
+            if head is None:
+                if len(text) > 0x7F:  # long (captured content): too many sizes to keep a head each
+                    out.append(_attribute(9, key, value))
+                    continue
+                head = _head(key, text)
+            out.append(head + text)
         elif kind is float:
-            value_field = _DOUBLE_VALUE(0x12, 9, 0x21, value)  # AnyValue{double_value 4}
-        elif value is None:
-            continue
-        else:
+            head = heads.get(key)
+            out.append((head or _head(key, None)) + _DOUBLE(value))
+        elif value is not None:
             out.append(_attribute(9, key, value))
-            continue
-        key_field = _KEYS.get(key)
-        if key_field is None:
-            key_field = _bounded(_KEYS)[key] = _field(1, key.encode())
-        out.append(_field(9, key_field + value_field))
     return b"".join(out)
 
 
-_KEYS: dict[str, bytes] = {}  # attribute names, as a KeyValue's key field
+def _head(key: str, text: bytes | None) -> bytes:
+    """A KeyValue field's bytes up to its value: for a string of ``text``'s size (kept by name and
+    size), or for a double (kept by name)."""
+    if text is None:
+        head = _attribute(9, key, 0.0)[:-8]  # AnyValue{double_value 4}: the 8 bytes of the value last
+        _bounded(_HEADS)[key] = head
+    else:
+        head = _attribute(9, key, text.decode())[: -len(text) or None]
+        _bounded(_HEADS)[key, len(text)] = head
+    return head
+
+
+_HEADS: dict[Any, bytes] = {}
+_DOUBLE = struct.Struct("<d").pack
 
 
 def _bounded(cache: dict[Any, Any]) -> dict[Any, Any]:
@@ -449,18 +448,11 @@ class Json:
             + b',"spans":['
         )
 
-    def fixed(
-        self,
-        key: Hashable,
-        name: str,
-        kind: int,
-        status: tuple[int, str],
-        pairs: Callable[..., Pairs],
-        *args: Any,
-    ) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": name, "kind": kind, "attributes": _json_attributes(pairs(*args))}
-        if status[0]:
-            out["status"] = {"code": status[0], "message": status[1]}
+    def fixed(self, key: Hashable, describe: Callable[..., Fixed], *args: Any) -> dict[str, Any]:
+        name, kind, (code, message), pairs = describe(*args)
+        out: dict[str, Any] = {"name": name, "kind": kind, "attributes": _json_attributes(pairs)}
+        if code:
+            out["status"] = {"code": code, "message": message}
         return out
 
     def attributes(self, pairs: Pairs, cached: bool = True) -> list[dict[str, Any]]:
@@ -468,24 +460,24 @@ class Json:
 
     def span(
         self,
-        trace: tuple[int, str | None],
-        span_id: int,
-        parent_id: int,
+        trace: tuple[bytes, str | None],
+        span_id: bytes,
+        parent_id: bytes,
         times: tuple[int, int],
         fixed: dict[str, Any],
         attributes: Sequence[list[dict[str, Any]]] = (),
         events: Sequence[tuple[int, str]] = (),
     ) -> bytes:
         out: dict[str, Any] = {
-            "traceId": f"{trace[0]:032x}",
-            "spanId": f"{span_id:016x}",
+            "traceId": trace[0].hex(),
+            "spanId": span_id.hex(),
             **fixed,
             "startTimeUnixNano": str(times[0]),
             "endTimeUnixNano": str(times[1]),
             "attributes": fixed["attributes"] + [a for group in attributes for a in group],
         }
         if parent_id:
-            out["parentSpanId"] = f"{parent_id:016x}"
+            out["parentSpanId"] = parent_id.hex()
         if trace[1]:
             out["traceState"] = trace[1]
         if events:

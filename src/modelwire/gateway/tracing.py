@@ -53,10 +53,10 @@ from .spans import (
     UNSET,
     Context,
     Encoding,
+    Fixed,
     Pairs,
     new_span_id,
     new_trace_id,
-    no_pairs,
     parse,
 )
 from .surfaces import EMBEDDINGS, Surface
@@ -200,7 +200,7 @@ class RequestTrace(Context):
     def __init__(self, tracer: Tracer, parent: Context | None, sampled: bool, operation: str) -> None:
         # Context's fields set here, not through its __init__: this runs for every request.
         if parent is None:
-            self.trace_id, self.trace_state, self.parent_id = new_trace_id(), None, 0
+            self.trace_id, self.trace_state, self.parent_id = new_trace_id(), None, b""
         else:
             self.trace_id, self.trace_state, self.parent_id = (
                 parent.trace_id,
@@ -310,35 +310,24 @@ class RequestTrace(Context):
         spans += [attempt.encoded(encoding) for attempt in self.attempts]
         return spans
 
-    def _server(self, encoding: Encoding, trace: tuple[int, str | None]) -> bytes:
-        asked = self.asked
-        model = self.tracer.redacted(asked[0]) if asked is not None else None
+    def _server(self, encoding: Encoding, trace: tuple[bytes, str | None]) -> bytes:
         # what repeats from request to request: the route, the model, the key, the outcome
-        shared: tuple[Any, ...] = (self.operation, self.method, self.path, self.dialect, asked, self.status)
-        shared += (self.backend, self.upstream_model, self.answer, self.error)
-        fixed = encoding.fixed(
-            shared,
-            f"{self.operation} {model}" if model is not None else self.operation,
-            SERVER,
-            (ERROR, "") if self.status >= 500 else (UNSET, ""),  # a server span errs on 5xx only
-            _server_shared,
-            self,
-            model,
-        )
+        shared: tuple[Any, ...] = (self.operation, self.method, self.path, self.dialect, self.asked)
+        shared += (self.status, self.backend, self.upstream_model, self.answer, self.error)
+        fixed = encoding.fixed(shared, _server_fixed, self)
         own = (encoding.attributes(self._counts()), encoding.attributes(self._own(), cached=False))
         events = ((self.first_token_ns, "first_token"),) if self.first_token_ns and not self.stream_ns else ()
         times = (self.start_ns, self.end_ns)
         return encoding.span(trace, self.span_id, self.parent_id, times, fixed, own, events)
 
-    def _admission(self, encoding: Encoding, trace: tuple[int, str | None]) -> bytes:
+    def _admission(self, encoding: Encoding, trace: tuple[bytes, str | None]) -> bytes:
         failed = self.admission_error
-        status = (ERROR if failed is not None else UNSET, "")
-        fixed = encoding.fixed(("admission", failed), "admission", INTERNAL, status, _failure, failed)
+        fixed = encoding.fixed(("admission", failed), _admission_fixed, failed)
         times = (self.start_ns, self.admitted_ns or self.end_ns)
         return encoding.span(trace, new_span_id(), self.span_id, times, fixed)
 
-    def _stream(self, encoding: Encoding, trace: tuple[int, str | None]) -> bytes:
-        fixed = encoding.fixed("stream", "stream", INTERNAL, (UNSET, ""), no_pairs)
+    def _stream(self, encoding: Encoding, trace: tuple[bytes, str | None]) -> bytes:
+        fixed = encoding.fixed("stream", _stream_fixed)
         events = ((self.first_token_ns, "first_token"),) if self.first_token_ns else ()
         times = (self.stream_ns, self.end_ns)
         return encoding.span(trace, new_span_id(), self.span_id, times, fixed, (), events)
@@ -363,7 +352,7 @@ class RequestTrace(Context):
             ("modelwire.request_id", rid if rid.startswith(MINTED_ID_PREFIX) else redact(rid)),
             ("gen_ai.response.id", self.answer_id or None),
             ("modelwire.cost_usd", self.cost),
-            ("modelwire.ttft_ms", round(self.ttft * 1000, 3) if self.ttft is not None else None),
+            ("modelwire.ttft_ms", self.ttft * 1000 if self.ttft is not None else None),
         )
         return own + tuple(self.content.items()) if self.content else own
 
@@ -440,22 +429,16 @@ class Attempt(Context):
         return [self.encoded(encoding)]
 
     def encoded(self, encoding: Encoding) -> bytes:
-        model = self.tracer.redacted(self.model)
         message = self.message
-        key = (self.backend, self.operation, model, self.hop, self.retry, self.reply, self.error, message)
-        fixed = encoding.fixed(
-            key if len(message) < 64 else None,  # an error's message may be one of a kind: not kept
-            f"{self.operation} {model}",
-            CLIENT,
-            (ERROR, message) if self.error is not None else (UNSET, ""),
-            self._attributes,
-            model,
-        )
+        key = (self.backend, self.operation, self.model, self.hop, self.retry, self.reply, self.error)
+        # an error's message may be one of a kind: not kept
+        fixed = encoding.fixed((*key, message) if len(message) < 64 else None, self._fixed)
         trace = (self.trace_id, self.trace_state)
         return encoding.span(trace, self.span_id, self.parent_id, (self.start_ns, self.end_ns), fixed)
 
-    def _attributes(self, model: str) -> Pairs:
-        return (
+    def _fixed(self) -> Fixed:
+        model = self.tracer.redacted(self.model)
+        attributes = (
             *self.tracer.backends[self.backend],
             ("gen_ai.operation.name", self.operation),
             ("gen_ai.request.model", model),
@@ -464,6 +447,8 @@ class Attempt(Context):
             ("http.response.status_code", self.reply),
             ("error.type", self.error),
         )
+        status = (ERROR, self.message) if self.error is not None else (UNSET, "")
+        return f"{self.operation} {model}", CLIENT, status, attributes
 
 
 class TracedTransport(Http1Transport):
@@ -540,9 +525,16 @@ def _backend_attributes(backend: Backend) -> tuple[tuple[str, Any], ...]:
     return tuple(attributes)
 
 
+def _server_fixed(request: RequestTrace) -> Fixed:
+    """The server span's name, status and the attributes that many requests share (the route, the
+    model, the key, the outcome): worked out once per distinct set."""
+    model = request.tracer.redacted(request.asked[0]) if request.asked is not None else None
+    name = f"{request.operation} {model}" if model is not None else request.operation
+    status = (ERROR, "") if request.status >= 500 else (UNSET, "")  # a server span errs on 5xx only
+    return name, SERVER, status, _server_shared(request, model)
+
+
 def _server_shared(request: RequestTrace, model: str | None) -> Pairs:
-    """The server span's attributes that many requests share (the route, the model, the key, the
-    outcome): worked out once per distinct set."""
     tracer = request.tracer
     yield "gen_ai.operation.name", request.operation
     yield "http.request.method", request.method
@@ -572,8 +564,12 @@ def _server_shared(request: RequestTrace, model: str | None) -> Pairs:
     yield "error.type", request.error
 
 
-def _failure(kind: str | None) -> Pairs:
-    return (("error.type", kind),)
+def _admission_fixed(failed: str | None) -> Fixed:
+    return "admission", INTERNAL, (ERROR if failed is not None else UNSET, ""), (("error.type", failed),)
+
+
+def _stream_fixed() -> Fixed:
+    return "stream", INTERNAL, (UNSET, ""), ()
 
 
 def _answer(doc: dict[str, Any]) -> tuple[Any, tuple[Any, tuple[str, ...]]]:
