@@ -9,7 +9,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -486,6 +487,70 @@ def test_traceparent_is_read_as_w3c_trace_context_says(header: str, valid: bool)
         assert context.sampled == header.strip().endswith(("01", "future"))
 
 
+class Span(w3c.Context):
+    """A span noted in full (a dict of attributes, events, a status): a record of the exporter's
+    own kind, to send it every value type and shape the gateway's records do not."""
+
+    __slots__ = (
+        "attributes",
+        "end_ns",
+        "events",
+        "kind",
+        "message",
+        "name",
+        "parent_id",
+        "sink",
+        "start_ns",
+        "status",
+    )
+    spans = 1
+
+    def __init__(
+        self,
+        sink: Callable[[Span], None],
+        name: str,
+        kind: int,
+        parent: w3c.Context | None,
+        attributes: dict[str, Any] | None = None,
+    ) -> None:
+        if parent is None:
+            super().__init__(w3c.new_trace_id(), w3c.new_span_id(), w3c.SAMPLED)
+            self.parent_id = b""
+        else:
+            super().__init__(parent.trace_id, w3c.new_span_id(), w3c.SAMPLED, parent.trace_state)
+            self.parent_id = parent.span_id
+        self.sink, self.name, self.kind = sink, name, kind
+        self.attributes = attributes if attributes is not None else {}
+        self.events: list[tuple[int, str]] = []
+        self.status, self.message = w3c.UNSET, ""
+        self.start_ns, self.end_ns = time.time_ns(), 0
+
+    def event(self, name: str) -> None:
+        self.events.append((time.time_ns(), name))
+
+    def fail(self, kind: str, message: str | None = None) -> None:
+        """In error (``error.type`` ``kind``), and ended."""
+        self.attributes["error.type"] = kind
+        self.status, self.message = w3c.ERROR, message or ""
+        self.end()
+
+    def end(self) -> None:
+        if not self.end_ns:
+            self.end_ns = time.time_ns()
+            self.sink(self)
+
+    def write(self, encoding: w3c.Encoding) -> list[bytes]:
+        fixed = encoding.fixed(None, _described, self)
+        attributes = [encoding.attributes(self.attributes.items(), cached=False)]
+        trace = (self.trace_id, self.trace_state)
+        times = (self.start_ns, self.end_ns)
+        return [encoding.span(trace, self.span_id, self.parent_id, times, fixed, attributes, self.events)]
+
+
+def _described(span: Span) -> w3c.Fixed:
+    return span.name, span.kind, (span.status, span.message), ()
+
+
 def test_exporter_queue_is_bounded_and_every_value_type_survives_the_wire(receiver: OtlpReceiver) -> None:
     """Spans past the queue's bound are dropped and counted (never waited for); what is queued goes
     out once the thread starts and stops, and the collector's own decoder reads back every value
@@ -500,13 +565,13 @@ def test_exporter_queue_is_bounded_and_every_value_type_survives_the_wire(receiv
     destination = Destination.of(receiver.url + "/v1/traces", {}, "http/protobuf", env)
     exporter = Exporter(destination, {"service.name": "unit"}, ("scope", "1"))
     values = {"s": "text", "b": True, "i": -7, "big": 2**40, "f": 0.25, "l": ["a", "b"], "none": None}
-    root = w3c.Span(exporter.add, "root", w3c.SERVER, None, dict(values))
-    child = w3c.Span(exporter.add, "child", w3c.CLIENT, root)
+    root = Span(exporter.add, "root", w3c.SERVER, None, dict(values))
+    child = Span(exporter.add, "child", w3c.CLIENT, root)
     child.event("first_token")
     child.fail("UpstreamError", "it broke")
     root.end()
     for n in range(3):  # the queue holds 3: the two above and one more
-        w3c.Span(exporter.add, f"extra {n}", w3c.INTERNAL, root).end()
+        Span(exporter.add, f"extra {n}", w3c.INTERNAL, root).end()
     assert exporter.dropped == 2 and exporter.held == 3
     asyncio.run(_start_and_stop(exporter))
     got = {s.name: s for s in receiver.wait_for(lambda spans: len(spans) >= 3)}
@@ -528,7 +593,7 @@ def test_exports_go_in_whole_batches_over_one_kept_alive_connection(receiver: Ot
     async def export() -> None:
         exporter.start()
         for n in range(10):
-            w3c.Span(exporter.add, f"span {n}", w3c.INTERNAL, None).end()
+            Span(exporter.add, f"span {n}", w3c.INTERNAL, None).end()
         # two whole batches, before any shutdown
         await asyncio.to_thread(receiver.wait_for, lambda spans: len(spans) >= 8)
         await exporter.shutdown()
@@ -549,8 +614,8 @@ async def _start_and_stop(exporter: Exporter) -> None:
 def test_a_span_that_cannot_be_encoded_is_dropped_not_raised(receiver: OtlpReceiver) -> None:
     receiver.clear()
     exporter = Exporter(Destination.of(receiver.url + "/v1/traces", {}, "http/protobuf", {}), {}, ("s", "1"))
-    w3c.Span(exporter.add, "lone surrogate \ud800", w3c.SERVER, None).end()  # not encodable as UTF-8
-    w3c.Span(exporter.add, "fine", w3c.SERVER, None).end()
+    Span(exporter.add, "lone surrogate \ud800", w3c.SERVER, None).end()  # not encodable as UTF-8
+    Span(exporter.add, "fine", w3c.SERVER, None).end()
     asyncio.run(_start_and_stop(exporter))
     assert [s.name for s in receiver.wait_for(lambda spans: len(spans) >= 1)] == ["fine"]
     assert exporter.dropped == 1 and exporter.held == 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from random import getrandbits
-from time import time_ns
 from typing import Any, Protocol
 
 INTERNAL, SERVER, CLIENT = 1, 2, 3  # OTLP's SpanKind numbers
@@ -77,70 +76,6 @@ class Context:
 
     def traceparent(self) -> str:
         return f"00-{self.trace_id.hex()}-{self.span_id.hex()}-{'01' if self.flags & SAMPLED else '00'}"
-
-
-class Span(Context):
-    """One span noted in full (a dict of attributes): for what is not a request's own hot path.
-    Ended once; then the sink has it and it is no longer touched."""
-
-    __slots__ = (
-        "attributes",
-        "end_ns",
-        "events",
-        "kind",
-        "message",
-        "name",
-        "parent_id",
-        "sink",
-        "start_ns",
-        "status",
-    )
-    spans = 1
-
-    def __init__(
-        self,
-        sink: Callable[[Span], None],
-        name: str,
-        kind: int,
-        parent: Context | None,
-        attributes: dict[str, Any] | None = None,
-    ) -> None:
-        if parent is None:
-            super().__init__(new_trace_id(), new_span_id(), SAMPLED)
-            self.parent_id = b""
-        else:
-            super().__init__(parent.trace_id, new_span_id(), SAMPLED, parent.trace_state)
-            self.parent_id = parent.span_id
-        self.sink, self.name, self.kind = sink, name, kind
-        self.attributes = attributes if attributes is not None else {}
-        self.events: list[tuple[int, str]] = []
-        self.status, self.message = UNSET, ""
-        self.start_ns, self.end_ns = time_ns(), 0
-
-    def event(self, name: str) -> None:
-        self.events.append((time_ns(), name))
-
-    def fail(self, kind: str, message: str | None = None) -> None:
-        """In error (``error.type`` ``kind``), and ended."""
-        self.attributes["error.type"] = kind
-        self.status, self.message = ERROR, message or ""
-        self.end()
-
-    def end(self) -> None:
-        if not self.end_ns:
-            self.end_ns = time_ns()
-            self.sink(self)
-
-    def write(self, encoding: Encoding) -> list[bytes]:
-        fixed = encoding.fixed(None, _described, self)
-        attributes = [encoding.attributes(self.attributes.items(), cached=False)]
-        trace = (self.trace_id, self.trace_state)
-        times = (self.start_ns, self.end_ns)
-        return [encoding.span(trace, self.span_id, self.parent_id, times, fixed, attributes, self.events)]
-
-
-def _described(span: Span) -> Fixed:
-    return span.name, span.kind, (span.status, span.message), ()
 
 
 def new_trace_id() -> bytes:
