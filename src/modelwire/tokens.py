@@ -51,8 +51,6 @@ does); everything around it is an estimate:
 from __future__ import annotations
 
 import base64
-import contextlib
-import ctypes
 import hashlib
 import json
 import math
@@ -65,6 +63,7 @@ from typing import Any
 
 import tiktoken
 
+from . import heap
 from .types import (
     Audio,
     File,
@@ -187,15 +186,8 @@ def get_encoding(name: str) -> tiktoken.Encoding:
             # pickle an Encoding, which modelwire never does. Dropping it gives back ~27 MiB (o200k).
             enc._mergeable_ranks = {}
             _encodings[name] = enc
-    _give_back_freed_memory()
+    heap.give_back()  # the loader's freed buffers (file, lines, ranks): tens of MiB
     return enc
-
-
-def _give_back_freed_memory() -> None:
-    """Return the loader's freed buffers (file, lines, ranks: tens of MiB) to the system: glibc
-    keeps freed heap memory mapped otherwise, and the process's RSS would stay at its peak."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def preload() -> None:

@@ -10,8 +10,6 @@ shutdown. uvicorn's own deadline is set a little later, so it never has to cance
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -23,6 +21,7 @@ from typing import Any
 
 import uvicorn
 
+from .. import heap
 from . import telemetry
 from .app import Gateway
 from .auth import KeyBook
@@ -154,15 +153,11 @@ def create_app() -> Gateway:
     return Gateway(config, hook_signals=True)
 
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter number
-
-
 def limit_malloc_arenas() -> None:
-    """At most two glibc heaps. Each thread that allocates (the store writer, token counting,
-    tracing) otherwise gets its own heap, kept at its peak: ~15 MiB of RSS after a burst of cut
-    streams, for contention that a mostly single-threaded process does not have."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
+    """At most two glibc heaps. Each thread that allocates (the store writer, token counting)
+    otherwise gets its own heap, kept at its peak: ~15 MiB of RSS after a burst of cut streams, for
+    contention that a mostly single-threaded process does not have."""
+    heap.limit_arenas(2)
 
 
 def serve(config_path: str | None, overrides: dict[str, Any]) -> None:
