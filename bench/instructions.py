@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Instructions per request, counted by callgrind: the gateway with tracing off and on, answering
+sequential chat requests from the canned upstream. Counts swing far less with the machine's load
+than CPU time does, so this resolves changes that wrk-based runs on a busy machine cannot.
+
+    .venv/bin/python bench/instructions.py                 # 300 and 900 requests each way
+    .venv/bin/python bench/instructions.py --requests 200,600
+
+Each gateway runs under valgrind twice, with two request counts; the difference between the two
+totals, divided by the difference in requests, leaves start-up and shutdown out. What runs on a
+clock (the usage writer's flush each second) still counts by the run's length, so two runs can
+differ by a few percent. Needs nginx and valgrind (Debian packages, installed when missing); a run
+takes a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import compare  # its canned upstream, config and bodies
+import trace_cost  # its OTLP sink
+
+MODELWIRE = os.path.join(compare.ROOT, ".venv/bin/modelwire")
+
+
+def total_instructions(root: Path, up: int, sink: str | None, requests: int, port: int) -> int:
+    """One gateway under callgrind: ``requests`` chat requests on one connection, then a clean stop."""
+    name = f"{'on' if sink else 'off'}-{requests}"
+    root = root / name  # a directory per run: the config and state of two runs side by side apart
+    root.mkdir()
+    config = Path(compare.modelwire_config(str(root), port, up)).read_text()
+    if sink:
+        config += f"telemetry: {{endpoint: '{sink}'}}\n"
+    (root / f"{name}.yaml").write_text(config)
+    out = root / f"{name}.callgrind"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    # Spans leave in whole batches only, as under load: valgrind's slow clock would otherwise make
+    # the once-a-second export of a few spans look like a cost of each request.
+    env["OTEL_BSP_SCHEDULE_DELAY"] = "600000"
+    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, MODELWIRE]
+    with (root / f"{name}.log").open("w") as log:
+        gateway = subprocess.Popen(
+            [*command, "serve", "--config", str(root / f"{name}.yaml")], env=env, stdout=log, stderr=log
+        )
+    try:
+        if not compare.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=600):
+            raise SystemExit(f"the gateway did not start under valgrind; see {root / f'{name}.log'}")
+        body = Path(compare.BODIES, "chat.json").read_bytes()
+        headers = {"Authorization": f"Bearer {compare.CLIENT_KEY}", "Content-Type": "application/json"}
+        client = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        for _ in range(requests):
+            client.request("POST", "/v1/chat/completions", body, headers)
+            reply = client.getresponse()
+            reply.read()
+            if reply.status != 200:
+                raise SystemExit(f"the gateway answered {reply.status}; see {root / f'{name}.log'}")
+        client.close()
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=600)
+    for line in out.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise SystemExit(f"no totals in {out}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", default="300,900", help="the two request counts, fewer first")
+    args = ap.parse_args()
+    few, many = (int(n) for n in args.requests.split(","))
+    compare.ensure_debian("nginx", "nginx")
+    compare.ensure_debian("valgrind", "valgrind")
+    root = Path(tempfile.mkdtemp(prefix="mw-instructions-"))
+    root.chmod(0o755)
+    up, sink_port = compare.free_port(), compare.free_port()
+    nginx_conf = compare.write_upstream(str(root), up)
+    procs = [
+        subprocess.Popen(["nginx", "-c", nginx_conf, "-g", "daemon off;"]),
+        subprocess.Popen([sys.executable, "-c", trace_cost.SINK, str(sink_port)]),
+    ]
+    sink = f"http://127.0.0.1:{sink_port}"
+    try:
+        for url in (f"http://127.0.0.1:{up}/plain/v1/models", sink + "/count"):
+            if not compare.wait_http(url):
+                raise SystemExit(f"{url} did not come up")
+        per_request = {}
+        for label, target in (("off", None), ("on 100%", sink)):
+            with ThreadPoolExecutor(2) as pool:  # the two counts side by side: one per core
+                ports = (compare.free_port(), compare.free_port())  # taken here: two threads could get one
+                low, high = pool.map(partial(total_instructions, root, up, target), (few, many), ports)
+            per_request[label] = (high - low) / (many - few)
+        off = per_request["off"]
+        print("| tracing | instructions per request | ÷ off |")
+        print("|---|---|---|")
+        for label, count in per_request.items():
+            print(f"| {label} | {count:,.0f} | {count / off:.3f} |")
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
