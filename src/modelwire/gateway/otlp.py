@@ -380,25 +380,24 @@ def _one_offs(pairs: Pairs) -> bytes:
                 if len(text) > 0x7F:  # long (captured content): too many sizes to keep a head each
                     out.append(_attribute(9, key, value))
                     continue
-                head = _head(key, text)
+                head = _string_head(key, value, len(text))
             out.append(head + text)
         elif kind is float:
-            head = heads.get(key)
-            out.append((head or _head(key, None)) + _DOUBLE(value))
+            out.append((heads.get(key) or _double_head(key)) + _DOUBLE(value))
         elif value is not None:
             out.append(_attribute(9, key, value))
     return b"".join(out)
 
 
-def _head(key: str, text: bytes | None) -> bytes:
-    """A KeyValue field's bytes up to its value: for a string of ``text``'s size (kept by name and
-    size), or for a double (kept by name)."""
-    if text is None:
-        head = _attribute(9, key, 0.0)[:-8]  # AnyValue{double_value 4}: the 8 bytes of the value last
-        _bounded(_HEADS)[key] = head
-    else:
-        head = _attribute(9, key, text.decode())[: -len(text) or None]
-        _bounded(_HEADS)[key, len(text)] = head
+def _string_head(key: str, value: str, size: int) -> bytes:
+    """A string KeyValue field's bytes up to its value's (``size`` of them, last), kept by name and size."""
+    head = _bounded(_HEADS)[key, size] = _attribute(9, key, value)[: -size or None]
+    return head
+
+
+def _double_head(key: str) -> bytes:
+    """A double KeyValue field's bytes up to its value's 8 (AnyValue{double_value 4}), kept by name."""
+    head = _bounded(_HEADS)[key] = _attribute(9, key, 0.0)[:-8]
     return head
 
 

@@ -430,9 +430,18 @@ class Attempt(Context):
 
     def encoded(self, encoding: Encoding) -> bytes:
         message = self.message
-        key = (self.backend, self.operation, self.model, self.hop, self.retry, self.reply, self.error)
-        # an error's message may be one of a kind: not kept
-        fixed = encoding.fixed((*key, message) if len(message) < 64 else None, self._fixed)
+        key = (
+            self.backend,
+            self.operation,
+            self.model,
+            self.hop,
+            self.retry,
+            self.reply,
+            self.error,
+            message,
+        )
+        # an error's long message may be one of a kind: not kept
+        fixed = encoding.fixed(key if len(message) < 64 else None, self._fixed)
         trace = (self.trace_id, self.trace_state)
         return encoding.span(trace, self.span_id, self.parent_id, (self.start_ns, self.end_ns), fixed)
 
