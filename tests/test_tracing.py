@@ -541,10 +541,19 @@ class Span(w3c.Context):
 
     def write(self, encoding: w3c.Encoding) -> list[bytes]:
         fixed = encoding.fixed(None, _described, self)
-        attributes = [encoding.attributes(self.attributes.items(), cached=False)]
-        trace = (self.trace_id, self.trace_state)
-        times = (self.start_ns, self.end_ns)
-        return [encoding.span(trace, self.span_id, self.parent_id, times, fixed, attributes, self.events)]
+        return [
+            encoding.span(
+                self.trace_id,
+                self.trace_state,
+                self.span_id,
+                self.parent_id,
+                self.start_ns,
+                self.end_ns,
+                fixed,
+                tuple(self.attributes.items()),
+                self.events,
+            )
+        ]
 
 
 def _described(span: Span) -> w3c.Fixed:

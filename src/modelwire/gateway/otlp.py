@@ -292,6 +292,34 @@ def _attribute(number: int, key: str, value: Any) -> bytes:
     return _field(number, _field(1, key.encode()) + _field(2, _value(value)))
 
 
+def _span(
+    trace_id: bytes,
+    trace_state: str | None,
+    span_id: bytes,
+    parent_id: bytes,
+    start: int,
+    end: int,
+    fixed: bytes,
+    pairs: Pairs = (),
+    events: Sequence[tuple[int, str]] = (),
+) -> bytes:
+    """A span as a ``ScopeSpans.spans`` field (2): its ids and times in one pack, then ``fixed``
+    (name, kind, status, shared attributes), ``pairs`` (its own attributes; None values left out),
+    its tracestate and events. ``_spanwire.span`` writes the same bytes (tests/test_spanwire.py)."""
+    if parent_id:
+        head = _CHILD_SPAN_HEAD(
+            b"\n\x10", trace_id, b"\x12\x08", span_id, b'"\x08', parent_id, 0x39, start, 0x41, end
+        )
+    else:
+        head = _SPAN_HEAD(b"\n\x10", trace_id, b"\x12\x08", span_id, 0x39, start, 0x41, end)
+    body = head + fixed + _one_offs(pairs) if pairs else head + fixed
+    if trace_state:
+        body += _field(3, trace_state.encode())
+    for at, event in events:
+        body += _field(11, _EVENT_TIME(0x09, at) + _field(2, event.encode()))
+    return _field(2, body)
+
+
 class Protobuf:
     """Spans as ``ScopeSpans.spans`` fields, batches as ``ExportTraceServiceRequest`` protobuf bytes."""
 
@@ -299,7 +327,6 @@ class Protobuf:
 
     def __init__(self, resource: Mapping[str, Any], scope: tuple[str, str]) -> None:
         self._fixed: dict[Hashable, bytes] = {}
-        self._pairs: dict[tuple[str, Any, type], bytes] = {}
         self._resource = _field(1, b"".join(_attribute(1, k, v) for k, v in resource.items()))
         self._scope = _field(1, _field(1, scope[0].encode()) + _field(2, scope[1].encode()))
 
@@ -321,56 +348,16 @@ class Protobuf:
                 _bounded(self._fixed)[key] = known
         return known
 
-    def attributes(self, pairs: Pairs, cached: bool = True) -> bytes:
-        if not cached:
-            return _one_offs(pairs)
-        out = []
-        cache = self._pairs
-        for key, value in pairs:
-            kind = value.__class__
-            if kind is list or kind is tuple:
-                out.append(_attribute(9, key, value))
-                continue
-            pair = cache.get((key, value, kind))  # the type too: True == 1, but they encode apart
-            if pair is None:
-                if value is None:
-                    continue
-                pair = _bounded(cache)[key, value, kind] = _attribute(9, key, value)
-            out.append(pair)
-        return b"".join(out)
-
-    def span(
-        self,
-        trace: tuple[bytes, str | None],
-        span_id: bytes,
-        parent_id: bytes,
-        times: tuple[int, int],
-        fixed: bytes,
-        attributes: Sequence[bytes] = (),
-        events: Sequence[tuple[int, str]] = (),
-    ) -> bytes:
-        """The span as a ``ScopeSpans.spans`` field: its ids and times packed in one go."""
-        trace_id, trace_state = trace
-        start, end = times
-        if parent_id:
-            head = _CHILD_SPAN_HEAD(
-                b"\n\x10", trace_id, b"\x12\x08", span_id, b'"\x08', parent_id, 0x39, start, 0x41, end
-            )
-        else:
-            head = _SPAN_HEAD(b"\n\x10", trace_id, b"\x12\x08", span_id, 0x39, start, 0x41, end)
-        body = head + fixed + b"".join(attributes)
-        if trace_state:
-            body += _field(3, trace_state.encode())
-        for at, event in events:
-            body += _field(11, _EVENT_TIME(0x09, at) + _field(2, event.encode()))
-        return _field(2, body)
+    # The span as a ``ScopeSpans.spans`` field: compiled (``_spanwire``) when it was built, else ``_span``.
+    span = staticmethod(_span)
 
 
 def _one_offs(pairs: Pairs) -> bytes:
-    """A span's ``KeyValue`` fields (9) seen once (an id, a cost): a string's or a double's value
-    after the field's head, which is worked out once per name (and a string's size)."""
+    """A span's ``KeyValue`` fields (9): a string's or a double's value after the field's head,
+    which is worked out once per name (and a string's size); anything else (a count, a flag) whole,
+    encoded once per value."""
     out = []
-    heads = _HEADS
+    heads, known = _HEADS, _PAIRS
     for key, value in pairs:
         kind = value.__class__
         if kind is str:
@@ -384,8 +371,13 @@ def _one_offs(pairs: Pairs) -> bytes:
             out.append(head + text)
         elif kind is float:
             out.append((heads.get(key) or _double_head(key)) + _DOUBLE(value))
-        elif value is not None:
+        elif kind is list or kind is tuple:
             out.append(_attribute(9, key, value))
+        elif value is not None:
+            pair = known.get((key, value, kind))  # the type too: True == 1, but they encode apart
+            if pair is None:
+                pair = _bounded(known)[key, value, kind] = _attribute(9, key, value)
+            out.append(pair)
     return b"".join(out)
 
 
@@ -402,6 +394,7 @@ def _double_head(key: str) -> bytes:
 
 
 _HEADS: dict[Any, bytes] = {}
+_PAIRS: dict[tuple[str, Any, type], bytes] = {}
 _DOUBLE = struct.Struct("<d").pack
 
 
@@ -454,31 +447,30 @@ class Json:
             out["status"] = {"code": code, "message": message}
         return out
 
-    def attributes(self, pairs: Pairs, cached: bool = True) -> list[dict[str, Any]]:
-        return _json_attributes(pairs)
-
+    @staticmethod
     def span(
-        self,
-        trace: tuple[bytes, str | None],
+        trace_id: bytes,
+        trace_state: str | None,
         span_id: bytes,
         parent_id: bytes,
-        times: tuple[int, int],
+        start: int,
+        end: int,
         fixed: dict[str, Any],
-        attributes: Sequence[list[dict[str, Any]]] = (),
+        pairs: Pairs = (),
         events: Sequence[tuple[int, str]] = (),
     ) -> bytes:
         out: dict[str, Any] = {
-            "traceId": trace[0].hex(),
+            "traceId": trace_id.hex(),
             "spanId": span_id.hex(),
             **fixed,
-            "startTimeUnixNano": str(times[0]),
-            "endTimeUnixNano": str(times[1]),
-            "attributes": fixed["attributes"] + [a for group in attributes for a in group],
+            "startTimeUnixNano": str(start),
+            "endTimeUnixNano": str(end),
+            "attributes": fixed["attributes"] + _json_attributes(pairs),
         }
         if parent_id:
             out["parentSpanId"] = parent_id.hex()
-        if trace[1]:
-            out["traceState"] = trace[1]
+        if trace_state:
+            out["traceState"] = trace_state
         if events:
             out["events"] = [{"timeUnixNano": str(at), "name": event} for at, event in events]
         return orjson.dumps(out)

@@ -28,25 +28,23 @@ Fixed = tuple[str, int, tuple[int, str], Pairs]  # a span's name, kind, status a
 class Encoding(Protocol):
     """How the exporter writes spans (OTLP protobuf or JSON). What many spans share (a span's name,
     kind and status with the attributes a backend, a route or a model give it) is encoded once per
-    distinct ``key`` and reused; what is a span's own (ids, times, counts) every time."""
+    distinct ``key`` and reused; what is a span's own (ids, times, counts) every time, in one call."""
 
     def fixed(self, key: Hashable, describe: Callable[..., Fixed], *args: Any) -> Any:
         """The span's name, kind, status and shared attributes, as ``describe(*args)`` says them,
         worked out and encoded once per ``key`` (which must tell apart everything they say; None:
         every time)."""
 
-    def attributes(self, pairs: Pairs, cached: bool = True) -> Any:
-        """Attributes of one span: with ``cached``, each (key, value) is encoded once and reused (an
-        address, a token count); without, every time (ids, times)."""
-
     def span(
         self,
-        trace: tuple[bytes, str | None],  # the trace's id and tracestate
+        trace_id: bytes,
+        trace_state: str | None,
         span_id: bytes,
         parent_id: bytes,  # empty for a trace's root
-        times: tuple[int, int],
+        start: int,
+        end: int,
         fixed: Any,  # what fixed() returned
-        attributes: Sequence[Any] = (),  # what attributes() returned
+        pairs: Pairs = (),  # the span's own attributes (ids, counts, times), written every time
         events: Sequence[tuple[int, str]] = (),
     ) -> bytes: ...
 

@@ -303,57 +303,71 @@ class RequestTrace(Context):
 
     def write(self, encoding: Encoding) -> list[bytes]:
         """The request's spans, its attempts' among them, as ``encoding`` writes them."""
-        trace = (self.trace_id, self.trace_state)
-        spans = [self._server(encoding, trace), self._admission(encoding, trace)]
+        spans = [self._server(encoding), self._admission(encoding)]
         if self.stream_ns:
-            spans.append(self._stream(encoding, trace))
+            spans.append(self._stream(encoding))
         spans += [attempt.encoded(encoding) for attempt in self.attempts]
         return spans
 
-    def _server(self, encoding: Encoding, trace: tuple[bytes, str | None]) -> bytes:
+    def _server(self, encoding: Encoding) -> bytes:
         # what repeats from request to request: the route, the model, the key, the outcome
         shared: tuple[Any, ...] = (self.operation, self.method, self.path, self.dialect, self.asked)
         shared += (self.status, self.backend, self.upstream_model, self.answer, self.error)
         fixed = encoding.fixed(shared, _server_fixed, self)
-        own = (encoding.attributes(self._counts()), encoding.attributes(self._own(), cached=False))
         events = ((self.first_token_ns, "first_token"),) if self.first_token_ns and not self.stream_ns else ()
-        times = (self.start_ns, self.end_ns)
-        return encoding.span(trace, self.span_id, self.parent_id, times, fixed, own, events)
+        return encoding.span(
+            self.trace_id,
+            self.trace_state,
+            self.span_id,
+            self.parent_id,
+            self.start_ns,
+            self.end_ns,
+            fixed,
+            self._own(),
+            events,
+        )
 
-    def _admission(self, encoding: Encoding, trace: tuple[bytes, str | None]) -> bytes:
+    def _admission(self, encoding: Encoding) -> bytes:
         failed = self.admission_error
         fixed = encoding.fixed(("admission", failed), _admission_fixed, failed)
-        times = (self.start_ns, self.admitted_ns or self.end_ns)
-        return encoding.span(trace, new_span_id(), self.span_id, times, fixed)
+        end = self.admitted_ns or self.end_ns
+        return encoding.span(
+            self.trace_id, self.trace_state, new_span_id(), self.span_id, self.start_ns, end, fixed
+        )
 
-    def _stream(self, encoding: Encoding, trace: tuple[bytes, str | None]) -> bytes:
+    def _stream(self, encoding: Encoding) -> bytes:
         fixed = encoding.fixed("stream", _stream_fixed)
         events = ((self.first_token_ns, "first_token"),) if self.first_token_ns else ()
-        times = (self.stream_ns, self.end_ns)
-        return encoding.span(trace, new_span_id(), self.span_id, times, fixed, (), events)
-
-    def _counts(self) -> tuple[tuple[str, Any], ...]:
-        """The server span's attributes that repeat from time to time (encoded once each)."""
-        usage = self.usage
-        if usage is None or not usage.total_tokens:
-            return (("client.address", self.client),)
-        return (
-            ("client.address", self.client),
-            ("gen_ai.usage.input_tokens", usage.input_tokens),
-            ("gen_ai.usage.output_tokens", usage.output_tokens),
-            ("modelwire.usage.cached_input_tokens", usage.cached_input_tokens or None),
-            ("modelwire.usage.reasoning_tokens", usage.reasoning_tokens or None),
+        return encoding.span(
+            self.trace_id,
+            self.trace_state,
+            new_span_id(),
+            self.span_id,
+            self.stream_ns,
+            self.end_ns,
+            fixed,
+            (),
+            events,
         )
 
     def _own(self) -> tuple[tuple[str, Any], ...]:
-        """The server span's attributes of this request only (ids, times, content)."""
+        """The server span's attributes of this request (client, tokens, ids, cost, content)."""
         rid = self.request_id  # a client's own id may hold anything; one made here is known clean
-        own = (
+        own: tuple[tuple[str, Any], ...] = (
+            ("client.address", self.client),
             ("modelwire.request_id", rid if rid.startswith(MINTED_ID_PREFIX) else redact(rid)),
             ("gen_ai.response.id", self.answer_id or None),
             ("modelwire.cost_usd", self.cost),
             ("modelwire.ttft_ms", self.ttft * 1000 if self.ttft is not None else None),
         )
+        usage = self.usage
+        if usage is not None and usage.total_tokens:
+            own += (
+                ("gen_ai.usage.input_tokens", usage.input_tokens),
+                ("gen_ai.usage.output_tokens", usage.output_tokens),
+                ("modelwire.usage.cached_input_tokens", usage.cached_input_tokens or None),
+                ("modelwire.usage.reasoning_tokens", usage.reasoning_tokens or None),
+            )
         return own + tuple(self.content.items()) if self.content else own
 
 
@@ -442,8 +456,9 @@ class Attempt(Context):
         )
         # an error's long message may be one of a kind: not kept
         fixed = encoding.fixed(key if len(message) < 64 else None, self._fixed)
-        trace = (self.trace_id, self.trace_state)
-        return encoding.span(trace, self.span_id, self.parent_id, (self.start_ns, self.end_ns), fixed)
+        return encoding.span(
+            self.trace_id, self.trace_state, self.span_id, self.parent_id, self.start_ns, self.end_ns, fixed
+        )
 
     def _fixed(self) -> Fixed:
         model = self.tracer.redacted(self.model)
