@@ -12,6 +12,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,6 +188,24 @@ async def test_the_gateway_releases_encodings_it_has_not_used(
                 break
             await asyncio.sleep(0.05)
         assert tokens._encodings == {}
+    finally:
+        await gateway.shutdown()
+
+
+async def test_an_idle_gateway_trims_its_heap(
+    fresh: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trims: list[float] = []
+    monkeypatch.setattr(app, "TOKENIZER_IDLE_SECONDS", 0.3)
+    monkeypatch.setattr(app.heap, "give_back", lambda: trims.append(time.monotonic()))
+    gateway = app.Gateway(parse_config({"store": f"sqlite:///{tmp_path}/state.db"}))
+    await gateway.startup()
+    try:
+        for _ in range(200):  # 10 s at most
+            if trims:
+                break
+            await asyncio.sleep(0.05)
+        assert trims, "no malloc_trim while nothing was in flight"
     finally:
         await gateway.shutdown()
 

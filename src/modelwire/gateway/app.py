@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-from .. import tokens
+from .. import heap, tokens
 from ..errors import ModelwireError, NotFoundError, ServiceUnavailableError
 from ..providers.catalog import Catalog
 from ..providers.http1 import Http1Transport
@@ -251,7 +251,7 @@ class Gateway:
         if self.tracer is not None:
             self.tracer.start()
         self._spawn(self.sync.watch())
-        self._spawn(self._release_tokenizers())
+        self._spawn(self._give_back_memory())
         forget_dead_workers()
         if self._hook_signals:
             self._hook_stop_signals()
@@ -307,12 +307,15 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _release_tokenizers(self) -> None:
-        """Counting is occasional (streams cut before their usage came, count_tokens calls); the
-        encodings it built should not stay resident for the rest of the process's life."""
+    async def _give_back_memory(self) -> None:
+        """What a burst needed should not stay resident once it is over: the encodings counting
+        built (streams cut before their usage came, count_tokens calls), and the heap that
+        a thousand streams' buffers grew (glibc keeps freed memory mapped until trimmed)."""
         while True:
             await asyncio.sleep(TOKENIZER_IDLE_SECONDS / 3)
-            await asyncio.to_thread(tokens.release_idle, TOKENIZER_IDLE_SECONDS)
+            released = await asyncio.to_thread(tokens.release_idle, TOKENIZER_IDLE_SECONDS)
+            if not released and not self.inflight:  # release_idle trims after dropping one
+                await asyncio.to_thread(heap.give_back)
 
     def _shared_state(self, name: str, up: bool) -> None:
         """The limit counters' dependency changed; they have said so in the log themselves."""
