@@ -459,6 +459,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--json", default="", help="write raw results here")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="also read each target's RSS again after this many idle seconds (what it gives back "
+        "once a burst is over: modelwire drops its tokenizers after 30 s unused)",
+    )
     args = ap.parse_args()
 
     ensure_debian("nginx", "nginx-light")
@@ -627,6 +634,11 @@ def main() -> int:
         for name in targets:
             if name in procs:
                 results[name]["rss_kb"] = rss_kb(procs[name].pid)
+        if args.settle > 0:
+            time.sleep(args.settle)
+            for name in targets:
+                if name in procs:
+                    results[name]["rss_settled_kb"] = rss_kb(procs[name].pid)
 
         def med(rows: list[dict], key: str) -> float | None:
             vals = [r[key] for r in rows if key in r]
@@ -658,7 +670,9 @@ def main() -> int:
                 )
         for name in targets:
             if "rss_kb" in results[name]:
-                print(f"rss {name}: {results[name]['rss_kb'] / 1024:.0f} MiB")
+                settled = results[name].get("rss_settled_kb")
+                after = f" ({settled / 1024:.0f} MiB after {args.settle:g} s idle)" if settled else ""
+                print(f"rss {name}: {results[name]['rss_kb'] / 1024:.0f} MiB{after}")
         print_ratios(results, scenarios, med)
         if args.json:
             with open(args.json, "w") as f:

@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,19 @@ def test_sealed_secrets_open_only_with_their_key_and_name() -> None:
     with pytest.raises(CredentialsKeyError, match="sealed with") as info:
         other.open(sealed, b"mw_credentials:codex")
     assert OTHER_KEY not in str(info.value) and repr(other) == "Cipher(<key hidden>)"
+
+
+def test_a_gateway_that_seals_nothing_does_not_load_cryptography(tmp_path: Path) -> None:
+    """Its bindings would stay resident (~8 MiB) in every gateway; only a shared sign-in needs them."""
+    probe = (
+        "import sys; import modelwire.cli, modelwire.gateway.server; "
+        "from modelwire.gateway.app import Gateway; from modelwire.gateway.config import parse_config; "
+        f"Gateway(parse_config({{'store': 'sqlite:///{tmp_path}/state.db'}})); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography'))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize(

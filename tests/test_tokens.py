@@ -3,12 +3,16 @@ request estimate (message framing, tools, images, audio, files, reasoning)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import shutil
 import socket
 import struct
+import subprocess
+import sys
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +25,8 @@ import tiktoken.registry
 import tiktoken_ext.openai_public as openai_public
 
 from modelwire import tokens
+from modelwire.gateway import app
+from modelwire.gateway.config import parse_config
 from modelwire.types import (
     Audio,
     File,
@@ -105,6 +111,103 @@ def test_encodings_shape() -> None:
     assert tokens.get_encoding("o200k_base") is o200k  # cached
     with pytest.raises(ValueError, match="unknown encoding"):
         tokens.get_encoding("p50k_base")
+
+
+# ------------------------------------------------------------------------------- releasing encodings
+
+MIXED = "こんにちは世界 hello <|endoftext|> 👋🌎\n\ndef f(x):\n    return x**2  # 123 45.6\r\n"
+
+
+@pytest.fixture
+def fresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokens, "_encodings", {})
+    monkeypatch.setattr(tokens, "_last_used", {})
+
+
+def _counts() -> tuple[Any, ...]:
+    req = Request(
+        model="gpt-5.1",
+        messages=[system("Be brief."), user(MIXED)],
+        tools=[Tool(name="lookup", description="Find it.", parameters={"type": "object"})],
+    )
+    o200k, cl100k = tokens.get_encoding("o200k_base"), tokens.get_encoding("cl100k_base")
+    return (
+        tokens.count_request_tokens(req),
+        tokens.count_text(MIXED, "gpt-4"),
+        o200k.encode_ordinary(MIXED),
+        cl100k.encode_ordinary(MIXED),
+    )
+
+
+def test_released_encodings_are_rebuilt_with_the_same_counts(fresh: None) -> None:
+    before = _counts()
+    o200k = tokens.get_encoding("o200k_base")
+    assert tokens.release_idle(3600) == []  # just used: kept
+    assert tokens.get_encoding("o200k_base") is o200k
+    assert sorted(tokens.release_idle(0)) == ["cl100k_base", "o200k_base"]
+    assert tokens._encodings == {}
+    assert _counts() == before
+    assert tokens.get_encoding("o200k_base") is not o200k  # really built again
+
+
+def test_only_the_idle_encoding_is_released(fresh: None) -> None:
+    tokens.get_encoding("o200k_base")
+    cl100k = tokens.get_encoding("cl100k_base")
+    tokens._last_used["o200k_base"] -= 100
+    assert tokens.release_idle(50) == ["o200k_base"]
+    assert tokens._encodings == {"cl100k_base": cl100k}
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads RSS from /proc")
+def test_a_released_encoding_gives_its_memory_back() -> None:
+    """In a process of its own, so the figure is this encoding's alone."""
+    code = """
+from modelwire import tokens
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+tokens.count_text("hello world", "gpt-5")
+loaded = rss()
+assert tokens.release_idle(0) == ["o200k_base"]
+print(loaded - rss())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert float(out.stdout) > 25, out.stdout  # MiB; o200k's core holds ~40
+
+
+async def test_the_gateway_releases_encodings_it_has_not_used(
+    fresh: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app, "TOKENIZER_IDLE_SECONDS", 0.3)
+    gateway = app.Gateway(parse_config({"store": f"sqlite:///{tmp_path}/state.db"}))
+    await gateway.startup()
+    try:
+        tokens.get_encoding("cl100k_base")
+        for _ in range(200):  # 10 s at most
+            if not tokens._encodings:
+                break
+            await asyncio.sleep(0.05)
+        assert tokens._encodings == {}
+    finally:
+        await gateway.shutdown()
+
+
+async def test_an_idle_gateway_trims_its_heap(
+    fresh: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trims: list[float] = []
+    monkeypatch.setattr(app, "TOKENIZER_IDLE_SECONDS", 0.3)
+    monkeypatch.setattr(app.heap, "give_back", lambda: trims.append(time.monotonic()))
+    gateway = app.Gateway(parse_config({"store": f"sqlite:///{tmp_path}/state.db"}))
+    await gateway.startup()
+    try:
+        for _ in range(200):  # 10 s at most
+            if trims:
+                break
+            await asyncio.sleep(0.05)
+        assert trims, "no malloc_trim while nothing was in flight"
+    finally:
+        await gateway.shutdown()
 
 
 @pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])

@@ -9,8 +9,9 @@ a local path would still copy the file into ``TIKTOKEN_CACHE_DIR``).
 
 ``o200k_base`` serves gpt-4o, gpt-4.1, gpt-4.5, gpt-5.x, gpt-6, chatgpt-*, codex-* and the o-series
 (and is the default for any model not known to be older); ``cl100k_base`` serves gpt-4 (not 4o /
-4.1 / 4.5), gpt-3.5 and the ``text-embedding-*`` models. Encodings are built once per process
-(~0.2 s each); call :func:`preload` at start-up to keep that off a request.
+4.1 / 4.5), gpt-3.5 and the ``text-embedding-*`` models. Encodings are built on first use (~0.2 s
+each) and kept; call :func:`preload` at start-up to keep that off a request, or
+:func:`release_idle` now and then to give back the ones no count has needed for a while.
 
 :func:`count_request_tokens` estimates the input tokens of a neutral :class:`~modelwire.types.Request`.
 Text is tokenized exactly (``encode_ordinary``: special-token text counts as plain text, as the API
@@ -56,6 +57,7 @@ import json
 import math
 import re
 import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -94,6 +96,7 @@ __all__ = [
     "image_size",
     "image_tokens",
     "preload",
+    "release_idle",
 ]
 
 # ------------------------------------------------------------------------------------- encodings
@@ -148,6 +151,7 @@ _SPECS: dict[str, _Spec] = {
 
 _lock = threading.Lock()
 _encodings: dict[str, tiktoken.Encoding] = {}
+_last_used: dict[str, float] = {}  # time.monotonic() of each encoding's latest get_encoding
 
 
 def _load_ranks(spec: _Spec) -> dict[bytes, int]:
@@ -166,9 +170,11 @@ def _load_ranks(spec: _Spec) -> dict[bytes, int]:
 
 
 def get_encoding(name: str) -> tiktoken.Encoding:
-    """``o200k_base`` or ``cl100k_base``, built from the packaged files once per process."""
+    """``o200k_base`` or ``cl100k_base``, built from the packaged files on first use and kept until
+    :func:`release_idle` drops it."""
     enc = _encodings.get(name)
     if enc is not None:
+        _last_used[name] = time.monotonic()
         return enc
     spec = _SPECS.get(name)
     if spec is None:
@@ -186,6 +192,7 @@ def get_encoding(name: str) -> tiktoken.Encoding:
             # pickle an Encoding, which modelwire never does. Dropping it gives back ~27 MiB (o200k).
             enc._mergeable_ranks = {}
             _encodings[name] = enc
+        _last_used[name] = time.monotonic()
     heap.give_back()  # the loader's freed buffers (file, lines, ranks): tens of MiB
     return enc
 
@@ -194,6 +201,24 @@ def preload() -> None:
     """Build both encodings now (e.g. at gateway start-up) rather than on the first request."""
     for name in _SPECS:
         get_encoding(name)
+
+
+def release_idle(idle_seconds: float) -> list[str]:
+    """Drop the encodings not asked for in the last ``idle_seconds`` and give their memory back.
+
+    A built encoding holds ~40 MiB (o200k; cl100k ~20) in tiktoken's core, for as long as the
+    process lives; a gateway may need one only for a burst (streams cut before the upstream said
+    their usage) and then not for hours. Building it again gives the same counts: it is made from
+    the same packaged file. A count already under way keeps its own reference and finishes.
+    Returns the names dropped."""
+    cutoff = time.monotonic() - idle_seconds
+    with _lock:
+        dropped = [name for name in _encodings if _last_used.get(name, 0.0) <= cutoff]
+        for name in dropped:
+            del _encodings[name]
+    if dropped:
+        heap.give_back()
+    return dropped
 
 
 # Checked in order, on the lower-cased name without any ``provider/`` or ``ft:`` prefix.

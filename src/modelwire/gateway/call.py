@@ -91,6 +91,9 @@ class InFlight:
     def leave(self, call: Call) -> None:
         self._calls.discard(call)
 
+    def __len__(self) -> int:
+        return len(self._calls)
+
     def cut_after(self, seconds: float) -> None:
         """From now, give in-flight requests ``seconds`` to finish, then cut the rest."""
         if self._timer is None:

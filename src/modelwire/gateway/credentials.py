@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, Engine, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -69,6 +67,10 @@ class Cipher:
             raise CredentialsKeyError(
                 f"{KEY_ENV} must be 32 random bytes in base64; make one with: {MAKE_KEY}"
             )
+        # Imported here: only replicas sharing a sign-in seal anything, and cryptography's bindings
+        # would otherwise stay resident (~8 MiB) in every gateway.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._aead = AESGCM(key)
 
     def __repr__(self) -> str:
@@ -95,6 +97,8 @@ class Cipher:
     def open(self, sealed: bytes, context: bytes) -> bytes:
         if sealed[:1] != SCHEME or len(sealed) <= 1 + NONCE_BYTES:
             raise CredentialsKeyError("the stored credentials are not in a form this modelwire knows")
+        from cryptography.exceptions import InvalidTag  # loaded with AESGCM by __init__
+
         nonce, body = sealed[1 : 1 + NONCE_BYTES], sealed[1 + NONCE_BYTES :]
         try:
             return self._aead.decrypt(nonce, body, context)
