@@ -32,7 +32,6 @@ from time import time_ns
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from .. import __version__
@@ -62,6 +61,8 @@ from .spans import (
 from .surfaces import EMBEDDINGS, Surface
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from .call import Call
     from .routing import Target
     from .telemetry import TraceSettings
