@@ -118,9 +118,11 @@ class Tracer:
         """The request's trace, current for this task from here on (and for the tasks it starts:
         the failover search's attempts go under it)."""
         parent = _client_context(scope)
-        request = RequestTrace(self, parent, self._sampled(parent), _operation(call.surface))
-        if request.recorded:
-            request.began(call, scope)
+        if parent is not None and self.follow_parent:
+            sampled = parent.sampled
+        else:
+            sampled = self.ratio >= 1.0 or random.random() < self.ratio
+        request = RequestTrace(self, parent, sampled, call, scope)
         request.token = _REQUEST.set(request)
         return request
 
@@ -138,11 +140,6 @@ class Tracer:
         attempt = Attempt(request, backend.name, operation, target.model, hop, retry)
         attempt.token = _ATTEMPT.set(attempt)
         return attempt
-
-    def _sampled(self, parent: Context | None) -> bool:
-        if parent is not None and self.follow_parent:
-            return parent.sampled
-        return self.ratio >= 1.0 or random.random() < self.ratio
 
     def redacted(self, text: str) -> str:
         """``redact(text)`` for what repeats (paths, model names), worked out once each."""
@@ -198,7 +195,9 @@ class RequestTrace(Context):
         "usage",
     )
 
-    def __init__(self, tracer: Tracer, parent: Context | None, sampled: bool, operation: str) -> None:
+    def __init__(
+        self, tracer: Tracer, parent: Context | None, sampled: bool, call: Call, scope: Scope
+    ) -> None:
         # Context's fields set here, not through its __init__: this runs for every request.
         if parent is None:
             self.trace_id, self.trace_state, self.parent_id = new_trace_id(), None, b""
@@ -209,27 +208,24 @@ class RequestTrace(Context):
                 parent.span_id,
             )
         self.span_id, self.flags, self.recorded = new_span_id(), SAMPLED if sampled else 0, sampled
-        self.tracer, self.operation = tracer, operation
+        self.tracer, self.operation = tracer, _operation(call.surface)
         self.token: contextvars.Token[RequestTrace | None] | None = None
         self.end_ns = 0
+        if sampled:  # the first notes; every later one is given its empty value here
+            self.start_ns = time_ns()
+            self.method, self.path, self.client = scope["method"], scope["path"], call.client
+            self.request_id, self.dialect = call.request_id, call.surface.dialect
+            self.admitted_ns = self.stream_ns = self.first_token_ns = 0
+            self.admission_error: str | None = None
+            self.asked: tuple[Any, ...] | None = None  # model, stream, key name, max tokens, temperature …
+            self.answer_id: Any = None
+            self.answer: tuple[Any, tuple[str, ...]] | None = None  # the model that answered, why it ended
+            self.content: dict[str, Any] | None = None
+            self.attempts: list[Attempt] = []  # ended, written out with the request
 
     @property
     def spans(self) -> int:  # server, admission, the stream's and the attempts'
         return (3 if self.stream_ns else 2) + len(self.attempts)
-
-    def began(self, call: Call, scope: Scope) -> None:
-        """A sampled request's first notes; every later one is given its empty value here."""
-        self.start_ns = time_ns()
-        self.method, self.path, self.client = scope["method"], scope["path"], call.client
-        self.request_id, self.dialect = call.request_id, call.surface.dialect
-        self.admitted_ns = 0
-        self.admission_error: str | None = None
-        self.asked: tuple[Any, ...] | None = None  # model, stream, key name, max tokens, temperature, top_p …
-        self.answer_id: Any = None
-        self.answer: tuple[Any, tuple[str, ...]] | None = None  # the model that answered, why it ended
-        self.content: dict[str, Any] | None = None
-        self.stream_ns = self.first_token_ns = 0
-        self.attempts: list[Attempt] = []  # ended, written out with the request
 
     def admitted(self, call: Call) -> None:
         """Admission passed: what the client asked for."""
