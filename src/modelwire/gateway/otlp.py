@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import gzip
 import logging
+import os
 import struct
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -320,6 +321,14 @@ def _span(
     return _field(2, body)
 
 
+# Protobuf.span: the compiled writer (_spanwire.c, built where there is a C compiler; the same bytes)
+# unless MODELWIRE_NO_EXTENSIONS is set to a true value (as AIOHTTP_NO_EXTENSIONS is), else _span.
+_write_span: Callable[..., bytes] = _span
+if os.environ.get("MODELWIRE_NO_EXTENSIONS", "").strip().lower() in ("", "0", "false", "no", "off"):
+    with contextlib.suppress(ImportError):
+        from ._spanwire import span as _write_span
+
+
 class Protobuf:
     """Spans as ``ScopeSpans.spans`` fields, batches as ``ExportTraceServiceRequest`` protobuf bytes."""
 
@@ -349,7 +358,7 @@ class Protobuf:
         return known
 
     # The span as a ``ScopeSpans.spans`` field: compiled (``_spanwire``) when it was built, else ``_span``.
-    span = staticmethod(_span)
+    span = staticmethod(_write_span)
 
 
 def _one_offs(pairs: Pairs) -> bytes:
