@@ -26,7 +26,9 @@ import tiktoken_ext.openai_public as openai_public
 
 from modelwire import tokens
 from modelwire.gateway import app
+from modelwire.gateway.call import Call
 from modelwire.gateway.config import parse_config
+from modelwire.gateway.surfaces import CHAT
 from modelwire.types import (
     Audio,
     File,
@@ -192,20 +194,34 @@ async def test_the_gateway_releases_encodings_it_has_not_used(
         await gateway.shutdown()
 
 
-async def test_an_idle_gateway_trims_its_heap(
+async def test_the_gateway_trims_its_heap_once_a_burst_is_over(
     fresh: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Not while requests keep coming, once when a whole period passed without one, and not again
+    while it stays quiet (a trim walks the heap: not something to repeat for nothing)."""
     trims: list[float] = []
-    monkeypatch.setattr(app, "TOKENIZER_IDLE_SECONDS", 0.3)
+    monkeypatch.setattr(app, "TOKENIZER_IDLE_SECONDS", 0.3)  # a tick every 0.1 s
     monkeypatch.setattr(app.heap, "give_back", lambda: trims.append(time.monotonic()))
     gateway = app.Gateway(parse_config({"store": f"sqlite:///{tmp_path}/state.db"}))
     await gateway.startup()
+    loop = asyncio.get_running_loop()
     try:
+        await asyncio.sleep(0.35)
+        assert trims == []  # nothing served yet: nothing to give back
+        busy_until = loop.time() + 0.6
+        while loop.time() < busy_until:  # a request every 20 ms: never a quiet tick
+            call = Call("req-test", CHAT, time.monotonic())
+            gateway.inflight.enter(call)
+            await asyncio.sleep(0.02)
+            gateway.inflight.leave(call)
+        assert trims == []
         for _ in range(200):  # 10 s at most
             if trims:
                 break
             await asyncio.sleep(0.05)
-        assert trims, "no malloc_trim while nothing was in flight"
+        assert len(trims) == 1
+        await asyncio.sleep(0.5)
+        assert len(trims) == 1, "trimmed again with nothing served since"
     finally:
         await gateway.shutdown()
 

@@ -83,10 +83,12 @@ class InFlight:
     def __init__(self) -> None:
         self._calls: set[Call] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self.entered = 0  # requests ever entered: tells a quiet spell from a busy one
 
     def enter(self, call: Call) -> None:
         call.task = asyncio.current_task()
         self._calls.add(call)
+        self.entered += 1
 
     def leave(self, call: Call) -> None:
         self._calls.discard(call)

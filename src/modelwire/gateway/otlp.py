@@ -335,7 +335,7 @@ class Protobuf:
     CACHED = 4096  # encodings kept per cache: bounded, as a client may send any model name
 
     def __init__(self, resource: Mapping[str, Any], scope: tuple[str, str]) -> None:
-        self._fixed: dict[Hashable, bytes] = {}
+        self.known: dict[Hashable, bytes] = {}  # fixed()'s, by key
         self._resource = _field(1, b"".join(_attribute(1, k, v) for k, v in resource.items()))
         self._scope = _field(1, _field(1, scope[0].encode()) + _field(2, scope[1].encode()))
 
@@ -344,7 +344,7 @@ class Protobuf:
 
     def fixed(self, key: Hashable, describe: Callable[..., Fixed], *args: Any) -> bytes:
         """The name (5), kind (6), status (15) and attribute (9) fields, once per ``key`` (None: not kept)."""
-        known = self._fixed.get(key)
+        known = self.known.get(key)
         if known is None:
             name, kind, (code, message), pairs = describe(*args)
             known = _field(5, name.encode()) + bytes((0x30, kind))
@@ -354,7 +354,7 @@ class Protobuf:
                 )
             known += b"".join([_attribute(9, k, v) for k, v in pairs if v is not None])
             if key is not None:
-                _bounded(self._fixed)[key] = known
+                _bounded(self.known)[key] = known
         return known
 
     # The span as a ``ScopeSpans.spans`` field: compiled (``_spanwire``) when it was built, else ``_span``.
@@ -440,6 +440,7 @@ class Json:
     protobuf encoding is the default and the one made fast."""
 
     def __init__(self, resource: Mapping[str, Any], scope: tuple[str, str]) -> None:
+        self.known: dict[Hashable, Any] = {}  # never filled: a JSON span is built whole each time
         head = {"attributes": _json_attributes(resource.items())}
         self._head = (
             b'{"resourceSpans":[{"resource":'

@@ -10,7 +10,7 @@ four fields), ``tracestate`` is passed on as the client sent it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from random import getrandbits
 from typing import Any, Protocol
 
@@ -29,6 +29,10 @@ class Encoding(Protocol):
     """How the exporter writes spans (OTLP protobuf or JSON). What many spans share (a span's name,
     kind and status with the attributes a backend, a route or a model give it) is encoded once per
     distinct ``key`` and reused; what is a span's own (ids, times, counts) every time, in one call."""
+
+    @property
+    def known(self) -> Mapping[Hashable, Any]:
+        """What :meth:`fixed` keeps, by key: read first, inline, by the spans' writers."""
 
     def fixed(self, key: Hashable, describe: Callable[..., Fixed], *args: Any) -> Any:
         """The span's name, kind, status and shared attributes, as ``describe(*args)`` says them,

@@ -299,53 +299,42 @@ class RequestTrace(Context):
     # -- written out once ended
 
     def write(self, encoding: Encoding) -> list[bytes]:
-        """The request's spans, its attempts' among them, as ``encoding`` writes them."""
-        spans = [self._server(encoding), self._admission(encoding)]
-        if self.stream_ns:
-            spans.append(self._stream(encoding))
-        spans += [attempt.encoded(encoding) for attempt in self.attempts]
-        return spans
-
-    def _server(self, encoding: Encoding) -> bytes:
-        # what repeats from request to request: the route, the model, the key, the outcome
-        shared: tuple[Any, ...] = (self.operation, self.method, self.path, self.dialect, self.asked)
-        shared += (self.status, self.backend, self.upstream_model, self.answer, self.error)
-        fixed = encoding.fixed(shared, _server_fixed, self)
-        events = ((self.first_token_ns, "first_token"),) if self.first_token_ns and not self.stream_ns else ()
-        return encoding.span(
+        """The request's spans (server, admission, stream), then its attempts', as ``encoding``
+        writes them. One function, the encoder's cache read inline: this runs for every request."""
+        known, span = encoding.known, encoding.span
+        trace_id, state, own_id, start, end = (
             self.trace_id,
             self.trace_state,
             self.span_id,
-            self.parent_id,
             self.start_ns,
             self.end_ns,
-            fixed,
-            self._own(),
-            events,
         )
-
-    def _admission(self, encoding: Encoding) -> bytes:
+        first, stream = self.first_token_ns, self.stream_ns
+        # what repeats from request to request: the route, the model, the key, the outcome
+        shared: tuple[Any, ...] = (
+            self.operation,
+            self.method,
+            self.path,
+            self.dialect,
+            self.asked,
+            self.status,
+            self.backend,
+        )
+        shared += (self.upstream_model, self.answer, self.error)
+        fixed = known.get(shared) or encoding.fixed(shared, _server_fixed, self)
+        events = ((first, "first_token"),) if first and not stream else ()
+        spans = [span(trace_id, state, own_id, self.parent_id, start, end, fixed, self._own(), events)]
         failed = self.admission_error
-        fixed = encoding.fixed(("admission", failed), _admission_fixed, failed)
-        end = self.admitted_ns or self.end_ns
-        return encoding.span(
-            self.trace_id, self.trace_state, new_span_id(), self.span_id, self.start_ns, end, fixed
-        )
-
-    def _stream(self, encoding: Encoding) -> bytes:
-        fixed = encoding.fixed("stream", _stream_fixed)
-        events = ((self.first_token_ns, "first_token"),) if self.first_token_ns else ()
-        return encoding.span(
-            self.trace_id,
-            self.trace_state,
-            new_span_id(),
-            self.span_id,
-            self.stream_ns,
-            self.end_ns,
-            fixed,
-            (),
-            events,
-        )
+        key = _ADMITTED if failed is None else ("admission", failed)
+        fixed = known.get(key) or encoding.fixed(key, _admission_fixed, failed)
+        spans.append(span(trace_id, state, new_span_id(), own_id, start, self.admitted_ns or end, fixed))
+        if stream:
+            fixed = known.get(_STREAM) or encoding.fixed(_STREAM, _stream_fixed)
+            events = ((first, "first_token"),) if first else ()
+            spans.append(span(trace_id, state, new_span_id(), own_id, stream, end, fixed, (), events))
+        for attempt in self.attempts:
+            spans.append(attempt.encoded(encoding))
+        return spans
 
     def _own(self) -> tuple[tuple[str, Any], ...]:
         """The server span's attributes of this request (client, tokens, ids, cost, content)."""
@@ -452,7 +441,7 @@ class Attempt(Context):
             message,
         )
         # an error's long message may be one of a kind: not kept
-        fixed = encoding.fixed(key if len(message) < 64 else None, self._fixed)
+        fixed = encoding.known.get(key) or encoding.fixed(key if len(message) < 64 else None, self._fixed)
         return encoding.span(
             self.trace_id, self.trace_state, self.span_id, self.parent_id, self.start_ns, self.end_ns, fixed
         )
@@ -583,6 +572,10 @@ def _server_shared(request: RequestTrace, model: str | None) -> Pairs:
     if reasons:
         yield "gen_ai.response.finish_reasons", list(reasons)
     yield "error.type", request.error
+
+
+# The admission and stream spans' keys in the encoder's cache (a failed admission's has its error too).
+_ADMITTED, _STREAM = ("admission", None), ("stream",)
 
 
 def _admission_fixed(failed: str | None) -> Fixed:
