@@ -9,7 +9,8 @@ than CPU time does, so this resolves changes that wrk-based runs on a busy machi
 Each gateway runs under valgrind twice, with two request counts; the difference between the two
 totals, divided by the difference in requests, leaves start-up and shutdown out. What runs on a
 clock (the usage writer's flush each second) still counts by the run's length, so two runs can
-differ by a few percent. Needs nginx and valgrind (Debian packages, installed when missing); a run
+differ by a few percent (the store's key poll, every 0.25 s, is slowed to once an hour here for
+that reason). Needs nginx and valgrind (Debian packages, installed when missing); a run
 takes a few minutes.
 """
 
@@ -48,6 +49,9 @@ def total_instructions(root: Path, up: int, sink: str | None, requests: int, por
     # Spans leave in whole batches only, as under load: valgrind's slow clock would otherwise make
     # the once-a-second export of a few spans look like a cost of each request.
     env["OTEL_BSP_SCHEDULE_DELAY"] = "600000"
+    # The key table's poll (every 0.25 s) slowed to once an hour: a run under valgrind lasts minutes,
+    # and its polls, not the requests, made most of the difference between two request counts.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_quiet_clocks(root)), env.get("PYTHONPATH")) if p)
     command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, MODELWIRE]
     with (root / f"{name}.log").open("w") as log:
         gateway = subprocess.Popen(
@@ -73,6 +77,14 @@ def total_instructions(root: Path, up: int, sink: str | None, requests: int, por
         if line.startswith(("summary:", "totals:")):
             return int(line.split()[1])
     raise SystemExit(f"no totals in {out}")
+
+
+def _quiet_clocks(root: Path) -> Path:
+    """A directory whose ``sitecustomize`` slows the gateway's clock-driven store poll."""
+    where = root / "quiet"
+    where.mkdir(exist_ok=True)
+    (where / "sitecustomize.py").write_text("import modelwire.gateway.sync as s\ns.SYNC_SECONDS = 3600.0\n")
+    return where
 
 
 def main() -> int:
