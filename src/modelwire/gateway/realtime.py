@@ -27,10 +27,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from urllib.parse import parse_qsl
 
-import aiohttp
 import orjson
 
 from ..errors import (
@@ -56,6 +55,9 @@ from .sockets import MAX_SECONDS, ResponsesSockets, refuse_upgrade
 from .surfaces import RESPONSES
 from .upstream import Backend, Failover, Outcome
 
+if TYPE_CHECKING:  # imported where a socket is used: a gateway serving only HTTP never loads it
+    import aiohttp
+
 SOCKET_PATHS = frozenset({"/v1/realtime", "/realtime"})
 # What mints an ephemeral secret: path -> (upstream endpoint under /realtime, the body field whose
 # ``model`` is routed).
@@ -65,7 +67,7 @@ MINTED = {
 }
 HANDSHAKE_SECONDS = 10.0  # the longest an upstream may take to open a realtime socket
 SETTLE_SECONDS = 5.0  # the longest a session's end waits for its cancelled responses' usage
-Socket = aiohttp.ClientWebSocketResponse[bool]
+Socket: TypeAlias = "aiohttp.ClientWebSocketResponse[bool]"
 Connect = Callable[[str, Mapping[str, str], float], Awaitable[Socket]]
 # Realtime errors, rows and metrics say OpenAI's shape under their own label.
 REALTIME = dataclasses.replace(RESPONSES, dialect=cast(Dialect, "openai_realtime"), chains=False)
@@ -254,6 +256,8 @@ class _Session:
         """The session ends (the client left, or its time is up) with responses under way: each
         is cancelled upstream, and its ``response.done``, which says what it used, is awaited a few
         seconds, so that it is charged rather than recorded as cut with nothing."""
+        import aiohttp
+
         for response_id in list(self.live):
             cancel = orjson.dumps({"type": "response.cancel", "response_id": response_id})
             await self.upstream.send_frame(cancel, aiohttp.WSMsgType.TEXT)
@@ -267,6 +271,8 @@ class _Session:
                     await self._lifecycle(data)
 
     async def _from_client(self) -> None:
+        import aiohttp
+
         while True:
             message = await self.receive()
             if message["type"] == "websocket.disconnect":
@@ -297,6 +303,8 @@ class _Session:
         return True
 
     async def _from_upstream(self) -> None:
+        import aiohttp
+
         while True:
             message = await self.upstream.receive()
             if message.type is aiohttp.WSMsgType.TEXT:
@@ -330,6 +338,8 @@ class _Session:
             self._done(response)
 
     async def _created(self, response_id: str) -> None:
+        import aiohttp
+
         self.live[response_id] = time.monotonic()
         self.realtime.metrics.request_started(REALTIME.dialect)
         if self.asked:
@@ -404,6 +414,8 @@ def _with_subprotocol_key(scope: Scope) -> Scope:
 def _handshake_error(err: UpstreamUnavailableError) -> ModelwireError:
     """A refused upgrade classified by its HTTP status, so failover treats it as it would an HTTP
     answer: 429 and 5xx move on, 401/403 cool the key, other 4xx are the client's."""
+    import aiohttp
+
     cause = err.__cause__
     if isinstance(cause, aiohttp.WSServerHandshakeError) and cause.status >= 400:
         return from_response(cause.status, b"", content_type="")

@@ -23,9 +23,8 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from ..errors import ModelwireError
@@ -34,10 +33,13 @@ from ..providers.session import Session
 from ..providers.transport import text_frame
 from ..providers.websocket import BETA, socket_error
 
+if TYPE_CHECKING:  # imported where a socket is used: a gateway serving only HTTP never loads it
+    import aiohttp
+
 SOCKET_TURN = "modelwire.socket_turn"  # the HTTP scope key a socket's response.create travels under
 REST_SECONDS = 60.0  # a backend's sockets rest this long after one failed
 HANDSHAKE_SECONDS = 10.0  # the longest an upstream may take to open a socket
-Connect = Callable[[str, Mapping[str, str], float], Awaitable[aiohttp.ClientWebSocketResponse[bool]]]
+Connect = Callable[[str, Mapping[str, str], float], Awaitable["aiohttp.ClientWebSocketResponse[bool]"]]
 _ENDS = frozenset({b"response.completed", b"response.incomplete", b"response.failed", b"error"})
 _TYPE = re.compile(rb'"type"\s*:\s*"([^"]+)"')  # the event's type comes first in each event
 _SSE_HEADERS = {"content-type": "text/event-stream"}
@@ -64,6 +66,8 @@ class UpstreamSocket:
     async def turn(self, frame: bytes) -> SocketReply:
         """Send one ``response.create``; the reply once its first event is in (an error event
         before any output is raised, classified like the HTTP error it stands for)."""
+        import aiohttp
+
         self.busy = True
         try:
             await self.socket.send_frame(frame, aiohttp.WSMsgType.TEXT)
@@ -83,6 +87,8 @@ class UpstreamSocket:
         return SocketReply(self, first)
 
     async def _next(self) -> bytes | None:
+        import aiohttp
+
         message = await self.socket.receive(timeout=self.timeout)
         if message.type is aiohttp.WSMsgType.TEXT:  # bytes: the transport does not decode text
             return text_frame(message.data)
@@ -136,6 +142,8 @@ class SocketReply:
     done: bool = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        import aiohttp
+
         event: bytes | None = self.first
         while event is not None and event.startswith(b"{") and event.endswith(b"}"):
             kind = _kind(event)

@@ -20,9 +20,8 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import aiohttp
 import orjson
 
 from ..errors import (
@@ -36,10 +35,13 @@ from ..types import Usage
 from .catalog import Price
 from .hosts import Host
 
+if TYPE_CHECKING:  # imported where a socket is used: a gateway serving only HTTP never loads it
+    import aiohttp
+
 SUBPROTOCOL = "realtime"  # what a browser offers beside its key, and the server answers
 KEY_SUBPROTOCOL = "openai-insecure-api-key."  # a browser's key, as a subprotocol (it has no headers)
 CONNECT_SECONDS = 10.0
-Socket = aiohttp.ClientWebSocketResponse[bool]
+Socket: TypeAlias = "aiohttp.ClientWebSocketResponse[bool]"
 Connect = Callable[[str, Mapping[str, str], float], Awaitable[Socket]]
 Headers = Callable[[], Awaitable[dict[str, str]]]
 
@@ -125,6 +127,8 @@ class RealtimeConnection:
         self._socket: Socket | None = None
 
     async def __aenter__(self) -> RealtimeConnection:
+        import aiohttp
+
         headers = await self._owner.headers()
         try:
             self._socket = await self._owner.connect_socket(self.url, headers, self._owner.connect_timeout)
@@ -148,6 +152,8 @@ class RealtimeConnection:
 
     async def send(self, event: Mapping[str, Any]) -> None:
         """One client event, as a JSON text frame."""
+        import aiohttp
+
         try:
             await self.socket.send_frame(orjson.dumps(event), aiohttp.WSMsgType.TEXT)
         except (aiohttp.ClientError, ConnectionError) as exc:
@@ -172,6 +178,8 @@ class RealtimeConnection:
             yield event
 
     async def _next(self) -> dict[str, Any] | None:
+        import aiohttp
+
         message = await self.socket.receive()
         if message.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
             return None  # closed, closing or broken

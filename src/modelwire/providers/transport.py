@@ -2,7 +2,8 @@
 
 aiohttp is the upstream client because it measured about ten times faster than httpx under
 concurrency on this hardware (DESIGN.md); httpx and vendor SDKs stay off the hot path. Each event
-loop gets one pooled :class:`aiohttp.ClientSession` with keep-alive, created on first use.
+loop gets one pooled :class:`aiohttp.ClientSession` with keep-alive, created on first use; aiohttp
+itself is imported then too, since a gateway whose upstreams :mod:`.http1` serves may never need it.
 
 Transport failures are translated here, once, into :mod:`modelwire.errors`.
 """
@@ -12,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
-from typing import Protocol, TypeAlias
-
-import aiohttp
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from ..errors import ModelwireError, ProtocolError, TimeoutError, UpstreamUnavailableError, from_response
 from .retry import retry_after, should_retry_header
+
+if TYPE_CHECKING:  # imported where used: a gateway on Http1Transport serving only HTTP never loads it
+    import aiohttp
 
 Body: TypeAlias = bytes | AsyncIterable[bytes] | None  # an iterable is streamed (media uploads)
 
@@ -125,6 +127,8 @@ class AiohttpTransport:
         )
 
     def session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         loop = asyncio.get_running_loop()
         session = self._sessions.get(loop)
         if session is None or session.closed:
@@ -155,6 +159,8 @@ class AiohttpTransport:
         *,
         read_timeout: float | None = None,
     ) -> _AiohttpReply:
+        import aiohttp
+
         # ``read_timeout`` bounds the wait for the answer's head and then each read, so a long stream
         # that keeps producing never times out while a stalled one does.
         client_timeout = self._timeouts.get(read_timeout)
@@ -180,6 +186,8 @@ class AiohttpTransport:
         JSON, which orjson reads from bytes, so decoding them to ``str`` first would be wasted.
         Frames have no size limit here, as HTTP bodies have none: a finished response can be big.
         """
+        import aiohttp
+
         try:
             async with asyncio.timeout(within):
                 return await self.session().ws_connect(
@@ -210,6 +218,8 @@ class AiohttpTransport:
 
 def translate(exc: BaseException) -> BaseException:
     """An aiohttp or asyncio failure as a :class:`ModelwireError`; anything else unchanged."""
+    import aiohttp  # loaded already: only aiohttp's paths (sessions, sockets) call this
+
     if isinstance(exc, ModelwireError | asyncio.CancelledError):
         return exc
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):

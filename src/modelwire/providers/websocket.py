@@ -41,9 +41,8 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
-import aiohttp
 import orjson
 
 from ..dialects.openai_responses import StreamDecoder
@@ -59,6 +58,9 @@ from ..types import Start, StreamError, StreamEvent
 from .planning import Plan, Planner, leading_instructions
 from .retry import retry_after, should_retry_header
 from .transport import translate
+
+if TYPE_CHECKING:  # imported where a socket is used: a gateway serving only HTTP never loads it
+    import aiohttp
 
 TransportMode: TypeAlias = Literal["auto", "sse", "websocket"]
 MODES: tuple[TransportMode, ...] = ("auto", "sse", "websocket")
@@ -119,6 +121,8 @@ class Socket:
             return False
 
     async def send(self, frame: bytes) -> None:
+        import aiohttp
+
         try:
             await self.ws.send_frame(frame, aiohttp.WSMsgType.TEXT)
         except BaseException as exc:
@@ -146,6 +150,8 @@ class Socket:
                 return
 
     async def _receive(self, idle: float | None) -> bytes:
+        import aiohttp
+
         try:
             message = await self.ws.receive(timeout=idle)
         except BaseException as exc:
