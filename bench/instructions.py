@@ -3,8 +3,8 @@
 sequential chat requests from the canned upstream. Counts swing far less with the machine's load
 than CPU time does, so this resolves changes that wrk-based runs on a busy machine cannot.
 
-    .venv/bin/python bench/instructions.py                 # 300 and 900 requests each way
-    .venv/bin/python bench/instructions.py --requests 200,600
+    .venv/bin/python bench/instructions.py                 # 500 and 5,500 requests each way
+    .venv/bin/python bench/instructions.py --requests 300,3300
 
 Each gateway runs under valgrind twice, with two request counts; the difference between the two
 totals, divided by the difference in requests, leaves start-up and shutdown out. What runs on a
@@ -49,6 +49,7 @@ def total_instructions(root: Path, up: int, sink: str | None, requests: int, por
     # Spans leave in whole batches only, as under load: valgrind's slow clock would otherwise make
     # the once-a-second export of a few spans look like a cost of each request.
     env["OTEL_BSP_SCHEDULE_DELAY"] = "600000"
+    env["PYTHONHASHSEED"] = "0"  # the same dict layouts in every run: start-up counts alike
     # The key table's poll (every 0.25 s) slowed to once an hour: a run under valgrind lasts minutes,
     # and its polls, not the requests, made most of the difference between two request counts.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_quiet_clocks(root)), env.get("PYTHONPATH")) if p)
@@ -89,7 +90,7 @@ def _quiet_clocks(root: Path) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", default="300,900", help="the two request counts, fewer first")
+    ap.add_argument("--requests", default="500,5500", help="the two request counts, fewer first")
     args = ap.parse_args()
     few, many = (int(n) for n in args.requests.split(","))
     compare.ensure_debian("nginx", "nginx")
