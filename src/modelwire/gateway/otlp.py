@@ -1,12 +1,13 @@
 """Ended spans to an OTLP/HTTP collector. A record of ended spans (:mod:`.spans`) is encoded as it
-is handed over (protobuf by hand, or OTLP JSON; most attribute bytes encoded once and reused, as what
-a backend, a route and a model say repeats from span to span) into a bounded queue (a full queue
-drops and counts, never waits). A task on the event loop POSTs them, in batches of
-``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` (512) as soon as one is full, and whatever is left every
-``OTEL_BSP_SCHEDULE_DELAY`` ms (1 s), each an ``ExportTraceServiceRequest`` over one kept-alive
-connection. 429, 502, 503 and 504 are retried with backoff (``Retry-After`` respected) within the
-export timeout; whatever fails is dropped with one log line per failing spell, naming the collector
-by host only. Nothing here raises into the gateway.
+is handed over (protobuf by hand, each span by the compiled writer ``_spanwire`` where it was
+built, or OTLP JSON; the attributes a backend, a route and a model give a span encoded once and
+reused) into a bounded queue (a full queue drops and counts, never waits). A task on the event
+loop POSTs them, in batches of ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` (512) as soon as one is full,
+and whatever is left every ``OTEL_BSP_SCHEDULE_DELAY`` ms (1 s), each an
+``ExportTraceServiceRequest`` over one kept-alive connection. 429, 502, 503 and 504 are retried
+with backoff (``Retry-After`` respected) within the export timeout; whatever fails is dropped
+with one log line per failing spell, naming the collector by host only. Nothing here raises into
+the gateway.
 
 Field numbers are those of opentelemetry-proto's ``trace.proto``, ``common.proto`` and
 ``resource.proto`` (v1).
