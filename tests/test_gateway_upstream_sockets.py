@@ -144,8 +144,16 @@ def test_an_upstream_error_event_is_the_clients_error_event(
     upstream: FakeUpstream, client_socket: ws_client.ClientConnection
 ) -> None:
     """A 400 from the upstream socket, before any output: the client's socket gets the same error
-    (its status and code), and the next turn is served on the same client socket."""
-    upstream.script(Reply.error(400, "bad tool schema", code="invalid_tools"), Reply.text("Fine now."))
+    (its status and code), and the next turn is served on the same client socket. (A first turn
+    opens the upstream socket: on a gateway just started that can outlast the tests' 0.25 s
+    keep-alive, which then opens the stream, and an error inside a stream is ``response.failed``.
+    So the upstream socket is opened by a turn of its own first.)"""
+    upstream.script(
+        Reply.text("Opened."),
+        Reply.error(400, "bad tool schema", code="invalid_tools"),
+        Reply.text("Fine now."),
+    )
+    assert turn(client_socket, model="resp-model", input="w")[-1]["type"] == "response.completed"
     (error,) = turn(client_socket, model="resp-model", input="x")
     assert error["type"] == "error" and error["status"] == 400, error
     assert error["error"]["code"] == "invalid_tools" and "bad tool schema" in error["error"]["message"]
