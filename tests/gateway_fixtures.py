@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -24,6 +25,61 @@ from .fake_upstream import FakeUpstream
 
 MODELWIRE = str(Path(sys.executable).parent / "modelwire")
 CLIENT_KEY = "sk-client-all-0123456789"
+
+
+# A gateway built and started in a fresh interpreter serves one chat request (the HTTP upstream
+# path), then says which modules of the packages named got loaded on the way.
+_LOADED_PROBE = """
+import asyncio, json, sys
+import modelwire.cli, modelwire.gateway.server
+from modelwire.gateway.app import Gateway
+from modelwire.gateway.config import parse_config
+from modelwire.gateway.server import migrate_apart
+
+async def main():
+    config = parse_config(json.loads(sys.argv[1]))
+    migrate_apart(config.store)
+    gateway = Gateway(config)
+    await gateway.startup()
+    body = json.dumps({"model": "chat-model", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "scheme": "http",
+        "method": "POST", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "root_path": "", "query_string": b"", "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 50000),
+        "headers": [(b"authorization", b"Bearer sk-probe"), (b"content-type", b"application/json")],
+    }
+    messages, sent = [{"type": "http.request", "body": body, "more_body": False}], []
+
+    async def receive():
+        return messages.pop() if messages else await asyncio.Future()  # then the client stays
+
+    async def send(message):
+        sent.append(message)
+
+    await gateway(scope, receive, send)
+    await gateway.shutdown()
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    names = set(sys.argv[2].split(","))
+    print(status, sorted(m for m in sys.modules if m.split(".")[0] in names))
+
+asyncio.run(main())
+"""
+
+
+def loaded_by_a_serving_gateway(upstream: FakeUpstream, tmp: Path, packages: set[str]) -> str:
+    """``<status> [modules]``: a chat request's status through a fresh gateway, and the modules of
+    ``packages`` it had loaded by then (a check that start-up and the HTTP path leave them out)."""
+    backend = {"type": "openai-compatible", "api": "chat", "base_url": upstream.url, "api_key": "sk-up"}
+    config = {
+        "store": f"sqlite:///{tmp}/state.db",
+        "backends": {"compat": backend},
+        "models": [{"name": "chat-model", "route": "compat/gpt-4.1"}],
+        "keys": [{"key": "sk-probe", "name": "probe"}],
+    }
+    command = [sys.executable, "-c", _LOADED_PROBE, json.dumps(config), ",".join(sorted(packages))]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
 
 
 def free_port() -> int:

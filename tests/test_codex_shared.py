@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,15 @@ from modelwire.providers.codex import REFRESH_URL_ENV, CodexCredentials, FileTok
 from modelwire.providers.transport import AiohttpTransport
 
 from .fake_codex import FakeAccount
-from .gateway_fixtures import CLIENT_KEY, MODELWIRE, RunningGateway, request, start_gateway
+from .fake_upstream import FakeUpstream
+from .gateway_fixtures import (
+    CLIENT_KEY,
+    MODELWIRE,
+    RunningGateway,
+    loaded_by_a_serving_gateway,
+    request,
+    start_gateway,
+)
 from .services import SHARED_POSTGRES_URL, drop_schema, new_schema_name, postgres_schema
 
 KEY = base64.b64encode(bytes(range(32))).decode()
@@ -74,17 +81,11 @@ def test_sealed_secrets_open_only_with_their_key_and_name() -> None:
     assert OTHER_KEY not in str(info.value) and repr(other) == "Cipher(<key hidden>)"
 
 
-def test_a_gateway_that_seals_nothing_does_not_load_cryptography(tmp_path: Path) -> None:
+def test_a_gateway_that_seals_nothing_does_not_load_cryptography(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
     """Its bindings would stay resident (~8 MiB) in every gateway; only a shared sign-in needs them."""
-    probe = (
-        "import sys; import modelwire.cli, modelwire.gateway.server; "
-        "from modelwire.gateway.app import Gateway; from modelwire.gateway.config import parse_config; "
-        f"Gateway(parse_config({{'store': 'sqlite:///{tmp_path}/state.db'}})); "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography'))"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert loaded_by_a_serving_gateway(upstream, tmp_path, {"cryptography"}) == "200 []"
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import gzip
-import json
 import socket
-import subprocess
-import sys
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -22,6 +19,7 @@ import modelwire as mw
 from modelwire.providers.http1 import Http1Transport
 
 from .fake_upstream import FakeUpstream
+from .gateway_fixtures import loaded_by_a_serving_gateway
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -274,57 +272,8 @@ async def test_a_dropped_connection_is_freed_at_once_not_by_the_garbage_collecto
     await transport.aclose()
 
 
-# A gateway built and started in a fresh interpreter serves one chat request (the HTTP upstream
-# path), then says whether aiohttp or its companions got loaded on the way.
-AIOHTTP_PROBE = """
-import asyncio, json, sys
-import modelwire.cli, modelwire.gateway.server
-from modelwire.gateway.app import Gateway
-from modelwire.gateway.config import parse_config
-from modelwire.gateway.server import migrate_apart
-
-async def main():
-    config = parse_config(json.loads(sys.argv[1]))
-    migrate_apart(config.store)
-    gateway = Gateway(config)
-    await gateway.startup()
-    body = json.dumps({"model": "chat-model", "messages": [{"role": "user", "content": "hi"}]}).encode()
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "scheme": "http",
-        "method": "POST", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-        "root_path": "", "query_string": b"", "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 50000),
-        "headers": [(b"authorization", b"Bearer sk-probe"), (b"content-type", b"application/json")],
-    }
-    messages, sent = [{"type": "http.request", "body": body, "more_body": False}], []
-
-    async def receive():
-        return messages.pop() if messages else await asyncio.Future()  # then the client stays
-
-    async def send(message):
-        sent.append(message)
-
-    await gateway(scope, receive, send)
-    await gateway.shutdown()
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-    names = {"aiohttp", "yarl", "multidict", "frozenlist", "aiosignal", "propcache", "aiodns", "pycares"}
-    print(status, sorted(m for m in sys.modules if m.split(".")[0] in names))
-
-asyncio.run(main())
-"""
-
-
 def test_a_gateway_serving_http_does_not_load_aiohttp(upstream: FakeUpstream, tmp_path: Path) -> None:
     """aiohttp and its companions would stay resident (~9 MiB) in every gateway; its HTTP upstream
     leg is this client, so only a WebSocket upstream (or a library client) needs them."""
-    backend = {"type": "openai-compatible", "api": "chat", "base_url": upstream.url, "api_key": "sk-up"}
-    config = {
-        "store": f"sqlite:///{tmp_path}/state.db",
-        "backends": {"compat": backend},
-        "models": [{"name": "chat-model", "route": "compat/gpt-4.1"}],
-        "keys": [{"key": "sk-probe", "name": "probe"}],
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", AIOHTTP_PROBE, json.dumps(config)], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "200 []"
+    packages = {"aiohttp", "yarl", "multidict", "frozenlist", "aiosignal", "propcache", "aiodns", "pycares"}
+    assert loaded_by_a_serving_gateway(upstream, tmp_path, packages) == "200 []"
