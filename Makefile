@@ -19,7 +19,7 @@ $(VENV)/.installed-test: $(BUILD) | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(VENV)/.installed $@
 
-# Real command-line clients for the end-to-end tests (Codex CLI), from the npm registry.
+# Real command-line clients for the end-to-end tests (Codex CLI, Claude Code, Gemini CLI), from the npm registry.
 CLIENTS := tests/clients/node_modules/.installed
 $(CLIENTS): tests/clients/package.json tests/clients/package-lock.json
 	npm ci --prefix tests/clients --no-audit --no-fund --loglevel=error

@@ -1060,6 +1060,31 @@ def test_claude_code_request() -> None:
     assert body["messages"][-2]["content"][0] == {"type": "redacted_thinking", "data": "REDACTED"}
 
 
+def test_forwarded_claude_code_body_has_its_system_messages_lifted() -> None:
+    """The fast path forwards Claude Code's own body; its in-``messages`` system messages join the
+    top-level ``system`` (blocks after blocks, a string as a block), and the rest is untouched."""
+    body = claude_code_body()
+    messages = body["messages"]
+    am.fit_forwarded(body, None, True)
+    assert_anthropic("BetaCreateMessageParams", body)
+    assert body["messages"] == [m for m in messages if m["role"] != "system"]
+    assert body["system"] == [
+        *claude_code_body()["system"],
+        {"type": "text", "text": "The user switched to plan mode."},
+    ]
+    plain = {
+        "model": "m",
+        "max_tokens": 5,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "q"}],
+    }
+    am.fit_forwarded(plain, None, False)
+    assert plain["system"] == "Be brief."  # nothing to lift: left as it came
+    only = {**plain, "messages": [{"role": "system", "content": ""}, *plain["messages"]]}
+    am.fit_forwarded(only, None, False)
+    assert only["system"] == [{"type": "text", "text": "Be brief."}] and only["messages"] == plain["messages"]
+
+
 @pytest.mark.parametrize(
     ("thinking", "output_config", "effort", "summary"),
     [

@@ -112,6 +112,7 @@ WIRES: dict[Dialect, Wire] = {
         usage_of=_usage_field(anthropic_messages.decode_usage, "usage"),
         apply_param=anthropic_messages.apply_param,
         tap=AnthropicTap,
+        fit_forwarded=anthropic_messages.fit_forwarded,
         client_headers=(b"anthropic-version", b"anthropic-beta"),
         seed=False,
         count_endpoint="count_tokens",

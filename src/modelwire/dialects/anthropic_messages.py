@@ -1172,3 +1172,33 @@ def apply_param(body: dict[str, Any], name: str, value: Any, opts: object = None
         body["thinking"] = {"type": "enabled", "budget_tokens": budget}
         if not isinstance(body.get("max_tokens"), int) or body["max_tokens"] <= budget:
             body["max_tokens"] = budget + DEFAULT_MAX_TOKENS
+
+
+def fit_forwarded(body: dict[str, Any], opts: object, stream: bool) -> None:
+    """A client's own Messages body made fit for an Anthropic upstream: Claude Code puts
+    ``role: "system"`` messages inside ``messages`` as well, and the Messages API has no system
+    role, so their blocks are lifted into the top-level ``system``, after what it held (as a
+    translated request's system messages are)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not any(_is_system(m) for m in messages):
+        return
+    system = body.get("system")
+    blocks = _system_blocks(system) if system is not None else []
+    for message in messages:
+        if _is_system(message):
+            blocks += _system_blocks(message.get("content"))
+    if blocks:
+        body["system"] = blocks
+    body["messages"] = [m for m in messages if not _is_system(m)]
+
+
+def _is_system(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("role") == "system"
+
+
+def _system_blocks(content: Any) -> list[Any]:
+    """``system`` (or a system message's ``content``) as a list of blocks; an empty text gives none
+    (Anthropic refuses empty text blocks)."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    return list(content) if isinstance(content, list) else []

@@ -146,6 +146,8 @@ class Accounting:
         extra = [(b"x-request-id", call.request_id.encode())]
         if err.retry_after is not None:
             extra.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
+        if status == 401:  # a bad key stays bad: Claude Code retries a 401 ten times unless told so
+            extra.append((b"x-should-retry", b"false"))
         await self.respond(call, send, status, orjson.dumps(doc), extra)
 
     # --------------------------------------------------------------------- stored answers

@@ -199,6 +199,9 @@ class Gateway:
             ("GET", "/metrics"): self._metrics,
             ("GET", "/"): self._healthz,
             ("HEAD", "/"): self._healthz,
+            # Claude Code's reachability probe (its start-up pre-connect, first-run check, doctor).
+            ("GET", "/api/hello"): self._healthz,
+            ("HEAD", "/api/hello"): self._healthz,
         }
         self._routes = self._route_table()
 
