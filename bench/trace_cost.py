@@ -6,11 +6,13 @@ a lower ratio, side by side in one run, exporting to a local OTLP/HTTP sink.
     .venv/bin/python bench/trace_cost.py --scenarios chat --rounds 6 --ratio 0.1
 
 Rounds interleave the variants, and while one is measured the others are stopped (SIGSTOP), so
-machine drift and idle loops hit all alike. CPU µs per request is the gateway process's user +
-system time over the round (the exporter's thread included) divided by the requests served. Each
-traced variant exports to a sink of its own, which counts the server spans it gets: the first line
-says whether the 100% variant exported one for every request (dropped spans would look cheap).
-Needs nginx and wrk.
+machine drift and idle loops hit all alike. Each variant runs as several gateway processes
+(``--processes``, 2 by default), measured in turn: one process can run ~10% faster or slower than
+another of the same code (its memory layout), which one process per variant would read as the
+variant's cost. CPU µs per request is a process's user + system time over its turn divided by the
+requests it served; a variant's figure is the median of all its turns. Each traced variant exports
+to a sink of its own, which counts the server spans it gets: the first line says whether the 100%
+variant exported one for every request (dropped spans would look cheap). Needs nginx and wrk.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--ratio", type=float, default=0.1, help="the sampled variant's ratio")
+    ap.add_argument("--processes", type=int, default=2, help="gateway processes per variant")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mw-trace-bench-"))
     root.chmod(0o755)
@@ -107,32 +110,43 @@ def main() -> int:
         port = compare.free_port()
         procs.append(subprocess.Popen([sys.executable, "-c", SINK, str(port)]))
         sinks[name] = f"http://127.0.0.1:{port}"
-    variants: dict[str, Gateway] = {}
+    variants: dict[str, list[Gateway]] = {}
     try:
         for url in [f"http://127.0.0.1:{up}/plain/v1/models"] + [s + "/count" for s in sinks.values()]:
             if not compare.wait_http(url):
                 raise SystemExit(f"{url} did not come up")
-        variants["off"] = start_gateway(root, "off", up, None)
-        variants["on 100%"] = start_gateway(root, "on", up, f"{{endpoint: '{sinks['on']}'}}")
-        variants[f"on {args.ratio:.0%}"] = start_gateway(
-            root, "sampled", up, f"{{endpoint: '{sinks['sampled']}', sample_ratio: {args.ratio}}}"
-        )
-        procs += [p for p, _ in variants.values()]
+        settings = {
+            "off": ("off", None),
+            "on 100%": ("on", f"{{endpoint: '{sinks['on']}'}}"),
+            f"on {args.ratio:.0%}": (
+                "sampled",
+                f"{{endpoint: '{sinks['sampled']}', sample_ratio: {args.ratio}}}",
+            ),
+        }
+        for label, (name, telemetry) in settings.items():
+            variants[label] = [
+                start_gateway(root, f"{name}-{n}", up, telemetry) for n in range(args.processes)
+            ]
+        gateways = [g for group in variants.values() for g in group]
+        procs += [p for p, _ in gateways]
         scenarios = [s for s in args.scenarios.split(",") if s]
         results: dict[tuple[str, str], list[dict[str, float]]] = {}
         for _ in range(args.rounds):
             for scenario in scenarios:
                 path, body, conns = compare.SCENARIOS[scenario]
-                for name, (proc, base) in variants.items():
-                    for other, (p, _) in variants.items():
-                        p.send_signal(signal.SIGCONT if other == name else signal.SIGSTOP)
-                    time.sleep(0.3)
-                    before = compare.cpu_seconds(proc.pid)
-                    row = measure(base + path, body, conns, args.seconds)
-                    time.sleep(0.2)  # the exporter's last batch of the round
-                    row["cpu_us"] = (compare.cpu_seconds(proc.pid) - before) * 1e6 / max(1, row["requests"])
-                    results.setdefault((scenario, name), []).append(row)
-        for p, _ in variants.values():
+                for n in range(args.processes):
+                    for name, group in variants.items():
+                        proc, base = group[n]
+                        for p, _ in gateways:
+                            p.send_signal(signal.SIGCONT if p is proc else signal.SIGSTOP)
+                        time.sleep(0.3)
+                        before = compare.cpu_seconds(proc.pid)
+                        row = measure(base + path, body, conns, args.seconds)
+                        time.sleep(0.2)  # the exporter's last batch of the turn
+                        spent = compare.cpu_seconds(proc.pid) - before
+                        row["cpu_us"] = spent * 1e6 / max(1, row["requests"])
+                        results.setdefault((scenario, name), []).append(row)
+        for p, _ in gateways:
             p.send_signal(signal.SIGCONT)
         time.sleep(2)  # the exporters' last batches (sent within a second)
         served = sum(
@@ -160,7 +174,7 @@ def main() -> int:
                 for on, base in zip(results[(scenario, "on 100%")], results[(scenario, "off")], strict=True)
             ]
             listed = ", ".join(f"{r:.3f}" for r in ratios)
-            print(f"{scenario}: CPU on 100% / off, round by round: {listed}")
+            print(f"{scenario}: CPU on 100% / off, turn by turn (each process in each round): {listed}")
     finally:
         for p in procs:
             p.send_signal(signal.SIGCONT)
