@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket as socketlib
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -92,6 +93,13 @@ def ws_url(gateway: RunningGateway, model: str = "realtime") -> str:
 
 def raw_socket(gateway: RunningGateway, model: str = "realtime", key: str = CLIENT_KEY) -> Any:
     return ws_client.connect(ws_url(gateway, model), additional_headers={"Authorization": f"Bearer {key}"})
+
+
+def drop(connection: Any) -> None:
+    """The client's TCP connection just goes, with no close frame. A shutdown, not a bare close:
+    the client's reader thread blocks in recv on the socket, which keeps a closed descriptor open."""
+    connection.socket.shutdown(socketlib.SHUT_RDWR)
+    connection.socket.close()
 
 
 async def until(connection: Any, kind: str) -> list[Any]:
@@ -358,7 +366,7 @@ def test_a_client_that_drops_closes_the_upstream_socket(
     socket = raw_socket(rt_gateway)
     assert json.loads(socket.recv(timeout=20))["type"] == "session.created"
     number = upstream.realtime.connections[-1].number
-    socket.socket.close()  # no close frame: the TCP connection just goes
+    drop(socket)
     assert upstream.realtime.wait_ended(number)
 
 
@@ -376,7 +384,7 @@ def test_a_client_that_leaves_mid_response_is_charged_what_it_used(
         created = json.loads(socket.recv(timeout=20))
     response_id = created["response"]["id"]
     number = upstream.realtime.connections[-1].number
-    socket.socket.close()  # no close frame: the TCP connection just goes
+    drop(socket)
     assert upstream.realtime.wait_ended(number)
     sent = upstream.realtime.connections[-1].events
     assert {"type": "response.cancel", "response_id": response_id} in sent

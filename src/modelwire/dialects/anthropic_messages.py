@@ -246,9 +246,11 @@ def encode_request(req: Request, *, default_max_tokens: int = DEFAULT_MAX_TOKENS
         choice = _encode_tool_choice(req)
         if choice is not None:
             body["tool_choice"] = choice
-    thinking = _encode_thinking(req, max_tokens, turns)
+    thinking = _encode_thinking(req, req.max_output_tokens, turns)
     if thinking is not None:
         body["thinking"] = thinking
+        if req.max_output_tokens is None:  # no limit asked: the answer keeps its room after the budget
+            body["max_tokens"] = thinking["budget_tokens"] + default_max_tokens
     _encode_sampling(body, req, thinking is not None)
     if req.response_format is not None and req.response_format.type == "json_schema":
         schema = req.response_format.schema or {"type": "object"}
@@ -406,15 +408,20 @@ def _encode_tool_choice(req: Request) -> dict[str, Any] | None:
     return out
 
 
-def _encode_thinking(req: Request, max_tokens: int, turns: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _encode_thinking(
+    req: Request, max_tokens: int | None, turns: list[dict[str, Any]]
+) -> dict[str, Any] | None:
     """``thinking: {type: enabled, budget_tokens}`` for the effort, or None where Anthropic would
-    refuse it: a forced tool, no room under ``max_tokens``, or a tool loop it cannot continue."""
+    refuse it: a forced tool, no room under the client's ``max_tokens`` (None: no limit asked), or
+    a tool loop it cannot continue."""
     effort = req.reasoning_effort
     if effort is None or effort == "none":
         return None
     if req.tool_choice == "required" or isinstance(req.tool_choice, ToolName):
         return None
-    budget = min(THINKING_BUDGETS.get(effort, THINKING_BUDGETS["medium"]), max_tokens - 1)
+    budget = THINKING_BUDGETS.get(effort, THINKING_BUDGETS["medium"])
+    if max_tokens is not None:
+        budget = min(budget, max_tokens - 1)
     if budget < MIN_THINKING_BUDGET or not _thinking_can_continue(turns):
         return None
     return {"type": "enabled", "budget_tokens": budget}
