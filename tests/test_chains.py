@@ -75,6 +75,12 @@ class FlakyStore(Store):
             raise _down()
         return super().get_response(id)
 
+    def get_response_holding(self, item_id: str) -> StoredResponse | None:
+        self.reads += 1
+        if self.failing:
+            raise _down()
+        return super().get_response_holding(item_id)
+
     def delete_response(self, id: str) -> bool:
         if self.failing:
             raise _down()
@@ -216,6 +222,36 @@ async def test_the_same_replica_answers_from_memory(replica: ChainsFactory) -> N
     await a.put(r)
     assert await a.get(r.id) is r
     assert flaky(a).reads == 0
+
+
+async def test_a_response_is_found_by_an_output_item_here_and_on_another_replica(
+    replica: ChainsFactory,
+) -> None:
+    a, b = replica(), replica()
+    r = response(3, output_items=[{"id": "msg_3", "type": "message"}, {"id": "rs_3", "type": "reasoning"}])
+    await a.put(r)
+    assert await a.holding("rs_3") is r and flaky(a).reads == 0  # from memory
+    found = await b.holding("msg_3")
+    assert found is not None and found.id == r.id
+    assert await b.holding("msg_unknown") is None
+    flaky(b).failing = True
+    with pytest.raises(ServiceUnavailableError):  # "no such item" would be a lie
+        await b.holding("rs_3")
+    flaky(b).failing = False
+    await b.delete(r.id)
+    assert await b.holding("msg_3") is None
+
+
+async def test_memory_lets_go_of_the_items_of_responses_it_forgets() -> None:
+    chains = Chains(None, memory=2)
+    rs = [response(n, output_items=[{"id": f"msg_{n}", "type": "message"}]) for n in range(3)]
+    for r in rs:
+        await chains.put(r)
+    assert await chains.holding("msg_0") is None
+    assert await chains.holding("msg_2") is rs[2]
+    assert await chains.delete(rs[2].id) and await chains.holding("msg_2") is None
+    assert list(chains._holders) == ["msg_1"]  # bounded with the responses it remembers
+    await chains.drain()
 
 
 # ----------------------------------------------------------------------------------------------

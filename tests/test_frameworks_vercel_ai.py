@@ -279,12 +279,14 @@ def test_structured_output_on_every_route(upstream: FakeUpstream, gateway: Runni
 def test_conversation_carries_the_previous_answer(upstream: FakeUpstream, gateway: RunningGateway) -> None:
     """A second turn built from ``response.messages`` of the first: the upstream sees the first
     answer as the assistant's turn. The OpenAI provider stores by default and then refers to its
-    earlier answer by id (``item_reference``), which only a Responses upstream that stored it can
-    resolve: through a translated route it is used with ``store: false``, which sends the text."""
+    earlier answer by id alone (``item_reference``): a native Responses upstream resolves it; for
+    any other the gateway, which stored the answer, sends the answer itself."""
     no_store = {"openai": {"store": False}}
     turns: list[tuple[dict[str, Any], str]] = [
         ({"provider": "openai", "model": "resp-model"}, "item_reference"),
-        ({"provider": "openai", "model": "chat-model", "providerOptions": no_store}, "chat"),
+        ({"provider": "openai", "model": "chat-model"}, "chat"),
+        ({"provider": "openai", "model": CLAUDE}, "messages"),
+        ({"provider": "openai", "model": GEMINI, "providerOptions": no_store}, "gemini"),
         ({"provider": "anthropic", "model": "resp-model"}, "responses"),
         ({"provider": "google", "model": CLAUDE}, "messages"),
     ]

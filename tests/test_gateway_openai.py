@@ -297,6 +297,111 @@ def test_previous_response_id_with_a_chat_upstream(upstream: FakeUpstream, clien
     assert roles == ["user", "assistant", "user"]
 
 
+def reference(item_id: str) -> dict[str, str]:
+    return {"type": "item_reference", "id": item_id}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("model", ["chat-model", "stateless-resp"])
+def test_an_item_reference_to_a_stored_answer_is_that_answer(
+    upstream: FakeUpstream, client: openai.OpenAI, model: str, stream: bool
+) -> None:
+    """The Vercel AI SDK resends an earlier stored answer by its item id alone: an upstream that
+    stores nothing gets the item itself, so the conversation keeps its assistant turn."""
+    upstream.script(Reply.text("Your name is Ada, noted."))
+    if stream:
+        with client.responses.stream(model=model, input="My name is Ada.") as events:
+            first = events.get_final_response()
+    else:
+        first = client.responses.create(model=model, input="My name is Ada.")
+    upstream.script(Reply.text("Ada."))
+    second = client.responses.create(
+        model=model,
+        input=[
+            {"role": "user", "content": "My name is Ada."},
+            reference(first.output[0].id),  # type: ignore[list-item, arg-type]
+            {"role": "user", "content": "What is my name?"},
+        ],
+    )
+    assert second.output_text == "Ada."
+    sent = upstream.last.body
+    assert "item_reference" not in json.dumps(sent)
+    if model == "chat-model":
+        turns = [(m["role"], m["content"]) for m in sent["messages"]]
+        assert turns == [
+            ("user", "My name is Ada."),
+            ("assistant", "Your name is Ada, noted."),
+            ("user", "What is my name?"),
+        ]
+    else:
+        assert sent["input"][1]["id"] == first.output[0].id
+        assert sent["input"][1]["content"][0]["text"] == "Your name is Ada, noted."
+    # The stored follow-up holds the resolved item: chaining from it replays the text, not the id.
+    upstream.script(Reply.text("Still Ada."))
+    client.responses.create(model=model, input="And now?", previous_response_id=second.id)
+    assert "Your name is Ada, noted." in json.dumps(upstream.last.body)
+
+
+def test_item_references_in_a_tool_loop(upstream: FakeUpstream, client: openai.OpenAI) -> None:
+    """The AI SDK's tool loop: the call comes back by reference, its output in full."""
+    upstream.script(Reply.tool_calls([("get_weather", '{"city": "Rome"}')], summary=["Needs a lookup."]))
+    first = client.responses.create(
+        model="chat-model",
+        input="Weather in Rome?",
+        tools=[WEATHER_RESPONSES],  # type: ignore[list-item]
+    )
+    thought, call = first.output
+    assert thought.type == "reasoning" and call.type == "function_call"
+    upstream.script(Reply.text("Sunny in Rome."))
+    client.responses.create(
+        model="chat-model",
+        input=[
+            {"role": "user", "content": "Weather in Rome?"},
+            reference(thought.id),
+            reference(call.id),  # type: ignore[arg-type]
+            {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+        ],
+        tools=[WEATHER_RESPONSES],  # type: ignore[list-item]
+    )
+    messages = upstream.last.body["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
+    assert messages[1]["tool_calls"][0]["function"] == {
+        "name": "get_weather",
+        "arguments": '{"city": "Rome"}',
+    }
+    assert messages[1]["tool_calls"][0]["id"] == messages[2]["tool_call_id"] == call.call_id
+    assert "item_reference" not in json.dumps(messages)
+
+
+@pytest.mark.parametrize("model", ["chat-model", "stateless-resp"])
+def test_an_item_reference_the_gateway_does_not_hold_is_a_404(
+    upstream: FakeUpstream, client: openai.OpenAI, gateway: RunningGateway, model: str
+) -> None:
+    """Unknown, unstored (``store: false``) or another key's: OpenAI's own 404, and nothing sent
+    upstream that would lose the turn. A native upstream that keeps its own items gets it as sent."""
+    unstored = client.responses.create(model=model, input="secret", store=False)
+    mine = client.responses.create(model=model, input="mine")
+    upstream.requests.clear()
+    other_key = openai.OpenAI(base_url=gateway.v1, api_key="sk-client-chat-only-0000", max_retries=0)
+    attempts = [(client, "msg_never_minted"), (client, unstored.output[0].id)]
+    if model == "chat-model":  # the model that other key may use
+        attempts.append((other_key, mine.output[0].id))
+    for sdk, missing in attempts:
+        with pytest.raises(openai.NotFoundError) as info:
+            sdk.responses.create(model=model, input=[reference(missing), {"role": "user", "content": "hi"}])  # type: ignore[list-item]
+        body = info.value.body
+        assert isinstance(body, dict) and body["param"] == "input" and body["type"] == "invalid_request_error"
+        assert f"Item with id '{missing}' not found." in body["message"]
+    other_key.close()
+    assert not upstream.requests
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model=model, input=[{"type": "item_reference", "id": 7}])  # type: ignore[list-item]
+    client.responses.create(
+        model="resp-model", input=[reference("msg_kept_upstream"), {"role": "user", "content": "hi"}]
+    )  # type: ignore[list-item]
+    assert upstream.last.body["input"][0] == reference("msg_kept_upstream")
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 @pytest.mark.parametrize("model", ["stateless-resp", "chat-model"])
 def test_an_expanded_chain_says_the_previous_response_id_it_was_given(

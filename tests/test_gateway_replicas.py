@@ -350,6 +350,33 @@ def test_previous_response_id_resolves_on_another_replica_at_once(
     assert failures == [], f"{len(failures)}/{CHAINS} follow-ups on replica B failed:\n" + "\n".join(failures)
 
 
+def test_an_item_reference_resolves_on_another_replica_at_once(
+    upstream: FakeUpstream, replicas: list[RunningGateway]
+) -> None:
+    """An answer made on replica A, resent by its item id to replica B the moment the client has
+    it (as the Vercel AI SDK does): B finds it in the shared store and sends the Chat upstream the
+    assistant's text."""
+    a, b = replicas
+    with sdk(a) as on_a, sdk(b) as on_b:
+        for n in range(5):
+            upstream.script(Reply.text(f"first answer {n}"), Reply.text(f"second answer {n}"))
+            first = on_a.responses.create(model="chat-model", input=f"first {n}")
+            on_b.responses.create(
+                model="chat-model",
+                input=[
+                    {"role": "user", "content": f"first {n}"},
+                    {"type": "item_reference", "id": first.output[0].id},  # type: ignore[list-item, typeddict-item]
+                    {"role": "user", "content": f"second {n}"},
+                ],
+            )
+            messages = [(m["role"], content_text(m.get("content"))) for m in upstream.last.body["messages"]]
+            assert messages == [
+                ("user", f"first {n}"),
+                ("assistant", f"first answer {n}"),
+                ("user", f"second {n}"),
+            ]
+
+
 @pytest.mark.parametrize("model", ["stateless-resp", "chat-model"])
 def test_a_response_deleted_on_one_replica_is_gone_on_the_other(
     upstream: FakeUpstream, replicas: list[RunningGateway], model: str

@@ -158,7 +158,9 @@ LEGACY_RESPONSE = StoredResponse(
     created_at=T0,
     previous_response_id=None,
     input_items=[{"type": "message", "role": "user", "content": "héllo"}],
-    output_items=[{"type": "message", "content": [{"type": "output_text", "text": "hi"}]}],
+    output_items=[
+        {"id": "msg_legacy", "type": "message", "content": [{"type": "output_text", "text": "hi"}]}
+    ],
     response={"id": "resp_legacy", "status": "completed"},
     instructions="Be brief.",
 )
@@ -245,7 +247,7 @@ def schema_differences(store: Store) -> list[Any]:
 def test_known_revisions_are_the_scripts() -> None:
     """The fast path's list must be the scripts' chain, or it would refuse (or skip) a revision."""
     assert migrations.script_revisions() == list(REVISIONS)
-    assert HEAD == REVISIONS[-1] == "0005"
+    assert HEAD == REVISIONS[-1] == "0006"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,6 +280,7 @@ def test_unversioned_store_is_upgraded_with_its_data(legacy_database: Database) 
         assert (row.group, row.requests, row.errors, row.input_tokens) == ("veteran", 3, 1, 30)
         assert store.spent_usd("veteran") == pytest.approx(0.003)
         assert store.get_response("resp_legacy") == LEGACY_RESPONSE
+        assert store.get_response_holding("msg_legacy") == LEGACY_RESPONSE  # indexed by 0006
         with store.engine.connect() as conn:
             columns = {c["name"]: c for c in inspect(conn).get_columns("mw_usage")}
             errors = conn.execute(text("SELECT error FROM mw_usage")).scalars().all()

@@ -149,6 +149,7 @@ def test_postgres_schemas_isolate_stores() -> None:
                     "mw_keys",
                     "mw_usage",
                     "mw_responses",
+                    "mw_response_items",
                     "mw_state",
                     "mw_credentials",
                     "mw_videos",
@@ -618,6 +619,26 @@ def test_delete_response(store: Store) -> None:
     assert store.delete_response("resp_a") is False
     assert store.get_response("resp_a") is None
     assert store.get_response("resp_b") is not None
+
+
+def test_a_response_is_found_by_its_output_items(store: Store) -> None:
+    """An ``item_reference`` names an output item: the store finds the response holding it, forgets
+    the item with its response, and keeps the first holder of an id (an id is minted once)."""
+
+    def answer(id: str, *item_ids: str) -> StoredResponse:
+        items = [{"id": i, "type": "message", "role": "assistant", "content": []} for i in item_ids]
+        return stored(id, output_items=[*items, {"type": "reasoning", "summary": []}])
+
+    store.put_responses([answer("resp_a", "msg_a1", "fc_a2"), answer("resp_b", "msg_b1")])
+    store.put_response(answer("resp_c", "msg_a1"))
+    assert store.get_response_holding("fc_a2") == answer("resp_a", "msg_a1", "fc_a2")
+    assert store.get_response_holding("msg_b1") == answer("resp_b", "msg_b1")
+    held = store.get_response_holding("msg_a1")
+    assert held is not None and held.id == "resp_a"
+    assert store.get_response_holding("msg_none") is None
+    assert store.delete_response("resp_a")
+    assert store.get_response_holding("msg_a1") is None and store.get_response_holding("fc_a2") is None
+    assert store.get_response_holding("msg_b1") is not None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -133,10 +133,18 @@ class Admission:
         return headers
 
     async def expand_chain(self, call: Call) -> None:
-        """A ``previous_response_id`` the gateway stored: the whole input it stands for."""
+        """A ``previous_response_id`` the gateway stored: the whole input it stands for; and the
+        items that ``item_reference`` inputs name, where the gateway stored them."""
         previous = call.body.get("previous_response_id")
-        if previous is None:
-            return
+        if previous is not None:
+            await self._expand_previous(call, previous)
+            if call.items is None:
+                return  # a chain the upstream keeps: so are its items
+        raw = call.body.get("input")
+        if isinstance(raw, list) and any(type(i) is dict and i.get("type") == "item_reference" for i in raw):
+            await self._resolve_references(call)
+
+    async def _expand_previous(self, call: Call, previous: object) -> None:
         if call.socket is not None and call.socket.items is not None:  # the client socket's memory
             call.items = call.socket.items
             return
@@ -145,6 +153,30 @@ class Admission:
         found = await self.state.chains.get(previous)
         if found is not None and owned(found, call.key):
             call.items = [*found.history, *input_items(call.body)]
+
+    async def _resolve_references(self, call: Call) -> None:
+        """Each reference to an output item the gateway stored (for this key) becomes that item;
+        the first one it holds nowhere is noted, for an upstream that cannot resolve it either."""
+        items = call.items if call.items is not None else input_items(call.body)
+        held: dict[str, dict[str, Any]] = {}  # a conversation's references mostly share responses
+        resolved = []
+        for index, item in enumerate(items):
+            if item.get("type") != "item_reference":
+                resolved.append(item)
+                continue
+            ref = item.get("id")
+            if not isinstance(ref, str) or not ref:
+                raise InvalidRequestError(f"input[{index}].id: expected a string", param=f"input[{index}].id")
+            if ref not in held:
+                found = await self.state.chains.holding(ref)
+                if found is not None and owned(found, call.key):
+                    held.update((i["id"], i) for i in found.output_items if isinstance(i.get("id"), str))
+            if ref in held:
+                resolved.append(held[ref])
+            else:
+                resolved.append(item)
+                call.missing_item = call.missing_item or ref
+        call.items = resolved
 
     def _authorize(self, key: ClientKey | None, model: str, route: Route) -> None:
         if key is None or key.allows(model):

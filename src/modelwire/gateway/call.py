@@ -37,6 +37,7 @@ class Call:
     stream: bool = False
     request: Request | None = None  # the neutral request, decoded only when translating
     items: list[dict[str, Any]] | None = None  # Responses input after chain expansion
+    missing_item: str | None = None  # an item_reference the gateway does not hold
     ttft: float | None = None
     backend: str | None = None  # who served it (or failed it last)
     upstream_model: str | None = None

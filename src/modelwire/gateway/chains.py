@@ -3,7 +3,8 @@
 Responses served by a stateless upstream (an OpenAI-compatible server, or a Chat upstream behind
 the Responses surface) are stored by the gateway: the request's input items, already expanded,
 and the output items. A later request naming one of them as ``previous_response_id`` gets its
-input prefixed with that history.
+input prefixed with that history, and an input ``{"type": "item_reference", "id": …}`` naming one
+of their output items (as the Vercel AI SDK resends earlier answers) is replaced by that item.
 
 Several replicas may share one PostgreSQL store, and a client may send its next turn to any of
 them the instant it has the previous response. So the gateway awaits :meth:`Chains.put` before it
@@ -110,6 +111,7 @@ class Chains:
         self._on_loop = store is not None and store.dialect == "sqlite"
         self._max_batch = max_batch
         self._recent: OrderedDict[str, StoredResponse] = OrderedDict()
+        self._holders: dict[str, str] = {}  # output item id -> the recent response holding it
         self._deletions: int | None = None  # the store's deletion counter, as last seen
         self._queue: OrderedDict[str, _Entry] = OrderedDict()
         self._in_flight: dict[str, _Entry] = {}
@@ -155,6 +157,19 @@ class Chains:
             log.debug("store read failed: %s", describe_error(exc))
             raise ServiceUnavailableError(STORE_DOWN, code="store_unavailable", retry_after=1.0) from None
 
+    async def holding(self, item_id: str) -> StoredResponse | None:
+        """The stored response with an output item of id ``item_id`` (an ``item_reference``), from
+        memory or the store; raises as :meth:`get` does."""
+        holder = self._holders.get(item_id)
+        found = self._in_memory(holder) if holder is not None else None
+        if found is not None or self.store is None:
+            return found
+        try:
+            return await self._call(self.store.get_response_holding, item_id)
+        except SQLAlchemyError as exc:
+            log.debug("store read failed: %s", describe_error(exc))
+            raise ServiceUnavailableError(STORE_DOWN, code="store_unavailable", retry_after=1.0) from None
+
     async def fresh(self, response_id: str) -> StoredResponse | None:
         """What the store itself holds now, past this replica's memory: another replica may have
         changed it since (cancelled or deleted a background response). Raises what the store raises."""
@@ -168,6 +183,7 @@ class Chains:
         waiting to be written are not forgotten)."""
         if self._deletions is not None and counter != self._deletions:
             self._recent.clear()
+            self._holders.clear()
         self._deletions = counter
 
     def _in_memory(self, response_id: str) -> StoredResponse | None:
@@ -204,8 +220,15 @@ class Chains:
     def _remember(self, response: StoredResponse) -> None:
         self._recent[response.id] = response
         self._recent.move_to_end(response.id)
+        for item_id in response.output_item_ids():
+            self._holders[item_id] = response.id
         while len(self._recent) > self._memory:
-            self._recent.popitem(last=False)
+            self._forget(self._recent.popitem(last=False)[1])
+
+    def _forget(self, response: StoredResponse) -> None:
+        for item_id in response.output_item_ids():
+            if self._holders.get(item_id) == response.id:
+                del self._holders[item_id]
 
     def _enqueue(self, response: StoredResponse) -> asyncio.Future[bool]:
         """Queue ``response`` (a newer version replaces a queued one) and start the writer if needed."""
@@ -335,7 +358,10 @@ class Chains:
         Raises :class:`ServiceUnavailableError` (503) when the store cannot be reached, since the
         store may hold a copy another replica would still serve.
         """
-        removed = self._recent.pop(response_id, None) is not None
+        recent = self._recent.pop(response_id, None)
+        if recent is not None:
+            self._forget(recent)
+        removed = recent is not None
         queued = self._queue.pop(response_id, None)
         if queued is not None:
             queued.settle(False)

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ContextLengthError, ModelwireError, PreviousResponseNotFound
+from ..errors import ContextLengthError, ModelwireError, NotFoundError, PreviousResponseNotFound
 from ..providers.catalog import Catalog
 from ..tokens import count_request_tokens
 from . import http
@@ -86,6 +86,13 @@ class Generation:
                 f"Previous response with id '{call.body['previous_response_id']}' not found.",
                 code="previous_response_not_found",
                 param="previous_response_id",
+            )
+        if call.missing_item is not None and not backend.chains:
+            raise NotFoundError(
+                f"Item with id '{call.missing_item}' not found. Items are not persisted when `store` "
+                "is set to false. Try again with `store` set to true, or remove this item from your input.",
+                type="invalid_request_error",
+                param="input",
             )
         if self.forwarder.takes(call, backend):
             return await self.forwarder.attempt(call, target, backend, index)

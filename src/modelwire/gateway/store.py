@@ -44,6 +44,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Select,
     String,
     Table,
     Text,
@@ -178,6 +179,12 @@ class StoredResponse:
         """Every item of the conversation up to and including this response's output."""
         return [*self.input_items, *self.output_items]
 
+    def output_item_ids(self) -> list[str]:
+        return [i for item in self.output_items if isinstance(i := item.get("id"), str) and i]
+
+    def output_item(self, item_id: str) -> dict[str, Any] | None:
+        return next((item for item in self.output_items if item.get("id") == item_id), None)
+
 
 RESPONSE_FIELDS = tuple(f.name for f in fields(StoredResponse))
 _RESPONSE_JSON = frozenset({"input_items", "output_items", "response"})
@@ -185,6 +192,8 @@ _RESPONSE_JSON = frozenset({"input_items", "output_items", "response"})
 _RESPONSE_UPSERT = " ON CONFLICT (id) DO UPDATE SET " + ", ".join(
     f"{name} = excluded.{name}" for name in RESPONSE_FIELDS if name != "id"
 )
+
+_ITEM_UPSERT = " ON CONFLICT (item_id) DO NOTHING"  # an item id is minted once: the first holder stays
 
 
 def _response_row_values(response: StoredResponse) -> tuple[Any, ...]:
@@ -282,6 +291,16 @@ responses_table = Table(
     Column("output_items", JSON, nullable=False),
     Column("response", JSON, nullable=False),
 )
+
+# Which stored response holds each output item, for ``item_reference`` inputs (a client that
+# resends a stored answer by its item id alone).
+response_items_table = Table(
+    "mw_response_items",
+    metadata,
+    Column("item_id", String(200), primary_key=True),
+    Column("response_id", String(200), nullable=False),
+)
+Index("mw_response_items_response", response_items_table.c.response_id)
 
 # Named change counters. ``keys`` moves in the transaction of every key change, ``responses`` in
 # that of every deleted stored response; gateways poll them (one read of a two-row table) and reload
@@ -499,6 +518,9 @@ class Store:
         self._usage_rows = _RowWriter(usage_table.name, USAGE_FIELDS, _usage_row_values, marker)
         self._response_rows = _RowWriter(
             responses_table.name, RESPONSE_FIELDS, _response_row_values, marker, _RESPONSE_UPSERT
+        )
+        self._item_rows = _RowWriter(
+            response_items_table.name, ("item_id", "response_id"), tuple, marker, _ITEM_UPSERT
         )
         try:
             migrations.ensure_schema(self.engine, url=_display(self.url), schema=schema)
@@ -811,10 +833,20 @@ class Store:
         :meth:`usage_statements`: the gateway awaits this write before a stored response's last
         event reaches its client, so it must cost little)."""
         unique = list({r.id: r for r in responses}.values())  # one statement may not upsert an id twice
-        return self._response_rows.statements(unique)
+        items = {item_id: r.id for r in unique for item_id in r.output_item_ids()}
+        return [*self._response_rows.statements(unique), *self._item_rows.statements(list(items.items()))]
 
     def get_response(self, id: str) -> StoredResponse | None:
-        stmt = select(responses_table).where(responses_table.c.id == id)
+        return self._one_response(select(responses_table).where(responses_table.c.id == id))
+
+    def get_response_holding(self, item_id: str) -> StoredResponse | None:
+        """The stored response one of whose output items has the id ``item_id``."""
+        holder = select(response_items_table.c.response_id).where(response_items_table.c.item_id == item_id)
+        return self._one_response(
+            select(responses_table).where(responses_table.c.id == holder.scalar_subquery())
+        )
+
+    def _one_response(self, stmt: Select[Any]) -> StoredResponse | None:
         with self.engine.connect() as conn:
             row = conn.execute(stmt).mappings().first()
         return StoredResponse(**row) if row is not None else None
@@ -823,6 +855,7 @@ class Store:
         """Delete a stored response; other replicas forget their copy when the counter moves."""
         with self.engine.begin() as conn:
             result = conn.execute(responses_table.delete().where(responses_table.c.id == id))
+            conn.execute(response_items_table.delete().where(response_items_table.c.response_id == id))
             if result.rowcount:
                 conn.execute(_BUMP_RESPONSES)
         return bool(result.rowcount)

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 VERSION_TABLE = "mw_alembic_version"
 # Oldest first; keep in step with versions/ (tests compare them).
-REVISIONS = ("0001", "0002", "0003", "0004", "0005")
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
 HEAD = REVISIONS[-1]
 BASELINE = "0001"  # the schema ``metadata.create_all`` made before versioning
 BASELINE_TABLES = frozenset({"mw_keys", "mw_usage", "mw_responses"})
