@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelwire.dialects import anthropic_messages as am
-from modelwire.dialects import openai_responses
+from modelwire.dialects import openai_chat, openai_responses
 from modelwire.dialects.sse import SSEParser
 from modelwire.dialects.stream import ResponseAccumulator, events_from_response
 from modelwire.errors import (
@@ -619,6 +619,55 @@ def test_thinking_budget(effort: str, max_tokens: int, choice: Any, thinking: di
     assert_anthropic("CreateMessageParams", body)
     assert body.get("thinking") == thinking
     assert ("temperature" in body, "top_p" in body) == ((False, False) if thinking else (True, True))
+
+
+@pytest.mark.parametrize(
+    ("effort", "default", "budget", "max_tokens"),
+    [
+        ("low", 4096, 2048, 2048 + 4096),
+        ("high", 4096, 24576, 24576 + 4096),
+        ("xhigh", 4096, 32000 - 4096, 32000),  # under the smallest limit of a thinking Claude
+        ("max", 8192, 32000 - 8192, 32000),
+        ("high", 40_000, 24576, 40_000),  # an operator's large default holds budget and answer
+        ("xhigh", 31_500, 31_499, 32_000),  # one that leaves too little: the budget goes under it
+    ],
+)
+def test_thinking_with_no_limit_asked_leaves_room_for_the_answer(
+    effort: str, default: int, budget: int, max_tokens: int
+) -> None:
+    req = Request(
+        model="m", messages=[Message(role="user", content=[Text(text="hi")])], reasoning_effort=effort
+    )
+    body = am.encode_request(req, default_max_tokens=default)
+    assert_anthropic("CreateMessageParams", body)
+    assert (body["thinking"]["budget_tokens"], body["max_tokens"]) == (budget, max_tokens)
+
+
+def test_separate_text_blocks_stay_apart_in_a_chat_message() -> None:
+    """Claude Code's system blocks (a billing header, then its prompt) and the reminders before its
+    user's words: to a Chat upstream each message is one string, its blocks on separate paragraphs."""
+    body = {
+        "model": "m",
+        "max_tokens": 100,
+        "system": [
+            {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1"},
+            {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}},
+        ],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "<system-reminder>Be terse.</system-reminder>"},
+                    {"type": "text", "text": "List the files."},
+                ],
+            }
+        ],
+    }
+    messages = openai_chat.encode_request(am.decode_request(body))["messages"]
+    assert messages == [
+        {"role": "system", "content": "x-anthropic-billing-header: cc_version=2.1\n\nYou are Claude Code."},
+        {"role": "user", "content": "<system-reminder>Be terse.</system-reminder>\n\nList the files."},
+    ]
 
 
 def test_sampling_and_settings_mapping() -> None:

@@ -68,6 +68,9 @@ KEEPALIVE = b'event: ping\ndata: {"type":"ping"}\n\n'
 DEFAULT_MAX_TOKENS = 4096
 MIN_THINKING_BUDGET = 1024  # Anthropic refuses smaller budgets
 THINKING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576, "xhigh": 32768, "max": 32768}
+# The smallest output limit of the Claude models that think (Opus 4 and 4.1): with no limit asked, a
+# budget and the answer's room after it stay under it, so no such model refuses the request.
+THINKING_MAX_TOKENS = 32_000
 
 _STOP_IN: dict[str, StopReason] = {
     "end_turn": "stop",
@@ -246,11 +249,12 @@ def encode_request(req: Request, *, default_max_tokens: int = DEFAULT_MAX_TOKENS
         choice = _encode_tool_choice(req)
         if choice is not None:
             body["tool_choice"] = choice
-    thinking = _encode_thinking(req, req.max_output_tokens, turns)
+    thinking = _encode_thinking(req, _thinking_room(req.max_output_tokens, default_max_tokens), turns)
     if thinking is not None:
         body["thinking"] = thinking
         if req.max_output_tokens is None:  # no limit asked: the answer keeps its room after the budget
-            body["max_tokens"] = thinking["budget_tokens"] + default_max_tokens
+            ceiling = max(default_max_tokens, THINKING_MAX_TOKENS)
+            body["max_tokens"] = min(thinking["budget_tokens"] + default_max_tokens, ceiling)
     _encode_sampling(body, req, thinking is not None)
     if req.response_format is not None and req.response_format.type == "json_schema":
         schema = req.response_format.schema or {"type": "object"}
@@ -408,20 +412,25 @@ def _encode_tool_choice(req: Request) -> dict[str, Any] | None:
     return out
 
 
-def _encode_thinking(
-    req: Request, max_tokens: int | None, turns: list[dict[str, Any]]
-) -> dict[str, Any] | None:
+def _thinking_room(limit: int | None, default_max_tokens: int) -> int:
+    """The ``max_tokens`` a thinking budget must stay under: the client's limit; with none, what
+    :data:`THINKING_MAX_TOKENS` leaves after the default answer room, or the default itself when it
+    leaves too little (an operator who set a large default knows the model)."""
+    if limit is not None:
+        return limit
+    spare = THINKING_MAX_TOKENS - default_max_tokens
+    return spare + 1 if spare >= MIN_THINKING_BUDGET else default_max_tokens
+
+
+def _encode_thinking(req: Request, max_tokens: int, turns: list[dict[str, Any]]) -> dict[str, Any] | None:
     """``thinking: {type: enabled, budget_tokens}`` for the effort, or None where Anthropic would
-    refuse it: a forced tool, no room under the client's ``max_tokens`` (None: no limit asked), or
-    a tool loop it cannot continue."""
+    refuse it: a forced tool, no room under ``max_tokens``, or a tool loop it cannot continue."""
     effort = req.reasoning_effort
     if effort is None or effort == "none":
         return None
     if req.tool_choice == "required" or isinstance(req.tool_choice, ToolName):
         return None
-    budget = THINKING_BUDGETS.get(effort, THINKING_BUDGETS["medium"])
-    if max_tokens is not None:
-        budget = min(budget, max_tokens - 1)
+    budget = min(THINKING_BUDGETS.get(effort, THINKING_BUDGETS["medium"]), max_tokens - 1)
     if budget < MIN_THINKING_BUDGET or not _thinking_can_continue(turns):
         return None
     return {"type": "enabled", "budget_tokens": budget}

@@ -158,7 +158,7 @@ def _encode_messages(messages: list[Message], opts: WireOptions) -> list[dict[st
             out.append(_encode_assistant(msg))
         else:
             role = msg.role if msg.role != "developer" or opts.developer_role else "system"
-            entry: dict[str, Any] = {"role": role, "content": _encode_content(msg.content, role)}
+            entry: dict[str, Any] = {"role": role, "content": _encode_content(msg.content)}
             if msg.name:
                 entry["name"] = msg.name
             out.append(entry)
@@ -172,12 +172,14 @@ def end_user_id(user: str) -> str:
     return user if len(user) <= 64 else "u_" + hashlib.sha256(user.encode()).hexdigest()[:62]
 
 
-def _encode_content(parts: list[Part], role: str) -> str | list[dict[str, Any]]:
+def _encode_content(parts: list[Part]) -> str | list[dict[str, Any]]:
     if len(parts) == 1 and type(parts[0]) is Text:  # most turns: one text, sent as a string
         return parts[0].text
     shown = [p for p in parts if not isinstance(p, (ToolResult, ToolCall, Reasoning, ProviderItem))]
     if all(isinstance(p, Text) for p in shown):
-        return "".join(p.text for p in shown if isinstance(p, Text))
+        # A prompt's texts are separate blocks (Claude Code's system blocks, the reminders before
+        # its user's words): glued together they would run into each other.
+        return "\n\n".join(p.text for p in shown if isinstance(p, Text))
     return [_encode_part(p) for p in shown]
 
 
