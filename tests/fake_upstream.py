@@ -12,7 +12,8 @@ One server speaks every wire, so one fake can be the upstream of every backend i
 * Anthropic Messages under ``root``: ``POST /v1/messages`` and ``/v1/messages/count_tokens``;
 * Gemini under ``root``: ``POST /v1beta/models/{model}:generateContent``,
   ``:streamGenerateContent`` (``?alt=sse``, or one streamed JSON array without it) and
-  ``:countTokens``; the same under ``/v1/models/`` (google-genai's default with a base URL).
+  ``:countTokens``, ``:embedContent`` and ``:batchEmbedContents``; the same under ``/v1/models/``
+  (google-genai's default with a base URL).
 
 It is written from ``tests/specs/`` (the vendors' specs and ``PROTOCOLS.md``) only and never
 imports modelwire: if both shared code, a bug could hide on both sides of the wire.
@@ -1147,6 +1148,15 @@ def embeddings_document(body: Json, model: str) -> Json:
     }
 
 
+def gemini_embedding(request: Json) -> list[float]:
+    """The vector for one ``EmbedContentRequest``: its texts' (joined by newlines), at its
+    ``outputDimensionality`` (8 by default)."""
+    content = request.get("content")
+    parts = content.get("parts") if isinstance(content, dict) else None
+    text = "\n".join(p["text"] for p in parts or [] if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return embedding_for(text, request.get("outputDimensionality") or 8)
+
+
 def decoded_embeddings(document: Json) -> Json:
     """The spec only knows float arrays, so base64 vectors are checked in their decoded form."""
     data = []
@@ -1258,6 +1268,8 @@ REQUEST_SCHEMAS = {
     "gemini_generate": "GenerateContentRequest",
     "gemini_stream": "GenerateContentRequest",
     "gemini_count": "CountTokensRequest",
+    "gemini_embed": "EmbedContentRequest",
+    "gemini_batch_embed": "BatchEmbedContentsRequest",
     "compact": "CompactResponseMethodPublicBody",
 }
 VENDORS = {
@@ -1266,6 +1278,8 @@ VENDORS = {
     "gemini_generate": "gemini",
     "gemini_stream": "gemini",
     "gemini_count": "gemini",
+    "gemini_embed": "gemini",
+    "gemini_batch_embed": "gemini",
 }
 
 
@@ -1493,6 +1507,8 @@ class FakeUpstream:
             app.router.add_post(f"{gemini}:generateContent", self._endpoint("gemini_generate"))
             app.router.add_post(f"{gemini}:streamGenerateContent", self._endpoint("gemini_stream"))
             app.router.add_post(f"{gemini}:countTokens", self._endpoint("gemini_count"))
+            app.router.add_post(f"{gemini}:embedContent", self._endpoint("gemini_embed"))
+            app.router.add_post(f"{gemini}:batchEmbedContents", self._endpoint("gemini_batch_embed"))
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]) -> Any:
@@ -2184,6 +2200,23 @@ class FakeUpstream:
         dialect = self._gemini(call)
         return await self._document(call, reply, dialect.count(dialect.body), "CountTokensResponse")
 
+    async def _answer_gemini_embed(self, call: Call, reply: Reply) -> web.StreamResponse:
+        body = call.body if isinstance(call.body, dict) else {}
+        document = {"embedding": {"values": gemini_embedding(body)}}
+        return await self._document(call, reply, document, "EmbedContentResponse")
+
+    async def _answer_gemini_batch_embed(self, call: Call, reply: Reply) -> web.StreamResponse:
+        """One vector per request; each request must name the URL's model, as the API insists."""
+        body = call.body if isinstance(call.body, dict) else {}
+        requests = [r for r in body.get("requests") or [] if isinstance(r, dict)]
+        for i, request in enumerate(requests):
+            if request.get("model") != f"models/{call.model}":
+                self._violation(
+                    call, f"requests[{i}].model {request.get('model')!r} is not models/{call.model}"
+                )
+        document = {"embeddings": [{"values": gemini_embedding(r)} for r in requests]}
+        return await self._document(call, reply, document, "BatchEmbedContentsResponse")
+
 
 def _crash_body(path: str) -> Json:
     """The 500 for a bug in the fake, in the shape of the vendor the path belongs to."""
@@ -2207,5 +2240,6 @@ __all__ = [
     "anthropic_signature",
     "count_tokens",
     "embedding_for",
+    "gemini_embedding",
     "gemini_signature",
 ]

@@ -281,6 +281,20 @@ def test_gemini_and_embeddings_name_their_operations(
     assert attempt.name == "embeddings gpt-4.1"
     assert attempt.attributes["gen_ai.operation.name"] == "embeddings"
 
+    status, _, _ = request(  # Gemini's embeddings, translated for the Chat backend's host
+        traced,
+        "POST",
+        "/v1beta/models/chat-model:embedContent",
+        json.dumps({"content": {"parts": [{"text": "q"}]}}).encode(),
+        {"Content-Type": "application/json", "x-request-id": "trace-gemini-embed-1"},
+    )
+    assert status == 200
+    spans = receiver.trace_of("trace-gemini-embed-1", 2)
+    server = one(spans, "server")
+    assert server.name == "embeddings chat-model"
+    (attempt,) = attempts(spans)
+    assert attempt.name == "embeddings gpt-4.1"
+
     status, _, _ = request(traced, "GET", "/v1/models", headers={"x-request-id": "trace-list-1"})
     assert status == 200
     spans = receiver.trace_of("trace-list-1", 2)

@@ -322,6 +322,26 @@ class Response:
         return Message(role="assistant", content=list(self.content), id=self.id)
 
 
+@dataclass(slots=True, kw_only=True)
+class EmbeddingRequest:
+    """Texts to embed, as any embeddings surface asks: one vector each, in order. ``task`` is
+    Gemini's ``taskType`` (only a Gemini upstream has a field for it)."""
+
+    model: str
+    inputs: list[str]
+    dimensions: int | None = None
+    task: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class Embeddings:
+    """The vectors of an :class:`EmbeddingRequest`, in its order; ``input_tokens`` when the
+    upstream said (Gemini's API does not)."""
+
+    vectors: list[list[float]]
+    input_tokens: int | None = None
+
+
 # --------------------------------------------------------------------------------- stream events
 
 

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .dialects import anthropic_messages, gemini, openai_chat, openai_responses
+from .dialects import anthropic_messages, gemini, openai_chat, openai_embeddings, openai_responses
 from .dialects.options import WireOptions
 from .dialects.taps import AnthropicTap, ChatTap, GeminiTap, ResponsesTap, StreamTap
 from .providers.hosts import Endpoint, WireAPI
-from .types import Dialect, Request, Response, StreamEvent, Usage
+from .types import Dialect, EmbeddingRequest, Embeddings, Request, Response, StreamEvent, Usage
 
 
 class StreamDecoder(Protocol):
@@ -30,6 +30,21 @@ class StreamDecoder(Protocol):
 
 class TapFactory(Protocol):
     def __call__(self, body: dict[str, Any], *, filter_chunks: bool, json_array: bool) -> StreamTap: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingWire:
+    """How an upstream of this wire embeds texts: where, and its request and answer."""
+
+    endpoint: Endpoint
+    encode: Callable[[EmbeddingRequest], dict[str, Any]]
+    decode: Callable[[dict[str, Any]], Embeddings]
+
+
+OPENAI_EMBEDDINGS = EmbeddingWire(
+    "embeddings", openai_embeddings.encode_request, openai_embeddings.decode_response
+)
+GEMINI_EMBEDDINGS = EmbeddingWire("batch_embed", gemini.encode_embed_request, gemini.decode_embed_response)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +66,7 @@ class Wire:
     chains: bool = False  # carries previous_response_id, for hosts that store answers
     client_headers: tuple[bytes, ...] = ()  # a client's headers forwarded on the fast path
     count_endpoint: Endpoint | None = None  # the upstream's own token counter
+    embeddings: EmbeddingWire | None = None  # its hosts' embeddings endpoint (Anthropic has none)
 
 
 def _usage_field(decode: Callable[[Any], Usage], name: str) -> Callable[[dict[str, Any]], Usage | None]:
@@ -86,6 +102,7 @@ WIRES: dict[Dialect, Wire] = {
         tap=ChatTap,
         fit_forwarded=openai_chat.fit_forwarded,
         api="chat",
+        embeddings=OPENAI_EMBEDDINGS,
     ),
     "openai_responses": Wire(
         name="openai_responses",
@@ -99,6 +116,7 @@ WIRES: dict[Dialect, Wire] = {
         tap=ResponsesTap,
         api="responses",
         chains=True,
+        embeddings=OPENAI_EMBEDDINGS,
         seed=False,
         stop_sequences=False,
     ),
@@ -129,6 +147,7 @@ WIRES: dict[Dialect, Wire] = {
         tap=GeminiTap,
         model_in_body=False,
         count_endpoint="count_gemini_tokens",
+        embeddings=GEMINI_EMBEDDINGS,
     ),
 }
 

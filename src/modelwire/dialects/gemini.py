@@ -34,6 +34,8 @@ from ..types import (
     BlockStart,
     BlockStop,
     Dialect,
+    EmbeddingRequest,
+    Embeddings,
     File,
     Finish,
     Image,
@@ -1315,3 +1317,76 @@ def apply_param(body: dict[str, Any], name: str, value: Any, opts: object = None
     else:
         return
     body["generationConfig"] = generation
+
+
+# ======================================================================================= embeddings
+
+
+def decode_embed_request(body: dict[str, Any], model: str, *, batch: bool) -> EmbeddingRequest:
+    """A client's ``embedContent`` body, or ``batchEmbedContents`` (``{requests: [...]}``, one text
+    each). Only text parts embed through a route to another dialect; a content's texts join."""
+    check.as_dict(body, "request body")
+    if batch:
+        raw = _need(body, "requests", list, "")
+        if not raw:
+            check.fail("requests", "must contain at least one request")
+        requests = [(check.as_dict(r, f"requests[{i}]"), f"requests[{i}]") for i, r in enumerate(raw)]
+    else:
+        requests = [(body, "")]
+    inputs = [_embed_text(request, path) for request, path in requests]
+    first = requests[0][0]
+    prefix = requests[0][1] + "." if batch else ""
+    return EmbeddingRequest(
+        model=model.removeprefix("models/"),
+        inputs=inputs,
+        dimensions=_get(first, "outputDimensionality", int, prefix),
+        task=_get(first, "taskType", str, prefix),
+    )
+
+
+def _embed_text(request: dict[str, Any], path: str) -> str:
+    where = f"{path}.content" if path else "content"
+    content = check.as_dict(request.get(_key(request, "content")), where)
+    texts = []
+    for part, part_path in _parts_of(content, where):
+        text = _get(part, "text", str, part_path + ".")
+        if text is None:
+            check.fail(part_path, "only text parts can be embedded through this route")
+        texts.append(text)
+    return "\n".join(texts)
+
+
+def render_embed_response(embeddings: Embeddings, *, batch: bool) -> dict[str, Any]:
+    """``{embedding: {values}}``, or ``{embeddings: [...]}`` for a batch."""
+    if batch:
+        return {"embeddings": [{"values": vector} for vector in embeddings.vectors]}
+    return {"embedding": {"values": embeddings.vectors[0] if embeddings.vectors else []}}
+
+
+def encode_embed_request(req: EmbeddingRequest) -> dict[str, Any]:
+    """A ``batchEmbedContents`` body for a Gemini upstream: one request per text."""
+    one: dict[str, Any] = {"model": f"models/{req.model}"}
+    if req.dimensions is not None:
+        one["outputDimensionality"] = req.dimensions
+    if req.task is not None:
+        one["taskType"] = req.task
+    return {"requests": [{**one, "content": {"parts": [{"text": text}]}} for text in req.inputs]}
+
+
+def decode_embed_response(doc: dict[str, Any]) -> Embeddings:
+    """A Gemini upstream's ``batchEmbedContents`` (or ``embedContent``) answer; it counts no tokens."""
+    raw = doc.get("embeddings", [doc.get("embedding")] if "embedding" in doc else None)
+    if not isinstance(raw, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("values"), list) for e in raw
+    ):
+        raise ProtocolError("the upstream's embeddings answer has no embeddings with values")
+    return Embeddings(vectors=[e["values"] for e in raw])
+
+
+def fit_embed_request(body: dict[str, Any], model: str) -> dict[str, Any]:
+    """A client's own ``batchEmbedContents`` body for the route's model: each request names it."""
+    requests = body.get("requests")
+    if not isinstance(requests, list):
+        return body
+    named = f"models/{model}"
+    return {**body, "requests": [{**r, "model": named} if isinstance(r, dict) else r for r in requests]}

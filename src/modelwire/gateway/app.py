@@ -76,6 +76,7 @@ from .surfaces import (
     EMBEDDINGS,
     GEMINI,
     GEMINI_ARRAY,
+    GEMINI_EMBEDDINGS,
     IMAGES,
     RESPONSES,
     VIDEOS,
@@ -94,6 +95,7 @@ Endpoint = tuple[Handler, Surface]
 PlainHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
 OPERATOR_PATHS = ("/admin/", "/ui")  # the admin API and dashboard, reached only when no API route matched
 TOKENIZER_IDLE_SECONDS = 30.0
+_GEMINI_EMBED_ACTIONS = (":embedContent", ":batchEmbedContents")
 """An encoding no count has used for this long is dropped (~40 MiB for o200k). Building it again
 takes ~0.2-0.5 s of CPU: at most ~1% of a core even if counts came just after each drop."""
 
@@ -399,7 +401,9 @@ class Gateway:
         full: str = scope["path"]
         method = scope["method"]
         if full.startswith(("/v1beta/models", "/v1/models/")) and ":" in full.rsplit("/", 1)[-1]:
-            return (self._gemini, GEMINI) if method == "POST" else (self._not_found, GEMINI)
+            if method != "POST":
+                return self._not_found, GEMINI
+            return self._gemini, GEMINI_EMBEDDINGS if full.endswith(_GEMINI_EMBED_ACTIONS) else GEMINI
         if full.startswith("/v1beta/models") and method == "GET":
             return self.side.gemini_models, GEMINI
         path = full.removeprefix("/v1")
@@ -416,6 +420,10 @@ class Gateway:
         model, _, action = scope["path"].split("/models/", 1)[1].rpartition(":")
         if action == "countTokens":
             await self.side.gemini_tokens(call, scope, receive, send, model)
+        elif action in ("embedContent", "batchEmbedContents"):
+            await self.side.gemini_embeddings(
+                call, scope, receive, send, model, action == "batchEmbedContents"
+            )
         elif action in ("generateContent", "streamGenerateContent"):
             stream = action == "streamGenerateContent"
             sse = not stream or b"alt=sse" in scope.get("query_string", b"")

@@ -14,12 +14,15 @@ from typing import Any
 
 import orjson
 
-from ..errors import InvalidRequestError, ModelwireError, NotFoundError
+from ..dialects import gemini, openai_embeddings
+from ..errors import InvalidRequestError, ModelwireError, NotFoundError, ProtocolError
 from ..providers.catalog import Catalog
+from ..providers.hosts import Endpoint
 from ..providers.transport import Transport
 from ..providers.transport import call as upstream_call
-from ..tokens import count_request_tokens
-from ..types import Usage
+from ..tokens import count_request_tokens, count_text
+from ..types import EmbeddingRequest, Embeddings, Usage
+from ..wires import GEMINI_EMBEDDINGS, OPENAI_EMBEDDINGS, EmbeddingWire
 from . import passthrough
 from .accounting import Accounting
 from .admission import Admission
@@ -53,28 +56,87 @@ class SideRoutes:
     # -------------------------------------------------------------------------------- embeddings
 
     async def embeddings(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/embeddings``."""
+        await self._embeddings(call, scope, receive, send, OPENAI_CLIENT, None)
+
+    async def gemini_embeddings(
+        self, call: Call, scope: Scope, receive: Receive, send: Send, model: str, batch: bool
+    ) -> None:
+        """``:embedContent`` and ``:batchEmbedContents``."""
+        client = GEMINI_BATCH_CLIENT if batch else GEMINI_CLIENT
+        await self._embeddings(call, scope, receive, send, client, (model, False))
+
+    async def _embeddings(
+        self,
+        call: Call,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        client: EmbeddingClient,
+        from_path: tuple[str, bool] | None,
+    ) -> None:
         try:
-            route = await self.admission.admit(call, scope, receive)
-            outcome = await self.failover.run(route.order(), lambda t, b, i: self._embed(call, t, b, i))
+            route = await self.admission.admit(call, scope, receive, from_path)
+            outcome = await self.failover.run(
+                route.order(), lambda t, b, i: self._embed(call, client, t, b, i)
+            )
         except ModelwireError as err:
             await self.accounting.failed(call, send, err)
             return
-        payload, doc = outcome.value
-        tokens = (doc.get("usage") or {}).get("prompt_tokens") or 0
-        await self.accounting.served(call, send, outcome, payload, Usage(input_tokens=int(tokens)))
+        payload, tokens = outcome.value
+        await self.accounting.served(call, send, outcome, payload, Usage(input_tokens=tokens))
 
     async def _embed(
-        self, call: Call, target: Target, backend: Backend, index: int
-    ) -> tuple[bytes, dict[str, Any]]:
-        if not backend.profile.embeddings:
+        self, call: Call, client: EmbeddingClient, target: Target, backend: Backend, index: int
+    ) -> tuple[bytes, int]:
+        """One upstream's vectors: the client's own body where the upstream speaks its dialect,
+        else translated both ways. The answer's bytes and its input tokens."""
+        wire = backend.wire.embeddings
+        if wire is None or not backend.profile.embeddings:
             raise InvalidRequestError(f"backend {backend.name!r} serves no embeddings")
-        body = orjson.dumps({**call.body, "model": target.model})
-        url = backend.host.url("embeddings", target.model)
+        body = client.own_body(call.body)
+        if wire is client.wire:
+            payload = await self._post(
+                backend, index, client.endpoint, target.model, client.fit(body, target.model)
+            )
+            tokens = _prompt_tokens(passthrough.json_object(payload))
+            if tokens is None:
+                tokens = await self._count_inputs(client, body, call.model)
+            return payload, tokens
+        req = client.decode(body, call.model)
+        req.model = target.model
+        payload = await self._post(backend, index, wire.endpoint, target.model, wire.encode(req))
+        answer = wire.decode(passthrough.json_object(payload))
+        if len(answer.vectors) != len(req.inputs):
+            raise ProtocolError(
+                f"the upstream answered {len(answer.vectors)} embeddings for {len(req.inputs)} inputs"
+            )
+        if answer.input_tokens is None:
+            answer.input_tokens = await asyncio.to_thread(_count_texts, req.inputs, call.model)
+        return orjson.dumps(client.render(answer, body, call.model)), answer.input_tokens
+
+    async def _post(
+        self, backend: Backend, index: int, endpoint: Endpoint, model: str, body: dict[str, Any]
+    ) -> bytes:
         reply = await upstream_call(
-            self.transport, "POST", url, backend.headers(index), body, read_timeout=backend.config.timeout
+            self.transport,
+            "POST",
+            backend.host.url(endpoint, model),
+            backend.headers(index),
+            orjson.dumps(body),
+            read_timeout=backend.config.timeout,
         )
-        payload = await reply.read()
-        return payload, passthrough.json_object(payload)
+        return await reply.read()
+
+    @staticmethod
+    async def _count_inputs(client: EmbeddingClient, body: dict[str, Any], model: str) -> int:
+        """Input tokens an upstream did not count (Gemini's API), estimated offline; parts that
+        are not text (a multimodal embedding) count nothing."""
+        try:
+            inputs = client.decode(body, model).inputs
+        except ModelwireError:
+            return 0
+        return await asyncio.to_thread(_count_texts, inputs, model)
 
     # ---------------------------------------------------------------------------------- listings
 
@@ -198,3 +260,62 @@ class SideRoutes:
         return (
             backend.passthrough and backend.wire.name == call.surface.dialect and backend.missing_key is None
         )
+
+
+# ----------------------------------------------------------------------------- embedding clients
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingClient:
+    """An embeddings surface: the upstream embeddings that speak its dialect (its body then goes
+    as it came, to ``endpoint``, with the route's model), and how it reads and writes otherwise."""
+
+    wire: EmbeddingWire
+    endpoint: Endpoint
+    own_body: Callable[[dict[str, Any]], dict[str, Any]]  # its body, without what the gateway added
+    fit: Callable[[dict[str, Any], str], dict[str, Any]]  # its body for the route's model
+    decode: Callable[[dict[str, Any], str], EmbeddingRequest]
+    render: Callable[[Embeddings, dict[str, Any], str], dict[str, Any]]
+
+
+def _without_path_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """A Gemini body as the client sent it: the gateway put the URL's model and stream flag in."""
+    return {k: v for k, v in body.items() if k not in ("model", "stream")}
+
+
+OPENAI_CLIENT = EmbeddingClient(
+    wire=OPENAI_EMBEDDINGS,
+    endpoint="embeddings",
+    own_body=lambda body: body,
+    fit=lambda body, model: {**body, "model": model},
+    decode=lambda body, model: openai_embeddings.decode_request(body),
+    render=lambda answer, body, model: openai_embeddings.render_response(
+        answer, model, as_base64=body.get("encoding_format") == "base64"
+    ),
+)
+GEMINI_CLIENT = EmbeddingClient(
+    wire=GEMINI_EMBEDDINGS,
+    endpoint="embed_content",
+    own_body=_without_path_fields,
+    fit=lambda body, model: body,  # the model is in the URL
+    decode=lambda body, model: gemini.decode_embed_request(body, model, batch=False),
+    render=lambda answer, body, model: gemini.render_embed_response(answer, batch=False),
+)
+GEMINI_BATCH_CLIENT = EmbeddingClient(
+    wire=GEMINI_EMBEDDINGS,
+    endpoint="batch_embed",
+    own_body=_without_path_fields,
+    fit=gemini.fit_embed_request,
+    decode=lambda body, model: gemini.decode_embed_request(body, model, batch=True),
+    render=lambda answer, body, model: gemini.render_embed_response(answer, batch=True),
+)
+
+
+def _prompt_tokens(doc: dict[str, Any]) -> int | None:
+    usage = doc.get("usage")
+    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    return tokens if isinstance(tokens, int) else None
+
+
+def _count_texts(texts: list[str], model: str) -> int:
+    return sum(count_text(text, model) for text in texts)

@@ -130,6 +130,8 @@ GEMINI_ARRAY = dataclasses.replace(
     stream_headers=((b"content-type", b"application/json; charset=utf-8"),),
     json_array=True,
 )
+# Gemini's embeddings: its errors, its own object so traces can tell them from generation.
+GEMINI_EMBEDDINGS = dataclasses.replace(GEMINI)
 # Embeddings answer in OpenAI's shape and only ever pass through: no messages, no streams.
 EMBEDDINGS = dataclasses.replace(CHAT, required=("input",), field_types={})
 RESPONSES = Surface(

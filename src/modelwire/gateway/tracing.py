@@ -58,7 +58,7 @@ from .spans import (
     new_trace_id,
     parse,
 )
-from .surfaces import EMBEDDINGS, Surface
+from .surfaces import EMBEDDINGS, GEMINI_EMBEDDINGS, Surface
 
 if TYPE_CHECKING:
     import aiohttp
@@ -519,7 +519,9 @@ def _client_context(scope: Scope) -> Context | None:
 
 
 def _operation(surface: Surface) -> str:
-    return "embeddings" if surface is EMBEDDINGS else OPERATIONS.get(surface.dialect, "chat")
+    if surface is EMBEDDINGS or surface is GEMINI_EMBEDDINGS:
+        return "embeddings"
+    return OPERATIONS.get(surface.dialect, "chat")
 
 
 def _backend_attributes(backend: Backend) -> tuple[tuple[str, Any], ...]:

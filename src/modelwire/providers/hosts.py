@@ -36,6 +36,8 @@ Endpoint: TypeAlias = Literal[
     "generate",
     "stream_generate",
     "count_gemini_tokens",
+    "embed_content",
+    "batch_embed",
 ]
 Auth: TypeAlias = Literal["bearer", "azure", "x-api-key", "x-goog-api-key"]
 MediaEndpoint: TypeAlias = Literal[
@@ -71,6 +73,8 @@ _PATHS: dict[Endpoint, str] = {
     "generate": "/v1beta/models/{model}:generateContent",
     "stream_generate": "/v1beta/models/{model}:streamGenerateContent?alt=sse",
     "count_gemini_tokens": "/v1beta/models/{model}:countTokens",
+    "embed_content": "/v1beta/models/{model}:embedContent",
+    "batch_embed": "/v1beta/models/{model}:batchEmbedContents",
 }
 
 # Media endpoints (docs/media.md). Azure serves images and audio on deployment paths like chat,
@@ -192,6 +196,7 @@ PROFILES: dict[HostKind, HostProfile] = {
         default_base_url=GEMINI_BASE_URL,
         key_env="GEMINI_API_KEY",
         lists_models=False,
+        embeddings=True,
     ),
 }
 
