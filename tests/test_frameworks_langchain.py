@@ -15,9 +15,12 @@ encodings).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -29,11 +32,15 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 from pydantic import BaseModel
 
-from .fake_upstream import FakeUpstream, Reply, anthropic_signature, embedding_for
+import modelwire
+
+from .fake_upstream import FakeUpstream, Reply, anthropic_signature, embedding_for, gemini_embedding
 from .gateway_fixtures import CLIENT_KEY, RunningGateway, base_config, start_gateway
 
 ANTHROPIC_KEY = "sk-ant-up-langchain-0001"
 CLAUDE = "claude-direct"  # the Anthropic backend (ahead of the base config's ^claude- rule)
+GEMINI_EMBED = "gemini-embed"  # a Gemini backend's embedding model
+GEMINI_KEY = "AIza-up-langchain-000000001"
 CLAUDE_VIA_CHAT = "claude-house-blend"  # the base config's ^claude- rule: the Chat upstream
 GENERATIONS = ("/v1/responses", "/v1/chat/completions", "/v1/messages")
 WRONG_KEY = "sk-not-a-client-key-000000"
@@ -60,6 +67,8 @@ def gateway(
         "api_key": ANTHROPIC_KEY,
     }
     config["models"].insert(0, {"name": CLAUDE, "route": "anthropic/claude-sonnet-4-5"})
+    config["backends"]["gem"] = {"type": "gemini", "base_url": upstream_server.root, "api_key": GEMINI_KEY}
+    config["models"].insert(0, {"name": GEMINI_EMBED, "route": "gem/gemini-embedding-001"})
     config["lockout"] = {"failures": 100}  # the wrong-key tests must not lock the others out
     running = start_gateway(config, tmp)
     try:
@@ -527,6 +536,33 @@ def test_embeddings(upstream: FakeUpstream, gateway: RunningGateway) -> None:
     assert embedder.embed_query("plain") == pytest.approx(embedding_for("plain"), rel=1e-6)
     assert [r.path for r in upstream.requests] == ["/v1/embeddings"] * 2
     assert upstream.requests[0].body["input"] == ["hello", "world"]
+
+
+@pytest.fixture
+def tiktoken_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LangChain tokenizes with tiktoken, which downloads its encodings once into a cache: the
+    cache is filled from the file modelwire ships (byte-identical to OpenAI's; tiktoken checks it)."""
+    url = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+    shipped = Path(modelwire.__file__).parent / "data" / "cl100k_base.tiktoken"
+    shutil.copy(shipped, tmp_path / hashlib.sha1(url.encode()).hexdigest())
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+
+
+@pytest.mark.usefixtures("tiktoken_cache")
+@pytest.mark.parametrize("model", ["chat-model", GEMINI_EMBED])
+def test_embeddings_as_token_arrays(upstream: FakeUpstream, gateway: RunningGateway, model: str) -> None:
+    """LangChain's default (``check_embedding_ctx_length``) sends each text as cl100k token ids: an
+    OpenAI upstream gets them as sent; for a Gemini one the gateway reads them back as text."""
+    embedder = OpenAIEmbeddings(base_url=gateway.v1, api_key=CLIENT_KEY, model=model, max_retries=0)  # type: ignore[call-arg]
+    vectors = embedder.embed_documents(["red fox", "naïve café"])
+    sent = upstream.last.body
+    if model == "chat-model":
+        assert all(isinstance(ids, list) for ids in sent["input"])
+        assert vectors[0] == pytest.approx(embedding_for(json.dumps(sent["input"][0])), rel=1e-6)
+    else:
+        assert [r["content"]["parts"][0]["text"] for r in sent["requests"]] == ["red fox", "naïve café"]
+        for vector, request in zip(vectors, sent["requests"], strict=True):
+            assert vector == pytest.approx(gemini_embedding(request), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------- errors

@@ -180,6 +180,18 @@ def test_openai_embeddings_from_a_gemini_upstream(
     assert result.model == GEM and result.usage.prompt_tokens == 3
 
 
+def test_token_arrays_reach_a_gemini_upstream_as_text(upstream: FakeUpstream, oai: openai.OpenAI) -> None:
+    """Token ids (as LangChain sends them) are read back as text with cl100k_base, the encoding of
+    OpenAI's embedding models; one array alone is one input."""
+    for tokens, expected in (
+        ([[9906, 1917], [9906]], ["Hello world", "Hello"]),
+        ([9906, 1917], ["Hello world"]),
+    ):
+        result = oai.embeddings.create(model=GEM, input=tokens, encoding_format="float")
+        assert [r["content"]["parts"][0]["text"] for r in upstream.last.body["requests"]] == expected
+        assert len(result.data) == len(expected)
+
+
 def test_openai_embeddings_pass_through_untouched(upstream: FakeUpstream, oai: openai.OpenAI) -> None:
     """Between two OpenAI ends the body goes as it came (token arrays too), with the route's model."""
     oai.embeddings.create(model=OAI, input=[[1, 2, 3]], encoding_format="float", user="u-1")
@@ -199,8 +211,8 @@ def test_what_cannot_be_translated_is_a_400_in_the_clients_dialect(
 ) -> None:
     upstream.requests.clear()
     with pytest.raises(openai.BadRequestError) as tokens:
-        oai.embeddings.create(model=GEM, input=[[1, 2, 3]])
-    assert "token arrays" in str(tokens.value.body)
+        oai.embeddings.create(model=GEM, input=[[9906, 1917], [10**9]])
+    assert "input[1]: a token id cl100k_base does not have" in str(tokens.value.body)
     image = {"parts": [{"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}]}
     status, doc = post_gemini(gateway, OAI, "embedContent", {"content": image})
     assert status == 400 and doc["error"]["status"] == "INVALID_ARGUMENT"

@@ -256,6 +256,15 @@ def encoding_for(model: str) -> tiktoken.Encoding:
     return get_encoding(encoding_name_for(model))
 
 
+def decode_tokens(ids: list[int], encoding: str = "cl100k_base") -> str:
+    """The text of token ``ids`` in ``encoding``; :class:`ValueError` for an id it does not have."""
+    try:
+        raw = get_encoding(encoding).decode_bytes(ids)
+    except (KeyError, ValueError, OverflowError) as exc:
+        raise ValueError(f"a token id {encoding} does not have: {exc}") from None
+    return raw.decode("utf-8", "replace")
+
+
 def count_text(text: str, model: str = "gpt-4o") -> int:
     """Tokens in ``text`` for ``model``; special-token text (``<|endoftext|>``) counts as plain text."""
     return len(encoding_for(model).encode_ordinary(text)) if text else 0

@@ -12,25 +12,39 @@ from array import array
 from typing import Any
 
 from ..errors import ProtocolError
+from ..tokens import decode_tokens
 from ..types import EmbeddingRequest, Embeddings
 from . import check
 
 
 def decode_request(body: dict[str, Any]) -> EmbeddingRequest:
-    """A client's body; token arrays are refused, since only an OpenAI upstream reads them."""
+    """A client's body. Token arrays (LangChain's ``OpenAIEmbeddings`` sends them) are read back
+    as text in ``cl100k_base``, the encoding of OpenAI's embedding models, which such clients
+    tokenize with; the first read loads it, so call this off the event loop."""
     raw = body.get("input")
     if isinstance(raw, str):
         inputs = [raw]
     elif type(raw) is list and raw and all(isinstance(item, str) for item in raw):
         inputs = raw
-    elif type(raw) is list and raw and all(isinstance(item, (int, list)) for item in raw):
-        check.fail("input", "token arrays can be embedded only by an OpenAI upstream; send the text")
+    elif type(raw) is list and raw and all(type(item) is int for item in raw):
+        inputs = [_text_of(raw, "input")]
+    elif type(raw) is list and raw and all(type(item) is list for item in raw):
+        inputs = [_text_of(ids, f"input[{i}]") for i, ids in enumerate(raw)]
     else:
-        check.fail("input", "expected a string or a non-empty array of strings")
+        check.fail("input", "expected a string, an array of strings, or token arrays")
     dimensions = check.get(body, "dimensions", int, "")
     if dimensions is not None and dimensions < 1:
         check.fail("dimensions", "must be at least 1")
     return EmbeddingRequest(model=check.need(body, "model", str, ""), inputs=inputs, dimensions=dimensions)
+
+
+def _text_of(ids: list[Any], path: str) -> str:
+    if not ids or not all(type(i) is int for i in ids):
+        check.fail(path, "expected a non-empty array of token ids")
+    try:
+        return decode_tokens(ids)
+    except ValueError as exc:
+        check.fail(path, str(exc))
 
 
 def render_response(embeddings: Embeddings, model: str, *, as_base64: bool) -> dict[str, Any]:

@@ -103,7 +103,7 @@ class SideRoutes:
             if tokens is None:
                 tokens = await self._count_inputs(client, body, call.model)
             return payload, tokens
-        req = client.decode(body, call.model)
+        req = await asyncio.to_thread(client.decode, body, call.model)  # token arrays load a tokenizer
         req.model = target.model
         payload = await self._post(backend, index, wire.endpoint, target.model, wire.encode(req))
         answer = wire.decode(passthrough.json_object(payload))
@@ -132,11 +132,15 @@ class SideRoutes:
     async def _count_inputs(client: EmbeddingClient, body: dict[str, Any], model: str) -> int:
         """Input tokens an upstream did not count (Gemini's API), estimated offline; parts that
         are not text (a multimodal embedding) count nothing."""
-        try:
-            inputs = client.decode(body, model).inputs
-        except ModelwireError:
-            return 0
-        return await asyncio.to_thread(_count_texts, inputs, model)
+
+        def count() -> int:
+            try:
+                inputs = client.decode(body, model).inputs
+            except ModelwireError:
+                return 0
+            return _count_texts(inputs, model)
+
+        return await asyncio.to_thread(count)
 
     # ---------------------------------------------------------------------------------- listings
 
