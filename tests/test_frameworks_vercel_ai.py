@@ -19,7 +19,14 @@ from typing import Any
 
 import pytest
 
-from .fake_upstream import FakeUpstream, Recorded, Reply, gemini_signature_is_minted
+from .fake_upstream import (
+    FakeUpstream,
+    Recorded,
+    Reply,
+    embedding_for,
+    gemini_embedding,
+    gemini_signature_is_minted,
+)
 from .gateway_fixtures import CLIENT_KEY, RunningGateway, base_config, start_gateway
 
 CLIENTS = Path(__file__).parent / "clients"
@@ -63,6 +70,7 @@ def gateway(
     config["models"][:0] = [
         {"name": CLAUDE, "route": "claude/claude-sonnet-4-5"},
         {"name": GEMINI, "route": "gem/gemini-2.5-flash"},
+        {"name": "gemini-embed", "route": "gem/gemini-embedding-001"},
     ]
     running = start_gateway(config, tmp, name="vercel-ai-gateway")
     try:
@@ -309,6 +317,39 @@ def test_conversation_carries_the_previous_answer(upstream: FakeUpstream, gatewa
         else:
             assert "Paris is the capital." in history, history
             assert "Paris is the capital." not in json.dumps(first.body)
+
+
+# ------------------------------------------------------------------------------------------ embeddings
+
+EMBED = "gemini-embed"  # a Gemini embedding model (the fixture's gem backend)
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"), [("openai", EMBED), ("google", "chat-model"), ("google", EMBED)]
+)
+def test_embed_and_embed_many(
+    upstream: FakeUpstream, gateway: RunningGateway, provider: str, model: str
+) -> None:
+    """``embed`` (Google's provider posts ``:embedContent``) and ``embedMany`` (``:batchEmbedContents``,
+    or OpenAI's ``/embeddings``), each across dialects where the model is the other vendor's."""
+    results = vercel_ai(
+        gateway,
+        {"provider": provider, "model": model, "call": "embed", "values": ["sun"]},
+        {"provider": provider, "model": model, "call": "embed", "values": ["moon", "stars"]},
+    )
+    for result in results:
+        ok(result)
+    sent = [r for r in upstream.requests if r.method == "POST"][-2:]
+    (single,), pair = results[0]["embeddings"], results[1]["embeddings"]
+    if model == EMBED:  # a Gemini upstream: one request per text (one alone goes to :embedContent)
+        wanted = [r for request in sent for r in request.body.get("requests") or [request.body]]
+        assert [r["content"]["parts"][0]["text"] for r in wanted] == ["sun", "moon", "stars"]
+        assert [single, *pair] == [pytest.approx(gemini_embedding(r), rel=1e-6) for r in wanted]
+    else:
+        assert [request.body["input"] for request in sent] == [["sun"], ["moon", "stars"]]
+        assert [single, *pair] == [
+            pytest.approx(embedding_for(t), rel=1e-6) for t in ("sun", "moon", "stars")
+        ]
 
 
 # ----------------------------------------------------------------------------------------- a wrong key

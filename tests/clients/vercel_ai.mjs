@@ -4,15 +4,27 @@
 // where a case is {"provider": "openai" | "openai.chat" | "anthropic" | "google", "model": "...",
 // "call": "generateText" | "streamText" | "tools" | "streamTools" | "object" | "streamObject" |
 // "conversation", "prompt": "...", and optionally "system", "providerOptions", "followUp" (the
-// second user turn of a conversation)}. The cases run one after another (the fake upstream
-// answers its scripted replies in order).
+// second user turn of a conversation)}, or {"provider": "openai" | "google", "model": "...", "call":
+// "embed", "values": [...]} (embed for one value, embedMany for more). The cases run one after
+// another (the fake upstream answers its scripted replies in order).
 // Output: one JSON list, in the cases' order, of {"text", "finishReason", "usage", and per call
-// "deltas", "reasoning", "steps", "object", "partials", "first"} or, when the SDK threw,
+// "deltas", "reasoning", "steps", "object", "partials", "first"; "embeddings" and "tokens" for
+// embed} or, when the SDK threw,
 // {"error": {"name", "statusCode", "message", "responseBody"}}.
 import { createAnthropic } from "@ai-sdk/anthropic";
 import { createGoogleGenerativeAI } from "@ai-sdk/google";
 import { createOpenAI } from "@ai-sdk/openai";
-import { generateObject, generateText, jsonSchema, stepCountIs, streamObject, streamText, tool } from "ai";
+import {
+  embed,
+  embedMany,
+  generateObject,
+  generateText,
+  jsonSchema,
+  stepCountIs,
+  streamObject,
+  streamText,
+  tool,
+} from "ai";
 
 const { gateway, key, cases } = JSON.parse(process.argv[2]);
 
@@ -29,6 +41,28 @@ function model(provider, name) {
     default:
       throw new Error(`unknown provider ${provider}`);
   }
+}
+
+function embeddingModel(provider, name) {
+  switch (provider) {
+    case "openai":
+      return createOpenAI({ baseURL: `${gateway}/v1`, apiKey: key }).embeddingModel(name);
+    case "google":
+      return createGoogleGenerativeAI({ baseURL: `${gateway}/v1beta`, apiKey: key }).embeddingModel(name);
+    default:
+      throw new Error(`no embeddings for provider ${provider}`);
+  }
+}
+
+async function embedding(c) {
+  const options = { model: embeddingModel(c.provider, c.model), maxRetries: 0 };
+  if (c.providerOptions) options.providerOptions = c.providerOptions;
+  if (c.values.length === 1) {
+    const r = await embed({ ...options, value: c.values[0] });
+    return { embeddings: [r.embedding], tokens: r.usage?.tokens ?? null };
+  }
+  const r = await embedMany({ ...options, values: c.values });
+  return { embeddings: r.embeddings, tokens: r.usage?.tokens ?? null };
 }
 
 const weather = tool({
@@ -69,6 +103,7 @@ function steps(all) {
 }
 
 async function run(c) {
+  if (c.call === "embed") return embedding(c);
   const common = { model: model(c.provider, c.model), prompt: c.prompt, maxRetries: 0 };
   if (c.system) common.system = c.system;
   if (c.providerOptions) common.providerOptions = c.providerOptions;
