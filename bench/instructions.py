@@ -5,6 +5,8 @@ than CPU time does, so this resolves changes that wrk-based runs on a busy machi
 
     .venv/bin/python bench/instructions.py                 # 500 and 5,500 requests each way
     .venv/bin/python bench/instructions.py --requests 300,3300
+    .venv/bin/python bench/instructions.py --floor --scenarios chat,chat_stream,responses
+                                           # modelwire beside the two floors, per scenario
 
 Each gateway runs under valgrind twice, with two request counts; the difference between the two
 totals, divided by the difference in requests, leaves start-up and shutdown out. What runs on a
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -32,19 +35,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # its canned upstream, config and bodies
 import trace_cost  # its OTLP sink
 
+HERE = Path(__file__).resolve().parent
 MODELWIRE = os.path.join(compare.ROOT, ".venv/bin/modelwire")
 
 
-def total_instructions(root: Path, up: int, sink: str | None, requests: int, port: int) -> int:
-    """One gateway under callgrind: ``requests`` chat requests on one connection, then a clean stop."""
-    name = f"{'on' if sink else 'off'}-{requests}"
-    root = root / name  # a directory per run: the config and state of two runs side by side apart
+@dataclass(frozen=True)
+class Target:
+    """What runs under callgrind: modelwire (tracing off, or exporting to ``sink``) or a floor."""
+
+    label: str
+    floor: str | None = None  # floor_proxy.py's upstream client: aiohttp or http1
+    sink: str | None = None
+
+    def command(self, root: Path, port: int, up: int, run: str) -> list[str]:
+        if self.floor is not None:
+            return [
+                sys.executable,
+                str(HERE / "floor_proxy.py"),
+                f"http://127.0.0.1:{up}",
+                str(port),
+                self.floor,
+            ]
+        config = Path(compare.modelwire_config(str(root), port, up)).read_text()
+        if self.sink:
+            config += f"telemetry: {{endpoint: '{self.sink}'}}\n"
+        (root / f"{run}.yaml").write_text(config)
+        return [sys.executable, MODELWIRE, "serve", "--config", str(root / f"{run}.yaml")]
+
+    def path(self, scenario: str) -> str:
+        return compare.FLOOR_PATHS[scenario] if self.floor is not None else compare.SCENARIOS[scenario][0]
+
+
+def total_instructions(root: Path, up: int, scenario: str, target: Target, requests: int, port: int) -> int:
+    """One process under callgrind: ``requests`` of ``scenario`` on one connection, then a clean stop."""
+    run = f"{scenario}-{target.label.replace(' ', '-').replace('%', '')}-{requests}"
+    root = root / run  # a directory per run: the config and state of two runs side by side apart
     root.mkdir()
-    config = Path(compare.modelwire_config(str(root), port, up)).read_text()
-    if sink:
-        config += f"telemetry: {{endpoint: '{sink}'}}\n"
-    (root / f"{name}.yaml").write_text(config)
-    out = root / f"{name}.callgrind"
+    out = root / f"{run}.callgrind"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     # Spans leave in whole batches only, as under load: valgrind's slow clock would otherwise make
     # the once-a-second export of a few spans look like a cost of each request.
@@ -53,27 +80,35 @@ def total_instructions(root: Path, up: int, sink: str | None, requests: int, por
     # The key table's poll (every 0.25 s) slowed to once an hour: a run under valgrind lasts minutes,
     # and its polls, not the requests, made most of the difference between two request counts.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_quiet_clocks(root)), env.get("PYTHONPATH")) if p)
-    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, MODELWIRE]
-    with (root / f"{name}.log").open("w") as log:
-        gateway = subprocess.Popen(
-            [*command, "serve", "--config", str(root / f"{name}.yaml")], env=env, stdout=log, stderr=log
-        )
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out}",
+        *target.command(root, port, up, run),
+    ]
+    with (root / f"{run}.log").open("w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
     try:
-        if not compare.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=600):
-            raise SystemExit(f"the gateway did not start under valgrind; see {root / f'{name}.log'}")
-        body = Path(compare.BODIES, "chat.json").read_bytes()
+        if not compare.wait_http(
+            f"http://127.0.0.1:{port}/healthz"
+            if target.floor is None
+            else f"http://127.0.0.1:{port}/v1/models",
+            timeout=600,
+        ):
+            raise SystemExit(f"{target.label} did not start under valgrind; see {root / f'{run}.log'}")
+        body = Path(compare.BODIES, compare.SCENARIOS[scenario][1]).read_bytes()
         headers = {"Authorization": f"Bearer {compare.CLIENT_KEY}", "Content-Type": "application/json"}
         client = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         for _ in range(requests):
-            client.request("POST", "/v1/chat/completions", body, headers)
+            client.request("POST", target.path(scenario), body, headers)
             reply = client.getresponse()
             reply.read()
             if reply.status != 200:
-                raise SystemExit(f"the gateway answered {reply.status}; see {root / f'{name}.log'}")
+                raise SystemExit(f"{target.label} answered {reply.status}; see {root / f'{run}.log'}")
         client.close()
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(timeout=600)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=600)
     for line in out.read_text().splitlines():
         if line.startswith(("summary:", "totals:")):
             return int(line.split()[1])
@@ -91,8 +126,11 @@ def _quiet_clocks(root: Path) -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", default="500,5500", help="the two request counts, fewer first")
+    ap.add_argument("--scenarios", default="chat", help="comma list: chat, chat_stream, responses")
+    ap.add_argument("--floor", action="store_true", help="also count the two floors, not tracing")
     args = ap.parse_args()
     few, many = (int(n) for n in args.requests.split(","))
+    scenarios = args.scenarios.split(",")
     compare.ensure_debian("nginx", "nginx")
     compare.ensure_debian("valgrind", "valgrind")
     root = Path(tempfile.mkdtemp(prefix="mw-instructions-"))
@@ -104,21 +142,35 @@ def main() -> int:
         subprocess.Popen([sys.executable, "-c", trace_cost.SINK, str(sink_port)]),
     ]
     sink = f"http://127.0.0.1:{sink_port}"
+    if args.floor:
+        targets = [
+            Target("modelwire"),
+            Target("floor", floor="aiohttp"),
+            Target("floor-http1", floor="http1"),
+        ]
+    else:
+        targets = [Target("off"), Target("on 100%", sink=sink)]
     try:
         for url in (f"http://127.0.0.1:{up}/plain/v1/models", sink + "/count"):
             if not compare.wait_http(url):
                 raise SystemExit(f"{url} did not come up")
-        per_request = {}
-        for label, target in (("off", None), ("on 100%", sink)):
-            with ThreadPoolExecutor(2) as pool:  # the two counts side by side: one per core
-                ports = (compare.free_port(), compare.free_port())  # taken here: two threads could get one
-                low, high = pool.map(partial(total_instructions, root, up, target), (few, many), ports)
-            per_request[label] = (high - low) / (many - few)
-        off = per_request["off"]
-        print("| tracing | instructions per request | ÷ off |")
-        print("|---|---|---|")
-        for label, count in per_request.items():
-            print(f"| {label} | {count:,.0f} | {count / off:.3f} |")
+        kind = "target" if args.floor else "tracing"
+        print(f"| scenario | {kind} | instructions per request | ÷ {targets[0].label} |")
+        print("|---|---|---|---|")
+        for scenario in scenarios:
+            per_request = {}
+            for target in targets:
+                with ThreadPoolExecutor(2) as pool:  # the two counts side by side: one per core
+                    ports = (
+                        compare.free_port(),
+                        compare.free_port(),
+                    )  # taken here: two threads could get one
+                    count = partial(total_instructions, root, up, scenario, target)
+                    low, high = pool.map(count, (few, many), ports)
+                per_request[target.label] = (high - low) / (many - few)
+            first = per_request[targets[0].label]
+            for label, value in per_request.items():
+                print(f"| {scenario} | {label} | {value:,.0f} | {value / first:.3f} |", flush=True)
     finally:
         for p in procs:
             p.terminate()

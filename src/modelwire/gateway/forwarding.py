@@ -4,7 +4,6 @@ bytes, a stream passing through the wire's tap, which reads usage on the way."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
@@ -133,7 +132,7 @@ class Forwarder:
         return value.reply.status, value.payload, usage
 
     async def pump(
-        self, call: Call, outcome: Outcome[Any], send: Send, watcher: asyncio.Future[Any]
+        self, call: Call, outcome: Outcome[Any], send: Send, watch: http.ClientWatch
     ) -> tuple[Usage | None, int]:
         """The upstream's stream to the client; its usage and the status to record."""
         backend, reply = outcome.backend, outcome.value.reply
@@ -163,7 +162,7 @@ class Forwarder:
                         hold = False
                         await self.accounting.remember(call, tap.response, backend, translated=False)
                     await self.accounting.chunk(call, send, out)
-                if watcher.done():
+                if not tap.finished and watch.gone():  # past its end the stream needs no watch
                     reply.close()
                     return tap.usage, 499
         except ModelwireError as err:

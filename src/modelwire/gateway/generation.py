@@ -128,14 +128,14 @@ class Generation:
             call.responding = True
             headers = self.accounting.served_headers(call, outcome)
             await http.start_stream(send, headers, call.surface.stream_headers)
-        watcher = asyncio.ensure_future(receive())
+        watch = http.ClientWatch(receive)
         try:
             if isinstance(outcome.value, Passthrough):
-                usage, status = await self.forwarder.pump(call, outcome, send, watcher)
+                usage, status = await self.forwarder.pump(call, outcome, send, watch)
             else:
-                usage, status = await self.translator.pump(call, outcome, send, watcher)
+                usage, status = await self.translator.pump(call, outcome, send, watch)
         finally:
-            watcher.cancel()
+            watch.stop()
         await http.end_stream(send)
         if status == 499:
             call.error = "client_closed"
@@ -162,7 +162,7 @@ class Generation:
                 pinger[0].cancel()
                 await asyncio.wait(pinger)  # never mid-write when the answer starts
                 if not pinger[0].cancelled():
-                    pinger[0].exception()  # a client gone mid-ping: the stream's watcher says so
+                    pinger[0].exception()  # a client gone mid-ping: the stream's watch says so
 
     async def _keep_alive(self, call: Call, send: Send) -> None:
         if not call.responding:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -77,6 +78,27 @@ async def disconnected(receive: Receive) -> None:
     """Returns when the client has gone away (a request body still unread is skipped over)."""
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+class ClientWatch:
+    """Whether the client of a stream has gone away: a task waiting on ``receive``, started at the
+    first :meth:`gone` (a stream whose first read holds its end never asks, and never pays for it)."""
+
+    __slots__ = ("_receive", "_task")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._task: asyncio.Future[Any] | None = None
+
+    def gone(self) -> bool:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._receive())
+            return False
+        return self._task.done()
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
 
 async def respond(send: Send, status: int, body: bytes, headers: Headers, content_type: bytes = JSON) -> None:

@@ -57,8 +57,9 @@ import os
 import shutil
 import stat
 import tempfile
+from bisect import bisect_left
 from collections.abc import Iterable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -119,17 +120,40 @@ class _Children(Generic[Metric]):
     Bounded because every label value passes through a :class:`Clamp` first.
     """
 
-    __slots__ = ("_cache", "_metric")
+    __slots__ = ("_buckets", "_cache", "_metric", "_values")
 
     def __init__(self, metric: Metric) -> None:
         self._metric: Metric = metric
         self._cache: dict[tuple[str, ...], Metric] = {}
+        self._values: dict[tuple[str, ...], Any] = {}
+        self._buckets: dict[tuple[str, ...], tuple[Any, list[Any], list[float]]] = {}
 
     def __call__(self, *values: str) -> Metric:
         child = self._cache.get(values)
         if child is None:
             child = self._cache[values] = self._metric.labels(*values)
         return child
+
+    # The request path's own: the child's value objects held, without the checks prometheus_client
+    # repeats on every inc and observe (a request made eleven such calls).
+
+    def add(self, amount: float, *values: str) -> None:
+        """A counter's ``inc`` (never negative), or a gauge's ``inc``/``dec``."""
+        value = self._values.get(values)
+        if value is None:
+            child: Any = self(*values)
+            value = self._values[values] = child._value
+        value.inc(amount)
+
+    def observe(self, amount: float, *values: str) -> None:
+        """A histogram's ``observe``: its sum, and the first bucket whose bound holds ``amount``."""
+        found = self._buckets.get(values)
+        if found is None:
+            child: Any = self(*values)
+            found = self._buckets[values] = (child._sum, child._buckets, child._upper_bounds)
+        total, buckets, bounds = found
+        total.inc(amount)
+        buckets[bisect_left(bounds, amount)].inc(1)
 
 
 class _Families:
@@ -334,18 +358,18 @@ class Metrics:
         self._sockets_open.dec()
 
     def request_started(self, surface: str) -> None:
-        self._in_flight(self._surface(surface)).inc()
+        self._in_flight.add(1, self._surface(surface))
 
     def request_finished(
         self, surface: str, model: str, backend: str, status: int | str, seconds: float, ttft: float | None
     ) -> None:
         """Close a request opened with :meth:`request_started`; ``ttft`` only when output streamed."""
         label = self._surface(surface)
-        self._in_flight(label).dec()
-        self._requests(label, self._model(model), self._backend(backend), self._status(str(status))).inc()
-        self._seconds(label).observe(seconds)
+        self._in_flight.add(-1, label)
+        self._requests.add(1, label, self._model(model), self._backend(backend), self._status(str(status)))
+        self._seconds.observe(seconds, label)
         if ttft is not None:
-            self._ttft(label).observe(ttft)
+            self._ttft.observe(ttft, label)
 
     def usage(
         self,
@@ -366,9 +390,9 @@ class Metrics:
             ("reasoning", reasoning),
         ):
             if count > 0:
-                self._tokens(model, backend, kind).inc(count)
+                self._tokens.add(count, model, backend, kind)
         if cost is not None and cost > 0:
-            self._cost(model, backend).inc(cost)
+            self._cost.add(cost, model, backend)
 
     def retry(self, backend: str) -> None:
         self._retries(self._backend(backend)).inc()

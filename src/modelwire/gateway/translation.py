@@ -4,7 +4,6 @@ rendered back in the client's dialect."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -88,7 +87,7 @@ class Translator:
         return 200, orjson.dumps(doc), response.usage
 
     async def pump(
-        self, call: Call, outcome: Outcome[Any], send: Send, watcher: asyncio.Future[Any]
+        self, call: Call, outcome: Outcome[Any], send: Send, watch: http.ClientWatch
     ) -> tuple[Usage | None, int]:
         """The neutral events rendered to the client; their usage and the status to record."""
         events = outcome.value.events
@@ -114,7 +113,7 @@ class Translator:
                     await self.accounting.remember(call, final, outcome.backend, translated=True)
                 if out:
                     await self.accounting.chunk(call, send, out)
-                if watcher.done():
+                if watch.gone():
                     return usage, 499
             await http.stream_chunk(send, renderer.end())
         finally:

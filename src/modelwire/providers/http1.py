@@ -135,11 +135,13 @@ class _Connection(asyncio.Protocol):
         self._values.append(value)
 
     def on_headers_complete(self) -> None:
-        headers = Headers()
+        joined: dict[str, str] = {}
         for name, value in zip(self._names, self._values, strict=True):
             key = name.decode("latin-1").lower()
             text = value.decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+            prior = joined.get(key)
+            joined[key] = text if prior is None else f"{prior}, {text}"
+        headers = Headers(joined)
         self._names.clear()
         self._values.clear()
         status = self.parser.get_status_code()
