@@ -14,6 +14,12 @@ import openai
 import pytest
 from google import genai
 from google.genai import errors, types
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modelwire.dialects import gemini, openai_embeddings
+from modelwire.errors import InvalidRequestError, ProtocolError
+from modelwire.types import Embeddings
 
 from .fake_upstream import FakeUpstream, Reply, decoded_embeddings, embedding_for, gemini_embedding
 from .gateway_fixtures import CLIENT_KEY, RunningGateway, base_config, request, start_gateway, usage_rows
@@ -268,3 +274,102 @@ def test_a_wrong_key_is_refused_before_any_upstream(upstream: FakeUpstream, gate
     )
     assert status == 401 and json.loads(raw)["error"]["status"] == "UNAUTHENTICATED"
     assert not upstream.requests
+
+
+@pytest.mark.parametrize(
+    ("model", "garbage"),
+    [
+        (GEM, b'{"embeddings": [{"values": ["not", "numbers"]}]}'),
+        (GEM, b'{"embeddings": "none"}'),
+        (GEM, b"<html>bad gateway</html>"),
+        (OAI, b'{"data": [{"index": 0, "embedding": "not base64!"}]}'),
+        (OAI, b'{"data": [{"index": 0, "embedding": "AAAA"}, {"index": 1, "embedding": "AAA="}]}'),
+        (OAI, b'{"data": [{"index": 0, "embedding": [0.5]}]}'),  # one vector for two texts
+    ],
+)
+def test_upstream_garbage_is_a_502_in_the_clients_dialect(
+    upstream: FakeUpstream, gateway: RunningGateway, oai: openai.OpenAI, model: str, garbage: bytes
+) -> None:
+    """Answers the translation cannot read (not numbers, not float32 base64, too few vectors, not
+    JSON) are the upstream's fault, said as such: never a 500 or a half-made answer."""
+    upstream.script(Reply.raw(200, garbage, {"Content-Type": "application/json"}))
+    if model == GEM:
+        with pytest.raises(openai.APIStatusError) as info:
+            oai.embeddings.create(model=GEM, input=["a", "b"], encoding_format="float")
+        assert info.value.status_code == 502
+    else:
+        status, doc = post_gemini(
+            gateway,
+            OAI,
+            "batchEmbedContents",
+            {
+                "requests": [
+                    {"model": f"models/{OAI}", "content": texts("a")},
+                    {"model": f"models/{OAI}", "content": texts("b")},
+                ]
+            },
+        )
+        assert status == 502 and doc["error"]["status"] in ("UNAVAILABLE", "INTERNAL"), doc
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_fields = st.sampled_from(
+    [
+        "model",
+        "input",
+        "dimensions",
+        "content",
+        "requests",
+        "parts",
+        "text",
+        "outputDimensionality",
+        "taskType",
+        "data",
+        "embedding",
+        "embeddings",
+        "values",
+        "index",
+        "usage",
+    ]
+)
+_bodies = st.dictionaries(_fields, _json | st.dictionaries(_fields, _json, max_size=3), max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=_bodies, batch=st.booleans())
+def test_the_embedding_codecs_refuse_what_they_cannot_read_with_their_own_errors(
+    body: dict[str, Any], batch: bool
+) -> None:
+    """Whatever JSON arrives, a client's body reads or is a 400, an upstream's answer reads or is
+    a protocol error (502): never another exception, which would be a 500 and a traceback."""
+    for read in (
+        openai_embeddings.decode_request,
+        lambda b: gemini.decode_embed_request(b, "m", batch=batch),
+    ):
+        try:
+            request = read(body)
+        except InvalidRequestError:
+            continue
+        assert request.inputs and all(isinstance(text, str) for text in request.inputs)
+    for answer in (openai_embeddings.decode_response, gemini.decode_embed_response):
+        try:
+            embeddings = answer(body)
+        except ProtocolError:
+            continue
+        for vector in embeddings.vectors:
+            assert all(type(x) in (int, float) for x in vector)
+
+
+@given(
+    st.lists(st.lists(st.floats(width=32, allow_nan=False), min_size=1, max_size=16), min_size=1, max_size=4)
+)
+def test_a_base64_answer_reads_back_as_the_same_float32s(vectors: list[list[float]]) -> None:
+    rendered = openai_embeddings.render_response(
+        Embeddings(vectors=vectors, input_tokens=3), "m", as_base64=True
+    )
+    assert all(isinstance(item["embedding"], str) for item in rendered["data"])
+    assert openai_embeddings.decode_response(rendered) == Embeddings(vectors=vectors, input_tokens=3)

@@ -105,6 +105,11 @@ def data_url(media_type: str | None, data: bytes) -> str:
 NUMBER = (int, float)
 
 
+def numbers(value: Any) -> bool:
+    """Whether ``value`` is an array of numbers (an embedding); a predicate, for an upstream's answer."""
+    return type(value) is list and all(type(x) is float or type(x) is int for x in value)
+
+
 def check_types(body: dict[str, Any], table: dict[str, tuple[type, ...]]) -> None:
     """Top-level fields of ``body`` have the types ``table`` allows (null is always allowed).
 

@@ -1377,9 +1377,9 @@ def decode_embed_response(doc: dict[str, Any]) -> Embeddings:
     """A Gemini upstream's ``batchEmbedContents`` (or ``embedContent``) answer; it counts no tokens."""
     raw = doc.get("embeddings", [doc.get("embedding")] if "embedding" in doc else None)
     if not isinstance(raw, list) or not all(
-        isinstance(e, dict) and isinstance(e.get("values"), list) for e in raw
+        isinstance(e, dict) and check.numbers(e.get("values")) for e in raw
     ):
-        raise ProtocolError("the upstream's embeddings answer has no embeddings with values")
+        raise ProtocolError("the upstream's embeddings answer has no embeddings of numbers")
     return Embeddings(vectors=[e["values"] for e in raw])
 
 

@@ -7,6 +7,7 @@ gateway forwards the bytes.
 from __future__ import annotations
 
 import base64
+import binascii
 import sys
 from array import array
 from typing import Any
@@ -84,10 +85,13 @@ def decode_response(doc: dict[str, Any]) -> Embeddings:
 
 
 def _vector(value: Any) -> list[float]:
-    if isinstance(value, list):
-        return value
+    if check.numbers(value):
+        return value  # type: ignore[no-any-return]
     if isinstance(value, str):
-        floats = array("f", base64.b64decode(value))
+        try:
+            floats = array("f", base64.b64decode(value, validate=True))
+        except (binascii.Error, ValueError):  # not base64, or not a whole number of float32s
+            raise ProtocolError("the upstream sent an embedding that is not base64 float32") from None
         if sys.byteorder == "big":
             floats.byteswap()
         return floats.tolist()
