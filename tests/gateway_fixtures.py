@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,6 +184,31 @@ def base_config(upstream: FakeUpstream, tmp: Path) -> dict[str, Any]:
             {"key": "sk-client-rpm-000000000", "name": "rpm", "rpm": 2},
         ],
     }
+
+
+def add_vendor_backends(
+    config: dict[str, Any], upstream: FakeUpstream, *, anthropic: str | None = None, gemini: str | None = None
+) -> None:
+    """An Anthropic backend ``anthropic`` and a Gemini backend ``gem`` on the fake, each added when
+    its upstream key is given."""
+    if anthropic is not None:
+        config["backends"]["anthropic"] = {
+            "type": "anthropic",
+            "base_url": upstream.root,
+            "api_key": anthropic,
+        }
+    if gemini is not None:
+        config["backends"]["gem"] = {"type": "gemini", "base_url": upstream.root, "api_key": gemini}
+
+
+@contextlib.contextmanager
+def running_gateway(config: dict[str, Any], tmp: Path, **kw: Any) -> Iterator[RunningGateway]:
+    """:func:`start_gateway`, stopped when the block ends (a module fixture's whole life)."""
+    running = start_gateway(config, tmp, **kw)
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 BIND_ATTEMPTS = 3

@@ -35,7 +35,7 @@ from pydantic import BaseModel
 import modelwire
 
 from .fake_upstream import FakeUpstream, Reply, anthropic_signature, embedding_for, gemini_embedding
-from .gateway_fixtures import CLIENT_KEY, RunningGateway, base_config, start_gateway
+from .gateway_fixtures import CLIENT_KEY, RunningGateway, add_vendor_backends, base_config, running_gateway
 
 ANTHROPIC_KEY = "sk-ant-up-langchain-0001"
 CLAUDE = "claude-direct"  # the Anthropic backend (ahead of the base config's ^claude- rule)
@@ -58,23 +58,18 @@ BARE_ASSISTANT = "{'type': 'output_text', 'text': 'Paris.', 'annotations': []} i
 def gateway(
     upstream_server: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningGateway]:
-    """The usual gateway plus an Anthropic backend on the fake, serving ``claude-direct``."""
+    """The usual gateway plus an Anthropic backend on the fake, serving ``claude-direct``, and a
+    Gemini embedding model."""
     tmp = tmp_path_factory.mktemp("langchain-gateway")
     config = base_config(upstream_server, tmp)
-    config["backends"]["anthropic"] = {
-        "type": "anthropic",
-        "base_url": upstream_server.root,
-        "api_key": ANTHROPIC_KEY,
-    }
-    config["models"].insert(0, {"name": CLAUDE, "route": "anthropic/claude-sonnet-4-5"})
-    config["backends"]["gem"] = {"type": "gemini", "base_url": upstream_server.root, "api_key": GEMINI_KEY}
-    config["models"].insert(0, {"name": GEMINI_EMBED, "route": "gem/gemini-embedding-001"})
+    add_vendor_backends(config, upstream_server, anthropic=ANTHROPIC_KEY, gemini=GEMINI_KEY)
+    config["models"][:0] = [
+        {"name": GEMINI_EMBED, "route": "gem/gemini-embedding-001"},
+        {"name": CLAUDE, "route": "anthropic/claude-sonnet-4-5"},
+    ]
     config["lockout"] = {"failures": 100}  # the wrong-key tests must not lock the others out
-    running = start_gateway(config, tmp)
-    try:
+    with running_gateway(config, tmp) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -39,7 +39,14 @@ from pydantic import BaseModel
 from websockets.exceptions import InvalidStatus
 
 from .fake_upstream import FakeUpstream, Reply
-from .gateway_fixtures import CLIENT_KEY, RunningGateway, base_config, request, start_gateway
+from .gateway_fixtures import (
+    CLIENT_KEY,
+    RunningGateway,
+    add_vendor_backends,
+    base_config,
+    request,
+    running_gateway,
+)
 
 ANTHROPIC_KEY = "sk-ant-up-agents-0001"
 CLAUDE = "claude-agent"  # routed to the Anthropic backend (ahead of the base config's ^claude- rule)
@@ -57,17 +64,10 @@ def gateway(
     """The usual gateway plus an Anthropic backend on the fake, serving ``claude-agent``."""
     tmp = tmp_path_factory.mktemp("openai-agents-gateway")
     config = base_config(upstream_server, tmp)
-    config["backends"]["anthropic"] = {
-        "type": "anthropic",
-        "base_url": upstream_server.root,
-        "api_key": ANTHROPIC_KEY,
-    }
+    add_vendor_backends(config, upstream_server, anthropic=ANTHROPIC_KEY)
     config["models"].insert(0, {"name": CLAUDE, "route": "anthropic/claude-sonnet-4-5"})
-    running = start_gateway(config, tmp)
-    try:
+    with running_gateway(config, tmp) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,7 @@ from .fake_upstream import (
     gemini_embedding,
     gemini_signature_is_minted,
 )
-from .gateway_fixtures import CLIENT_KEY, RunningGateway, base_config, start_gateway
+from .gateway_fixtures import CLIENT_KEY, RunningGateway, add_vendor_backends, base_config, running_gateway
 
 CLIENTS = Path(__file__).parent / "clients"
 SCRIPT = CLIENTS / "vercel_ai.mjs"
@@ -36,6 +36,7 @@ GEMINI_KEY = "AIza-up-vercel-ai-00000001"
 # Names routed to the native Anthropic and Gemini backends; everything else is in base_config.
 CLAUDE = "claude-vercel-direct"
 GEMINI = "gemini-vercel-direct"
+EMBED = "gemini-embed"  # a Gemini embedding model
 
 # (provider, model, upstream wire): each SDK provider over a passthrough and a translated route.
 ROUTES = [
@@ -58,25 +59,17 @@ def gateway(
     """The usual gateway plus an Anthropic and a Gemini backend on the fake."""
     tmp = tmp_path_factory.mktemp("vercel-ai-gateway")
     config = base_config(upstream_server, tmp)
-    config["backends"]["claude"] = {
-        "type": "anthropic",
-        "base_url": upstream_server.root,
-        "api_key": ANTHROPIC_KEY,
-    }
-    config["backends"]["gem"] = {"type": "gemini", "base_url": upstream_server.root, "api_key": GEMINI_KEY}
+    add_vendor_backends(config, upstream_server, anthropic=ANTHROPIC_KEY, gemini=GEMINI_KEY)
     # A wrong key counts against the client's address (5 by default lock it out for 30 s), and every
     # test here comes from 127.0.0.1: the wrong-key test must not lock the others out.
     config["lockout"] = {"failures": 100}
     config["models"][:0] = [
-        {"name": CLAUDE, "route": "claude/claude-sonnet-4-5"},
+        {"name": CLAUDE, "route": "anthropic/claude-sonnet-4-5"},
         {"name": GEMINI, "route": "gem/gemini-2.5-flash"},
-        {"name": "gemini-embed", "route": "gem/gemini-embedding-001"},
+        {"name": EMBED, "route": "gem/gemini-embedding-001"},
     ]
-    running = start_gateway(config, tmp, name="vercel-ai-gateway")
-    try:
+    with running_gateway(config, tmp, name="vercel-ai-gateway") as running:
         yield running
-    finally:
-        running.stop()
 
 
 def vercel_ai(gateway: RunningGateway, *cases: dict[str, Any], key: str = CLIENT_KEY) -> list[dict[str, Any]]:
@@ -320,8 +313,6 @@ def test_conversation_carries_the_previous_answer(upstream: FakeUpstream, gatewa
 
 
 # ------------------------------------------------------------------------------------------ embeddings
-
-EMBED = "gemini-embed"  # a Gemini embedding model (the fixture's gem backend)
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,15 @@ from modelwire.errors import InvalidRequestError, ProtocolError
 from modelwire.types import Embeddings
 
 from .fake_upstream import FakeUpstream, Reply, decoded_embeddings, embedding_for, gemini_embedding
-from .gateway_fixtures import CLIENT_KEY, RunningGateway, base_config, request, start_gateway, usage_rows
+from .gateway_fixtures import (
+    CLIENT_KEY,
+    RunningGateway,
+    add_vendor_backends,
+    base_config,
+    request,
+    running_gateway,
+    usage_rows,
+)
 from .spec import assert_gemini, assert_openai
 
 GEMINI_KEY = "AIza-up-embeddings-000000001"
@@ -38,21 +46,13 @@ def gateway(
 ) -> Iterator[RunningGateway]:
     tmp = tmp_path_factory.mktemp("embeddings-gateway")
     config = base_config(upstream_server, tmp)
-    config["backends"]["gem"] = {"type": "gemini", "base_url": upstream_server.root, "api_key": GEMINI_KEY}
-    config["backends"]["claude"] = {
-        "type": "anthropic",
-        "base_url": upstream_server.root,
-        "api_key": ANTHROPIC_KEY,
-    }
+    add_vendor_backends(config, upstream_server, anthropic=ANTHROPIC_KEY, gemini=GEMINI_KEY)
     config["models"][:0] = [
         {"name": GEM, "route": "gem/gemini-embedding-001"},
-        {"name": CLAUDE, "route": "claude/claude-sonnet-4-5"},
+        {"name": CLAUDE, "route": "anthropic/claude-sonnet-4-5"},
     ]
-    running = start_gateway(config, tmp, name="embeddings-gateway")
-    try:
+    with running_gateway(config, tmp, name="embeddings-gateway") as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture
@@ -243,7 +243,7 @@ def test_a_backend_without_embeddings_says_so(
         status, doc = post_gemini(gateway, CLAUDE, "embedContent", {"content": texts("hi")})
         assert status == 400
         message = doc["error"]["message"]
-    assert "backend 'claude' serves no embeddings" in message
+    assert "backend 'anthropic' serves no embeddings" in message
 
 
 def test_an_upstream_error_reaches_the_client_in_its_dialect(

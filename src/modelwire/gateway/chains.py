@@ -151,11 +151,7 @@ class Chains:
         found = self._in_memory(response_id)
         if found is not None or self.store is None:
             return found
-        try:
-            return await self._call(self.store.get_response, response_id)
-        except SQLAlchemyError as exc:
-            log.debug("store read failed: %s", describe_error(exc))
-            raise ServiceUnavailableError(STORE_DOWN, code="store_unavailable", retry_after=1.0) from None
+        return await self._read(self.store.get_response, response_id)
 
     async def holding(self, item_id: str) -> StoredResponse | None:
         """The stored response with an output item of id ``item_id`` (an ``item_reference``), from
@@ -164,8 +160,11 @@ class Chains:
         found = self._in_memory(holder) if holder is not None else None
         if found is not None or self.store is None:
             return found
+        return await self._read(self.store.get_response_holding, item_id)
+
+    async def _read(self, read: Callable[[str], StoredResponse | None], key: str) -> StoredResponse | None:
         try:
-            return await self._call(self.store.get_response_holding, item_id)
+            return await self._call(read, key)
         except SQLAlchemyError as exc:
             log.debug("store read failed: %s", describe_error(exc))
             raise ServiceUnavailableError(STORE_DOWN, code="store_unavailable", retry_after=1.0) from None
