@@ -108,12 +108,17 @@ class Accounting:
 
     async def chunk(self, call: Call, send: Send, out: bytes) -> None:
         """Answer bytes of an open stream."""
+        self.emitted(call, out)
+        await http.stream_chunk(send, out)
+
+    def emitted(self, call: Call, out: bytes) -> None:
+        """Answer bytes on their way to the client (now, or with the end of the response): the
+        first of them time the first token."""
         if call.ttft is None:
             call.ttft = time.monotonic() - call.started
             if call.trace is not None:
                 call.trace.first_token()
         call.events += 1
-        await http.stream_chunk(send, out)
         if self.capture is not None:
             self.record("client_chunk", call, out)
 

@@ -133,11 +133,13 @@ class Forwarder:
 
     async def pump(
         self, call: Call, outcome: Outcome[Any], send: Send, watch: http.ClientWatch
-    ) -> tuple[Usage | None, int]:
-        """The upstream's stream to the client; its usage and the status to record."""
+    ) -> tuple[Usage | None, int, bytes]:
+        """The upstream's stream to the client; its usage, the status to record, and its last bytes,
+        which go with the end of the response (one write less): once the answer's end has been read,
+        what follows it is the stream's close, held until the upstream's own end."""
         backend, reply = outcome.backend, outcome.value.reply
         if "json" in reply.headers.get("content-type", ""):  # the upstream ignored the stream flag
-            return await self._pump_whole(call, outcome, send)
+            return await self._pump_whole(call, outcome)
         tap = backend.wire.tap(
             call.body, filter_chunks=backend.profile.filter_chunks, json_array=call.surface.json_array
         )
@@ -148,6 +150,7 @@ class Forwarder:
         hold = self.accounting.keeps(call, backend, translated=False)
         capture = self.accounting.capture is not None
         broken = False
+        tail = b""
         try:
             async for chunk in reply.chunks():
                 out = tap.feed(chunk)
@@ -161,26 +164,27 @@ class Forwarder:
                     if hold and tap.response is not None:
                         hold = False
                         await self.accounting.remember(call, tap.response, backend, translated=False)
-                    await self.accounting.chunk(call, send, out)
+                    if tap.finished:
+                        self.accounting.emitted(call, out)
+                        tail += out
+                    else:
+                        await self.accounting.chunk(call, send, out)
                 if not tap.finished and watch.gone():  # past its end the stream needs no watch
                     reply.close()
-                    return tap.usage, 499
+                    return tap.usage, 499, b""
         except ModelwireError as err:
             broken = True
             log.debug("upstream stream broke: %s", err)
         if (broken or not tap.finished) and not tap.errored:
             cut = ProtocolError("the upstream stream ended before the answer finished", status=502)
-            await http.stream_chunk(send, tap.fail(cut))
             call.error = "upstream_cut"
-            return tap.usage, 502
-        await http.stream_chunk(send, tap.end())
-        return tap.usage, 502 if tap.errored else 200
+            return tap.usage, 502, tail + tap.fail(cut)
+        return tap.usage, 502 if tap.errored else 200, tail + tap.end()
 
-    async def _pump_whole(self, call: Call, outcome: Outcome[Any], send: Send) -> tuple[Usage | None, int]:
+    async def _pump_whole(self, call: Call, outcome: Outcome[Any]) -> tuple[Usage | None, int, bytes]:
         doc = passthrough.json_object(await outcome.value.reply.read())
         response = outcome.backend.wire.decode_response(doc)
         response.model = call.model
         renderer = call.surface.stream_renderer(call.echoed(), call.body)
         body = b"".join(renderer.feed(e) for e in events_from_response(response)) + renderer.end()
-        await http.stream_chunk(send, body)
-        return response.usage, 200
+        return response.usage, 200, body

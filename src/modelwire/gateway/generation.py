@@ -131,12 +131,12 @@ class Generation:
         watch = http.ClientWatch(receive)
         try:
             if isinstance(outcome.value, Passthrough):
-                usage, status = await self.forwarder.pump(call, outcome, send, watch)
+                usage, status, last = await self.forwarder.pump(call, outcome, send, watch)
             else:
-                usage, status = await self.translator.pump(call, outcome, send, watch)
+                usage, status, last = await self.translator.pump(call, outcome, send, watch)
         finally:
             watch.stop()
-        await http.end_stream(send)
+        await http.end_stream(send, last)
         if status == 499:
             call.error = "client_closed"
             usage = usage or await self.accounting.estimate(call)

@@ -131,5 +131,5 @@ async def stream_chunk(send: Send, chunk: bytes) -> None:
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
 
-async def end_stream(send: Send) -> None:
-    await send({"type": "http.response.body", "body": b""})
+async def end_stream(send: Send, last: bytes = b"") -> None:
+    await send({"type": "http.response.body", "body": last})

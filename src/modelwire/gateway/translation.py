@@ -88,8 +88,9 @@ class Translator:
 
     async def pump(
         self, call: Call, outcome: Outcome[Any], send: Send, watch: http.ClientWatch
-    ) -> tuple[Usage | None, int]:
-        """The neutral events rendered to the client; their usage and the status to record."""
+    ) -> tuple[Usage | None, int, bytes]:
+        """The neutral events rendered to the client; their usage, the status to record, and the
+        stream's close, which goes with the end of the response."""
         events = outcome.value.events
         assert events is not None
         renderer = call.surface.stream_renderer(call.echoed(), call.body)
@@ -114,11 +115,10 @@ class Translator:
                 if out:
                     await self.accounting.chunk(call, send, out)
                 if watch.gone():
-                    return usage, 499
-            await http.stream_chunk(send, renderer.end())
+                    return usage, 499, b""
         finally:
             await events.aclose()
-        return usage, status
+        return usage, status, renderer.end()
 
 
 def _continuing(req: Request, call: Call) -> Request:
