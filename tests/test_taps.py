@@ -78,6 +78,21 @@ def test_chat_stream_keeps_the_usage_chunk_when_asked_and_reads_crlf() -> None:
     assert tap.usage is not None and tap.usage.output_tokens == 3
 
 
+def test_chat_stream_is_closed_only_by_done() -> None:
+    """With two choices the first may finish while the second still streams: the stream has
+    finished an answer but is closed (nothing more to pass on at once) only at ``[DONE]``."""
+    tap = ChatTap({"stream": True})
+    first_done = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    tap.feed(sse(first_done))
+    assert tap.finished and not tap.closed
+    tap.feed(sse(chunk("still going")))
+    assert not tap.closed
+    tap.feed(b"data: [DONE]\n\n")
+    assert tap.closed
+    for other in (ResponsesTap({}), AnthropicTap({}), GeminiTap({})):
+        assert other.closed == other.finished  # their terminal event is their last
+
+
 def test_chat_stream_mentions_alone_neither_end_nor_strip() -> None:
     out, tap = every_split(lambda: ChatTap({"stream": True}), sse(chunk(MENTION)))
     assert out == sse(chunk(MENTION))

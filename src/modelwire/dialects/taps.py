@@ -30,6 +30,11 @@ class StreamTap(Protocol):
         """The upstream's terminal event came."""
 
     @property
+    def closed(self) -> bool:
+        """Nothing more will be said: the stream's very last event came (Chat's ``[DONE]``, after
+        the finish and usage chunks of every choice; the terminal event of the others)."""
+
+    @property
     def errored(self) -> bool:
         """The upstream said an error in the stream."""
 
@@ -126,7 +131,7 @@ class ChatTap:
     asks for it on the client's behalf, to account for tokens), and the chunks that carry only a
     content-filter verdict (Azure's), which clients expecting ``choices[0].delta`` trip over."""
 
-    __slots__ = ("_split", "errored", "filter_chunks", "finished", "strip_usage", "usage")
+    __slots__ = ("_split", "closed", "errored", "filter_chunks", "finished", "strip_usage", "usage")
     response = None
 
     def __init__(
@@ -137,6 +142,7 @@ class ChatTap:
         self.filter_chunks = filter_chunks
         self.usage: Usage | None = None
         self.finished = False
+        self.closed = False
         self.errored = False
 
     def feed(self, chunk: bytes) -> bytes:
@@ -145,8 +151,10 @@ class ChatTap:
         data = self._split.complete(chunk)
         if not data:
             return b""
+        if not self.closed:
+            self.closed = _headed_last(data, b"[DONE]", 12)
         if not self.finished:
-            self.finished = _rfind_any(data, _FINISH) != -1 or _headed_last(data, b"[DONE]", 12)
+            self.finished = self.closed or _rfind_any(data, _FINISH) != -1
         if data.startswith(b'data: {"error"') or b'\n\ndata: {"error"' in data:
             self.errored = True
         if self.filter_chunks:
@@ -204,6 +212,10 @@ class ResponsesTap:
         self.finished = False
         self.errored = False
         self._last = b""
+
+    @property
+    def closed(self) -> bool:
+        return self.finished  # its terminal event is its last
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._split.complete(chunk)
@@ -264,6 +276,10 @@ class AnthropicTap:
     def usage(self) -> Usage | None:
         return anthropic_messages.decode_usage(self._usage) if self._usage else None
 
+    @property
+    def closed(self) -> bool:
+        return self.finished  # its terminal event is its last
+
     def feed(self, chunk: bytes) -> bytes:
         data = self._split.complete(chunk)
         if not data:
@@ -315,6 +331,10 @@ class GeminiTap:
     def usage(self) -> Usage | None:
         doc = _parse(_data(self._usage_event)) if self._usage_event else None
         return gemini.decode_usage(doc.get("usageMetadata")) if doc else None
+
+    @property
+    def closed(self) -> bool:
+        return self.finished  # its terminal event is its last
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._split.complete(chunk)

@@ -135,8 +135,8 @@ class Forwarder:
         self, call: Call, outcome: Outcome[Any], send: Send, watch: http.ClientWatch
     ) -> tuple[Usage | None, int, bytes]:
         """The upstream's stream to the client; its usage, the status to record, and its last bytes,
-        which go with the end of the response (one write less): once the answer's end has been read,
-        what follows it is the stream's close, held until the upstream's own end."""
+        which go with the end of the response (one write less): once the stream's last event has been
+        read, what is left is its close, held until the upstream's own end."""
         backend, reply = outcome.backend, outcome.value.reply
         if "json" in reply.headers.get("content-type", ""):  # the upstream ignored the stream flag
             return await self._pump_whole(call, outcome)
@@ -164,7 +164,7 @@ class Forwarder:
                     if hold and tap.response is not None:
                         hold = False
                         await self.accounting.remember(call, tap.response, backend, translated=False)
-                    if tap.finished:
+                    if tap.closed:
                         self.accounting.emitted(call, out)
                         tail += out
                     else:
