@@ -255,7 +255,9 @@ class SteadyLoad:
 
     def statuses(self, since: float = 0.0, until: float = float("inf")) -> Counter[int]:
         """Statuses of the answers that completed between ``since`` and ``until`` (monotonic)."""
-        return Counter(status for status, done in self.answers.values() if since <= done <= until)
+        # A copy first: the load's thread adds answers meanwhile (list() copies under the GIL).
+        answers = list(self.answers.values())
+        return Counter(status for status, done in answers if since <= done <= until)
 
 
 # ----------------------------------------------------------------------------------------------
