@@ -170,7 +170,7 @@ class Admission:
             if ref not in held:
                 found = await self.state.chains.holding(ref)
                 if found is not None and owned(found, call.key):
-                    held.update((i["id"], i) for i in found.output_items if isinstance(i.get("id"), str))
+                    held.update(found.output_items_by_id())
             if ref in held:
                 resolved.append(held[ref])
             else:

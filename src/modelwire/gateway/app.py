@@ -95,9 +95,9 @@ Endpoint = tuple[Handler, Surface]
 PlainHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
 OPERATOR_PATHS = ("/admin/", "/ui")  # the admin API and dashboard, reached only when no API route matched
 TOKENIZER_IDLE_SECONDS = 30.0
-_GEMINI_EMBED_ACTIONS = (":embedContent", ":batchEmbedContents")
 """An encoding no count has used for this long is dropped (~40 MiB for o200k). Building it again
 takes ~0.2-0.5 s of CPU: at most ~1% of a core even if counts came just after each drop."""
+GEMINI_EMBED_ACTIONS = ("embedContent", "batchEmbedContents")
 
 
 class Gateway:
@@ -403,7 +403,8 @@ class Gateway:
         if full.startswith(("/v1beta/models", "/v1/models/")) and ":" in full.rsplit("/", 1)[-1]:
             if method != "POST":
                 return self._not_found, GEMINI
-            return self._gemini, GEMINI_EMBEDDINGS if full.endswith(_GEMINI_EMBED_ACTIONS) else GEMINI
+            embeds = full.rpartition(":")[2] in GEMINI_EMBED_ACTIONS
+            return self._gemini, GEMINI_EMBEDDINGS if embeds else GEMINI
         if full.startswith("/v1beta/models") and method == "GET":
             return self.side.gemini_models, GEMINI
         path = full.removeprefix("/v1")
@@ -420,7 +421,7 @@ class Gateway:
         model, _, action = scope["path"].split("/models/", 1)[1].rpartition(":")
         if action == "countTokens":
             await self.side.gemini_tokens(call, scope, receive, send, model)
-        elif action in ("embedContent", "batchEmbedContents"):
+        elif action in GEMINI_EMBED_ACTIONS:
             await self.side.gemini_embeddings(
                 call, scope, receive, send, model, action == "batchEmbedContents"
             )

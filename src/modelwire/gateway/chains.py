@@ -219,13 +219,13 @@ class Chains:
     def _remember(self, response: StoredResponse) -> None:
         self._recent[response.id] = response
         self._recent.move_to_end(response.id)
-        for item_id in response.output_item_ids():
+        for item_id in response.output_items_by_id():
             self._holders[item_id] = response.id
         while len(self._recent) > self._memory:
             self._forget(self._recent.popitem(last=False)[1])
 
     def _forget(self, response: StoredResponse) -> None:
-        for item_id in response.output_item_ids():
+        for item_id in response.output_items_by_id():
             if self._holders.get(item_id) == response.id:
                 del self._holders[item_id]
 

@@ -179,11 +179,9 @@ class StoredResponse:
         """Every item of the conversation up to and including this response's output."""
         return [*self.input_items, *self.output_items]
 
-    def output_item_ids(self) -> list[str]:
-        return [i for item in self.output_items if isinstance(i := item.get("id"), str) and i]
-
-    def output_item(self, item_id: str) -> dict[str, Any] | None:
-        return next((item for item in self.output_items if item.get("id") == item_id), None)
+    def output_items_by_id(self) -> dict[str, dict[str, Any]]:
+        """The output items that have an id (what an ``item_reference`` can name), by id."""
+        return {i: item for item in self.output_items if isinstance(i := item.get("id"), str) and i}
 
 
 RESPONSE_FIELDS = tuple(f.name for f in fields(StoredResponse))
@@ -833,7 +831,7 @@ class Store:
         :meth:`usage_statements`: the gateway awaits this write before a stored response's last
         event reaches its client, so it must cost little)."""
         unique = list({r.id: r for r in responses}.values())  # one statement may not upsert an id twice
-        items = {item_id: r.id for r in unique for item_id in r.output_item_ids()}
+        items = {item_id: r.id for r in unique for item_id in r.output_items_by_id()}
         return [*self._response_rows.statements(unique), *self._item_rows.statements(list(items.items()))]
 
     def get_response(self, id: str) -> StoredResponse | None:
