@@ -490,13 +490,26 @@ async def test_without_a_store_responses_live_in_memory() -> None:
 async def test_a_deletion_elsewhere_makes_a_replica_ask_the_store_again(replica: ChainsFactory) -> None:
     a, b = replica(), replica()
     r = response(0)
-    await a.put(r)
     store = a.store
     assert store is not None
-    a.note_deletions(store.versions()["responses"])
+    a.note_deletions(store.versions()["responses"])  # its first reading: the baseline
+    await a.put(r)
     assert await b.delete(r.id)
     assert await a.get(r.id) is r, "until the counter is read, memory answers"
     a.note_deletions(store.versions()["responses"])
+    assert await a.get(r.id) is None
+
+
+async def test_what_memory_took_before_the_first_reading_is_asked_again(replica: ChainsFactory) -> None:
+    """A replica just started serves before its first poll of the counter: a deletion elsewhere in
+    that window must not leave it serving its copy for good."""
+    a, b = replica(), replica()
+    r = response(0)
+    await a.put(r)  # before a's first reading
+    assert await b.delete(r.id)
+    store = a.store
+    assert store is not None
+    a.note_deletions(store.versions()["responses"])  # its first reading
     assert await a.get(r.id) is None
 
 

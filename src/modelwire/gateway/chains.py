@@ -179,8 +179,9 @@ class Chains:
     def note_deletions(self, counter: int) -> None:
         """The store's deletion counter, as the gateway polls it: when another replica deleted a
         response, what this one remembers may be stale, so it asks the store again (responses still
-        waiting to be written are not forgotten)."""
-        if self._deletions is not None and counter != self._deletions:
+        waiting to be written are not forgotten). The first reading is no baseline for what memory
+        took before it: a deletion may have come in between, so that is asked of the store again too."""
+        if counter != self._deletions:
             self._recent.clear()
             self._holders.clear()
         self._deletions = counter
