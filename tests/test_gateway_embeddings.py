@@ -7,6 +7,7 @@ other (translated both ways). The fake upstream validates every request against 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -373,3 +374,37 @@ def test_a_base64_answer_reads_back_as_the_same_float32s(vectors: list[list[floa
     )
     assert all(isinstance(item["embedding"], str) for item in rendered["data"])
     assert openai_embeddings.decode_response(rendered) == Embeddings(vectors=vectors, input_tokens=3)
+
+
+def test_gemini_embeddings_are_limited_counted_and_logged(
+    upstream: FakeUpstream, gateway: RunningGateway
+) -> None:
+    """The key's rpm holds here as on every route (the refusal in Google's shape), each request is
+    counted in /metrics by model and status, and each has its line in the request log."""
+    rpm_key = "sk-client-rpm-000000000"  # base_config: 2 requests a minute
+    statuses, docs = [], []
+    for n in range(3):
+        status, _, raw = request(
+            gateway,
+            "POST",
+            f"/v1beta/models/{GEM}:embedContent",
+            json.dumps({"content": texts(f"limited {n}")}).encode(),
+            {
+                "Content-Type": "application/json",
+                "x-goog-api-key": rpm_key,
+                "Authorization": "",
+                "x-request-id": f"emb-limited-{n}",
+            },
+        )
+        statuses.append(status)
+        docs.append(json.loads(raw))
+    assert statuses == [200, 200, 429], docs
+    assert docs[2]["error"]["status"] == "RESOURCE_EXHAUSTED"
+    status, _, payload = request(gateway, "GET", "/metrics")
+    counted = [line for line in payload.decode().splitlines() if line.startswith("modelwire_requests_total{")]
+    for code in ("200", "429"):
+        assert any(f'model="{GEM}"' in line and f'status="{code}"' in line for line in counted), counted
+    deadline = time.monotonic() + 5  # the request log is written in batches
+    while not all(f"request_id=emb-limited-{n} " in gateway.log() for n in range(3)):
+        assert time.monotonic() < deadline, gateway.log()[-2000:]
+        time.sleep(0.05)
