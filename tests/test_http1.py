@@ -202,6 +202,47 @@ async def test_a_connection_closed_while_idle_is_replaced_without_failing(
     await transport.aclose()
 
 
+async def test_idle_connections_beyond_the_spares_close_soon_and_the_spares_at_keepalive(
+    raw_server: Callable[[Handler], Awaitable[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a burst the pool does not keep its connections open until a next request: those
+    beyond the spares close after the short wait, the spares after the keep-alive time."""
+    from modelwire.providers import http1
+
+    monkeypatch.setattr(http1, "SURPLUS_IDLE_SECONDS", 0.2)
+    opened = closed = 0
+    burst = http1.SPARE_IDLE + 8
+    gate = asyncio.Event()
+
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal opened, closed
+        opened += 1
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                closed += 1  # the client closed its side
+                return
+            await gate.wait()  # every request of the burst at once: one connection each
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    transport = Http1Transport(keepalive=1.0)
+    url = await raw_server(keep_alive)
+    replies = [asyncio.ensure_future(transport.send("POST", url, {}, b"")) for _ in range(burst)]
+    await asyncio.sleep(0.2)
+    gate.set()
+    assert [await (await r).read() for r in replies] == [b"ok"] * burst
+    assert (opened, closed) == (burst, 0)
+    await asyncio.sleep(0.7)  # past the short wait (and one sweep period), short of the keep-alive
+    assert closed == burst - http1.SPARE_IDLE
+    assert await (await transport.send("POST", url, {}, b"")).read() == b"ok"
+    assert opened == burst  # a spare served it
+    await asyncio.sleep(1.6)
+    assert closed == burst
+    await transport.aclose()
+
+
 async def test_a_stalled_upstream_times_out(raw_server: Callable[[Handler], Awaitable[str]]) -> None:
     async def stall_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)

@@ -342,20 +342,29 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(TimeoutError("the upstream did not answer in time"))
 
 
+SPARE_IDLE = 16  # idle connections per origin kept for the whole keep-alive time
+SURPLUS_IDLE_SECONDS = 10.0  # how long those beyond them wait for a request
+
+
 class _Pool:
-    """Idle keep-alive connections of one event loop, per origin; the most recently used first."""
+    """Idle keep-alive connections of one event loop, per origin; the most recently used first.
+    A sweep closes what has waited too long rather than leaving it for a next request that may
+    never come: after a burst of a thousand streams, a thousand connections (and the memory they
+    pin) would stay open. The most recent :data:`SPARE_IDLE` wait ``keepalive`` seconds (a request
+    every minute keeps its TLS connection); those beyond, :data:`SURPLUS_IDLE_SECONDS`. The sweep
+    runs every :data:`SURPLUS_IDLE_SECONDS` while any connection is idle."""
 
     def __init__(self, keepalive: float) -> None:
         self.keepalive = keepalive
-        self.idle: dict[Origin, list[_Connection]] = {}
+        self.idle: dict[Origin, collections.deque[_Connection]] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+        self._period = min(keepalive, SURPLUS_IDLE_SECONDS)
 
     def take(self, origin: Origin) -> _Connection | None:
         idle = self.idle.get(origin)
         if not idle:
             return None
-        now = time.monotonic()
-        while idle and now - idle[0].idle_since > self.keepalive:  # the oldest first: expired
-            idle.pop(0).abort()
+        self._expire(idle, time.monotonic())
         while idle:
             conn = idle.pop()
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
@@ -364,7 +373,12 @@ class _Pool:
 
     def put(self, conn: _Connection) -> None:
         conn.idle_since = time.monotonic()
-        self.idle.setdefault(conn.origin, []).append(conn)
+        idle = self.idle.get(conn.origin)
+        if idle is None:
+            idle = self.idle[conn.origin] = collections.deque()
+        idle.append(conn)
+        if self._sweep is None:
+            self._sweep = asyncio.get_running_loop().call_later(self._period, self._swept)
 
     def forget(self, conn: _Connection) -> None:
         idle = self.idle.get(conn.origin)
@@ -372,10 +386,30 @@ class _Pool:
             idle.remove(conn)
 
     def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for idle in self.idle.values():
             for conn in idle:
                 conn.abort()
         self.idle.clear()
+
+    def _patience(self, idle: collections.deque[_Connection]) -> float:
+        """How long the oldest of ``idle`` may wait."""
+        return SURPLUS_IDLE_SECONDS if len(idle) > SPARE_IDLE else self.keepalive
+
+    def _expire(self, idle: collections.deque[_Connection], now: float) -> None:
+        """Closes the expired, the oldest first (each deque is in the order connections came back)."""
+        while idle and now - idle[0].idle_since > self._patience(idle):
+            idle.popleft().abort()
+
+    def _swept(self) -> None:
+        now = time.monotonic()
+        for origin, idle in list(self.idle.items()):
+            self._expire(idle, now)
+            if not idle:
+                del self.idle[origin]
+        self._sweep = asyncio.get_running_loop().call_later(self._period, self._swept) if self.idle else None
 
 
 class Http1Transport(AiohttpTransport):
