@@ -137,6 +137,39 @@ def test_an_unknown_previous_response_is_the_documented_error(gateway: RunningGa
     assert error["error"]["param"] == "previous_response_id"
 
 
+def test_item_references_over_the_socket_are_resolved_or_refused(
+    upstream: FakeUpstream, gateway: RunningGateway
+) -> None:
+    """An earlier stored answer named by its item id alone reaches a Chat upstream as that answer,
+    as over HTTP; an item the gateway does not hold is OpenAI's 404 on the socket, sent nowhere."""
+    upstream.script(Reply.text("Your name is Ada, noted."), Reply.text("Ada."))
+    first = client(gateway).responses.create(model="chat-model", input="My name is Ada.")
+    turn = {
+        "type": "response.create",
+        "model": "chat-model",
+        "input": [
+            {"role": "user", "content": "My name is Ada."},
+            {"type": "item_reference", "id": first.output[0].id},
+            {"role": "user", "content": "What is my name?"},
+        ],
+    }
+    unknown = {**turn, "input": [{"type": "item_reference", "id": "msg_never_minted"}]}
+    frames = raw_frames(ws_url(gateway), [turn, unknown])
+    (completed,) = [f for f in frames if f["type"] == "response.completed"]
+    assert completed["response"]["output"][0]["content"][0]["text"] == "Ada."
+    turns = [(m["role"], m["content"]) for m in upstream.last.body["messages"]]
+    assert turns == [
+        ("user", "My name is Ada."),
+        ("assistant", "Your name is Ada, noted."),
+        ("user", "What is my name?"),
+    ]
+    assert len(upstream.requests) == 2  # the refused turn went nowhere
+    error = frames[-1]
+    assert error["type"] == "error" and error["status"] == 404
+    assert error["error"]["param"] == "input" and error["error"]["type"] == "invalid_request_error"
+    assert "Item with id 'msg_never_minted' not found." in error["error"]["message"]
+
+
 def test_lanes_echo_their_stream_id(upstream: FakeUpstream, gateway: RunningGateway) -> None:
     upstream.script(Reply.text("one"), Reply.text("two"))
     frames = raw_frames(

@@ -4,8 +4,10 @@ targets, each attempt forwarded or translated, then the answer whole or streamed
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ContextLengthError, ModelwireError, NotFoundError, PreviousResponseNotFound
@@ -29,6 +31,39 @@ if TYPE_CHECKING:
     from .background import Background
 
 
+class LateAnswers:
+    """Streams still waiting for their first answer, each told when it has waited ``after``
+    seconds. One timer per slice of time (an eighth of ``after``) serves every stream due in it, so
+    a stream is told between ``after`` and ``after`` plus a slice; a timer per stream cost about 2%
+    of a stream's CPU (uvloop makes a libuv timer for each), for the rare stream that waits."""
+
+    def __init__(self, after: float) -> None:
+        self._after = after
+        self._slice = after / 8
+        self._due: dict[float, dict[Call, Callable[[], None]]] = {}
+        self._slots: dict[Call, float] = {}
+
+    def add(self, call: Call, late: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        at = math.ceil((loop.time() + self._after) / self._slice) * self._slice
+        due = self._due.get(at)
+        if due is None:
+            due = self._due[at] = {}
+            loop.call_at(at, self._told, at)
+        due[call] = late
+        self._slots[call] = at
+
+    def discard(self, call: Call) -> None:
+        at = self._slots.pop(call, None)
+        if at is not None:
+            self._due[at].pop(call, None)
+
+    def _told(self, at: float) -> None:
+        for call, late in self._due.pop(at).items():
+            del self._slots[call]
+            late()
+
+
 @dataclass(eq=False)
 class Generation:
     config: Config
@@ -41,6 +76,10 @@ class Generation:
     upstream_runs: UpstreamRuns
     # Runs background responses through serve(), so it is set once both exist.
     background: Background | None = None
+    late: LateAnswers = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.late = LateAnswers(self.config.server.keepalive_seconds)
 
     async def generate(
         self,
@@ -145,19 +184,14 @@ class Generation:
     async def _first_answer(self, call: Call, route: Route, send: Send) -> Outcome[Any]:
         """The failover search; while it runs long, the stream is opened and kept alive.
 
-        The keep-alive is a timer that starts a task only when the search outlasts it: most
-        answers come first, and then a stream pays for a timer, not for a task and a wait.
-        """
-        loop = asyncio.get_running_loop()
+        The keep-alive starts a task only when the search outlasts its period: most answers come
+        first, and then a stream pays for two dict entries, not for a task and a wait."""
         pinger: list[asyncio.Future[None]] = []
-        every = self.config.server.keepalive_seconds
-        timer = loop.call_later(
-            every, lambda: pinger.append(asyncio.ensure_future(self._keep_alive(call, send)))
-        )
+        self.late.add(call, lambda: pinger.append(asyncio.ensure_future(self._keep_alive(call, send))))
         try:
             return await self.failover.run(route.order(), lambda t, b, i: self._attempt(call, t, b, i))
         finally:
-            timer.cancel()
+            self.late.discard(call)
             if pinger:
                 pinger[0].cancel()
                 await asyncio.wait(pinger)  # never mid-write when the answer starts
