@@ -60,7 +60,8 @@ def every_split(make: Any, stream: bytes) -> tuple[bytes, StreamTap]:
     for cuts in splits:
         out, other = feed_split(make, stream, cuts)
         assert out == whole, cuts
-        assert (other.usage, other.finished, other.errored) == (tap.usage, tap.finished, tap.errored), cuts
+        seen = (other.usage, other.finished, other.closed, other.errored)
+        assert seen == (tap.usage, tap.finished, tap.closed, tap.errored), cuts
     return whole, tap
 
 
@@ -97,6 +98,22 @@ def test_chat_stream_mentions_alone_neither_end_nor_strip() -> None:
     out, tap = every_split(lambda: ChatTap({"stream": True}), sse(chunk(MENTION)))
     assert out == sse(chunk(MENTION))
     assert not tap.finished and tap.usage is None
+
+
+def test_chat_stream_in_the_spaced_spelling() -> None:
+    """Some OpenAI-compatible servers put a space after each colon: the tap reads their end and
+    usage alike, whatever read first shows the spelling, and text mentioning the compact markers
+    (escaped in JSON, so never taken for them) changes nothing."""
+    mention = 'the "finish_reason":"stop" and "usage":{x} of data:[DONE]'
+    docs = (chunk("Hi"), chunk(mention), chunk(None, "stop"), USAGE)
+    stream = b"".join(b"data: " + json.dumps(d).encode() + b"\n\n" for d in docs) + b"data: [DONE]\n\n"
+    assert b'"finish_reason": null' in stream
+    body = {"stream": True, "stream_options": {"include_usage": True}}
+    out, tap = every_split(lambda: ChatTap(body), b": keep-alive\n\n" + stream)
+    assert out == b": keep-alive\n\n" + stream
+    assert tap.finished and tap.closed and tap.usage is not None and tap.usage.output_tokens == 3
+    out, tap = every_split(lambda: ChatTap(body), stream.removesuffix(b"data: [DONE]\n\n"))
+    assert tap.finished and not tap.closed
 
 
 def test_chat_stream_filter_drops_verdict_only_chunks() -> None:

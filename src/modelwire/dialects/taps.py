@@ -95,12 +95,6 @@ def _rfind_any(data: bytes, markers: tuple[bytes, ...]) -> int:
     return -1
 
 
-def _headed_last(data: bytes, marker: bytes, within: int) -> bool:
-    """Whether the last ``marker`` in ``data`` is in its event's first ``within`` bytes."""
-    at = data.rfind(marker)
-    return at != -1 and at + len(marker) - _bounds(data, at)[0] <= within
-
-
 def _marked(data: bytes, markers: tuple[bytes, ...], within: int = 0) -> Iterator[tuple[int, int]]:
     """The bounds of each event holding one of ``markers``, in stream order; with ``within``, only
     where a marker is in the event's first ``within`` bytes (its name or type, not a mention of it
@@ -122,8 +116,14 @@ def _data(event: bytes) -> bytes | None:
     return payload[1:] if payload.startswith(b" ") else payload
 
 
-_USAGE = (b'"usage":{', b'"usage": {')
+# What a Chat tap looks for, in both JSON spellings until a stream shows which it uses: every
+# chunk names ``finish_reason``, compact (OpenAI) or spaced, and a key can only appear in a stream
+# as JSON (inside a string its quotes are escaped), so its first appearance settles the spelling.
 _FINISH = (b'"finish_reason":"', b'"finish_reason": "')
+_USAGE = (b'"usage":{', b'"usage": {')
+_COMPACT = ((_FINISH[0],), (_USAGE[0],))
+_SPACED = ((_FINISH[1],), (_USAGE[1],))
+_DONE = (b"data: [DONE]\n\n", b"data:[DONE]\n\n")  # the very last event, whole
 
 
 class ChatTap:
@@ -131,7 +131,16 @@ class ChatTap:
     asks for it on the client's behalf, to account for tokens), and the chunks that carry only a
     content-filter verdict (Azure's), which clients expecting ``choices[0].delta`` trip over."""
 
-    __slots__ = ("_split", "closed", "errored", "filter_chunks", "finished", "strip_usage", "usage")
+    __slots__ = (
+        "_markers",
+        "_split",
+        "closed",
+        "errored",
+        "filter_chunks",
+        "finished",
+        "strip_usage",
+        "usage",
+    )
     response = None
 
     def __init__(
@@ -144,28 +153,37 @@ class ChatTap:
         self.finished = False
         self.closed = False
         self.errored = False
+        self._markers: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None
 
     def feed(self, chunk: bytes) -> bytes:
-        # Searched from the end (the events that matter close a stream), each spacing only when
-        # the compact form is absent: a read of token deltas costs a few scans, none of them split.
+        # Searched from the end (the events that matter close a stream), in the stream's own
+        # spelling: a read of token deltas costs three scans, none of them split.
         data = self._split.complete(chunk)
         if not data:
             return b""
+        finish, usage = self._markers or self._spelling(data)
         if not self.closed:
-            self.closed = _headed_last(data, b"[DONE]", 12)
+            self.closed = data.endswith(_DONE)
         if not self.finished:
-            self.finished = self.closed or _rfind_any(data, _FINISH) != -1
+            self.finished = self.closed or _rfind_any(data, finish) != -1
         if data.startswith(b'data: {"error"') or b'\n\ndata: {"error"' in data:
             self.errored = True
         if self.filter_chunks:
             kept = [e for e in _events(data) if self._keep(e)]
             return b"\n\n".join(kept) + b"\n\n" if kept else b""
-        at = _rfind_any(data, _USAGE)
+        at = _rfind_any(data, usage)
         if at == -1:
             return data
         # Only the last usage event of a read can be usage-only: it comes just before [DONE].
         start, stop = _bounds(data, at)
         return data if self._keep(data[start : stop - 2]) else data[:start] + data[stop:]
+
+    def _spelling(self, data: bytes) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+        at = data.find(b'"finish_reason":')
+        if at == -1:
+            return _FINISH, _USAGE
+        self._markers = _SPACED if data[at + 16 : at + 17] == b" " else _COMPACT
+        return self._markers
 
     def _keep(self, event: bytes) -> bool:
         if b"[DONE]" in event[:12] or event.startswith(b'data: {"error"'):

@@ -106,10 +106,11 @@ class Accounting:
     async def answer(self, call: Call, send: Send, doc: Any) -> None:
         await self.respond(call, send, 200, orjson.dumps(doc), [(b"x-request-id", call.request_id.encode())])
 
-    async def chunk(self, call: Call, send: Send, out: bytes) -> None:
-        """Answer bytes of an open stream."""
+    def chunk(self, call: Call, send: Send, out: bytes) -> Awaitable[None]:
+        """Answer bytes of an open stream (not empty), on their way: the send to await. A plain
+        function, not a coroutine: this runs for every read of every stream."""
         self.emitted(call, out)
-        await http.stream_chunk(send, out)
+        return send(http.more(out))
 
     def emitted(self, call: Call, out: bytes) -> None:
         """Answer bytes on their way to the client (now, or with the end of the response): the

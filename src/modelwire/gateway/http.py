@@ -126,9 +126,14 @@ async def start_stream(
     await send({"type": "http.response.start", "status": 200, "headers": [*kind, *headers]})
 
 
+def more(chunk: bytes) -> Message:
+    """A part of a streamed body, not its end (an empty ``chunk`` would be a write for nothing)."""
+    return {"type": "http.response.body", "body": chunk, "more_body": True}
+
+
 async def stream_chunk(send: Send, chunk: bytes) -> None:
     if chunk:
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send(more(chunk))
 
 
 async def end_stream(send: Send, last: bytes = b"") -> None:
