@@ -1,11 +1,12 @@
 """Starting the gateway: checks that must pass before binding, then uvicorn.
 
 uvicorn (uvloop + httptools) measured the lowest single-request latency of the servers tried on
-this hardware, which the latency budget (within 0.5 ms of the upstream) needs; granian was faster
-only under heavy concurrency. SIGTERM stops accepting and gives in-flight requests
-``server.grace_seconds`` to finish; the gateway then ends what is left itself, each request with its
-own error and usage record (see :meth:`Gateway.begin_shutdown`), and flushes usage on lifespan
-shutdown. uvicorn's own deadline is set a little later, so it never has to cancel a request blind.
+this hardware, which the latency budget (within 0.5 ms of the upstream) needs; granian costs a few
+percent less per request but drops the record of a request cut at shutdown (README, Performance).
+SIGTERM stops accepting and gives in-flight requests ``server.grace_seconds`` to finish; the
+gateway then ends what is left itself, each request with its own error and usage record (see
+:meth:`Gateway.begin_shutdown`), and flushes usage on lifespan shutdown. uvicorn's own deadline is
+set a little later, so it never has to cancel a request blind.
 """
 
 from __future__ import annotations
