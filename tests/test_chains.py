@@ -220,7 +220,7 @@ async def test_the_same_replica_answers_from_memory(replica: ChainsFactory) -> N
     a = replica()
     r = response()
     await a.put(r)
-    assert await a.get(r.id) is r
+    assert await a.get(r.id) == r
     assert flaky(a).reads == 0
 
 
@@ -230,7 +230,7 @@ async def test_a_response_is_found_by_an_output_item_here_and_on_another_replica
     a, b = replica(), replica()
     r = response(3, output_items=[{"id": "msg_3", "type": "message"}, {"id": "rs_3", "type": "reasoning"}])
     await a.put(r)
-    assert await a.holding("rs_3") is r and flaky(a).reads == 0  # from memory
+    assert await a.holding("rs_3") == r and flaky(a).reads == 0  # from memory
     found = await b.holding("msg_3")
     assert found is not None and found.id == r.id
     assert await b.holding("msg_unknown") is None
@@ -248,10 +248,37 @@ async def test_memory_lets_go_of_the_items_of_responses_it_forgets() -> None:
     for r in rs:
         await chains.put(r)
     assert await chains.holding("msg_0") is None
-    assert await chains.holding("msg_2") is rs[2]
+    assert await chains.holding("msg_2") == rs[2]
     assert await chains.delete(rs[2].id) and await chains.holding("msg_2") is None
     assert list(chains._holders) == ["msg_1"]  # bounded with the responses it remembers
     await chains.drain()
+
+
+async def test_memory_is_bounded_by_size_as_well_as_count() -> None:
+    """A response holds its whole conversation: a few long ones fill the memory a count allows."""
+    chains = Chains(None, memory=100, memory_bytes=350_000)
+    turn = [{"type": "message", "role": "user", "content": "x" * 100_000}]
+    long = [response(n, input_items=turn, output_items=[{"id": f"msg_{n}"}]) for n in range(4)]
+    for r in long:
+        await chains.put(r)
+    assert [await chains.get(r.id) is not None for r in long] == [False, True, True, True]
+    assert await chains.holding("msg_0") is None and await chains.holding("msg_1") == long[1]
+    short = [response(n) for n in range(100)]
+    for r in short:
+        await chains.put(r)
+    assert [await chains.get(r.id) for r in short] == short  # the count binds before the size
+
+
+async def test_memory_hands_out_copies() -> None:
+    chains = Chains(None)
+    r = response(1)
+    await chains.put(r)
+    r.output_items.append({"type": "message", "content": "changed after the put"})
+    found = await chains.get(r.id)
+    assert found is not None and len(found.output_items) == 1
+    found.input_items.clear()  # as a caller prefixing history may change what it was given
+    again = await chains.get(r.id)
+    assert again is not None and again.input_items == response(1).input_items
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,7 +342,7 @@ async def test_an_outage_neither_raises_nor_hangs_and_heals(
     assert "OSError: refused" in warning.getMessage() and warning.exc_info is None
     assert "INSERT" not in caplog.text and "Traceback" not in caplog.text
     for r in rs:
-        assert await a.get(r.id) is r  # this replica still chains them
+        assert await a.get(r.id) == r  # this replica still chains them
     flaky(a).failing = False
     await eventually(lambda: a.pending == 0)
     assert (a.healthy, a.dropped) == (True, 0)
@@ -366,7 +393,7 @@ async def test_pending_responses_outlive_the_memory_cache(replica: ChainsFactory
     for r in rs:
         await a.put(r)
     for r in rs:
-        assert await a.get(r.id) is r
+        assert await a.get(r.id) == r
     assert flaky(a).reads == 0
 
 
@@ -377,7 +404,7 @@ async def test_the_backlog_is_bounded_dropping_the_oldest(replica: ChainsFactory
     for r in rs:
         await a.put(r)
     assert (a.pending, a.dropped) == (3, 2)
-    assert await a.get(rs[0].id) is rs[0]  # dropped from the backlog, not from memory
+    assert await a.get(rs[0].id) == rs[0]  # dropped from the backlog, not from memory
     flaky(a).failing = False
     await a.drain()
     assert [await b.get(r.id) is not None for r in rs] == [False, False, True, True, True]
@@ -389,7 +416,7 @@ async def test_a_read_with_the_store_down_is_a_503_unless_in_memory(replica: Cha
     await b.put(elsewhere)
     flaky(a).failing = True
     await a.put(kept)
-    assert await a.get(kept.id) is kept
+    assert await a.get(kept.id) == kept
     with pytest.raises(ServiceUnavailableError) as info:
         await a.get(elsewhere.id)
     assert info.value.status == 503 and "store is unreachable" in info.value.message
@@ -482,7 +509,7 @@ async def test_without_a_store_responses_live_in_memory() -> None:
     chains = Chains(None)
     r = response()
     assert await chains.put(r) is False
-    assert await chains.get(r.id) is r and chains.pending == 0
+    assert await chains.get(r.id) == r and chains.pending == 0
     assert await chains.delete(r.id) is True and await chains.get(r.id) is None
     await chains.drain()
 
@@ -495,7 +522,7 @@ async def test_a_deletion_elsewhere_makes_a_replica_ask_the_store_again(replica:
     a.note_deletions(store.versions()["responses"])  # its first reading: the baseline
     await a.put(r)
     assert await b.delete(r.id)
-    assert await a.get(r.id) is r, "until the counter is read, memory answers"
+    assert await a.get(r.id) == r, "until the counter is read, memory answers"
     a.note_deletions(store.versions()["responses"])
     assert await a.get(r.id) is None
 
@@ -521,7 +548,7 @@ async def test_with_no_other_process_puts_do_not_wait(replica: ChainsFactory) ->
     start = time.perf_counter()
     assert await asyncio.gather(*(a.put(r) for r in rs)) == [False] * 20
     assert time.perf_counter() - start < 0.1
-    assert await a.get(rs[0].id) is rs[0]
+    assert await a.get(rs[0].id) == rs[0]
     await eventually(lambda: a.pending == 0)
     assert flaky(a).batches == [20]
     assert await b.get(rs[-1].id) is not None

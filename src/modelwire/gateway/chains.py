@@ -11,8 +11,8 @@ them the instant it has the previous response. So the gateway awaits :meth:`Chai
 releases a response's final bytes: ``put`` returns once the response is committed. To keep that
 cheap, puts are group-committed: one writer task writes everything that arrived while its previous
 transaction ran, so under load the cost is one transaction per batch, and a lone request pays
-about one write. Recent responses are also kept in memory, so a follow-up reaching the same
-replica never touches the database.
+about one write. Recent responses are also kept in memory (as their encoded rows, within a count
+and a size), so a follow-up reaching the same replica never touches the database.
 
 Waiting is only worth its cost when another process could serve the follow-up: with one process on
 a SQLite file (``shared=False``) memory already answers every follow-up, so ``put`` returns at once
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import ServiceUnavailableError
-from .store import Store, StoredResponse, describe_error
+from .store import PackedResponse, Store, StoredResponse, describe_error
 
 if TYPE_CHECKING:
     from .auth import ClientKey
@@ -64,7 +64,7 @@ def input_items(body: dict[str, Any]) -> list[dict[str, Any]]:
 class _Entry:
     """A response waiting for the store, and the puts waiting for it to be committed."""
 
-    response: StoredResponse
+    response: PackedResponse
     waiters: list[asyncio.Future[bool]] = field(default_factory=list)
 
     def settle(self, written: bool) -> None:
@@ -81,6 +81,10 @@ class Chains:
     failed) the store counts as unhealthy, one warning is logged, and puts return at once until a
     write succeeds again. ``max_pending`` bounds what waits for the store; beyond it the oldest
     are dropped (and counted in ``dropped``), though memory may still hold them.
+
+    Memory keeps the ``memory`` most recent responses, fewer when together they weigh more than
+    ``memory_bytes`` encoded: a response holds its whole conversation, and an agent's turns run to
+    hundreds of kB each, so a count alone would not bound it.
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class Chains:
         store: Store | None,
         *,
         memory: int = 2048,
+        memory_bytes: int = 32 * 1024 * 1024,
         max_pending: int = 10_000,
         max_batch: int = 500,
         max_wait: float = 1.0,
@@ -101,6 +106,7 @@ class Chains:
         self.store = store
         self.dropped = 0
         self._memory = memory
+        self._memory_bytes = memory_bytes
         self._max_pending = max_pending
         self._max_wait = max_wait
         self._retry_seconds = retry_seconds
@@ -110,7 +116,8 @@ class Chains:
         # SQLite reads run on the loop: measured cheaper than a worker thread (see _call).
         self._on_loop = store is not None and store.dialect == "sqlite"
         self._max_batch = max_batch
-        self._recent: OrderedDict[str, StoredResponse] = OrderedDict()
+        self._recent: OrderedDict[str, PackedResponse] = OrderedDict()
+        self._recent_bytes = 0
         self._holders: dict[str, str] = {}  # output item id -> the recent response holding it
         self._deletions: int | None = None  # the store's deletion counter, as last seen
         self._queue: OrderedDict[str, _Entry] = OrderedDict()
@@ -183,16 +190,17 @@ class Chains:
         took before it: a deletion may have come in between, so that is asked of the store again too."""
         if counter != self._deletions:
             self._recent.clear()
+            self._recent_bytes = 0
             self._holders.clear()
         self._deletions = counter
 
     def _in_memory(self, response_id: str) -> StoredResponse | None:
         """Recent responses, and every one still waiting for the store (memory may have let it go)."""
         found = self._recent.get(response_id)
-        if found is not None:
-            return found
-        entry = self._queue.get(response_id) or self._in_flight.get(response_id)
-        return entry.response if entry is not None else None
+        if found is None:
+            entry = self._queue.get(response_id) or self._in_flight.get(response_id)
+            found = entry.response if entry is not None else None
+        return found.unpack() if found is not None else None
 
     # -- writing ------------------------------------------------------------------------------------
 
@@ -203,10 +211,11 @@ class Chains:
         store is down or slower than ``max_wait``, or the response was deleted or dropped before it
         was written). Never raises for a store failure; a cancelled caller leaves the write queued.
         """
-        self._remember(response)
+        packed = PackedResponse.pack(response)
+        self._remember(packed)
         if self.store is None:
             return False
-        waiter = self._enqueue(response)
+        waiter = self._enqueue(packed)
         self._wake.set()  # during an outage this does not cut the writer's backoff short
         if not self._healthy or not self._shared:
             return False  # an outage is known, or memory answers every follow-up: no wait
@@ -217,20 +226,24 @@ class Chains:
             self._mark_unhealthy(f"no commit within {self._max_wait:g} s")
             return False
 
-    def _remember(self, response: StoredResponse) -> None:
+    def _remember(self, response: PackedResponse) -> None:
+        replaced = self._recent.pop(response.id, None)
+        if replaced is not None:
+            self._forget(replaced)
         self._recent[response.id] = response
-        self._recent.move_to_end(response.id)
-        for item_id in response.output_items_by_id():
+        self._recent_bytes += response.size
+        for item_id in response.item_ids:
             self._holders[item_id] = response.id
-        while len(self._recent) > self._memory:
+        while self._recent and (len(self._recent) > self._memory or self._recent_bytes > self._memory_bytes):
             self._forget(self._recent.popitem(last=False)[1])
 
-    def _forget(self, response: StoredResponse) -> None:
-        for item_id in response.output_items_by_id():
+    def _forget(self, response: PackedResponse) -> None:
+        self._recent_bytes -= response.size
+        for item_id in response.item_ids:
             if self._holders.get(item_id) == response.id:
                 del self._holders[item_id]
 
-    def _enqueue(self, response: StoredResponse) -> asyncio.Future[bool]:
+    def _enqueue(self, response: PackedResponse) -> asyncio.Future[bool]:
         """Queue ``response`` (a newer version replaces a queued one) and start the writer if needed."""
         entry = self._queue.get(response.id)
         if entry is None:
