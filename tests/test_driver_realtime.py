@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -25,6 +26,21 @@ from .fake_realtime import RealtimeReply
 from .fake_upstream import FakeUpstream
 
 TOOL = {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}
+Clients = Callable[..., OpenAI]
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Clients]:
+    """Makes the test's clients and closes each after it: an unclosed client keeps its session."""
+    made: list[OpenAI] = []
+
+    def make(**kwargs: Any) -> OpenAI:
+        made.append(OpenAI(**kwargs))
+        return made[-1]
+
+    yield make
+    for client in made:
+        await client.aclose()
 
 
 async def until(conn: Any, kind: str) -> list[dict[str, Any]]:
@@ -36,9 +52,9 @@ async def until(conn: Any, kind: str) -> list[dict[str, Any]]:
     raise AssertionError(f"closed before {kind}")
 
 
-async def test_a_session_with_a_function_call(upstream: FakeUpstream) -> None:
+async def test_a_session_with_a_function_call(upstream: FakeUpstream, clients: Clients) -> None:
     upstream.realtime.script(RealtimeReply.call("lookup", '{"q":"x"}'), RealtimeReply.say("Found it."))
-    client = OpenAI(api_key="sk-lib-realtime", base_url=upstream.url)
+    client = clients(api_key="sk-lib-realtime", base_url=upstream.url)
     async with client.realtime.connect(model="gpt-realtime") as conn:
         assert (await conn.recv())["type"] == "session.created"
         await conn.update_session(output_modalities=["text"], tools=[TOOL])
@@ -61,8 +77,8 @@ async def test_a_session_with_a_function_call(upstream: FakeUpstream) -> None:
     assert seen.ended is not None or upstream.realtime.wait_ended(seen.number)  # closed on exit
 
 
-async def test_azure_deployments_by_host(upstream: FakeUpstream) -> None:
-    client = OpenAI(host="azure", base_url=upstream.root, api_version="2025-04-01-preview", api_key="az-lib")
+async def test_azure_deployments_by_host(upstream: FakeUpstream, clients: Clients) -> None:
+    client = clients(host="azure", base_url=upstream.root, api_version="2025-04-01-preview", api_key="az-lib")
     async with client.realtime.connect(model="voice-deployment", transcription=True) as conn:
         assert (await conn.recv())["session"]["type"] == "transcription"
     seen = upstream.realtime.connections[-1]
@@ -76,28 +92,28 @@ async def test_azure_deployments_by_host(upstream: FakeUpstream) -> None:
 
 @pytest.mark.parametrize(("status", "kind"), [(429, RateLimitError), (503, UpstreamUnavailableError)])
 async def test_a_refused_handshake_raises_by_status(
-    upstream: FakeUpstream, status: int, kind: type[Exception]
+    upstream: FakeUpstream, status: int, kind: type[Exception], clients: Clients
 ) -> None:
     upstream.realtime.refuse_upgrades(status)
-    client = OpenAI(api_key="sk-lib", base_url=upstream.url)
+    client = clients(api_key="sk-lib", base_url=upstream.url)
     with pytest.raises(kind) as refused:
         async with client.realtime.connect(model="gpt-realtime"):
             pass
     assert refused.value.status == status  # type: ignore[attr-defined]
 
 
-async def test_a_bad_key_is_an_authentication_error(upstream: FakeUpstream) -> None:
-    client = OpenAI(api_key="", base_url=upstream.url)
+async def test_a_bad_key_is_an_authentication_error(upstream: FakeUpstream, clients: Clients) -> None:
+    client = clients(api_key="", base_url=upstream.url)
     with pytest.raises(AuthenticationError):
         async with client.realtime.connect(model="gpt-realtime"):
             pass
 
 
-async def test_the_handshake_is_bounded() -> None:
+async def test_the_handshake_is_bounded(clients: Clients) -> None:
     with socket.socket() as silent:  # accepts the connection, never answers the upgrade
         silent.bind(("127.0.0.1", 0))
         silent.listen()
-        client = OpenAI(api_key="sk-lib", base_url=f"http://127.0.0.1:{silent.getsockname()[1]}/v1")
+        client = clients(api_key="sk-lib", base_url=f"http://127.0.0.1:{silent.getsockname()[1]}/v1")
         client.realtime.connect_timeout = 0.5
         started = time.monotonic()
         with pytest.raises(TimeoutError):
@@ -106,9 +122,11 @@ async def test_the_handshake_is_bounded() -> None:
         assert time.monotonic() - started < 5
 
 
-async def test_iteration_ends_when_the_server_drops(upstream: FakeUpstream) -> None:
+async def test_iteration_ends_when_the_server_drops(upstream: FakeUpstream, clients: Clients) -> None:
     upstream.realtime.script(RealtimeReply.dropped())
-    async with OpenAI(api_key="sk-lib", base_url=upstream.url).realtime.connect(model="gpt-realtime") as conn:
+    async with clients(api_key="sk-lib", base_url=upstream.url).realtime.connect(
+        model="gpt-realtime"
+    ) as conn:
         await conn.send({"type": "response.create"})
         kinds = [e["type"] async for e in conn]
     assert kinds == ["session.created", "response.created"]
@@ -162,8 +180,10 @@ def test_each_realtime_model_has_audio_prices() -> None:
         assert price.audio.input > price.input and price.audio.output > price.output, model
 
 
-async def test_send_on_a_closed_connection_is_a_modelwire_error(upstream: FakeUpstream) -> None:
-    conn = OpenAI(api_key="sk-lib", base_url=upstream.url).realtime.connect(model="gpt-realtime")
+async def test_send_on_a_closed_connection_is_a_modelwire_error(
+    upstream: FakeUpstream, clients: Clients
+) -> None:
+    conn = clients(api_key="sk-lib", base_url=upstream.url).realtime.connect(model="gpt-realtime")
     async with conn:
         await conn.recv()
     await asyncio.sleep(0)

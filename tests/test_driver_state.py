@@ -149,6 +149,7 @@ async def test_continuation_is_bounded_and_configurable(upstream: FakeUpstream) 
     assert (await off.complete(model="gpt-4.1", messages=[mw.user("q")])).stop_reason == "length"
     assert len(upstream.requests) == 1
     await client.aclose()
+    await off.aclose()
 
 
 async def test_continuation_chains_by_id_when_stored(upstream: FakeUpstream) -> None:
