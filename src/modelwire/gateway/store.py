@@ -187,7 +187,7 @@ class StoredResponse:
 RESPONSE_FIELDS = tuple(f.name for f in fields(StoredResponse))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class PackedResponse:
     """A stored response as its row is written: the JSON columns already encoded.
 
