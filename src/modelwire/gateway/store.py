@@ -185,6 +185,7 @@ class StoredResponse:
 
 
 RESPONSE_FIELDS = tuple(f.name for f in fields(StoredResponse))
+_PACKED_OVERHEAD = 512  # what a packed response's object, ids and names weigh beside its JSON, about
 
 
 @dataclass(slots=True, kw_only=True)
@@ -192,7 +193,7 @@ class PackedResponse:
     """A stored response as its row is written: the JSON columns already encoded.
 
     What a replica keeps in memory and what the store writes, so a response is encoded once. Three
-    strings weigh less than the dicts they encode (half, for a short exchange), are not tracked by
+    strings weigh less than the dicts they encode (half, for a short exchange), are never visited by
     the collector, and, once past 512 bytes, live outside Python's small-object heap, whose arenas
     a cache of scattered dicts held after a burst. :meth:`unpack` gives a fresh copy, which a
     caller may change freely.
@@ -243,7 +244,6 @@ class PackedResponse:
         return _PACKED_OVERHEAD + len(self.input_items) + len(self.output_items) + len(self.response)
 
 
-_PACKED_OVERHEAD = 512
 # SQLite (3.24+) and PostgreSQL spell an upsert alike.
 _RESPONSE_UPSERT = " ON CONFLICT (id) DO UPDATE SET " + ", ".join(
     f"{name} = excluded.{name}" for name in RESPONSE_FIELDS if name != "id"
