@@ -615,3 +615,16 @@ def test_file_estimate() -> None:
     data_url = "data:application/json;base64," + base64.b64encode(b'{"a": 1}').decode()
     assert cost(File(url=data_url)) == len(enc.encode('{"a": 1}'))
     assert cost(File(data=b'{"a": 1}', media_type="application/json")) == len(enc.encode('{"a": 1}'))
+
+
+async def test_the_gateway_leaves_requests_in_flight_to_the_young_generation(tmp_path: Path) -> None:
+    """Started, the gateway has frozen its start-up heap out of the collector and raised the young
+    generation's threshold above what requests in flight allocate, keeping the older ones'."""
+    gc.set_threshold(700, 10, 10)
+    gateway = app.Gateway(parse_config({"store": f"sqlite:///{tmp_path}/state.db"}))
+    await gateway.startup()
+    try:
+        assert gc.get_threshold() == (app.GC_YOUNG_THRESHOLD, 10, 10)
+        assert gc.get_freeze_count() > 0
+    finally:
+        await gateway.shutdown()
