@@ -8,8 +8,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# setup.py builds the compiled span writer (optional: without a C compiler the Python one is used).
-BUILD := pyproject.toml setup.py src/modelwire/gateway/_spanwire.c
+# setup.py builds the compiled parts: the token counter (required) and the span writer (optional).
+BUILD := pyproject.toml setup.py src/modelwire/_bpe.c src/modelwire/gateway/_spanwire.c
 
 $(VENV)/.installed: $(BUILD) | $(BIN)/python
 	$(BIN)/pip install -q -e .

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-from .. import heap, tokens
+from .. import heap
 from ..errors import ModelwireError, NotFoundError, ServiceUnavailableError
 from ..providers.catalog import Catalog
 from ..providers.http1 import Http1Transport
@@ -94,9 +94,9 @@ Handler = Callable[[Call, Scope, Receive, Send], Awaitable[None]]
 Endpoint = tuple[Handler, Surface]
 PlainHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
 OPERATOR_PATHS = ("/admin/", "/ui")  # the admin API and dashboard, reached only when no API route matched
-TOKENIZER_IDLE_SECONDS = 30.0
-"""An encoding no count has used for this long is dropped (~40 MiB for o200k). Building it again
-takes ~0.2-0.5 s of CPU: at most ~1% of a core even if counts came just after each drop."""
+QUIET_CHECK_SECONDS = 10.0
+"""How often the gateway looks for a quiet spell (a whole period without a new request) in which to
+give back what a burst left (see ``_give_back_memory``)."""
 GC_YOUNG_THRESHOLD = 10_000
 """The collector's young-generation threshold. A request's objects are young while it is in
 flight; at CPython's 700 the collector walked them every few requests (a translated request at 32
@@ -319,17 +319,13 @@ class Gateway:
         task.add_done_callback(self._background.discard)
 
     async def _give_back_memory(self) -> None:
-        """What a burst needed should not stay resident once it is over: the encodings counting
-        built (streams cut before their usage came, count_tokens calls), and the heap that
-        a thousand streams' buffers grew (glibc keeps freed memory mapped until trimmed). Once per
-        quiet spell (a whole period without a new request), not on every tick, the cycles a burst
-        left (cut streams, closed connections) are collected rather than left for the collector's
-        next full pass, and the heap is trimmed."""
-        period = TOKENIZER_IDLE_SECONDS / 3
+        """What a burst needed should not stay resident once it is over: the heap that a thousand
+        streams' buffers grew (glibc keeps freed memory mapped until trimmed). Once per quiet
+        spell, not on every tick, the cycles a burst left (cut streams, closed connections) are
+        collected rather than left for the collector's next full pass, and the heap is trimmed."""
         seen = trimmed = self.inflight.entered
         while True:
-            await asyncio.sleep(period)
-            await asyncio.to_thread(tokens.release_idle, TOKENIZER_IDLE_SECONDS)
+            await asyncio.sleep(QUIET_CHECK_SECONDS)
             quiet, seen = seen == self.inflight.entered, self.inflight.entered
             if quiet and not self.inflight and seen != trimmed:
                 gc.collect()
