@@ -120,9 +120,9 @@ static int load(Vocabulary *v, const uint8_t *data, Py_ssize_t n)
         const uint8_t *eol = memchr(p, '\n', (size_t)(end - p));
         if (eol == NULL)
             eol = end;
-        const uint8_t *stop = eol > p && eol[-1] == '\r' ? eol - 1 : eol;
+        const uint8_t *stop = eol > p && eol[-1] == '\r' ? eol - 1 : eol, *next = eol < end ? eol + 1 : end;
         if (stop == p) { /* a blank line */
-            p = eol + 1;
+            p = next;
             continue;
         }
         const uint8_t *space = memchr(p, ' ', (size_t)(stop - p));
@@ -151,7 +151,7 @@ static int load(Vocabulary *v, const uint8_t *data, Py_ssize_t n)
         v->slots[i] = size + 1;
         used += (uint32_t)len;
         size++;
-        p = eol + 1;
+        p = next;
     }
     v->size = size;
     for (int b = 0; b < 256; b++) { /* merging starts from single bytes: each must be a token */
@@ -325,8 +325,10 @@ static Py_ssize_t count_pieces(const Vocabulary *v, const Piece *pieces, Py_ssiz
     Py_ssize_t total = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         const Piece *piece = &pieces[i];
-        if (piece->len < 2 || rank_of(v, piece->data, piece->len) != NO_RANK) {
-            total += piece->len > 0;
+        if (piece->len == 0)
+            continue;
+        if (rank_of(v, piece->data, piece->len) != NO_RANK) { /* every single byte is a token */
+            total++;
             continue;
         }
         Parts s;
@@ -368,8 +370,11 @@ static int append_rank(PyObject *ids, uint32_t rank)
 /* The ids of one piece's tokens, appended to ids; -1 with an exception set. */
 static int encode_piece(const Vocabulary *v, const Piece *piece, PyObject *ids)
 {
-    if (piece->len < 2 || rank_of(v, piece->data, piece->len) != NO_RANK)
-        return piece->len == 0 ? 0 : append_rank(ids, rank_of(v, piece->data, piece->len));
+    if (piece->len == 0)
+        return 0;
+    uint32_t whole = rank_of(v, piece->data, piece->len);
+    if (whole != NO_RANK)
+        return append_rank(ids, whole);
     SmallParts small;
     Parts s;
     if (open_parts(&s, &small, piece->len) < 0) {

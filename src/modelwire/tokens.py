@@ -60,10 +60,11 @@ import json
 import math
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import regex
 
@@ -151,6 +152,9 @@ _SPECS: dict[str, _Spec] = {
 }
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True, slots=True)
 class Encoding:
     """One BPE encoding: its pattern splits text into pieces, its vocabulary merges each piece.
@@ -171,19 +175,17 @@ class Encoding:
 
     def count(self, text: str) -> int:
         """How many tokens ``text`` is."""
-        if not text:
-            return 0
-        try:
-            return self.vocabulary.count(self.pattern.findall(text, concurrent=True))
-        except UnicodeEncodeError:
-            return self.count(_without_surrogates(text))
+        return self._merge(self.vocabulary.count, text) if text else 0
 
     def encode_ordinary(self, text: str) -> list[int]:
         """The token ids of ``text``."""
+        return self._merge(self.vocabulary.encode, text)
+
+    def _merge(self, merge: Callable[[list[str]], T], text: str) -> T:
         try:
-            return self.vocabulary.encode(self.pattern.findall(text, concurrent=True))
-        except UnicodeEncodeError:
-            return self.encode_ordinary(_without_surrogates(text))
+            return merge(self.pattern.findall(text, concurrent=True))
+        except UnicodeEncodeError:  # a lone surrogate: UTF-8 has no bytes for it
+            return merge(self.pattern.findall(_without_surrogates(text), concurrent=True))
 
     def decode_bytes(self, ids: list[int]) -> bytes:
         """The bytes of token ``ids``; :class:`KeyError` for an id the encoding does not have."""
