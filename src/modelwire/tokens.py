@@ -10,6 +10,9 @@ the ``regex`` module, which releases the GIL while it matches) and merges each p
 byte-pair rule in ``modelwire._bpe``, a small C extension over a compact vocabulary: the same ids
 as tiktoken (tests compare them on a corpus and on random text), in ~4 MiB for o200k where
 tiktoken's core holds ~40, built in ~35 ms where tiktoken takes 0.2-0.5 s.
+One difference is known: a character Unicode assigned after the tables of tiktoken's regex engine
+(U+323B0 and the rest of CJK Extension J, Unicode 17) is a letter to the ``regex`` module and
+not to tiktoken, so text holding one may count a token more or less.
 
 ``o200k_base`` serves gpt-4o, gpt-4.1, gpt-4.5, gpt-5.x, gpt-6, chatgpt-*, codex-* and the o-series
 (and is the default for any model not known to be older); ``cl100k_base`` serves gpt-4 (not 4o /
