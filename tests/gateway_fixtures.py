@@ -61,16 +61,17 @@ async def main():
     await gateway(scope, receive, send)
     await gateway.shutdown()
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-    names = set(sys.argv[2].split(","))
-    print(status, sorted(m for m in sys.modules if m.split(".")[0] in names))
+    names = sys.argv[2].split(",")
+    print(status, sorted(m for m in sys.modules if any(m == n or m.startswith(n + ".") for n in names)))
 
 asyncio.run(main())
 """
 
 
 def loaded_by_a_serving_gateway(upstream: FakeUpstream, tmp: Path, packages: set[str]) -> str:
-    """``<status> [modules]``: a chat request's status through a fresh gateway, and the modules of
-    ``packages`` it had loaded by then (a check that start-up and the HTTP path leave them out)."""
+    """``<status> [modules]``: a chat request's status through a fresh gateway on SQLite, and the
+    modules in ``packages`` (names of packages or subpackages) it had loaded by then: a check that
+    start-up and the HTTP path leave them out."""
     backend = {"type": "openai-compatible", "api": "chat", "base_url": upstream.url, "api_key": "sk-up"}
     config = {
         "store": f"sqlite:///{tmp}/state.db",

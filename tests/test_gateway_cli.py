@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -649,6 +650,14 @@ def test_db_current_and_upgrade_on_a_store_from_before_versioning(tmp_path: Path
 def test_version(tmp_path: Path) -> None:
     result = run("--version", cwd=tmp_path)
     assert (result.returncode, result.stdout) == (0, f"modelwire {__version__}\n")
+
+
+def test_the_cli_loads_rich_only_to_print() -> None:
+    """`modelwire serve` prints nothing through rich; loaded with the command line, it would stay
+    resident (~2 MiB) in every gateway process."""
+    probe = "import sys, modelwire.cli; print(sorted(m for m in sys.modules if m.split('.')[0] == 'rich'))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (0, "[]\n"), result.stderr
 
 
 @pytest.mark.parametrize("command", [(), ("keys", "list"), ("db", "upgrade"), ("models",)])

@@ -37,6 +37,8 @@ from modelwire.gateway.store import (
     usage_table,
 )
 
+from .fake_upstream import FakeUpstream
+from .gateway_fixtures import loaded_by_a_serving_gateway
 from .services import SHARED_POSTGRES_URL as PG_URL
 from .services import drop_schema, shared_stores
 
@@ -121,6 +123,13 @@ def test_sqlite_creates_parent_dirs_and_uses_wal(tmp_path: Path) -> None:
         assert path.exists()
         with store.engine.connect() as conn:
             assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_a_gateway_on_sqlite_does_not_load_the_postgresql_dialect(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """SQLAlchemy's PostgreSQL dialect would stay resident (2.3 MiB) in every gateway on SQLite."""
+    assert loaded_by_a_serving_gateway(upstream, tmp_path, {"sqlalchemy.dialects.postgresql"}) == "200 []"
 
 
 def test_sqlite_in_memory_works_across_threads() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import json
 import os
 import sys
@@ -16,8 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from .errors import AuthenticationError, ModelwireError, UpstreamUnavailableError
 from .providers.hosts import CODEX_REF, PROFILES, HostKind, WireAPI
@@ -25,6 +24,8 @@ from .providers.openai import OpenAI
 from .types import BlockDelta, BlockStart, Finish, Message, Reasoning, Text, Usage
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from .admin_client import AdminClient
     from .gateway.config import Config
     from .gateway.listing import ServedModels
@@ -45,13 +46,27 @@ app = typer.Typer(
 
 
 def _console(*, stderr: bool = False) -> Console:
-    """Rich output that does not cut lines or table cells short when piped to a file or program."""
+    """Rich output that does not cut lines or table cells short when piped to a file or program.
+    rich is imported here, not with the module: `serve` prints nothing through it, and importing it
+    would leave ~4 MiB of modules resident in every gateway process."""
+    from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else 10_000
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
-err = _console(stderr=True)
+@functools.cache
+def err() -> Console:
+    """The console on stderr: progress, notes and errors."""
+    return _console(stderr=True)
+
+
+def escape(text: str) -> str:
+    """``text`` shown as is inside rich markup."""
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def main() -> None:
@@ -124,7 +139,7 @@ def chat(
     except KeyboardInterrupt:
         _fail("interrupted", code=130)
     cost = f" · ${usage.cost:.6f}" if usage.cost is not None else ""
-    err.print(
+    err().print(
         f"[dim]{model} · in {usage.input_tokens} (cached {usage.cached_input_tokens}) · "
         f"out {usage.output_tokens} (reasoning {usage.reasoning_tokens}){cost}[/dim]"
     )
@@ -150,7 +165,7 @@ async def _stream(
                 sys.stdout.write(event.text)
                 sys.stdout.flush()
             elif isinstance(event, BlockDelta) and kinds.get(event.index) is Reasoning:
-                err.print(event.text, style="dim italic", end="")
+                err().print(event.text, style="dim italic", end="")
             elif isinstance(event, Finish):
                 usage = event.usage or usage
         sys.stdout.write("\n")
@@ -170,7 +185,7 @@ def _api(value: str) -> WireAPI:
 
 
 def _fail(message: str, *, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/bold red] {escape(message)}")
+    err().print(f"[bold red]error:[/bold red] {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -289,7 +304,7 @@ def _locate(config: str | None) -> _Location:
     except ConfigError as exc:
         _fail(str(exc), code=2)
     if not location.default:
-        err.print(f"[dim]store: {escape(location.shown())}[/dim]")
+        err().print(f"[dim]store: {escape(location.shown())}[/dim]")
     return location
 
 
@@ -392,7 +407,7 @@ def _emit(rows: list[dict[str, Any]], fields: Sequence[_Field], fmt: str) -> Non
         writer.writerow(f.name for f in fields)
         writer.writerows([_csv_cell(row[f.name]) for f in fields] for row in rows)
     elif not rows:
-        err.print("no records")
+        err().print("no records")
     else:
         from rich.table import Table
 
@@ -495,7 +510,7 @@ def keys_create(
         with _admin_errors():
             created = _remote(url, admin_key).create_key(body)
         _console().print(created["secret"])
-        err.print(
+        err().print(
             f"[dim]key {created['key']['name']!r} ({created['key']['id']}) created; "
             "it is shown only now, so keep it safe.[/dim]"
         )
@@ -517,9 +532,11 @@ def keys_create(
         except ValueError as exc:
             _fail(str(exc), code=2)
     if new:
-        err.print(f"[dim]created a new store at {escape(location.shown())}[/dim]")
+        err().print(f"[dim]created a new store at {escape(location.shown())}[/dim]")
     _console().print(secret)
-    err.print(f"[dim]key {record.name!r} ({record.id}) created; it is shown only now, so keep it safe.[/dim]")
+    err().print(
+        f"[dim]key {record.name!r} ({record.id}) created; it is shown only now, so keep it safe.[/dim]"
+    )
 
 
 @keys_app.command("list")
@@ -578,12 +595,12 @@ def keys_revoke(
             _remote(url, admin_key).revoke_key(name)
         except AdminError as exc:
             _fail(f"no active key named {name!r}" if exc.status == 404 else str(exc))
-        err.print(f"key {name!r} revoked")
+        err().print(f"key {name!r} revoked")
         return
     with _opened(_existing(config)) as store:
         if not store.revoke_key(name):
             _fail(f"no active key named {name!r}", code=1)
-    err.print(f"key {name!r} revoked")
+    err().print(f"key {name!r} revoked")
 
 
 # ------------------------------------------------------------------------------------------- usage
@@ -694,7 +711,7 @@ def models(as_json: JsonOption = False, as_csv: CsvOption = False, config: State
     served = asyncio.run(_served(cfg, router, catalog))
     if served.error is not None:
         reason = (served.error.strip().splitlines() or ["no reason given"])[0]
-        err.print(
+        err().print(
             f"cannot list the models of backend {cfg.default_backend!r} ({escape(reason)}); "
             "showing the configured ones only"
         )
@@ -771,9 +788,9 @@ def db_current(config: StateConfig = None) -> None:
     out.print(f"store revision: {_revision_label(revision, legacy)}")
     out.print(f"modelwire head: {HEAD}")
     if revision is not None and revision not in REVISIONS:
-        err.print("the store is newer than this modelwire: upgrade modelwire to use it")
+        err().print("the store is newer than this modelwire: upgrade modelwire to use it")
     elif revision != HEAD:
-        err.print("run `modelwire db upgrade` (or start the gateway) to upgrade the store")
+        err().print("run `modelwire db upgrade` (or start the gateway) to upgrade the store")
 
 
 def _revision_label(revision: str | None, legacy: bool) -> str:
@@ -834,7 +851,7 @@ def login(
         except (ModelwireError, OSError) as exc:
             _fail(str(exc))
     account = f" (account {tokens.account_id})" if tokens.account_id else ""
-    err.print(f"Signed in{account}; tokens saved to {escape(store.where)}")
+    err().print(f"Signed in{account}; tokens saved to {escape(store.where)}")
 
 
 async def _sign_in(store: TokenStore, device_code: bool, issuer: str, port: int, no_browser: bool) -> Tokens:
@@ -844,7 +861,7 @@ async def _sign_in(store: TokenStore, device_code: bool, issuer: str, port: int,
         return await codex_login.device_login(store=store, issuer=issuer, show=_show_device_code)
 
     def show(url: str) -> None:
-        err.print(f"Open this link to sign in:\n{escape(url)}")
+        err().print(f"Open this link to sign in:\n{escape(url)}")
         if not no_browser:
             import webbrowser
 
@@ -857,7 +874,7 @@ def _show_device_code(code: DeviceCode) -> None:
     from .providers.codex_login import DEVICE_WAIT
 
     minutes = f"{DEVICE_WAIT / 60:g}"
-    err.print(
+    err().print(
         f"To sign in, open this link on any device:\n  {escape(code.verification_url)}\n"
         f"and enter this one-time code (it expires in {minutes} minutes):\n  "
         f"[bold]{escape(code.user_code)}[/bold]\n"
@@ -887,7 +904,7 @@ def _token_store(config: str | None) -> Iterator[TokenStore]:
     except CredentialsKeyError as exc:
         _fail(str(exc), code=2)
     location = _Location.of(url)
-    err.print(f"[dim]store: {escape(location.shown())}[/dim]")
+    err().print(f"[dim]store: {escape(location.shown())}[/dim]")
     with _opened(location) as store:
         yield DatabaseTokenStore(store.engine, cipher)
 

@@ -73,7 +73,7 @@ def _transfer(label: str) -> Iterator[Callable[[int, int | None], None]]:
     )  # not loaded by `serve`
 
     with Progress(
-        TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True
+        TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err(), transient=True
     ) as bar:
         task = bar.add_task(label, total=None)
 
@@ -114,7 +114,7 @@ def image(
     output_format = fmt if fmt != "png" else None
 
     async def work(client: OpenAI) -> None:
-        with err.status("generating…"):
+        with err().status("generating…"):
             if edit:
                 result = await client.images.edit(
                     prompt,
@@ -142,7 +142,7 @@ def image(
             path = _numbered(output, index, len(result.images))
             path.write_bytes(item.data or b"")
             typer.echo(str(path))
-        err.print(f"[dim]{_cost(model, result.cost)}[/dim]")
+        err().print(f"[dim]{_cost(model, result.cost)}[/dim]")
 
     _run(_client(api_key, base_url, host), work)
 
@@ -180,7 +180,7 @@ def speak(
         with _transfer("speaking") as progress:
             written = await speech.save(output, on_progress=progress)
         typer.echo(str(output))
-        err.print(f"[dim]{written} bytes · {_cost(model, speech.cost)}[/dim]")
+        err().print(f"[dim]{written} bytes · {_cost(model, speech.cost)}[/dim]")
 
     _run(_client(api_key, base_url, host), work)
 
@@ -214,7 +214,7 @@ def transcribe(
             typer.echo(shown.rstrip("\n"))
         else:
             output.write_text(shown)
-        err.print(f"[dim]{_cost(model, result.cost)}[/dim]")
+        err().print(f"[dim]{_cost(model, result.cost)}[/dim]")
 
     _run(_client(api_key, base_url, host), work)
 
@@ -246,8 +246,8 @@ def video(
         job = await client.videos.create(
             prompt, model=model, seconds=seconds, size=size, input_reference=reference
         )
-        err.print(f"[dim]{job.id} {job.status}[/dim]")
-        with Progress(TextColumn("{task.description}"), BarColumn(), console=err, transient=True) as bar:
+        err().print(f"[dim]{job.id} {job.status}[/dim]")
+        with Progress(TextColumn("{task.description}"), BarColumn(), console=err(), transient=True) as bar:
             task = bar.add_task(job.status, total=100)
 
             def show(state: Video) -> None:
@@ -261,6 +261,6 @@ def video(
         with _transfer("downloading") as progress:
             await client.videos.download(done.id, output, on_progress=progress)
         typer.echo(str(output))
-        err.print(f"[dim]{_cost(done.model or model, done.cost)}[/dim]")
+        err().print(f"[dim]{_cost(done.model or model, done.cost)}[/dim]")
 
     _run(_client(api_key, base_url, host), work)
