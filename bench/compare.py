@@ -464,7 +464,7 @@ def main() -> int:
         type=float,
         default=0.0,
         help="also read each target's RSS again after this many idle seconds (what it gives back "
-        "once a burst is over: modelwire drops its tokenizers after 30 s unused)",
+        "once a burst is over: modelwire trims its heap after a quiet spell of 10-20 s)",
     )
     args = ap.parse_args()
 

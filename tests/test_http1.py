@@ -8,6 +8,7 @@ import asyncio
 import gc
 import gzip
 import socket
+import sys
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -260,6 +261,62 @@ async def test_a_stalled_upstream_times_out(raw_server: Callable[[Handler], Awai
     with pytest.raises(mw.TimeoutError):
         await reply.read()
     await transport.aclose()
+
+
+async def test_the_read_timeout_is_per_wait_not_per_answer(
+    raw_server: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """A stream that keeps talking outlives the read timeout many times over (each chunk moves
+    the deadline); one that then goes quiet times out after about the timeout, not sooner."""
+
+    async def trickle_then_stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(8):
+            await asyncio.sleep(0.1)
+            writer.write(b"1\r\nx\r\n")
+        await asyncio.sleep(5)
+
+    transport = Http1Transport()
+    reply = await transport.send("POST", await raw_server(trickle_then_stall), {}, b"", read_timeout=0.3)
+    loop = asyncio.get_running_loop()
+    got, started = b"", loop.time()
+    with pytest.raises(mw.TimeoutError):
+        async for chunk in reply.chunks():
+            got += chunk
+            quiet_since = loop.time()
+    assert got == b"x" * 8 and loop.time() - started > 0.8
+    assert 0.25 < loop.time() - quiet_since < 1.0
+    await transport.aclose()
+
+
+async def test_an_answer_read_to_the_end_leaves_no_timer_holding_it(
+    raw_server: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """The read timer is cancelled with the answer: armed for ten minutes, a forgotten one would
+    hold the answer (and its buffers) that long."""
+
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):  # both answers on one kept-alive connection
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for part in (b"2\r\nok\r\n", b"0\r\n\r\n"):
+                await asyncio.sleep(0.05)
+                writer.write(part)
+            await writer.drain()
+
+    transport = Http1Transport()
+    url = await raw_server(chunked)
+    for read_all in (lambda r: r.read(), lambda r: _joined(r.chunks())):
+        reply = await transport.send("POST", url, {}, b"", read_timeout=600)
+        assert await read_all(reply) == b"ok"
+        gc.collect()
+        assert sys.getrefcount(reply) == 2  # this name and the call's argument: nothing else
+    await transport.aclose()
+
+
+async def _joined(chunks: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in chunks])
 
 
 async def test_refused_connections_and_bad_headers_fail_before_sending() -> None:
