@@ -48,7 +48,7 @@ app = typer.Typer(
 def _console(*, stderr: bool = False) -> Console:
     """Rich output that does not cut lines or table cells short when piped to a file or program.
     rich is imported here, not with the module: `serve` prints nothing through it, and importing it
-    would leave ~4 MiB of modules resident in every gateway process."""
+    would leave ~2 MiB of modules resident in every gateway process."""
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
