@@ -8,7 +8,7 @@ package with :mod:`importlib.resources`.
 An :class:`Encoding` splits text into pieces with the encoding's own pattern (tiktoken's, run by
 the ``regex`` module, which releases the GIL while it matches) and merges each piece by tiktoken's
 byte-pair rule in ``modelwire._bpe``, a small C extension over a compact vocabulary: the same ids
-as tiktoken (tests compare them on a corpus and on random text), in ~4 MiB for o200k where
+as tiktoken (tests compare them on a corpus and on random text), in ~3 MiB for o200k where
 tiktoken's core holds ~40, built in ~35 ms where tiktoken takes 0.2-0.5 s.
 One difference is known: a character Unicode assigned after the tables of tiktoken's regex engine
 (U+323B0 and the rest of CJK Extension J, Unicode 17) is a letter to the ``regex`` module and

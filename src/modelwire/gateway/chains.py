@@ -85,9 +85,10 @@ class Chains:
     Memory keeps the ``memory`` most recent responses, fewer when together they weigh more than
     ``memory_bytes`` encoded: a response holds its whole conversation, and an agent's turns run to
     hundreds of kB each, so a count alone would not bound it. It is a cache in front of the store
-    (what waits for the store is kept apart, however many): a follow-up to an older response costs
-    one store read. 512 rather than 2,048: after a burst of Responses → Chat the larger count held
-    ~4 MiB more of a gateway's resident memory, to spare reads of responses many seconds old.
+    (what waits for the store is kept apart, up to ``max_pending``): a follow-up to an older
+    response costs one store read. 512 rather than 2,048: after a burst of Responses → Chat the
+    larger count held ~4 MiB more of a gateway's resident memory, to spare reads of responses many
+    seconds old.
     """
 
     def __init__(
