@@ -3,6 +3,8 @@
 uvicorn (uvloop + httptools) measured the lowest single-request latency of the servers tried on
 this hardware, which the latency budget (within 0.5 ms of the upstream) needs; granian costs a few
 percent less per request but drops the record of a request cut at shutdown (README, Performance).
+Its HTTP/1.1 protocol is httptools' with one change (:mod:`.serving`): a response's head goes out
+with the start of its body, in one write.
 SIGTERM stops accepting and gives in-flight requests ``server.grace_seconds`` to finish; the
 gateway then ends what is left itself, each request with its own error and usage record (see
 :meth:`Gateway.begin_shutdown`), and flushes usage on lifespan shutdown. uvicorn's own deadline is
@@ -23,7 +25,7 @@ from typing import Any
 import uvicorn
 
 from .. import heap
-from . import telemetry
+from . import serving, telemetry
 from .app import Gateway
 from .auth import KeyBook
 from .clients import is_loopback
@@ -176,7 +178,7 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> None:
         "host": server.host,
         "port": server.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": serving.Protocol,
         "lifespan": "on",
         "access_log": False,  # the gateway writes its own line per request
         "log_config": None,  # and owns the logging set-up (text or JSON)

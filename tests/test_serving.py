@@ -1,0 +1,165 @@
+"""The gateway's HTTP/1.1 protocol (uvicorn's, with a whole answer sent in one write), driven by
+request bytes over a transport that records what the server writes, and how."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import uvicorn
+from uvicorn.server import ServerState
+
+from modelwire.gateway import http
+from modelwire.gateway.serving import Protocol
+
+BODY = b'{"id": "chatcmpl-1", "object": "chat.completion"}'
+
+
+class RecordingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, Any]] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.calls.append(("write", bytes(data)))
+
+    def writelines(self, parts: Any) -> None:
+        self.calls.append(("writelines", [bytes(p) for p in parts]))
+
+    def close(self) -> None:
+        self.calls.append(("close", None))
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def whole(scope: Any, receive: Any, send: Any) -> None:
+    await http.respond(send, 200, BODY, [(b"x-request-id", b"req_1")])
+
+
+async def streamed(scope: Any, receive: Any, send: Any) -> None:
+    await http.start_stream(send, [])
+    await send(http.more(b"data: 1\n\n"))
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+def connect(app: Any, transport: RecordingTransport) -> Protocol:
+    protocol = Protocol(
+        config=uvicorn.Config(app, lifespan="off", log_config=None), server_state=ServerState(), app_state={}
+    )
+    protocol.connection_made(transport)
+    return protocol
+
+
+async def serve(app: Any, request: bytes, transport: RecordingTransport | None = None) -> RecordingTransport:
+    transport = transport or RecordingTransport()
+    protocol = connect(app, transport)
+    protocol.data_received(request)
+    for _ in range(50):
+        if not protocol.tasks:
+            break
+        await asyncio.sleep(0.01)
+    assert not protocol.tasks, "the app did not finish"
+    return transport
+
+
+POST = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def test_a_whole_answer_goes_out_in_one_write() -> None:
+    transport = await serve(whole, POST)
+    assert [kind for kind, _ in transport.calls] == ["writelines"]
+    head, body = transport.calls[0][1]
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+    assert b"content-length: %d\r\n" % len(BODY) in head and b"x-request-id: req_1\r\n" in head
+    assert body == BODY
+
+
+async def test_the_next_answer_on_the_connection_is_joined_too() -> None:
+    transport = await serve(whole, POST + POST)
+    assert [kind for kind, _ in transport.calls] == ["writelines", "writelines"]
+    assert all(parts[1] == BODY for _, parts in transport.calls)
+
+
+async def test_a_head_answer_writes_its_head_alone() -> None:
+    transport = await serve(whole, b"HEAD /v1/models HTTP/1.1\r\nHost: gw\r\n\r\n")
+    assert [kind for kind, _ in transport.calls] == ["write"]
+    head = transport.calls[0][1]
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+    assert BODY not in head
+
+
+async def test_a_closing_connection_gets_the_answer_before_it_closes() -> None:
+    transport = await serve(whole, POST.replace(b"Host: gw", b"Host: gw\r\nConnection: close"))
+    assert [kind for kind, _ in transport.calls] == ["writelines", "close"]
+    assert transport.calls[0][1][1] == BODY
+
+
+async def test_a_stream_whose_first_event_is_at_hand_sends_it_with_its_head() -> None:
+    transport = await serve(streamed, POST)
+    assert [kind for kind, _ in transport.calls] == ["writelines", "write"]
+    (head, first), last = transport.calls[0][1], transport.calls[1][1]
+    assert (
+        head.startswith(b"HTTP/1.1 200 OK\r\n")
+        and b"text/event-stream" in head
+        and head.endswith(b"\r\n\r\n")
+    )
+    assert first == b"9\r\ndata: 1\n\n\r\n"
+    assert last.startswith(b"e\r\ndata: [DONE]\n\n\r\n") and last.endswith(b"0\r\n\r\n")
+
+
+async def test_a_stream_waiting_for_its_first_event_has_its_head_sent_at_once() -> None:
+    first_event = asyncio.Event()
+    seen: list[list[str]] = []
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        await http.start_stream(send, [])
+        await first_event.wait()
+        await send(http.more(b"data: 1\n\n"))
+        await send({"type": "http.response.body", "body": b""})
+
+    transport = RecordingTransport()
+
+    async def release_later() -> None:
+        await asyncio.sleep(0.05)
+        seen.append([kind for kind, _ in transport.calls])
+        first_event.set()
+
+    waiter = asyncio.ensure_future(release_later())
+    await serve(slow, POST, transport)
+    await waiter
+    assert seen == [["write"]]  # the head alone, while the app waited
+    assert transport.calls[0][1].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert [kind for kind, _ in transport.calls] == ["write", "write", "write"]
+    assert transport.calls[1][1] == b"9\r\ndata: 1\n\n\r\n"
+
+
+async def test_a_client_expecting_100_continue_gets_it_before_it_sends_the_body() -> None:
+    async def reading(scope: Any, receive: Any, send: Any) -> None:
+        assert await http.read_body(receive, 1000, None) == b"{}"
+        await whole(scope, receive, send)
+
+    transport = RecordingTransport()
+    protocol = connect(reading, transport)
+    head, body = POST.split(b"\r\n\r\n")
+    protocol.data_received(head.replace(b"Host: gw", b"Host: gw\r\nExpect: 100-continue") + b"\r\n\r\n")
+    await asyncio.sleep(0.05)
+    assert transport.calls == [("write", b"HTTP/1.1 100 Continue\r\n\r\n")]
+    protocol.data_received(body)
+    for _ in range(50):
+        if not protocol.tasks:
+            break
+        await asyncio.sleep(0.01)
+    assert [kind for kind, _ in transport.calls] == ["write", "write", "write"]
+    assert transport.calls[1][1].startswith(b"HTTP/1.1 200 OK\r\n") and transport.calls[2][1] == BODY
