@@ -316,7 +316,7 @@ class Http1Reply:
             raise ProtocolError("the upstream's compressed answer could not be decompressed") from None
 
     async def _wait(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._pool.loop
         self._waiter = waiter = loop.create_future()
         if self._read_timeout is not None:
             self._deadline = loop.time() + self._read_timeout
@@ -378,7 +378,10 @@ class _Pool:
     every minute keeps its TLS connection); those beyond, :data:`SURPLUS_IDLE_SECONDS`. The sweep
     runs every :data:`SURPLUS_IDLE_SECONDS` while any connection is idle."""
 
-    def __init__(self, keepalive: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, keepalive: float) -> None:
+        # The loop is kept, not looked up: on Python 3.11 each get_running_loop() is a getpid()
+        # system call, and an answer being read waits once per chunk.
+        self.loop = loop
         self.keepalive = keepalive
         self.idle: dict[Origin, collections.deque[_Connection]] = {}
         self._sweep: asyncio.TimerHandle | None = None
@@ -402,7 +405,7 @@ class _Pool:
             idle = self.idle[conn.origin] = collections.deque()
         idle.append(conn)
         if self._sweep is None:
-            self._sweep = asyncio.get_running_loop().call_later(self._period, self._swept)
+            self._sweep = self.loop.call_later(self._period, self._swept)
 
     def forget(self, conn: _Connection) -> None:
         idle = self.idle.get(conn.origin)
@@ -433,7 +436,7 @@ class _Pool:
             self._expire(idle, now)
             if not idle:
                 del self.idle[origin]
-        self._sweep = asyncio.get_running_loop().call_later(self._period, self._swept) if self.idle else None
+        self._sweep = self.loop.call_later(self._period, self._swept) if self.idle else None
 
 
 class Http1Transport(AiohttpTransport):
@@ -466,7 +469,7 @@ class Http1Transport(AiohttpTransport):
         loop = asyncio.get_running_loop()
         pool = self._pools.get(loop)
         if pool is None:
-            pool = self._pools[loop] = _Pool(self._keepalive)
+            pool = self._pools[loop] = _Pool(loop, self._keepalive)
         conn = pool.take(target.origin)
         if conn is not None:
             try:
@@ -482,7 +485,7 @@ class Http1Transport(AiohttpTransport):
     async def _exchange(
         self, conn: _Connection, pool: _Pool, request: bytes, read_timeout: float | None
     ) -> Http1Reply:
-        loop = asyncio.get_running_loop()
+        loop = pool.loop
         reply = conn.reply = Http1Reply(conn, pool, read_timeout)
         head = conn.head = loop.create_future()
         assert conn.transport is not None
