@@ -66,12 +66,16 @@ async def serve(app: Any, request: bytes, transport: RecordingTransport | None =
     transport = transport or RecordingTransport()
     protocol = connect(app, transport)
     protocol.data_received(request)
+    await answered(protocol)
+    return transport
+
+
+async def answered(protocol: Protocol) -> None:
     for _ in range(50):
         if not protocol.tasks:
-            break
+            return
         await asyncio.sleep(0.01)
-    assert not protocol.tasks, "the app did not finish"
-    return transport
+    raise AssertionError("the app did not finish")
 
 
 POST = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}"
@@ -157,9 +161,6 @@ async def test_a_client_expecting_100_continue_gets_it_before_it_sends_the_body(
     await asyncio.sleep(0.05)
     assert transport.calls == [("write", b"HTTP/1.1 100 Continue\r\n\r\n")]
     protocol.data_received(body)
-    for _ in range(50):
-        if not protocol.tasks:
-            break
-        await asyncio.sleep(0.01)
+    await answered(protocol)
     assert [kind for kind, _ in transport.calls] == ["write", "write", "write"]
     assert transport.calls[1][1].startswith(b"HTTP/1.1 200 OK\r\n") and transport.calls[2][1] == BODY

@@ -335,7 +335,7 @@ class Http1Reply:
         waiter = self._waiter
         if waiter is None or waiter.done():
             return  # between waits: the next one arms it
-        loop = waiter.get_loop()
+        loop = self._pool.loop
         if loop.time() < self._deadline:
             self._timer = loop.call_at(self._deadline, self._check_stall)
         else:
