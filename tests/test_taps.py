@@ -129,6 +129,15 @@ def test_chat_stream_error_event_is_seen_and_passed_on() -> None:
     stream = sse(chunk("Hi"), {"error": {"message": "overloaded"}})
     out, tap = every_split(lambda: ChatTap({"stream": True}), stream)
     assert out == stream and tap.errored and not tap.finished
+    # Servers that close with [DONE] after the error (vLLM) are read alike.
+    out, tap = every_split(lambda: ChatTap({"stream": True}), stream + b"data: [DONE]\n\n")
+    assert tap.errored and tap.closed
+
+
+def test_chat_stream_error_mentioned_in_text_is_no_error() -> None:
+    stream = sse(chunk('\n\ndata: {"error": no'), chunk(None, "stop")) + b"data: [DONE]\n\n"
+    _, tap = every_split(lambda: ChatTap({"stream": True}), stream)
+    assert tap.finished and not tap.errored
 
 
 RESPONSE = {

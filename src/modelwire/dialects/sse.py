@@ -32,7 +32,7 @@ class SSEParser:
         held = b""
         if buffer.endswith(b"\r"):  # maybe the first half of \r\n: decide when more arrives
             buffer, held = buffer[:-1], b"\r"
-        if b"\r" in buffer:
+        if buffer.find(b"\r") != -1:  # not `in`, which tries b"\r" as an int first (an error raised)
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = buffer.split(b"\n")
         self._buffer = lines.pop() + held

@@ -5,6 +5,9 @@ events that matter: the one carrying usage, the terminal one, an error. Everythi
 client as it came. Each tap also knows how to end its dialect's stream with an error event when the
 upstream cut it short, and whatever closes the stream (the JSON-array form of Gemini needs ``]``).
 One tap per wire; :mod:`modelwire.wires` says which.
+
+Substrings are looked for with ``find``, not ``in``: on bytes, ``in`` first tries its operand as an
+integer (a byte value), and raises and drops a TypeError each time (~0.5 µs).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class _EventSplitter:
 
     def complete(self, chunk: bytes) -> bytes:
         data = self._rest + chunk if self._rest else chunk
-        if b"\r" in data:
+        if data.find(b"\r") != -1:  # not `in`: see the module's docstring
             data = data.replace(b"\r\n", b"\n")
         end = data.rfind(b"\n\n") + 2
         if end == 1:  # no blank line yet
@@ -126,6 +129,18 @@ _SPACED = ((_FINISH[1],), (_USAGE[1],))
 _DONE = (b"data: [DONE]\n\n", b"data:[DONE]\n\n")  # the very last event, whole
 
 
+def _ends_in_error(data: bytes, closed: bool) -> bool:
+    """Whether a read's last event (before ``[DONE]``) is an error. An error ends a Chat stream,
+    so only that event is looked at, not the whole read (a scan of every token delta)."""
+    end = len(data) - 2
+    if closed:
+        end = data.rfind(b"\n\n", 0, end)
+        if end == -1:
+            return False
+    start = data.rfind(b"\n\n", 0, end)
+    return data.startswith(b'data: {"error"', start + 2 if start != -1 else 0)
+
+
 class ChatTap:
     """A Chat Completions stream. It can hide the usage chunk a client did not ask for (the gateway
     asks for it on the client's behalf, to account for tokens), and the chunks that carry only a
@@ -166,7 +181,7 @@ class ChatTap:
             self.closed = data.endswith(_DONE)
         if not self.finished:
             self.finished = self.closed or _rfind_any(data, finish) != -1
-        if data.startswith(b'data: {"error"') or b'\n\ndata: {"error"' in data:
+        if _ends_in_error(data, self.closed):
             self.errored = True
         if self.filter_chunks:
             kept = [e for e in _events(data) if self._keep(e)]
@@ -186,7 +201,7 @@ class ChatTap:
         return self._markers
 
     def _keep(self, event: bytes) -> bool:
-        if b"[DONE]" in event[:12] or event.startswith(b'data: {"error"'):
+        if event.find(b"[DONE]", 0, 12) != -1 or event.startswith(b'data: {"error"'):
             return True
         return self._inspect(event)
 

@@ -54,6 +54,7 @@ PATHS: dict[Operation, tuple[MediaKind, MediaEndpoint]] = {
 # through its Responses backend instead: see :mod:`.codex_images`).
 MEDIA_HOSTS = frozenset({"openai", "azure", "openai-compatible"})
 TAP_LIMIT = 64 * 1024 * 1024  # an event bigger than this is not searched for usage
+_MARKERS = (b'"usage"', b"[DONE]", b'.done"', b'.completed"')  # what an event with usage names
 _CUT = {
     "type": "error",
     "error": {
@@ -317,12 +318,12 @@ class UsageTap:
 
     def feed(self, chunk: bytes) -> None:
         data = self._tail + chunk
-        if b"\n\n" not in data:
+        if data.find(b"\n\n") == -1:  # not `in`, which tries its operand as an int first (an error raised)
             self._tail = data if len(data) <= TAP_LIMIT else b""
             return
         *events, self._tail = data.replace(b"\r\n", b"\n").split(b"\n\n")
         for event in events:
-            if b'"usage"' in event or b"[DONE]" in event or b'.done"' in event or b'.completed"' in event:
+            if any(event.find(marker) != -1 for marker in _MARKERS):
                 self._read(event)
 
     def _read(self, event: bytes) -> None:
