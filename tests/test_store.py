@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import inspect
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -123,6 +124,24 @@ def test_sqlite_creates_parent_dirs_and_uses_wal(tmp_path: Path) -> None:
         assert path.exists()
         with store.engine.connect() as conn:
             assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_sqlite_binds_none_and_bool_without_searching_for_an_adapter(tmp_path: Path) -> None:
+    """Without an adapter, sqlite3 looks for one on each None and bool by raising two
+    AttributeErrors: the store registers adapters that bind the values sqlite3 would anyway."""
+    with Store(f"sqlite:///{tmp_path / 'state.db'}") as store:
+        for value in (None, True, False):
+            adapted = sqlite3.adapt(value)  # raises ProtocolError when no adapter is registered
+            assert adapted is None if value is None else (adapted == int(value) and type(adapted) is int)
+        store.write_usage([usage(stream=True, cost=None)])
+        conn = store.engine.raw_connection()
+        try:
+            stored = (
+                conn.cursor().execute("SELECT typeof(stream), stream, typeof(cost) FROM mw_usage").fetchone()
+            )
+        finally:
+            conn.close()
+        assert tuple(stored) == ("integer", 1, "null")
 
 
 def test_a_gateway_on_sqlite_does_not_load_the_postgresql_dialect(
