@@ -8,7 +8,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -36,6 +36,7 @@ class Passthrough:
     payload: bytes = b""
     doc: dict[str, Any] | None = None
     key_index: int = 0  # which of the backend's keys asked (only its project sees what it created)
+    dropped: ClassVar[tuple[str, ...]] = ()  # a forwarded body loses no parameter
 
 
 @dataclass(eq=False)
