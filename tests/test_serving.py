@@ -164,3 +164,15 @@ async def test_a_client_expecting_100_continue_gets_it_before_it_sends_the_body(
     await answered(protocol)
     assert [kind for kind, _ in transport.calls] == ["write", "write", "write"]
     assert transport.calls[1][1].startswith(b"HTTP/1.1 200 OK\r\n") and transport.calls[2][1] == BODY
+
+
+async def test_a_reset_connection_leaves_no_timer_holding_it() -> None:
+    """A connection lost to a reset (a client killed, a load balancer's probe) is released at once,
+    not when its keep-alive timer fires 75 s later."""
+    for lost in (None, ConnectionResetError()):
+        protocol = connect(whole, RecordingTransport())
+        protocol.data_received(POST)
+        await answered(protocol)
+        assert protocol.timeout_keep_alive_task is not None  # idle, kept alive for the next request
+        protocol.connection_lost(lost)
+        assert protocol.timeout_keep_alive_task is None, lost
