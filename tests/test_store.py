@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import logging
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -778,6 +779,38 @@ async def test_failed_write_keeps_the_batch(flaky: FlakyStore, caplog: pytest.Lo
     with flaky.engine.connect() as conn:
         times = conn.execute(select(usage_table.c.time).order_by(usage_table.c.id)).scalars().all()
     assert sorted(times) == [T0 + i for i in range(7)]
+
+
+class HeldStore(FlakyStore):
+    """A store whose writes wait, once begun, until ``release`` is set."""
+
+    begun: threading.Event
+    release: threading.Event
+
+    def run_statements(self, statements: Statements) -> None:
+        self.begun.set()
+        assert self.release.wait(5)
+        super().run_statements(statements)
+
+
+async def test_a_flush_writes_what_was_queued_when_it_began(open_store: StoreFactory) -> None:
+    """Records queued while a batch is written wait for the next flush: a writer chasing its queue
+    wrote a few records per transaction, back to back, all the time a gateway was busy."""
+    store = open_store(HeldStore)
+    assert isinstance(store, HeldStore)
+    store.begun, store.release = threading.Event(), threading.Event()
+    writer = UsageWriter(store, interval=60, max_batch=100)
+    for i in range(3):
+        writer.add(usage(time=T0 + i))
+    flushing = asyncio.ensure_future(writer.flush())
+    assert await asyncio.to_thread(store.begun.wait, 5)
+    for i in range(3, 5):
+        writer.add(usage(time=T0 + i))  # arrives while the first batch is being written
+    store.release.set()
+    await flushing
+    assert (store.attempts, usage_count(store), writer.pending) == (1, 3, 2)
+    await writer.stop()  # stop writes everything, what arrives meanwhile included
+    assert (store.attempts, usage_count(store), writer.pending) == (2, 5, 0)
 
 
 async def test_background_retry_succeeds_after_an_outage(flaky: FlakyStore) -> None:

@@ -1179,7 +1179,7 @@ class UsageWriter:
         task, self._task = self._task, None
         if task is not None:
             await task
-        if not await self._flush_all() and self.pending:
+        if not await self._flush_all(until_empty=True) and self.pending:
             log.error("usage writer stopped with %d records unwritten (store unavailable)", self.pending)
 
     async def _run(self) -> None:
@@ -1197,15 +1197,21 @@ class UsageWriter:
             await asyncio.wait_for(self._wake.wait(), delay)
         self._wake.clear()
 
-    async def _flush_all(self) -> bool:
+    async def _flush_all(self, *, until_empty: bool = False) -> bool:
+        """Write the records queued when the flush began; with ``until_empty``, also those queued
+        while it writes. Chasing the queue made a busy gateway write a few records at a time, one
+        transaction (and thread hop) after another: ~100 a second at 1,600 requests a second."""
         async with self._lock:
-            while self._queue:
-                if not await self._write_batch():
+            left = len(self._queue)
+            while self._queue and (left > 0 or until_empty):
+                size = min(self.max_batch, left) if left > 0 else self.max_batch
+                if not await self._write_batch(size):
                     return False
+                left -= size
             return True
 
-    async def _write_batch(self) -> bool:
-        batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+    async def _write_batch(self, size: int) -> bool:
+        batch = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
         self._in_flight = len(batch)
         try:
             await asyncio.to_thread(self.store.run_statements, self.store.usage_statements(batch))
