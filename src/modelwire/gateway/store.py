@@ -24,6 +24,7 @@ import operator
 import re
 import secrets
 import sqlite3
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -1202,9 +1203,9 @@ class UsageWriter:
         while it writes. Chasing the queue made a busy gateway write a few records at a time, one
         transaction (and thread hop) after another: ~100 a second at 1,600 requests a second."""
         async with self._lock:
-            left = len(self._queue)
-            while self._queue and (left > 0 or until_empty):
-                size = min(self.max_batch, left) if left > 0 else self.max_batch
+            left = sys.maxsize if until_empty else len(self._queue)
+            while self._queue and left > 0:
+                size = min(self.max_batch, left)
                 if not await self._write_batch(size):
                     return False
                 left -= size
