@@ -132,7 +132,7 @@ def test_sqlite_binds_none_and_bool_without_searching_for_an_adapter(tmp_path: P
     AttributeErrors: the store registers adapters that bind the values sqlite3 would anyway."""
     with Store(f"sqlite:///{tmp_path / 'state.db'}") as store:
         for value in (None, True, False):
-            adapted = sqlite3.adapt(value)  # raises ProtocolError when no adapter is registered
+            adapted = sqlite3.adapt(value)  # ProgrammingError ("can't adapt") when none is registered
             assert adapted is None if value is None else (adapted == int(value) and type(adapted) is int)
         store.write_usage([usage(stream=True, cost=None)])
         conn = store.engine.raw_connection()
