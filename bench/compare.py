@@ -11,6 +11,8 @@ all alike. Prints a table of medians and writes every raw figure as JSON.
     python3 bench/compare.py                       # modelwire vs the upstream directly
     python3 bench/compare.py --floor --peers litellm,portkey
     python3 bench/compare.py --scenarios chat,chat_c1 --rounds 3 --json out.json
+    python3 bench/compare.py --workers 2 --core-share 0.5 --scenarios chat,chat_stream
+                                                   # one worker on half a core, two on a whole one
 
 Peers are installed on first use under .bench/ (LiteLLM from PyPI into its own venv, Portkey's
 gateway from npm). nginx and wrk come from Debian's packages (apt-get, only when missing).
@@ -360,6 +362,40 @@ def rss_kb(pid: int) -> int:
     return total
 
 
+def cpu_cgroup(name: str, cores: float) -> str:
+    """A CPU cgroup (v2 ``cpu.max``, or v1's CFS quota) capped at ``cores``, for ``--core-share``:
+    returns its ``cgroup.procs`` path. Needs root and a writable cgroup hierarchy with the cpu
+    controller; the period is 10 ms so a capped gateway is throttled in short slices, not 100 ms
+    stalls."""
+    period = 10_000
+    quota = int(cores * period)
+    mounts = [line.split() for line in open("/proc/mounts")]
+    for _dev, where, kind, options, *_ in mounts:
+        if kind == "cgroup" and "cpu" in options.split(","):
+            group = os.path.join(where, name)
+            os.makedirs(group, exist_ok=True)
+            with open(os.path.join(group, "cpu.cfs_period_us"), "w") as f:
+                f.write(str(period))
+            with open(os.path.join(group, "cpu.cfs_quota_us"), "w") as f:
+                f.write(str(quota))
+            return os.path.join(group, "cgroup.procs")
+    for _dev, where, kind, *_ in mounts:
+        controllers = os.path.join(where, "cgroup.controllers")
+        if kind == "cgroup2" and os.path.exists(controllers) and "cpu" in open(controllers).read().split():
+            group = os.path.join(where, name)
+            os.makedirs(group, exist_ok=True)
+            with open(os.path.join(group, "cpu.max"), "w") as f:
+                f.write(f"{quota} {period}")
+            return os.path.join(group, "cgroup.procs")
+    raise SystemExit("--core-share needs a cgroup hierarchy with the cpu controller (and root)")
+
+
+def in_cgroup(procs_file: str, cmd: list[str]) -> list[str]:
+    """``cmd`` started inside a cgroup: the shell joins it, then becomes ``cmd``, whose workers
+    inherit it."""
+    return ["sh", "-c", f'echo $$ > {procs_file} && exec "$@"', "sh", *cmd]
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its children (workers), in seconds."""
     pids = [pid]
@@ -455,6 +491,14 @@ def main() -> int:
         help="also run modelwire with 1 and with N workers, limits shared through Redis "
         f"(MODELWIRE_BENCH_REDIS, default {REDIS_URL}), and report the scaling",
     )
+    ap.add_argument(
+        "--core-share",
+        type=float,
+        default=0.0,
+        help="with --workers: cap each modelwire-Nw target at N times this many cores (a CPU "
+        "cgroup), so its workers scale over cores of their own while wrk and nginx use the rest; "
+        "on two cores, 0.5 compares one worker on half a core with two on a whole one (needs root)",
+    )
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=int, default=6)
@@ -475,6 +519,7 @@ def main() -> int:
     up = free_port()
     procs: dict[str, subprocess.Popen] = {}
     logs = {}
+    groups: list[str] = []  # CPU cgroups made for --core-share, removed once their targets exit
 
     def start(name: str, cmd: list[str], env: dict | None = None, cwd: str | None = None) -> subprocess.Popen:
         log = open(os.path.join(root, f"{name}.log"), "w")
@@ -519,7 +564,12 @@ def main() -> int:
             scaling = sorted({1, args.workers}) if args.workers else []
             for name, workers in [("modelwire", 0)] + [(f"modelwire-{n}w", n) for n in scaling]:
                 port = free_port()
-                start(name, [*cmd, "serve", "--config", modelwire_config(root, port, up, workers)])
+                serve = [*cmd, "serve", "--config", modelwire_config(root, port, up, workers)]
+                if workers and args.core_share:
+                    group = cpu_cgroup(f"{os.path.basename(root)}-{name}", workers * args.core_share)
+                    groups.append(os.path.dirname(group))
+                    serve = in_cgroup(group, serve)
+                start(name, serve)
                 if not wait_http(
                     f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"}
                 ):
@@ -689,6 +739,9 @@ def main() -> int:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+        for group in groups:
+            with contextlib.suppress(OSError):
+                os.rmdir(group)
     return 0
 
 
