@@ -142,6 +142,31 @@ async def test_chunked_and_until_eof_answers_are_read_whole(
     await transport.aclose()
 
 
+async def test_answer_headers_are_read_in_any_case_and_a_repeated_one_joined(
+    raw_server: Callable[[Handler], Awaitable[str]],
+) -> None:
+    async def many(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-RateLimit-Remaining: 9\r\n"
+            b"Set-Cookie: a=1\r\nX-Empty:\r\nset-cookie: b=2\r\nX-Latin: caf\xe9\r\n\r\nok"
+        )
+        await writer.drain()
+
+    transport = Http1Transport()
+    reply = await transport.send("POST", await raw_server(many), {}, b"")
+    assert dict(reply.headers) == {
+        "content-length": "2",
+        "x-ratelimit-remaining": "9",
+        "set-cookie": "a=1, b=2",
+        "x-empty": "",
+        "x-latin": "caf\xe9",
+    }
+    assert reply.headers["X-RATELIMIT-REMAINING"] == "9"
+    assert await reply.read() == b"ok"
+    await transport.aclose()
+
+
 async def test_a_cut_answer_is_a_protocol_error(raw_server: Callable[[Handler], Awaitable[str]]) -> None:
     async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
