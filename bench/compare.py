@@ -363,31 +363,33 @@ def rss_kb(pid: int) -> int:
 
 
 def cpu_cgroup(name: str, cores: float) -> str:
-    """A CPU cgroup (v2 ``cpu.max``, or v1's CFS quota) capped at ``cores``, for ``--core-share``:
+    """A CPU cgroup (v1's CFS quota, or v2's ``cpu.max``) capped at ``cores``, for ``--core-share``:
     returns its ``cgroup.procs`` path. Needs root and a writable cgroup hierarchy with the cpu
     controller; the period is 10 ms so a capped gateway is throttled in short slices, not 100 ms
     stalls."""
     period = 10_000
     quota = int(cores * period)
-    mounts = [line.split() for line in open("/proc/mounts")]
-    for _dev, where, kind, options, *_ in mounts:
-        if kind == "cgroup" and "cpu" in options.split(","):
-            group = os.path.join(where, name)
-            os.makedirs(group, exist_ok=True)
-            with open(os.path.join(group, "cpu.cfs_period_us"), "w") as f:
-                f.write(str(period))
-            with open(os.path.join(group, "cpu.cfs_quota_us"), "w") as f:
-                f.write(str(quota))
-            return os.path.join(group, "cgroup.procs")
-    for _dev, where, kind, *_ in mounts:
-        controllers = os.path.join(where, "cgroup.controllers")
-        if kind == "cgroup2" and os.path.exists(controllers) and "cpu" in open(controllers).read().split():
-            group = os.path.join(where, name)
-            os.makedirs(group, exist_ok=True)
-            with open(os.path.join(group, "cpu.max"), "w") as f:
-                f.write(f"{quota} {period}")
-            return os.path.join(group, "cgroup.procs")
-    raise SystemExit("--core-share needs a cgroup hierarchy with the cpu controller (and root)")
+    v1 = {"cpu.cfs_period_us": str(period), "cpu.cfs_quota_us": str(quota)}
+    v2 = {"cpu.max": f"{quota} {period}"}
+    mounts = [line.split()[1:4] for line in open("/proc/mounts")]
+    found = [
+        (where, v1) for where, kind, options in mounts if kind == "cgroup" and "cpu" in options.split(",")
+    ]
+    found += [(where, v2) for where, kind, _ in mounts if kind == "cgroup2" and _has_cpu(where)]
+    if not found:
+        raise SystemExit("--core-share needs a cgroup hierarchy with the cpu controller (and root)")
+    where, limits = found[0]
+    group = os.path.join(where, name)
+    os.makedirs(group, exist_ok=True)
+    for file, value in limits.items():
+        with open(os.path.join(group, file), "w") as f:
+            f.write(value)
+    return os.path.join(group, "cgroup.procs")
+
+
+def _has_cpu(hierarchy: str) -> bool:
+    controllers = os.path.join(hierarchy, "cgroup.controllers")
+    return os.path.exists(controllers) and "cpu" in open(controllers).read().split()
 
 
 def in_cgroup(procs_file: str, cmd: list[str]) -> list[str]:
