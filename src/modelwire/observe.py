@@ -150,7 +150,7 @@ class Observer:
     """Fans events out to the caller's hook and to the log, per the driver's modes. ``tap``
     receives every payload as it crosses the wire (the gateway's wire capture uses it)."""
 
-    __slots__ = ("debug", "hook", "raw", "tap")
+    __slots__ = ("debug", "hook", "listening", "raw", "tap", "tapped")
 
     def __init__(
         self, hook: Hook | None = None, *, debug: bool = False, raw: bool = False, tap: Tap | None = None
@@ -159,17 +159,10 @@ class Observer:
         self.debug = debug or raw
         self.raw = raw
         self.tap = tap
-
-    @property
-    def listening(self) -> bool:
-        """Whether an event reaches anyone (a hook, the debug log): callers on the hot path build
-        one only then."""
-        return self.hook is not None or self.debug
-
-    @property
-    def tapped(self) -> bool:
-        """Whether a payload reaches anyone (a tap, the raw log)."""
-        return self.tap is not None or self.raw
+        # Read on every call (the hot path builds an event or hands a payload on only then):
+        # attributes, set once, as nothing here changes after.
+        self.listening = hook is not None or self.debug  # an event reaches a hook or the debug log
+        self.tapped = tap is not None or raw  # a payload reaches a tap or the raw log
 
     def emit(self, event: Event) -> None:
         if self.debug:

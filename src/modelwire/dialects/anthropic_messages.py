@@ -115,11 +115,25 @@ _KNOWN_BLOCKS: frozenset[str] = frozenset().union(*_ROLE_BLOCKS.values())
 _TIER_IN = {"auto": "auto", "standard_only": "default"}
 _TIER_OUT = {"auto": "auto", "default": "standard_only"}
 
-# Fields decode_request understands; anything else is kept in Request.extra for an Anthropic upstream.
-_KNOWN = frozenset(
-    "model messages system max_tokens tools tool_choice temperature top_p stop_sequences metadata stream "
-    "thinking output_config service_tier".split()
-)
+# The fields decode_request reads and the types each takes (null aside); anything else is kept in
+# Request.extra for an Anthropic upstream.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "messages": (list,),
+    "max_tokens": (int,),
+    "system": (str, list),
+    "tools": (list,),
+    "tool_choice": (dict,),
+    "temperature": check.NUMBER,
+    "top_p": check.NUMBER,
+    "stop_sequences": (list,),
+    "metadata": (dict,),
+    "stream": (bool,),
+    "thinking": (dict,),
+    "output_config": (dict,),
+    "service_tier": (str,),
+}
+REQUIRED = ("model", "messages", "max_tokens")
 
 
 def message_id(upstream_id: str) -> str:
@@ -658,27 +672,37 @@ class StreamDecoder:
 
 def decode_request(body: dict[str, Any]) -> Request:
     """A neutral request from a client's ``POST /v1/messages`` body."""
-    req = Request(model=check.need(body, "model", str, ""), dialect=DIALECT)
-    raw_messages = check.need(body, "messages", list, "")
-    req.max_output_tokens = check.need(body, "max_tokens", int, "")
-    req.messages = _decode_system(body.get("system"))
-    for i, raw in enumerate(raw_messages):
-        req.messages += _decode_message(raw, f"messages[{i}]")
-    req.tools, foreign_tools = _decode_tools(check.get(body, "tools", list, "") or [])
-    if body.get("tool_choice") is not None:
-        _decode_tool_choice(req, check.as_dict(body["tool_choice"], "tool_choice"))
-    req.temperature = check.get(body, "temperature", float, "")
-    req.top_p = check.get(body, "top_p", float, "")
-    req.stop = _decode_stop_sequences(body)
-    metadata = check.get(body, "metadata", dict, "") or {}
-    req.user = check.get(metadata, "user_id", str, "metadata.")
-    req.stream = bool(check.get(body, "stream", bool, ""))
-    tier = check.get(body, "service_tier", str, "")
-    req.service_tier = _TIER_IN.get(tier, tier) if tier is not None else None
-    _decode_reasoning(req, body)
-    req.extra = {k: v for k, v in body.items() if k not in _KNOWN}
-    if foreign_tools:
-        req.extra["tools"] = foreign_tools
+    check.check_types(body, FIELD_TYPES)  # one pass over the body's fields, whatever it holds
+    check.require(body, REQUIRED)
+    get = body.get
+    messages = _decode_system(get("system"))
+    for i, raw in enumerate(body["messages"]):
+        messages += _decode_message(raw, f"messages[{i}]")
+    req = Request(
+        model=body["model"],
+        messages=messages,
+        max_output_tokens=body["max_tokens"],
+        temperature=check.to_float(get("temperature")),
+        top_p=check.to_float(get("top_p")),
+        stop=_decode_stop_sequences(get("stop_sequences")),
+        stream=get("stream") is True,
+        dialect=DIALECT,
+    )
+    for name, value in body.items():
+        if name not in FIELD_TYPES:
+            req.extra[name] = value
+    if tools := get("tools"):
+        req.tools, foreign_tools = _decode_tools(tools)
+        if foreign_tools:
+            req.extra["tools"] = foreign_tools
+    if get("tool_choice") is not None:
+        _decode_tool_choice(req, body["tool_choice"])
+    if metadata := get("metadata"):
+        req.user = check.get(metadata, "user_id", str, "metadata.")
+    if (tier := get("service_tier")) is not None:
+        req.service_tier = _TIER_IN.get(tier, tier)
+    if get("thinking") or get("output_config"):
+        _decode_reasoning(req, body)
     return req
 
 
@@ -697,15 +721,15 @@ def _decode_message(raw: Any, path: str) -> list[Message]:
     followed by a user message with whatever else it held."""
     m = check.as_dict(raw, path)
     role = check.need(m, "role", str, path + ".")
-    if role not in _ROLE_BLOCKS:
+    allowed = _ROLE_BLOCKS.get(role)
+    if allowed is None:
         check.fail(path + ".role", f"expected 'user' or 'assistant', got {role!r}")
     content = m.get("content")
-    if isinstance(content, str):
-        parts: list[Part] = [Text(text=content)]
-    else:
-        parts = _decode_blocks(content, path + ".content", _ROLE_BLOCKS[role], f"{role} messages")
+    if isinstance(content, str):  # the short form of one text block
+        return [Message(role=role, content=[Text(text=content)])]  # type: ignore[arg-type]
+    parts = _decode_blocks(content, path + ".content", allowed, role + " messages")
     if role != "user":  # Claude Code sends system messages inside messages as well
-        return [Message(role="assistant" if role == "assistant" else "system", content=parts)]
+        return [Message(role=role, content=parts)]  # type: ignore[arg-type]
     results: list[Part] = [p for p in parts if isinstance(p, ToolResult)]
     if not results:
         return [Message(role="user", content=parts)]
@@ -843,8 +867,7 @@ def _decode_tool_choice(req: Request, raw: dict[str, Any]) -> None:
         req.parallel_tool_calls = not disable
 
 
-def _decode_stop_sequences(body: dict[str, Any]) -> list[str] | None:
-    stops = check.get(body, "stop_sequences", list, "")
+def _decode_stop_sequences(stops: list[Any] | None) -> list[str] | None:
     if stops is not None and not all(isinstance(s, str) for s in stops):
         check.fail("stop_sequences", "expected an array of strings")
     return stops
@@ -911,14 +934,20 @@ def render_part(part: Part) -> dict[str, Any] | None:
 
 def render_response(resp: Response, req: Request) -> dict[str, Any]:
     """A ``message`` object for a neutral response."""
-    refused = any(isinstance(p, Refusal) for p in resp.content)
+    content = []
+    refused = False
+    for part in resp.content:
+        refused = refused or isinstance(part, Refusal)
+        block = render_part(part)
+        if block is not None:
+            content.append(block)
     stop = stop_reason_for(resp.stop_reason, resp.stop_sequence, refused)
     return {
         "id": message_id(resp.id),
         "type": "message",
         "role": "assistant",
         "model": resp.model or req.model,
-        "content": [b for b in (render_part(p) for p in resp.content) if b is not None],
+        "content": content,
         "stop_reason": stop,
         "stop_sequence": resp.stop_sequence if stop == "stop_sequence" else None,
         "stop_details": None,

@@ -57,6 +57,18 @@ def need(obj: dict[str, Any], key: str, kind: type[T], path: str) -> T:
     return value
 
 
+def require(body: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Each of ``names`` is in ``body`` and not null."""
+    for name in names:
+        if body.get(name) is None:
+            fail(name, "is required")
+
+
+def to_float(value: float | None) -> float | None:
+    """A number already checked (an int or a float, or None) as a float, as ``get`` gives it."""
+    return float(value) if type(value) is int else value
+
+
 def as_dict(value: Any, path: str) -> dict[str, Any]:
     if type(value) is not dict:
         fail(path, f"expected an object, got {_describe(value)}")

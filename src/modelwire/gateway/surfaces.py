@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..dialects import anthropic_messages, gemini, openai_chat, openai_responses
-from ..dialects.check import check_types, fail
+from ..dialects.check import check_types, require
 from ..dialects.sse import KEEPALIVE
 from ..errors import ModelwireError
 from ..types import Dialect, Request, Response, StreamError, StreamEvent
@@ -52,9 +52,7 @@ class Surface:
 
     def check(self, body: dict[str, Any]) -> None:
         """Missing or wrong top-level fields fail here, before a body is forwarded undecoded."""
-        for name in self.required:
-            if body.get(name) is None:
-                fail(name, "is required")
+        require(body, self.required)
         if self.field_types:
             check_types(body, self.field_types)
 

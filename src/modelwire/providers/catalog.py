@@ -253,7 +253,7 @@ _FOREIGN_SAMPLING = (
 def unsupported_settings(req: Request, profile: ModelProfile, wire: Wire) -> list[str]:
     """The caller's sampling settings an upstream will not see: refused by the model (reasoning
     models take no temperature), or with no field in the upstream's wire."""
-    names = [n for n in ("temperature", "top_p") if not profile.sampling and getattr(req, n) is not None]
+    names = [] if profile.sampling else [n for n in ("temperature", "top_p") if getattr(req, n) is not None]
     if not wire.seed and req.seed is not None:
         names.append("seed")
     if req.extra and req.dialect != wire.name:  # (no extra fields: nothing foreign to look for)

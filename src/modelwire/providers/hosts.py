@@ -15,7 +15,7 @@ whole transcript. ``anthropic``: the Messages API (``x-api-key``, ``anthropic-ve
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 from urllib.parse import quote, urlsplit
 
@@ -222,6 +222,11 @@ class Host:
     kind: HostKind
     base_url: str
     api_version: str | None = None
+    # The kind's profile, read several times per call: an attribute, not a lookup each time.
+    profile: HostProfile = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "profile", PROFILES[self.kind])
 
     @classmethod
     def create(cls, kind: HostKind | None, base_url: str | None, api_version: str | None = None) -> Host:
@@ -237,10 +242,6 @@ class Host:
         elif profile.auth != "azure":
             api_version = None
         return cls(kind=kind, base_url=base, api_version=api_version)
-
-    @property
-    def profile(self) -> HostProfile:
-        return PROFILES[self.kind]
 
     @property
     def deployment_paths(self) -> bool:

@@ -254,17 +254,25 @@ class OpenAI(MediaAPIs):
         mode = _call_mode(settings)
         plan = self.planner.plan(request, settings, stream=False)
         route = self._route(plan, mode, lease)
-        async with _deadline(self.deadline):
-            response = await self._call(plan, route)
-            continued = 0
-            while self.planner.should_continue(response, continued):
-                continued += 1
-                self.observer.emit(
-                    Continued(count=continued, reason="max_output_tokens", response_id=response.id)
-                )
-                plan = self.planner.continuation(plan, response)
-                response = _merge(response, await self._call(plan, route))
+        if self.deadline is None:  # the gateway's drivers: no timeout to arm and disarm per call
+            response = await self._continued(plan, route)
+        else:
+            async with _deadline(self.deadline):
+                response = await self._continued(plan, route)
         response.usage.cost = self.catalog.cost(response.model or plan.req.model, response.usage)
+        return response
+
+    async def _continued(self, plan: Plan, route: Route | None) -> Response:
+        """The answer to ``plan``, continued and merged while it is cut off (as far as allowed)."""
+        response = await self._call(plan, route)
+        continued = 0
+        while self.planner.should_continue(response, continued):
+            continued += 1
+            self.observer.emit(
+                Continued(count=continued, reason="max_output_tokens", response_id=response.id)
+            )
+            plan = self.planner.continuation(plan, response)
+            response = _merge(response, await self._call(plan, route))
         return response
 
     async def _events_on(
@@ -506,7 +514,8 @@ class OpenAI(MediaAPIs):
         headers = {**self._headers, **await self._auth()}
         if stream:
             headers["Accept"] = "text/event-stream"
-        self.observer.payload("request", url, headers, body or b"")
+        if self.observer.tapped:
+            self.observer.payload("request", url, headers, body or b"")
         attempt = 0
         renewed = False
         while True:
@@ -515,7 +524,9 @@ class OpenAI(MediaAPIs):
                     RequestSent(url=url, model=model, api=endpoint, attempt=attempt, stream=stream)
                 )
             try:
-                return await self._attempt(method, url, headers, body)
+                return await observed_call(
+                    self.transport, self.observer, method, url, headers, body, self.timeout
+                )
             except AuthenticationError:
                 if self.credentials is None or renewed:
                     raise
@@ -547,9 +558,6 @@ class OpenAI(MediaAPIs):
         own = self._headers.get("OpenAI-Beta")
         headers["OpenAI-Beta"] = f"{own}, {BETA}" if own else BETA
         return headers
-
-    async def _attempt(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> Reply:
-        return await observed_call(self.transport, self.observer, method, url, headers, body, self.timeout)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -642,19 +650,15 @@ def _index(item: dict[str, Any]) -> int:
 
 
 class _deadline:
-    """``asyncio.timeout`` that raises modelwire's :class:`TimeoutError` (none at all without a
-    deadline: the gateway's drivers have none, and a timeout costs even when it never fires)."""
+    """``asyncio.timeout`` that raises modelwire's :class:`TimeoutError`."""
 
-    def __init__(self, seconds: float | None) -> None:
-        self._cm = asyncio.timeout(seconds) if seconds is not None else None
+    def __init__(self, seconds: float) -> None:
+        self._cm = asyncio.timeout(seconds)
 
     async def __aenter__(self) -> None:
-        if self._cm is not None:
-            await self._cm.__aenter__()
+        await self._cm.__aenter__()
 
     async def __aexit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        if self._cm is None:
-            return
         try:
             await self._cm.__aexit__(kind, exc, tb)
         except builtins.TimeoutError as err:

@@ -99,8 +99,10 @@ class Planner:
         Counting is O(input), so it runs only when the body could be over: a body's bytes bound
         its text tokens from above (every token is at least one byte).
         """
+        if not self.catalog.capped(self.context_cap):
+            return
         window = self.window(plan.req.model)
-        if window is None or not self.catalog.capped(self.context_cap) or len(body) <= window:
+        if window is None or len(body) <= window:
             return
         from ..tokens import count_request_tokens
 
@@ -225,8 +227,8 @@ class Planner:
 def _fit_tool_choice(req: Request, wire: Wire) -> None:
     """Drop a tool choice naming a tool this wire cannot carry (another dialect's server tool,
     such as Anthropic's web search): OpenAI refuses a choice of a tool it was not given."""
-    if req.dialect in (None, wire.name):
-        return  # the caller's own dialect: its extra tools travel with it
+    if req.tool_choice is None or req.dialect in (None, wire.name):
+        return  # (the caller's own dialect: its extra tools travel with it)
     named = req.tool_choice.name if isinstance(req.tool_choice, ToolName) else None
     if (named is not None and named not in {t.name for t in req.tools}) or (
         req.tool_choice == "required" and not req.tools
