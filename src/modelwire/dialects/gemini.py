@@ -150,11 +150,18 @@ def _key(obj: dict[str, Any], name: str) -> str:
 
 
 def _get(obj: dict[str, Any], name: str, kind: type[Any], path: str) -> Any:
-    """``check.get`` under either spelling; most fields are absent, so that case is found first."""
-    if name in obj:
-        return check.get(obj, name, kind, path)
-    snake = _snake(name)
-    return check.get(obj, snake, kind, path) if snake in obj else None
+    """``check.get`` under either spelling; most fields are absent, and most present ones of the
+    right type, so those cases are settled here without a further call."""
+    value = obj.get(name)
+    if value is None:
+        snake = _snake(name)
+        value = obj.get(snake)
+        if value is None:
+            return None
+        name = snake
+    if type(value) is kind:
+        return value
+    return check.get(obj, name, kind, path)  # an int for a float, or the error naming the field
 
 
 def _need(obj: dict[str, Any], name: str, kind: type[Any], path: str) -> Any:
@@ -763,20 +770,19 @@ def decode_request(body: dict[str, Any], model: str, *, stream: bool = False) ->
     if not contents:
         check.fail("contents", "must contain at least one content")
     req.messages += _decode_contents(contents)
-    req.tools, builtin_tools = _decode_tools(_get(body, "tools", list, "") or [])
-    tool_config = _get(body, "toolConfig", dict, "") or {}
-    req.tool_choice = _decode_tool_choice(tool_config)
-    generation = _get(body, "generationConfig", dict, "") or {}
-    _decode_generation(req, generation)
     req.extra = {k: v for k, v in body.items() if _camel(k) not in _TOP_KNOWN}
-    _keep(req.extra, "tools", builtin_tools)
-    _keep(
-        req.extra,
-        "toolConfig",
-        {k: v for k, v in tool_config.items() if _camel(k) != "functionCallingConfig"},
-    )
-    known = _GENERATION_KNOWN if req.response_format is not None else _GENERATION_KNOWN - _FORMAT_FIELDS
-    _keep(req.extra, "generationConfig", {k: v for k, v in generation.items() if _camel(k) not in known})
+    # Each section only when sent (most requests carry a generationConfig and little else).
+    if tools := _get(body, "tools", list, ""):
+        req.tools, builtin_tools = _decode_tools(tools)
+        _keep(req.extra, "tools", builtin_tools)
+    if tool_config := _get(body, "toolConfig", dict, ""):
+        req.tool_choice = _decode_tool_choice(tool_config)
+        rest = {k: v for k, v in tool_config.items() if _camel(k) != "functionCallingConfig"}
+        _keep(req.extra, "toolConfig", rest)
+    if generation := _get(body, "generationConfig", dict, ""):
+        _decode_generation(req, generation)
+        known = _GENERATION_KNOWN if req.response_format is not None else _GENERATION_KNOWN - _FORMAT_FIELDS
+        _keep(req.extra, "generationConfig", {k: v for k, v in generation.items() if _camel(k) not in known})
     return req
 
 
