@@ -117,7 +117,7 @@ _TIER_OUT = {"auto": "auto", "default": "standard_only"}
 
 # The fields decode_request reads and the types each takes (null aside); anything else is kept in
 # Request.extra for an Anthropic upstream.
-FIELD_TYPES: dict[str, tuple[type, ...]] = {
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "model": (str,),
     "messages": (list,),
     "max_tokens": (int,),
@@ -133,7 +133,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "output_config": (dict,),
     "service_tier": (str,),
 }
-REQUIRED = ("model", "messages", "max_tokens")
+_REQUIRED = ("model", "messages", "max_tokens")
 
 
 def message_id(upstream_id: str) -> str:
@@ -672,8 +672,8 @@ class StreamDecoder:
 
 def decode_request(body: dict[str, Any]) -> Request:
     """A neutral request from a client's ``POST /v1/messages`` body."""
-    check.check_types(body, FIELD_TYPES)  # one pass over the body's fields, whatever it holds
-    check.require(body, REQUIRED)
+    check.check_types(body, _FIELD_TYPES)  # one pass over the fields the body holds
+    check.require(body, _REQUIRED)
     get = body.get
     messages = _decode_system(get("system"))
     for i, raw in enumerate(body["messages"]):
@@ -689,7 +689,7 @@ def decode_request(body: dict[str, Any]) -> Request:
         dialect=DIALECT,
     )
     for name, value in body.items():
-        if name not in FIELD_TYPES:
+        if name not in _FIELD_TYPES:
             req.extra[name] = value
     if tools := get("tools"):
         req.tools, foreign_tools = _decode_tools(tools)
