@@ -228,7 +228,7 @@ def _fit_tool_choice(req: Request, wire: Wire) -> None:
     """Drop a tool choice naming a tool this wire cannot carry (another dialect's server tool,
     such as Anthropic's web search): OpenAI refuses a choice of a tool it was not given."""
     if req.tool_choice is None or req.dialect in (None, wire.name):
-        return  # (the caller's own dialect: its extra tools travel with it)
+        return  # no choice to fit, or the caller's own dialect, whose extra tools travel with it
     named = req.tool_choice.name if isinstance(req.tool_choice, ToolName) else None
     if (named is not None and named not in {t.name for t in req.tools}) or (
         req.tool_choice == "required" and not req.tools
