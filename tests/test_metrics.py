@@ -22,6 +22,7 @@ from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelwire.gateway.metrics import (
+    MAX_PENDING,
     MULTIPROCESS_ENV,
     Clamp,
     Metrics,
@@ -139,6 +140,48 @@ def test_model_labels_are_capped_at_two_hundred(metrics: Metrics) -> None:
     assert value(metrics, "modelwire_tokens_total", model="model-0", backend="openai", kind="input") == 1
 
 
+def test_requests_tallied_between_flushes_all_count(metrics: Metrics) -> None:
+    """Requests are added up in a tally and written in batches: a scrape between two requests, and
+    one after a flush with nothing new, count each exactly once, latency buckets and sums included."""
+    for seconds in (0.003, 0.2, 7.0):
+        metrics.request_started("chat")
+        metrics.request_finished("chat", "gpt-5.5", "openai", 200, seconds=seconds, ttft=0.001)
+        metrics.usage("gpt-5.5", "openai", input=10, cached=4, output=3, reasoning=1, cost=0.25)
+        samples(metrics)
+    metrics.request_started("chat")
+    metrics.flush()
+    metrics.flush()
+    labels = {"surface": "chat", "model": "gpt-5.5", "backend": "openai", "status": "200"}
+    assert value(metrics, "modelwire_requests_total", **labels) == 3
+    assert value(metrics, "modelwire_in_flight", surface="chat") == 1
+    assert value(metrics, "modelwire_request_seconds_bucket", surface="chat", le="0.005") == 1
+    assert value(metrics, "modelwire_request_seconds_bucket", surface="chat", le="5.0") == 2
+    assert value(metrics, "modelwire_request_seconds_bucket", surface="chat", le="+Inf") == 3
+    assert value(metrics, "modelwire_request_seconds_sum", surface="chat") == pytest.approx(7.203)
+    assert value(metrics, "modelwire_ttft_seconds_bucket", surface="chat", le="0.005") == 3
+    tokens = {"model": "gpt-5.5", "backend": "openai"}
+    counts = [
+        value(metrics, "modelwire_tokens_total", kind=kind, **tokens)
+        for kind in ("input", "cached", "output", "reasoning")
+    ]
+    assert counts == [30, 12, 9, 3]
+    assert value(metrics, "modelwire_cost_usd_total", **tokens) == pytest.approx(0.75)
+
+
+def test_a_tally_is_written_before_it_outgrows_its_bound(metrics: Metrics) -> None:
+    """A client inventing a model name per request grows the tally by a label set each: past
+    MAX_PENDING it is written at once (and the names clamped), so it never holds more."""
+    for n in range(3 * MAX_PENDING):
+        metrics.request_started("chat")
+        metrics.request_finished("chat", f"invented-{n}", "openai", 404, seconds=0.01, ttft=None)
+        metrics.usage(f"invented-{n}", "openai", input=1, cached=0, output=0, reasoning=0, cost=None)
+        assert len(metrics._tally.finished) <= MAX_PENDING and len(metrics._tally.usage) <= MAX_PENDING
+    found = samples(metrics)
+    assert sum(v for (name, _), v in found.items() if name == "modelwire_requests_total") == 3 * MAX_PENDING
+    assert sum(v for (name, _), v in found.items() if name == "modelwire_tokens_total") == 3 * MAX_PENDING
+    assert value(metrics, "modelwire_in_flight", surface="chat") == 0
+
+
 def test_labels_never_carry_secrets(metrics: Metrics) -> None:
     secret = "sk-live-123456789abc"
     metrics.request_started("chat")
@@ -246,6 +289,7 @@ for _ in range(open_):
 if redis:
     m.dependency("redis", redis == "up")
 m.usage_backlog(open_, finished)
+m.flush()  # as a worker does every FLUSH_SECONDS and as it stops
 print(os.getpid())
 if render:
     sys.stdout.write(m.render()[0].decode())
