@@ -8,6 +8,7 @@ in single-process mode (``prepare_multiprocess`` only sets a variable, undone by
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -21,11 +22,13 @@ import pytest
 from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 
+from modelwire.gateway import metrics as metrics_module
 from modelwire.gateway.metrics import (
     MAX_PENDING,
     MULTIPROCESS_ENV,
     Clamp,
     Metrics,
+    keep_flushing,
     prepare_multiprocess,
     worker_exited,
 )
@@ -180,6 +183,40 @@ def test_a_tally_is_written_before_it_outgrows_its_bound(metrics: Metrics) -> No
     assert sum(v for (name, _), v in found.items() if name == "modelwire_requests_total") == 3 * MAX_PENDING
     assert sum(v for (name, _), v in found.items() if name == "modelwire_tokens_total") == 3 * MAX_PENDING
     assert value(metrics, "modelwire_in_flight", surface="chat") == 0
+
+
+def test_flushing_goes_on_after_a_failed_write(
+    metrics: Metrics, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk under the multiprocess files fails one write: a warning without a traceback, and
+    the next tick writes again (the flushing task must not die with it)."""
+    monkeypatch.setattr(metrics_module, "FLUSH_SECONDS", 0.01)
+    real_flush = metrics.flush
+    attempts: list[int] = []
+    third = asyncio.Event()
+
+    def flaky_flush() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError(28, "No space left on device")
+        real_flush()
+        if len(attempts) == 3:
+            third.set()
+
+    monkeypatch.setattr(metrics, "flush", flaky_flush)
+
+    async def run() -> None:
+        task = asyncio.ensure_future(keep_flushing(metrics))
+        metrics.request_started("chat")
+        await asyncio.wait_for(third.wait(), 10)
+        task.cancel()
+
+    asyncio.run(run())
+    warnings = [r for r in caplog.records if "could not write" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].exc_info is None
+    assert "No space left on device" in warnings[0].getMessage()
+    monkeypatch.setattr(metrics, "flush", real_flush)
+    assert value(metrics, "modelwire_in_flight", surface="chat") == 1
 
 
 def test_labels_never_carry_secrets(metrics: Metrics) -> None:

@@ -57,7 +57,7 @@ from .http import Receive, Scope, Send
 from .limits import Limiter
 from .lockout import Lockout
 from .media import Media
-from .metrics import FLUSH_SECONDS, Metrics, forget_dead_workers
+from .metrics import Metrics, forget_dead_workers, keep_flushing
 from .realtime import MINTED as REALTIME_MINTED
 from .realtime import SOCKET_PATHS as REALTIME_PATHS
 from .realtime import Realtime
@@ -262,7 +262,7 @@ class Gateway:
             self.tracer.start()
         self._spawn(self.sync.watch())
         self._spawn(self._give_back_memory())
-        self._spawn(self._flush_metrics())
+        self._spawn(keep_flushing(self.metrics))
         forget_dead_workers()
         if self._hook_signals:
             self._hook_stop_signals()
@@ -319,12 +319,6 @@ class Gateway:
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _flush_metrics(self) -> None:
-        """Requests' tallies written to the metric values, where other workers' scrapes read them."""
-        while True:
-            await asyncio.sleep(FLUSH_SECONDS)
-            self.metrics.flush()
 
     async def _give_back_memory(self) -> None:
         """What a burst needed should not stay resident once it is over: the heap that a thousand

@@ -53,8 +53,10 @@ Two rules keep the series safe and cheap to scrape:
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import glob
+import logging
 import os
 import shutil
 import stat
@@ -77,6 +79,8 @@ from prometheus_client.metrics_core import Metric as Family
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from ..observe import redact
+
+log = logging.getLogger("modelwire.gateway")
 
 OTHER = "other"
 MAX_LABEL_LENGTH = 120
@@ -509,6 +513,22 @@ class Metrics:
         """
         self.flush()
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+async def keep_flushing(metrics: Metrics) -> None:
+    """A gateway's tallies written every :data:`FLUSH_SECONDS`, where other workers' scrapes read them.
+
+    A write that fails (the disk under the multiprocess files full) is said in the log and the loop
+    goes on: that tick's counts are lost rather than retried, as a retry could count some twice.
+    """
+    while True:
+        await asyncio.sleep(FLUSH_SECONDS)
+        try:
+            metrics.flush()
+        except OSError as err:
+            log.warning(
+                "metrics: could not write this worker's counts (%s); trying again in %ss", err, FLUSH_SECONDS
+            )
 
 
 def prepare_multiprocess(directory: str | None = None) -> str:
