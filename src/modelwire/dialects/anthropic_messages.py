@@ -881,9 +881,10 @@ def effort_for_budget(budget: int) -> str:
 
 
 def _decode_reasoning(req: Request, body: dict[str, Any]) -> None:
-    """``thinking`` and ``output_config``: effort, summaries, structured output."""
-    thinking = check.get(body, "thinking", dict, "") or {}
-    output = check.get(body, "output_config", dict, "") or {}
+    """``thinking`` and ``output_config`` (their types checked by decode_request): effort, summaries,
+    structured output."""
+    thinking = body.get("thinking") or {}
+    output = body.get("output_config") or {}
     effort = check.get(output, "effort", str, "output_config.")
     kind = thinking.get("type")
     if kind == "enabled":

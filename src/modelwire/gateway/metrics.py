@@ -435,9 +435,6 @@ class Metrics:
         key = (model, backend)
         row = rows.get(key)
         if row is None:
-            if len(rows) >= MAX_PENDING:
-                self.flush()
-                rows = self._tally.usage
             row = rows[key] = [0, 0, 0, 0, 0.0]
         row[0] += input
         row[1] += cached
@@ -445,6 +442,8 @@ class Metrics:
         row[3] += reasoning
         if cost is not None and cost > 0:
             row[4] += cost
+        if len(rows) > MAX_PENDING:
+            self.flush()
 
     def flush(self) -> None:
         """Write what requests tallied since the last flush to the metric values, which a scrape
