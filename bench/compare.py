@@ -417,6 +417,18 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def isolate(procs: dict[str, subprocess.Popen], active: str | None) -> None:
+    """Freeze every gateway but the one measured (``active``; None thaws them all): idle peers
+    burn CPU in the background (LiteLLM's own loops took half a core here), which would tax
+    whoever runs next. The upstream always runs."""
+    for name, p in procs.items():
+        if name == "upstream":
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGCONT if active in (None, name) else signal.SIGSTOP)
+    time.sleep(0.3)
+
+
 def print_ratios(results: dict, scenarios: list[str], med: Callable[[list[dict], str], float | None]) -> None:
     """The issue's goals as ratios: CPU per request against each floor, rps against the peers, the
     translated paths against chat passthrough, paced streams against the upstream directly."""
@@ -647,16 +659,6 @@ def main() -> int:
                 print(f"{peer} did not start; see {logs[peer]}", file=sys.stderr)
                 del targets[peer]
 
-        def isolate(active: str | None) -> None:
-            """Freeze every gateway but the one measured: idle peers burn CPU in the background
-            (LiteLLM's own loops took half a core here), which would tax whoever runs next."""
-            for p in procs.values():
-                if name == "upstream":
-                    continue
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGCONT if active in (None, name) else signal.SIGSTOP)
-            time.sleep(0.3)
-
         scenarios = [s for s in args.scenarios.split(",") if s]
         results: dict[str, dict[str, list[dict]]] = {t: {s: [] for s in scenarios} for t in targets}
         for _rnd in range(args.rounds):
@@ -675,14 +677,14 @@ def main() -> int:
                         extra = t.get("extra_stream", extra)
                     elif scen.startswith("stream_slow"):
                         extra = t.get("extra_slow", extra)
-                    isolate(name)
+                    isolate(procs, name)
                     proc = procs.get(name)
                     cpu0 = cpu_seconds(proc.pid) if proc else 0.0
                     r = run_wrk(t["base"] + p, body, conns, args.seconds, t["auth"], extra)
                     if proc and r.get("requests"):
                         r["cpu_us_per_req"] = (cpu_seconds(proc.pid) - cpu0) * 1e6 / r["requests"]
                     results[name][scen].append(r)
-        isolate(None)
+        isolate(procs, None)
         for name in targets:
             if name in procs:
                 results[name]["rss_kb"] = rss_kb(procs[name].pid)

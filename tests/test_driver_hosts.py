@@ -167,6 +167,19 @@ async def test_azure_api_version_from_environment(
     await client.aclose()
 
 
+async def test_a_key_changed_on_the_client_goes_with_its_next_call(upstream: FakeUpstream) -> None:
+    """Each call's headers are made once per key, not once per client: a key rotated by setting
+    ``api_key`` is the one the next call sends, and each model keeps its own URL."""
+    client = driver(upstream, api="chat")
+    await client.complete(model="gpt-4.1", messages=[mw.user("q")])
+    assert upstream.last.headers["authorization"] == "Bearer sk-test-key-123456"
+    client.api_key = "sk-rotated-key-654321"
+    await client.complete(model="gpt-4.1-mini", messages=[mw.user("q")])
+    assert upstream.last.headers["authorization"] == "Bearer sk-rotated-key-654321"
+    assert upstream.last.body["model"] == "gpt-4.1-mini"
+    await client.aclose()
+
+
 async def test_azure_v1_path(upstream: FakeUpstream) -> None:
     client = driver(upstream, host="azure", api="responses", base_url=upstream.root + "/openai/v1")
     await client.complete(model="dep", messages=[mw.user("q")])

@@ -105,6 +105,8 @@ async def observed_call(
     read_timeout: float,
 ) -> Reply:
     """:func:`~.transport.call`, an error's body shown to the driver's observer (its capture tap)."""
+    if not observer.tapped:
+        return await call(transport, method, url, headers, body, read_timeout=read_timeout)
 
     def seen(payload: bytes, reply_headers: Mapping[str, str]) -> None:
         observer.payload("error", url, dict(reply_headers), payload)

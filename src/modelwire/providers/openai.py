@@ -213,6 +213,8 @@ class OpenAI(MediaAPIs):
             "context_cap": context_cap,
         }
         self._codex: OpenAI | None = None
+        self._urls: dict[tuple[Endpoint, str], str] = {}
+        self._keyed: tuple[str | None, dict[str, str]] = (None, {})
 
     # ------------------------------------------------------------------------------- public API
 
@@ -491,7 +493,8 @@ class OpenAI(MediaAPIs):
 
     async def _post(self, plan: Plan, *, stream: bool) -> Reply:
         body = orjson.dumps(self.planner.body(plan))
-        await self.planner.check_fits(plan, body)
+        if self.planner.capped:  # (most routes: no cap, no coroutine to make and await)
+            await self.planner.check_fits(plan, body)
         return await self._send(plan.wire.endpoint, plan.req.model, body, stream=stream)
 
     async def _send(
@@ -510,8 +513,9 @@ class OpenAI(MediaAPIs):
         revoked early, or refreshed by another process. That resend is not a retry (no backoff,
         no attempt counted), and a second 401 is the answer.
         """
-        url = self.host.url(endpoint, model, suffix)
-        headers = {**self._headers, **await self._auth()}
+        url = self._url(endpoint, model, suffix)
+        keyed = self._keyed_headers()
+        headers = dict(keyed) if keyed is not None else {**self._headers, **await self._auth()}
         if stream:
             headers["Accept"] = "text/event-stream"
         if self.observer.tapped:
@@ -540,6 +544,28 @@ class OpenAI(MediaAPIs):
                 self.observer.emit(RetryScheduled(attempt=attempt + 1, delay=wait, error=err))
                 await asyncio.sleep(wait)
                 attempt += 1
+
+    def _url(self, endpoint: Endpoint, model: str, suffix: str) -> str:
+        """``host.url``, remembered per model for the calls every request makes."""
+        if suffix:
+            return self.host.url(endpoint, model, suffix)
+        url = self._urls.get((endpoint, model))
+        if url is None:
+            url = self.host.url(endpoint, model)
+            if len(self._urls) < 4096:  # models are a caller's strings: bounded
+                self._urls[(endpoint, model)] = url
+        return url
+
+    def _keyed_headers(self) -> dict[str, str] | None:
+        """Every call's headers with the API key's, made once per key (``api_key`` is the caller's
+        to change); None on a signed-in route, whose token is renewed as it goes."""
+        if self.credentials is not None:
+            return None
+        key, headers = self._keyed
+        if key is not self.api_key or not headers:
+            headers = {**self._headers, **self.host.auth_headers(self.api_key)}
+            self._keyed = (self.api_key, headers)
+        return headers
 
     async def _auth(self) -> dict[str, str]:
         return await self.credentials.headers() if self.credentials else self.host.auth_headers(self.api_key)

@@ -92,6 +92,11 @@ class Planner:
         """The context ``model`` may use on this route: its window under any cap."""
         return self.catalog.context_window(model, self.context_cap)
 
+    @property
+    def capped(self) -> bool:
+        """Whether a cap (the catalog's or this route's) bounds context windows."""
+        return self.catalog.capped(self.context_cap)
+
     async def check_fits(self, plan: Plan, body: bytes) -> None:
         """Refuse, before it goes upstream, a request over a capped window (a cap is this side's
         promise, so it is kept here rather than left to an upstream whose window may be larger).
@@ -99,7 +104,7 @@ class Planner:
         Counting is O(input), so it runs only when the body could be over: a body's bytes bound
         its text tokens from above (every token is at least one byte).
         """
-        if not self.catalog.capped(self.context_cap):
+        if not self.capped:
             return
         window = self.window(plan.req.model)
         if window is None or len(body) <= window:
