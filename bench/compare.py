@@ -465,8 +465,12 @@ def print_ratios(results: dict, scenarios: list[str], med: Callable[[list[dict],
             )
     for scen in TRANSLATED:
         if scen in scenarios:
+            # The CPU ratio beside it: rps moves with the machine's drift over the minutes between
+            # the two scenarios, CPU per request far less.
             print(
                 f"  {scen}: rps ÷ chat passthrough = {ratio(fig('modelwire', scen, 'rps'), fig('modelwire', 'chat', 'rps'))}"
+                f" (CPU/req: chat's ÷ this one's = "
+                f"{ratio(fig('modelwire', 'chat', 'cpu_us_per_req'), fig('modelwire', scen, 'cpu_us_per_req'))})"
             )
     many = sorted((t for t in results if t.startswith("modelwire-") and t != "modelwire-1w"), key=len)
     for target in many:

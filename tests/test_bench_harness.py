@@ -3,10 +3,13 @@ wrong figures in the README."""
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
@@ -46,3 +49,24 @@ def test_isolate_freezes_every_target_but_the_measured_one_and_never_the_upstrea
         for p in procs.values():
             p.kill()
             p.wait()
+
+
+def test_translated_paths_are_reported_against_chat_passthrough_in_rps_and_in_cpu(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rounds = {
+        "chat": [{"rps": 6000.0, "cpu_us_per_req": 150.0}, {"rps": 5000.0, "cpu_us_per_req": 170.0}],
+        "messages_to_chat": [
+            {"rps": 4500.0, "cpu_us_per_req": 200.0},
+            {"rps": 4000.0, "cpu_us_per_req": 200.0},
+        ],
+    }
+    compare.print_ratios({"modelwire": rounds}, list(rounds), _median)
+    lines = capsys.readouterr().out.splitlines()
+    # medians: rps 4,250 / 5,500; CPU 160 / 200
+    assert "  messages_to_chat: rps ÷ chat passthrough = 0.77 (CPU/req: chat's ÷ this one's = 0.80)" in lines
+
+
+def _median(rows: list[dict[str, float]], key: str) -> float | None:
+    values = [r[key] for r in rows if key in r]
+    return statistics.median(values) if values else None
