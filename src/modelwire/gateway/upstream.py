@@ -108,7 +108,6 @@ class Backend:
         self._headers = {"Content-Type": "application/json", **config.headers}
         self._drivers: dict[int, Driver] = {}
         self._key_headers: dict[int, dict[str, str]] = {}
-        self._urls: dict[tuple[str, bool], str] = {}
 
     @property
     def chains(self) -> bool:
@@ -135,13 +134,8 @@ class Backend:
     def url(self, model: str, stream: bool = False) -> str:
         """The URL of this backend's wire for ``model`` (deployment-scoped on Azure, in the path on
         Gemini)."""
-        url = self._urls.get((model, stream))
-        if url is None:
-            endpoint = self.wire.stream_endpoint if stream else self.wire.endpoint
-            url = self.host.url(endpoint, model.removeprefix("models/"))
-            if len(self._urls) < 4096:
-                self._urls[(model, stream)] = url
-        return url
+        endpoint = self.wire.stream_endpoint if stream else self.wire.endpoint
+        return self.host.url(endpoint, model.removeprefix("models/"))
 
     def driver(self, key_index: int) -> Driver:
         """A driver for translated requests: no retries or continuations of its own (failover

@@ -224,9 +224,12 @@ class Host:
     api_version: str | None = None
     # The kind's profile, read several times per call: an attribute, not a lookup each time.
     profile: HostProfile = field(init=False, repr=False, compare=False)
+    # Each model's URL per endpoint, made once: every call asks (bounded, models are callers' strings).
+    _urls: dict[tuple[Endpoint, str], str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "profile", PROFILES[self.kind])
+        object.__setattr__(self, "_urls", {})
 
     @classmethod
     def create(cls, kind: HostKind | None, base_url: str | None, api_version: str | None = None) -> Host:
@@ -279,6 +282,16 @@ class Host:
 
     def url(self, endpoint: Endpoint, model: str = "", suffix: str = "") -> str:
         """The full URL of ``endpoint`` (for ``response``, ``suffix`` is the id and sub-path)."""
+        if suffix:  # an id: made each time, not remembered
+            return self._url(endpoint, model, suffix)
+        url = self._urls.get((endpoint, model))
+        if url is None:
+            url = self._url(endpoint, model, "")
+            if len(self._urls) < 4096:
+                self._urls[(endpoint, model)] = url
+        return url
+
+    def _url(self, endpoint: Endpoint, model: str, suffix: str) -> str:
         path = _PATHS[endpoint] + suffix
         if "{model}" in path:
             path = path.replace("{model}", model)

@@ -213,8 +213,7 @@ class OpenAI(MediaAPIs):
             "context_cap": context_cap,
         }
         self._codex: OpenAI | None = None
-        self._urls: dict[tuple[Endpoint, str], str] = {}
-        self._keyed: tuple[str | None, dict[str, str]] = (None, {})
+        self._keyed: tuple[str | None, dict[str, str]] = (self.api_key, self._with_key(self.api_key))
 
     # ------------------------------------------------------------------------------- public API
 
@@ -513,7 +512,7 @@ class OpenAI(MediaAPIs):
         revoked early, or refreshed by another process. That resend is not a retry (no backoff,
         no attempt counted), and a second 401 is the answer.
         """
-        url = self._url(endpoint, model, suffix)
+        url = self.host.url(endpoint, model, suffix)
         keyed = self._keyed_headers()
         headers = dict(keyed) if keyed is not None else {**self._headers, **await self._auth()}
         if stream:
@@ -545,27 +544,19 @@ class OpenAI(MediaAPIs):
                 await asyncio.sleep(wait)
                 attempt += 1
 
-    def _url(self, endpoint: Endpoint, model: str, suffix: str) -> str:
-        """``host.url``, remembered per model for the calls every request makes."""
-        if suffix:
-            return self.host.url(endpoint, model, suffix)
-        url = self._urls.get((endpoint, model))
-        if url is None:
-            url = self.host.url(endpoint, model)
-            if len(self._urls) < 4096:  # models are a caller's strings: bounded
-                self._urls[(endpoint, model)] = url
-        return url
-
     def _keyed_headers(self) -> dict[str, str] | None:
         """Every call's headers with the API key's, made once per key (``api_key`` is the caller's
         to change); None on a signed-in route, whose token is renewed as it goes."""
         if self.credentials is not None:
             return None
         key, headers = self._keyed
-        if key is not self.api_key or not headers:
-            headers = {**self._headers, **self.host.auth_headers(self.api_key)}
+        if key is not self.api_key:
+            headers = self._with_key(self.api_key)
             self._keyed = (self.api_key, headers)
         return headers
+
+    def _with_key(self, key: str | None) -> dict[str, str]:
+        return {**self._headers, **self.host.auth_headers(key)}
 
     async def _auth(self) -> dict[str, str]:
         return await self.credentials.headers() if self.credentials else self.host.auth_headers(self.api_key)
