@@ -240,17 +240,18 @@ def limited_config(
     return config
 
 
-def spawned_workers(pid: int) -> int:
-    """How many uvicorn worker processes ``pid`` spawned (children running multiprocessing's spawn_main)."""
-    count = 0
+def worker_pids(pid: int) -> list[int]:
+    """The uvicorn worker processes ``pid`` spawned (children running multiprocessing's spawn_main)."""
+    pids = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         for child in (task / "children").read_text().split():
             try:
                 cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
             except FileNotFoundError:
                 continue
-            count += b"spawn_main" in cmdline
-    return count
+            if b"spawn_main" in cmdline:
+                pids.append(int(child))
+    return pids
 
 
 # ----------------------------------------------------------------------------------------------
@@ -641,13 +642,43 @@ def test_workers_auto_is_one_per_core(upstream: FakeUpstream, tmp_path: Path) ->
     gateway = start_gateway(gateway_config(upstream, tmp_path, workers="auto"), tmp_path, name="auto")
     try:
         status, _, _ = chat(gateway)
-        spawned = spawned_workers(gateway.proc.pid)
+        spawned = len(worker_pids(gateway.proc.pid))
         log = gateway.log()
     finally:
         gateway.stop()
     assert status == 200
     assert f"{cores} worker(s)" in log, log
     assert spawned == (cores if cores > 1 else 0), spawned
+
+
+def test_the_parent_of_several_workers_holds_nothing_its_start_up_checks_loaded(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """With two workers, ``modelwire serve`` checks the config, store and keys, then carries on (same
+    pid) as a fresh process that only parents the workers: pydantic's core and SQLAlchemy, which the
+    checks loaded and each worker loads to serve, are not mapped in it. It still owns the workers'
+    shared metrics directory, and removes it when it stops."""
+    gateway = start_gateway(gateway_config(upstream, tmp_path, workers=2), tmp_path, name="parent")
+    try:
+        status, _, _ = chat(gateway)
+        parent = Path(f"/proc/{gateway.proc.pid}/maps").read_text()
+        pids = worker_pids(gateway.proc.pid)
+        workers = [Path(f"/proc/{pid}/maps").read_text() for pid in pids]
+        cmdline = Path(f"/proc/{gateway.proc.pid}/cmdline").read_bytes().split(b"\0")
+        name = Path(f"/proc/{gateway.proc.pid}/comm").read_text().strip()
+        entries = Path(f"/proc/{pids[0]}/environ").read_bytes().split(b"\0")
+        environ = dict(entry.split(b"=", 1) for entry in entries if entry)
+    finally:
+        gateway.stop()
+    assert status == 200
+    assert gateway.proc.returncode == 0
+    shared_metrics = Path(environ[b"PROMETHEUS_MULTIPROC_DIR"].decode())
+    assert not shared_metrics.exists()  # the parent made it and removed it on its way out
+    heavy = ("_pydantic_core", "/sqlalchemy/")
+    assert [lib for lib in heavy if lib in parent] == []
+    assert len(workers) == 2 and all(lib in maps for maps in workers for lib in heavy)
+    assert b"modelwire.gateway.supervisor" in cmdline, cmdline
+    assert name == "modelwire"  # as ps and pgrep knew it before the exec
 
 
 def test_workers_auto_counts_only_the_cores_the_gateway_may_use(

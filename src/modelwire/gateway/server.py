@@ -25,13 +25,12 @@ from typing import Any
 import uvicorn
 
 from .. import heap
-from . import serving, telemetry
+from . import supervisor, telemetry
 from .app import Gateway
 from .auth import KeyBook
 from .clients import is_loopback
 from .config import Config, ConfigError, load_config, missing_key, with_overrides
 from .credentials import CredentialsKeyError, check_credentials_key
-from .metrics import prepare_multiprocess
 from .migrations import HEAD, fast_revision
 from .requestlog import configure_logging
 from .store import SchemaError, Store, error_cause, open_engine
@@ -178,7 +177,7 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> None:
         "host": server.host,
         "port": server.port,
         "loop": "uvloop",
-        "http": serving.Protocol,
+        "http": "modelwire.gateway.serving:Protocol",
         "lifespan": "on",
         "access_log": False,  # the gateway writes its own line per request
         "log_config": None,  # and owns the logging set-up (text or JSON)
@@ -197,10 +196,9 @@ def serve(config_path: str | None, overrides: dict[str, Any]) -> None:
         config.store.split("://")[0],
     )
     if server.workers > 1:
-        prepare_multiprocess()
         os.environ[CONFIG_ENV] = os.path.abspath(config_path) if config_path else ""
         os.environ[OVERRIDES_ENV] = json.dumps(overrides)
-        uvicorn.run("modelwire.gateway.server:create_app", factory=True, workers=server.workers, **options)
+        supervisor.become({**options, "workers": server.workers}, server.log_level, server.log_format)
     else:
         _Server(uvicorn.Config(Gateway(config, hook_signals=True), **options)).run()
 

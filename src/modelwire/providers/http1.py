@@ -203,7 +203,7 @@ class Http1Reply:
         self._read_timeout = read_timeout
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunks: list[bytes] = []  # what arrived since the last take: mostly one chunk
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
@@ -296,7 +296,7 @@ class Http1Reply:
 
     def _take(self) -> bytes:
         chunks = self._chunks
-        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         was = self._buffered
         self._buffered = 0
