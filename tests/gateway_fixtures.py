@@ -222,14 +222,16 @@ def start_gateway(
     env: dict[str, str] | None = None,
     name: str = "gateway",
     args: tuple[str, ...] = (),
+    cwd: Path | None = None,
 ) -> RunningGateway:
-    """``modelwire serve`` with ``config`` (and extra command-line ``args``), once it answers.
+    """``modelwire serve`` with ``config`` (and extra command-line ``args``, run in ``cwd``), once it
+    answers.
 
     The port is free when picked, but another process (or an outgoing connection's ephemeral
     port, under a busy parallel run) can take it before the gateway binds: then it is tried again
     on another port."""
     for _ in range(BIND_ATTEMPTS):
-        running = _start_once(config, tmp, env=env, name=name, args=args)
+        running = _start_once(config, tmp, env=env, name=name, args=args, cwd=cwd)
         if running is not None:
             return running
     raise RuntimeError(f"gateway could not bind a free port in {BIND_ATTEMPTS} attempts")
@@ -242,6 +244,7 @@ def _start_once(
     env: dict[str, str] | None,
     name: str,
     args: tuple[str, ...],
+    cwd: Path | None = None,
 ) -> RunningGateway | None:
     """The running gateway; None when its port was taken before it could bind."""
     config = {**config, "server": {**config.get("server", {}), "host": "127.0.0.1", "port": free_port()}}
@@ -254,6 +257,7 @@ def _start_once(
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
     url = f"http://127.0.0.1:{config['server']['port']}"
     running = RunningGateway(url, proc, path, log_path, config)

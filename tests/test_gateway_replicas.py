@@ -657,8 +657,13 @@ def test_the_parent_of_several_workers_holds_nothing_its_start_up_checks_loaded(
     """With two workers, ``modelwire serve`` checks the config, store and keys, then carries on (same
     pid) as a fresh process that only parents the workers: pydantic's core and SQLAlchemy, which the
     checks loaded and each worker loads to serve, are not mapped in it. It still owns the workers'
-    shared metrics directory, and removes it when it stops."""
-    gateway = start_gateway(gateway_config(upstream, tmp_path, workers=2), tmp_path, name="parent")
+    shared metrics directory, and removes it when it stops. A module in the directory it was started
+    from is not imported in place of the one it names (a stray ``json.py`` there)."""
+    here = tmp_path / "cwd"
+    here.mkdir()
+    (here / "json.py").write_text("raise SystemExit('the json.py of the working directory was imported')\n")
+    config = gateway_config(upstream, tmp_path, workers=2)
+    gateway = start_gateway(config, tmp_path, name="parent", cwd=here)
     try:
         status, _, _ = chat(gateway)
         parent = Path(f"/proc/{gateway.proc.pid}/maps").read_text()

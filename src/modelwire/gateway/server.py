@@ -73,8 +73,8 @@ def migrate_apart(url: str) -> None:
         engine.dispose()
     if current == HEAD:
         return
-    child = subprocess.run(
-        [sys.executable, "-c", _UPGRADE], input=url, capture_output=True, text=True, check=False
+    child = subprocess.run(  # -P: not a module of the working directory in place of the stdlib's
+        [sys.executable, "-P", "-c", _UPGRADE], input=url, capture_output=True, text=True, check=False
     )
     if child.returncode != 0:
         raise SchemaError((child.stderr.strip().splitlines() or ["the schema upgrade failed"])[-1])

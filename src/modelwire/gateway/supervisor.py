@@ -29,12 +29,14 @@ APP = "modelwire.gateway.server:create_app"
 def become(options: dict[str, Any], log_level: str, log_format: LogFormat) -> None:
     """Continue as the workers' parent, in a fresh process image where ``exec`` exists; ``options``
     are uvicorn's (JSON values only)."""
-    argv = [sys.executable, "-m", __name__, json.dumps([options, log_level, log_format])]
     if os.name != "posix":  # no exec that keeps the process: parent them from here
         run(options, log_level, log_format)
         return
     sys.stdout.flush()
     sys.stderr.flush()
+    # -P: the working directory stays off the module path (a stray json.py there is not imported),
+    # for this process and the workers it spawns, which inherit the flag.
+    argv = [sys.executable, "-P", "-m", __name__, json.dumps([options, log_level, log_format])]
     os.execv(sys.executable, argv)
 
 
