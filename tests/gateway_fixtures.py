@@ -21,7 +21,8 @@ import websockets.sync.client as ws_client
 import yaml
 from sqlalchemy import select
 
-from modelwire.gateway.store import Store, usage_table
+from modelwire.gateway.store import Store
+from modelwire.gateway.tables import usage_table
 
 from .fake_upstream import FakeUpstream
 

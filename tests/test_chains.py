@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -17,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.exc import OperationalError
 
 from modelwire.errors import ServiceUnavailableError
 from modelwire.gateway.chains import Chains
+from modelwire.gateway.database import StoreError
 from modelwire.gateway.store import Statements, Store, StoredResponse
 
 from .services import shared_stores
@@ -36,9 +37,10 @@ ChainsFactory = Callable[..., Chains]
 # ----------------------------------------------------------------------------------------------
 
 
-def _down() -> OperationalError:
-    """What SQLAlchemy raises when the database refuses connections; its text carries the SQL."""
-    return OperationalError("INSERT INTO mw_responses (id) VALUES (%s)", {"id": "x"}, OSError("refused"))
+def _down() -> StoreError:
+    """What the store raises when the database refuses connections; a driver's text may go on to
+    quote the statement."""
+    return StoreError(sqlite3.OperationalError("refused\nLINE 1: INSERT INTO mw_responses (id) VALUES (?)"))
 
 
 class FlakyStore(Store):
@@ -339,7 +341,7 @@ async def test_an_outage_neither_raises_nor_hangs_and_heals(
         await eventually(lambda: len(flaky(a).batches) >= 4)  # retried in the background meanwhile
     assert not a.healthy and a.pending == 5
     [warning] = warnings_of(caplog)
-    assert "OSError: refused" in warning.getMessage() and warning.exc_info is None
+    assert "OperationalError: refused" in warning.getMessage() and warning.exc_info is None
     assert "INSERT" not in caplog.text and "Traceback" not in caplog.text
     for r in rs:
         assert await a.get(r.id) == r  # this replica still chains them

@@ -22,8 +22,10 @@ from sqlalchemy import Engine, select
 import modelwire as mw
 from modelwire.gateway.app import Gateway
 from modelwire.gateway.config import parse_config
-from modelwire.gateway.credentials import KEY_ENV, Cipher, CredentialsKeyError, DatabaseTokenStore
-from modelwire.gateway.store import Store, credentials_table, open_engine
+from modelwire.gateway.credentials import KEY_ENV, Cipher, CredentialsKeyError
+from modelwire.gateway.signin_store import DatabaseTokenStore
+from modelwire.gateway.store import Store, open_engine
+from modelwire.gateway.tables import credentials_table
 from modelwire.providers.codex import REFRESH_URL_ENV, CodexCredentials, FileTokenStore, Tokens
 from modelwire.providers.transport import AiohttpTransport
 

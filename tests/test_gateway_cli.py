@@ -31,7 +31,8 @@ from sqlalchemy import select, text
 
 from modelwire._version import __version__
 from modelwire.gateway.migrations import HEAD
-from modelwire.gateway.store import Store, UsageRecord, keys_table, open_engine, usage_table
+from modelwire.gateway.store import Store, UsageRecord, open_engine
+from modelwire.gateway.tables import keys_table, usage_table
 from modelwire.providers.catalog import Catalog
 
 from . import gateway_fixtures

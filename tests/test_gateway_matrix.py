@@ -39,7 +39,8 @@ from google import genai
 from google.genai import types as gtypes
 from sqlalchemy import select
 
-from modelwire.gateway.store import Store, usage_table
+from modelwire.gateway.store import Store
+from modelwire.gateway.tables import usage_table
 
 from .fake_upstream import (
     FakeUpstream,

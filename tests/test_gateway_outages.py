@@ -33,7 +33,8 @@ import orjson
 import redis
 from sqlalchemy import select
 
-from modelwire.gateway.store import Store, usage_table
+from modelwire.gateway.store import Store
+from modelwire.gateway.tables import usage_table
 
 from .fake_upstream import FakeUpstream, Reply
 from .gateway_fixtures import CLIENT_KEY, RunningGateway, base_config, sse_events, start_gateway

@@ -28,7 +28,8 @@ import yaml
 from sqlalchemy import select
 
 from modelwire.gateway.config import load_config
-from modelwire.gateway.store import Store, usage_table
+from modelwire.gateway.store import Store
+from modelwire.gateway.tables import usage_table
 
 from .fake_upstream import FakeUpstream, Reply
 from .gateway_fixtures import (

@@ -33,7 +33,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    event,
     false,
     inspect,
     select,
@@ -41,8 +40,10 @@ from sqlalchemy import (
 )
 
 from modelwire.gateway import migrations
+from modelwire.gateway.database import Database as DatabaseLink
 from modelwire.gateway.migrations import HEAD, REVISIONS, VERSION_TABLE, SchemaError
-from modelwire.gateway.store import Store, StoredResponse, metadata, open_engine, upgrade_schema
+from modelwire.gateway.store import Store, StoredResponse, open_engine, upgrade_schema
+from modelwire.gateway.tables import metadata
 
 from .gateway_fixtures import MODELWIRE
 from .services import SHARED_POSTGRES_URL as PG_URL
@@ -419,27 +420,28 @@ def test_replicas_opening_a_fresh_database_together(database: Database, attempt:
                 store.close()
 
 
-def test_opening_a_store_at_head_does_not_load_alembic(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/state.db"
-    Store(url).close()
+def test_opening_a_store_at_head_loads_neither_sqlalchemy_nor_alembic(database: Database) -> None:
+    """What a serving gateway runs is plain SQL; SQLAlchemy (16 MiB) and Alembic load only for
+    an upgrade, or for key management and reports."""
+    database.store().close()
     probe = (
-        f"import sys; from modelwire.gateway.store import Store; Store({url!r}).close(); "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))"
+        "import sys; from modelwire.gateway.store import Store; "
+        f"s = Store({database.url!r}, schema={database.schema!r}); s.versions(); s.live_keys(); "
+        "s.spent_usd('k'); s.get_response('r'); s.get_response_holding('i'); s.delete_response('r'); "
+        "s.close(); print(sorted({m.split('.')[0] for m in sys.modules} & {'alembic', 'sqlalchemy'}))"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
 
-def test_opening_at_head_is_one_statement(database: Database) -> None:
+def test_opening_at_head_is_one_statement(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     database.store().close()
-    engine = database.engine()
     seen: list[str] = []
-    try:
-        event.listen(engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
-        migrations.ensure_schema(engine, url=database.url, schema=database.schema)
-    finally:
-        engine.dispose()
+    rows = DatabaseLink.rows
+    monkeypatch.setattr(DatabaseLink, "rows", lambda db, sql, *a: seen.append(sql) or rows(db, sql, *a))
+    monkeypatch.setattr(DatabaseLink, "transaction", None)
+    database.store().close()
     assert seen == [f"SELECT version_num FROM {VERSION_TABLE}"]
 
 

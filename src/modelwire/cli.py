@@ -333,13 +333,14 @@ def _store_errors(location: _Location) -> Iterator[None]:
     """A store a newer modelwire upgraded, or one out of reach, as a one-line error and exit 1."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from .gateway.database import StoreError
     from .gateway.store import SchemaError, error_cause
 
     try:
         yield
     except SchemaError as exc:
         _fail(str(exc))
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, StoreError) as exc:
         _fail(f"cannot use the store {location.shown()}: {error_cause(exc)}")
 
 
@@ -897,7 +898,8 @@ def _token_store(config: str | None) -> Iterator[TokenStore]:
     if not shared:
         yield FileTokenStore()
         return
-    from .gateway.credentials import Cipher, CredentialsKeyError, DatabaseTokenStore
+    from .gateway.credentials import Cipher, CredentialsKeyError
+    from .gateway.signin_store import DatabaseTokenStore
 
     try:
         cipher = Cipher.from_env()

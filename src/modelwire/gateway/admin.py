@@ -34,6 +34,7 @@ from ..observe import redact
 from . import http
 from .admin_auth import AdminGate
 from .config import Config
+from .database import StoreError
 from .health import Dependencies
 from .http import Receive, Scope, Send
 from .metrics import Metrics
@@ -611,7 +612,7 @@ class AdminAPI:
         except ModelwireError as err:
             await respond_error(send, err)
             return
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, StoreError) as exc:
             await respond_error(send, store_unreachable(exc))
             return
         await http.respond(send, route.status, _encode(answer), [(b"cache-control", b"no-store")])
@@ -676,7 +677,7 @@ def _encode(answer: Any) -> bytes:
     return orjson.dumps(answer)
 
 
-def store_unreachable(exc: SQLAlchemyError) -> ServiceUnavailableError:
+def store_unreachable(exc: Exception) -> ServiceUnavailableError:
     """A store that failed an admin read or write: a 503 and one log line, never a traceback."""
     log.warning("admin request: the store failed: %s", describe_error(exc))
     return ServiceUnavailableError(f"the store is unreachable: {error_cause(exc)}", code="store_unavailable")

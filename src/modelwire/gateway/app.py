@@ -241,7 +241,7 @@ class Gateway:
         state, config = self.state, self.config
         state.store = store = await asyncio.to_thread(Store, config.store)
         if store.dialect == "postgresql":  # replicas share sign-ins through the store (encrypted)
-            share_credentials(store.engine, [b.credentials for b in self.backends.values() if b.credentials])
+            share_credentials(store, [b.credentials for b in self.backends.values() if b.credentials])
         state.keys = KeyBook(config.keys, store, loopback=state.keys.loopback)
         await asyncio.to_thread(state.keys.sync)
         self.dependencies.watch("store")

@@ -32,9 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from ..errors import ServiceUnavailableError
+from .database import StoreError
 from .store import PackedResponse, Store, StoredResponse, describe_error
 
 if TYPE_CHECKING:
@@ -176,7 +175,7 @@ class Chains:
     async def _read(self, read: Callable[[str], StoredResponse | None], key: str) -> StoredResponse | None:
         try:
             return await self._call(read, key)
-        except SQLAlchemyError as exc:
+        except StoreError as exc:
             log.debug("store read failed: %s", describe_error(exc))
             raise ServiceUnavailableError(STORE_DOWN, code="store_unavailable", retry_after=1.0) from None
 
@@ -392,7 +391,7 @@ class Chains:
             return removed
         try:
             return await self._call(self.store.delete_response, response_id) or removed
-        except SQLAlchemyError as exc:
+        except StoreError as exc:
             log.debug("store delete failed: %s", describe_error(exc))
             raise ServiceUnavailableError(STORE_DOWN, code="store_unavailable", retry_after=1.0) from None
 

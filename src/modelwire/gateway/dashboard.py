@@ -37,6 +37,7 @@ from .admin import (
     store_unreachable,
 )
 from .admin_auth import SESSION_SECONDS, AdminGate, Session
+from .database import StoreError
 from .http import Receive, Scope, Send
 from .store import TIME_BUCKETS
 
@@ -110,8 +111,8 @@ class Dashboard:
                 headers.append((b"set-cookie", moved.cookie.encode()))
             await http.respond(send, 303, b"", headers, HTML)
             return
-        except (ModelwireError, SQLAlchemyError) as exc:
-            err = store_unreachable(exc) if isinstance(exc, SQLAlchemyError) else exc
+        except (ModelwireError, SQLAlchemyError, StoreError) as exc:
+            err = exc if isinstance(exc, ModelwireError) else store_unreachable(exc)
             status, body = (
                 err.status,
                 self._layout(visit, "Error", f'<p class="error">{escape(err.message)}</p>'),

@@ -31,9 +31,10 @@ from .auth import KeyBook
 from .clients import is_loopback
 from .config import Config, ConfigError, load_config, missing_key, with_overrides
 from .credentials import CredentialsKeyError, check_credentials_key
+from .database import Database, parse_target
 from .migrations import HEAD, fast_revision
 from .requestlog import configure_logging
-from .store import SchemaError, Store, error_cause, open_engine
+from .store import SchemaError, Store, error_cause
 
 CONFIG_ENV = "MODELWIRE_CONFIG"
 OVERRIDES_ENV = "MODELWIRE_OVERRIDES"
@@ -62,15 +63,15 @@ def load_keys(config: Config) -> KeyBook:
 def migrate_apart(url: str) -> None:
     """Bring the store's schema to this modelwire's head in a child process, when it needs it.
 
-    Alembic and its templates cost the gateway ~7 MiB it would carry for its whole life; a schema
+    Alembic and SQLAlchemy cost the gateway ~24 MiB it would carry for its whole life; a schema
     change happens once per release, so it runs where that memory is given back. The URL (it may
     hold a password) goes to the child on its stdin, never on a command line others can read.
     """
-    engine = open_engine(url)
+    db = Database(parse_target(url))
     try:
-        current = fast_revision(engine)
+        current = fast_revision(db)
     finally:
-        engine.dispose()
+        db.close()
     if current == HEAD:
         return
     child = subprocess.run(  # -P: not a module of the working directory in place of the stdlib's

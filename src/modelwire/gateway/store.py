@@ -1,8 +1,10 @@
 """The gateway's persistent state: client keys, usage records and stored Responses-API responses.
 
-One SQLAlchemy Core code path serves both the embedded default (SQLite, zero set-up) and the
-scale-out store (PostgreSQL shared by several replicas), so the same tests prove both. The engine is
-synchronous on purpose: the gateway calls the store from a worker thread and the CLI calls it
+One code path serves both the embedded default (SQLite, zero set-up) and the scale-out store
+(PostgreSQL shared by several replicas), so the same tests prove both: what a serving gateway runs
+is plain SQL both engines read alike, on the drivers (:mod:`.database`); key management, reports
+and dashboard sessions are SQLAlchemy Core queries (:mod:`.tables`), loaded when first used. The
+store is synchronous on purpose: the gateway calls it from a worker thread and the CLI calls it
 directly, and neither wants an event loop inside the database layer. Nothing on the request path
 waits on a write: :class:`UsageWriter` queues usage records and writes them in batches.
 
@@ -23,52 +25,25 @@ import logging
 import operator
 import re
 import secrets
-import sqlite3
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from functools import cached_property
 from itertools import chain
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    Column,
-    Double,
-    Engine,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    Select,
-    String,
-    Table,
-    Text,
-    and_,
-    case,
-    cast,
-    create_engine,
-    event,
-    false,
-    func,
-    insert,
-    literal_column,
-    select,
-    update,
-)
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError
-from sqlalchemy.pool import StaticPool
-from sqlalchemy.sql.elements import ColumnElement
 
 from . import migrations
+from .database import Database, Statements, Target, parse_target
 from .migrations import SchemaError, Upgrade
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.engine import URL
 
 log = logging.getLogger("modelwire.store")
 
@@ -138,7 +113,6 @@ class UsageRecord:
 
 USAGE_FIELDS = tuple(f.name for f in fields(UsageRecord))
 _usage_row_values = operator.attrgetter(*USAGE_FIELDS)
-Statements = list[tuple[str, tuple[Any, ...]]]  # SQL in the driver's parameter style, and its values
 _STATEMENT_ROWS = (256, 64, 16, 4, 1)  # largest first
 
 
@@ -220,9 +194,9 @@ class PackedResponse:
             model=response.model,
             created_at=response.created_at,
             previous_response_id=response.previous_response_id,
-            input_items=_json_dumps(response.input_items),
-            output_items=_json_dumps(response.output_items),
-            response=_json_dumps(response.response),
+            input_items=json_text(response.input_items),
+            output_items=json_text(response.output_items),
+            response=json_text(response.response),
             instructions=response.instructions,
             item_ids=tuple(response.output_items_by_id()),
         )
@@ -271,268 +245,47 @@ class _Secret(str):
 
 
 # ----------------------------------------------------------------------------------------------
-# Schema
+# Opening
 # ----------------------------------------------------------------------------------------------
 
-metadata = MetaData()
-
-keys_table = Table(
-    "mw_keys",
-    metadata,
-    Column("id", String(40), primary_key=True),
-    Column("name", String(200), nullable=False),
-    Column("key_hash", String(64), nullable=False, unique=True),
-    Column("prefix", String(16), nullable=False),
-    Column("models", JSON, nullable=False),
-    Column("rpm", Integer),
-    Column("tpm", Integer),
-    Column("budget_usd", Double),
-    Column("created_at", Double, nullable=False),
-    Column("expires_at", Double),
-    Column("revoked", Boolean, nullable=False, default=False),
-    Column("revoked_at", Double),
-    Column("admin", Boolean, nullable=False, default=False, server_default=false()),
-)
-# Names are unique among live keys only, so a revoked key's name can be reused; a partial unique
-# index makes that atomic across replicas instead of a check-then-insert race. Migration 0001 makes
-# it partial on PostgreSQL too; spelling postgresql_where here would load SQLAlchemy's PostgreSQL
-# dialect (2.3 MiB resident) into every process, SQLite ones included, for a predicate that no
-# query reads and that schema comparison does not check.
-Index(
-    "mw_keys_live_name",
-    keys_table.c.name,
-    unique=True,
-    sqlite_where=keys_table.c.revoked == false(),
-)
-
-usage_table = Table(
-    "mw_usage",
-    metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("time", Double, nullable=False),
-    Column("key_name", String(200)),
-    Column("public_model", String(300), nullable=False),
-    Column("backend", String(200)),
-    Column("upstream_model", String(300)),
-    Column("dialect", String(40), nullable=False),
-    Column("input_tokens", BigInteger, nullable=False, default=0),
-    Column("cached_tokens", BigInteger, nullable=False, default=0),
-    Column("output_tokens", BigInteger, nullable=False, default=0),
-    Column("reasoning_tokens", BigInteger, nullable=False, default=0),
-    Column("cost", Double),
-    Column("latency_ms", Double, nullable=False, default=0.0),
-    Column("ttft_ms", Double),
-    Column("status", Integer, nullable=False, default=200),
-    Column("request_id", String(200), nullable=False, default=""),
-    Column("stream", Boolean, nullable=False, default=False),
-    Column("error", String(64)),
-    Column("hops", Integer, nullable=False, default=0, server_default="0"),
-)
-# Every summary reads a time window; spent_usd(key, since) reads one key's window; the admin
-# request log finds a request by its id.
-Index("mw_usage_time", usage_table.c.time)
-Index("mw_usage_key_time", usage_table.c.key_name, usage_table.c.time)
-Index("mw_usage_request_id", usage_table.c.request_id)
-
-responses_table = Table(
-    "mw_responses",
-    metadata,
-    Column("id", String(200), primary_key=True),
-    Column("key_name", String(200)),
-    Column("model", String(300), nullable=False),
-    Column("created_at", Double, nullable=False),
-    Column("previous_response_id", String(200)),
-    Column("instructions", Text),
-    Column("input_items", JSON, nullable=False),
-    Column("output_items", JSON, nullable=False),
-    Column("response", JSON, nullable=False),
-)
-
-# Which stored response holds each output item, for ``item_reference`` inputs (a client that
-# resends a stored answer by its item id alone).
-response_items_table = Table(
-    "mw_response_items",
-    metadata,
-    Column("item_id", String(200), primary_key=True),
-    Column("response_id", String(200), nullable=False),
-)
-Index("mw_response_items_response", response_items_table.c.response_id)
-
-# Named change counters. ``keys`` moves in the transaction of every key change, ``responses`` in
-# that of every deleted stored response; gateways poll them (one read of a two-row table) and reload
-# their in-memory key table, or forget the responses they remember, when one moved.
-state_table = Table(
-    "mw_state",
-    metadata,
-    Column("name", String(64), primary_key=True),
-    Column("version", BigInteger, nullable=False),
-)
+_READ_VERSIONS = "SELECT name, version FROM mw_state"
+_BUMP = "UPDATE mw_state SET version = version + 1 WHERE name = {marker}"
+_KEY_COLUMNS = "id, name, prefix, models, rpm, tpm, budget_usd, created_at, expires_at, revoked, admin"
+_KEY_FIELDS = tuple(_KEY_COLUMNS.split(", "))
 
 
-# Sign-in credentials (the Codex route's OAuth tokens) that replicas share, sealed with a key from
-# the environment (:mod:`.credentials`): ``secret`` is never plaintext. ``version`` moves with
-# every write; a refresh holds the row's lock, so replicas spend a single-use refresh token once.
-credentials_table = Table(
-    "mw_credentials",
-    metadata,
-    Column("name", String(64), primary_key=True),
-    Column("version", BigInteger, nullable=False),
-    Column("secret", LargeBinary, nullable=False),
-    Column("updated_at", Double, nullable=False),
-)
-
-
-# Which backend holds each video job the gateway created, and which client key (and upstream key)
-# created it: polls and downloads reach the job from any replica, and only its own key sees it.
-videos_table = Table(
-    "mw_videos",
-    metadata,
-    Column("id", String(200), primary_key=True),
-    Column("key_name", String(200)),
-    Column("backend", String(200), nullable=False),
-    Column("upstream_key", Integer, nullable=False),
-    Column("model", String(300), nullable=False),
-    Column("created_at", Double, nullable=False),
-)
-Index("mw_videos_key_time", videos_table.c.key_name, videos_table.c.created_at)
-
-# Dashboard sign-ins, shared by replicas: the cookie holds a random session id, the table only its
-# SHA-256, the admin key's SHA-256 (a revoked key ends its sessions) and the session's CSRF token.
-sessions_table = Table(
-    "mw_sessions",
-    metadata,
-    Column("id_hash", String(64), primary_key=True),
-    Column("key_hash", String(64), nullable=False),
-    Column("csrf", String(64), nullable=False),
-    Column("created_at", Double, nullable=False),
-    Column("expires_at", Double, nullable=False),
-)
-
-
-def _bump(counter: str) -> Any:
-    """The statement that moves a change counter, run in the transaction of the change itself."""
-    return update(state_table).where(state_table.c.name == counter).values(version=state_table.c.version + 1)
-
-
-_BUMP_KEYS = _bump(KEYS_COUNTER)
-_BUMP_RESPONSES = _bump(RESPONSES_COUNTER)
-_READ_VERSIONS = f"SELECT name, version FROM {state_table.name}"
-
-
-# ----------------------------------------------------------------------------------------------
-# Engines
-# ----------------------------------------------------------------------------------------------
-
-
-def _json_dumps(value: Any) -> str:
+def json_text(value: Any) -> str:
     """orjson is several times faster than json for response bodies; both engines want ``str``."""
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def parse_store_url(url: str) -> URL:
-    """The SQLAlchemy URL for a store URL, with ``postgres://`` / ``postgresql://`` on psycopg 3."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        # The text may hold a database password, so it stays out of the message.
-        raise ValueError("store URL is not a valid sqlite:/// or postgresql:// URL") from None
-    driver = parsed.drivername
-    if driver in ("postgres", "postgresql"):
-        return parsed.set(drivername="postgresql+psycopg")
-    if driver in ("postgresql+psycopg", "sqlite", "sqlite+pysqlite"):
-        return parsed
-    raise ValueError(f"unsupported store URL scheme {driver!r}: use sqlite:/// or postgresql://")
-
-
-def _create_engine(url: URL, schema: str | None) -> Engine:
-    if url.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, schema)
-    return _postgres_engine(url, schema)
-
-
-def _sqlite_engine(url: URL, schema: str | None) -> Engine:
-    if schema is not None:
-        raise ValueError("schema= applies to PostgreSQL stores only")
-    database = url.database
-    in_memory = not database or database == ":memory:"
-    if not in_memory:
-        assert database is not None
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-    _bind_none_and_bool_directly()
-    engine = create_engine(
-        url,
-        connect_args={"check_same_thread": False},
-        # One shared connection keeps an in-memory database alive across threads.
-        poolclass=StaticPool if in_memory else None,
-        json_serializer=_json_dumps,
-        json_deserializer=orjson.loads,
-    )
-    event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
-def _bind_none_and_bool_directly() -> None:
-    """sqlite3 binds None, and bool (an int subclass), only after looking for an adapter: two
-    attribute lookups that raise and drop an AttributeError each, ~0.6 µs per value, and a usage
-    record holds several. Adapters giving the value sqlite3 would bind anyway skip that search.
-    They apply to every sqlite3 connection in the process, with the same stored values."""
-    sqlite3.register_adapter(type(None), set[None]().discard)  # a C callable that returns None
-    sqlite3.register_adapter(bool, int)
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """WAL lets the CLI read while the gateway writes; NORMAL sync is durable enough under WAL."""
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        # The gateway mostly appends; a small page cache per pooled connection keeps its memory
-        # flat instead of growing by megabytes as the usage table does.
-        cursor.execute("PRAGMA cache_size=-256")
-    finally:
-        cursor.close()
-
-
-def _postgres_engine(url: URL, schema: str | None) -> Engine:
-    # A database that stops answering (a partition, not a refusal) is noticed in seconds, not after
-    # the operating system's TCP timeout; a URL's own connect_timeout wins.
-    connect_args: dict[str, Any] = {} if "connect_timeout" in url.query else {"connect_timeout": 5}
-    if schema is not None:
-        # search_path set at connection start (libpq ``options``) holds for every pooled
-        # connection without a per-checkout statement, and keeps raw SQL in the schema too.
-        connect_args["options"] = _with_search_path(url.query.get("options"), _check_schema(schema))
-    return create_engine(
-        url,
-        pool_pre_ping=True,  # a long-lived gateway outlives database restarts
-        connect_args=connect_args,
-        json_serializer=_json_dumps,
-        json_deserializer=orjson.loads,
-    )
-
-
-def _check_schema(schema: str) -> str:
+def _check_schema(schema: str | None) -> str | None:
     """Lower-case plain identifiers only, so the name needs no quoting in either DDL or ``options``."""
-    if not SCHEMA_NAME.fullmatch(schema):
+    if schema is not None and not SCHEMA_NAME.fullmatch(schema):
         raise ValueError(f"schema must match {SCHEMA_NAME.pattern}, got {schema!r}")
     return schema
 
 
-def _with_search_path(existing: str | Sequence[str] | None, schema: str) -> str:
-    if existing is None:
-        prior = ""
-    else:
-        prior = existing if isinstance(existing, str) else " ".join(existing)
-    return f"{prior} -csearch_path={schema}".strip()
+def parse_store_url(url: str) -> URL:
+    """The SQLAlchemy URL for a store URL, with ``postgres://`` / ``postgresql://`` on psycopg 3."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-
-# ----------------------------------------------------------------------------------------------
-# Store
-# ----------------------------------------------------------------------------------------------
+    parse_target(url)  # refuses what is not a store URL, without echoing it
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError("store URL is not a valid sqlite:/// or postgresql:// URL") from None
+    if parsed.drivername in ("postgres", "postgresql"):
+        return parsed.set(drivername="postgresql+psycopg")
+    return parsed
 
 
 def open_engine(url: str, *, schema: str | None = None) -> Engine:
-    """The engine a :class:`Store` at ``url`` would use, without touching its schema."""
-    return _create_engine(parse_store_url(url), schema)
+    """A SQLAlchemy engine on the store at ``url``, without touching its schema."""
+    from .tables import engine_for
+
+    return engine_for(Database(parse_target(url), schema=schema))
 
 
 def schema_revision(url: str) -> tuple[str | None, bool]:
@@ -549,13 +302,14 @@ def upgrade_schema(url: str, *, schema: str | None = None) -> Upgrade:
     """Create or upgrade the store at ``url`` to this code's head (what opening a Store does)."""
     engine = open_engine(url, schema=schema)
     try:
-        return migrations.upgrade(engine, url=_display(parse_store_url(url)), schema=schema)
+        return migrations.upgrade(engine, url=parse_target(url).display, schema=schema)
     finally:
         engine.dispose()
 
 
-def _display(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+# ----------------------------------------------------------------------------------------------
+# Store
+# ----------------------------------------------------------------------------------------------
 
 
 class Store:
@@ -566,36 +320,51 @@ class Store:
 
     Opening brings the schema to this code's head (see :mod:`modelwire.gateway.migrations`) and
     raises :class:`SchemaError` for a store a newer modelwire upgraded.
+
+    What a serving gateway calls (key table and counters, spend, stored responses, batched writes)
+    is plain SQL on :attr:`db`; key management, usage reports and dashboard sessions build their
+    queries with SQLAlchemy (:mod:`.tables`), loaded by the first of them to run.
     """
 
     def __init__(self, url: str, *, schema: str | None = None) -> None:
-        self.url = parse_store_url(url)
+        self.target: Target = parse_target(url)
         self.schema = schema
-        self.engine = _create_engine(self.url, schema)
-        # The key-counter poll runs twice a second per replica: on PostgreSQL, in autocommit it is
-        # one statement instead of BEGIN, SELECT, ROLLBACK. (SQLite's in-memory store shares one
-        # connection across threads, whose transaction state must not be switched under them.)
-        self._poll = (
-            self.engine.execution_options(isolation_level="AUTOCOMMIT")
-            if self.dialect == "postgresql"
-            else self.engine
-        )
-        marker = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-        self._usage_rows = _RowWriter(usage_table.name, USAGE_FIELDS, _usage_row_values, marker)
+        self.db = Database(self.target, schema=_check_schema(schema))
+        self.dialect = self.db.dialect
+        marker = self.db.marker
+        self._bump = _BUMP.format(marker=marker)
+        self._usage_rows = _RowWriter("mw_usage", USAGE_FIELDS, _usage_row_values, marker)
         self._response_rows = _RowWriter(
-            responses_table.name, RESPONSE_FIELDS, _response_row_values, marker, _RESPONSE_UPSERT
+            "mw_responses", RESPONSE_FIELDS, _response_row_values, marker, _RESPONSE_UPSERT
         )
         self._item_rows = _RowWriter(
-            response_items_table.name, ("item_id", "response_id"), tuple, marker, _ITEM_UPSERT
+            "mw_response_items", ("item_id", "response_id"), tuple, marker, _ITEM_UPSERT
         )
+        self._sql = _Queries(marker)
         try:
-            migrations.ensure_schema(self.engine, url=_display(self.url), schema=schema)
+            self._ensure_schema()
         except BaseException:
-            self.engine.dispose()
+            self.close()
             raise
 
+    def _ensure_schema(self) -> None:
+        """At head: one read. Otherwise the upgrade, which loads SQLAlchemy and Alembic."""
+        revision = migrations.fast_revision(self.db)
+        if revision == migrations.HEAD:
+            return
+        if revision is not None and revision not in migrations.REVISIONS:
+            raise migrations.newer_error(revision, self.target.display)
+        migrations.upgrade(self.engine, url=self.target.display, schema=self.schema)
+
+    @cached_property
+    def engine(self) -> Engine:
+        """SQLAlchemy's engine on this store's connections, made when first used."""
+        from .tables import engine_for
+
+        return engine_for(self.db)
+
     def __repr__(self) -> str:
-        return f"Store({_display(self.url)!r}, schema={self.schema!r})"
+        return f"Store({self.target.display!r}, schema={self.schema!r})"
 
     def __enter__(self) -> Store:
         return self
@@ -603,12 +372,10 @@ class Store:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
-
     def close(self) -> None:
-        self.engine.dispose()
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+        self.db.close()
 
     # -- client keys ---------------------------------------------------------------------------
 
@@ -628,6 +395,11 @@ class Store:
 
         A name already held by a live (unrevoked) key raises :class:`ValueError`.
         """
+        from sqlalchemy import insert
+        from sqlalchemy.exc import IntegrityError
+
+        from .tables import keys_table
+
         _validate_key_fields(name, models, rpm, tpm, budget_usd)
         secret = _Secret(KEY_PREFIX + secrets.token_urlsafe(32))
         record = KeyRecord(
@@ -646,34 +418,26 @@ class Store:
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(keys_table).values(**_key_row(record), key_hash=hash_secret(secret)))
-                conn.execute(_BUMP_KEYS)
+                conn.exec_driver_sql(self._bump, (KEYS_COUNTER,))
         except IntegrityError:
             raise ValueError(f"a live key named {name!r} already exists") from None
         return secret, record
 
     def find_key(self, secret: str) -> KeyRecord | None:
         """The key with this secret, revoked or expired included: the caller decides what to refuse."""
-        stmt = select(keys_table).where(keys_table.c.key_hash == hash_secret(secret))
-        with self.engine.connect() as conn:
-            row = conn.execute(stmt).mappings().first()
-        return _key_record(row) if row is not None else None
+        rows = self.db.rows(self._sql.key_by_hash, (hash_secret(secret),))
+        return _key_record(rows[0]) if rows else None
 
     def list_keys(self, *, include_revoked: bool = False) -> list[KeyRecord]:
-        stmt = select(keys_table).order_by(keys_table.c.created_at, keys_table.c.name)
-        if not include_revoked:
-            stmt = stmt.where(keys_table.c.revoked == false())
-        with self.engine.connect() as conn:
-            return [_key_record(row) for row in conn.execute(stmt).mappings()]
+        sql = self._sql.all_keys if include_revoked else self._sql.unrevoked_keys
+        return [_key_record(row) for row in self.db.rows(sql)]
 
     def revoke_key(self, name_or_id: str) -> bool:
         """Revoke the live key with this id, else the live key with this name; False if none."""
-        live = keys_table.c.revoked == false()
-        values = {"revoked": True, "revoked_at": time.time()}
-        with self.engine.begin() as conn:
-            for column in (keys_table.c.id, keys_table.c.name):
-                result = conn.execute(update(keys_table).where(column == name_or_id, live).values(**values))
-                if result.rowcount:
-                    conn.execute(_BUMP_KEYS)
+        with self.db.transaction() as tx:
+            for column in ("id", "name"):
+                if tx.execute(self._sql.revoke[column], (True, time.time(), name_or_id)):
+                    tx.execute(self._bump, (KEYS_COUNTER,))
                     return True
         return False
 
@@ -681,6 +445,10 @@ class Store:
         """Change a live key's models, limits or expiry (a value of None lifts a limit); the
         changed record, or None when no live key has this id or name. Every replica reloads it
         within a second (the key counter moves in the same transaction)."""
+        from sqlalchemy import false, select, update
+
+        from .tables import keys_table
+
         unknown = set(changes) - KEY_CHANGES
         if unknown:
             raise ValueError(f"a key's {', '.join(sorted(unknown))} cannot be changed")
@@ -692,12 +460,12 @@ class Store:
                     break
             else:
                 return None
-            record = _key_record({**row, **changes})
+            record = _key_record_of({**row, **changes})
             _validate_key_fields(
                 record.name, changes.get("models"), record.rpm, record.tpm, record.budget_usd
             )
             conn.execute(update(keys_table).where(keys_table.c.id == record.id).values(**changes))
-            conn.execute(_BUMP_KEYS)
+            conn.exec_driver_sql(self._bump, (KEYS_COUNTER,))
         return record
 
     def versions(self) -> dict[str, int]:
@@ -705,11 +473,10 @@ class Store:
         (a stored response deleted).
 
         Gateways poll this four times a second, so it is one constant statement over a two-row
-        table. Read it *before* :meth:`live_keys`: a change committed in between then shows up as
-        a newer counter on the next poll instead of being missed.
+        table, outside a transaction. Read it *before* :meth:`live_keys`: a change committed in
+        between then shows up as a newer counter on the next poll instead of being missed.
         """
-        with self._poll.connect() as conn:
-            return {str(name): int(version) for name, version in conn.exec_driver_sql(_READ_VERSIONS)}
+        return {str(name): int(version) for name, version in self.db.rows(_READ_VERSIONS)}
 
     def keys_version(self) -> int:
         """The key table's change counter (see :meth:`versions`)."""
@@ -718,9 +485,7 @@ class Store:
     def live_keys(self) -> list[tuple[str, KeyRecord]]:
         """Every unrevoked key with its SHA-256 hash, expired ones included (callers decide), so a
         gateway can hold the whole key table in memory and look keys up by hash without a read."""
-        stmt = select(keys_table).where(keys_table.c.revoked == false())
-        with self.engine.connect() as conn:
-            return [(row["key_hash"], _key_record(row)) for row in conn.execute(stmt).mappings()]
+        return [(row[-1], _key_record(row)) for row in self.db.rows(self._sql.live_keys)]
 
     # -- usage ---------------------------------------------------------------------------------
 
@@ -733,34 +498,17 @@ class Store:
         """The multi-row INSERTs that write ``records``, for :meth:`run_statements`.
 
         Their parameters are gathered in C (attribute getters chained), so building them on the
-        event loop costs microseconds; SQLAlchemy's per-row parameter processing, and sqlite3's
-        executemany (which gives up and retakes the GIL for every row), cost more than the write.
+        event loop costs microseconds; sqlite3's executemany (which gives up and retakes the GIL
+        for every row) cost more than the write.
         """
         return self._usage_rows.statements(records)
 
     def run_statements(self, statements: Statements) -> None:
-        """``statements`` in one transaction on a bare driver connection.
-
-        Meant for a worker thread: the driver runs the statements and the commit in C with the GIL
-        released, so the event loop keeps running through the write and its fsync (a write on the
-        loop stalled it for milliseconds, the gateway's p99 at one connection), and no Python code
-        (SQLAlchemy's) competes with the loop for the GIL meanwhile.
-        """
-        conn = self.engine.raw_connection()
-        try:
-            cursor = conn.cursor()
-            try:
-                for sql, params in statements:
-                    cursor.execute(sql, params)
-            finally:
-                cursor.close()
-            conn.commit()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                conn.rollback()
-            raise
-        finally:
-            conn.close()
+        """``statements`` in one transaction, meant for a worker thread: the driver runs them and
+        the commit in C with the GIL released, so the event loop keeps running through the write
+        and its fsync (a write on the loop stalled it for milliseconds, the gateway's p99 at one
+        connection)."""
+        self.db.run(statements)
 
     def usage_summary(
         self, *, since: float, by: str = "model", until: float | None = None, **only: str | None
@@ -773,14 +521,18 @@ class Store:
         smallest observed latency with at least p% of the group at or below it), computed in Python
         so both engines agree exactly.
         """
+        from sqlalchemy import select
+
+        from .tables import bucket, summary_query, usage_table, window
+
         if by not in GROUPINGS:
             raise ValueError(f"by must be one of {', '.join(GROUPINGS)}, got {by!r}")
-        group = self._bucket(by) if by in TIME_BUCKETS else usage_table.c[GROUP_COLUMNS[by]]
-        window = _window(since, until, only)
+        group = bucket(by, self.dialect) if by in TIME_BUCKETS else usage_table.c[GROUP_COLUMNS[by]]
+        where = window(since, until, only)
         with self.engine.connect() as conn:
-            totals = conn.execute(_summary_query(group, window)).all()
+            totals = conn.execute(summary_query(group, where)).all()
             latencies = _latencies_by_group(
-                conn.execute(select(group, usage_table.c.latency_ms).where(window))
+                conn.execute(select(group, usage_table.c.latency_ms).where(where))
             )
         if by in TIME_BUCKETS:
             totals = sorted(totals, key=operator.itemgetter(0))
@@ -788,19 +540,6 @@ class Store:
         if by not in TIME_BUCKETS:
             rows.sort(key=lambda row: (-row.cost, -row.requests, row.group))
         return rows
-
-    def _bucket(self, by: str) -> ColumnElement[int]:
-        """The index of a record's UTC day or hour, the same integer on both engines.
-
-        PostgreSQL's CAST rounds to nearest and SQLite's truncates, so PostgreSQL floors first;
-        timestamps are positive, where truncation is flooring. The width is inlined, not bound, so
-        the SELECT and GROUP BY expressions are textually identical (PostgreSQL requires it).
-        """
-        width = literal_column(str(TIME_BUCKETS[by][0]), Integer)
-        quotient = usage_table.c.time / width
-        if self.dialect == "postgresql":
-            return cast(func.floor(quotient), BigInteger)
-        return cast(quotient, Integer)
 
     def requests(
         self,
@@ -816,8 +555,12 @@ class Store:
         """The request log: usage records newest first, each with its row ``id`` (pass the last one
         as ``before`` for the next page). ``status`` is ``ok``, ``error`` or one HTTP status;
         ``only`` keeps one ``key``, ``model`` or ``backend``."""
+        from sqlalchemy import select
+
+        from .tables import usage_table, window
+
         c = usage_table.c
-        stmt = select(usage_table).where(_window(since, until, only)).order_by(c.id.desc()).limit(limit)
+        stmt = select(usage_table).where(window(since, until, only)).order_by(c.id.desc()).limit(limit)
         if before is not None:
             stmt = stmt.where(c.id < before)
         if request_id:
@@ -833,17 +576,17 @@ class Store:
 
     def spent_usd(self, key_name: str, *, since: float | None = None) -> float:
         """What a key has cost, all time or since ``since``; unpriced requests count as zero."""
-        stmt = select(func.coalesce(func.sum(usage_table.c.cost), 0.0)).where(
-            usage_table.c.key_name == key_name
-        )
-        if since is not None:
-            stmt = stmt.where(usage_table.c.time >= since)
-        with self.engine.connect() as conn:
-            return float(conn.execute(stmt).scalar_one())
+        if since is None:
+            return float(self.db.rows(self._sql.spent, (key_name,))[0][0])
+        return float(self.db.rows(self._sql.spent_since, (key_name, since))[0][0])
 
     def spent_by_key(self, since: float | None = None) -> dict[str, float]:
         """Every key's spend, all time or since ``since``, in one query (for a spent column);
         keys without priced usage are absent, requests without a key are not counted."""
+        from sqlalchemy import func, select
+
+        from .tables import usage_table
+
         key, cost = usage_table.c.key_name, usage_table.c.cost
         stmt = select(key, func.coalesce(func.sum(cost), 0.0)).where(key.is_not(None)).group_by(key)
         if since is not None:
@@ -856,6 +599,10 @@ class Store:
     def create_session(self, key_hash: str, *, ttl: float) -> tuple[str, str]:
         """A new session for the admin key with this hash: (session id, CSRF token). Sessions past
         their expiry are cleared on the way."""
+        from sqlalchemy import insert
+
+        from .tables import sessions_table
+
         session_id, csrf, now = secrets.token_urlsafe(32), secrets.token_urlsafe(24), time.time()
         row = {
             "id_hash": hash_secret(session_id),
@@ -871,6 +618,10 @@ class Store:
 
     def session(self, session_id: str) -> tuple[str, str] | None:
         """(admin key hash, CSRF token) of a live session, or None."""
+        from sqlalchemy import select
+
+        from .tables import sessions_table
+
         c = sessions_table.c
         stmt = select(c.key_hash, c.csrf).where(
             c.id_hash == hash_secret(session_id), c.expires_at > time.time()
@@ -880,6 +631,8 @@ class Store:
         return (str(row[0]), str(row[1])) if row is not None else None
 
     def end_session(self, session_id: str) -> None:
+        from .tables import sessions_table
+
         with self.engine.begin() as conn:
             conn.execute(sessions_table.delete().where(sessions_table.c.id_hash == hash_secret(session_id)))
 
@@ -903,28 +656,59 @@ class Store:
         return [*self._response_rows.statements(unique), *self._item_rows.statements(list(items.items()))]
 
     def get_response(self, id: str) -> StoredResponse | None:
-        return self._one_response(select(responses_table).where(responses_table.c.id == id))
+        return _stored_response(self.db.rows(self._sql.response, (id,)))
 
     def get_response_holding(self, item_id: str) -> StoredResponse | None:
         """The stored response one of whose output items has the id ``item_id``."""
-        holder = select(response_items_table.c.response_id).where(response_items_table.c.item_id == item_id)
-        return self._one_response(
-            select(responses_table).where(responses_table.c.id == holder.scalar_subquery())
-        )
-
-    def _one_response(self, stmt: Select[Any]) -> StoredResponse | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(stmt).mappings().first()
-        return StoredResponse(**row) if row is not None else None
+        return _stored_response(self.db.rows(self._sql.response_holding, (item_id,)))
 
     def delete_response(self, id: str) -> bool:
         """Delete a stored response; other replicas forget their copy when the counter moves."""
-        with self.engine.begin() as conn:
-            result = conn.execute(responses_table.delete().where(responses_table.c.id == id))
-            conn.execute(response_items_table.delete().where(response_items_table.c.response_id == id))
-            if result.rowcount:
-                conn.execute(_BUMP_RESPONSES)
-        return bool(result.rowcount)
+        with self.db.transaction() as tx:
+            deleted = tx.execute(self._sql.delete_response, (id,))
+            tx.execute(self._sql.delete_items, (id,))
+            if deleted:
+                tx.execute(self._bump, (RESPONSES_COUNTER,))
+        return bool(deleted)
+
+
+class _Queries:
+    """The SQL of what a serving gateway reads and changes, in its driver's parameter style."""
+
+    def __init__(self, m: str) -> None:
+        keys = f"SELECT {_KEY_COLUMNS} FROM mw_keys"
+        self.key_by_hash = f"{keys} WHERE key_hash = {m}"
+        self.all_keys = f"{keys} ORDER BY created_at, name"
+        self.unrevoked_keys = f"{keys} WHERE NOT revoked ORDER BY created_at, name"
+        self.live_keys = f"SELECT {_KEY_COLUMNS}, key_hash FROM mw_keys WHERE NOT revoked"
+        self.revoke = {
+            column: f"UPDATE mw_keys SET revoked = {m}, revoked_at = {m} WHERE {column} = {m} AND NOT revoked"
+            for column in ("id", "name")
+        }
+        self.spent = f"SELECT COALESCE(SUM(cost), 0.0) FROM mw_usage WHERE key_name = {m}"
+        self.spent_since = f"{self.spent} AND time >= {m}"
+        responses = f"SELECT {', '.join(RESPONSE_FIELDS)} FROM mw_responses WHERE id = "
+        self.response = responses + m
+        self.response_holding = f"{responses}(SELECT response_id FROM mw_response_items WHERE item_id = {m})"
+        self.delete_response = f"DELETE FROM mw_responses WHERE id = {m}"
+        self.delete_items = f"DELETE FROM mw_response_items WHERE response_id = {m}"
+
+
+def _stored_response(rows: list[tuple[Any, ...]]) -> StoredResponse | None:
+    if not rows:
+        return None
+    id, key_name, model, created_at, previous, input_items, output_items, response, instructions = rows[0]
+    return StoredResponse(
+        id=id,
+        key_name=key_name,
+        model=model,
+        created_at=created_at,
+        previous_response_id=previous,
+        input_items=orjson.loads(input_items),
+        output_items=orjson.loads(output_items),
+        response=orjson.loads(response),
+        instructions=instructions,
+    )
 
 
 class _RowWriter:
@@ -998,7 +782,13 @@ def _key_row(record: KeyRecord) -> dict[str, Any]:
     }
 
 
-def _key_record(row: Any) -> KeyRecord:
+def _key_record(row: Sequence[Any]) -> KeyRecord:
+    """A key from a row of ``_KEY_COLUMNS``, its ``models`` still JSON text."""
+    return _key_record_of({**dict(zip(_KEY_FIELDS, row, strict=False)), "models": orjson.loads(row[3])})
+
+
+def _key_record_of(row: Any) -> KeyRecord:
+    """A key from a mapping of its columns."""
     return KeyRecord(
         id=row["id"],
         name=row["name"],
@@ -1011,45 +801,6 @@ def _key_record(row: Any) -> KeyRecord:
         expires_at=row["expires_at"],
         revoked=bool(row["revoked"]),
         admin=bool(row["admin"]),
-    )
-
-
-def _window(since: float | None, until: float | None, only: dict[str, str | None]) -> ColumnElement[bool]:
-    """The usage records from ``since`` up to (not including) ``until``, of one key, model or
-    backend per ``only`` (a key of ``(none)`` means requests made without one)."""
-    c = usage_table.c
-    clauses: list[ColumnElement[bool]] = [c.time >= (since or 0.0)]
-    if until is not None:
-        clauses.append(c.time < until)
-    for name, value in only.items():
-        if name not in GROUP_COLUMNS:
-            raise ValueError(f"cannot filter usage by {name!r}")
-        if value is None:
-            continue
-        column = c[GROUP_COLUMNS[name]]
-        clauses.append(column.is_(None) if value == NO_GROUP else column == value)
-    return and_(*clauses)
-
-
-def _summary_query(group: ColumnElement[Any], window: ColumnElement[bool]) -> Any:
-    c = usage_table.c
-
-    def total(column: ColumnElement[Any]) -> Any:
-        return func.coalesce(func.sum(column), 0)
-
-    return (
-        select(
-            group,
-            func.count(),
-            total(case((c.status >= 400, 1), else_=0)),
-            total(c.input_tokens),
-            total(c.cached_tokens),
-            total(c.output_tokens),
-            total(c.reasoning_tokens),
-            func.coalesce(func.sum(c.cost), 0.0),
-        )
-        .where(window)
-        .group_by(group)
     )
 
 

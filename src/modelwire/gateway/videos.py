@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode
 
 import orjson
-from sqlalchemy import delete, insert, select
 
 from ..dialects.check import fail
 from ..errors import InvalidRequestError, ModelwireError, NotFoundError, ServiceUnavailableError
@@ -36,7 +35,7 @@ from .media import DEFAULT_MODELS, Media
 from .media_usage import measure
 from .relay import Relayed, Sent, json_document, media_url
 from .state import State
-from .store import Store, describe_error, videos_table
+from .store import Store, describe_error
 from .uploads import Upload
 from .upstream import Backend, Failover, Outcome
 
@@ -89,42 +88,42 @@ class VideoBook:
             ) from None
 
 
+_COLUMNS = ", ".join(f.name for f in dataclasses.fields(VideoRecord))
+
+
 def _put(store: Store, record: VideoRecord) -> None:
-    with store.engine.begin() as conn:
-        conn.execute(insert(videos_table).values(**_row(record)))
+    m = store.db.marker
+    values = dataclasses.astuple(record)
+    store.db.run([(f"INSERT INTO mw_videos ({_COLUMNS}) VALUES ({', '.join([m] * len(values))})", values)])
 
 
 def _get(store: Store, video_id: str) -> VideoRecord | None:
-    with store.engine.connect() as conn:
-        row = conn.execute(select(videos_table).where(videos_table.c.id == video_id)).mappings().first()
-    return VideoRecord(**row) if row is not None else None
+    rows = store.db.rows(f"SELECT {_COLUMNS} FROM mw_videos WHERE id = {store.db.marker}", (video_id,))
+    return VideoRecord(*rows[0]) if rows else None
 
 
 def _delete(store: Store, video_id: str) -> None:
-    with store.engine.begin() as conn:
-        conn.execute(delete(videos_table).where(videos_table.c.id == video_id))
+    store.db.run([(f"DELETE FROM mw_videos WHERE id = {store.db.marker}", (video_id,))])
 
 
 def _page(
     store: Store, key_name: str | None, after: str | None, limit: int, newest_first: bool
 ) -> list[VideoRecord]:
-    table = videos_table
-    owner = table.c.key_name.is_(None) if key_name is None else table.c.key_name == key_name
-    stmt = select(table).where(owner)
-    with store.engine.connect() as conn:
-        if after is not None:
-            cursor = conn.execute(select(table.c.created_at).where(table.c.id == after, owner)).scalar()
-            if cursor is not None:
-                stmt = stmt.where(
-                    table.c.created_at < cursor if newest_first else table.c.created_at > cursor
-                )
-        order = table.c.created_at.desc() if newest_first else table.c.created_at.asc()
-        rows = conn.execute(stmt.order_by(order, table.c.id).limit(limit)).mappings().all()
-    return [VideoRecord(**row) for row in rows]
-
-
-def _row(record: VideoRecord) -> dict[str, Any]:
-    return dataclasses.asdict(record)
+    m = store.db.marker
+    owner, params = ("key_name IS NULL", ()) if key_name is None else (f"key_name = {m}", (key_name,))
+    where = owner
+    if after is not None:
+        found = store.db.rows(
+            f"SELECT created_at FROM mw_videos WHERE id = {m} AND {owner}", (after, *params)
+        )
+        if found:
+            where, params = (
+                f"{owner} AND created_at {'<' if newest_first else '>'} {m}",
+                (*params, found[0][0]),
+            )
+    order = "DESC" if newest_first else "ASC"
+    sql = f"SELECT {_COLUMNS} FROM mw_videos WHERE {where} ORDER BY created_at {order}, id LIMIT {m}"
+    return [VideoRecord(*row) for row in store.db.rows(sql, (*params, limit))]
 
 
 @dataclass(eq=False)

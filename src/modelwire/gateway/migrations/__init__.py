@@ -1,8 +1,9 @@
 """Schema migrations of the gateway's store, run by Alembic from code (no ``alembic.ini``).
 
-Opening a :class:`~modelwire.gateway.store.Store` calls :func:`ensure_schema`. Its common case — a
-store already at this code's head — costs one read of the one-row version table and
-imports nothing from Alembic; only a store that needs work pays for Alembic's import and machinery.
+Opening a :class:`~modelwire.gateway.store.Store` reads the revision first (:func:`fast_revision`).
+Its common case — a store already at this code's head — costs that one read of the one-row version
+table, in plain SQL, and imports neither SQLAlchemy nor Alembic; only a store that needs work pays
+for their import and machinery (:func:`upgrade`).
 
 The revisions this code knows are listed here as well as in ``versions/`` so the fast path can
 recognise them (and refuse a newer store) without loading the scripts; a test keeps the two equal.
@@ -31,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, inspect, text
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from ..database import Database, StoreError
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import Connection, Engine
 
 VERSION_TABLE = "mw_alembic_version"
 # Oldest first; keep in step with versions/ (tests compare them).
@@ -80,35 +81,23 @@ class Upgrade:
         return "an unversioned store (before schema versioning)" if self.legacy else "an empty database"
 
 
-def ensure_schema(engine: Engine, *, url: str, schema: str | None = None) -> None:
-    """Bring the store to this code's head, or raise :class:`SchemaError` if it is newer.
-
-    ``url`` (password hidden) only names the store in an error message.
-    """
-    revision = fast_revision(engine)
-    if revision == HEAD:
-        return
-    if revision is not None and revision not in REVISIONS:
-        raise newer_error(revision, url)
-    upgrade(engine, url=url, schema=schema)
-
-
-def fast_revision(engine: Engine) -> str | None:
+def fast_revision(db: Database) -> str | None:
     """The stored revision in one query; None when there is no version row (or no table).
 
     A missing table is an error on both engines; the caller then takes the slow path, which looks
     properly (and re-raises a real connection problem).
     """
     try:
-        with engine.connect() as conn:
-            rows = conn.exec_driver_sql(_READ_VERSION).all()
-    except (OperationalError, ProgrammingError):
+        rows = db.rows(_READ_VERSION)
+    except StoreError:
         return None
-    return rows[0][0] if len(rows) == 1 else None
+    return str(rows[0][0]) if len(rows) == 1 else None
 
 
 def upgrade(engine: Engine, *, url: str, schema: str | None = None) -> Upgrade:
     """Create or upgrade the store's schema to head under the migration lock; see the module doc."""
+    from sqlalchemy import text
+
     with engine.begin() as conn:
         _lock(conn)
         if schema is not None:
@@ -127,6 +116,8 @@ def read_state(conn: Connection) -> tuple[str | None, bool]:
 
     Uses the catalog rather than a failing query, which would abort a PostgreSQL transaction.
     """
+    from sqlalchemy import inspect
+
     tables = set(inspect(conn).get_table_names())
     if VERSION_TABLE in tables:
         rows = conn.exec_driver_sql(_READ_VERSION).all()
@@ -152,6 +143,8 @@ def newer_error(revision: str, url: str) -> SchemaError:
 
 def _lock(conn: Connection) -> None:
     """Serialise migrations of one store across processes, until this transaction ends."""
+    from sqlalchemy import text
+
     if conn.dialect.name == "postgresql":
         conn.execute(
             text("SELECT pg_advisory_xact_lock(:cls, hashtext(current_setting('search_path')))"),
@@ -208,7 +201,6 @@ __all__ = [
     "SchemaError",
     "Upgrade",
     "alembic_config",
-    "ensure_schema",
     "fast_revision",
     "migration_context",
     "read_state",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from alembic import context
 
 from modelwire.gateway.migrations import VERSION_TABLE
-from modelwire.gateway.store import metadata
+from modelwire.gateway.tables import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
