@@ -8,6 +8,7 @@ store's own ``search_path`` handling is what is exercised; the schema is dropped
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import hashlib
 import inspect
@@ -25,6 +26,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from modelwire.gateway import database
 from modelwire.gateway.database import StoreError
 from modelwire.gateway.store import (
     KeyRecord,
@@ -42,7 +44,7 @@ from modelwire.gateway.tables import keys_table, usage_table
 from .fake_upstream import FakeUpstream
 from .gateway_fixtures import loaded_by_a_serving_gateway
 from .services import SHARED_POSTGRES_URL as PG_URL
-from .services import drop_schema, shared_stores
+from .services import PrivatePostgres, drop_schema, shared_stores
 
 T0 = 1_700_000_000.0
 
@@ -153,6 +155,28 @@ def test_a_serving_gateway_loads_neither_sqlalchemy_nor_psycopg(
     new, so its schema was built too (in a child process)."""
     packages = {"sqlalchemy", "alembic", "psycopg"}
     assert loaded_by_a_serving_gateway(upstream, tmp_path, packages) == "200 []"
+
+
+@pytest.mark.parametrize("ping_after", [0.0, 3600.0], ids=["pinged", "retried"])
+def test_reads_outlive_a_postgres_restart(
+    private_postgres: PrivatePostgres, ping_after: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart drops every pooled connection. One idle past the ping threshold is checked before
+    use; one used just before fails its read, which is made again on a new connection (the pool's
+    other idle connections, dropped too, are let go rather than tried one by one)."""
+    monkeypatch.setattr(database, "PING_AFTER_IDLE", ping_after)
+    with Store(private_postgres.url) as store:
+        _, record = store.create_key(name="kept")
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # four reads at once: four pooled connections
+            list(pool.map(lambda _: store.db.rows("SELECT pg_sleep(0.2)"), range(4)))
+        assert len(store.db._idle) == 4
+        for mode in ("fast", "immediate"):
+            private_postgres.stop(mode)
+            with pytest.raises(StoreError):  # down: refused at once, never served from nowhere
+                store.live_keys()
+            private_postgres.start()
+            assert store.versions() == {"keys": 1, "responses": 0}
+            assert [r for _, r in store.live_keys()] == [record]
 
 
 def test_sqlite_in_memory_works_across_threads() -> None:

@@ -35,9 +35,10 @@ Statements = list[tuple[str, tuple[Any, ...]]]  # SQL in the driver's parameter 
 class StoreError(Exception):
     """The database failed a statement or a connection; ``orig`` is the driver's exception."""
 
-    def __init__(self, orig: BaseException) -> None:
+    def __init__(self, orig: BaseException, *, lost_connection: bool = False) -> None:
         super().__init__(_first_line(orig) or type(orig).__name__)
         self.orig = orig
+        self.lost_connection = lost_connection  # the connection failed with it, and was dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +137,7 @@ class Database:
         try:
             yield conn
         except self._errors as exc:
-            self._drop_if_broken(conn, keep)
-            raise StoreError(exc) from None
+            raise StoreError(exc, lost_connection=self._drop_if_broken(conn, keep)) from None
         except BaseException:
             self._drop_if_broken(conn, keep)
             raise
@@ -160,8 +160,10 @@ class Database:
                 return
         conn.close()
 
-    def _drop_if_broken(self, conn: Any, keep: Any) -> None:
-        """After a failed statement: roll back, and keep the connection only if that worked."""
+    def _drop_if_broken(self, conn: Any, keep: Any) -> bool:
+        """After a failed statement: roll back, and keep the connection only if that worked.
+        Whether it was dropped; then the idle ones go too, as a restarted database dropped them
+        all (each would fail its next statement)."""
         try:
             if self.dialect == "postgresql" and (conn.closed or conn.broken):
                 raise ConnectionError
@@ -170,13 +172,24 @@ class Database:
             if conn is not self._shared:
                 with contextlib.suppress(Exception):
                     conn.close()
-            return
+                self._close_idle()
+            return True
         keep(conn)
+        return False
 
     # -- statements -------------------------------------------------------------------------------
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Every row of one query, outside any transaction."""
+        """Every row of one query, outside any transaction. A connection the database dropped
+        (a restart) fails the read once: it is made again on a new connection."""
+        try:
+            return self._rows(sql, params)
+        except StoreError as exc:
+            if not exc.lost_connection:
+                raise
+        return self._rows(sql, params)
+
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self._connection() as conn:
             cursor = conn.execute(sql, params)
             try:
@@ -207,14 +220,17 @@ class Database:
                 tx.execute(sql, params)
 
     def close(self) -> None:
+        self._close_idle()
+        if self._shared is not None:
+            with contextlib.suppress(Exception):
+                self._shared.close()
+
+    def _close_idle(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for conn, _since in idle:
             with contextlib.suppress(Exception):
                 conn.close()
-        if self._shared is not None:
-            with contextlib.suppress(Exception):
-                self._shared.close()
 
 
 class Transaction:
@@ -228,10 +244,6 @@ class Transaction:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         self._cursor.execute(sql, params)
         return int(self._cursor.rowcount)
-
-    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        self._cursor.execute(sql, params)
-        return list(self._cursor.fetchall())
 
 
 # ------------------------------------------------------------------------------------------ SQLite
