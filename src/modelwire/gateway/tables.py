@@ -61,8 +61,8 @@ keys_table = Table(
 # Names are unique among live keys only, so a revoked key's name can be reused; a partial unique
 # index makes that atomic across replicas instead of a check-then-insert race. Migration 0001 makes
 # it partial on PostgreSQL too; spelling postgresql_where here would load SQLAlchemy's PostgreSQL
-# dialect (2.3 MiB resident) into every process, SQLite ones included, for a predicate that no
-# query reads and that schema comparison does not check.
+# dialect (2.3 MiB resident) into every process that loads these tables, SQLite ones included, for
+# a predicate that no query reads and that schema comparison does not check.
 Index(
     "mw_keys_live_name",
     keys_table.c.name,
