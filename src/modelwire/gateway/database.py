@@ -36,7 +36,7 @@ class StoreError(Exception):
     """The database failed a statement or a connection; ``orig`` is the driver's exception."""
 
     def __init__(self, orig: BaseException, *, lost_connection: bool = False) -> None:
-        super().__init__(_first_line(orig) or type(orig).__name__)
+        super().__init__(first_line(orig) or type(orig).__name__)
         self.orig = orig
         self.lost_connection = lost_connection  # the connection failed with it, and was dropped
 
@@ -300,9 +300,10 @@ def _alive(conn: Any) -> bool:
     return True
 
 
-def _first_line(cause: BaseException) -> str:
+def first_line(cause: BaseException) -> str:
+    """The first line of an error's text: a driver's goes on to quote the statement."""
     text = str(cause).strip()
     return text.splitlines()[0] if text else ""
 
 
-__all__ = ["Database", "Statements", "StoreError", "Target", "Transaction", "parse_target"]
+__all__ = ["Database", "Statements", "StoreError", "Target", "Transaction", "first_line", "parse_target"]

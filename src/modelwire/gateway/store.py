@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import migrations
-from .database import Database, Statements, Target, parse_target
+from .database import Database, Statements, Target, first_line, parse_target
 from .migrations import SchemaError, Upgrade
 
 if TYPE_CHECKING:
@@ -998,19 +998,14 @@ def error_cause(exc: BaseException) -> str:
     """The first line of what went wrong: SQLAlchemy's own text goes on to repeat the statement and
     its parameters, which have no place in a log line or an error message."""
     cause = getattr(exc, "orig", None) or exc
-    return _first_line(cause) or type(cause).__name__
+    return first_line(cause) or type(cause).__name__
 
 
 def describe_error(exc: BaseException) -> str:
     """:func:`error_cause` named by its kind, for the log: ``OperationalError: connection refused``."""
     cause = getattr(exc, "orig", None) or exc
-    line = _first_line(cause)
+    line = first_line(cause)
     return f"{type(cause).__name__}: {line}" if line else type(cause).__name__
-
-
-def _first_line(cause: BaseException) -> str:
-    text = str(cause).strip()
-    return text.splitlines()[0] if text else ""
 
 
 __all__ = [
