@@ -265,18 +265,15 @@ class _Location:
 
     @classmethod
     def of(cls, url: str) -> _Location:
-        from sqlalchemy.engine import make_url
-
-        from .gateway.store import parse_store_url
+        from .gateway.database import parse_target
 
         try:
-            parse_store_url(url)
+            target = parse_target(url)
         except ValueError as exc:
             _fail(str(exc), code=2)
-        parsed = make_url(url)
-        if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        if target.dialect != "sqlite" or target.where is None:
             return cls(url, None)
-        return cls(url, Path(parsed.database or "").absolute())
+        return cls(url, Path(target.where).absolute())
 
     @property
     def default(self) -> bool:
@@ -284,11 +281,11 @@ class _Location:
 
     def shown(self) -> str:
         """The path of a SQLite file; a database URL with its password masked."""
-        from sqlalchemy.engine import make_url
+        from .gateway.database import parse_target
 
         if self.file is not None:
             return str(self.file)
-        return make_url(self.url).render_as_string(hide_password=True)
+        return parse_target(self.url).display
 
 
 def _locate(config: str | None) -> _Location:
@@ -887,12 +884,12 @@ def _show_device_code(code: DeviceCode) -> None:
 def _token_store(config: str | None) -> Iterator[TokenStore]:
     """Where a sign-in goes: the gateway's PostgreSQL store (sealed), else the Codex CLI's file."""
     from .gateway.config import ConfigError, load_store
-    from .gateway.store import parse_store_url
+    from .gateway.database import parse_target
     from .providers.codex import FileTokenStore
 
     try:
         url = load_store(config)
-        shared = parse_store_url(url).get_backend_name() == "postgresql"
+        shared = parse_target(url).dialect == "postgresql"
     except (ConfigError, ValueError) as exc:
         _fail(str(exc), code=2)
     if not shared:

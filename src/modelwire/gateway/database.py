@@ -68,7 +68,9 @@ def parse_target(url: str) -> Target:
         return Target("sqlite", where, f"sqlite:///{path}")
     if scheme in POSTGRES_SCHEMES:
         parts = urlsplit("postgresql://" + rest)
-        return Target("postgresql", parts.geturl(), _hide_password(parts), tuple(parse_qsl(parts.query)))
+        # Shown as written (postgres://, postgresql+psycopg://), given to libpq as postgresql://.
+        shown = _hide_password(urlsplit(url))
+        return Target("postgresql", parts.geturl(), shown, tuple(parse_qsl(parts.query)))
     raise ValueError(f"unsupported store URL scheme {scheme!r}: use sqlite:/// or postgresql://")
 
 
