@@ -666,6 +666,7 @@ def test_the_parent_of_several_workers_holds_nothing_its_start_up_checks_loaded(
     config = gateway_config(upstream, tmp_path, workers=2)
     gateway = start_gateway(config, tmp_path, name="parent", cwd=here)
     try:
+        wait_for_workers(gateway)  # both done importing: start_gateway returns when one answers
         status, _, _ = chat(gateway)
         parent = Path(f"/proc/{gateway.proc.pid}/maps").read_text()
         pids = worker_pids(gateway.proc.pid)
