@@ -49,7 +49,7 @@ from ..types import (
 )
 from . import check as check
 from . import replay
-from .ids import random_hex
+from .ids import ordered_hex
 from .openai_chat import end_user_id, error_object, openai_tier
 from .openai_chat import render_error as render_error  # the same envelope and statuses
 from .options import NATIVE, WireOptions
@@ -70,7 +70,8 @@ MIN_OUTPUT_TOKENS = 16
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{random_hex()}"
+    """A response's or an item's id: the store keys rows by them, so they sort by time (ids.py)."""
+    return f"{prefix}_{ordered_hex()}"
 
 
 # The types of the top-level fields, checked before a body is forwarded without decoding.

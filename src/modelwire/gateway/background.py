@@ -30,13 +30,12 @@ import dataclasses
 import itertools
 import logging
 import time
-import uuid
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..dialects.openai_responses import RESPONSE_ERROR_CODES
+from ..dialects.openai_responses import RESPONSE_ERROR_CODES, new_id
 from ..errors import InvalidRequestError, PreviousResponseNotFound, RateLimitError
 from . import http
 from .accounting import Accounting
@@ -279,7 +278,7 @@ class Background:
                 retry_after=1.0,
             )
         key_name = call.key.name if call.key else None
-        response_id = f"resp_{uuid.uuid4().hex}"
+        response_id = new_id("resp")
         run = Run(response_id, key_name, _opening(call, response_id))
         run.emit("response.created", {"response": run.doc})
         run.emit("response.in_progress", {"response": run.doc})
