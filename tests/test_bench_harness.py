@@ -70,3 +70,24 @@ def test_translated_paths_are_reported_against_chat_passthrough_in_rps_and_in_cp
 def _median(rows: list[dict[str, float]], key: str) -> float | None:
     values = [r[key] for r in rows if key in r]
     return statistics.median(values) if values else None
+
+
+def test_quiesce_waits_out_a_target_still_busy_after_its_turn() -> None:
+    """A gateway still working for clients wrk has gone from (LiteLLM after 1,024 paced streams)
+    is waited for before the next turn, else the freeze carries its backlog into that turn."""
+    busy = "import time\nend = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass\ntime.sleep(60)"
+    worker = subprocess.Popen([sys.executable, "-c", busy])
+    idle = subprocess.Popen(["sleep", "60"])
+    try:
+        time.sleep(0.2)  # the interpreter is up and spinning
+        waited = compare.quiesce(worker.pid, step=0.25)
+        assert 1.0 <= waited < 5.0
+        cpu = compare.cpu_seconds(worker.pid)
+        time.sleep(0.5)
+        assert compare.cpu_seconds(worker.pid) - cpu < 0.05  # it was done when quiesce returned
+        assert compare.quiesce(idle.pid, step=0.25) <= 0.5
+    finally:
+        worker.kill()
+        idle.kill()
+        worker.wait()
+        idle.wait()
