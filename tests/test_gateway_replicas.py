@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -846,3 +847,99 @@ def test_a_store_key_with_limits_is_refused_when_workers_cannot_share_counts(
     assert "metered-store-key" in body["error"]["message"] and "redis" in body["error"]["message"], body
     assert raised.value.status_code == 503
     assert upstream.requests == []  # nothing was admitted
+
+
+def test_new_connections_spread_over_both_workers(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """Each worker listens on a socket of its own (``SO_REUSEPORT``): a burst of new connections is
+    spread over them by the kernel. On one shared socket the first worker to wake accepted every
+    connection waiting, and could take a whole burst (a pooled client then stayed on it)."""
+    gateway = start_gateway(gateway_config(upstream, tmp_path, workers=2), tmp_path, name="spread")
+    try:
+        wait_for_workers(gateway)
+        served = Counter(worker_of(headers) for headers in _burst_of_connections(gateway, 32))
+    finally:
+        gateway.stop()
+    # Spread by a hash of each connection's ports: fewer than 6 of 32 on one worker is a 1-in-10,000 draw.
+    assert len(served) == 2 and min(served.values()) >= 6, served
+
+
+def _burst_of_connections(gateway: RunningGateway, count: int) -> list[dict[str, str]]:
+    """``count`` connections opened at once (as wrk or a client pool opens them), then a request on
+    each: the headers of each answer."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    conns = [socket.create_connection((host, int(port)), timeout=30) for _ in range(count)]
+    ask = f"GET /v1/models HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {CLIENT_KEY}\r\n"
+    answers = []
+    try:
+        for conn in conns:
+            conn.sendall(f"{ask}Connection: close\r\n\r\n".encode())
+        for conn in conns:
+            reply = b""
+            while chunk := conn.recv(65536):
+                reply += chunk
+            head = reply.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+            assert head[0].startswith("HTTP/1.1 200"), head
+            answers.append({k.lower(): v.strip() for k, v in (line.split(":", 1) for line in head[1:])})
+    finally:
+        for conn in conns:
+            conn.close()
+    return answers
+
+
+def test_a_port_held_by_several_workers_is_not_shared_with_a_second_gateway(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The workers' ``SO_REUSEPORT`` sockets let them share the port, not anyone else: a second
+    gateway (one worker or several) started on it exits saying the address is in use, and the first
+    answers every request."""
+    first = start_gateway(gateway_config(upstream, tmp_path, workers=2), tmp_path, name="first")
+    try:
+        wait_for_workers(first)
+        for workers in (1, 2):
+            config = gateway_config(upstream, tmp_path, workers=workers)
+            taken = first.config["server"]["port"]
+            config["server"] = {**config.get("server", {}), "host": "127.0.0.1", "port": taken}
+            path = tmp_path / f"second-{workers}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            second = subprocess.run(
+                [MODELWIRE, "serve", "--config", str(path)], capture_output=True, text=True, timeout=60
+            )
+            assert second.returncode != 0, second.stdout + second.stderr
+            assert "address already in use" in second.stdout + second.stderr
+        answers = in_parallel([lambda: request(first, "GET", "/v1/models")] * 16)
+    finally:
+        first.stop()
+    assert [status for status, _, _ in answers] == [200] * 16
+
+
+def test_a_killed_worker_is_replaced_and_its_share_of_connections_served(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A worker killed outright takes its listening socket with it: the kernel sends every new
+    connection to the survivor until the replacement listens, and then to both again."""
+    gateway = start_gateway(gateway_config(upstream, tmp_path, workers=2), tmp_path, name="killed")
+    try:
+        wait_for_workers(gateway)
+        before = set(worker_pids(gateway.proc.pid))
+        victim = next(iter(before))
+        os.kill(victim, signal.SIGKILL)
+        while _state(victim) not in ("Z", None):  # its sockets are closed once it is a zombie
+            time.sleep(0.01)
+        during = in_parallel([lambda: request(gateway, "GET", "/v1/models")] * 16)
+        deadline = time.monotonic() + 30
+        while len(after := set(worker_pids(gateway.proc.pid)) - before) < 1:
+            assert time.monotonic() < deadline, "no replacement worker"
+            time.sleep(0.1)
+        wait_for_workers(gateway)  # the replacement answers too
+        burst = in_parallel([lambda: request(gateway, "GET", "/v1/models")] * 32)
+    finally:
+        gateway.stop()
+    assert [status for status, _, _ in during + burst] == [200] * 48
+    assert len(after) == 1 and len(Counter(worker_of(headers) for _, headers, _ in burst)) == 2
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
