@@ -542,6 +542,20 @@ async def test_what_memory_took_before_the_first_reading_is_asked_again(replica:
     assert await a.get(r.id) is None
 
 
+async def test_a_deletion_elsewhere_keeps_what_waits_for_the_store_findable(replica: ChainsFactory) -> None:
+    """Memory is dropped when the deletion counter moves, but a response not yet written is found
+    nowhere else: by its id and by its items' ids it is still answered from memory."""
+    a = replica(shared=False, linger=5.0)  # the writer holds it back for the test's length
+    r = response(4, output_items=[{"id": "msg_4", "type": "message"}])
+    store = a.store
+    assert store is not None
+    a.note_deletions(store.versions()["responses"])
+    assert await a.put(r) is False and a.pending == 1
+    a.note_deletions(store.versions()["responses"] + 1)  # another process deleted something
+    assert await a.holding("msg_4") == r and await a.get(r.id) == r
+    assert flaky(a).reads == 0
+
+
 async def test_with_no_other_process_puts_do_not_wait(replica: ChainsFactory) -> None:
     """One process on its own store answers every follow-up from memory: the commit is not awaited,
     and the writer gathers a batch instead of writing per response."""

@@ -195,6 +195,8 @@ class Chains:
             self._recent.clear()
             self._recent_bytes = 0
             self._holders.clear()
+            for entry in (*self._in_flight.values(), *self._queue.values()):  # found nowhere else yet
+                self._remember(entry.response)
         self._deletions = counter
 
     def _in_memory(self, response_id: str) -> StoredResponse | None:
