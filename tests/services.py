@@ -38,7 +38,7 @@ import psycopg
 import redis
 import sqlalchemy
 
-from modelwire.gateway.store import Store, parse_store_url
+from modelwire.gateway.store import Store, open_engine
 
 from .gateway_fixtures import free_port
 
@@ -325,7 +325,7 @@ class PrivatePostgres(_ServerProcess):
 
     @property
     def url(self) -> str:
-        """A store URL (``Store``, ``parse_store_url``) that libpq/psycopg accept as is."""
+        """A store URL (``Store``, ``open_engine``) that libpq/psycopg accept as is."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     @property
@@ -467,7 +467,7 @@ def new_schema_name() -> str:
 
 
 def drop_schema(schema: str, url: str = SHARED_POSTGRES_URL) -> None:
-    engine = sqlalchemy.create_engine(parse_store_url(url))
+    engine = open_engine(url)
     try:
         with engine.begin() as conn:
             conn.execute(sqlalchemy.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
@@ -480,7 +480,7 @@ def postgres_schema(url: str = SHARED_POSTGRES_URL) -> Iterator[str]:
     """A store URL whose every connection works in a fresh schema (``options=-csearch_path``), as a
     gateway and the CLI would be configured; the schema is dropped afterwards."""
     schema = new_schema_name()
-    engine = sqlalchemy.create_engine(parse_store_url(url))
+    engine = open_engine(url)
     try:
         with engine.begin() as conn:
             conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))

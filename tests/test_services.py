@@ -19,7 +19,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from modelwire.gateway.store import parse_store_url
+from modelwire.gateway.store import open_engine
 from tests import services
 from tests.gateway_fixtures import free_port
 from tests.services import (
@@ -69,14 +69,14 @@ def test_private_postgres_accepts_connections_on_its_own_port(private_postgres: 
     assert private_postgres.port != 5432
     assert pg_query(url, "SELECT current_user, current_setting('fsync')") == [("postgres", "off")]
 
-    # The URL is a store URL: the gateway opens it with SQLAlchemy on psycopg 3.
-    assert parse_store_url(url).render_as_string() == private_postgres.sqlalchemy_url
-    engine = create_engine(private_postgres.sqlalchemy_url)
-    try:
-        with engine.connect() as conn:
-            assert conn.execute(text("SELECT 1")).scalar_one() == 1
-    finally:
-        engine.dispose()
+    # The URL is a store URL (the gateway opens it on psycopg 3), and the same server's URL for a
+    # plain SQLAlchemy engine works too.
+    for engine in (open_engine(url), create_engine(private_postgres.sqlalchemy_url)):
+        try:
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT 1")).scalar_one() == 1
+        finally:
+            engine.dispose()
 
     pid = private_postgres.pid
     assert private_postgres.start().pid == pid, "start() on a running server must be a no-op"

@@ -27,7 +27,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from modelwire.gateway import database
-from modelwire.gateway.database import StoreError
+from modelwire.gateway.database import StoreError, parse_target
 from modelwire.gateway.store import (
     KeyRecord,
     Statements,
@@ -36,7 +36,6 @@ from modelwire.gateway.store import (
     UsageRecord,
     UsageWriter,
     hash_secret,
-    parse_store_url,
     percentile,
 )
 from modelwire.gateway.tables import keys_table, usage_table
@@ -98,7 +97,9 @@ def raw_rows(store: Store, table: Any) -> list[dict[str, Any]]:
     "url", ["postgres://u:pw@h/db", "postgresql://u:pw@h/db", "postgresql+psycopg://u@h/d"]
 )
 def test_postgres_spellings_use_psycopg(url: str) -> None:
-    assert parse_store_url(url).drivername == "postgresql+psycopg"
+    target = parse_target(url)
+    assert target.dialect == "postgresql" and target.where is not None
+    assert target.where.startswith("postgresql://")  # the libpq URI psycopg 3 connects with
 
 
 @pytest.mark.parametrize("url", ["mysql://u:hunter2@h/db", "not a url hunter2", "redis://h:6379/0"])
@@ -109,7 +110,7 @@ def test_unsupported_urls_are_refused_without_echoing_passwords(url: str) -> Non
 
 
 def test_repr_hides_the_database_password() -> None:
-    assert "hunter2" not in repr(parse_store_url("postgresql://u:hunter2@h/db"))
+    assert "hunter2" not in repr(parse_target("postgresql://u:hunter2@h/db"))
 
 
 def test_schema_is_postgres_only_and_validated(tmp_path: Path) -> None:

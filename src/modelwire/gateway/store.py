@@ -43,7 +43,6 @@ from .migrations import SchemaError, Upgrade
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
-    from sqlalchemy.engine import URL
 
 log = logging.getLogger("modelwire.store")
 
@@ -264,21 +263,6 @@ def _check_schema(schema: str | None) -> str | None:
     if schema is not None and not SCHEMA_NAME.fullmatch(schema):
         raise ValueError(f"schema must match {SCHEMA_NAME.pattern}, got {schema!r}")
     return schema
-
-
-def parse_store_url(url: str) -> URL:
-    """The SQLAlchemy URL for a store URL, with ``postgres://`` / ``postgresql://`` on psycopg 3."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    parse_target(url)  # refuses what is not a store URL, without echoing it
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise ValueError("store URL is not a valid sqlite:/// or postgresql:// URL") from None
-    if parsed.drivername in ("postgres", "postgresql"):
-        return parsed.set(drivername="postgresql+psycopg")
-    return parsed
 
 
 def open_engine(url: str, *, schema: str | None = None) -> Engine:
@@ -1023,7 +1007,6 @@ __all__ = [
     "error_cause",
     "hash_secret",
     "open_engine",
-    "parse_store_url",
     "percentile",
     "schema_revision",
     "upgrade_schema",
