@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess, multiprocess
 
 from .metrics import prepare_multiprocess
@@ -73,9 +74,6 @@ def run(options: dict[str, Any], log_level: str, log_format: LogFormat) -> None:
     multiprocess.Process = _Worker  # type: ignore[misc]
     with contextlib.suppress(KeyboardInterrupt):
         Multiprocess(config, sockets=[reserved]).run()
-
-
-STARTUP_FAILURE = 3  # uvicorn's exit status when it cannot start
 
 
 class _Worker(multiprocess.Process):
