@@ -199,8 +199,11 @@ def _usage_counts(u: Usage) -> dict[str, Any]:
 
 
 def render_usage(u: Usage, service_tier: str | None = None) -> dict[str, Any]:
-    tier = service_tier if service_tier in ("standard", "priority", "batch") else "standard"
-    return {**_usage_counts(u), "cache_creation": None, "service_tier": tier, "inference_geo": None}
+    usage = _usage_counts(u)
+    usage["cache_creation"] = None
+    usage["service_tier"] = service_tier if service_tier in ("standard", "priority", "batch") else "standard"
+    usage["inference_geo"] = None
+    return usage
 
 
 def decode_thinking(text: str, token: str | None, *, redacted: bool = False) -> Reasoning:
@@ -688,9 +691,8 @@ def decode_request(body: dict[str, Any]) -> Request:
         stream=get("stream") is True,
         dialect=DIALECT,
     )
-    for name, value in body.items():
-        if name not in _FIELD_TYPES:
-            req.extra[name] = value
+    if not body.keys() <= _FIELD_TYPES.keys():  # (a subset test in C: most bodies hold no others)
+        req.extra = {name: value for name, value in body.items() if name not in _FIELD_TYPES}
     if tools := get("tools"):
         req.tools, foreign_tools = _decode_tools(tools)
         if foreign_tools:

@@ -158,12 +158,17 @@ def _encode_messages(messages: list[Message], opts: WireOptions) -> list[dict[st
             out.append(_encode_assistant(msg))
         else:
             role = msg.role if msg.role != "developer" or opts.developer_role else "system"
-            entry: dict[str, Any] = {"role": role, "content": _encode_content(msg.content)}
+            first = msg.content[0] if len(msg.content) == 1 else None
+            text = first.text if type(first) is Text else None  # most turns: one text, sent as a string
+            entry: dict[str, Any] = {
+                "role": role,
+                "content": text if text is not None else _encode_content(msg.content),
+            }
             if msg.name:
                 entry["name"] = msg.name
             out.append(entry)
-            # A user turn may carry tool results too (Anthropic puts them there).
-            out.extend(_encode_tool_results(msg))
+            if text is None:  # a user turn may carry tool results too (Anthropic puts them there)
+                out.extend(_encode_tool_results(msg))
     return out
 
 
@@ -173,8 +178,6 @@ def end_user_id(user: str) -> str:
 
 
 def _encode_content(parts: list[Part]) -> str | list[dict[str, Any]]:
-    if len(parts) == 1 and type(parts[0]) is Text:  # most turns: one text, sent as a string
-        return parts[0].text
     shown = [p for p in parts if not isinstance(p, (ToolResult, ToolCall, Reasoning, ProviderItem))]
     if all(isinstance(p, Text) for p in shown):
         # A prompt's texts are separate blocks (Claude Code's system blocks, the reminders before
@@ -283,8 +286,8 @@ def _encode_format(fmt: ResponseFormat) -> dict[str, Any]:
 def decode_usage(raw: dict[str, Any] | None) -> Usage:
     if not raw:
         return Usage()
-    prompt = raw.get("prompt_tokens_details") or {}
-    completion = raw.get("completion_tokens_details") or {}
+    prompt = raw.get("prompt_tokens_details") or _EMPTY
+    completion = raw.get("completion_tokens_details") or _EMPTY
     return Usage(
         input_tokens=raw.get("prompt_tokens") or 0,
         cached_input_tokens=prompt.get("cached_tokens") or 0,
@@ -293,23 +296,26 @@ def decode_usage(raw: dict[str, Any] | None) -> Usage:
     )
 
 
+_EMPTY: dict[str, Any] = {}  # what an absent object reads as (never written to)
+
+
 def decode_response(body: dict[str, Any]) -> Response:
     """A neutral response from a ``chat.completion`` object."""
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise ProtocolError("upstream chat completion has no choices")
     choice = choices[0]
-    msg = choice.get("message") or {}
+    msg = choice.get("message") or _EMPTY
     parts: list[Part] = []
     reasoning = msg.get("reasoning_content") or msg.get("reasoning")
     if isinstance(reasoning, str) and reasoning:
         parts.append(Reasoning(text=reasoning))
-    if msg.get("content"):
-        parts.append(Text(text=msg["content"]))
-    if msg.get("refusal"):
-        parts.append(Refusal(text=msg["refusal"]))
+    if content := msg.get("content"):
+        parts.append(Text(text=content))
+    if refusal := msg.get("refusal"):
+        parts.append(Refusal(text=refusal))
     before_calls = len(parts)
-    for call in msg.get("tool_calls") or []:
+    for call in msg.get("tool_calls") or ():
         fn = call.get("function") or {}
         parts.append(
             ToolCall(id=call.get("id") or "", name=fn.get("name") or "", arguments=fn.get("arguments") or "")

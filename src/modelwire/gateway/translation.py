@@ -48,7 +48,8 @@ class Translator:
         if backend.config.inline_media:
             await inline_media(req, self.transport, allow_private=self.config.server.allow_private_urls)
         driver = backend.driver(index)
-        overrides = {"model": target.model, **dict(target.params)}
+        overrides = {"model": target.model}
+        overrides.update(target.params)
         dropped = unsupported_settings(req, self.catalog.profile(target.model), backend.wire)
         if not call.stream:
             return Translated(dropped, response=await driver.complete(req, **overrides))

@@ -8,7 +8,7 @@ those), decode. The OpenAI driver (:mod:`.openai`) adds what OpenAI hosts need o
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any
 
 import orjson
@@ -79,7 +79,7 @@ class WireDriver:
             yield event
 
     def _plan(self, request: Request | None, settings: dict[str, Any], *, stream: bool) -> Request:
-        req = build_request(request, {**settings, "stream": stream})
+        req = build_request(request, settings, stream=stream)
         req.messages, _ = repair(req.messages)
         adapt(req, self.catalog.profile(req.model))
         return req
@@ -95,7 +95,7 @@ class WireDriver:
         return await observed_call(self.transport, self.observer, "POST", url, headers, body, self.timeout)
 
 
-async def observed_call(
+def observed_call(
     transport: Transport,
     observer: Observer,
     method: str,
@@ -103,15 +103,16 @@ async def observed_call(
     headers: Mapping[str, str],
     body: Body,
     read_timeout: float,
-) -> Reply:
-    """:func:`~.transport.call`, an error's body shown to the driver's observer (its capture tap)."""
+) -> Coroutine[Any, Any, Reply]:
+    """:func:`~.transport.call`, an error's body shown to the driver's observer (its capture tap).
+    (The call itself is returned to await: a coroutine of its own would only relay it.)"""
     if not observer.tapped:
-        return await call(transport, method, url, headers, body, read_timeout=read_timeout)
+        return call(transport, method, url, headers, body, read_timeout=read_timeout)
 
     def seen(payload: bytes, reply_headers: Mapping[str, str]) -> None:
         observer.payload("error", url, dict(reply_headers), payload)
 
-    return await call(transport, method, url, headers, body, read_timeout=read_timeout, on_error=seen)
+    return call(transport, method, url, headers, body, read_timeout=read_timeout, on_error=seen)
 
 
 async def raising(events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
@@ -125,7 +126,7 @@ async def raising(events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEve
 _REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(Request))
 
 
-def build_request(request: Request | None, settings: dict[str, Any]) -> Request:
+def build_request(request: Request | None, settings: dict[str, Any], *, stream: bool) -> Request:
     """A fresh request to plan with (the caller's is never changed): ``request`` with ``settings``."""
     if request is not None:
         req = copy_request(request)  # what dataclasses.replace would do, at a tenth of the cost
@@ -134,7 +135,9 @@ def build_request(request: Request | None, settings: dict[str, Any]) -> Request:
             if name not in _REQUEST_FIELDS:  # as Request(...) would refuse it
                 raise TypeError(f"Request.__init__() got an unexpected keyword argument {name!r}")
             setattr(req, name, value)
+        req.stream = stream
         return req
+    settings = {**settings, "stream": stream}
     messages = settings.pop("messages", [])
     if isinstance(messages, str):
         messages = [Message(role="user", content=[Text(text=messages)])]

@@ -65,7 +65,7 @@ class Planner:
         self._reported_repairs: OrderedDict[str, None] = OrderedDict()
 
     def plan(self, request: Request | None, settings: dict[str, Any], *, stream: bool) -> Plan:
-        req = build_request(request, {**settings, "stream": stream})
+        req = build_request(request, settings, stream=stream)
         req.messages, report = repair(req.messages)
         if report is not None:
             self._report_repair(report)
@@ -132,12 +132,13 @@ class Planner:
         configured = OPENAI_APIS[self.api]
         if configured not in wires:
             return WIRES[wires[0]]
-        if self.api == "chat" and "responses" in profile.apis:
-            tools_refused = profile.chat_tools == "no" or (
-                profile.chat_tools == "effort-none" and req.reasoning_effort not in (None, "none")
-            )
-            if "chat" not in profile.apis or (req.tools and tools_refused):
-                return WIRES["openai_responses"]
+        apis = profile.apis
+        if (
+            self.api == "chat"
+            and "responses" in apis
+            and ("chat" not in apis or (req.tools and _chat_refuses_tools(profile, req)))
+        ):
+            return WIRES["openai_responses"]
         return WIRES[configured]
 
     def _native_responses(self, req: Request) -> None:
@@ -227,6 +228,13 @@ class Planner:
         return Plan(
             req=req, transcript=plan.transcript, wire=plan.wire, profile=plan.profile, stops=plan.stops
         )
+
+
+def _chat_refuses_tools(profile: ModelProfile, req: Request) -> bool:
+    """Whether the model takes no tools on Chat Completions (some only at reasoning effort none)."""
+    return profile.chat_tools == "no" or (
+        profile.chat_tools == "effort-none" and req.reasoning_effort not in (None, "none")
+    )
 
 
 def _fit_tool_choice(req: Request, wire: Wire) -> None:
