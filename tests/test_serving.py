@@ -176,3 +176,41 @@ async def test_a_reset_connection_leaves_no_timer_holding_it() -> None:
         assert protocol.timeout_keep_alive_task is not None  # idle, kept alive for the next request
         protocol.connection_lost(lost)
         assert protocol.timeout_keep_alive_task is None, lost
+
+
+async def test_a_stream_sees_its_client_leave_without_a_task_of_its_own() -> None:
+    """On this server the watch reads the connection's own state: no task waits on ``receive``, and
+    a lost connection is seen at the next look."""
+    looks: list[bool] = []
+    lost = asyncio.Event()
+
+    async def watching(scope: Any, receive: Any, send: Any) -> None:
+        await http.read_body(receive, 1000, None)
+        watch = http.ClientWatch(receive)
+        await http.start_stream(send, [])
+        tasks = len(asyncio.all_tasks())
+        looks.append(watch.gone())
+        await lost.wait()
+        looks.append(watch.gone())
+        assert len(asyncio.all_tasks()) == tasks  # no watcher task was started
+        watch.stop()
+
+    protocol = connect(watching, RecordingTransport())
+    protocol.data_received(POST)
+    await asyncio.sleep(0.05)
+    protocol.connection_lost(ConnectionResetError())
+    lost.set()
+    await answered(protocol)
+    assert looks == [False, True]
+
+
+async def test_under_another_server_the_watch_waits_on_receive() -> None:
+    messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    watch = http.ClientWatch(messages.get)
+    assert watch.gone() is False  # the first look starts the task waiting on receive
+    await asyncio.sleep(0)
+    assert watch.gone() is False
+    await messages.put({"type": "http.disconnect"})
+    await asyncio.sleep(0.01)
+    assert watch.gone() is True
+    watch.stop()

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from ..errors import InvalidRequestError
 
@@ -81,16 +82,25 @@ async def disconnected(receive: Receive) -> None:
 
 
 class ClientWatch:
-    """Whether the client of a stream has gone away: a task waiting on ``receive``, started at the
-    first :meth:`gone` (a stream whose first read holds its end never asks, and never pays for it)."""
+    """Whether the client of a stream has gone away.
 
-    __slots__ = ("_receive", "_task")
+    On the gateway's own server the request's cycle says so: uvicorn marks it disconnected when the
+    connection is lost, so a look at that flag answers (a task per stream, made and cancelled, cost
+    ~4 µs of CPU). Under another server, a task waits on ``receive``, started at the first
+    :meth:`gone` (a stream whose first read holds its end never asks, and never pays for it).
+    """
+
+    __slots__ = ("_cycle", "_receive", "_task")
 
     def __init__(self, receive: Receive) -> None:
+        cycle = getattr(receive, "__self__", None)
+        self._cycle = cycle if isinstance(cycle, RequestResponseCycle) else None
         self._receive = receive
         self._task: asyncio.Future[Any] | None = None
 
     def gone(self) -> bool:
+        if self._cycle is not None:
+            return self._cycle.disconnected
         if self._task is None:
             self._task = asyncio.ensure_future(self._receive())
             return False
