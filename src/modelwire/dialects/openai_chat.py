@@ -283,6 +283,9 @@ def _encode_format(fmt: ResponseFormat) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": spec}
 
 
+_EMPTY: dict[str, Any] = {}  # what an absent object reads as (never written to)
+
+
 def decode_usage(raw: dict[str, Any] | None) -> Usage:
     if not raw:
         return Usage()
@@ -294,9 +297,6 @@ def decode_usage(raw: dict[str, Any] | None) -> Usage:
         output_tokens=raw.get("completion_tokens") or 0,
         reasoning_tokens=completion.get("reasoning_tokens") or 0,
     )
-
-
-_EMPTY: dict[str, Any] = {}  # what an absent object reads as (never written to)
 
 
 def decode_response(body: dict[str, Any]) -> Response:
@@ -316,7 +316,7 @@ def decode_response(body: dict[str, Any]) -> Response:
         parts.append(Refusal(text=refusal))
     before_calls = len(parts)
     for call in msg.get("tool_calls") or ():
-        fn = call.get("function") or {}
+        fn = call.get("function") or _EMPTY
         parts.append(
             ToolCall(id=call.get("id") or "", name=fn.get("name") or "", arguments=fn.get("arguments") or "")
         )
