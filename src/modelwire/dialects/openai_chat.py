@@ -387,7 +387,7 @@ class StreamDecoder:
     def _tool_delta(self, call: dict[str, Any]) -> None:
         index = call.get("index", 0)
         key = ("tool", index)
-        fn = call.get("function") or {}
+        fn = call.get("function") or _EMPTY
         if index not in self._tools:
             self._tools[index] = call.get("id") or f"call_{index}"
             self._b.tool_call(key, self._tools[index], fn.get("name") or "")
