@@ -134,6 +134,19 @@ def test_chat_stream_error_event_is_seen_and_passed_on() -> None:
     assert tap.errored and tap.closed
 
 
+def test_chat_stream_error_with_usage_or_after_it_is_seen_and_kept() -> None:
+    """An error event is never dropped as a usage-only chunk (nor its usage counted), and an error
+    after the usage chunk is seen although the usage chunk is found first."""
+    stream = sse(chunk("Hi"), {"error": {"message": "overloaded"}, **USAGE}) + b"data: [DONE]\n\n"
+    out, tap = every_split(lambda: ChatTap({"stream": True}), stream)
+    assert out == stream and tap.errored and tap.usage is None
+    cut = {"error": {"message": "cut"}}
+    stream = sse(chunk("Hi"), chunk(None, "stop"), USAGE, cut) + b"data: [DONE]\n\n"
+    out, tap = every_split(lambda: ChatTap({"stream": True}), stream)
+    assert out == sse(chunk("Hi"), chunk(None, "stop"), cut) + b"data: [DONE]\n\n"
+    assert tap.errored and tap.usage is not None and tap.usage.output_tokens == 3
+
+
 def test_chat_stream_error_mentioned_in_text_is_no_error() -> None:
     stream = sse(chunk('\n\ndata: {"error": no'), chunk(None, "stop")) + b"data: [DONE]\n\n"
     _, tap = every_split(lambda: ChatTap({"stream": True}), stream)

@@ -177,21 +177,31 @@ class ChatTap:
         if not data:
             return b""
         finish, usage = self._markers or self._spelling(data)
-        if not self.closed:
-            self.closed = data.endswith(_DONE)
+        closed = self.closed = self.closed or data.endswith(_DONE)
         if not self.finished:
-            self.finished = self.closed or _rfind_any(data, finish) != -1
-        if _ends_in_error(data, self.closed):
-            self.errored = True
+            self.finished = closed or _rfind_any(data, finish) != -1
         if self.filter_chunks:
+            self.errored = self.errored or _ends_in_error(data, closed)
             kept = [e for e in _events(data) if self._keep(e)]
             return b"\n\n".join(kept) + b"\n\n" if kept else b""
         at = _rfind_any(data, usage)
         if at == -1:
+            self.errored = self.errored or _ends_in_error(data, closed)
             return data
         # Only the last usage event of a read can be usage-only: it comes just before [DONE].
-        start, stop = _bounds(data, at)
-        return data if self._keep(data[start : stop - 2]) else data[:start] + data[stop:]
+        before = data.rfind(b"\n\n", 0, at)
+        start = before + 2 if before != -1 else 0
+        stop = data.find(b"\n\n", at) + 2
+        error = data.startswith(b'data: {"error"', start)
+        if error or (stop != len(data) and not data.startswith(_DONE, stop)):  # the last may be an error
+            self.errored = self.errored or _ends_in_error(data, closed)
+        if error:  # an error is never dropped, nor its usage counted
+            return data
+        if data.startswith(b"data: {", start):  # as vendors write it: parsed where it lies
+            doc = _parse(data[start + 6 : stop - 2])
+        else:
+            doc = _parse(_data(data[start : stop - 2]))
+        return data if doc is None or self._counted(doc) else data[:start] + data[stop:]
 
     def _spelling(self, data: bytes) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
         at = data.find(b'"finish_reason":')
@@ -201,25 +211,25 @@ class ChatTap:
         return self._markers
 
     def _keep(self, event: bytes) -> bool:
+        """Whether an event goes on to a client that wants only content chunks (``filter_chunks``)."""
         if event.find(b"[DONE]", 0, 12) != -1 or event.startswith(b'data: {"error"'):
             return True
-        return self._inspect(event)
-
-    def _inspect(self, event: bytes) -> bool:
         doc = _parse(_data(event))
         if doc is None:
             return True
         choices = doc.get("choices")
-        if doc.get("usage"):
-            self.usage = openai_chat.decode_usage(doc["usage"])
-            if self.strip_usage and not choices:
-                return False
-        if self.filter_chunks:
-            if not choices and not doc.get("usage"):
-                return False
-            if choices and not all(isinstance(c, dict) and "delta" in c for c in choices):
-                return False
-        return True
+        if not self._counted(doc) or (not choices and not doc.get("usage")):
+            return False
+        return not choices or all(isinstance(c, dict) and "delta" in c for c in choices)
+
+    def _counted(self, doc: dict[str, Any]) -> bool:
+        """Takes a chunk's usage; whether the chunk stays (not when it is usage alone and the
+        client did not ask for it)."""
+        usage = doc.get("usage")
+        if not usage:
+            return True
+        self.usage = openai_chat.decode_usage(usage)
+        return not self.strip_usage or bool(doc.get("choices"))
 
     def fail(self, err: ModelwireError) -> bytes:
         return b"data: " + orjson.dumps({"error": openai_chat.error_object(err)}) + b"\n\n"

@@ -77,6 +77,22 @@ class _Target:
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
+def _headers(raw: list[bytes]) -> Headers:
+    """An answer's header names and values (alternating, as parsed) as :class:`Headers`. Decoded
+    and lower-cased all at once, joined on NUL, which the parser refuses in a header: a header
+    at a time cost ~40 bytecodes each, and an upstream's answer has ten or twenty."""
+    names = b"\0".join(raw[0::2]).decode("latin-1").lower().split("\0")
+    values = b"\0".join(raw[1::2]).decode("latin-1").split("\0")
+    headers = Headers(zip(names, values, strict=True))
+    if len(headers) == len(names):
+        return headers
+    joined: dict[str, str] = {}  # a repeated header: its values joined, in order
+    for name, value in zip(names, values, strict=True):
+        prior = joined.get(name)
+        joined[name] = value if prior is None else f"{prior}, {value}"
+    return Headers(joined)
+
+
 _DETACHED = httptools.HttpResponseParser(object())  # a closed connection's parser: calls nothing back
 
 
@@ -91,8 +107,7 @@ class _Connection(asyncio.Protocol):
         self.head: asyncio.Future[None] | None = None
         self.closed = False
         self.idle_since = 0.0
-        self._names: list[bytes] = []
-        self._values: list[bytes] = []
+        self._raw: list[bytes] = []  # the answer's header names and values, alternating
 
     # asyncio.Protocol
 
@@ -131,19 +146,12 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._names.append(name)
-        self._values.append(value)
+        self._raw.extend((name, value))
 
     def on_headers_complete(self) -> None:
-        joined: dict[str, str] = {}
-        for name, value in zip(self._names, self._values, strict=True):
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            prior = joined.get(key)
-            joined[key] = text if prior is None else f"{prior}, {text}"
-        headers = Headers(joined)
-        self._names.clear()
-        self._values.clear()
+        raw = self._raw
+        headers = _headers(raw) if raw else Headers()
+        raw.clear()
         status = self.parser.get_status_code()
         if status < 200:  # 1xx: an interim answer; the real one follows
             return
