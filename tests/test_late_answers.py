@@ -1,6 +1,6 @@
 """The keep-alive schedule of streams waiting for their first answer (generation.LateAnswers):
-one timer per slice of time, every waiting stream told once its wait reached the period, and
-none told once its answer came."""
+one timer for all, ticking only while a stream waits, every waiting stream told once its wait
+reached the period, and none told once its answer came."""
 
 from __future__ import annotations
 
@@ -33,19 +33,22 @@ async def test_each_waiting_stream_is_told_once_within_a_slice_of_the_period() -
     await asyncio.sleep(0.6)
     assert set(told) == {"a", "b", "c"}
     for name, at in told.items():
-        assert 0.4 <= at - began[name] <= 0.4 + 0.05 + 0.05  # the period, a slice, the loop's lag
-    assert late._due == {} and late._slots == {}
+        assert 0.4 <= at - began[name] <= 0.4 + 0.05 + 0.05  # the period, a tick, the loop's lag
+    assert late._waiting == {} and late._timer is None  # nothing waits: the timer stopped
 
 
-async def test_a_stream_answered_in_time_is_not_told_and_one_timer_serves_a_slice() -> None:
+async def test_a_stream_answered_in_time_is_not_told_and_one_timer_serves_all() -> None:
     late = LateAnswers(0.4)
     told: list[str] = []
     answered, slow = waiting("answered"), waiting("slow")
     late.add(answered, lambda: told.append("answered"))
     late.add(slow, lambda: told.append("slow"))
-    assert len(late._due) == 1  # both began in the same slice: one timer
+    timer = late._timer
+    assert timer is not None
+    late.add(waiting("third"), lambda: told.append("third"))
+    assert late._timer is timer  # one timer for every waiting stream
     late.discard(answered)
     await asyncio.sleep(0.6)
-    assert told == ["slow"]
+    assert sorted(told) == ["slow", "third"]
     late.discard(slow)  # after it was told: nothing left to remove, and no error
-    assert late._due == {} and late._slots == {}
+    assert late._waiting == {} and late._timer is None

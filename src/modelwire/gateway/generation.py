@@ -4,7 +4,6 @@ targets, each attempt forwarded or translated, then the answer whole or streamed
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,35 +32,30 @@ if TYPE_CHECKING:
 
 class LateAnswers:
     """Streams still waiting for their first answer, each told when it has waited ``after``
-    seconds. One timer per slice of time (an eighth of ``after``) serves every stream due in it, so
-    a stream is told between ``after`` and ``after`` plus a slice; a timer per stream cost about 2%
-    of a stream's CPU (uvloop makes a libuv timer for each), for the rare stream that waits."""
+    seconds. One timer, ticking every eighth of ``after`` while any stream waits, serves them all,
+    so a stream is told between ``after`` and ``after`` plus a tick; a timer per stream cost about
+    2% of a stream's CPU (uvloop makes a libuv timer for each), for the rare stream that waits, and
+    a stream that is answered in time pays for a dict entry made and removed."""
 
     def __init__(self, after: float) -> None:
         self._after = after
-        self._slice = after / 8
-        self._due: dict[float, dict[Call, Callable[[], None]]] = {}
-        self._slots: dict[Call, float] = {}
+        self._tick = after / 8
+        self._waiting: dict[Call, Callable[[], None]] = {}
+        self._timer: asyncio.TimerHandle | None = None
 
     def add(self, call: Call, late: Callable[[], None]) -> None:
-        loop = asyncio.get_running_loop()
-        at = math.ceil((loop.time() + self._after) / self._slice) * self._slice
-        due = self._due.get(at)
-        if due is None:
-            due = self._due[at] = {}
-            loop.call_at(at, self._told, at)
-        due[call] = late
-        self._slots[call] = at
+        self._waiting[call] = late
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._tick, self._told)
 
     def discard(self, call: Call) -> None:
-        at = self._slots.pop(call, None)
-        if at is not None:
-            self._due[at].pop(call, None)
+        self._waiting.pop(call, None)
 
-    def _told(self, at: float) -> None:
-        for call, late in self._due.pop(at).items():
-            del self._slots[call]
-            late()
+    def _told(self) -> None:
+        waited = time.monotonic() - self._after
+        for call in [c for c in self._waiting if c.started <= waited]:
+            self._waiting.pop(call)()
+        self._timer = asyncio.get_running_loop().call_later(self._tick, self._told) if self._waiting else None
 
 
 @dataclass(eq=False)
