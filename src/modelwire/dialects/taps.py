@@ -189,9 +189,7 @@ class ChatTap:
             self.errored = self.errored or _ends_in_error(data, closed)
             return data
         # Only the last usage event of a read can be usage-only: it comes just before [DONE].
-        before = data.rfind(b"\n\n", 0, at)
-        start = before + 2 if before != -1 else 0
-        stop = data.find(b"\n\n", at) + 2
+        start, stop = _bounds(data, at)
         error = data.startswith(b'data: {"error"', start)
         if error or (stop != len(data) and not data.startswith(_DONE, stop)):  # the last may be an error
             self.errored = self.errored or _ends_in_error(data, closed)
