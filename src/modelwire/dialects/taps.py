@@ -110,12 +110,17 @@ def _marked(data: bytes, markers: tuple[bytes, ...], within: int = 0) -> Iterato
         at = _find_any(data, markers, stop)
 
 
-def _data(event: bytes) -> bytes | None:
-    """The ``data:`` payload of one event (single-line, as every vendor writes them)."""
-    at = event.find(b"data:")
+def _data(data: bytes, start: int = 0, stop: int | None = None) -> bytes | None:
+    """The ``data:`` payload of one event (single-line, as every vendor writes them): ``data``
+    itself, or the event at ``data[start:stop]`` in a read, sliced out once."""
+    if stop is None:
+        stop = len(data)
+    if data.startswith(b"data: ", start):  # as vendors write it
+        return data[start + 6 : stop]
+    at = data.find(b"data:", start, stop)
     if at == -1:
         return None
-    payload = event[at + 5 :]
+    payload = data[at + 5 : stop]
     return payload[1:] if payload.startswith(b" ") else payload
 
 
@@ -127,6 +132,7 @@ _USAGE = (b'"usage":{', b'"usage": {')
 _COMPACT = ((_FINISH[0],), (_USAGE[0],))
 _SPACED = ((_FINISH[1],), (_USAGE[1],))
 _DONE = (b"data: [DONE]\n\n", b"data:[DONE]\n\n")  # the very last event, whole
+_ERROR = b'data: {"error"'  # how an error event begins (its first key)
 
 
 def _ends_in_error(data: bytes, closed: bool) -> bool:
@@ -138,7 +144,7 @@ def _ends_in_error(data: bytes, closed: bool) -> bool:
         if end == -1:
             return False
     start = data.rfind(b"\n\n", 0, end)
-    return data.startswith(b'data: {"error"', start + 2 if start != -1 else 0)
+    return data.startswith(_ERROR, start + 2 if start != -1 else 0)
 
 
 class ChatTap:
@@ -190,15 +196,12 @@ class ChatTap:
             return data
         # Only the last usage event of a read can be usage-only: it comes just before [DONE].
         start, stop = _bounds(data, at)
-        error = data.startswith(b'data: {"error"', start)
+        error = data.startswith(_ERROR, start)
         if error or (stop != len(data) and not data.startswith(_DONE, stop)):  # the last may be an error
             self.errored = self.errored or _ends_in_error(data, closed)
         if error:  # an error is never dropped, nor its usage counted
             return data
-        if data.startswith(b"data: {", start):  # as vendors write it: parsed where it lies
-            doc = _parse(data[start + 6 : stop - 2])
-        else:
-            doc = _parse(_data(data[start : stop - 2]))
+        doc = _parse(_data(data, start, stop - 2))
         return data if doc is None or self._counted(doc) else data[:start] + data[stop:]
 
     def _spelling(self, data: bytes) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
@@ -210,7 +213,7 @@ class ChatTap:
 
     def _keep(self, event: bytes) -> bool:
         """Whether an event goes on to a client that wants only content chunks (``filter_chunks``)."""
-        if event.find(b"[DONE]", 0, 12) != -1 or event.startswith(b'data: {"error"'):
+        if event.find(b"[DONE]", 0, 12) != -1 or event.startswith(_ERROR):
             return True
         doc = _parse(_data(event))
         if doc is None:
