@@ -17,8 +17,9 @@ from .store import KEYS_COUNTER, RESPONSES_COUNTER, describe_error
 log = logging.getLogger("modelwire.gateway")
 
 MISS_CHECK_SECONDS = 0.05
-"""An unknown key makes the gateway read the store's key counter at once, at most this often: a
-key just created works on its first request, and a flood of bad keys costs at most 20 reads a second."""
+"""An unknown key makes the gateway read the store's key counter, at most this long after the last
+read ended: a key just created works on its first request, and a flood of bad keys costs at most 20
+reads a second."""
 
 
 class StoreSync:
@@ -26,7 +27,8 @@ class StoreSync:
         self.state = state
         self.dependencies = dependencies
         self._reading: asyncio.Future[None] | None = None
-        self._read_at = 0.0
+        self._started_at = 0.0  # when the last read began
+        self._read_at = 0.0  # when it ended
 
     async def watch(self) -> None:
         while True:
@@ -37,17 +39,29 @@ class StoreSync:
         """Read the store's change counters: reload the key table, or forget remembered responses,
         when one moved. Concurrent callers share one read."""
         if self._reading is None:
+            self._started_at = time.monotonic()
             self._reading = asyncio.ensure_future(self._read())
         await asyncio.shield(self._reading)
 
     async def check_for_new_key(self) -> None:
-        """An unknown key came: read the counters now (rate-limited), never waiting more than a
-        second on a hung store."""
-        if self.state.store is None or time.monotonic() - self._read_at <= MISS_CHECK_SECONDS:
+        """An unknown key came: wait for a read begun after it came, never more than a second on a
+        hung store. A read under way, or one that ended a moment ago, may have looked before the key
+        was made (on another replica); a new one waits out the rest of :data:`MISS_CHECK_SECONDS`,
+        and every request waiting meanwhile shares it."""
+        if self.state.store is None:
             return
+        came = time.monotonic()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):
-                await self.check()
+                while self._started_at < came:
+                    if self._reading is not None:
+                        await asyncio.shield(self._reading)
+                    elif (wait := self._read_at + MISS_CHECK_SECONDS - time.monotonic()) > 0:
+                        await asyncio.sleep(wait)
+                    else:
+                        await self.check()
+                if self._reading is not None:  # begun since, by another request: not over yet
+                    await asyncio.shield(self._reading)
 
     async def _read(self) -> None:
         state = self.state
