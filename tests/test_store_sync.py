@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 
 from modelwire.gateway.auth import KeyBook
-from modelwire.gateway.chains import Chains
 from modelwire.gateway.health import Dependencies
-from modelwire.gateway.limits import Limiter, MemoryCounters
 from modelwire.gateway.state import State
 from modelwire.gateway.store import Store
 from modelwire.gateway.sync import MISS_CHECK_SECONDS, StoreSync
@@ -55,7 +53,8 @@ def stores(tmp_path: Path) -> Iterator[tuple[Store, CountedStore]]:
 
 def replica(store: CountedStore) -> tuple[KeyBook, StoreSync]:
     keys = KeyBook([], store, loopback=False)  # type: ignore[arg-type]
-    state = State(keys=keys, limiter=Limiter(MemoryCounters()), chains=Chains(None), store=store)  # type: ignore[arg-type]
+    state = State.in_memory(keys)
+    state.store = store  # type: ignore[assignment]
     return keys, StoreSync(state, Dependencies())
 
 
