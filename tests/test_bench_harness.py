@@ -3,10 +3,13 @@ wrong figures in the README."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import compare
+import inprocess
 
 
 def _state(pid: int) -> str:
@@ -65,6 +69,29 @@ def test_translated_paths_are_reported_against_chat_passthrough_in_rps_and_in_cp
     lines = capsys.readouterr().out.splitlines()
     # medians: rps 4,250 / 5,500; CPU 160 / 200
     assert "  messages_to_chat: rps ÷ chat passthrough = 0.77 (CPU/req: chat's ÷ this one's = 0.80)" in lines
+
+
+@dataclass
+class _Point:
+    x: int
+    y: int
+
+
+async def _make_points(n: int) -> None:
+    for _ in range(n):
+        _Point(1, 2)
+        await asyncio.sleep(0)
+
+
+def test_bytecode_counts_follow_the_work_and_name_a_dataclass_init_by_its_class() -> None:
+    few = asyncio.run(inprocess.count_bytecodes(functools.partial(_make_points, 10)))
+    many = asyncio.run(inprocess.count_bytecodes(functools.partial(_make_points, 30)))
+    init = "<string>:__init__ (_Point)"
+    assert few[init] > 0
+    assert many[init] == 3 * few[init]  # the same three assignments per point, every time
+    loop = next(where for where in few if where.endswith("test_bench_harness.py:_make_points"))
+    assert many[loop] > 2 * few[loop]
+    assert not any("count_bytecodes" in where for where in few)  # tracing starts inside the work
 
 
 def _median(rows: list[dict[str, float]], key: str) -> float | None:
