@@ -8,7 +8,8 @@ upstream, to tell where a scenario's time goes apart from uvicorn and wrk:
 ``cpu`` runs three rounds of ``--requests`` requests, ``--concurrency`` in flight, and prints the
 process's CPU time per request. ``bytecodes`` counts the bytecodes each request executes (a trace
 function, over ``TRACED_REQUESTS``), by file and by function, a dataclass's ``__init__`` named by its
-class: unlike time on a shared machine, the count does not move between runs, so two scenarios'
+class: where CPU time on a shared machine moves by 10% and more between runs, the count moves by
+~1% (work on a clock, the request log's flush, falls in some runs' window), so two scenarios'
 counts show where one's extra work lies. Needs nginx.
 """
 
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -33,7 +35,8 @@ sys.path.insert(0, HERE)
 import compare  # noqa: E402  (the same upstream, config and bodies)
 
 Counts = collections.Counter[str]
-TRACED_REQUESTS = 200  # tracing every bytecode is slow; the count per request does not move
+TRACED_REQUESTS = 200  # tracing every bytecode is slow; the count per request barely moves
+WARMUP_REQUESTS = 2000
 
 
 def _where(frame: FrameType) -> str:
@@ -142,9 +145,9 @@ async def _main(args: argparse.Namespace, config: str, bodies: dict[str, bytes])
     lifespan = asyncio.ensure_future(app({"type": "lifespan"}, inbox.get, outbox.put))
     if (await outbox.get())["type"] != "lifespan.startup.complete":
         raise SystemExit("the gateway did not start")
-    for scenario in args.scenarios.split(","):
-        path, body = compare.SCENARIOS[scenario][0], bodies[scenario]
-        await _requests(app, path, body, 2000, args.concurrency)  # warm up
+    for scenario, body in bodies.items():
+        path = compare.SCENARIOS[scenario][0]
+        await _requests(app, path, body, WARMUP_REQUESTS, args.concurrency)
         if args.mode == "cpu":
             for _ in range(3):
                 started = time.process_time()
@@ -168,10 +171,8 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--top", type=int, default=30)
     args = ap.parse_args()
-    bodies = {}
-    for scenario in args.scenarios.split(","):
-        with open(os.path.join(compare.BODIES, compare.SCENARIOS[scenario][1]), "rb") as f:
-            bodies[scenario] = f.read()
+    scenarios = args.scenarios.split(",")
+    bodies = {s: Path(compare.BODIES, compare.SCENARIOS[s][1]).read_bytes() for s in scenarios}
 
     import uvloop
 
