@@ -10,7 +10,9 @@ process's CPU time per request. ``bytecodes`` counts the bytecodes each request 
 function, over ``TRACED_REQUESTS``), by file and by function, a dataclass's ``__init__`` named by its
 class: where CPU time on a shared machine moves by 10% and more between runs, the count moves by
 ~1% (work on a clock, the request log's flush, falls in some runs' window), so two scenarios'
-counts show where one's extra work lies. Needs nginx.
+counts show where one's extra work lies. A count is not a time, though: a short loop turned into C
+calls (``map``, ``str.format``, ``dict()``) counts fewer bytecodes and can cost more, so time what
+the count suggests (``cpu`` mode, ``timeit``, the harness) before keeping it. Needs nginx.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ import orjson
 import pytest
 import yaml
 
+from modelwire.gateway import app as gateway_app
+from modelwire.gateway.call import MINTED_ID_PREFIX
+
 from .fake_upstream import FakeUpstream, Reply
 from .gateway_fixtures import CLIENT_KEY, MODELWIRE, RunningGateway, base_config, free_port, start_gateway
 
@@ -266,6 +269,16 @@ def test_forwarded_headers_from_others_are_not_believed(
 # ----------------------------------------------------------------------------------------------
 # The request log
 # ----------------------------------------------------------------------------------------------
+
+
+def test_a_request_id_is_the_clients_own_only_when_it_is_usable() -> None:
+    def request_id(*sent: tuple[bytes, bytes]) -> str:
+        return gateway_app._request_id({"headers": [(b"host", b"gw"), *sent, (b"accept", b"*/*")]})
+
+    assert request_id((b"x-request-id", b"req-7")) == "req-7"
+    assert request_id((b"x-request-id", b"r" * 128)) == "r" * 128
+    minted = [request_id(), request_id((b"x-request-id", b"")), request_id((b"x-request-id", b"r" * 129))]
+    assert all(m.startswith(MINTED_ID_PREFIX) for m in minted) and len(set(minted)) == 3
 
 
 def test_one_line_per_request_with_what_happened(upstream: FakeUpstream, tmp_path: Path) -> None:

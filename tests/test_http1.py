@@ -102,6 +102,34 @@ async def test_a_body_goes_up_and_the_answer_comes_back_on_a_kept_connection(
     await transport.aclose()
 
 
+async def test_the_head_has_the_callers_headers_once_and_this_clients_own_framing(
+    raw_server: Callable[[Handler], Awaitable[str]],
+) -> None:
+    requests: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, body = await read_request(reader)
+        requests.append(head + body)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    base = await raw_server(answer)
+    transport = Http1Transport()
+    framing = {"Host": "gw", "content-length": "99", "Transfer-Encoding": "chunked", "Connection": "close"}
+    headers = {**framing, "Accept-Encoding": "identity", "X-Id": "7"}
+    assert await (await transport.send("POST", f"{base}/v1/x?q=1", headers, b"hello")).read() == b"ok"
+    assert requests[0].split(b"\r\n") == [
+        b"POST /v1/x?q=1 HTTP/1.1",
+        f"Host: {base.split('//')[1]}".encode(),
+        b"Accept-Encoding: identity",  # the caller's, not a second one of this client's
+        b"X-Id: 7",
+        b"Content-Length: 5",
+        b"",
+        b"hello",
+    ]
+    await transport.aclose()
+
+
 async def test_a_stream_arrives_as_it_is_sent(app_server: tuple[str, list[web.Request]]) -> None:
     base, _ = app_server
     transport = Http1Transport()
