@@ -923,7 +923,7 @@ def test_a_killed_worker_is_replaced_and_its_share_of_connections_served(
         before = set(worker_pids(gateway.proc.pid))
         victim = next(iter(before))
         os.kill(victim, signal.SIGKILL)
-        while _state(victim) not in ("Z", None):  # its sockets are closed once it is a zombie
+        while not _exited(victim):
             time.sleep(0.01)
         during = in_parallel([lambda: request(gateway, "GET", "/v1/models")] * 16)
         deadline = time.monotonic() + 30
@@ -938,8 +938,14 @@ def test_a_killed_worker_is_replaced_and_its_share_of_connections_served(
     assert len(after) == 1 and len(Counter(worker_of(headers) for _, headers, _ in burst)) == 2
 
 
-def _state(pid: int) -> str | None:
+def _exited(pid: int) -> bool:
+    """Whether every thread of ``pid`` has exited, so its sockets are closed. Its main thread shows
+    as a zombie while the others (the executor's, the writers') may still be exiting and holding the
+    process's files, its listening socket among them: connections the kernel gave that socket then
+    were reset when the last thread closed it."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        threads = os.listdir(f"/proc/{pid}/task")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError):
-        return None
+        return True  # reaped
+    return threads == [str(pid)] and state == "Z"
