@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -242,6 +242,23 @@ http {{
     with open(path, "w") as f:
         f.write(conf)
     return path
+
+
+@contextlib.contextmanager
+def canned_upstream(prefix: str) -> Iterator[tuple[str, int]]:
+    """A fresh working directory and the port of the canned upstream (nginx) serving from it, for
+    the tools beside this harness; nginx is stopped on leaving."""
+    root = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(root, 0o755)  # nginx workers run as an unprivileged user
+    up = free_port()
+    nginx = subprocess.Popen(["nginx", "-c", write_upstream(root, up), "-g", "daemon off;"])
+    try:
+        if not wait_http(f"http://127.0.0.1:{up}/plain/v1/models"):
+            raise SystemExit("the upstream (nginx) did not start")
+        yield root, up
+    finally:
+        nginx.terminate()
+        nginx.wait()
 
 
 REDIS_URL = os.environ.get("MODELWIRE_BENCH_REDIS", "redis://127.0.0.1:6379/15")

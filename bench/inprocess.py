@@ -22,9 +22,7 @@ import asyncio
 import collections
 import functools
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -178,17 +176,8 @@ def main() -> int:
 
     import uvloop
 
-    root = tempfile.mkdtemp(prefix="modelwire-inprocess-")
-    os.chmod(root, 0o755)  # nginx workers run as an unprivileged user
-    up = compare.free_port()
-    upstream = subprocess.Popen(["nginx", "-c", compare.write_upstream(root, up), "-g", "daemon off;"])
-    try:
-        if not compare.wait_http(f"http://127.0.0.1:{up}/plain/v1/models"):
-            raise SystemExit("nginx did not start")
+    with compare.canned_upstream("modelwire-inprocess-") as (root, up):
         uvloop.run(_main(args, compare.modelwire_config(root, compare.free_port(), up), bodies))
-    finally:
-        upstream.terminate()
-        upstream.wait()
     return 0
 
 

@@ -24,7 +24,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -129,18 +128,18 @@ def main() -> int:
     ap.add_argument("--scenarios", default="chat", help="comma list: chat, chat_stream, responses")
     ap.add_argument("--floor", action="store_true", help="also count the two floors, not tracing")
     args = ap.parse_args()
-    few, many = (int(n) for n in args.requests.split(","))
-    scenarios = args.scenarios.split(",")
     compare.ensure_debian("nginx", "nginx")
     compare.ensure_debian("valgrind", "valgrind")
-    root = Path(tempfile.mkdtemp(prefix="mw-instructions-"))
-    root.chmod(0o755)
-    up, sink_port = compare.free_port(), compare.free_port()
-    nginx_conf = compare.write_upstream(str(root), up)
-    procs = [
-        subprocess.Popen(["nginx", "-c", nginx_conf, "-g", "daemon off;"]),
-        subprocess.Popen([sys.executable, "-c", trace_cost.SINK, str(sink_port)]),
-    ]
+    with compare.canned_upstream("mw-instructions-") as (root, up):
+        _count(args, Path(root), up)
+    return 0
+
+
+def _count(args: argparse.Namespace, root: Path, up: int) -> None:
+    few, many = (int(n) for n in args.requests.split(","))
+    scenarios = args.scenarios.split(",")
+    sink_port = compare.free_port()
+    sink_proc = subprocess.Popen([sys.executable, "-c", trace_cost.SINK, str(sink_port)])
     sink = f"http://127.0.0.1:{sink_port}"
     if args.floor:
         targets = [
@@ -151,9 +150,8 @@ def main() -> int:
     else:
         targets = [Target("off"), Target("on 100%", sink=sink)]
     try:
-        for url in (f"http://127.0.0.1:{up}/plain/v1/models", sink + "/count"):
-            if not compare.wait_http(url):
-                raise SystemExit(f"{url} did not come up")
+        if not compare.wait_http(sink + "/count"):
+            raise SystemExit(f"{sink}/count did not come up")
         kind = "target" if args.floor else "tracing"
         print(f"| scenario | {kind} | instructions per request | ÷ {targets[0].label} |")
         print("|---|---|---|---|")
@@ -172,10 +170,8 @@ def main() -> int:
             for label, value in per_request.items():
                 print(f"| {scenario} | {label} | {value:,.0f} | {value / first:.3f} |", flush=True)
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait(timeout=30)
-    return 0
+        sink_proc.terminate()
+        sink_proc.wait(timeout=30)
 
 
 if __name__ == "__main__":

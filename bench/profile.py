@@ -16,7 +16,6 @@ import collections
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -66,10 +65,13 @@ def main() -> int:
     ap.add_argument("--config-extra", default="", help="YAML appended to the gateway's config")
     args = ap.parse_args()
 
-    root = tempfile.mkdtemp(prefix="modelwire-profile-")
-    os.chmod(root, 0o755)
-    up, port = compare.free_port(), compare.free_port()
-    upstream = subprocess.Popen(["nginx", "-c", compare.write_upstream(root, up), "-g", "daemon off;"])
+    with compare.canned_upstream("modelwire-profile-") as (root, up):
+        _profile(args, root, up)
+    return 0
+
+
+def _profile(args: argparse.Namespace, root: str, up: int) -> None:
+    port = compare.free_port()
     config = compare.modelwire_config(root, port, up)
     if args.config_extra:
         with open(config, "a") as f:
@@ -131,10 +133,7 @@ def main() -> int:
             print(f"  {100 * count / samples:6.1f}  {frame}")
     finally:
         gateway.terminate()
-        upstream.terminate()
         gateway.wait()
-        upstream.wait()
-    return 0
 
 
 if __name__ == "__main__":
