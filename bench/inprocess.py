@@ -4,6 +4,7 @@ upstream, to tell where a scenario's time goes apart from uvicorn and wrk:
 
     .venv/bin/python bench/inprocess.py chat,messages_to_chat                # CPU µs per request
     .venv/bin/python bench/inprocess.py chat,messages_to_chat --mode bytecodes --top 40
+    .venv/bin/python bench/inprocess.py chat --shared    # with a limit counted in Redis
 
 ``cpu`` runs three rounds of ``--requests`` requests, ``--concurrency`` in flight, and prints the
 process's CPU time per request. ``bytecodes`` counts the bytecodes each request executes (a trace
@@ -170,6 +171,9 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument(
+        "--shared", action="store_true", help="the scaling targets' config: an rpm limit counted in Redis"
+    )
     args = ap.parse_args()
     scenarios = args.scenarios.split(",")
     bodies = {s: Path(compare.BODIES, compare.SCENARIOS[s][1]).read_bytes() for s in scenarios}
@@ -177,7 +181,8 @@ def main() -> int:
     import uvloop
 
     with compare.canned_upstream("modelwire-inprocess-") as (root, up):
-        uvloop.run(_main(args, compare.modelwire_config(root, compare.free_port(), up), bodies))
+        config = compare.modelwire_config(root, compare.free_port(), up, workers=1 if args.shared else 0)
+        uvloop.run(_main(args, config, bodies))
     return 0
 
 

@@ -310,6 +310,28 @@ async def test_unlimited_policies_never_touch_the_counters() -> None:
     await limiter.record(policy, tokens=10**6, cost=99.0)
 
 
+@pytest.mark.parametrize(
+    ("policy", "metered"),
+    [
+        (Policy("open"), False),
+        (Policy("dev", rpm=100), False),
+        (Policy("dev", tpm=1000), True),
+        (Policy("dev", budget_usd=5.0), True),
+        (Policy("dev", rpm=1, tpm=1, budget_usd=1.0), True),
+    ],
+)
+async def test_only_metered_policies_have_anything_to_record(policy: Policy, metered: bool) -> None:
+    """The gateway records a served request only for a metered policy: for any other, recording
+    must have had nothing to do (rpm counted the request when it was admitted)."""
+    assert policy.metered is metered
+    recording = Limiter(Untouchable()).record(policy, tokens=10**6, cost=99.0)  # type: ignore[arg-type]
+    if metered:
+        with pytest.raises(AssertionError, match="used for an unlimited policy"):
+            await recording
+    else:
+        await recording
+
+
 # ---------------------------------------------------------------------------------------- Retry-After maths
 
 

@@ -207,6 +207,54 @@ async def test_concurrent_calls_share_one_connection_and_get_their_own_replies(
     assert len(set(ids)) == 1, "every call went over one connection"
 
 
+class _RecordingTransport:
+    """A connection's transport, with every write it is given kept."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        self.transport.write(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.transport, name)
+
+
+def _record_writes(client: RespClient) -> _RecordingTransport:
+    connection = client._connection
+    assert connection is not None and connection._transport is not None
+    recording = _RecordingTransport(connection._transport)
+    connection._transport = recording  # type: ignore[assignment]
+    return recording
+
+
+async def test_the_calls_of_one_turn_go_out_in_one_write(client: RespClient, prefix: str) -> None:
+    assert await client.call("PING") == "PONG"
+    recording = _record_writes(client)
+    key = f"{prefix}:n"
+    counts = await asyncio.gather(*(client.call("INCR", key) for _ in range(20)))
+    assert sorted(counts) == list(range(1, 21))  # type: ignore[type-var]
+    assert len(recording.writes) == 1 and recording.writes[0].count(b"INCR") == 20
+    assert await client.pipeline(("GET", key), ("DEL", key)) == [b"20", 1]
+    assert len(recording.writes) == 2, "a call in a later turn is a write of its own"
+
+
+async def test_calls_failed_before_their_turn_ends_are_never_written(client: RespClient) -> None:
+    assert await client.call("PING") == "PONG"
+    recording = _record_writes(client)
+    connection = client._connection
+    assert connection is not None
+    pending = connection.request(encode_command(("PING",)), 1)
+    connection.close()
+    with pytest.raises(RedisConnectionError):
+        await pending
+    await asyncio.sleep(0)
+    assert recording.writes == []
+    assert await client.call("PING") == "PONG"  # on a new connection
+
+
 async def test_a_pipeline_answers_in_order(client: RespClient, prefix: str) -> None:
     key = f"{prefix}:p"
     assert await client.pipeline(("INCRBYFLOAT", key, 1.25), ("EXPIRE", key, 60), ("GET", key)) == [

@@ -77,6 +77,11 @@ class Policy:
     def unlimited(self) -> bool:
         return self.rpm is None and self.tpm is None and self.budget_usd is None
 
+    @property
+    def metered(self) -> bool:
+        """Whether a served request's tokens or cost count against a limit (rpm counts it before)."""
+        return self.tpm is not None or self.budget_usd is not None
+
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
