@@ -332,6 +332,43 @@ async def test_only_metered_policies_have_anything_to_record(policy: Policy, met
         await recording
 
 
+class Counting(MemoryCounters):
+    """Memory counters that count the calls recording usage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    async def hit(self, name: str, window: int, amount: float = 1.0) -> float:
+        self.calls.append(f"hit {name}")
+        return await super().hit(name, window, amount)
+
+    async def add_spend(self, name: str, usd: float) -> float:
+        self.calls.append(f"add_spend {name}")
+        return await super().add_spend(name, usd)
+
+
+async def test_the_requests_of_one_turn_are_recorded_once_per_key() -> None:
+    counters = Counting()
+    limiter = Limiter(counters)
+    a, b = Policy("a", tpm=10**6, budget_usd=100.0), Policy("b", tpm=10**6)
+    for tokens in (10, 20, 30):
+        limiter.tally(a, tokens=tokens, cost=0.25)
+    limiter.tally(b, tokens=7, cost=None)
+    limiter.tally(b, tokens=8, cost=1.0)  # b has no budget: its cost counts nowhere
+    limiter.tally(Policy("c", rpm=5), tokens=99, cost=9.0)  # rpm alone: nothing to record
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert sorted(counters.calls) == ["add_spend a", "hit tpm:a", "hit tpm:b"]
+    assert await counters.total("tpm:a", 60) == 60 and await counters.spend("a") == 0.75
+    assert await counters.total("tpm:b", 60) == 15 and await counters.spend("b") == 0
+    assert await counters.total("tpm:c", 60) == 0 and await counters.spend("c") == 0
+    limiter.tally(a, tokens=1, cost=0.5)  # a later turn: recorded on its own
+    await limiter.aclose()  # which records what is still tallied
+    assert await counters.total("tpm:a", 60) == 61 and await counters.spend("a") == 1.25
+    assert len(counters.calls) == 5
+
+
 # ---------------------------------------------------------------------------------------- Retry-After maths
 
 

@@ -51,7 +51,6 @@ class Accounting:
         self.metrics = metrics
         self.capture = capture
         self.catalog = catalog
-        self._background: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------------------ capture
 
@@ -198,24 +197,13 @@ class Accounting:
                 usage.reasoning_tokens,
                 cost or 0.0,
             )
-        if call.key is not None and call.key.policy.metered:  # (a task costs ~9 µs: none for rpm alone)
-            self._spawn(self.state.limiter.record(call.key.policy, tokens=usage.total_tokens, cost=cost))
+        if call.key is not None:
+            self.state.limiter.tally(call.key.policy, tokens=usage.total_tokens, cost=cost)
 
     async def estimate(self, call: Call) -> Usage:
         """What a cut request used, when the upstream never said: its input counted offline, and
         about one output token per stream event that reached the client."""
         return Usage(input_tokens=await asyncio.to_thread(_input_tokens, call), output_tokens=call.events)
-
-    def _spawn(self, work: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def drain(self) -> None:
-        """Stop the background work still running (counter updates) at shutdown."""
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
 
 
 def _input_tokens(call: Call) -> int:

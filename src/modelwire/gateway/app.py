@@ -279,7 +279,6 @@ class Gateway:
         # Before the usage rows and stored responses are written out: these end by writing theirs.
         await self.background.stop()
         await self.upstream_runs.stop()
-        await self.accounting.drain()
         state = self.state
         await state.chains.drain()
         if state.usage is not None:
