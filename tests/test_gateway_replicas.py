@@ -533,6 +533,35 @@ def test_limits_are_exact_across_two_workers_sharing_redis(
     )
 
 
+def test_tokens_and_spend_add_up_exactly_across_two_workers_sharing_redis(
+    upstream: FakeUpstream, private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    """Each served request's tokens and cost reach Redis once, whichever worker served it and
+    however many requests a worker tallied together in one turn of its event loop."""
+    config = gateway_config(upstream, tmp_path, workers=2)
+    config["redis"] = private_redis.url
+    key = "sk-client-metered-0003"
+    config["keys"] = [*config["keys"], {"key": key, "name": "metered", "tpm": 10**9, "budget_usd": 1000.0}]
+    upstream.script(*[Reply.text("ok", usage=(100, 100))] * (2 * ATTEMPTS))  # gpt-4.1: $0.0010 each
+    gateway = start_gateway(config, tmp_path, name="two-workers-metered")
+    try:
+        wait_for_workers(gateway)
+        served = [chat(gateway, key) for _ in range(ATTEMPTS)]
+        served += in_parallel([lambda: chat(gateway, key)] * ATTEMPTS)
+    finally:
+        gateway.stop()  # a worker records what it has tallied before it exits
+    assert [status for status, _, _ in served] == [200] * (2 * ATTEMPTS)
+    assert len({worker_of(headers) for _, headers, _ in served}) == 2
+    client = redis.Redis.from_url(private_redis.url)
+    try:
+        tokens = sum(float(client.get(k) or 0) for k in client.scan_iter("modelwire:tpm:metered:*"))
+        spend = float(client.get("modelwire:spend:metered") or 0)
+    finally:
+        client.close()
+    assert tokens == 2 * ATTEMPTS * 200
+    assert spend == pytest.approx(2 * ATTEMPTS * 0.001)
+
+
 def test_limits_are_exact_across_two_replicas_sharing_redis(
     upstream: FakeUpstream, private_redis: PrivateRedis, tmp_path: Path, pg_store: str
 ) -> None:
