@@ -335,7 +335,7 @@ class _Connection(asyncio.Protocol):
     def _flush(self) -> None:
         payload = b"".join(self._unsent)
         self._unsent.clear()
-        if self.usable:  # (else the calls written have failed already)
+        if self.usable:  # (else the calls it holds have failed already)
             cast(asyncio.Transport, self._transport).write(payload)
 
     def _check_deadline(self) -> None:
