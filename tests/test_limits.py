@@ -9,7 +9,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -261,6 +261,62 @@ async def test_a_tpm_refusal_does_not_use_a_request(limiter: Limiter, counters: 
     refusal = await limiter.admit(policy)
     assert refusal is not None and refusal.reason == "tpm"
     assert await counters.total("rpm:dev", 60) == 0
+
+
+async def test_admission_reads_spend_and_tokens_and_counts_the_request(counters: Counters) -> None:
+    await counters.seed_spend("dev", 2.5)
+    await counters.hit("tpm:dev", 60, 30.0)
+    await counters.hit("rpm:dev", 60, 2.0)
+    reading = await counters.admission("dev", "tpm:dev", "rpm:dev", 60)
+    assert reading.spent == pytest.approx(2.5)
+    assert reading.tokens is not None and reading.tokens.total == pytest.approx(30)
+    assert reading.requests == pytest.approx(3)
+    assert await counters.total("rpm:dev", 60) == pytest.approx(3), "the request was counted"
+    only_spend = await counters.admission("dev", None, None, 60)
+    assert (only_spend.tokens, only_spend.requests) == (None, None)
+    assert await counters.total("rpm:dev", 60) == pytest.approx(3)
+    only_tokens = await counters.admission(None, "tpm:dev", None, 60)
+    assert only_tokens.spent == 0.0 and only_tokens.tokens is not None
+
+
+async def test_a_budget_refusal_does_not_use_a_request(limiter: Limiter, counters: Counters) -> None:
+    policy = Policy("dev", rpm=1, budget_usd=1.0)
+    await limiter.record(policy, tokens=0, cost=1.0)
+    for _ in range(3):
+        refusal = await limiter.admit(policy)
+        assert refusal is not None and refusal.reason == "budget"
+    assert await counters.total("rpm:dev", 60) == 0
+
+
+async def test_a_metered_key_is_admitted_in_one_round_trip(prefix: str, clock: FakeClock) -> None:
+    """Budget, tokens and the rpm count in one pipeline, not a round trip each; a refusal for the
+    budget or tokens costs one more, to give the rpm count back."""
+    counters = RedisCounters(REDIS_URL, prefix=prefix, clock=clock)
+    sent: list[list[str]] = []
+    pipeline, call = counters._redis.pipeline, counters._redis.call
+
+    async def counted_pipeline(*commands: Sequence[str | float]) -> list[object]:
+        sent.append([str(c[0]) for c in commands])
+        return await pipeline(*commands)
+
+    async def counted_call(*args: str | float) -> object:
+        sent.append([str(args[0])])
+        return await call(*args)
+
+    counters._redis.pipeline, counters._redis.call = counted_pipeline, counted_call  # type: ignore[method-assign,assignment]
+    limiter = Limiter(counters)
+    policy = Policy("dev", rpm=10, tpm=100, budget_usd=1.0)
+    try:
+        assert await limiter.admit(policy) is None
+        assert sent == [["GET", "MGET", "INCRBYFLOAT", "EXPIRE", "GET"]]
+        await limiter.record(policy, tokens=100, cost=0.5)
+        sent.clear()
+        refusal = await limiter.admit(policy, estimated_tokens=10)
+        assert refusal is not None and refusal.reason == "tpm"
+        assert sent == [["GET", "MGET", "INCRBYFLOAT", "EXPIRE", "GET"], ["INCRBYFLOAT", "EXPIRE", "GET"]]
+        assert await counters.total("rpm:dev", 60) == pytest.approx(1), "the refusal gave its count back"
+    finally:
+        await counters.aclose()
 
 
 # ---------------------------------------------------------------------------------------- budget

@@ -131,6 +131,18 @@ class WindowState:
         return sliding_total(self.previous, self.current, self.fraction)
 
 
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What admitting a request whose key has a budget or a tpm limit needs, read in one go."""
+
+    spent: float
+    """The key's cumulative spend (0.0 when not asked)."""
+    tokens: WindowState | None
+    """The tpm buckets (None when not asked)."""
+    requests: float | None
+    """The rpm total with this request counted (None when not counted)."""
+
+
 UNAVAILABLE = Refusal("unavailable", UNAVAILABLE_RETRY_AFTER, 0.0, 0.0)
 """The refusal of a limited request while Redis is unreachable under ``deny``."""
 
@@ -156,6 +168,13 @@ class Counters(Protocol):
 
     async def seed_spend(self, name: str, usd: float) -> None:
         """Set the starting spend (from the usage store) unless a value is already counted."""
+        ...
+
+    async def admission(
+        self, spend: str | None, tokens: str | None, requests: str | None, window: int
+    ) -> Reading:
+        """In one call (one round trip to Redis): the spend of ``spend``, the buckets of ``tokens``,
+        and ``requests`` hit once. A name that is None is not asked."""
         ...
 
     async def lease(self, name: str, holder: str, limit: int, ttl: float) -> bool:
@@ -249,6 +268,15 @@ class MemoryCounters:
     async def seed_spend(self, name: str, usd: float) -> None:
         self._spend.setdefault(name, usd)
 
+    async def admission(
+        self, spend: str | None, tokens: str | None, requests: str | None, window: int
+    ) -> Reading:
+        return Reading(
+            self._spend.get(spend, 0.0) if spend is not None else 0.0,
+            await self.state(tokens, window) if tokens is not None else None,
+            await self.hit(requests, window) if requests is not None else None,
+        )
+
     async def lease(self, name: str, holder: str, limit: int, ttl: float) -> bool:
         now = self._clock()
         held = {h: until for h, until in self._leases.get(name, {}).items() if until > now}
@@ -274,6 +302,14 @@ def _number(reply: Reply) -> float:
     if isinstance(reply, bytes | str | int):
         return float(reply)
     raise RedisError(f"Redis sent {type(reply).__name__} where a number was expected")
+
+
+def _window_state(reply: Reply, fraction: float) -> WindowState:
+    """An ``MGET`` of the current and previous buckets."""
+    if not isinstance(reply, list) or len(reply) != 2:
+        raise RedisError("Redis sent an unexpected reply to MGET")
+    now, before = reply
+    return WindowState(_number(before), _number(now), fraction)
 
 
 def _integer(reply: Reply) -> int:
@@ -343,11 +379,7 @@ class RedisCounters:
 
     async def state(self, name: str, window: int) -> WindowState:
         current, previous, fraction = self._keys(name, window)
-        replies = await self._redis.call("MGET", current, previous)
-        if not isinstance(replies, list) or len(replies) != 2:
-            raise RedisError("Redis sent an unexpected reply to MGET")
-        now, before = replies
-        return WindowState(_number(before), _number(now), fraction)
+        return _window_state(await self._redis.call("MGET", current, previous), fraction)
 
     def _spend_key(self, name: str) -> str:
         return f"{self._prefix}:spend:{name}"
@@ -360,6 +392,28 @@ class RedisCounters:
 
     async def seed_spend(self, name: str, usd: float) -> None:
         await self._redis.call("SET", self._spend_key(name), float(usd), "NX")
+
+    async def admission(
+        self, spend: str | None, tokens: str | None, requests: str | None, window: int
+    ) -> Reading:
+        """One pipeline: ``GET`` of the spend, ``MGET`` of the tpm buckets, then :meth:`hit`'s
+        three commands for the rpm bucket."""
+        commands: list[tuple[str | float, ...]] = []
+        if spend is not None:
+            commands.append(("GET", self._spend_key(spend)))
+        if tokens is not None:
+            tokens_now, tokens_before, tokens_fraction = self._keys(tokens, window)
+            commands.append(("MGET", tokens_now, tokens_before))
+        if requests is not None:
+            current, previous, fraction = self._keys(requests, window)
+            commands += [("INCRBYFLOAT", current, 1.0), ("EXPIRE", current, 2 * window), ("GET", previous)]
+        replies = iter(await self._redis.pipeline(*commands))
+        spent = _number(next(replies)) if spend is not None else 0.0
+        state = _window_state(next(replies), tokens_fraction) if tokens is not None else None
+        if requests is None:
+            return Reading(spent, state, None)
+        now, _, before = replies
+        return Reading(spent, state, sliding_total(_number(before), _number(now), fraction))
 
     async def lease(self, name: str, holder: str, limit: int, ttl: float) -> bool:
         """A sorted set of holders scored by expiry: expired ones dropped, this one added, the
@@ -648,6 +702,18 @@ class FallbackCounters:
         self._ledger.remember(name, spent)
         return spent
 
+    async def admission(
+        self, spend: str | None, tokens: str | None, requests: str | None, window: int
+    ) -> Reading:
+        reading = await self._shared_call(lambda redis: redis.admission(spend, tokens, requests, window))
+        if reading is _DOWN:
+            local = await self._local.admission(None, tokens, requests, window)
+            spent = self._ledger.total(spend) if spend is not None else 0.0
+            return Reading(spent, local.tokens, local.requests)
+        if spend is not None:
+            self._ledger.remember(spend, reading.spent)
+        return reading
+
     async def lease(self, name: str, holder: str, limit: int, ttl: float) -> bool:
         """During an outage places are counted per replica (whatever ``on_error`` says: a lease
         limits a key's open sockets, which must not all be refused because Redis is down)."""
@@ -670,8 +736,10 @@ class FallbackCounters:
 class Limiter:
     """Admits or refuses requests for a client key's :class:`Policy`.
 
-    Reads come first (budget, then tokens); the request is counted against rpm last, so a request
-    refused for any reason never uses up a request slot.
+    The limits are checked in order: budget, tokens, then requests. A key with a budget or a tpm
+    limit has all three read (and the request counted against rpm) in one round trip to Redis,
+    not one each; a request refused for any reason gives its rpm count back at once, so it never
+    keeps a request slot.
     """
 
     def __init__(self, counters: Counters, *, window: int = WINDOW) -> None:
@@ -738,18 +806,25 @@ class Limiter:
         return self._fallback is not None and self._fallback.refusing
 
     async def _check(self, policy: Policy, estimated_tokens: int) -> Refusal | None:
-        """The limits in order: budget, tokens, then the request itself is counted."""
-        if policy.budget_usd is not None:
-            refusal = await self._check_budget(policy.name, policy.budget_usd)
-            if refusal is not None:
-                return refusal
-        if policy.tpm is not None:
-            refusal = await self._check_tpm(policy.name, policy.tpm, estimated_tokens)
-            if refusal is not None:
-                return refusal
-        if policy.rpm is not None:
-            return await self._count_request(policy.name, policy.rpm)
-        return None
+        """Budget, tokens, then requests; a key with only an rpm limit has nothing to read."""
+        rpm, requests = policy.rpm, f"rpm:{policy.name}"
+        if not policy.metered:
+            return None if rpm is None else await self._count_request(requests, rpm)
+        reading = await self._counters.admission(
+            policy.name if policy.budget_usd is not None else None,
+            f"tpm:{policy.name}" if policy.tpm is not None else None,
+            requests if rpm is not None else None,
+            self._window,
+        )
+        refusal = _over_budget(policy, reading.spent) or _over_tpm(
+            policy, reading.tokens, estimated_tokens, self._window
+        )
+        if rpm is None or reading.requests is None:
+            return refusal
+        if refusal is not None:
+            await self._counters.hit(requests, self._window, -1.0)  # counted in the same round trip
+            return refusal
+        return None if reading.requests <= rpm else await self._refuse_request(requests, rpm)
 
     async def record(self, policy: Policy, *, tokens: int, cost: float | None) -> None:
         """After a request: add its tokens to the tpm window and its cost to the spend.
@@ -791,28 +866,33 @@ class Limiter:
         if policy.budget_usd is not None:
             await self._counters.seed_spend(policy.name, usd)
 
-    async def _check_budget(self, name: str, budget: float) -> Refusal | None:
-        spent = await self._counters.spend(name)
-        if spent < budget:
-            return None
-        return Refusal("budget", BUDGET_RETRY_AFTER, budget, spent)
-
-    async def _check_tpm(self, name: str, tpm: int, estimated: int) -> Refusal | None:
-        """Refuse when the estimate does not fit; one larger than the whole limit needs an empty window."""
-        need = float(min(max(estimated, 1), tpm))
-        state = await self._counters.state(f"tpm:{name}", self._window)
-        used = state.total
-        if used + need <= tpm:
-            return None
-        wait = seconds_until(state, tpm, need, self._window)
-        return Refusal("tpm", _retry_after(wait, self._window), tpm, used)
-
-    async def _count_request(self, name: str, rpm: int) -> Refusal | None:
+    async def _count_request(self, key: str, rpm: int) -> Refusal | None:
         """Count first, then check, so concurrent replicas cannot both take the last slot."""
-        key = f"rpm:{name}"
         if await self._counters.hit(key, self._window) <= rpm:
             return None
+        return await self._refuse_request(key, rpm)
+
+    async def _refuse_request(self, key: str, rpm: int) -> Refusal:
+        """Give back the request just counted over ``rpm``, and say when the window admits again."""
         await self._counters.hit(key, self._window, -1.0)
         state = await self._counters.state(key, self._window)
         wait = seconds_until(state, rpm, 1.0, self._window)
         return Refusal("rpm", _retry_after(wait, self._window), rpm, state.total)
+
+
+def _over_budget(policy: Policy, spent: float) -> Refusal | None:
+    if policy.budget_usd is None or spent < policy.budget_usd:
+        return None
+    return Refusal("budget", BUDGET_RETRY_AFTER, policy.budget_usd, spent)
+
+
+def _over_tpm(policy: Policy, state: WindowState | None, estimated: int, window: int) -> Refusal | None:
+    """Refuse when the estimate does not fit; one larger than the whole limit needs an empty window."""
+    if policy.tpm is None or state is None:
+        return None
+    need = float(min(max(estimated, 1), policy.tpm))
+    used = state.total
+    if used + need <= policy.tpm:
+        return None
+    wait = seconds_until(state, policy.tpm, need, window)
+    return Refusal("tpm", _retry_after(wait, window), policy.tpm, used)
