@@ -822,7 +822,7 @@ class Limiter:
         if rpm is None or reading.requests is None:
             return refusal
         if refusal is not None:
-            await self._counters.hit(requests, self._window, -1.0)  # counted in the same round trip
+            await self._counters.hit(requests, self._window, -1.0)  # counted with the reads: given back
             return refusal
         return None if reading.requests <= rpm else await self._refuse_request(requests, rpm)
 
