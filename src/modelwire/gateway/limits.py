@@ -312,6 +312,15 @@ def _window_state(reply: Reply, fraction: float) -> WindowState:
     return WindowState(_number(before), _number(now), fraction)
 
 
+_Command = tuple[str | float, ...]
+
+
+def _hit_total(replies: list[Reply], fraction: float) -> float:
+    """The sliding-window total from the replies to a hit's ``INCRBYFLOAT``, ``EXPIRE`` and ``GET``."""
+    now, _, before = replies
+    return sliding_total(_number(before), _number(now), fraction)
+
+
 def _integer(reply: Reply) -> int:
     if not isinstance(reply, int):
         raise RedisError(f"Redis sent {type(reply).__name__} where an integer was expected")
@@ -367,12 +376,16 @@ class RedisCounters:
         base = f"{self._prefix}:{name}:"
         return f"{base}{index * window}", f"{base}{(index - 1) * window}", position - index
 
-    async def hit(self, name: str, window: int, amount: float = 1.0) -> float:
+    def _hit(self, name: str, window: int, amount: float) -> tuple[list[_Command], float]:
+        """:meth:`hit`'s three commands (read by :func:`_hit_total`), and the elapsed fraction of
+        the current bucket."""
         current, previous, fraction = self._keys(name, window)
-        now, _, before = await self._redis.pipeline(
-            ("INCRBYFLOAT", current, amount), ("EXPIRE", current, 2 * window), ("GET", previous)
-        )
-        return sliding_total(_number(before), _number(now), fraction)
+        commands = [("INCRBYFLOAT", current, amount), ("EXPIRE", current, 2 * window), ("GET", previous)]
+        return commands, fraction
+
+    async def hit(self, name: str, window: int, amount: float = 1.0) -> float:
+        commands, fraction = self._hit(name, window, amount)
+        return _hit_total(await self._redis.pipeline(*commands), fraction)
 
     async def total(self, name: str, window: int) -> float:
         return (await self.state(name, window)).total
@@ -398,22 +411,19 @@ class RedisCounters:
     ) -> Reading:
         """One pipeline: ``GET`` of the spend, ``MGET`` of the tpm buckets, then :meth:`hit`'s
         three commands for the rpm bucket."""
-        commands: list[tuple[str | float, ...]] = []
+        commands: list[_Command] = []
         if spend is not None:
             commands.append(("GET", self._spend_key(spend)))
         if tokens is not None:
             tokens_now, tokens_before, tokens_fraction = self._keys(tokens, window)
             commands.append(("MGET", tokens_now, tokens_before))
         if requests is not None:
-            current, previous, fraction = self._keys(requests, window)
-            commands += [("INCRBYFLOAT", current, 1.0), ("EXPIRE", current, 2 * window), ("GET", previous)]
+            hit, fraction = self._hit(requests, window, 1.0)
+            commands += hit
         replies = iter(await self._redis.pipeline(*commands))
         spent = _number(next(replies)) if spend is not None else 0.0
         state = _window_state(next(replies), tokens_fraction) if tokens is not None else None
-        if requests is None:
-            return Reading(spent, state, None)
-        now, _, before = replies
-        return Reading(spent, state, sliding_total(_number(before), _number(now), fraction))
+        return Reading(spent, state, _hit_total(list(replies), fraction) if requests is not None else None)
 
     async def lease(self, name: str, holder: str, limit: int, ttl: float) -> bool:
         """A sorted set of holders scored by expiry: expired ones dropped, this one added, the
@@ -441,7 +451,7 @@ class RedisCounters:
         spend was added to, so the budget continues rather than restarting from zero. MULTI/EXEC
         makes the batch all or nothing, so a retry after a failure cannot count part of it twice.
         """
-        commands: list[tuple[str | float, ...]] = []
+        commands: list[_Command] = []
         for name, unsynced in batch.items():
             key = self._spend_key(name)
             commands += [("SET", key, unsynced.baseline, "NX"), ("INCRBYFLOAT", key, unsynced.added)]
