@@ -37,6 +37,7 @@ from modelwire.gateway.store import (
     UsageWriter,
     hash_secret,
     percentile,
+    usage_values,
 )
 from modelwire.gateway.tables import keys_table, usage_table
 
@@ -468,13 +469,17 @@ def test_usage_batches_of_any_size_use_a_few_statement_shapes(store: Store) -> N
     shapes: set[str] = set()
     for size in (1, 3, 17, 255, 500, 1000):
         records = [usage(request_id=f"r{size}-{n}") for n in range(size)]
-        statements = store.usage_statements(records)
+        statements = store.usage_statements([usage_values(r) for r in records])
         shapes |= {sql for sql, _ in statements}
         values = [v for _, params in statements for v in params]
         assert len(values) == size * len(dataclasses.fields(UsageRecord))
         assert values[:: len(dataclasses.fields(UsageRecord))] == [r.time for r in records]
     assert len(shapes) <= 5
-    store.run_statements(store.usage_statements([usage(request_id=f"w{n}") for n in range(300)]))
+    # The driver binds a statement's values holding the GIL: a statement of more rows stalls the
+    # event loop for longer (the gateway's p99 at one connection).
+    assert max(sql.count("), (") + 1 for sql in shapes) == 64
+    rows = [usage_values(usage(request_id=f"w{n}")) for n in range(300)]
+    store.run_statements(store.usage_statements(rows))
     assert usage_count(store) == 300
 
 
@@ -743,6 +748,17 @@ async def test_add_is_synchronous_and_fast(store: Store) -> None:
     assert writer.pending == 10_000 and usage_count(store) == 0
     await writer.stop()
     assert writer.pending == 0 and usage_count(store) == 10_000
+
+
+async def test_add_takes_the_record_as_it_is_then(store: Store) -> None:
+    """The values are taken at add(), not at the flush: a flush of 500 records gathering them all
+    at once held the event loop for ~0.4 ms."""
+    writer = UsageWriter(store, interval=60)
+    record = usage(status=200)
+    writer.add(record)
+    record.status = 500
+    await writer.stop()
+    assert [row["status"] for row in raw_rows(store, usage_table)] == [200]
 
 
 async def test_flushes_on_interval(store: Store) -> None:
