@@ -27,6 +27,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from modelwire.gateway import database
+from modelwire.gateway.app import Gateway
+from modelwire.gateway.call import Call
+from modelwire.gateway.config import parse_config
 from modelwire.gateway.database import StoreError, parse_target
 from modelwire.gateway.store import (
     KeyRecord,
@@ -39,6 +42,7 @@ from modelwire.gateway.store import (
     percentile,
     usage_values,
 )
+from modelwire.gateway.surfaces import CHAT
 from modelwire.gateway.tables import keys_table, usage_table
 
 from .fake_upstream import FakeUpstream
@@ -759,6 +763,52 @@ async def test_add_takes_the_record_as_it_is_then(store: Store) -> None:
     record.status = 500
     await writer.stop()
     assert [row["status"] for row in raw_rows(store, usage_table)] == [200]
+
+
+class StatementSizes(Store):
+    """A real store that records how many rows each usage statement it runs holds."""
+
+    sizes: list[int]
+
+    def run_statements(self, statements: Statements) -> None:
+        self.sizes.extend(sql.count("), (") + 1 for sql, _ in statements if "mw_usage" in sql)
+        super().run_statements(statements)
+
+
+@pytest.mark.parametrize(("quiet", "largest"), [(True, 16), (False, 64)])
+async def test_a_quiet_gateway_writes_usage_in_short_statements(
+    open_store: StoreFactory, quiet: bool, largest: int
+) -> None:
+    """Serving one request at a time, the writer binds 16 rows per statement (each holds the GIL
+    that request waits for); busy, 64 (each statement waits for the GIL the busy loop holds)."""
+    store = open_store(StatementSizes)
+    assert isinstance(store, StatementSizes)
+    store.sizes = []
+    writer = UsageWriter(store, interval=60, quiet=lambda: quiet)
+    for i in range(300):
+        writer.add(usage(time=T0 + i))
+    await writer.stop()
+    assert max(store.sizes) == largest and sum(store.sizes) == 300
+    assert usage_count(store) == 300
+
+
+async def test_the_gateway_counts_itself_quiet_while_serving_one_request(tmp_path: Path) -> None:
+    gateway = Gateway(parse_config({"store": f"sqlite:///{tmp_path}/state.db"}))
+    await gateway.startup()
+    try:
+        usage_writer = gateway.state.usage
+        assert usage_writer is not None
+        calls = [Call(f"req-{n}", CHAT, time.monotonic()) for n in range(2)]
+        quiet = []
+        for call in calls:
+            quiet.append(usage_writer._quiet())
+            gateway.inflight.enter(call)
+        quiet.append(usage_writer._quiet())
+        assert quiet == [True, True, False]
+        gateway.inflight.leave(calls[0])
+        assert usage_writer._quiet()
+    finally:
+        await gateway.shutdown()
 
 
 async def test_flushes_on_interval(store: Store) -> None:

@@ -245,7 +245,12 @@ class Gateway:
         state.keys = KeyBook(config.keys, store, loopback=state.keys.loopback)
         await asyncio.to_thread(state.keys.sync)
         self.dependencies.watch("store")
-        state.usage = UsageWriter(store, interval=config.usage.flush_seconds, max_batch=config.usage.batch)
+        state.usage = UsageWriter(
+            store,
+            interval=config.usage.flush_seconds,
+            max_batch=config.usage.batch,
+            quiet=lambda: len(self.inflight) <= 1,
+        )
         await state.usage.start()
         # A follow-up may reach another process when the store is shared: then a stored response is
         # committed before its client has it. One process on a SQLite file answers from memory.
