@@ -468,6 +468,11 @@ def test_usage_error_defaults_to_null(store: Store) -> None:
     ]
 
 
+def statement_rows(sql: str) -> int:
+    """How many rows a multi-row INSERT writes: its value tuples are joined by ``), (``."""
+    return sql.count("), (") + 1
+
+
 def test_usage_batches_of_any_size_use_a_few_statement_shapes(store: Store) -> None:
     """The driver caches a prepared statement per SQL text: every batch size must not make one."""
     shapes: set[str] = set()
@@ -481,7 +486,7 @@ def test_usage_batches_of_any_size_use_a_few_statement_shapes(store: Store) -> N
     assert len(shapes) <= 5
     # The driver binds a statement's values holding the GIL: a statement of more rows stalls the
     # event loop for longer (the gateway's p99 at one connection).
-    assert max(sql.count("), (") + 1 for sql in shapes) == 64
+    assert max(map(statement_rows, shapes)) == 64
     rows = [usage_values(usage(request_id=f"w{n}")) for n in range(300)]
     store.run_statements(store.usage_statements(rows))
     assert usage_count(store) == 300
@@ -771,7 +776,7 @@ class StatementSizes(Store):
     sizes: list[int]
 
     def run_statements(self, statements: Statements) -> None:
-        self.sizes.extend(sql.count("), (") + 1 for sql, _ in statements if "mw_usage" in sql)
+        self.sizes.extend(statement_rows(sql) for sql, _ in statements if "mw_usage" in sql)
         super().run_statements(statements)
 
 
