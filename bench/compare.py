@@ -507,9 +507,14 @@ def print_ratios(results: dict, scenarios: list[str], med: Callable[[list[dict],
     many = sorted((t for t in results if t.startswith("modelwire-") and t != "modelwire-1w"), key=len)
     for target in many:
         for scen in scenarios:
+            # Each round measures the two targets back to back: their ratio in that round is spared
+            # the machine's drift between rounds, which the ratio of medians is not.
+            several = results[target].get(scen, [])
+            one = results.get("modelwire-1w", {}).get(scen, [])
+            rounds = ", ".join(ratio(a.get("rps"), b.get("rps")) for a, b in zip(several, one, strict=False))
             print(
                 f"  {scen}: {target} rps ÷ modelwire-1w's = "
-                f"{ratio(fig(target, scen, 'rps'), fig('modelwire-1w', scen, 'rps'))}"
+                f"{ratio(fig(target, scen, 'rps'), fig('modelwire-1w', scen, 'rps'))} (rounds: {rounds})"
             )
     for peer in ("portkey", "litellm"):
         if peer in results and "chat" in scenarios:

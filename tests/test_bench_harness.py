@@ -71,6 +71,19 @@ def test_translated_paths_are_reported_against_chat_passthrough_in_rps_and_in_cp
     assert "  messages_to_chat: rps ÷ chat passthrough = 0.77 (CPU/req: chat's ÷ this one's = 0.80)" in lines
 
 
+def test_worker_scaling_is_reported_as_a_ratio_of_medians_and_round_by_round(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    results = {
+        "modelwire-1w": {"chat": [{"rps": 3000.0}, {"rps": 2000.0}, {"rps": 2500.0}]},
+        "modelwire-2w": {"chat": [{"rps": 6300.0}, {"rps": 3800.0}, {"rps": 5000.0}]},
+    }
+    compare.print_ratios(results, ["chat"], _median)
+    lines = capsys.readouterr().out.splitlines()
+    # medians 5,000 / 2,500; rounds paired in the order they ran
+    assert "  chat: modelwire-2w rps ÷ modelwire-1w's = 2.00 (rounds: 2.10, 1.90, 2.00)" in lines
+
+
 @dataclass
 class _Point:
     x: int
