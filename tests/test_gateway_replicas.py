@@ -352,6 +352,42 @@ def test_previous_response_id_resolves_on_another_replica_at_once(
     assert failures == [], f"{len(failures)}/{CHAINS} follow-ups on replica B failed:\n" + "\n".join(failures)
 
 
+def test_previous_response_id_resolves_on_the_other_worker_of_a_sqlite_gateway_at_once(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """``server.workers: 2`` on one SQLite file: a follow-up sent the moment its first answer is
+    back, on a new connection that the other worker may accept, finds the first response there (a
+    single worker answers from memory and writes later; with two, each answer is committed before its
+    last bytes go). Pairs are sent until several have crossed workers; every follow-up carries the
+    whole history to the Chat upstream."""
+    gateway = start_gateway(gateway_config(upstream, tmp_path, workers=2), tmp_path, name="sqlite-workers")
+    crossed = 0
+    try:
+        wait_for_workers(gateway)
+        for n in range(60):
+            upstream.script(Reply.text(f"first answer {n}"), Reply.text(f"second answer {n}"))
+            status, head, first = post(
+                gateway, "/v1/responses", {"model": "chat-model", "input": f"first {n}"}
+            )
+            assert status == 200, first
+            body = {"model": "chat-model", "input": f"second {n}", "previous_response_id": first["id"]}
+            status, follow_head, follow = post(gateway, "/v1/responses", body)
+            where = "the other worker" if worker_of(head) != worker_of(follow_head) else "the same worker"
+            assert status == 200, f"pair {n}, the follow-up on {where}: {follow}"
+            messages = [(m["role"], content_text(m.get("content"))) for m in upstream.last.body["messages"]]
+            assert messages == [
+                ("user", f"first {n}"),
+                ("assistant", f"first answer {n}"),
+                ("user", f"second {n}"),
+            ]
+            crossed += where == "the other worker"
+            if crossed == 8:
+                break
+    finally:
+        gateway.stop()
+    assert crossed == 8, f"only {crossed} of 60 follow-ups reached the other worker"
+
+
 def test_an_item_reference_resolves_on_another_replica_at_once(
     upstream: FakeUpstream, replicas: list[RunningGateway]
 ) -> None:
