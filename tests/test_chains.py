@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from modelwire.errors import ServiceUnavailableError
-from modelwire.gateway.chains import Chains
+from modelwire.gateway import chains as chains_module
+from modelwire.gateway.chains import GATHER_STEP, Chains
 from modelwire.gateway.database import StoreError
 from modelwire.gateway.store import Statements, Store, StoredResponse
 
@@ -310,6 +311,49 @@ async def test_puts_arriving_during_a_write_go_in_the_next_one(pg_replica: Chain
     store.release.set()
     assert await first is True and await asyncio.gather(*rest) == [True] * 30
     assert store.batches == [1, 30]
+
+
+async def put_staggered(chains: Chains, count: int, gap: float) -> list[bool]:
+    """``count`` puts, one every ``gap`` seconds, as answers finishing one after another."""
+
+    async def put_after(n: int) -> bool:
+        await asyncio.sleep(n * gap)
+        return await chains.put(response(n))
+
+    return await asyncio.gather(*(put_after(n) for n in range(count)))
+
+
+async def test_answers_arriving_while_requests_are_in_flight_share_a_commit(replica: ChainsFactory) -> None:
+    """Each transaction costs beyond its rows: while other requests are in flight, the writer
+    waits as long as their answers keep arriving, and one commit settles them all."""
+    a = replica(gather=0.5, in_flight=lambda: 100)
+    assert await a.put(response(99)) is True  # the first wakes the writer at once
+    assert await put_staggered(a, 10, GATHER_STEP / 4) == [True] * 10
+    assert flaky(a).batches == [1, 10]
+
+
+async def test_a_gather_ends_at_a_lull_and_is_skipped_with_no_other_request_in_flight(
+    replica: ChainsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chains_module, "GATHER_STEP", 0.2)  # a lull now takes 0.2 s to notice
+    alone, busy = replica(gather=5.0, in_flight=lambda: 1), replica(gather=5.0, in_flight=lambda: 2)
+    for chains in (alone, busy):
+        assert await chains.put(response(99)) is True  # the first wakes the writer at once
+    start = time.perf_counter()
+    assert await alone.put(response(1)) is True
+    assert time.perf_counter() - start < 0.15
+    start = time.perf_counter()
+    assert await busy.put(response(2)) is True  # the other request in flight never answers
+    assert 0.2 <= time.perf_counter() - start < 2.0
+
+
+async def test_a_steady_flow_of_answers_is_committed_at_least_every_gather(replica: ChainsFactory) -> None:
+    a = replica(gather=GATHER_STEP * 3, in_flight=lambda: 100)
+    assert await a.put(response(99)) is True
+    start = time.perf_counter()
+    assert await put_staggered(a, 40, GATHER_STEP / 2) == [True] * 40  # 20 ms of answers
+    assert len(flaky(a).batches) >= 4, flaky(a).batches
+    assert time.perf_counter() - start < 0.5
 
 
 async def test_a_cancelled_put_is_still_written(replica: ChainsFactory) -> None:

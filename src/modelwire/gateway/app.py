@@ -254,7 +254,11 @@ class Gateway:
         await state.usage.start()
         # A follow-up may reach another process when the store is shared: then a stored response is
         # committed before its client has it. One process on a SQLite file answers from memory.
-        state.chains = Chains(store, shared=store.dialect != "sqlite" or config.server.workers > 1)
+        state.chains = Chains(
+            store,
+            shared=store.dialect != "sqlite" or config.server.workers > 1,
+            in_flight=lambda: len(self.inflight),
+        )
         if config.redis:
             self.dependencies.watch("redis")
         state.limiter = Limiter.create(

@@ -14,6 +14,11 @@ transaction ran, so under load the cost is one transaction per batch, and a lone
 about one write. Recent responses are also kept in memory (as their encoded rows, within a count
 and a size), so a follow-up reaching the same replica never touches the database.
 
+Each transaction has a price of its own beyond its rows (with two workers on one SQLite file, a
+commit per handful of answers took a fifth of a Responses → Chat request's CPU), so the writer
+first waits, up to ``gather`` (a few ms), until every request in flight has queued its answer: one
+commit then settles them all, and a lone request is written at once.
+
 Waiting is only worth its cost when another process could serve the follow-up: with one process on
 a SQLite file (``shared=False``) memory already answers every follow-up, so ``put`` returns at once
 and the writer lingers to gather a batch, as it did before replicas could share a store.
@@ -43,6 +48,7 @@ log = logging.getLogger("modelwire.gateway")
 
 T = TypeVar("T")
 
+GATHER_STEP = 0.001  # seconds without a new answer that end a gather
 STORE_DOWN = "the gateway's store is unreachable, so previous_response_id cannot be resolved; retry shortly"
 
 
@@ -103,6 +109,8 @@ class Chains:
         max_backoff: float = 5.0,
         shared: bool = True,
         linger: float = 0.2,
+        gather: float = 0.005,
+        in_flight: Callable[[], int] = lambda: 0,
     ) -> None:
         if max_pending < 1 or max_batch < 1 or max_wait <= 0 or retry_seconds <= 0:
             raise ValueError("max_pending and max_batch must be at least 1; waits must be positive")
@@ -116,6 +124,8 @@ class Chains:
         self._max_backoff = max(max_backoff, retry_seconds)
         self._shared = shared  # another process may serve a follow-up: puts wait for the commit
         self._linger = linger
+        self._gather = gather
+        self._requests = in_flight  # the process's requests in flight, whose answers may join a commit
         # SQLite reads run on the loop: measured cheaper than a worker thread (see _call).
         self._on_loop = store is not None and store.dialect == "sqlite"
         self._max_batch = max_batch
@@ -279,6 +289,8 @@ class Chains:
                 self._wake.clear()
                 if not self._shared:
                     await self._pause(self._linger)  # nobody waits: gather a batch
+                else:
+                    await self._gather_puts()
             elif await self._write_batch():
                 delay = self._retry_seconds
                 await asyncio.sleep(0)  # a SQLite write ran on the loop: let requests in between
@@ -286,8 +298,21 @@ class Chains:
                 await self._pause(delay)
                 delay = min(delay * 2, self._max_backoff)
 
+    async def _gather_puts(self) -> None:
+        """While answers keep arriving, wait for more in steps of a millisecond, up to ``gather``;
+        at once when no other request is in flight to send one, or when nothing is queued (a wake
+        whose put went out with the previous write)."""
+        waited, seen = 0.0, len(self._queue)
+        while 0 < seen < self._requests() and waited < self._gather and not self._stopping:
+            await asyncio.sleep(GATHER_STEP)
+            waited += GATHER_STEP
+            if len(self._queue) == seen:
+                return  # a lull: whoever else is in flight is not about to answer
+            seen = len(self._queue)
+
     async def _pause(self, delay: float) -> None:
-        """Back off after a failure; only drain() cuts it short, so an outage is not hammered."""
+        """Wait ``delay`` (a backoff, a linger, a gather); only drain() cuts it short, so an outage is
+        not hammered."""
         try:
             async with asyncio.timeout(delay):
                 await self._stop.wait()
