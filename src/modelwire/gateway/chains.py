@@ -293,7 +293,7 @@ class Chains:
                     await self._gather_puts()
             elif await self._write_batch():
                 delay = self._retry_seconds
-                await asyncio.sleep(0)  # a SQLite write ran on the loop: let requests in between
+                await asyncio.sleep(0)  # the settled puts' requests go on before the next batch is built
             else:
                 await self._pause(delay)
                 delay = min(delay * 2, self._max_backoff)
