@@ -15,9 +15,10 @@ about one write. Recent responses are also kept in memory (as their encoded rows
 and a size), so a follow-up reaching the same replica never touches the database.
 
 Each transaction has a price of its own beyond its rows (with two workers on one SQLite file, a
-commit per handful of answers took a fifth of a Responses → Chat request's CPU), so the writer
-first waits, up to ``gather`` (a few ms), until every request in flight has queued its answer: one
-commit then settles them all, and a lone request is written at once.
+commit per handful of answers took a fifth of a Responses → Chat request's CPU), so while other
+requests are in flight the writer first waits as long as their answers keep arriving (a millisecond
+at a time, ``gather`` at most): one commit then settles them all, and a lone request is written at
+once.
 
 Waiting is only worth its cost when another process could serve the follow-up: with one process on
 a SQLite file (``shared=False``) memory already answers every follow-up, so ``put`` returns at once
@@ -311,8 +312,8 @@ class Chains:
             seen = len(self._queue)
 
     async def _pause(self, delay: float) -> None:
-        """Wait ``delay`` (a backoff, a linger, a gather); only drain() cuts it short, so an outage is
-        not hammered."""
+        """Wait ``delay`` (a backoff, a linger); only drain() cuts it short, so an outage is not
+        hammered."""
         try:
             async with asyncio.timeout(delay):
                 await self._stop.wait()
