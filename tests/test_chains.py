@@ -46,7 +46,7 @@ def _down() -> StoreError:
 
 class FlakyStore(Store):
     """A real store that counts response writes, fails every call while ``failing``, and can hold
-    a write mid-flight until ``release`` is set (PostgreSQL only: SQLite writes run on the loop)."""
+    a write mid-flight until ``release`` is set (writes run in a thread, on either database)."""
 
     failing = False
     hold = False
@@ -101,13 +101,6 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
     yield from _stores(request.param, tmp_path)
 
 
-@pytest.fixture
-def open_pg_store(tmp_path: Path) -> Iterator[StoreFactory]:
-    """PostgreSQL only: its writes run in a thread, so a test can act while one is under way
-    (SQLite writes run on the event loop, where nothing arrives mid-write)."""
-    yield from _stores("postgresql", tmp_path)
-
-
 def _stores(kind: str, tmp_path: Path) -> Iterator[StoreFactory]:
     opened: list[FlakyStore] = []
     stores = shared_stores(kind, tmp_path, FlakyStore)
@@ -131,12 +124,6 @@ def _stores(kind: str, tmp_path: Path) -> Iterator[StoreFactory]:
 async def replica(open_store: StoreFactory) -> AsyncIterator[ChainsFactory]:
     """Opens a replica (a Chains on its own store); each is drained at the end of the test."""
     async for factory in _replicas(open_store):
-        yield factory
-
-
-@pytest.fixture
-async def pg_replica(open_pg_store: StoreFactory) -> AsyncIterator[ChainsFactory]:
-    async for factory in _replicas(open_pg_store):
         yield factory
 
 
@@ -299,8 +286,8 @@ async def test_concurrent_puts_share_transactions(replica: ChainsFactory) -> Non
         assert await b.get(r.id) is not None
 
 
-async def test_puts_arriving_during_a_write_go_in_the_next_one(pg_replica: ChainsFactory) -> None:
-    a = pg_replica()
+async def test_puts_arriving_during_a_write_go_in_the_next_one(replica: ChainsFactory) -> None:
+    a = replica()
     store = flaky(a)
     store.hold = True
     first = asyncio.create_task(a.put(response(0)))
@@ -410,9 +397,9 @@ async def test_a_second_outage_warns_again(replica: ChainsFactory, caplog: pytes
 
 
 async def test_a_stalled_write_is_waited_for_within_the_bound(
-    pg_replica: ChainsFactory, caplog: pytest.LogCaptureFixture
+    replica: ChainsFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    a, b = pg_replica(max_wait=0.5), pg_replica()
+    a, b = replica(max_wait=0.5), replica()
     store = flaky(a)
     store.hold = True
     first = response(0)
@@ -490,8 +477,8 @@ async def test_a_response_deleted_while_its_write_is_queued_never_lands(replica:
 
 
 @pytest.mark.parametrize("commits", [True, False], ids=["write-commits", "write-fails"])
-async def test_a_response_deleted_mid_write_never_reappears(pg_replica: ChainsFactory, commits: bool) -> None:
-    a, b = pg_replica(retry_seconds=0.02), pg_replica()
+async def test_a_response_deleted_mid_write_never_reappears(replica: ChainsFactory, commits: bool) -> None:
+    a, b = replica(retry_seconds=0.02), replica()
     store = flaky(a)
     store.hold = True
     r = response()
