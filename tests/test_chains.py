@@ -98,12 +98,8 @@ class FlakyStore(Store):
 @pytest.fixture(params=["sqlite", "postgresql"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """Opens stores over one shared database, like several gateway replicas."""
-    yield from _stores(request.param, tmp_path)
-
-
-def _stores(kind: str, tmp_path: Path) -> Iterator[StoreFactory]:
     opened: list[FlakyStore] = []
-    stores = shared_stores(kind, tmp_path, FlakyStore)
+    stores = shared_stores(request.param, tmp_path, FlakyStore)
     make = next(stores)
 
     def factory(cls: type[Store] = FlakyStore) -> Store:
@@ -123,11 +119,6 @@ def _stores(kind: str, tmp_path: Path) -> Iterator[StoreFactory]:
 @pytest.fixture
 async def replica(open_store: StoreFactory) -> AsyncIterator[ChainsFactory]:
     """Opens a replica (a Chains on its own store); each is drained at the end of the test."""
-    async for factory in _replicas(open_store):
-        yield factory
-
-
-async def _replicas(open_store: StoreFactory) -> AsyncIterator[ChainsFactory]:
     made: list[Chains] = []
 
     def factory(**kwargs: Any) -> Chains:
