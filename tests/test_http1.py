@@ -297,6 +297,66 @@ async def test_idle_connections_beyond_the_spares_close_soon_and_the_spares_at_k
     await transport.aclose()
 
 
+class _Wire(asyncio.Transport):
+    """Records the requests a pool writes to one connection."""
+
+    def __init__(self, closing: bool = False) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closing = closing
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+async def test_a_request_waits_for_the_loops_turn_only_while_another_awaits_its_answer() -> None:
+    """Alone, a request is written at once; while another awaits its answer, the requests of one
+    turn of the loop are written together after it, except to a connection aborted meanwhile."""
+    from modelwire.providers import http1
+
+    pool = http1._Pool(asyncio.get_running_loop(), 75.0)
+    alone, second, third, aborted = _Wire(), _Wire(), _Wire(), _Wire()
+    pool.send(alone, b"1")
+    assert alone.written == [b"1"]
+    pool.awaiting = 1
+    pool.send(second, b"2")
+    pool.send(aborted, b"x")
+    pool.send(third, b"3")
+    assert second.written == third.written == []
+    aborted.closing = True
+    await asyncio.sleep(0)
+    assert (second.written, third.written, aborted.written) == ([b"2"], [b"3"], [])
+    pool.awaiting = 0
+    pool.send(second, b"4")
+    assert second.written == [b"2", b"4"]
+
+
+async def test_requests_sent_while_others_await_their_answers_all_arrive(
+    raw_server: Callable[[Handler], Awaitable[str]],
+) -> None:
+    arrived: list[bytes] = []
+    release = asyncio.Event()
+
+    async def held_until_all_arrive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _, body = await read_request(reader)
+        arrived.append(body)
+        if len(arrived) == 8:
+            release.set()
+        await release.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+
+    transport = Http1Transport()
+    url = await raw_server(held_until_all_arrive)
+    replies = await asyncio.gather(*(transport.send("POST", url, {}, b"%d" % i) for i in range(8)))
+    assert [await r.read() for r in replies] == [b"%d" % i for i in range(8)]
+    assert sorted(arrived) == [b"%d" % i for i in range(8)]
+    await transport.aclose()
+
+
 async def test_a_stalled_upstream_times_out(raw_server: Callable[[Handler], Awaitable[str]]) -> None:
     async def stall_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)

@@ -8,6 +8,11 @@ body write, provided that comes before the app's task waits on anything: a whole
 right after its start, and so is a stream's first event when the upstream's arrived with its
 headers. A head that would have to wait goes out on its own as soon as the task yields, so a
 stream's client still sees its head at once.
+
+While other requests are in flight, even a whole answer waits for the loop's turn, and the answers
+of one turn go out together: a client process on the same host (a load balancer, a benchmark)
+then wakes once for several. With wrk on the same host, waking it cost the gateway ~6 µs per
+request in the kernel (a chat request at 32 connections went from 103 to 94 µs with this).
 """
 
 from __future__ import annotations
@@ -19,36 +24,42 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 class _HeadWithBody:
     """The connection as one request's cycle sees it until its head is sent: the cycle's first
-    write (the head) is held and goes out with its second (the body's first bytes), or alone once
-    the loop turns. Then the cycle writes to the connection itself again (nothing per chunk here)."""
+    write (the head) is held and goes out with the body's first bytes, or alone once the loop turns.
+    While other requests are in flight, the body's bytes wait for the loop's turn too, and the
+    answer goes out after the callbacks the loop has ready: a busy gateway's answers then reach a
+    client process in bursts, read in one of its wake-ups rather than one each. Then the cycle
+    writes to the connection itself again (nothing per chunk here)."""
 
-    __slots__ = ("cycle", "head", "loop", "transport")
+    __slots__ = ("cycle", "held", "in_flight", "loop", "transport")
 
     def __init__(
-        self, cycle: RequestResponseCycle, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop
+        self,
+        cycle: RequestResponseCycle,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        in_flight: set[asyncio.Task[None]],
     ) -> None:
         self.cycle = cycle
         self.transport = transport
         self.loop = loop
-        self.head: bytes | None = None
+        self.in_flight = in_flight  # the server's request tasks, this one's among them
+        self.held: list[bytes] | None = None
 
     def write(self, data: bytes) -> None:
-        if self.head is None:
-            self.head = data
+        if self.held is None:
+            self.held = [data]
             self.loop.call_soon(self.release)
         else:
-            self.transport.writelines((self.head, data))
-            self._done()
+            self.held.append(data)
+            if len(self.in_flight) <= 1:
+                self.release()
 
     def release(self) -> None:
-        if self.head is not None:
+        if self.held is not None:
             if not self.transport.is_closing():
-                self.transport.write(self.head)
-            self._done()
-
-    def _done(self) -> None:
-        self.head = None
-        self.cycle.transport = self.transport
+                self.transport.writelines(self.held)
+            self.held = None
+            self.cycle.transport = self.transport
 
     def close(self) -> None:
         self.release()
@@ -73,4 +84,5 @@ class Protocol(HttpToolsProtocol):
         cycle = self.cycle
         super().on_headers_complete()
         if self.cycle is not cycle:  # a new request (an upgrade to a socket makes none)
-            self.cycle.transport = _HeadWithBody(self.cycle, self.transport, self.loop)  # type: ignore[assignment]
+            held = _HeadWithBody(self.cycle, self.transport, self.loop, self.tasks)
+            self.cycle.transport = held  # type: ignore[assignment]

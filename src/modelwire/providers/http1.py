@@ -384,7 +384,13 @@ class _Pool:
     never come: after a burst of a thousand streams, a thousand connections (and the memory they
     pin) would stay open. The most recent :data:`SPARE_IDLE` wait ``keepalive`` seconds (a request
     every minute keeps its TLS connection); those beyond, :data:`SURPLUS_IDLE_SECONDS`. The sweep
-    runs every :data:`SURPLUS_IDLE_SECONDS` while any connection is idle."""
+    runs every :data:`SURPLUS_IDLE_SECONDS` while any connection is idle.
+
+    It also sends the requests. One goes out at once when no other is waiting for its answer;
+    while some are, it waits for the callbacks the loop has ready and goes out with the others
+    sent meanwhile. A busy gateway's requests then reach an upstream in bursts, read in one of its
+    wake-ups rather than one each: with nginx on the same host, waking it cost the gateway ~7 µs
+    per request in the kernel (a chat request at 32 connections went from 118 to 103 µs)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, keepalive: float) -> None:
         # The loop is kept, not looked up: on Python 3.11 each get_running_loop() is a getpid()
@@ -394,6 +400,8 @@ class _Pool:
         self.idle: dict[Origin, collections.deque[_Connection]] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._period = min(keepalive, SURPLUS_IDLE_SECONDS)
+        self.awaiting = 0  # requests sent whose answer's head has not arrived
+        self._outgoing: list[tuple[asyncio.Transport, bytes]] = []
 
     def take(self, origin: Origin) -> _Connection | None:
         idle = self.idle.get(origin)
@@ -405,6 +413,21 @@ class _Pool:
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 return conn
         return None
+
+    def send(self, transport: asyncio.Transport, request: bytes) -> None:
+        if self._outgoing:
+            self._outgoing.append((transport, request))
+        elif self.awaiting:
+            self._outgoing.append((transport, request))
+            self.loop.call_soon(self._send_outgoing)
+        else:
+            transport.write(request)
+
+    def _send_outgoing(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        for transport, request in outgoing:
+            if not transport.is_closing():  # aborted meanwhile: its caller has been told
+                transport.write(request)
 
     def put(self, conn: _Connection) -> None:
         conn.idle_since = time.monotonic()
@@ -497,14 +520,16 @@ class Http1Transport(AiohttpTransport):
         reply = conn.reply = Http1Reply(conn, pool, read_timeout)
         head = conn.head = loop.create_future()
         assert conn.transport is not None
-        conn.transport.write(request)
+        pool.send(conn.transport, request)
         timer = loop.call_later(read_timeout, _expire, head) if read_timeout is not None else None
+        pool.awaiting += 1
         try:
             await head
         except BaseException:
             conn.abort()
             raise
         finally:
+            pool.awaiting -= 1
             if timer is not None:
                 timer.cancel()
         return reply
