@@ -415,13 +415,12 @@ class _Pool:
         return None
 
     def send(self, transport: asyncio.Transport, request: bytes) -> None:
-        if self._outgoing:
-            self._outgoing.append((transport, request))
-        elif self.awaiting:
-            self._outgoing.append((transport, request))
-            self.loop.call_soon(self._send_outgoing)
-        else:
+        if not (self.awaiting or self._outgoing):
             transport.write(request)
+            return
+        if not self._outgoing:
+            self.loop.call_soon(self._send_outgoing)
+        self._outgoing.append((transport, request))
 
     def _send_outgoing(self) -> None:
         outgoing, self._outgoing = self._outgoing, []
