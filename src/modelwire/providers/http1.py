@@ -425,7 +425,7 @@ class _Pool:
     def _send_outgoing(self) -> None:
         outgoing, self._outgoing = self._outgoing, []
         for transport, request in outgoing:
-            if not transport.is_closing():  # aborted meanwhile: its caller has been told
+            if not transport.is_closing():  # closed meanwhile: connection_lost tells its caller
                 transport.write(request)
 
     def put(self, conn: _Connection) -> None:
