@@ -300,10 +300,10 @@ async def test_idle_connections_beyond_the_spares_close_soon_and_the_spares_at_k
 class _Wire(asyncio.Transport):
     """Records the requests a pool writes to one connection."""
 
-    def __init__(self, closing: bool = False) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.written: list[bytes] = []
-        self.closing = closing
+        self.closing = False
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
         self.written.append(bytes(data))
@@ -314,21 +314,22 @@ class _Wire(asyncio.Transport):
 
 async def test_a_request_waits_for_the_loops_turn_only_while_another_awaits_its_answer() -> None:
     """Alone, a request is written at once; while another awaits its answer, the requests of one
-    turn of the loop are written together after it, except to a connection aborted meanwhile."""
+    turn of the loop are written together after it, except to a connection closed meanwhile (its
+    caller hears of it from the connection, and a stale one is retried on another)."""
     from modelwire.providers import http1
 
     pool = http1._Pool(asyncio.get_running_loop(), 75.0)
-    alone, second, third, aborted = _Wire(), _Wire(), _Wire(), _Wire()
+    alone, second, third, closed = _Wire(), _Wire(), _Wire(), _Wire()
     pool.send(alone, b"1")
     assert alone.written == [b"1"]
     pool.awaiting = 1
     pool.send(second, b"2")
-    pool.send(aborted, b"x")
+    pool.send(closed, b"x")
     pool.send(third, b"3")
     assert second.written == third.written == []
-    aborted.closing = True
+    closed.closing = True
     await asyncio.sleep(0)
-    assert (second.written, third.written, aborted.written) == ([b"2"], [b"3"], [])
+    assert (second.written, third.written, closed.written) == ([b"2"], [b"3"], [])
     pool.awaiting = 0
     pool.send(second, b"4")
     assert second.written == [b"2", b"4"]
